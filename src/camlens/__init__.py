@@ -1,2 +1,71 @@
-"""camlens: where a CNN looks when it gets an image wrong."""
+"""camlens: where a CNN looks when it gets an image wrong.
+
+Pipeline, one module per step (each imports only those above it):
+  download -> data -> model -> plots -> evaluate -> train
+  -> cam -> overlay -> gallery -> report -> cli
+
+Glossary (one name per concept, everywhere):
+  images   (N, 3, H, W) float in [0, 1], un-normalised (uint8 in [0, 255] when stored)
+  labels   (N,) true classes            preds    (N,) predicted classes
+  targets  (N,) the class a map explains
+  logits   (N, K)                       classes  the K class names
+  acts, grads  (N, C, h, w) at the hooked layer
+  cams     (N, H, W) maps at the input's resolution
+"""
+
 __version__ = "0.1.0"
+
+from camlens.data import DataError, Dataset, Split, load_dataset
+from camlens.download import DownloadError, fetch_cifar10
+from camlens.evaluate import (
+    Evaluation,
+    Mistakes,
+    confusion_matrix,
+    evaluate,
+    find_mistakes,
+    predict,
+    read_mistakes,
+    write_evaluation,
+)
+from camlens.model import (
+    CheckpointError,
+    ResNet18,
+    get_layer,
+    layer_names,
+    load_checkpoint,
+    save_checkpoint,
+    summary,
+)
+from camlens.train import RunError, TrainConfig, train
+
+__all__ = [
+    "__version__",
+    # data
+    "DataError",
+    "Dataset",
+    "Split",
+    "load_dataset",
+    "DownloadError",
+    "fetch_cifar10",
+    # model
+    "CheckpointError",
+    "ResNet18",
+    "get_layer",
+    "layer_names",
+    "load_checkpoint",
+    "save_checkpoint",
+    "summary",
+    # evaluation
+    "Evaluation",
+    "Mistakes",
+    "confusion_matrix",
+    "evaluate",
+    "find_mistakes",
+    "predict",
+    "read_mistakes",
+    "write_evaluation",
+    # training
+    "RunError",
+    "TrainConfig",
+    "train",
+]

@@ -36,6 +36,7 @@ __all__ = [
     "read_checkpoint_meta",
     "CheckpointError",
     "atomic_write_bytes",
+    "atomic_save_tensors",
 ]
 
 NORMS = ("batch", "layer", "group")
@@ -185,11 +186,21 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged, or for another model."""
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers see old or new, never half."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; a result file should read like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -200,12 +211,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def atomic_save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, _FILE_MODE)  # save_file makes its own file, with its own mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -249,7 +264,9 @@ def save_checkpoint(
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """The json half of a checkpoint, given either file of the pair (or the stem)."""
-    stem = Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else Path(path)
+    stem = (
+        Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else Path(path)
+    )
     meta_path = stem.with_suffix(".json")
     if not meta_path.is_file():
         raise CheckpointError(
@@ -261,7 +278,9 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint metadata {meta_path} is not valid JSON ({e})") from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path} is not a camlens checkpoint (format {meta.get('format')!r})")
+        raise CheckpointError(
+            f"{meta_path} is not a camlens checkpoint (format {meta.get('format')!r})"
+        )
     return meta
 
 
@@ -269,7 +288,9 @@ def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[ResNet18, dict[str, Any]]:
     """Rebuild the model from a checkpoint (weights cast to fp32, eval mode) and its metadata."""
-    stem = Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else Path(path)
+    stem = (
+        Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else Path(path)
+    )
     weights = stem.with_suffix(".safetensors")
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} not found")
@@ -296,6 +317,8 @@ def load_checkpoint(
         )
     for k, v in tensors.items():
         if v.shape != expected[k].shape:
-            raise CheckpointError(f"{weights}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+            raise CheckpointError(
+                f"{weights}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
+            )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     return model.to(device).eval(), meta

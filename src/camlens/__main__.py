@@ -1,0 +1,7 @@
+"""`python -m camlens` is the `camlens` command."""
+
+import sys
+
+from camlens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,257 @@
+"""The `camlens` command: argparse wiring only. Parse, call the public API, print, exit code.
+
+User errors (a missing file, a bad flag value, a checkpoint for another model) end as one line
+on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from camlens import __version__
+from camlens.data import DataError, load_dataset
+from camlens.download import DownloadError
+from camlens.evaluate import evaluate, write_evaluation
+from camlens.model import CheckpointError, ResNet18, load_checkpoint, save_checkpoint, summary
+from camlens.train import RunError, TrainConfig, train
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DataError,
+    DownloadError,
+    CheckpointError,
+    RunError,
+    FileNotFoundError,
+)
+
+TRAIN_EXAMPLE = """example:
+  camlens train --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick --epochs 1 --subset 2000
+  camlens train --data cifar10 --out runs/r18 --epochs 30           # official batches, downloaded
+  camlens train --data cifar10 --out runs/r18 --epochs 30 --resume  # continue a killed run"""
+EVALUATE_EXAMPLE = """example:
+  camlens evaluate --checkpoint runs/quick/checkpoint.safetensors \\
+      --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick/eval"""
+EXPORT_EXAMPLE = """example:
+  camlens export --checkpoint runs/r18/checkpoint.safetensors --out model-fp16.safetensors"""
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+SUMMARY_EXAMPLE = """example:
+  camlens summary                      # the standard ResNet18, batch norm
+  camlens summary --norm layer
+  camlens summary --checkpoint runs/quick/checkpoint.safetensors"""
+
+
+def _field_type(tp) -> type:
+    """The runtime type behind an annotation such as `int | None`."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return args[0]
+    return tp
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_type) -> None:
+    """One flag per dataclass field: the defaults and help live only in the dataclass."""
+    hints = typing.get_type_hints(config_type)
+    for f in dataclasses.fields(config_type):
+        flag = "--" + f.name.replace("_", "-")
+        tp = _field_type(hints[f.name])
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if tp is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag,
+                type=tp,
+                default=f.default,
+                choices=f.metadata.get("choices"),
+                help=help_text,
+                metavar=f.name.upper() if "choices" not in f.metadata else None,
+            )
+
+
+def config_from_args(args: argparse.Namespace, config_type):
+    try:
+        return config_type(
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)}
+        )
+    except ValueError as e:  # the dataclass validates its own fields
+        raise RunError(str(e).replace("_", "-")) from None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(
+            "--device cuda asked for, but this torch build sees no CUDA GPU: use --device cpu"
+        )
+    return torch.device(name)
+
+
+def _data_flags(parser: argparse.ArgumentParser, image_size: bool = True) -> None:
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="cifar10 | a folder with train/ and test/ | cifar-10-batches-py | a .tar.gz of either",
+    )
+    if image_size:
+        parser.add_argument(
+            "--image-size", type=int, default=32, help="images are resized to this (default: 32)"
+        )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
+
+
+def _device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ..."
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camlens", description="Where a CNN looks when it gets an image wrong."
+    )
+    parser.add_argument("--version", action="version", version=f"camlens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser(
+        "train",
+        help="train a ResNet18, checkpoint every epoch",
+        epilog=TRAIN_EXAMPLE,
+        formatter_class=fmt,
+    )
+    _data_flags(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="run folder (checkpoints, metrics.jsonl, curves.png)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _device_flag(p)
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="test accuracy, confusion matrix, misclassified.csv",
+        epilog=EVALUATE_EXAMPLE,
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="checkpoint.safetensors (its .json beside it)",
+    )
+    _data_flags(p, image_size=False)
+    p.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
+    p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    _device_flag(p)
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser(
+        "export",
+        help="re-save a checkpoint, e.g. in half precision",
+        epilog=EXPORT_EXAMPLE,
+        formatter_class=fmt,
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.safetensors to read")
+    p.add_argument(
+        "--out", required=True, type=Path, help="the new .safetensors (its .json beside)"
+    )
+    p.add_argument("--dtype", default="fp16", choices=sorted(DTYPES), help="default: fp16")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser(
+        "summary",
+        help="layer names, output shapes and parameters",
+        epilog=SUMMARY_EXAMPLE,
+        formatter_class=fmt,
+    )
+    p.add_argument("--checkpoint", type=Path, help="describe this checkpoint's model")
+    p.add_argument("--norm", default="batch", choices=("batch", "layer", "group"))
+    p.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.set_defaults(run=cmd_summary)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args, TrainConfig)
+    device = pick_device(args.device)
+    data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
+    train(config, data, args.out, device=device, resume=args.resume, progress=args.progress)
+    print(f"checkpoint: {args.out / 'checkpoint.safetensors'}")
+    return 0
+
+
+def load_matching_data(args: argparse.Namespace, meta: dict):
+    """The data a checkpoint is evaluated on must have the classes it was trained on."""
+    data = load_dataset(args.data, image_size=int(meta["image_size"]), progress=args.progress)
+    if list(data.classes) != list(meta["classes"]):
+        raise DataError(
+            f"{args.data} has classes {list(data.classes)}, but the checkpoint was trained on "
+            f"{meta['classes']}: pass the data it was trained on"
+        )
+    return data
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
+    data = load_matching_data(args, meta)
+    ev = evaluate(model, data.test, batch_size=args.batch_size, tta=args.tta)
+    info = {"checkpoint": str(args.checkpoint), "data": data.source, "tta": args.tta}
+    write_evaluation(ev, data.classes, args.out, info)
+    print(
+        f"test accuracy {ev.accuracy:.2%} (loss {ev.loss:.4f}) on {len(data.test)} images; "
+        f"{len(ev.mistakes)} misclassified"
+    )
+    worst = sorted(zip(ev.per_class, data.classes, strict=False))[:3]
+    print("weakest classes: " + ", ".join(f"{c} {a:.1%}" for a, c in worst))
+    print(f"wrote {args.out}/misclassified.csv, confusion.png, confusion.csv, metrics.json")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    model, meta = load_checkpoint(args.checkpoint)
+    path = save_checkpoint(
+        model, args.out, {**meta, "weights_dtype": args.dtype}, DTYPES[args.dtype]
+    )
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None:
+        model, meta = load_checkpoint(args.checkpoint)
+        image_size = int(meta["image_size"])
+    else:
+        model, image_size = ResNet18(args.classes, args.norm), args.image_size
+    print(summary(model, image_size))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except USER_ERRORS as e:
+        print(f"camlens: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("camlens: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,229 @@
+"""Batched inference, accuracy, the confusion matrix, and the list of misclassified images.
+
+`misclassified.csv` is the hand-over to the CAM side: `read_mistakes(path, split)` turns it back
+into `Mistakes` with the images attached, so explaining needs no second pass over the test set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camlens.data import DataError, Split
+from camlens.model import atomic_write_bytes
+from camlens.plots import plot_confusion
+
+__all__ = [
+    "predict",
+    "confusion_matrix",
+    "Mistakes",
+    "find_mistakes",
+    "Evaluation",
+    "evaluate",
+    "write_evaluation",
+    "read_mistakes",
+    "autocast",
+]
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast where asked (`bf16`, or `auto`); a no-op context for `fp32`."""
+    enabled = precision in ("bf16", "auto")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [0, 1]; float images pass through."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 64,
+    tta: bool = False,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """`logits` (N, K) in fp32 for `images` (uint8 or float in [0, 1]), on the images' device.
+
+    Batches go to the model's device; `tta` averages the logits of each image and its mirror.
+    Batch 64 is the fastest per image on 2 CPU cores (it stays in cache).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = as_float_images(images[start : start + batch_size].to(device))
+            with autocast(device, precision):
+                logits = model(x).float()
+                if tta:
+                    logits = (logits + model(x.flip(3)).float()) / 2
+            out.append(logits.to(images.device))
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) counts, rows the true class, columns the predicted one."""
+    flat = labels.long() * num_classes + preds.long()
+    return torch.bincount(flat.cpu(), minlength=num_classes**2).view(num_classes, num_classes)
+
+
+@dataclass(frozen=True)
+class Mistakes:
+    """The misclassified images of a split: where they are and what the model thought."""
+
+    indices: torch.Tensor  # (M,) positions in the split
+    labels: torch.Tensor  # (M,) true classes
+    preds: torch.Tensor  # (M,) predicted classes
+    probs: torch.Tensor  # (M, K) softmax probabilities
+    margins: torch.Tensor  # (M,) logit of the prediction minus logit of the true class
+    images: torch.Tensor | None = None  # (M, 3, H, W) uint8, when read back with the split
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.probs.gather(1, self.preds[:, None]).squeeze(1)
+
+    def select(self, keep: torch.Tensor) -> Mistakes:
+        """A subset or reordering, by index tensor or boolean mask."""
+        return Mistakes(
+            self.indices[keep],
+            self.labels[keep],
+            self.preds[keep],
+            self.probs[keep],
+            self.margins[keep],
+            None if self.images is None else self.images[keep],
+        )
+
+
+def find_mistakes(logits: torch.Tensor, labels: torch.Tensor) -> Mistakes:
+    """Every image whose arg-max differs from its label, most confident first."""
+    preds = logits.argmax(1)
+    wrong = (preds != labels).nonzero().flatten()
+    probs = logits[wrong].softmax(1)
+    margins = logits[wrong, preds[wrong]] - logits[wrong, labels[wrong]]
+    order = probs.max(1).values.argsort(descending=True, stable=True)
+    wrong, probs, margins = wrong[order], probs[order], margins[order]
+    return Mistakes(wrong, labels[wrong], preds[wrong], probs, margins)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything `evaluate` measured on one split."""
+
+    loss: float
+    accuracy: float
+    per_class: list[float]  # accuracy of each true class
+    confusion: torch.Tensor  # (K, K)
+    logits: torch.Tensor  # (N, K)
+    mistakes: Mistakes
+
+    def summary(self, classes: Sequence[str]) -> dict:
+        return {
+            "test_loss": self.loss,
+            "test_acc": self.accuracy,
+            "per_class_acc": dict(zip(classes, self.per_class, strict=False)),
+            "misclassified": len(self.mistakes),
+            "images": int(self.logits.shape[0]),
+        }
+
+
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int = 64, tta: bool = False, precision: str = "fp32"
+) -> Evaluation:
+    """Loss, accuracy, per-class accuracy, confusion and mistakes of `model` on one split."""
+    logits = predict(model, split.images, batch_size, tta, precision)
+    labels = split.labels.to(logits.device)
+    k = logits.shape[1]
+    confusion = confusion_matrix(labels, logits.argmax(1), k)
+    per_class = (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist()
+    return Evaluation(
+        loss=F.cross_entropy(logits, labels).item(),
+        accuracy=(logits.argmax(1) == labels).float().mean().item(),
+        per_class=per_class,
+        confusion=confusion,
+        logits=logits,
+        mistakes=find_mistakes(logits, labels),
+    )
+
+
+def _csv_bytes(rows: list[list]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue().encode()
+
+
+def write_evaluation(ev: Evaluation, classes: Sequence[str], out: str | Path, meta: dict) -> dict:
+    """metrics.json, confusion.csv, confusion.png and misclassified.csv in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**meta, **ev.summary(classes)}
+    atomic_write_bytes(out / "metrics.json", (json.dumps(summary, indent=2) + "\n").encode())
+    rows = [["true \\ predicted", *classes]]
+    rows += [[c, *ev.confusion[i].tolist()] for i, c in enumerate(classes)]
+    atomic_write_bytes(out / "confusion.csv", _csv_bytes(rows))
+    plot_confusion(ev.confusion, classes, out / "confusion.png")
+    m = ev.mistakes
+    rows = [["index", "true", "predicted", "confidence", "margin", *(f"p_{c}" for c in classes)]]
+    for i in range(len(m)):
+        rows.append(
+            [
+                int(m.indices[i]),
+                classes[m.labels[i]],
+                classes[m.preds[i]],
+                f"{m.confidence[i].item():.6f}",
+                f"{m.margins[i].item():.6f}",
+                *(f"{p:.6f}" for p in m.probs[i].tolist()),
+            ]
+        )
+    atomic_write_bytes(out / "misclassified.csv", _csv_bytes(rows))
+    return summary
+
+
+def read_mistakes(path: str | Path, split: Split | None = None) -> Mistakes:
+    """Read misclassified.csv back; with the test `split`, the images come along."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        classes = [h[2:] for h in header if h.startswith("p_")]
+        ids = {c: i for i, c in enumerate(classes)}
+        rows = list(reader)
+    p0 = header.index(f"p_{classes[0]}")
+    indices = torch.tensor([int(r[0]) for r in rows], dtype=torch.long)
+    mistakes = Mistakes(
+        indices=indices,
+        labels=torch.tensor([ids[r[1]] for r in rows], dtype=torch.long),
+        preds=torch.tensor([ids[r[2]] for r in rows], dtype=torch.long),
+        probs=torch.tensor([[float(x) for x in r[p0:]] for r in rows]).view(-1, len(classes)),
+        margins=torch.tensor([float(r[4]) for r in rows]),
+    )
+    if split is None:
+        return mistakes
+    if len(indices) and int(indices.max()) >= len(split):
+        raise DataError(f"{path} names image {int(indices.max())} but the split has {len(split)}")
+    bad = split.labels[indices] != mistakes.labels
+    if bad.any():
+        raise DataError(
+            f"{path} does not belong to this data: its true labels differ from the split's"
+        )
+    return Mistakes(
+        *(getattr(mistakes, f) for f in ("indices", "labels", "preds", "probs", "margins")),
+        images=split.images[indices],
+    )

@@ -1,0 +1,78 @@
+"""Shared fixtures: a private CAMLENS_HOME and tiny datasets written in the real file formats."""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("cat", "dog", "frog", "ship")
+
+
+@pytest.fixture(autouse=True)
+def camlens_home(tmp_path_factory, monkeypatch) -> Path:
+    """Keep every cache and download of the suite out of the user's ~/.cache."""
+    home = tmp_path_factory.mktemp("camlens-home")
+    monkeypatch.setenv("CAMLENS_HOME", str(home))
+    return home
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """Noise plus a bright square whose place and colour depend on the class: learnable."""
+    img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+    q = size // 2
+    y, x = divmod(label % 4, 2)
+    img[y * q : y * q + q, x * q : x * q + q, label % 3] = 230
+    return img
+
+
+def write_image_folder(
+    root: Path, n_train: int = 12, n_test: int = 6, classes=CLASSES, size: int = 32, seed: int = 0
+) -> dict[str, list[np.ndarray]]:
+    """ROOT/{train,test}/<class>/NNNN.png; returns the pixels written, in loading order."""
+    rng = np.random.default_rng(seed)
+    written: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    for split, n in (("train", n_train), ("test", n_test)):
+        for label, cls in enumerate(classes):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = class_image(label, rng, size)
+                Image.fromarray(img).save(folder / f"{i:04d}.png")
+                written[split].append(img)
+    return written
+
+
+def tar_folder(root: Path, archive: Path, arcname: str = "data") -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname=arcname)
+    return archive
+
+
+def write_cifar_batches(folder: Path, per_batch: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """Fake official batches, pickled exactly like the real ones (bytes keys, uint8 rows)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    images = {}
+    for name in names:
+        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
+        hwc = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
+        rows = hwc.transpose(0, 3, 1, 2).reshape(per_batch, 3072)  # the official channel-major rows
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": rows}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        images[name] = (hwc, np.array(labels))
+    meta = {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return images
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    write_image_folder(root)
+    return root

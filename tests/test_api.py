@@ -1,0 +1,27 @@
+"""The public surface is `camlens.__all__`: every name in it exists, none is missed."""
+
+import inspect
+
+import camlens
+
+
+def test_all_names_exist_and_are_unique():
+    assert len(camlens.__all__) == len(set(camlens.__all__))
+    for name in camlens.__all__:
+        assert hasattr(camlens, name), name
+
+
+def test_every_public_class_and_function_is_exported():
+    public = {
+        name
+        for name, value in vars(camlens).items()
+        if not name.startswith("_") and (inspect.isclass(value) or inspect.isfunction(value))
+    }
+    assert public <= set(camlens.__all__), public - set(camlens.__all__)
+
+
+def test_public_functions_have_docstrings_or_are_classes_with_them():
+    for name in camlens.__all__:
+        value = getattr(camlens, name)
+        if callable(value):
+            assert inspect.getdoc(value), name

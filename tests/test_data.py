@@ -1,0 +1,212 @@
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import camlens.data as data_module
+from camlens.data import DataError, augment, balanced_subset, channel_stats, load_dataset
+from camlens.data.transforms import cutout, random_crop, random_flip
+from conftest import CLASSES, tar_folder, write_cifar_batches, write_image_folder
+
+
+def test_image_folder_loads_pixels_labels_and_sorted_classes(tmp_path):
+    written = write_image_folder(tmp_path / "d", n_train=3, n_test=2)
+    d = load_dataset(tmp_path / "d", progress=False)
+    assert d.classes == tuple(sorted(CLASSES))
+    assert d.train.images.shape == (12, 3, 32, 32) and d.train.images.dtype == torch.uint8
+    assert d.train.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    expected = torch.from_numpy(np.stack(written["test"])).permute(0, 3, 1, 2)
+    assert torch.equal(d.test.images, expected)  # PNG is lossless: exact pixels, CHW order
+
+
+def test_archive_of_a_folder_equals_the_folder(tmp_path):
+    write_image_folder(tmp_path / "d", n_train=2, n_test=2)
+    from_folder = load_dataset(tmp_path / "d", progress=False)
+    from_tar = load_dataset(tar_folder(tmp_path / "d", tmp_path / "d.tar.gz"), progress=False)
+    assert from_tar.classes == from_folder.classes
+    assert torch.equal(from_tar.train.images, from_folder.train.images)
+    assert torch.equal(from_tar.test.labels, from_folder.test.labels)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_official_batches_folder_and_archive(tmp_path, packed):
+    batches = write_cifar_batches(tmp_path / "src" / "cifar-10-batches-py")
+    source = tmp_path / "src"
+    if packed:
+        source = tar_folder(
+            source / "cifar-10-batches-py", tmp_path / "c.tar.gz", "cifar-10-batches-py"
+        )
+    d = load_dataset(source, progress=False)
+    assert d.classes == tuple(f"class{i}" for i in range(10))
+    hwc, labels = batches["test_batch"]
+    assert torch.equal(d.test.images, torch.from_numpy(hwc).permute(0, 3, 1, 2))
+    assert d.test.labels.tolist() == labels.tolist()
+    assert len(d.train) == 5 * 4
+
+
+def test_batches_never_unpickle_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar_batches(folder)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(DataError, match="test_batch"):
+        load_dataset(folder, progress=False)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
+    write_image_folder(tmp_path / "d", n_train=2, n_test=1)
+    first = load_dataset(tmp_path / "d", progress=False)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(data_module, "_read_source", no_decoding)
+    second = load_dataset(tmp_path / "d", progress=False)
+    assert torch.equal(first.train.images, second.train.images)
+    assert second.checksum == first.checksum
+
+
+def test_cache_key_follows_content_and_size(tmp_path):
+    write_image_folder(tmp_path / "d", n_train=2, n_test=1)
+    a = load_dataset(tmp_path / "d", progress=False)
+    assert load_dataset(tmp_path / "d", image_size=16, progress=False).train.images.shape[-1] == 16
+    img = tmp_path / "d" / "train" / "cat" / "0000.png"
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(img)
+    os.utime(img, ns=(1, 1))  # a different mtime, whatever the clock's resolution
+    b = load_dataset(tmp_path / "d", progress=False)
+    assert b.checksum != a.checksum
+    assert int(b.train.images[0].float().mean()) == 7
+
+
+def test_odd_modes_and_sizes_become_rgb_at_the_configured_size(tmp_path):
+    write_image_folder(tmp_path / "d", n_train=1, n_test=1)
+    folder = tmp_path / "d" / "train" / "cat"
+    Image.new("L", (20, 20), 128).save(folder / "gray.png")
+    Image.new("P", (40, 24), 3).save(folder / "palette.png")
+    Image.new("RGBA", (64, 64), (10, 200, 30, 90)).save(folder / "rgba.png")
+    Image.new("RGB", (50, 30), (255, 0, 0)).save(folder / "wide.jpg", quality=95)
+    d = load_dataset(tmp_path / "d", progress=False)
+    cats = d.train.images[d.train.labels == 0]
+    assert cats.shape == (5, 3, 32, 32)
+    by_name = dict(zip(["0000", "gray", "palette", "rgba", "wide"], cats, strict=True))
+    assert torch.all(by_name["gray"] == 128)
+    assert by_name["rgba"][:, 5, 5].tolist() == [10, 200, 30]
+    assert by_name["wide"][0].float().mean() > 240 and by_name["wide"][1].float().mean() < 15
+
+
+def test_corrupt_image_is_named(tmp_path):
+    write_image_folder(tmp_path / "d", n_train=1, n_test=1)
+    bad = tmp_path / "d" / "test" / "dog" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg")
+    with pytest.raises(DataError, match=r"broken\.jpg") as err:
+        load_dataset(tmp_path / "d", progress=False)
+    assert "\n" not in str(err.value)
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    write_image_folder(tmp_path / "d", n_train=1, n_test=1)
+    (tmp_path / "d" / "train" / "zebra").mkdir()
+    (tmp_path / "d" / "test" / "zebra").mkdir()
+    with pytest.raises(DataError, match=r"train/zebra"):
+        load_dataset(tmp_path / "d", progress=False)
+
+
+def test_empty_class_folder_in_an_archive_is_named(tmp_path):
+    write_image_folder(tmp_path / "d", n_train=1, n_test=1)
+    (tmp_path / "d" / "test" / "cat").joinpath("0000.png").unlink()
+    with pytest.raises(DataError, match=r"test/cat"):
+        load_dataset(tar_folder(tmp_path / "d", tmp_path / "d.tgz"), progress=False)
+
+
+def test_split_without_classes_and_missing_split(tmp_path):
+    write_image_folder(tmp_path / "d", n_train=1, n_test=1)
+    for cls in CLASSES:
+        for f in (tmp_path / "d" / "test" / cls).iterdir():
+            f.unlink()
+        (tmp_path / "d" / "test" / cls).rmdir()
+    with pytest.raises(DataError, match=r"test has no class folders"):
+        load_dataset(tmp_path / "d", progress=False)
+    (tmp_path / "d" / "test").rmdir()
+    with pytest.raises(DataError, match=r"test not found"):
+        load_dataset(tmp_path / "d", progress=False)
+
+
+def test_missing_source_says_what_to_pass(tmp_path):
+    with pytest.raises(DataError, match="not found.*cifar10"):
+        load_dataset(tmp_path / "nothing-here", progress=False)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def test_random_crop_matches_a_per_image_reference():
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(6, 3, 8, 8)
+    out = random_crop(images, 2, torch.Generator().manual_seed(3))
+    dy = torch.randint(0, 5, (6,), generator=g)
+    dx = torch.randint(0, 5, (6,), generator=g)
+    for i in range(6):
+        padded = torch.zeros(3, 12, 12)
+        padded[:, 2:10, 2:10] = images[i]
+        window = padded[:, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8]
+        assert torch.equal(out[i], window)
+
+
+def test_flip_mirrors_about_half_and_keeps_the_rest():
+    images = torch.rand(400, 3, 4, 4)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    same = (out == images).flatten(1).all(1)
+    mirrored = (out == images.flip(3)).flatten(1).all(1)
+    assert torch.all(same | mirrored)
+    assert 150 < mirrored.sum() < 250
+
+
+def test_cutout_zeroes_one_square_of_at_most_size_squared():
+    images = torch.ones(200, 3, 32, 32)
+    out = cutout(images, 8, torch.Generator().manual_seed(1))
+    holes = (out[:, 0] == 0).flatten(1).sum(1)
+    assert holes.max() == 64 and holes.min() >= 16  # partly outside near the border
+    assert torch.all((out == 0).all(1) | (out == 1).all(1))  # all channels together
+
+
+def test_augment_is_fixed_by_the_seed_and_switchable():
+    images = torch.rand(5, 3, 32, 32)
+    a = augment(images, torch.Generator().manual_seed(7))
+    b = augment(images, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and not torch.equal(a, images)
+    off = augment(images, torch.Generator().manual_seed(7), crop=False, flip=False, cut=False)
+    assert torch.equal(off, images)
+
+
+def test_channel_stats_match_numpy():
+    images = torch.randint(0, 256, (10, 3, 5, 5), dtype=torch.uint8)
+    mean, std = channel_stats(images, chunk=3)
+    x = images.numpy().astype(np.float64) / 255
+    assert np.allclose(mean, x.mean(axis=(0, 2, 3)))
+    assert np.allclose(std, x.std(axis=(0, 2, 3)))
+
+
+def test_balanced_subset_takes_the_first_of_each_class():
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 2, 1, 2, 0])
+    idx = balanced_subset(labels, 7)
+    assert labels[idx].bincount().tolist() == [3, 2, 2]
+    assert idx.tolist() == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_decode_rejects_non_images_with_the_name():
+    from camlens.data.sources import decode_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    assert decode_image(buf.getvalue(), "ok.png", 8).shape == (8, 8, 3)
+    with pytest.raises(DataError, match="x.png"):
+        decode_image(buf.getvalue()[:20], "x.png", 8)

@@ -1,0 +1,90 @@
+import csv
+
+import pytest
+import torch
+
+from camlens.data import DataError, Split
+from camlens.evaluate import (
+    confusion_matrix,
+    evaluate,
+    find_mistakes,
+    predict,
+    read_mistakes,
+    write_evaluation,
+)
+from camlens.model import ResNet18
+
+CLASSES = ("a", "b", "c")
+
+
+def test_confusion_matrix_counts_pairs():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 0, 2, 2])
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for t, p in zip(labels.tolist(), preds.tolist(), strict=True):
+        expected[t, p] += 1
+    assert torch.equal(confusion_matrix(labels, preds, 3), expected)
+
+
+def test_find_mistakes_lists_every_wrong_image_most_confident_first():
+    logits = torch.tensor([[3.0, 0, 0], [0, 5.0, 0], [0, 0, 1.0], [9.0, 0, 0], [0, 2.0, 1.0]])
+    labels = torch.tensor([0, 0, 2, 1, 2])
+    m = find_mistakes(logits, labels)
+    assert m.indices.tolist() == [3, 1, 4]
+    assert m.preds.tolist() == [0, 1, 1] and m.labels.tolist() == [1, 0, 2]
+    assert torch.allclose(m.probs.sum(1), torch.ones(3))
+    assert torch.allclose(m.margins, torch.tensor([9.0, 5.0, 1.0]))
+    assert m.confidence[0] > m.confidence[1] > m.confidence[2]
+
+
+def test_predict_does_not_depend_on_batch_size_and_restores_mode():
+    model = ResNet18(3, width=8).train()
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    a = predict(model, images, batch_size=3)
+    b = predict(model, images, batch_size=64)
+    assert a.shape == (10, 3) and torch.allclose(a, b, atol=1e-5)
+    assert model.training
+    flipped = predict(model, images.flip(3), batch_size=64)
+    tta = predict(model, images, batch_size=4, tta=True)
+    assert torch.allclose(tta, (b + flipped) / 2, atol=1e-5)
+
+
+def _evaluation(tmp_path):
+    torch.manual_seed(0)
+    model = ResNet18(3, width=8).eval()
+    split = Split(torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8), torch.arange(12) % 3)
+    ev = evaluate(model, split, batch_size=5)
+    return ev, split
+
+
+def test_evaluate_and_the_written_files_agree(tmp_path):
+    ev, split = _evaluation(tmp_path)
+    preds = ev.logits.argmax(1)
+    assert ev.accuracy == pytest.approx((preds == split.labels).float().mean().item())
+    assert ev.confusion.sum() == 12 and len(ev.mistakes) == int((preds != split.labels).sum())
+    write_evaluation(ev, CLASSES, tmp_path, {"checkpoint": "x"})
+    for name in ("metrics.json", "confusion.csv", "confusion.png", "misclassified.csv"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = list(csv.DictReader((tmp_path / "misclassified.csv").read_text().splitlines()))
+    assert len(rows) == len(ev.mistakes)
+    assert {int(r["index"]) for r in rows} == set(
+        (preds != split.labels).nonzero().flatten().tolist()
+    )
+    for r in rows:
+        assert r["true"] != r["predicted"]
+        assert sum(float(r[f"p_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-4)
+    assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_misclassified_csv_reads_back_with_images(tmp_path):
+    ev, split = _evaluation(tmp_path)
+    write_evaluation(ev, CLASSES, tmp_path, {})
+    back = read_mistakes(tmp_path / "misclassified.csv", split)
+    assert torch.equal(back.indices, ev.mistakes.indices)
+    assert torch.equal(back.preds, ev.mistakes.preds)
+    assert torch.allclose(back.probs, ev.mistakes.probs, atol=1e-6)
+    assert torch.equal(back.images, split.images[ev.mistakes.indices])
+    other = Split(split.images, (split.labels + 1) % 3)
+    assert len(back) > 0
+    with pytest.raises(DataError, match="does not belong"):
+        read_mistakes(tmp_path / "misclassified.csv", other)

@@ -1,0 +1,145 @@
+import json
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from camlens.model import (
+    NORMS,
+    CheckpointError,
+    ResNet18,
+    get_layer,
+    layer_names,
+    load_checkpoint,
+    save_checkpoint,
+    summary,
+)
+
+META = {"classes": [f"c{i}" for i in range(10)], "image_size": 32, "epoch": 3}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_parameter_count_is_the_cifar_resnet18s(norm):
+    model = ResNet18(10, norm)
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962
+
+
+def test_norm_choice_builds_the_right_layers():
+    assert isinstance(ResNet18(norm="batch").layer3[0].bn1, nn.BatchNorm2d)
+    layer = ResNet18(norm="layer").layer3[0].bn1
+    group = ResNet18(norm="group").layer3[0].bn1
+    assert isinstance(layer, nn.GroupNorm) and layer.num_groups == 1
+    assert isinstance(group, nn.GroupNorm) and group.num_groups == 32
+    with pytest.raises(ValueError, match="batch, layer, group"):
+        ResNet18(norm="instance")
+
+
+def test_stage_shapes_and_projection_shortcuts():
+    model = ResNet18(width=8).eval()
+    shapes = {}
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        get_layer(model, name).register_forward_hook(
+            lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:]))
+        )
+    model(torch.rand(2, 3, 32, 32))
+    assert shapes == {
+        "layer1": (8, 32, 32),
+        "layer2": (16, 16, 16),
+        "layer3": (32, 8, 8),
+        "layer4": (64, 4, 4),
+    }
+    assert len(model.layer1[0].shortcut) == 0 and len(model.layer2[0].shortcut) == 2
+
+
+def test_model_normalises_its_own_input():
+    model = ResNet18(width=8, mean=(0.2, 0.4, 0.6), std=(0.5, 0.25, 0.125)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    ref = model.conv1(
+        (x - torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1))
+        / torch.tensor([0.5, 0.25, 0.125]).view(1, 3, 1, 1)
+    )
+    seen = {}
+    model.conv1.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    model(x)
+    assert torch.allclose(seen["out"], ref, atol=1e-6)
+
+
+def test_layers_by_dotted_name_and_a_helpful_error():
+    model = ResNet18(width=8)
+    assert "layer3.1.conv2" in layer_names(model)
+    assert get_layer(model, "layer4.1.conv2") is model.layer4[1].conv2
+    with pytest.raises(KeyError, match="layer3.1.conv2") as err:
+        get_layer(model, "layer9")
+    assert "layer9" in str(err.value)
+
+
+def test_summary_lists_layers_shapes_and_total():
+    text = summary(ResNet18())
+    assert "total parameters: 11,173,962" in text
+    line = next(row for row in text.splitlines() if row.startswith("layer4 "))
+    assert "[512, 4, 4]" in line
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_checkpoint_round_trip(tmp_path, norm):
+    torch.manual_seed(0)
+    model = ResNet18(10, norm, width=8, mean=(0.1, 0.2, 0.3), std=(0.3, 0.2, 0.1)).eval()
+    if norm == "batch":  # non-trivial running statistics must survive too
+        model.bn1.running_mean.uniform_(-1, 1)
+    save_checkpoint(model, tmp_path / "ck", META)
+    loaded, meta = load_checkpoint(tmp_path / "ck.safetensors")
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+    assert meta["norm"] == norm and meta["classes"] == META["classes"] and meta["width"] == 8
+    assert not loaded.training
+
+
+def test_half_precision_checkpoint_is_half_the_size_and_close(tmp_path):
+    model = ResNet18(width=16).eval()
+    full = save_checkpoint(model, tmp_path / "full", META)
+    half = save_checkpoint(model, tmp_path / "half", META, dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded, _ = load_checkpoint(half)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(model(x), loaded(x), atol=1e-2, rtol=1e-2)
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    model = ResNet18(width=8)
+    save_checkpoint(model, tmp_path / "ck", META)
+    meta = json.loads((tmp_path / "ck.json").read_text())
+    (tmp_path / "ck.json").write_text(json.dumps({**meta, "epoch": 4}))
+    with pytest.raises(CheckpointError, match="different saves"):
+        load_checkpoint(tmp_path / "ck.safetensors")
+    (tmp_path / "ck.json").write_text(json.dumps({**meta, "width": 16}))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_checkpoint(tmp_path / "ck.safetensors")
+    (tmp_path / "ck.json").write_text(json.dumps({**meta, "arch": "vgg11"}))
+    with pytest.raises(CheckpointError, match="vgg11"):
+        load_checkpoint(tmp_path / "ck.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_a_pickle_posing_as_weights_is_never_unpickled(tmp_path):
+    model = ResNet18(width=8)
+    save_checkpoint(model, tmp_path / "ck", META)
+    (tmp_path / "ck.safetensors").write_bytes(pickle.dumps(model.state_dict()))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path / "ck.safetensors")
+
+
+def test_checkpoint_files_are_written_atomically(tmp_path, monkeypatch):
+    model = ResNet18(width=8)
+    save_checkpoint(model, tmp_path / "ck", META)
+    before = (tmp_path / "ck.safetensors").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("camlens.model.save_file", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(ResNet18(width=8), tmp_path / "ck", {**META, "epoch": 9})
+    assert (tmp_path / "ck.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.safetensors"]
