@@ -1,0 +1,128 @@
+"""Class activation maps for any CNN `nn.Module`: batched, hooks only during a call.
+
+    with GradCAM(model, layer="layer4") as cam:
+        cams = cam(images)                              # (N, H, W) in [0, 1], predicted class
+        result = cam.explain(images, targets=labels)    # CamResult: cams, low_res, logits, ...
+        pred, true = cam.explain_many(images, [None, labels])   # one forward, two backwards
+        pair = cam.explain_pair(images, labels)         # pred, true and signed contrast maps
+
+Public API:
+    METHODS                 name -> class: gradcam, gradcam++, xgradcam, hirescam, layercam,
+                            scorecam, eigencam, cam
+    GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, EigenCAM, CAM, ScoreCAM
+        (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
+        them (maps averaged into `cams`; each layer's own map in `layer_cams`)
+        .__call__(images, targets=None) -> (N, H, W) tensor
+        .explain(images, targets=None, normalize=None) -> CamResult
+        .explain_many(images, target_sets, normalize=None) -> list[CamResult]
+        .explain_pair(images, labels, normalize=None) -> PairResult
+        .close(); usable as a context manager
+    CamConfig               frozen knobs: normalize, amp, batch_size, score_batch, top_k
+    CamResult, PairResult   results (see base.py for fields)
+    Contrast(first, second) target: signed map of logit[first] - logit[second]
+    create(method, model, layer, config=None, **overrides) -> an engine by METHODS name
+    explain_pair(model, images, labels, method="gradcam", layer="layer4", ...) -> PairResult
+    find_layer(model, name) -> nn.Module (unknown names list the valid ones)
+    normalize_cams(maps, mode, signed) -> list of scaled maps
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from camlens.cam.base import (
+    NORMALIZE,
+    BaseCAM,
+    CamConfig,
+    CamResult,
+    Contrast,
+    Engine,
+    PairResult,
+    TargetSpec,
+    capture,
+    eval_mode,
+    find_layer,
+    normalize_cams,
+)
+from camlens.cam.methods import (
+    CAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from camlens.cam.score import ScoreCAM
+
+__all__ = [
+    "CAM",
+    "METHODS",
+    "NORMALIZE",
+    "BaseCAM",
+    "CamConfig",
+    "CamResult",
+    "Contrast",
+    "EigenCAM",
+    "Engine",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "PairResult",
+    "ScoreCAM",
+    "XGradCAM",
+    "capture",
+    "create",
+    "eval_mode",
+    "explain_pair",
+    "find_layer",
+    "normalize_cams",
+]
+
+METHODS: dict[str, type[Engine]] = {
+    cls.name: cls
+    for cls in (
+        GradCAM,
+        GradCAMPlusPlus,
+        XGradCAM,
+        HiResCAM,
+        LayerCAM,
+        ScoreCAM,
+        EigenCAM,
+        CAM,
+    )
+}
+
+
+def create(
+    method: str,
+    model: nn.Module,
+    layer: str | nn.Module | Sequence[str | nn.Module],
+    config: CamConfig | None = None,
+    **overrides: Any,
+) -> Engine:
+    """The engine named `method` (a METHODS key); unknown names list the known ones."""
+    if method not in METHODS:
+        raise KeyError(f"unknown CAM method {method!r}: choose one of {', '.join(METHODS)}")
+    return METHODS[method](model, layer, config, **overrides)
+
+
+def explain_pair(
+    model: nn.Module,
+    images: Tensor,
+    labels: TargetSpec,
+    method: str = "gradcam",
+    layer: str | nn.Module | Sequence[str | nn.Module] = "layer4",
+    config: CamConfig | None = None,
+    **overrides: Any,
+) -> PairResult:
+    """Predicted-class, true-class and (linear methods) contrast maps of `images`.
+
+    One forward pass; with normalize="pair" the pred and true maps of an image share a scale.
+    """
+    with create(method, model, layer, config, **overrides) as cam:
+        return cam.explain_pair(images, labels)

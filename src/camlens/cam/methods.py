@@ -1,0 +1,164 @@
+"""The one-forward CAM methods: each is one `_map` override on `BaseCAM`.
+
+    GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM   (acts, grads) -> map
+    EigenCAM                                                 acts -> map, class-agnostic
+    CAM                                                      acts, final linear weights -> map
+
+Every `_map` takes float32 `acts`, `grads` (N, C, h, w) and returns the (N, h, w) map before the
+ReLU, which the base applies (except to signed Contrast maps and to Eigen-CAM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from camlens.cam.base import BaseCAM, CamConfig, Target, find_layer
+
+__all__ = ["CAM", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM"]
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM, Selvaraju et al. 2017 (arXiv:1610.02391).
+
+    L = ReLU(sum_k w_k A_k), w_k = mean_ij dy/dA_kij.
+    """
+
+    name = "gradcam"
+    linear = True
+
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+        weights = grads.mean((2, 3))  # eq. 1: (N, C, h, w) -> (N, C)
+        return torch.einsum("nc,nchw->nhw", weights, acts)  # eq. 2 before the ReLU
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++, Chattopadhay et al. 2018 (arXiv:1710.11063).
+
+    L = ReLU(sum_k w_k A_k), w_k = sum_ij a_kij ReLU(g_kij),
+    a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3) with g = dS/dA for the score Y = exp(S).
+    """
+
+    name = "gradcam++"
+
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+        # eq. 19: with Y = exp(S) and S piecewise linear in A, the 2nd and 3rd derivatives of Y
+        # are exp(S) g^2 and exp(S) g^3; exp(S) cancels in alpha and only scales the map.
+        g2 = grads.pow(2)
+        g3 = g2 * grads
+        sum_acts = acts.sum((2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1)
+        denom = 2 * g2 + sum_acts * g3
+        # the paper sets alpha to 0 where the denominator vanishes (g = 0 there)
+        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
+        weights = (alpha * grads.clamp_min(0)).sum((2, 3))  # (N, C, h, w) -> (N, C)
+        return torch.einsum("nc,nchw->nhw", weights, acts)
+
+
+class XGradCAM(BaseCAM):
+    """XGrad-CAM, Fu et al. 2020 (arXiv:2008.02312).
+
+    L = ReLU(sum_k w_k A_k), w_k = sum_ij (A_kij / sum_ab A_kab) dy/dA_kij.
+    """
+
+    name = "xgradcam"
+    linear = True
+
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+        sum_acts = acts.sum((2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1)
+        # a channel that is zero everywhere has no share to give; 0/0 would be NaN
+        share = torch.where(sum_acts != 0, acts / torch.where(sum_acts != 0, sum_acts, 1.0), 0.0)
+        weights = (share * grads).sum((2, 3))  # (N, C, h, w) -> (N, C)
+        return torch.einsum("nc,nchw->nhw", weights, acts)
+
+
+class HiResCAM(BaseCAM):
+    """HiResCAM, Draelos & Carin 2020 (arXiv:2011.08891).
+
+    L = ReLU(sum_k dy/dA_k * A_k), elementwise: the gradient is not averaged over space.
+    """
+
+    name = "hirescam"
+    linear = True
+
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+        return (grads * acts).sum(1)  # (N, C, h, w) -> (N, h, w)
+
+
+class LayerCAM(BaseCAM):
+    """LayerCAM, Jiang et al. 2021 (IEEE TIP 30, doi:10.1109/TIP.2021.3089943).
+
+    L = ReLU(sum_k ReLU(dy/dA_k) * A_k), elementwise.
+    """
+
+    name = "layercam"
+
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+        return (grads.clamp_min(0) * acts).sum(1)  # (N, C, h, w) -> (N, h, w)
+
+
+class EigenCAM(BaseCAM):
+    """Eigen-CAM, Muhammad & Yeasin 2020 (arXiv:2008.00299); class-agnostic, no gradients.
+
+    L = A v1, v1 the first right singular vector of the (hw, C) activation matrix A = U S V^T.
+    """
+
+    name = "eigencam"
+    needs_grads = False
+    rectify = False  # the projection is the map; its sign is fixed below instead
+
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+        n, c, h, w = acts.shape
+        flat = acts.flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, hw, C)
+        _, _, vh = torch.linalg.svd(flat, full_matrices=False)  # vh: (N, min(hw, C), C)
+        proj = torch.einsum("npc,nc->np", flat, vh[:, 0])  # (N, hw, C) -> (N, hw)
+        # singular vectors have no sign: choose the one under which the map is mostly positive
+        sign = torch.where(proj.sum(1, keepdim=True) < 0, -1.0, 1.0)
+        return (proj * sign).view(n, h, w)  # (N, hw) -> (N, h, w)
+
+
+class CAM(BaseCAM):
+    """CAM, Zhou et al. 2016 (arXiv:1512.04150), for a GAP + linear head; no gradients.
+
+    L = ReLU(sum_k w_ck A_k), w_c the final linear layer's row of class c (ReLU'd like Grad-CAM,
+    which it equals on such a head). `fc` names that layer; None: the model's last nn.Linear.
+    """
+
+    name = "cam"
+    needs_indices = True
+    needs_grads = False
+    linear = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | nn.Module | Sequence[str | nn.Module],
+        config: CamConfig | None = None,
+        fc: str | nn.Module | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__(model, layer, config, **overrides)
+        if fc is None:
+            linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ValueError("CAM needs a final nn.Linear; pass fc= to name it")
+            fc = linears[-1]
+        self.fc = find_layer(model, fc) if isinstance(fc, str) else fc
+        if not isinstance(getattr(self.fc, "weight", None), Tensor) or self.fc.weight.ndim != 2:
+            raise TypeError(f"fc must be a linear layer with a (K, C) weight, got {self.fc}")
+
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+        if target.indices is None:
+            raise ValueError("CAM needs class indices as targets, not scores")
+        weight = self.fc.weight.detach().float()  # (K, C)
+        if weight.shape[1] != acts.shape[1]:
+            raise ValueError(
+                f"CAM needs the layer that feeds GAP -> fc: fc takes {weight.shape[1]} channels, "
+                f"the hooked layer gives {acts.shape[1]}"
+            )
+        weights = weight[target.indices]  # (K, C) -> (N, C)
+        if target.versus is not None:
+            weights = weights - weight[target.versus]
+        return torch.einsum("nc,nchw->nhw", weights, acts)

@@ -1,0 +1,658 @@
+"""camlens.cam: known answers against plain per-image references, and the engine's contracts.
+
+References are written here from the papers' formulas with autograd and loops, never taken
+from the code under test or another library.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camlens.cam import (
+    CAM,
+    METHODS,
+    CamConfig,
+    Contrast,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+    create,
+    explain_pair,
+    find_layer,
+)
+from camlens.model import ResNet18
+
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # these tensors are tiny: thread start-up and barriers cost more than they save
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyVGG(nn.Module):
+    """A VGG-style net with in-place ReLUs, as many real models have."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(16, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.features(images)
+        return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class ExpHeadNet(nn.Module):
+    """acts = stem(images); S = linear(GAP(relu(conv1x1(acts)))): S is piecewise linear in acts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.mix = nn.Conv2d(4, 6, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def head(self, acts: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.mix(acts)), 1).flatten(1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stem(images))
+
+
+def no_hooks(model: nn.Module) -> bool:
+    return all(
+        not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+        and not m._backward_pre_hooks
+        for m in model.modules()
+    )
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    lo = maps.amin((1, 2), keepdim=True)
+    hi = maps.amax((1, 2), keepdim=True)
+    return (maps - lo) / (hi - lo)
+
+
+def up(maps: torch.Tensor, size: int = 32) -> torch.Tensor:
+    return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def rank(x):
+        return x.flatten(1).argsort(1).argsort(1).float()
+
+    return pearson(rank(a), rank(b))
+
+
+def resnet(norm: str = "batch", width: int = 8, seed: int = 0) -> ResNet18:
+    torch.manual_seed(seed)
+    model = ResNet18(num_classes=10, norm=norm, width=width).eval()
+    with torch.no_grad():
+        # positive class weights on the post-ReLU layer4 output: a class map that is not all zero
+        model.linear.weight.copy_(torch.rand_like(model.linear.weight) - 0.2)
+    return model
+
+
+def resnet_acts(model: ResNet18, images: torch.Tensor, upto: str) -> torch.Tensor:
+    """The ResNet's forward written out, stopping after stage `upto`."""
+    x = (images - model.mean) / model.std
+    x = F.relu(model.bn1(model.conv1(x)))
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        x = getattr(model, name)(x)
+        if name == upto:
+            return x
+    raise ValueError(upto)
+
+
+def resnet_rest(model: ResNet18, acts: torch.Tensor, after: str) -> torch.Tensor:
+    x = acts
+    if after == "layer3":
+        x = model.layer4(x)
+    return model.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def naive_gradcam_resnet(model, images, targets, layer):
+    """Grad-CAM one image at a time: autograd on that image alone, loops over channels."""
+    maps = []
+    for i in range(images.shape[0]):
+        acts = resnet_acts(model, images[i : i + 1], layer).detach().requires_grad_()
+        logits = resnet_rest(model, acts, layer)
+        (grads,) = torch.autograd.grad(logits[0, int(targets[i])], acts)
+        cam = torch.zeros(acts.shape[2:])
+        for k in range(acts.shape[1]):
+            cam += grads[0, k].mean() * acts[0, k].detach()
+        maps.append(cam.clamp_min(0))
+    return torch.stack(maps)
+
+
+def naive_gradcam_vgg(model, images, targets, index):
+    """Grad-CAM at features[index] with the ReLUs applied out of place."""
+    maps = []
+    for i in range(images.shape[0]):
+        x = images[i : i + 1]
+        acts = None
+        for j, module in enumerate(model.features):
+            x = F.relu(x) if isinstance(module, nn.ReLU) else module(x)
+            if j == index:
+                acts = x
+        logits = model.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        (grads,) = torch.autograd.grad(logits[0, int(targets[i])], acts)
+        weights = grads[0].mean((1, 2))
+        maps.append(torch.einsum("c,chw->hw", weights, acts[0].detach()).clamp_min(0))
+    return torch.stack(maps)
+
+
+# -- known answers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+def test_gradcam_equals_naive_per_image_on_resnet(layer):
+    model = resnet()
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 3, 3, 7, 9])
+    ref = naive_gradcam_resnet(model, images, targets, layer)
+    with GradCAM(model, layer=layer) as cam:
+        result = cam.explain(images, targets)
+    assert ref.amax() > 0
+    torch.testing.assert_close(result.low_res[0], ref, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(result.cams, minmax(up(ref)), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("index", [0, 1, 5, 6])
+def test_gradcam_equals_naive_on_vgg_with_inplace_relu(index):
+    torch.manual_seed(2)
+    model = TinyVGG().eval()
+    images = torch.rand(4, 3, 16, 16)
+    targets = torch.tensor([1, 0, 4, 2])
+    ref = naive_gradcam_vgg(model, images, targets, index)
+    maps = GradCAM(model, layer=f"features.{index}").explain(images, targets, "none").low_res[0]
+    # hooked on a conv that an in-place ReLU follows, acts are the conv's own output
+    torch.testing.assert_close(maps, ref, atol=ATOL, rtol=1e-4)
+
+
+def test_gradcam_equals_zhou_cam_and_hirescam_at_layer4():
+    model = resnet(width=16)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    targets = torch.tensor([2, 5, 5, 8])
+    with torch.no_grad():
+        acts = resnet_acts(model, images, "layer4")  # (N, C, 4, 4)
+    weights = model.linear.weight[targets]  # (N, C)
+    ref = torch.einsum("nc,nchw->nhw", weights, acts).clamp_min(0)
+    assert (ref.amax((1, 2)) - ref.amin((1, 2)) > 0.1).all(), "the test needs non-flat maps"
+    ref = minmax(up(ref))
+    grad = GradCAM(model, "layer4")(images, targets)
+    torch.testing.assert_close(grad, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(HiResCAM(model, "layer4")(images, targets), grad, atol=ATOL, rtol=0)
+    torch.testing.assert_close(CAM(model, "layer4")(images, targets), ref, atol=ATOL, rtol=0)
+
+
+def exp_head_case():
+    torch.manual_seed(4)
+    model = ExpHeadNet().eval()
+    images = torch.rand(2, 3, 8, 8)
+    targets = torch.tensor([0, 2])
+    return model, images, targets
+
+
+def derivatives_of_exp_score(model, acts, target):
+    """dY/dA, d2Y/dA2 and d3Y/dA3 (diagonal) of Y = exp(S_c), element by element."""
+    acts = acts.detach().requires_grad_()
+    y = model.head(acts[None])[0, target].exp()
+    (d1,) = torch.autograd.grad(y, acts, create_graph=True)
+    d2 = torch.zeros_like(acts)
+    d3 = torch.zeros_like(acts)
+    for idx in np.ndindex(*acts.shape):
+        (g2,) = torch.autograd.grad(d1[idx], acts, create_graph=True)
+        d2[idx] = g2[idx]
+        if g2[idx].requires_grad:
+            (g3,) = torch.autograd.grad(g2[idx], acts, retain_graph=True)
+            d3[idx] = g3[idx]
+    return d1.detach(), d2.detach(), d3.detach(), y.detach()
+
+
+def test_gradcam_plusplus_equals_eq19_with_exp_score():
+    model, images, targets = exp_head_case()
+    ours = GradCAMPlusPlus(model, "stem").explain(images, targets, "none").low_res[0]
+    for i in range(images.shape[0]):
+        with torch.no_grad():
+            acts = model.stem(images[i : i + 1])[0]  # (C, h, w)
+        d1, d2, d3, y = derivatives_of_exp_score(model, acts, int(targets[i]))
+        cam = torch.zeros(acts.shape[1:])
+        for k in range(acts.shape[0]):
+            total = acts[k].sum()
+            weight = 0.0
+            for a in range(acts.shape[1]):
+                for b in range(acts.shape[2]):
+                    denom = 2 * d2[k, a, b] + total * d3[k, a, b]
+                    alpha = d2[k, a, b] / denom if denom != 0 else 0.0  # eq. 19
+                    weight += alpha * max(float(d1[k, a, b]), 0.0)
+            cam += weight * acts[k]
+        ref = cam.clamp_min(0)
+        assert ref.amax() > 0
+        # the paper differentiates Y = exp(S); the engine uses S, which scales the map by 1/Y
+        torch.testing.assert_close(ours[i] * y, ref, atol=ATOL, rtol=1e-4)
+
+
+def test_xgradcam_equals_its_formula():
+    model, images, targets = exp_head_case()
+    ours = XGradCAM(model, "stem").explain(images, targets, "none").low_res[0]
+    for i in range(images.shape[0]):
+        with torch.no_grad():
+            acts = model.stem(images[i : i + 1])[0]
+        acts_g = acts.clone().requires_grad_()
+        (grads,) = torch.autograd.grad(model.head(acts_g[None])[0, int(targets[i])], acts_g)
+        cam = torch.zeros(acts.shape[1:])
+        for k in range(acts.shape[0]):
+            total = float(acts[k].sum())
+            weight = 0.0
+            for a in range(acts.shape[1]):
+                for b in range(acts.shape[2]):
+                    if total != 0:
+                        weight += float(acts[k, a, b]) / total * float(grads[k, a, b])
+            cam += weight * acts[k]
+        ref = cam.clamp_min(0)
+        assert ref.amax() > 0
+        torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
+
+
+def test_layercam_equals_its_formula():
+    model, images, targets = exp_head_case()
+    ours = LayerCAM(model, "stem").explain(images, targets, "none").low_res[0]
+    for i in range(images.shape[0]):
+        with torch.no_grad():
+            acts = model.stem(images[i : i + 1])[0]
+        acts_g = acts.clone().requires_grad_()
+        (grads,) = torch.autograd.grad(model.head(acts_g[None])[0, int(targets[i])], acts_g)
+        ref = sum(grads[k].clamp_min(0) * acts[k] for k in range(acts.shape[0])).clamp_min(0)
+        torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
+
+
+def test_eigencam_equals_first_singular_vector_projection():
+    torch.manual_seed(5)
+    model = TinyVGG().eval()
+    images = torch.rand(3, 3, 16, 16)
+    ours = EigenCAM(model, "features.6").explain(images).cams
+    with torch.no_grad():
+        acts = model.features(images).numpy().astype(np.float64)  # (N, C, h, w)
+    for i in range(images.shape[0]):
+        a = acts[i].reshape(acts.shape[1], -1).T  # (hw, C)
+        _, _, vt = np.linalg.svd(a, full_matrices=False)
+        proj = a @ vt[0]
+        proj = proj if proj.sum() >= 0 else -proj
+        ref = torch.tensor(proj.reshape(acts.shape[2:]), dtype=torch.float32)
+        torch.testing.assert_close(ours[i], minmax(up(ref[None], 16))[0], atol=1e-4, rtol=0)
+
+
+def test_scorecam_equals_per_channel_loop():
+    torch.manual_seed(6)
+    model = TinyVGG().eval()
+    images = torch.rand(2, 3, 16, 16)
+    targets = torch.tensor([3, 1])
+    ours = ScoreCAM(model, "features.6", score_batch=7).explain(images, targets, "none")
+    with torch.no_grad():
+        acts = model.features(images)  # (N, C, 8, 8)
+        for i in range(images.shape[0]):
+            cam = torch.zeros(acts.shape[2:])
+            for k in range(acts.shape[1]):
+                mask = up(acts[i, k][None], 16)[0]
+                if mask.max() > mask.min():
+                    mask = (mask - mask.min()) / (mask.max() - mask.min())
+                else:
+                    mask = torch.zeros_like(mask)
+                prob = model(images[i : i + 1] * mask).softmax(1)[0, int(targets[i])]
+                cam += prob * acts[i, k]
+            torch.testing.assert_close(ours.low_res[0][i], cam.clamp_min(0), atol=ATOL, rtol=1e-4)
+
+
+def test_scorecam_top_k_ranks_like_full():
+    model = resnet(width=16)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    full = ScoreCAM(model, "layer4", score_batch=128).explain(images)
+    fast = ScoreCAM(model, "layer4", score_batch=128, top_k=48).explain(images)
+    assert (spearman(full.cams, fast.cams) > 0.8).all()
+
+
+def test_contrast_is_signed_difference_of_unrectified_maps():
+    model = resnet()
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    labels = torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        acts = resnet_acts(model, images, "layer4")
+        preds = model(images).argmax(1)
+    w = model.linear.weight
+    ref = torch.einsum("nc,nchw->nhw", w[preds] - w[labels], acts) / 16  # GAP: 1/hw per cell
+    for method in ("gradcam", "hirescam", "xgradcam", "cam"):
+        pair = explain_pair(model, images, labels, method=method, normalize="none")
+        assert pair.contrast.signed and not pair.pred.signed
+        if method != "xgradcam":
+            scale = 16 if method == "cam" else 1
+            torch.testing.assert_close(pair.contrast.low_res[0], ref * scale, atol=ATOL, rtol=1e-4)
+    pair = explain_pair(model, images, labels)
+    contrast = pair.contrast.cams
+    assert contrast.min() < 0 < contrast.max()
+    assert torch.allclose(contrast.abs().amax((1, 2)), torch.ones(4))
+    scale = up(ref).abs().amax((1, 2), keepdim=True)
+    torch.testing.assert_close(contrast, up(ref) / scale, atol=ATOL, rtol=0)
+    # the same map from one backward of logit[pred] - logit[label]
+    alone = GradCAM(model, "layer4").explain(images, Contrast(preds, labels))
+    torch.testing.assert_close(alone.cams, contrast, atol=ATOL, rtol=0)
+
+
+# -- contracts over every method ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("model_name", ["resnet", "vgg"])
+def test_method_contract(method, model_name):
+    if model_name == "resnet":
+        model, layer, size = resnet(width=4), "layer4", 32
+    else:
+        torch.manual_seed(9)
+        model, layer, size = TinyVGG(), "features.5", 16
+    model.train()
+    model.layer1.eval() if model_name == "resnet" else model.features[0].eval()
+    flags = [m.training for m in model.modules()]
+    grad_flags = [p.requires_grad for p in model.parameters()]
+    images = torch.rand(3, 3, size, size)
+    with create(method, model, layer) as cam:
+        result = cam.explain(images)
+    assert result.cams.shape == (3, size, size) and result.cams.dtype == torch.float32
+    assert torch.isfinite(result.cams).all()
+    assert result.cams.min() >= 0 and result.cams.max() <= 1
+    assert torch.equal(result.targets, result.logits.argmax(1))
+    assert result.method == method and result.layers == (layer,)
+    assert not result.cams.requires_grad and result.low_res[0].grad_fn is None
+    assert no_hooks(model)
+    assert [m.training for m in model.modules()] == flags
+    assert [p.requires_grad for p in model.parameters()] == grad_flags
+    assert all(p.grad is None for p in model.parameters()), "no parameter .grad may be written"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_batch_invariance(method, norm):
+    model = resnet(norm=norm, width=4)
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(10))
+    targets = torch.tensor([0, 1, 2, 3, 4])
+    layer = "layer4" if method == "cam" else "layer3"  # CAM needs the layer before GAP
+    cam = create(method, model, layer)
+    together = cam(images, targets)
+    others = torch.rand(3, 3, 32, 32)
+    mixed = cam(torch.cat([images[2:4], others]), torch.tensor([2, 3, 9, 9, 9]))
+    torch.testing.assert_close(mixed[:2], together[2:4], atol=1e-4, rtol=0)
+    torch.testing.assert_close(cam(images[4:], targets[4:]), together[4:], atol=1e-4, rtol=0)
+    chunked = create(method, model, layer, batch_size=2)(images, targets)
+    torch.testing.assert_close(chunked, together, atol=1e-4, rtol=0)
+
+
+class Exploding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = TinyVGG()
+
+    def forward(self, images):
+        self.body(images)
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_hooks_and_flags_restored_after_errors(method):
+    torch.manual_seed(11)
+    model = TinyVGG().train()
+    model.features[2].eval()
+    flags = [m.training for m in model.modules()]
+    images = torch.rand(2, 3, 16, 16)
+    cam = create(method, model, "features.3")
+    with pytest.raises(ValueError, match=r"class indices in \[0, 5\)"):
+        cam(images, torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="3 entries but the batch has 2"):
+        cam(images, torch.tensor([0, 1, 2]))
+    assert no_hooks(model) and [m.training for m in model.modules()] == flags
+    exploding = Exploding().train()
+    flags = [m.training for m in exploding.modules()]
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        create(method, exploding, "body.features.3") as c,
+    ):
+        c(images)
+    assert no_hooks(exploding) and [m.training for m in exploding.modules()] == flags
+    assert torch.is_grad_enabled()
+
+
+def test_eval_mode_during_call():
+    model = TinyVGG().train()
+    seen = []
+    handle = model.features[0].register_forward_pre_hook(lambda m, i: seen.append(m.training))
+    try:
+        GradCAM(model, "features.3")(torch.rand(1, 3, 16, 16))
+    finally:
+        handle.remove()
+    assert seen == [False] and model.training
+
+
+# -- targets, normalisation, layers ---------------------------------------------------------
+
+
+def test_target_forms_agree():
+    torch.manual_seed(12)
+    model = TinyVGG().eval()
+    images = torch.rand(3, 3, 16, 16)
+    cam = GradCAM(model, "features.5")
+    threes = cam(images, torch.tensor([3, 3, 3]))
+    torch.testing.assert_close(cam(images, 3), threes)
+    torch.testing.assert_close(cam(images, [3, 3, 3]), threes)
+    torch.testing.assert_close(cam(images, lambda logits: logits[:, 3]), threes)
+    torch.testing.assert_close(cam(images, lambda logits: logits.argmin(1) * 0 + 3), threes)
+    preds = model(images).argmax(1)
+    torch.testing.assert_close(cam(images), cam(images, preds))
+    with pytest.raises(TypeError, match="integer class indices"):
+        cam(images, torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"return shape \(3,\)"):
+        cam(images, lambda logits: logits)
+    with pytest.raises(ValueError, match="Contrast targets need a method linear"):
+        GradCAMPlusPlus(model, "features.5")(images, Contrast(preds, preds))
+    with pytest.raises(ValueError, match="Contrast targets need a method linear"):
+        ScoreCAM(model, "features.5")(images, Contrast(preds, preds))
+
+
+def count_forwards(model):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
+    return calls, handle
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"scorecam", "cam"}))
+def test_many_target_sets_and_layers_share_one_forward(method):
+    model = resnet(width=4)
+    images = torch.rand(4, 3, 32, 32)
+    labels = torch.tensor([1, 2, 3, 4])
+    calls, handle = count_forwards(model)
+    try:
+        with create(method, model, ["layer3", "layer4"]) as cam:
+            pred, true = cam.explain_many(images, [None, labels])
+    finally:
+        handle.remove()
+    assert calls == [4]
+    assert pred.resolutions == ((8, 8), (4, 4)) and pred.layer_cams.shape == (2, 4, 32, 32)
+    for i, layer in enumerate(("layer3", "layer4")):
+        single = create(method, model, layer)
+        torch.testing.assert_close(pred.layer(layer), single(images), atol=ATOL, rtol=0)
+        torch.testing.assert_close(true.layer_cams[i], single(images, labels), atol=ATOL, rtol=0)
+    torch.testing.assert_close(pred.cams, minmax(pred.layer_cams.mean(0)), atol=ATOL, rtol=0)
+
+
+def test_scorecam_target_sets_share_masked_passes():
+    torch.manual_seed(13)
+    model = TinyVGG().eval()
+    images = torch.rand(2, 3, 16, 16)
+    calls, handle = count_forwards(model)
+    try:
+        ScoreCAM(model, "features.6", score_batch=10).explain_many(images, [None, 1, 2])
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + math.ceil(2 * 16 / 10)
+
+
+def test_pair_normalisation_and_raw_max():
+    model = resnet()
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(14))
+    labels = torch.tensor([0, 1, 2, 3])
+    cam = GradCAM(model, "layer3")
+    pred, true = cam.explain_many(images, [None, labels], normalize="pair")
+    both = torch.stack([pred.cams, true.cams])  # (2, N, H, W)
+    torch.testing.assert_close(both.amax((0, 2, 3)), torch.ones(4))
+    raw_pred, raw_true = cam.explain_many(images, [None, labels], normalize="none")
+    torch.testing.assert_close(raw_pred.raw_max[0], raw_pred.low_res[0].amax((1, 2)))
+    ratio = raw_pred.cams.amax((1, 2)) / torch.maximum(
+        raw_pred.cams.amax((1, 2)), raw_true.cams.amax((1, 2))
+    )
+    torch.testing.assert_close(pred.cams.amax((1, 2)), ratio, atol=ATOL, rtol=0)
+    batch = cam.explain(images, labels, normalize="batch").cams
+    lo, hi = raw_true.cams.min(), raw_true.cams.max()
+    torch.testing.assert_close(batch, (raw_true.cams - lo) / (hi - lo), atol=ATOL, rtol=0)
+
+
+def test_constant_and_zero_maps_are_zeros():
+    model = TinyVGG().eval()
+    with torch.no_grad():
+        model.classifier.weight.zero_()  # every gradient is zero
+    images = torch.rand(2, 3, 16, 16)
+    for method in ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"):
+        maps = create(method, model, "features.5")(images)
+        assert torch.equal(maps, torch.zeros_like(maps)), method
+    flat = nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten(2), nn.Unflatten(2, (16, 16)))
+    with torch.no_grad():
+        flat[0].weight.zero_()
+        flat[0].bias.fill_(1.0)  # a constant activation map
+    model = nn.Sequential(flat, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    for method in sorted(METHODS):
+        maps = create(method, model, "0")(images)
+        assert torch.equal(maps, torch.zeros_like(maps)), method
+
+
+def test_frozen_parameters_and_no_grad_context():
+    model = resnet(width=4)
+    images = torch.rand(3, 3, 32, 32)
+    expected = GradCAM(model, "layer3")(images)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.testing.assert_close(GradCAM(model, "layer3")(images), expected)
+    assert not any(p.requires_grad for p in model.parameters())
+    with torch.no_grad():
+        inside = GradCAM(model, "layer3")(images)
+        assert not torch.is_grad_enabled()
+    torch.testing.assert_close(inside, expected)
+
+
+def test_inference_mode_is_a_clear_error():
+    model = TinyVGG().eval()
+    with torch.inference_mode():
+        images = torch.rand(2, 3, 16, 16)
+    with pytest.raises(RuntimeError, match="inference-mode tensors"):
+        GradCAM(model, "features.5")(images)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        GradCAM(model, "features.5")(images)
+    assert no_hooks(model)
+    # no gradients needed: Eigen-CAM still runs
+    assert EigenCAM(model, "features.5")(images).shape == (2, 16, 16)
+
+
+def test_bf16_autocast_gives_float32_maps_close_to_fp32():
+    model = resnet(width=8)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(15))
+    fp32 = GradCAM(model, "layer4")(images)
+    bf16 = GradCAM(model, "layer4", amp=torch.bfloat16)(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outer = GradCAM(model, "layer4")(images)
+    for maps in (bf16, outer):
+        assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+        assert (pearson(maps, fp32) > 0.95).all()
+
+
+def test_layers_by_name_module_and_errors():
+    model = resnet(width=4)
+    images = torch.rand(2, 3, 32, 32)
+    by_module = GradCAM(model, model.layer4[1].conv2).explain(images)
+    assert by_module.layers == ("layer4.1.conv2",) and by_module.resolutions == ((4, 4),)
+    by_name = GradCAM(model, "layer4.1.conv2")(images)
+    torch.testing.assert_close(by_module.cams, by_name)
+    with pytest.raises(KeyError, match="valid names: .*layer4"):
+        GradCAM(model, "layer5")
+    with pytest.raises(KeyError, match="not a submodule"):
+        GradCAM(model, nn.Conv2d(1, 1, 1))
+    assert find_layer(model, "layer3.0") is model.layer3[0]
+    with pytest.raises(ValueError, match="unknown normalize"):
+        GradCAM(model, "layer4", normalize="zscore")
+    with pytest.raises(TypeError):
+        GradCAM(model, "layer4", config=CamConfig(), colour="red")
+    cam = GradCAM(model, "layer4")
+    cam.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        cam(images)
+
+
+def test_memory_stays_flat_across_batches():
+    model = resnet(width=4)
+    cam = GradCAM(model, ["layer3", "layer4"])
+    images = torch.rand(8, 3, 32, 32)
+
+    def live_tensors():
+        gc.collect()
+        # type() rather than isinstance(): the latter wakes deprecated lazy torch objects
+        return sum(type(o) is torch.Tensor for o in gc.get_objects())
+
+    for _ in range(2):
+        result = cam.explain_pair(images, torch.zeros(8, dtype=torch.long))
+    before = live_tensors()  # counts the tensors of the one result held
+    for _ in range(10):
+        result = cam.explain_pair(images, torch.zeros(8, dtype=torch.long))
+    assert live_tensors() <= before + 2
+    assert result.pred.cams.grad_fn is None and result.contrast.low_res[1].grad_fn is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_cuda_matches_cpu_and_fp16_autocast(method):
+    model = resnet(width=8)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(16))
+    layer = "layer4" if method == "cam" else "layer3"
+    cpu = create(method, model, layer)(images)
+    model.cuda()
+    gpu = create(method, model, layer)(images.cuda())
+    assert gpu.device.type == "cuda"
+    # cuDNN convolutions run in TF32 by default: agreement to about 1e-3, not 1e-6
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-2, rtol=0)
+    half = create(method, model, layer, amp=torch.float16)(images.cuda())
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert (pearson(half.cpu(), cpu) > 0.95).all()
