@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything camlens does on a lent GPU, in one call (device time is scarce):
-#   1. train the shipped model with `camlens train` (two recipes side by side on one GPU),
+#   1. train the shipped model with `camlens train` (several recipes side by side on one GPU),
 #   2. export the better one in fp16, split into two shards (the device returns files <= 16 MiB).
 # Run from the repo root on the device machine with the data archive carried in .gpu/:
 #   bash benchmarks/gpu_check.sh            (OUT=<folder for results>, default ./gpu-out)
@@ -10,27 +10,35 @@ OUT=${OUT:-./gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 CAMLENS_HOME=/tmp/camlens-home
 DATA=${DATA:-.gpu/cifar10-jpeg.tar.gz}
-BUDGET=${BUDGET:-450}   # seconds each training may run; a run cut short keeps its last epoch
+BUDGET=${BUDGET:-400}   # seconds each training may run; a run cut short keeps its last epoch
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   nproc
 } 2>&1
 
-# decode once (the cache then serves both runs)
+# decode once (the cache then serves every run)
 python3 -c "from camlens.data import load_dataset; d = load_dataset('$DATA', progress=False); print(len(d.train), len(d.test))"
 
-timeout "$BUDGET" python3 -m camlens train --data "$DATA" --out runs/a --epochs 40 \
-  --batch-size 512 --lr 0.4 --eval-batch-size 1000 --no-progress >"$OUT/train_a.log" 2>&1 &
-timeout "$BUDGET" python3 -m camlens train --data "$DATA" --out runs/b --epochs 40 \
-  --batch-size 256 --lr 0.2 --eval-batch-size 1000 --no-progress >"$OUT/train_b.log" 2>&1 &
+# name: flags. Several recipes share the GPU (one ResNet18 leaves most of it idle).
+RUNS=${RUNS:-"a:--epochs 80 --batch-size 256 --lr 0.2|b:--epochs 50 --batch-size 128 --lr 0.1|c:--epochs 80 --batch-size 512 --lr 0.4"}
+IFS='|' read -ra specs <<<"$RUNS"
+names=()
+for spec in "${specs[@]}"; do
+  name=${spec%%:*}; flags=${spec#*:}; names+=("$name")
+  # shellcheck disable=SC2086
+  timeout "$BUDGET" python3 -m camlens train --data "$DATA" --out "runs/$name" $flags \
+    --eval-batch-size 1000 --no-progress >"runs-$name.log" 2>&1 &
+done
 wait
-tail -n 3 "$OUT/train_a.log" "$OUT/train_b.log"
+for name in "${names[@]}"; do echo "== run $name"; tail -n 2 "runs-$name.log"; done | tee "$OUT/train.log"
 
 best=$(python3 - <<'PY'
 import json
+import pathlib
+
 scores = {}
-for run in ("a", "b"):
+for run in sorted(p.name for p in pathlib.Path("runs").iterdir()):
     try:
         meta = json.load(open(f"runs/{run}/checkpoint.json"))
     except OSError:
@@ -41,12 +49,16 @@ print(max(scores, key=scores.get) if scores else "")
 PY
 )
 echo "best run: ${best:-none}"
-for run in a b; do
-  [ -f runs/$run/metrics.jsonl ] && cp runs/$run/metrics.jsonl "$OUT/metrics_$run.jsonl"
+for name in "${names[@]}"; do
+  [ -f "runs/$name/metrics.jsonl" ] && cp "runs/$name/metrics.jsonl" "$OUT/metrics_$name.jsonl"
 done
 if [ -n "$best" ]; then
   python3 -m camlens export --checkpoint runs/$best/checkpoint.safetensors --out "$OUT/shipped" --dtype fp16
   cp runs/$best/curves.png "$OUT/curves.png"
+  for tta in "" --tta; do  # the shipped number, and what test-time flipping adds
+    python3 -m camlens evaluate --checkpoint "$OUT/shipped.safetensors" --data "$DATA" \
+      --out /tmp/eval $tta --batch-size 500 --no-progress | head -n 1 | sed "s/^/fp16 ${tta:-plain}: /"
+  done
   split -n 2 -d "$OUT/shipped.safetensors" "$OUT/shipped.safetensors.part-"
   rm "$OUT/shipped.safetensors"
   sha256sum "$OUT"/shipped.safetensors.part-* 

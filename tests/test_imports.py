@@ -6,6 +6,7 @@ from pathlib import Path
 import camlens
 
 ORDER = [
+    "atomic",
     "download",
     "data",
     "model",

@@ -138,7 +138,7 @@ def test_checkpoint_files_are_written_atomically(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("camlens.model.save_file", crash)
+    monkeypatch.setattr("camlens.atomic.save_file", crash)
     with pytest.raises(OSError):
         save_checkpoint(ResNet18(width=8), tmp_path / "ck", {**META, "epoch": 9})
     assert (tmp_path / "ck.safetensors").read_bytes() == before

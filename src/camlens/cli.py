@@ -9,17 +9,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 import types
 import typing
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from camlens import __version__
+from camlens.cam import METHODS
 from camlens.data import DataError, load_dataset
 from camlens.download import DownloadError
-from camlens.evaluate import evaluate, write_evaluation
+from camlens.evaluate import evaluate, find_mistakes, predict, read_mistakes, write_evaluation
+from camlens.gallery import SORTS, explain_mistakes, select_mistakes, write_gallery
 from camlens.model import CheckpointError, ResNet18, load_checkpoint, save_checkpoint, summary
 from camlens.train import RunError, TrainConfig, train
 
@@ -38,6 +42,10 @@ TRAIN_EXAMPLE = """example:
 EVALUATE_EXAMPLE = """example:
   camlens evaluate --checkpoint runs/quick/checkpoint.safetensors \\
       --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick/eval"""
+EXPLAIN_EXAMPLE = """example:
+  camlens explain --checkpoint runs/quick/checkpoint.safetensors \\
+      --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick/explain --layer layer3,layer4
+  camlens explain ... --method gradcam++ --true cat --pred dog --limit 50"""
 EXPORT_EXAMPLE = """example:
   camlens export --checkpoint runs/r18/checkpoint.safetensors --out model-fp16.safetensors"""
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -163,6 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser(
+        "explain",
+        help="Grad-CAM (and family) gallery of the misclassified test images",
+        epilog=EXPLAIN_EXAMPLE,
+        formatter_class=fmt,
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.safetensors")
+    _data_flags(p, image_size=False)
+    p.add_argument(
+        "--out", required=True, type=Path, help="folder; the gallery goes in OUT/gallery"
+    )
+    p.add_argument("--method", default="gradcam", choices=sorted(METHODS), help="default: gradcam")
+    p.add_argument("--layer", default="layer4", help="dotted layer name(s), comma-separated")
+    p.add_argument("--limit", type=int, help="explain at most this many images")
+    p.add_argument("--sort", default="confidence", choices=SORTS, help="default: confidence")
+    p.add_argument("--true", metavar="CLASS", help="only images of this true class")
+    p.add_argument("--pred", metavar="CLASS", help="only images predicted as this class")
+    p.add_argument("--misclassified", type=Path, help="misclassified.csv from camlens evaluate")
+    p.add_argument("--batch-size", type=int, default=64, help="images per CAM batch (default: 64)")
+    p.add_argument("--amp", choices=("bf16",), help="bf16 autocast forward (maps stay fp32)")
+    _device_flag(p)
+    p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser(
         "export",
         help="re-save a checkpoint, e.g. in half precision",
         epilog=EXPORT_EXAMPLE,
@@ -222,6 +253,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     worst = sorted(zip(ev.per_class, data.classes, strict=False))[:3]
     print("weakest classes: " + ", ".join(f"{c} {a:.1%}" for a, c in worst))
     print(f"wrote {args.out}/misclassified.csv, confusion.png, confusion.csv, metrics.json")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
+    data = load_matching_data(args, meta)
+    if args.misclassified is not None:
+        mistakes = read_mistakes(args.misclassified, data.test)
+    else:
+        logits = predict(model, data.test.images, args.batch_size)
+        mistakes = find_mistakes(logits, data.test.labels)
+        mistakes = replace(mistakes, images=data.test.images[mistakes.indices])
+    try:
+        chosen = select_mistakes(
+            mistakes, data.classes, args.sort, args.true, args.pred, args.limit
+        )
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    if not len(chosen):
+        print("no misclassified images match: nothing to explain")
+        return 0
+    layers = [name.strip() for name in args.layer.split(",") if name.strip()]
+    amp = torch.bfloat16 if args.amp == "bf16" else None
+    try:
+        expl = explain_mistakes(
+            model, chosen.images, chosen.labels, args.method, layers, args.batch_size, amp
+        )
+    except KeyError as e:  # an unknown layer: the message lists the valid names
+        raise DataError(str(e.args[0])) from None
+    root = write_gallery(expl, chosen, data.classes, args.out)
+    resolutions = ", ".join(
+        f"{n} {h}x{w}" for n, (h, w) in zip(expl.layers, expl.resolutions, strict=True)
+    )
+    print(
+        f"explained {len(chosen)} misclassified images with {args.method} ({resolutions} maps) "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+    print(f"gallery: {root}/pages, cards/, pairs/ and index.csv")
     return 0
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlens.atomic import atomic_write_bytes
 from camlens.data import DataError, Split
-from camlens.model import atomic_write_bytes
 from camlens.plots import plot_confusion
 
 __all__ = [

@@ -11,8 +11,6 @@ rebuild and describe the model). Both are written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from camlens.atomic import atomic_save_tensors, atomic_write_bytes
 
 __all__ = [
     "NORMS",
+    "SHIPPED_MODEL",
     "BasicBlock",
     "ResNet18",
     "build_model",
@@ -35,11 +36,11 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint_meta",
     "CheckpointError",
-    "atomic_write_bytes",
-    "atomic_save_tensors",
 ]
 
 NORMS = ("batch", "layer", "group")
+# the model camlens ships: trained by `camlens train` on CIFAR-10 (JPEG q75), fp16 weights
+SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "resnet18-cifar10-jpeg"
 ARCH = "resnet18"
 FORMAT = "camlens-checkpoint/1"
 
@@ -186,47 +187,6 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged, or for another model."""
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _umask_mode()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see old or new, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; a result file should read like any other
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
-) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _FILE_MODE)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, _FILE_MODE)  # save_file makes its own file, with its own mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     model: ResNet18, path: str | Path, meta: dict[str, Any], dtype: torch.dtype = torch.float32
 ) -> Path:
@@ -287,7 +247,11 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[ResNet18, dict[str, Any]]:
-    """Rebuild the model from a checkpoint (weights cast to fp32, eval mode) and its metadata."""
+    """Rebuild the model from a checkpoint (weights cast to fp32, eval mode) and its metadata.
+
+    `path` is either file of the pair, their common stem, or "shipped" for the bundled model.
+    """
+    path = SHIPPED_MODEL if str(path) == "shipped" else path
     stem = (
         Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else Path(path)
     )

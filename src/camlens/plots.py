@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from camlens.model import atomic_write_bytes
+from camlens.atomic import atomic_write_bytes
 
 __all__ = ["plot_curves", "plot_confusion", "figure_png"]
 

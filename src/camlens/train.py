@@ -24,9 +24,10 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 import camlens
+from camlens.atomic import atomic_save_tensors, atomic_write_bytes
 from camlens.data import Dataset, augment, balanced_subset, channel_stats
 from camlens.evaluate import as_float_images, autocast, predict
-from camlens.model import NORMS, ResNet18, atomic_save_tensors, atomic_write_bytes, save_checkpoint
+from camlens.model import NORMS, ResNet18, save_checkpoint
 from camlens.plots import plot_curves
 
 __all__ = ["TrainConfig", "train", "RunError", "is_writer"]
@@ -198,8 +199,10 @@ def train(
         nesterov=True,
         weight_decay=config.weight_decay,
     )
+    # OneCycleLR needs at least a step in each phase; tiny runs get a slightly longer warm-up
+    total = max(config.epochs * steps, 4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=config.warmup
+        optimizer, max_lr=config.lr, total_steps=total, pct_start=max(config.warmup, 1.5 / total)
     )
 
     start, history, elapsed = 0, [], 0.0

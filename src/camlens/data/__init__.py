@@ -5,7 +5,9 @@
     downloaded and checked there when absent;
   - a folder holding `cifar-10-batches-py/` (or that folder itself), or the official
     `cifar-10-python.tar.gz`;
-  - an image-folder tree `ROOT/{train,test}/<class>/*.png|jpg|jpeg` or a `.tar.gz` of one.
+  - an image-folder tree `ROOT/{train,test}/<class>/*.png|jpg|jpeg` or a `.tar.gz` of one;
+  - `sample`: the 1,000 test images bundled with camlens (100 per class, no train split), or
+    any sample file written by `save_sample`.
 The decoded pixels are cached under `$CAMLENS_HOME/cache`, keyed by the source's checksum and
 the image size, so the second load of 60,000 images reads two .npy files.
 """
@@ -25,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
+from camlens.atomic import atomic_save_tensors
 from camlens.data.sources import (
     BATCH_FILES,
     BATCHES_DIR,
@@ -51,7 +55,13 @@ __all__ = [
     "balanced_subset",
     "channel_stats",
     "default_home",
+    "save_sample",
+    "SAMPLE_PATH",
 ]
+
+SAMPLE_PATH = (
+    Path(__file__).resolve().parent.parent / "assets" / "cifar10-jpeg-test-sample.safetensors"
+)
 
 CACHE_VERSION = "1"
 
@@ -252,6 +262,8 @@ def load_dataset(
     """Read a data source (see the module docstring) into uint8 tensors, through the cache."""
     if image_size < 8:
         raise DataError(f"image size {image_size} is too small: use 8 or more (CIFAR is 32)")
+    if str(source) == "sample" or str(source).endswith(".safetensors"):
+        return load_sample(SAMPLE_PATH if str(source) == "sample" else source)
     home = Path(home) if home is not None else default_home()
     kind, path = resolve(source, home)
     checksum = file_sha256(path) if path.is_file() else folder_fingerprint(path)
@@ -271,3 +283,40 @@ def load_dataset(
     else:
         splits, classes = cached
     return Dataset(splits["train"], splits["test"], tuple(classes), str(path), checksum)
+
+
+# ----------------------------------------------------------------------------- bundled sample
+
+
+def save_sample(data: Dataset, path: str | Path, per_class: int = 100, label: str = "") -> Path:
+    """The first `per_class` test images of each class as one small safetensors file."""
+    idx = balanced_subset(data.test.labels, per_class * len(data.classes))
+    tensors = {
+        "images": data.test.images[idx].contiguous(),
+        "labels": data.test.labels[idx].contiguous(),
+        "indices": idx.contiguous(),  # positions in the full test split
+    }
+    meta = {
+        "classes": json.dumps(list(data.classes)),
+        "source": data.source,
+        "label": label,
+        "checksum": data.checksum,
+    }
+    atomic_save_tensors(Path(path), tensors, meta)
+    return Path(path)
+
+
+def load_sample(path: str | Path = SAMPLE_PATH) -> Dataset:
+    """A sample file as a Dataset with an empty train split."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            images, labels = f.get_tensor("images"), f.get_tensor("labels")
+    except (OSError, SafetensorError) as e:
+        raise DataError(f"cannot read sample {path}: {e}") from None
+    empty = Split(images[:0], labels[:0])
+    name = meta.get("label") or str(path)
+    return Dataset(
+        empty, Split(images, labels), tuple(json.loads(meta["classes"])), name, file_sha256(path)
+    )
