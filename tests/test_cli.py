@@ -143,3 +143,172 @@ def test_train_flags_come_from_the_config_dataclass():
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
     for f in fields(TrainConfig):
         assert getattr(args, f.name) == f.default, f.name
+
+
+@pytest.fixture
+def trained(tmp_path, tiny_folder, capsys):
+    run(
+        capsys,
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "r",
+        "--epochs",
+        1,
+        "--width",
+        8,
+        "--batch-size",
+        8,
+        "--no-progress",
+    )
+    return tmp_path / "r" / "checkpoint.safetensors"
+
+
+def test_explain_writes_the_gallery(tmp_path, tiny_folder, trained, capsys):
+    code, out, err = run(
+        capsys,
+        "explain",
+        "--checkpoint",
+        trained,
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "x",
+        "--layer",
+        "layer3,layer4",
+        "--limit",
+        5,
+        "--no-progress",
+    )
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "x/gallery/index.csv").read_text().splitlines()))
+    assert 0 < len(rows) <= 5 and "layer3 8x8" in out and "layer4 4x4" in out
+    assert set(rows[0]) >= {"layer3_pred_max", "layer4_true_max"}
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [(["--layer", "layer9"], "layer3.1.conv2"), (["--true", "zebra"], "zebra")],
+)
+def test_explain_bad_choices_are_one_line(tmp_path, tiny_folder, trained, capsys, extra, needle):
+    code, _, err = run(
+        capsys,
+        "explain",
+        "--checkpoint",
+        trained,
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "x",
+        "--no-progress",
+        *extra,
+    )
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_tensorboard_events_mirror_the_metrics(tmp_path, tiny_folder, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, _, err = run(
+        capsys,
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "r",
+        "--epochs",
+        2,
+        "--width",
+        8,
+        "--batch-size",
+        8,
+        "--no-progress",
+        "--tensorboard",
+    )
+    assert code == 0, err
+    events = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    events.Reload()
+    history = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    logged = events.Scalars("accuracy/test")
+    assert [e.step for e in logged] == [1, 2]
+    assert [e.value for e in logged] == pytest.approx([h["test_acc"] for h in history])
+
+
+def test_shipped_checkpoint_evaluates_on_the_bundled_sample(tmp_path, capsys):
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        "shipped",
+        "--data",
+        "sample",
+        "--out",
+        tmp_path,
+        "--no-progress",
+    )
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 1000 and f"{metrics['test_acc']:.2%}" in out
+
+
+def test_run_produces_every_artefact_and_resumes(tmp_path, tiny_folder, capsys):
+    argv = [
+        "run",
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "r",
+        "--epochs",
+        1,
+        "--width",
+        8,
+        "--batch-size",
+        8,
+        "--no-progress",
+        "--layer",
+        "layer4",
+    ]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    r = tmp_path / "r"
+    for name in (
+        "checkpoint.safetensors",
+        "checkpoint.json",
+        "metrics.jsonl",
+        "curves.png",
+        "eval/misclassified.csv",
+        "eval/confusion.png",
+        "gallery/index.csv",
+        "report.html",
+    ):
+        assert (r / name).is_file(), name
+    assert f"report: {r / 'report.html'}" in out
+    weights = (r / "checkpoint.safetensors").read_bytes()
+    code, out, err = run(capsys, *argv)  # a finished run is not trained again
+    assert code == 0, err
+    assert "resuming" in err + out and (r / "checkpoint.safetensors").read_bytes() == weights
+
+
+@pytest.mark.slow
+def test_demo_reports_what_evaluate_says(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--out", tmp_path / "demo", "--layer", "layer4")
+    assert code == 0, err
+    assert f"report: {tmp_path / 'demo' / 'report.html'}" in out.splitlines()[-1]
+    html = (tmp_path / "demo" / "report.html").read_text()
+    rows = list(csv.DictReader((tmp_path / "demo/gallery/index.csv").read_text().splitlines()))
+    assert len(rows) > 0 and html.count('class="item') >= len(rows)
+    run(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        "shipped",
+        "--data",
+        "sample",
+        "--out",
+        tmp_path / "ev",
+        "--no-progress",
+    )
+    accuracy = json.loads((tmp_path / "ev" / "metrics.json").read_text())["test_acc"]
+    assert f"{accuracy:.2%}" in out and f"{accuracy:.2%}" in html
+    assert len(rows) == round((1 - accuracy) * 1000)

@@ -210,3 +210,24 @@ def test_decode_rejects_non_images_with_the_name():
     assert decode_image(buf.getvalue(), "ok.png", 8).shape == (8, 8, 3)
     with pytest.raises(DataError, match="x.png"):
         decode_image(buf.getvalue()[:20], "x.png", 8)
+
+
+def test_sample_round_trip_keeps_the_first_images_of_each_class(tmp_path):
+    from camlens.data import save_sample
+
+    write_image_folder(tmp_path / "d", n_train=1, n_test=5)
+    d = load_dataset(tmp_path / "d", progress=False)
+    path = save_sample(d, tmp_path / "s.safetensors", per_class=2, label="tiny sample")
+    s = load_dataset(path, progress=False)
+    assert s.classes == d.classes and s.source == "tiny sample" and len(s.train) == 0
+    expected = torch.cat([d.test.images[d.test.labels == k][:2] for k in range(len(CLASSES))])
+    assert torch.equal(s.test.images, expected)
+    assert s.test.labels.bincount().tolist() == [2] * len(CLASSES)
+
+
+def test_the_bundled_sample_holds_100_test_images_per_class():
+    s = load_dataset("sample", progress=False)
+    assert s.classes[0] == "airplane" and len(s.classes) == 10
+    assert s.test.images.shape == (1000, 3, 32, 32)
+    assert s.test.labels.bincount().tolist() == [100] * 10
+    assert "JPEG q75" in s.source

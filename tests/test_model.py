@@ -143,3 +143,23 @@ def test_checkpoint_files_are_written_atomically(tmp_path, monkeypatch):
         save_checkpoint(ResNet18(width=8), tmp_path / "ck", {**META, "epoch": 9})
     assert (tmp_path / "ck.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.safetensors"]
+
+
+def test_the_shipped_model_is_described_and_loads():
+    model, meta = load_checkpoint("shipped")
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962
+    assert meta["data_label"] == "CIFAR-10 (JPEG q75)" and meta["weights_dtype"] == "fp16"
+    assert meta["recipe"]["epochs"] == meta["epoch"] == len(meta["history"])
+    assert meta["history"][-1]["test_acc"] == meta["metrics"]["test_acc"]
+    assert meta["evaluation"]["test_acc"] >= 0.92  # the target, as camlens evaluate gives it
+
+
+@pytest.mark.slow
+def test_the_shipped_model_is_accurate_on_the_bundled_sample():
+    from camlens.data import load_dataset
+    from camlens.evaluate import predict
+
+    model, _ = load_checkpoint("shipped")
+    sample = load_dataset("sample", progress=False)
+    logits = predict(model, sample.test.images, precision="bf16")
+    assert (logits.argmax(1) == sample.test.labels).float().mean() > 0.88

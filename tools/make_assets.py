@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from camlens.data import SAMPLE_PATH, load_dataset, save_sample
+from camlens.evaluate import evaluate
 from camlens.model import SHIPPED_MODEL, load_checkpoint
 
 DATA_LABEL = "CIFAR-10 (JPEG q75)"
@@ -27,7 +28,7 @@ def make_sample(data: str) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-def install_model(result: Path, run: str) -> None:
+def install_model(result: Path, run: str, data: str) -> None:
     shards = sorted(result.glob("shipped.safetensors.part-*"))
     if not shards:
         raise SystemExit(f"no shipped.safetensors.part-* in {result}")
@@ -45,7 +46,15 @@ def install_model(result: Path, run: str) -> None:
     )
     SHIPPED_MODEL.with_suffix(".safetensors").write_bytes(weights)
     SHIPPED_MODEL.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    load_checkpoint(SHIPPED_MODEL)  # the pair must load as shipped
+    model, _ = load_checkpoint(SHIPPED_MODEL)  # the pair must load as shipped
+    # the accuracy users will reproduce: fp16 weights, fp32 CPU inference, `camlens evaluate`
+    ev = evaluate(model, load_dataset(data, progress=False).test)
+    meta["evaluation"] = {
+        "test_acc": ev.accuracy,
+        "test_loss": ev.loss,
+        "command": f"camlens evaluate --checkpoint shipped --data {data}",
+    }
+    SHIPPED_MODEL.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"installed {SHIPPED_MODEL.with_suffix('.safetensors')} ({len(weights) / 1e6:.1f} MB)")
 
 
@@ -57,11 +66,12 @@ def main() -> None:
     p = sub.add_parser("model")
     p.add_argument("--result", type=Path, default=Path(".gpu/result"))
     p.add_argument("--run", required=True, help="the run gpu_check.sh picked (its log says)")
+    p.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz")
     args = parser.parse_args()
     if args.what == "sample":
         make_sample(args.data)
     else:
-        install_model(args.result, args.run)
+        install_model(args.result, args.run, args.data)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,23 @@ Glossary (one name per concept, everywhere):
 
 __version__ = "0.1.0"
 
+from camlens.cam import (
+    CAM,
+    METHODS,
+    CamConfig,
+    CamResult,
+    Contrast,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    PairResult,
+    ScoreCAM,
+    XGradCAM,
+    create,
+    explain_pair,
+)
 from camlens.data import DataError, Dataset, Split, load_dataset
 from camlens.download import DownloadError, fetch_cifar10
 from camlens.evaluate import (
@@ -27,6 +44,13 @@ from camlens.evaluate import (
     read_mistakes,
     write_evaluation,
 )
+from camlens.gallery import (
+    Explanations,
+    GalleryConfig,
+    explain_mistakes,
+    select_mistakes,
+    write_gallery,
+)
 from camlens.model import (
     CheckpointError,
     ResNet18,
@@ -36,6 +60,8 @@ from camlens.model import (
     save_checkpoint,
     summary,
 )
+from camlens.overlay import colorize, heatmap_rgba, overlay
+from camlens.report import ReportConfig, build_report, compute_report, render_report
 from camlens.train import RunError, TrainConfig, train
 
 __all__ = [
@@ -68,4 +94,33 @@ __all__ = [
     "RunError",
     "TrainConfig",
     "train",
+    # CAM engine
+    "METHODS",
+    "CAM",
+    "CamConfig",
+    "CamResult",
+    "Contrast",
+    "EigenCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "PairResult",
+    "ScoreCAM",
+    "XGradCAM",
+    "create",
+    "explain_pair",
+    # overlays, gallery, report
+    "colorize",
+    "heatmap_rgba",
+    "overlay",
+    "Explanations",
+    "GalleryConfig",
+    "explain_mistakes",
+    "select_mistakes",
+    "write_gallery",
+    "ReportConfig",
+    "build_report",
+    "compute_report",
+    "render_report",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 import types
@@ -25,7 +26,8 @@ from camlens.download import DownloadError
 from camlens.evaluate import evaluate, find_mistakes, predict, read_mistakes, write_evaluation
 from camlens.gallery import SORTS, explain_mistakes, select_mistakes, write_gallery
 from camlens.model import CheckpointError, ResNet18, load_checkpoint, save_checkpoint, summary
-from camlens.train import RunError, TrainConfig, train
+from camlens.report import compute_report, render_report
+from camlens.train import RunError, TrainConfig, tensorboard_logger, train
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
@@ -35,6 +37,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
 )
 
+DEMO_EXAMPLE = """example:
+  camlens demo                          # offline: shipped model, bundled sample -> report.html
+  camlens demo --out /tmp/demo --method gradcam,gradcam++"""
+RUN_EXAMPLE = """example:
+  camlens run --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick --epochs 1 --subset 2000
+  camlens run --data cifar10 --out runs/r18 --epochs 30 --layer layer3,layer4
+  (run it again after a kill: it resumes training, then redoes the later steps)"""
 TRAIN_EXAMPLE = """example:
   camlens train --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick --epochs 1 --subset 2000
   camlens train --data cifar10 --out runs/r18 --epochs 30           # official batches, downloaded
@@ -125,6 +134,24 @@ def _device_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _explain_flags(parser: argparse.ArgumentParser, method: str) -> None:
+    parser.add_argument(
+        "--method", default=method, help=f"CAM method(s), comma-separated, of {', '.join(METHODS)}"
+    )
+    parser.add_argument("--layer", default="layer3,layer4", help="layer(s), comma-separated")
+    parser.add_argument("--cam-batch-size", type=int, default=64, help="images per CAM batch")
+
+
+def _names(text: str, what: str, valid=None) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise DataError(f"--{what} names nothing")
+    for name in names if valid is not None else ():
+        if name not in valid:
+            raise DataError(f"unknown --{what} {name!r}: choose from {', '.join(valid)}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camlens", description="Where a CNN looks when it gets an image wrong."
@@ -132,6 +159,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"camlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser(
+        "demo",
+        help="offline: explain the shipped model's mistakes on the bundled sample",
+        epilog=DEMO_EXAMPLE,
+        formatter_class=fmt,
+    )
+    p.add_argument("--out", type=Path, default=Path("camlens-demo"), help="default: camlens-demo")
+    _explain_flags(p, method="gradcam")
+    _device_flag(p)
+    p.set_defaults(run=cmd_demo, progress=True)
+
+    p = sub.add_parser(
+        "run",
+        help="train, evaluate, explain the mistakes and write the report, in one go",
+        epilog=RUN_EXAMPLE,
+        formatter_class=fmt,
+    )
+    _data_flags(p)
+    p.add_argument("--out", required=True, type=Path, help="run folder; resumed when it exists")
+    p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
+    p.add_argument("--limit", type=int, help="explain at most this many mistakes")
+    _explain_flags(p, method="gradcam")
+    _device_flag(p)
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(run=cmd_run)
 
     p = sub.add_parser(
         "train",
@@ -147,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run folder (checkpoints, metrics.jsonl, curves.png)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     _device_flag(p)
     add_config_flags(p, TrainConfig)
     p.set_defaults(run=cmd_train)
@@ -224,7 +278,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
     device = pick_device(args.device)
     data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
-    train(config, data, args.out, device=device, resume=args.resume, progress=args.progress)
+    on_epoch = tensorboard_logger(args.out) if args.tensorboard else None
+    train(
+        config,
+        data,
+        args.out,
+        device=device,
+        resume=args.resume,
+        progress=args.progress,
+        on_epoch=on_epoch,
+    )
     print(f"checkpoint: {args.out / 'checkpoint.safetensors'}")
     return 0
 
@@ -292,6 +355,99 @@ def cmd_explain(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - started:.1f}s"
     )
     print(f"gallery: {root}/pages, cards/, pairs/ and index.csv")
+    return 0
+
+
+def _report_and_gallery(model, data, out: Path, args, run_info: dict, history, limit=None):
+    """Explain the mistakes once; the gallery and the report both draw from that."""
+    methods = _names(args.method, "method", list(METHODS))
+    layers = _names(args.layer, "layer")
+    try:
+        report = compute_report(
+            model,
+            data.test,
+            data.classes,
+            run_info=run_info,
+            history=history,
+            methods=methods,
+            layers=layers,
+            batch_size=args.cam_batch_size,
+            limit=limit,
+        )
+    except KeyError as e:  # an unknown layer: the message lists the valid names
+        raise DataError(str(e.args[0])) from None
+    if methods[0] in report.explanations:
+        write_gallery(report.explanations[methods[0]], report.mistakes, data.classes, out)
+    return report, render_report(report, out)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    model, meta = load_checkpoint("shipped", pick_device(args.device))
+    data = load_dataset("sample", progress=False)
+    run_info = {
+        "checkpoint": "shipped with camlens (camlens/assets/resnet18-cifar10-jpeg)",
+        "data": "1,000-image sample of the test split (100 per class), bundled with camlens",
+        "data_label": "CIFAR-10 (JPEG q75), 1,000-image test sample",
+        "epochs": meta["epochs"],
+        "trained on": f"{meta['device']} in {meta['train_seconds']:.0f} s",
+        "training images": meta["train_images"],
+        "full test accuracy": f"{meta['evaluation']['test_acc']:.2%} (10,000 images)",
+        "recipe": _recipe(meta),
+    }
+    report, path = _report_and_gallery(model, data, args.out, args, run_info, meta.get("history"))
+    ev = report.evaluation
+    print(
+        f"shipped ResNet18 on the bundled sample: {ev.accuracy:.2%} accuracy, "
+        f"{len(ev.mistakes)} misclassified, explained in {time.perf_counter() - started:.0f}s"
+    )
+    print(f"gallery: {args.out / 'gallery'}")
+    print(f"report: {path}")
+    return 0
+
+
+def _recipe(meta: dict) -> str:
+    r = meta.get("recipe", {})
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "precision")
+    return ", ".join(f"{k} {r[k]}" for k in keys if k in r)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    config = config_from_args(args, TrainConfig)
+    _names(args.method, "method", list(METHODS))  # fail before hours of training, not after
+    device = pick_device(args.device)
+    data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
+    resume = (args.out / "resume.safetensors").exists()
+    on_epoch = tensorboard_logger(args.out) if args.tensorboard else None
+    train(
+        config,
+        data,
+        args.out,
+        device=device,
+        resume=resume,
+        progress=args.progress,
+        on_epoch=on_epoch,
+    )
+    model, meta = load_checkpoint(args.out / "checkpoint.safetensors", device)
+    ev = evaluate(model, data.test, batch_size=args.eval_batch_size)
+    write_evaluation(ev, data.classes, args.out / "eval", {"checkpoint": str(args.out)})
+    history = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
+    run_info = {
+        "checkpoint": str(args.out / "checkpoint.safetensors"),
+        "data": data.source,
+        "epochs": meta["epoch"],
+        "train time": f"{meta['train_seconds']:.0f} s on {meta['device']}",
+        "recipe": _recipe(meta),
+    }
+    run_info["data_label"] = data.label
+    _, path = _report_and_gallery(model, data, args.out, args, run_info, history, args.limit)
+    print(
+        f"test accuracy {ev.accuracy:.2%}; {len(ev.mistakes)} misclassified; "
+        f"done in {time.perf_counter() - started:.0f}s"
+    )
+    print(f"evaluation: {args.out / 'eval'}  gallery: {args.out / 'gallery'}")
+    print(f"report: {path}")
     return 0
 
 

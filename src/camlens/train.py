@@ -30,7 +30,7 @@ from camlens.evaluate import as_float_images, autocast, predict
 from camlens.model import NORMS, ResNet18, save_checkpoint
 from camlens.plots import plot_curves
 
-__all__ = ["TrainConfig", "train", "RunError", "is_writer"]
+__all__ = ["TrainConfig", "train", "RunError", "is_writer", "tensorboard_logger"]
 
 RESUME_FILE = "resume.safetensors"
 
@@ -295,6 +295,7 @@ def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapse
         "train_seconds": round(elapsed, 1),
         "data_source": data.source,
         "data_checksum": data.checksum,
+        "data_label": data.label,
         "train_images": len(data.train)
         if config.subset is None
         else min(config.subset, len(data.train)),
@@ -312,3 +313,32 @@ def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapse
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write_bytes(out / "metrics.jsonl", lines.encode())  # rewritten whole: never a torn line
     plot_curves(history, out / "curves.png")
+
+
+def tensorboard_logger(out: str | Path) -> Callable[[dict], None]:
+    """An `on_epoch` callback that mirrors each epoch's metrics into TensorBoard event files.
+
+    metrics.jsonl stays the source of truth; a resumed run purges the events of epochs it
+    redoes, so the curves never double back.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunError(
+            "--tensorboard needs the tensorboard package: pip install 'camlens[tensorboard]'"
+        ) from None
+    writers: dict[str, SummaryWriter] = {}
+
+    def log_epoch(metrics: dict) -> None:
+        epoch = metrics["epoch"]
+        if "w" not in writers:
+            writers["w"] = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=epoch)
+        w = writers["w"]
+        for split in ("train", "test"):
+            w.add_scalar(f"loss/{split}", metrics[f"{split}_loss"], epoch)
+            w.add_scalar(f"accuracy/{split}", metrics[f"{split}_acc"], epoch)
+        w.add_scalar("lr", metrics["lr"], epoch)
+        w.add_scalar("images_per_s", metrics["images_per_s"], epoch)
+        w.flush()
+
+    return log_epoch

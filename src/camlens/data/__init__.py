@@ -64,6 +64,10 @@ SAMPLE_PATH = (
 )
 
 CACHE_VERSION = "1"
+# sources whose accuracy must carry a name of their own (shared/data/README: a JPEG re-encoding)
+KNOWN_SOURCES = {
+    "ff26949c34c4e67da3fa472a1f142e33365dea058f94f1fa369b14ef3d986968": "CIFAR-10 (JPEG q75)",
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,15 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return int(self.test.images.shape[-1])
+
+    @property
+    def label(self) -> str:
+        """How results on this data are to be named: "CIFAR-10 (JPEG q75)", or the source."""
+        if self.checksum in KNOWN_SOURCES:
+            return KNOWN_SOURCES[self.checksum]
+        if Path(self.source).name == BATCHES_DIR:
+            return "CIFAR-10"
+        return self.source
 
 
 # ----------------------------------------------------------------------------- fingerprints

@@ -1,0 +1,40 @@
+"""One self-contained HTML report of a trained model: where it looks when it gets images wrong.
+
+    build_report(model, split, classes, out, *, run_info, history=None, methods=("gradcam",),
+                 layers=("layer3", "layer4"), batch_size=64, evaluation=None, tta=False,
+                 limit=None, config=None) -> Path of out/report.html
+    compute_report(model, split, classes, *, ...same...) -> ReportData   (tensors, no HTML)
+    render_report(data, out) -> Path;  render_html(data) -> str          (HTML, no model)
+    ReportConfig    frozen knobs: pair selection, centre box, overlay size/format, workers
+    outside_centre_share(cams, centre=0.5) -> (N,) mass outside the middle box / total
+    mean_maps(groups) -> (G, H, W) means of sum-normalised maps on one shared scale
+
+The page: run summary and curves, per-class accuracy, a clickable confusion matrix that
+filters the gallery, mean maps per confusion pair against correctly classified images, and
+every misclassified image with its maps for each computed method and layer.
+"""
+
+from camlens.report.build import build_report
+from camlens.report.compute import (
+    PairMaps,
+    ReportConfig,
+    ReportData,
+    centre_box,
+    compute_report,
+    mean_maps,
+    outside_centre_share,
+)
+from camlens.report.render import render_html, render_report
+
+__all__ = [
+    "PairMaps",
+    "ReportConfig",
+    "ReportData",
+    "build_report",
+    "centre_box",
+    "compute_report",
+    "mean_maps",
+    "outside_centre_share",
+    "render_html",
+    "render_report",
+]

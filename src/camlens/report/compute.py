@@ -1,0 +1,268 @@
+"""Everything the report shows, computed in batches and kept as tensors: `ReportData`.
+
+Per confusion pair (true t, predicted p) the report sets three mean maps side by side: the maps
+of the predicted class and of the true class over the pair's images, and the map of class t over
+correctly classified images of class t. Means are of *per-image sum-normalised* maps (each
+non-negative map divided by its total, so that it is a distribution of mass over pixels and
+every image weighs the same), computed on the map upsampled to the image size. The "outside
+share" of a map is its mass outside the centre box (the middle `centre` fraction of each side:
+16x16 of 32x32) over its total mass; for a mean of sum-normalised maps it equals the mean of the
+per-image shares. A uniform map has an outside share of 0.75, so a pair well above its class's
+correct images points at a background shortcut.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from camlens.cam import create
+from camlens.data import Split
+from camlens.evaluate import Evaluation, Mistakes, as_float_images, evaluate
+from camlens.gallery import Explanations, explain_mistakes, select_mistakes
+
+__all__ = [
+    "PairMaps",
+    "ReportConfig",
+    "ReportData",
+    "centre_box",
+    "compute_report",
+    "mean_maps",
+    "outside_centre_share",
+]
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report computes and how it draws it."""
+
+    min_pair: int = 3  # a confusion pair gets mean maps from this many images up
+    max_pairs: int = 12  # the most frequent pairs only: each true class costs a pass
+    # correctly classified images per true class behind the reference mean map: the first ones
+    # by index, enough for a stable mean without a pass over the whole class
+    correct_per_class: int = 256
+    centre: float = 0.5  # side of the centre box as a fraction of the image side (16 of 32 px)
+    size: int = 64  # pixels of an encoded overlay (shown at 96 px): 2 per pixel of a 32 px image
+    # overlays: "jpeg" (any browser, a third of PNG), "png" (lossless) or "webp" (half of jpeg)
+    image_format: str = "jpeg"
+    quality: int = 85  # jpeg/webp quality
+    alpha: float = 0.5  # weight of the heat map over the image
+    colormap: str = "jet"  # unsigned maps; contrast maps always use a diverging map
+    workers: int | None = None  # image-encoding threads (PIL frees the GIL); None: all cores
+
+    def __post_init__(self) -> None:
+        if self.image_format not in ("jpeg", "png", "webp"):
+            raise ValueError(f"image_format must be jpeg, png or webp, not {self.image_format!r}")
+        if not 0 < self.centre < 1:
+            raise ValueError(f"centre must be in (0, 1), got {self.centre}")
+
+
+@dataclass(frozen=True)
+class PairMaps:
+    """Mean maps and outside-centre shares of one confusion pair, per method."""
+
+    label: int  # the true class
+    pred: int  # the predicted class
+    count: int  # misclassified images of the pair (all of them, not only those shown)
+    correct: int  # correctly classified images of the true class behind the reference map
+    # method -> (L, 3, H, W): pair predicted-class, pair true-class, correct true-class mean
+    # maps; the three of a layer on one scale (the largest of them reaches 1)
+    means: dict[str, Tensor]
+    outside: dict[str, Tensor]  # method -> (L, 3) outside-centre share of the same three maps
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything `render_report` draws; tensors on the CPU."""
+
+    classes: tuple[str, ...]
+    run_info: dict  # free-form facts about the run, shown as given
+    history: list[dict] | None  # per-epoch metrics for the curves
+    evaluation: Evaluation
+    mistakes: Mistakes  # the misclassified images shown, with `images`
+    explanations: dict[str, Explanations]  # method -> maps of `mistakes`
+    pairs: list[PairMaps]  # most frequent first
+    layers: tuple[str, ...]  # the hooked layers, shallow to deep
+    model_info: dict  # architecture facts read off the model
+    config: ReportConfig
+    seconds: float  # time spent computing
+
+
+def centre_box(height: int, width: int, centre: float = 0.5) -> tuple[slice, slice]:
+    """Rows and columns of the middle box whose sides are `centre` of the image's."""
+    top = round(height * (1 - centre) / 2)
+    left = round(width * (1 - centre) / 2)
+    return slice(top, height - top), slice(left, width - left)
+
+
+def outside_centre_share(cams: Tensor, centre: float = 0.5) -> Tensor:
+    """(N, H, W) -> (N,) mass of the non-negative map outside the centre box over its total.
+
+    NaN for a map with no mass. Scale-free: the same for a map and any positive multiple.
+    """
+    mass = cams.float().clamp_min(0)
+    rows, cols = centre_box(*mass.shape[-2:], centre)
+    total = mass.sum((1, 2))
+    inside = mass[:, rows, cols].sum((1, 2))
+    return torch.where(total > 0, (total - inside) / total.clamp_min(1e-30), float("nan"))
+
+
+def mean_maps(groups: Sequence[Tensor]) -> Tensor:
+    """G groups of (n, H, W) maps -> (G, H, W) means of sum-normalised maps, on one scale.
+
+    Each map's non-negative part is divided by its total (maps with no mass are left out), the
+    group is averaged, and all G means are divided by the largest value among them: a diffuse
+    mean looks faint beside a concentrated one. A group with no usable map gives zeros.
+    """
+    means = []
+    for cams in groups:
+        mass = cams.float().clamp_min(0)
+        total = mass.sum((1, 2))  # (n, H, W) -> (n,)
+        keep = total > 0
+        if keep.any():
+            means.append((mass[keep] / total[keep, None, None]).mean(0))
+        else:
+            means.append(mass.new_zeros(mass.shape[-2:]))
+    stack = torch.stack(means)  # G x (H, W) -> (G, H, W)
+    top = stack.max()
+    return stack / top if top > 0 else stack
+
+
+def _top_pairs(confusion: Tensor, mistakes: Mistakes, config: ReportConfig) -> list[tuple]:
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    pairs = []
+    for flat in off.flatten().argsort(descending=True, stable=True).tolist():
+        t, p = divmod(flat, off.shape[1])
+        count = int(((mistakes.labels == t) & (mistakes.preds == p)).sum())
+        if count >= config.min_pair and len(pairs) < config.max_pairs:
+            pairs.append((t, p, count))
+    return pairs
+
+
+def _pair_maps(
+    model: nn.Module,
+    split: Split,
+    evaluation: Evaluation,
+    method: str,
+    layers: Sequence[str],
+    pairs: list[tuple],
+    config: ReportConfig,
+    batch_size: int,
+) -> tuple[dict, dict, dict]:
+    """Raw maps of each pair's images and of correct images of each pair's true class."""
+    device = next(model.parameters()).device
+    m = evaluation.mistakes
+    preds = evaluation.logits.argmax(1).cpu()
+    labels = split.labels.long()
+    member = {(t, p): ((m.labels == t) & (m.preds == p)).nonzero().flatten() for t, p, _ in pairs}
+    rows = torch.cat(list(member.values()))
+    means, outside, correct = {}, {}, {}
+    with create(method, model, list(layers), batch_size=batch_size, normalize="none") as cam:
+        x = as_float_images(split.images[m.indices[rows]].to(device))
+        # explicit targets: with TTA the mistakes' predictions need not be the plain arg-max
+        pred_r, true_r = cam.explain_many(x, [m.preds[rows].to(device), m.labels[rows].to(device)])
+        # correct images of every true class involved, in one batched call
+        picks = {}
+        for t in sorted({t for t, _, _ in pairs}):
+            idx = ((labels == t) & (preds == t)).nonzero().flatten()[: config.correct_per_class]
+            picks[t], correct[t] = idx, len(idx)
+        idx = torch.cat(list(picks.values()))
+        refs = {}
+        if len(idx):
+            x = as_float_images(split.images[idx].to(device))
+            ref = cam.explain(x, targets=labels[idx].to(device)).layer_cams.cpu()  # (L, n, H, W)
+            for t, part in zip(picks, ref.split([len(v) for v in picks.values()], 1), strict=True):
+                refs[t] = part
+    pred_r, true_r = pred_r.layer_cams.cpu(), true_r.layer_cams.cpu()  # (L, R, H, W)
+    empty = pred_r.new_zeros((pred_r.shape[0], 0, *pred_r.shape[-2:]))  # no correct image
+    start = 0
+    for t, p, _ in pairs:
+        n = len(member[(t, p)])
+        part = slice(start, start + n)
+        start += n
+        ref = refs.get(t, empty)
+        per_layer = [
+            mean_maps([pred_r[li, part], true_r[li, part], ref[li]]) for li in range(len(ref))
+        ]
+        means[(t, p)] = torch.stack(per_layer)  # L x (3, H, W) -> (L, 3, H, W)
+        outside[(t, p)] = outside_centre_share(means[(t, p)].flatten(0, 1), config.centre).view(
+            -1, 3
+        )  # (L*3, H, W) -> (L, 3)
+    return means, outside, correct
+
+
+def model_facts(model: nn.Module) -> dict:
+    """What the report says about the architecture, read off the model itself."""
+    facts = {"model": type(model).__name__}
+    for name in ("norm", "width", "num_classes"):
+        if hasattr(model, name):
+            facts[name] = getattr(model, name)
+    facts["parameters"] = sum(p.numel() for p in model.parameters())
+    return facts
+
+
+def compute_report(
+    model: nn.Module,
+    split: Split,
+    classes: Sequence[str],
+    *,
+    run_info: dict,
+    history: list[dict] | None = None,
+    methods: Sequence[str] = ("gradcam",),
+    layers: Sequence[str] = ("layer3", "layer4"),
+    batch_size: int = 64,
+    evaluation: Evaluation | None = None,
+    tta: bool = False,
+    limit: int | None = None,
+    config: ReportConfig | None = None,
+) -> ReportData:
+    """Evaluate (unless given), explain the mistakes shown and average the top pairs' maps."""
+    config = config or ReportConfig()
+    began = time.perf_counter()
+    split = Split(split.images, split.labels.long())  # any integer labels; losses want int64
+    if evaluation is None:
+        evaluation = evaluate(model, split, batch_size, tta)
+    shown = select_mistakes(evaluation.mistakes, list(classes), "confidence", limit=limit)
+    shown = replace(shown, images=split.images[shown.indices.cpu()])
+    explanations = {}
+    if len(shown):
+        for method in methods:
+            explanations[method] = explain_mistakes(
+                model, shown.images, shown.labels, method, layers, batch_size
+            )
+    chosen = _top_pairs(evaluation.confusion, evaluation.mistakes, config)
+    per_method = {}
+    if chosen:
+        for method in methods:
+            per_method[method] = _pair_maps(
+                model, split, evaluation, method, layers, chosen, config, batch_size
+            )
+    pairs = [
+        PairMaps(
+            label=t,
+            pred=p,
+            count=count,
+            correct=next(iter(per_method.values()))[2][t],
+            means={k: v[0][(t, p)] for k, v in per_method.items()},
+            outside={k: v[1][(t, p)] for k, v in per_method.items()},
+        )
+        for t, p, count in chosen
+    ]
+    return ReportData(
+        classes=tuple(classes),
+        run_info=dict(run_info),
+        history=history,
+        evaluation=evaluation,
+        mistakes=shown,
+        explanations=explanations,
+        pairs=pairs,
+        layers=tuple(layers),
+        model_info=model_facts(model),
+        config=config,
+        seconds=time.perf_counter() - began,
+    )

@@ -1,0 +1,456 @@
+"""`ReportData` -> one self-contained HTML file: every picture a data URI, CSS and JS inline.
+
+The page works from disk with no network. Pictures are encoded here, at the edge, in a thread
+pool (PIL releases the GIL while encoding): originals as 32 px PNG shown enlarged with sharp
+pixels, overlays as small JPEG (or PNG/WebP, see `ReportConfig`). Gallery maps of every
+(method, layer) are embedded once: the default one in the `<img>` tags, the others in a JSON
+block from which the script swaps image sources when the method or layer changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from camlens.evaluate import as_float_images
+from camlens.model import atomic_write_bytes
+from camlens.overlay import colorize, overlay
+from camlens.plots import plot_curves
+from camlens.report.compute import ReportData, centre_box
+
+__all__ = ["render_html", "render_report"]
+
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+KINDS = ("pred", "true", "contrast")  # the maps of a gallery item, in its data-k order
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _encode(job: tuple[np.ndarray, str, int]) -> str:
+    pixels, fmt, quality = job
+    buf = io.BytesIO()
+    img = Image.fromarray(pixels)
+    if fmt == "png":
+        img.save(buf, format="PNG", compress_level=6)
+    elif fmt == "jpeg":
+        img.save(buf, format="JPEG", quality=quality)
+    else:
+        img.save(buf, format="WEBP", quality=quality, method=4)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _encode_all(batches: list[tuple[torch.Tensor, str]], quality: int, workers: int | None):
+    """Each (N, S, S, 3) uint8 batch -> N base64 strings, all batches in one thread pool."""
+    jobs = [(a, fmt, quality) for t, fmt in batches for a in t.contiguous().numpy()]
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        flat = list(pool.map(_encode, jobs))
+    out, start = [], 0
+    for t, _ in batches:
+        out.append(flat[start : start + t.shape[0]])
+        start += t.shape[0]
+    return out
+
+
+def _variant(method: str, layer: str) -> str:
+    return f"{method}|{layer}"
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, separators=(", ", ": "), default=str)
+    return str(value)
+
+
+def _seconds(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "—"
+    if value >= 60:
+        return f"{value:.0f} s ({value / 60:.1f} min)"
+    return f"{value:.1f} s" if value >= 10 else f"{value:.2f} s"
+
+
+def _kv(rows: list[tuple[str, object]], cls: str = "kv") -> str:
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in rows)
+    return f'<table class="{cls}">{body}</table>'
+
+
+def _data_label(data: ReportData) -> str:
+    info = data.run_info
+    return str(info.get("data_label") or info.get("data_source") or info.get("data") or "test")
+
+
+def _summary(data: ReportData) -> str:
+    info, ev, facts, m = data.run_info, data.evaluation, data.model_info, data.mistakes
+    label = _data_label(data)
+    arch = facts["model"] + (f", width {facts['width']}" if "width" in facts else "")
+    shown = f" (showing the {len(m)} most confident)" if len(m) < len(ev.mistakes) else ""
+    epochs = info.get("epochs") or (len(data.history) if data.history else "—")
+    rows = [
+        ("Model", f"{arch}, {facts['parameters']:,} parameters"),
+        ("Norm", info.get("norm", facts.get("norm", "—"))),
+        ("Data", label),
+        ("Epochs", epochs),
+        (f"Test accuracy on {label}", f"{ev.accuracy:.2%}"),
+        ("Test loss", f"{ev.loss:.4f}"),
+        ("Test images", int(ev.logits.shape[0])),
+        ("Misclassified", f"{len(ev.mistakes)}{shown}"),
+        ("Training time", _seconds(info.get("train_seconds", info.get("seconds")))),
+        ("Maps", ", ".join(data.explanations) or "none"),
+        ("Report computed in", _seconds(data.seconds)),
+    ]
+    details = [(k, v) for k, v in info.items() if k != "data_label"]
+    curves = ""
+    if data.history:
+        try:
+            png = base64.b64encode(plot_curves(data.history)).decode("ascii")
+            curves = (
+                '<img class="curves" alt="loss and accuracy per epoch" '
+                f'src="data:image/png;base64,{png}">'
+            )
+        except (KeyError, TypeError) as e:  # free-form history: draw what is there or say why
+            curves = f'<p class="note">no curves: history lacks {esc(e)}</p>'
+    return (
+        '<section id="summary"><h2>Run</h2><div class="two">'
+        f"<div>{_kv(rows)}</div>"
+        f"<div><h3>Run details</h3>{_kv(details, 'kv details') if details else '—'}</div>"
+        f"</div>{curves}</section>"
+    )
+
+
+def _per_class(data: ReportData) -> str:
+    conf = data.evaluation.confusion
+    rows = []
+    for k, name in enumerate(data.classes):
+        total, right = int(conf[k].sum()), int(conf[k, k])
+        acc = right / total if total else 0.0
+        rows.append(
+            f'<tr><th>{esc(name)}</th><td class="barcell"><span class="bar">'
+            f'<i style="width:{100 * acc:.1f}%"></i></span></td>'
+            f'<td class="num">{acc:.1%}</td><td class="num muted">{right}/{total}</td></tr>'
+        )
+    return f'<div><h2>Per-class accuracy</h2><table class="perclass">{"".join(rows)}</table></div>'
+
+
+def _confusion(data: ReportData) -> str:
+    conf = data.evaluation.confusion.long()
+    rates = conf.double() / conf.sum(1, keepdim=True).clamp_min(1)
+    off = rates.clone().fill_diagonal_(0)
+    top_off = float(off.max()) or 1.0
+    names = data.classes
+    head = "".join(f'<th class="col"><span>{esc(c)}</span></th>' for c in names)
+    body = []
+    for t, row_name in enumerate(names):
+        cells = []
+        for p in range(len(names)):
+            n, rate = int(conf[t, p]), float(rates[t, p])
+            if t == p:
+                cls, colour, strength = "cell diag", "46,160,67", rate
+            else:
+                # off the diagonal, scaled to the largest confusion so that the few % show
+                cls, colour, strength = "cell off", "214,39,40", rate / top_off
+            title = f"true {names[t]}, predicted {names[p]}: {n} ({rate:.1%} of {names[t]})"
+            extra = ' tabindex="0" role="button"' if t != p and n else ""
+            cls += " clickable" if extra else ""
+            cls += " dark" if strength > 0.55 else " zero" if n == 0 else ""
+            cells.append(
+                f'<td class="{cls}" data-true="{t}" data-pred="{p}" title="{esc(title)}"{extra} '
+                f'style="background:rgba({colour},{0.85 * strength:.3f})">{n}</td>'
+            )
+        body.append(f'<tr><th class="row">{esc(row_name)}</th>{"".join(cells)}</tr>')
+    return (
+        '<div><h2>Confusion matrix</h2><p class="note">Rows: true class; columns: predicted. '
+        "Colour: share of the row (green on the diagonal; red off it, scaled to the largest "
+        "confusion). Click an off-diagonal cell to show only that pair below; click it again or "
+        '"show all" to clear.</p>'
+        f'<table class="confusion"><thead><tr><th class="corner">true \\ predicted</th>{head}'
+        f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _legend(data: ReportData) -> str:
+    ramp = torch.linspace(0, 1, 128).expand(6, 128)[None]  # (1, 6, 128)
+    strips = _encode_all(
+        [
+            (colorize(ramp, data.config.colormap), "png"),
+            (colorize(ramp * 2 - 1, signed=True), "png"),
+        ],
+        0,
+        1,
+    )
+    uri = "data:image/png;base64,"
+    return (
+        '<div class="legend"><span>low</span>'
+        f'<img alt="map colours" src="{uri}{strips[0][0]}"><span>high</span>'
+        f'<span class="sep"></span><span>truth</span><img alt="contrast colours" '
+        f'src="{uri}{strips[1][0]}"><span>prediction</span></div>'
+    )
+
+
+def _pairs(data: ReportData) -> str:
+    cfg = data.config
+    if not data.pairs:
+        return (
+            '<section id="pairs"><h2>Confusion pairs</h2><p class="note">No pair has '
+            f"{cfg.min_pair} or more misclassified images.</p></section>"
+        )
+    methods, layers = list(data.pairs[0].means), data.layers
+    maps = torch.cat([p.means[m].flatten(0, 1) for p in data.pairs for m in methods])
+    pngs = iter(_encode_all([(colorize(maps, cfg.colormap), "png")], 0, cfg.workers)[0])
+    uri = "data:image/png;base64,"
+
+    def pngs_of(n: int) -> list[str]:
+        return [next(pngs) for _ in range(n)]
+
+    h, w = maps.shape[-2:]
+    rows, cols = centre_box(h, w, cfg.centre)
+    box = (
+        f"left:{100 * cols.start / w:.2f}%;top:{100 * rows.start / h:.2f}%;"
+        f"width:{100 * (cols.stop - cols.start) / w:.2f}%;"
+        f"height:{100 * (rows.stop - rows.start) / h:.2f}%"
+    )
+    shown = {}
+    m = data.mistakes
+    for i, (t, p) in enumerate(zip(m.labels.tolist(), m.preds.tolist(), strict=True)):
+        shown.setdefault((t, p), []).append(i)
+    blocks = []
+    names = data.classes
+    for pair in data.pairs:
+        t, p = names[pair.label], names[pair.pred]
+        variants = []
+        for method in methods:
+            for li, layer in enumerate(layers):
+                share = pair.outside[method][li].tolist()
+                captions = (
+                    (f"<b>{esc(p)}</b> map", f"{pair.count} mistakes"),
+                    (f"<b>{esc(t)}</b> map", f"{pair.count} mistakes"),
+                    (f"<b>{esc(t)}</b> map", f"{pair.correct} correct {esc(t)}"),
+                )
+                figs = []
+                for (what, over), s, png in zip(captions, share, pngs_of(3), strict=True):
+                    empty = s != s  # NaN: no image with any map mass
+                    pic = (
+                        '<div class="mm empty">no map</div>'
+                        if empty
+                        else f'<div class="mm"><img alt="mean map" src="{uri}{png}">'
+                        f'<span class="box" style="{box}"></span></div>'
+                    )
+                    share_text = "—" if empty else f"{s:.0%}"
+                    figs.append(
+                        f"<figure>{pic}<figcaption>{what}<br>{over}<br>"
+                        f"outside <b>{share_text}</b></figcaption></figure>"
+                    )
+                figs = "".join(figs)
+                gap = 100 * (share[0] - share[2])  # percentage points
+                verdict = (
+                    ""
+                    if gap != gap
+                    else f"{p} map of the mistakes: {gap:+.1f} points outside vs correct {t}"
+                )
+                variants.append(
+                    f'<div class="pv" data-variant="{esc(_variant(method, layer))}">'
+                    f'<div class="mms">{figs}</div><p class="gapline">{esc(verdict)}</p></div>'
+                )
+        thumbs = "".join(
+            f'<img class="thumb" data-from="{i}" alt="">'
+            for i in shown.get((pair.label, pair.pred), [])[:8]
+        )
+        blocks.append(
+            f'<div class="pair" data-true="{pair.label}" data-pred="{pair.pred}">'
+            f'<h3><a href="#gallery" class="pair-link" data-true="{pair.label}" '
+            f'data-pred="{pair.pred}">{esc(t)} → {esc(p)}</a> <small>{pair.count} images</small>'
+            f'</h3>{"".join(variants)}<div class="thumbs">{thumbs}</div></div>'
+        )
+    side = f"{cfg.centre:.0%}"
+    return (
+        '<section id="pairs"><h2>Confusion pairs: where the model looks</h2>'
+        f'<p class="note">Pairs with {cfg.min_pair} or more mistakes (at most {cfg.max_pairs}). '
+        "Each row: the mean map of the predicted class and of the true class over the pair's "
+        "images, beside the mean map of the true class over correctly classified images of "
+        f"that class (up to {cfg.correct_per_class}). Means are of per-image sum-normalised "
+        "maps (each map's non-negative part divided by its total, so every image weighs the "
+        "same), at image resolution; the three of a row share one colour scale. "
+        f"<b>Outside</b> is the share of map mass outside the centre box (dashed, the middle "
+        f"{side} of each side: 16×16 of 32×32); a uniform map gives 75%. A pair far above its "
+        "class's correct images hints at a background shortcut.</p>"
+        f'{_legend(data)}<div class="pairs">{"".join(blocks)}</div></section>'
+    )
+
+
+def _probs(probs: list[float], label: int, pred: int, names: tuple[str, ...]) -> str:
+    order = range(len(names))
+    if len(names) > 12:  # many classes: the five likeliest and the truth
+        order = sorted(set(np.argsort(probs)[::-1][:5].tolist()) | {label})
+    rows = []
+    for k in order:
+        cls = " is-true" if k == label else " is-pred" if k == pred else ""
+        rows.append(
+            f'<div class="pr{cls}"><span class="n">{esc(names[k])}</span><span class="bar">'
+            f'<i style="width:{100 * probs[k]:.1f}%"></i></span>'
+            f'<span class="v">{probs[k]:.0%}</span></div>'
+        )
+    # two columns read top to bottom, as a list is read
+    return f'<div class="probs" style="--rows:{-(-len(rows) // 2)}">{"".join(rows)}</div>'
+
+
+def _gallery(data: ReportData) -> tuple[str, dict]:
+    cfg, m, names = data.config, data.mistakes, data.classes
+    payload: dict = {"classes": list(names), "prefix": f"data:{MIME[cfg.image_format]};base64,"}
+    if not len(m):
+        return '<section id="gallery"><h2>Misclassified</h2><p>None.</p></section>', payload
+    x = as_float_images(m.images)
+    batches = [(m.images.permute(0, 2, 3, 1), "png")]  # (M, 3, H, W) -> (M, H, W, 3)
+    keys = []
+    for method, expl in data.explanations.items():
+        for li, layer in enumerate(expl.layers):
+            keys.append((method, layer, li, expl))
+            batches.append((overlay(x, expl.pred[li], cfg.alpha, cfg.colormap, cfg.size), ""))
+            batches.append((overlay(x, expl.true[li], cfg.alpha, cfg.colormap, cfg.size), ""))
+            if expl.contrast is not None:
+                batches.append((overlay(x, expl.contrast[li], cfg.alpha, None, cfg.size, True), ""))
+    batches = [(t, fmt or cfg.image_format) for t, fmt in batches]
+    encoded = iter(_encode_all(batches, cfg.quality, cfg.workers))
+    originals = next(encoded)
+    variants = {}
+    for method, layer, li, expl in keys:
+        kinds = 3 if expl.contrast is not None else 2
+        per_kind = [next(encoded) for _ in range(kinds)]
+        h, w = expl.resolutions[li]
+        variants[_variant(method, layer)] = {
+            "label": f"{method} · {layer} · {h}×{w} map",
+            "maps": [list(z) for z in zip(*per_kind, strict=True)],
+        }
+    if not keys:
+        return '<section id="gallery"><h2>Misclassified</h2><p>No maps.</p></section>', payload
+    # the first method at its deepest layer: the usual Grad-CAM view
+    default = next(k for k in reversed(keys) if k[0] == keys[0][0])
+    key = _variant(default[0], default[1])
+    start_maps = variants[key]["maps"]
+    variants[key] = {**variants[key], "maps": None}  # the page's <img> tags hold these
+    payload.update(variants=variants, default=key)
+    prefix, orig = payload["prefix"], "data:image/png;base64,"
+    label = variants[key]["label"]
+    items = []
+    probs = m.probs.tolist()
+    for i in range(len(m)):
+        t, p = int(m.labels[i]), int(m.preds[i])
+        tn, pn = esc(names[t]), esc(names[p])
+        tiles = [
+            f'<figure><img class="orig" src="{orig}{originals[i]}" alt="test image '
+            f'{int(m.indices[i])}"><figcaption>#{int(m.indices[i])}</figcaption></figure>'
+        ]
+        captions = (f"pred <b>{pn}</b>", f"true <b>{tn}</b>", f"{pn} − {tn}")
+        for k, caption in enumerate(captions):
+            src = f' src="{prefix}{start_maps[i][k]}"' if k < len(start_maps[i]) else ""
+            hidden = "" if src else " hidden"
+            tiles.append(
+                f'<figure class="{KINDS[k]}"{hidden}><img class="map" data-k="{k}"{src} '
+                f'alt="{KINDS[k]} map"><figcaption>{caption}</figcaption></figure>'
+            )
+        conf, margin = float(m.confidence[i]), float(m.margins[i])
+        items.append(
+            f'<article class="item" id="item-{i}" data-i="{i}" data-index="{int(m.indices[i])}" '
+            f'data-true="{t}" data-pred="{p}" data-tname="{tn}" data-pname="{pn}" '
+            f'data-conf="{conf:.5f}" data-margin="{margin:.5f}">'
+            f'<div class="tiles">{"".join(tiles)}</div>'
+            f'<p class="facts"><b class="t">{tn}</b> → <b class="p">{pn}</b> · '
+            f"confidence {conf:.0%} · margin {margin:.2f}<br>"
+            f'<span class="res">{esc(label)}</span></p>'
+            f"{_probs(probs[i], t, p, names)}</article>"
+        )
+    limited = len(m) < len(data.evaluation.mistakes)
+    note = f"the {len(m)} most confident of {len(data.evaluation.mistakes)}" if limited else ""
+    return (
+        f'<section id="gallery"><h2>Misclassified images {esc(note)}</h2>'
+        '<p class="note">Each: the image, the map of the predicted class and of the true class '
+        "(one colour scale per image, so a weak true-class map looks weak), and the contrast "
+        "map (why the prediction rather than the truth: red for the prediction, blue for the "
+        "truth; linear methods only). Bars: class probabilities, true class green, prediction "
+        "red. Margin: logit of the prediction minus logit of the truth. Maps are computed at "
+        "the layer's native resolution (stated on each card) and upsampled.</p>"
+        f'<div id="grid" class="grid">{"".join(items)}</div></section>'
+    ), payload
+
+
+def _methods(data: ReportData) -> list[str]:
+    """The methods computed: from the gallery, or from the pairs when no mistake is shown."""
+    return list(data.explanations) or (list(data.pairs[0].means) if data.pairs else [])
+
+
+def _toolbar(data: ReportData) -> str:
+    methods = _methods(data)
+    if not methods or not data.layers:
+        return ""
+    default_layer = data.layers[-1]
+    expl = data.explanations.get(methods[0])
+    sizes = dict(zip(expl.layers, expl.resolutions, strict=True)) if expl else {}
+    radios = "".join(
+        f'<label><input type="radio" name="method" value="{esc(mt)}"'
+        f"{' checked' if i == 0 else ''}> {esc(mt)}</label>"
+        for i, mt in enumerate(methods)
+    )
+    layer_radios = "".join(
+        f'<label><input type="radio" name="layer" value="{esc(layer)}"'
+        f"{' checked' if layer == default_layer else ''}> {esc(layer)} "
+        f'<span class="muted">{"×".join(map(str, sizes.get(layer, ())))}</span></label>'
+        for layer in data.layers
+    )
+    return (
+        '<div class="toolbar" id="toolbar">'
+        f'<div class="group"><span class="lbl">method</span>{radios}</div>'
+        f'<div class="group"><span class="lbl">layer</span>{layer_radios}</div>'
+        '<div class="group"><label><span class="lbl">sort</span> <select id="sort">'
+        '<option value="conf">confidence</option><option value="margin">margin</option>'
+        '<option value="index">index</option></select></label></div>'
+        '<div class="group"><input id="search" type="search" placeholder="class name…" '
+        'aria-label="filter by class name"><button id="show-all" type="button">show all'
+        '</button></div><div class="group status" id="status"></div></div>'
+    )
+
+
+def render_html(data: ReportData) -> str:
+    """The whole page as a string."""
+    gallery, payload = _gallery(data)
+    if "default" not in payload and _methods(data) and data.layers:  # no gallery, pairs only
+        payload["default"] = _variant(_methods(data)[0], data.layers[-1])
+    label = _data_label(data)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = (
+        f'<header class="top"><h1>camlens report</h1><p class="sub">{esc(label)} · test '
+        f"accuracy <b>{data.evaluation.accuracy:.2%}</b> · {len(data.evaluation.mistakes)} "
+        f"misclassified · generated {stamp}</p><nav>"
+        '<a href="#summary">run</a><a href="#confusion">classes &amp; confusion</a>'
+        '<a href="#pairs">pairs</a><a href="#gallery">gallery</a></nav></header>'
+        f"{_toolbar(data)}<main>{_summary(data)}"
+        f'<section id="confusion" class="two wide">{_per_class(data)}{_confusion(data)}'
+        f"</section>{_pairs(data)}{gallery}</main>"
+    )
+    # "</" would end the script element early; JSON allows the escaped form
+    blob = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
+    template = (resources.files("camlens") / "assets" / "report_template.html").read_text()
+    parts = {"title": esc(f"camlens report · {label}"), "body": body, "payload": blob}
+    return re.sub(r"\{\{(\w+)\}\}", lambda mt: parts[mt.group(1)], template)
+
+
+def render_report(data: ReportData, out: str | Path) -> Path:
+    """Write `out`/report.html (atomically) and return its path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.html"
+    atomic_write_bytes(path, render_html(data).encode("utf-8"))
+    return path

@@ -1,0 +1,267 @@
+import base64
+import io
+import json
+import math
+import re
+from collections import Counter
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from camlens.data import Split
+from camlens.evaluate import evaluate
+from camlens.model import ResNet18
+from camlens.report import (
+    ReportConfig,
+    build_report,
+    centre_box,
+    compute_report,
+    mean_maps,
+    outside_centre_share,
+    render_report,
+)
+
+CLASSES = tuple(f"k{i}" for i in range(5))
+RUN_INFO = {
+    "data_label": "random test data",
+    "checkpoint": "/tmp/none.safetensors",
+    "device": "cpu",
+    "homepage": "https://example.org/camlens",  # text, not a resource: must stay text
+    "recipe": {"epochs": 2, "lr": 0.1},
+}
+HISTORY = [
+    {"epoch": e, "train_loss": 2 / e, "test_loss": 2.2 / e, "train_acc": e / 4, "test_acc": e / 5}
+    for e in (1, 2)
+]
+
+
+class Page(HTMLParser):
+    """The tags a test needs: every element's attributes, by tag, and texts of confusion cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.cells: list[tuple[int, int, str]] = []
+        self._cell: dict | None = None
+        self.json = ""
+        self._in_json = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "td" and "cell" in a.get("class", "").split():
+            self._cell = {"t": int(a["data-true"]), "p": int(a["data-pred"]), "text": ""}
+        self._in_json = tag == "script" and a.get("id") == "report-data"
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+        if self._in_json:
+            self.json += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.cells.append((self._cell["t"], self._cell["p"], self._cell["text"]))
+            self._cell = None
+        if tag == "script":
+            self._in_json = False
+
+    def with_class(self, tag: str, cls: str) -> list[dict]:
+        return [a for t, a in self.tags if t == tag and cls in a.get("class", "").split()]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ResNet18(len(CLASSES), width=8).eval()
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    labels = (torch.arange(40) % len(CLASSES)).to(torch.uint8)
+    split = Split(images, labels)
+    out = tmp_path_factory.mktemp("report")
+    path = build_report(model, split, CLASSES, out, run_info=RUN_INFO, history=HISTORY)
+    ev = evaluate(model, Split(images, labels.long()))
+    page = Page()
+    page.feed(path.read_text())
+    return model, split, ev, out, path, page
+
+
+def test_one_self_contained_file(case):
+    _, _, _, out, path, page = case
+    assert [p.name for p in out.iterdir()] == ["report.html"]
+    text = path.read_text()
+    refs = [a[k] for _, a in page.tags for k in ("src", "href") if k in a]
+    assert refs and all(r.startswith(("data:", "#")) for r in refs), refs[:5]
+    assert not [
+        t for t, a in page.tags if t in ("link", "iframe") or (t == "script" and "src" in a)
+    ]
+    assert "url(" not in text and "@import" not in text
+    assert "https://example.org/camlens" in text  # run_info shown as text
+
+
+def test_summary_and_curves(case):
+    _, _, ev, _, path, page = case
+    text = path.read_text()
+    assert f"Test accuracy on {RUN_INFO['data_label']}" in text
+    assert f"{ev.accuracy:.2%}" in text
+    assert "/tmp/none.safetensors" in text
+    assert any(a.get("class") == "curves" for t, a in page.tags if t == "img")
+
+
+def test_gallery_has_every_mistake_with_its_maps(case):
+    _, split, ev, _, _, page = case
+    items = page.with_class("article", "item")
+    assert len(items) == len(ev.mistakes) > 0
+    got = Counter((int(a["data-true"]), int(a["data-pred"])) for a in items)
+    want = Counter(zip(ev.mistakes.labels.tolist(), ev.mistakes.preds.tolist(), strict=True))
+    assert got == want
+    assert sorted(int(a["data-index"]) for a in items) == sorted(ev.mistakes.indices.tolist())
+    # originals: 32 px PNG shown enlarged; gradcam has a contrast map, so three maps each
+    origs = page.with_class("img", "orig")
+    maps = page.with_class("img", "map")
+    assert len(origs) == len(items) and len(maps) == 3 * len(items)
+    first = Image.open(io.BytesIO(base64.b64decode(origs[0]["src"].split(",", 1)[1])))
+    assert first.size == (32, 32)
+    idx = int(items[0]["data-index"])
+    assert torch.equal(torch.from_numpy(np.array(first)).permute(2, 0, 1), split.images[idx])
+    overlay = Image.open(io.BytesIO(base64.b64decode(maps[0]["src"].split(",", 1)[1])))
+    assert overlay.size == (64, 64) and overlay.format == "JPEG"
+    # the other layer's maps are in the JSON block, one triple per item
+    payload = json.loads(page.json)
+    assert set(payload["variants"]) == {"gradcam|layer3", "gradcam|layer4"}
+    assert payload["default"] == "gradcam|layer4"
+    assert payload["variants"]["gradcam|layer4"]["maps"] is None  # those are in the <img> tags
+    other = payload["variants"]["gradcam|layer3"]
+    assert len(other["maps"]) == len(items) and all(len(t) == 3 for t in other["maps"])
+    assert "8×8" in other["label"] and "4×4" in payload["variants"]["gradcam|layer4"]["label"]
+
+
+def test_confusion_cells_and_counts(case):
+    _, _, ev, _, _, page = case
+    k = len(CLASSES)
+    assert len(page.cells) == k * k
+    for t, p, text in page.cells:
+        assert int(text) == int(ev.confusion[t, p])
+    clickable = page.with_class("td", "clickable")
+    assert {(int(a["data-true"]), int(a["data-pred"])) for a in clickable} == {
+        (t, p) for t in range(k) for p in range(k) if t != p and ev.confusion[t, p] > 0
+    }
+
+
+def test_pair_sections_for_frequent_pairs(case):
+    _, _, ev, _, path, page = case
+    counts = Counter(zip(ev.mistakes.labels.tolist(), ev.mistakes.preds.tolist(), strict=True))
+    frequent = {pair for pair, n in counts.items() if n >= ReportConfig().min_pair}
+    assert frequent, "the fixture should produce pairs with enough images"
+    blocks = page.with_class("div", "pair")
+    assert {(int(a["data-true"]), int(a["data-pred"])) for a in blocks} == frequent
+    # one block of mean maps per (method, layer) in each pair; the definition is on the page
+    assert len(page.with_class("div", "pv")) == 2 * len(frequent)
+    assert "outside the centre box" in path.read_text()
+
+
+def test_pair_statistics_follow_the_definition(case):
+    model, split, ev, _, _, _ = case
+    config = ReportConfig(correct_per_class=4)
+    data = compute_report(
+        model, split, CLASSES, run_info={}, evaluation=ev, layers=("layer4",), config=config
+    )
+    assert data.pairs and all(p.count >= config.min_pair for p in data.pairs)
+    assert [p.count for p in data.pairs] == sorted((p.count for p in data.pairs), reverse=True)
+    for pair in data.pairs:
+        means, outside = pair.means["gradcam"], pair.outside["gradcam"]
+        assert means.shape == (1, 3, 32, 32) and outside.shape == (1, 3)
+        assert pair.correct <= 4
+        assert float(means.max()) == pytest.approx(1.0)  # one shared scale per layer
+        assert torch.allclose(outside[0], outside_centre_share(means[0]), equal_nan=True)
+
+
+def test_limit_keeps_the_most_confident(case, tmp_path):
+    model, split, ev, _, _, _ = case
+    data = compute_report(model, split, CLASSES, run_info={}, evaluation=ev, limit=5)
+    assert len(data.mistakes) == 5
+    assert torch.equal(data.mistakes.indices, ev.mistakes.indices[:5])
+    page = Page()
+    text = render_report(data, tmp_path).read_text()
+    page.feed(text)
+    assert len(page.with_class("article", "item")) == 5
+    assert "the 5 most confident of" in text
+
+
+def test_pairs_only_when_no_mistake_is_shown(case, tmp_path):
+    model, split, ev, _, _, _ = case
+    data = compute_report(model, split, CLASSES, run_info={}, evaluation=ev, limit=0)
+    assert not len(data.mistakes) and not data.explanations and data.pairs
+    page = Page()
+    page.feed(render_report(data, tmp_path).read_text())
+    assert not page.with_class("article", "item") and page.with_class("div", "pair")
+    assert json.loads(page.json)["default"] == "gradcam|layer4"
+    radios = [a["name"] for t, a in page.tags if t == "input" and a.get("type") == "radio"]
+    assert sorted(radios) == ["layer", "layer", "method"]  # they still switch the pairs
+
+
+def test_centre_box_is_the_middle_half():
+    assert centre_box(32, 32) == (slice(8, 24), slice(8, 24))
+    rows, cols = centre_box(8, 4)
+    assert (rows, cols) == (slice(2, 6), slice(1, 3))
+
+
+def test_outside_share_by_hand():
+    corner = torch.zeros(32, 32)
+    corner[:4, :4] = 1.0
+    uniform = torch.ones(32, 32)
+    centre = torch.zeros(32, 32)
+    centre[8:24, 8:24] = 3.0
+    half = torch.zeros(32, 32)
+    half[0, 0], half[16, 16] = 1.0, 1.0  # equal mass outside and inside
+    negative = uniform - 2 * (torch.arange(32)[:, None] < 8).float()  # top rows negative
+    share = outside_centre_share(torch.stack([corner, uniform, centre, half, 7 * uniform]))
+    assert share.tolist() == pytest.approx([1.0, 0.75, 0.0, 0.5, 0.75])
+    # only the non-negative part counts: rows 8.. are 1, of them outside the box: 24x16 of 24x32
+    assert float(outside_centre_share(negative[None])) == pytest.approx(1 - 256 / (24 * 32))
+    assert math.isnan(float(outside_centre_share(torch.zeros(1, 32, 32))))
+
+
+def test_mean_maps_share_one_scale():
+    peaked = torch.zeros(3, 8, 8)
+    peaked[0, 1, 1], peaked[1, 1, 1], peaked[2, 1, 1] = 1.0, 5.0, 0.1  # scale does not matter
+    uniform = torch.full((2, 8, 8), 2.0)
+    half = torch.zeros(2, 8, 8)
+    half[:, 0, 0] = 1.0
+    half[:, 7, 7] = 1.0
+    out = mean_maps([peaked, uniform, half, torch.zeros(2, 8, 8)])
+    assert out.shape == (4, 8, 8)
+    # each group's mean is a distribution; the shared scale maps the largest value to 1
+    assert float(out[0, 1, 1]) == pytest.approx(1.0) and float(out[0].sum()) == pytest.approx(1.0)
+    assert torch.allclose(out[1], torch.full((8, 8), 1 / 64))
+    assert float(out[2, 0, 0]) == pytest.approx(0.5) and float(out[2, 7, 7]) == pytest.approx(0.5)
+    assert torch.equal(out[3], torch.zeros(8, 8))  # no mass anywhere: zeros, not NaN
+    # maps with no mass are left out of the mean rather than diluting it
+    with_empty = mean_maps([torch.cat([peaked, torch.zeros(4, 8, 8)]), uniform])
+    assert torch.allclose(with_empty, mean_maps([peaked, uniform]))
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="jpeg, png or webp"):
+        ReportConfig(image_format="gif")
+    with pytest.raises(ValueError, match="centre"):
+        ReportConfig(centre=1.5)
+
+
+def test_webp_and_png_overlays(case, tmp_path):
+    model, split, ev, _, _, _ = case
+    config = ReportConfig(image_format="webp", max_pairs=1)
+    data = compute_report(
+        model,
+        split,
+        CLASSES,
+        run_info={},
+        evaluation=ev,
+        layers=("layer4",),
+        limit=3,
+        config=config,
+    )
+    text = render_report(data, tmp_path).read_text()
+    assert re.search(r'class="map" data-k="0" src="data:image/webp;base64,', text)

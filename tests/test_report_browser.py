@@ -1,0 +1,106 @@
+"""The report in a real browser: headless Chromium (Debian's `chromium` package), no extra deps.
+
+The page has a self-test hook: report.html#test=cell:T,P;... performs each step through the
+real DOM (element.click() dispatches a click event to the page's own handlers; the search box
+gets an input event), and writes the number of rendered gallery items after each step into
+data-test-* attributes of <html>, which `chromium --dump-dom` prints.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from camlens.data import Split
+from camlens.evaluate import evaluate
+from camlens.model import ResNet18
+from camlens.report import build_report
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not HAVE_CHROMIUM,
+        reason="needs headless Chromium: apt-get install -y chromium (CI's .ci/run installs it)",
+    ),
+]
+
+CLASSES = ("cat", "dog", "frog", "ship", "truck")
+
+
+def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",  # CI runs as root, where Chromium refuses its sandbox
+        "--disable-gpu",
+        "--disable-dev-shm-usage",  # containers have a tiny /dev/shm
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+    ]
+    return subprocess.run(
+        [CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ResNet18(len(CLASSES), width=8).eval()
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(40) % len(CLASSES)
+    split = Split(images, labels)
+    out = tmp_path_factory.mktemp("report")
+    path = build_report(model, split, CLASSES, out, run_info={"data_label": "random images"})
+    return path, evaluate(model, split), tmp_path_factory.mktemp("chromium-profile")
+
+
+def test_gallery_renders_and_confusion_click_filters(report):
+    path, ev, profile = report
+    pairs = Counter(zip(ev.mistakes.labels.tolist(), ev.mistakes.preds.tolist(), strict=True))
+    (t, p), n_pair = pairs.most_common(1)[0]
+    m = len(ev.mistakes)
+    name = CLASSES[t]
+    n_name = sum(1 for a, b in pairs.elements() if name in (CLASSES[a], CLASSES[b]))
+    steps = f"cell:{t},{p};cell:{t},{p};cell:{t},{p};all;search:{name};all;layer:layer3"
+    run = chromium(profile, "--dump-dom", f"{path.as_uri()}#test={steps}")
+    root = re.search(r"<html[^>]*>", run.stdout)
+    assert root, f"no DOM from chromium (rc {run.returncode}): {run.stderr[-2000:]}"
+    attrs = dict(re.findall(r'(data-test-[\w-]+)="([^"]*)"', root.group(0)))
+    assert "data-test-counts" in attrs, f"the self-test did not run: {root.group(0)[:300]}"
+    counts = [int(c) for c in attrs["data-test-counts"].split(",")]
+    # every mistake rendered; a cell click shows only its pair; clicking again clears
+    assert counts == [m, n_pair, m, n_pair, m, n_name, m, m]
+    shown_pairs = attrs["data-test-pairs"].split("|")
+    assert shown_pairs[1] == f"{t},{p}" and shown_pairs[3] == f"{t},{p}"
+    assert len(shown_pairs[0].split()) == len(pairs)
+    # all images of the rendered items were decoded before the clicks
+    assert int(attrs["data-test-loaded"].split(",")[0]) == m
+    # switching the layer swaps the map sources
+    srcs = attrs["data-test-srcs"].split("|")
+    assert srcs[-1] != srcs[-2] and srcs[-2]
+
+
+def test_screenshot(report, tmp_path):
+    path, ev, profile = report
+    shot = tmp_path / "report.png"
+    t, p = int(ev.mistakes.labels[0]), int(ev.mistakes.preds[0])
+    run = chromium(
+        profile,
+        f"--screenshot={shot}",
+        "--window-size=1280,2400",
+        f"{path.as_uri()}#test=cell:{t},{p}",
+    )
+    assert shot.is_file() and shot.stat().st_size > 20_000, run.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
