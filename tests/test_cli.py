@@ -76,6 +76,42 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_folder, capsys, argv
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--data", "d", "--out", "o", "--norm", "instance"], "--norm"),
+        (["train", "--data", "d", "--out", "o", "--epochs", "many"], "--epochs"),
+        (
+            ["explain", "--checkpoint", "c", "--data", "d", "--out", "o", "--method", "x"],
+            "--method",
+        ),
+        (["train", "--out", "o"], "--data"),
+        (
+            [
+                "evaluate",
+                "--checkpoint",
+                "shipped",
+                "--data",
+                "sample",
+                "--out",
+                "o",
+                "--device",
+                "tpu",
+            ],
+            "--device",
+        ),
+    ],
+)
+def test_bad_flags_are_one_line_with_a_pointer_to_help(tmp_path, monkeypatch, capsys, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse exits by itself
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
 def test_corrupt_image_is_a_one_line_error(tmp_path, capsys):
     from conftest import write_image_folder
 

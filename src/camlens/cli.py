@@ -64,6 +64,13 @@ SUMMARY_EXAMPLE = """example:
   camlens summary --checkpoint runs/quick/checkpoint.safetensors"""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; one line that names the flag is enough."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _field_type(tp) -> type:
     """The runtime type behind an annotation such as `int | None`."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -110,7 +117,10 @@ def pick_device(name: str) -> torch.device:
         raise RunError(
             "--device cuda asked for, but this torch build sees no CUDA GPU: use --device cpu"
         )
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise RunError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from None
 
 
 def _data_flags(parser: argparse.ArgumentParser, image_size: bool = True) -> None:
@@ -153,11 +163,13 @@ def _names(text: str, what: str, valid=None) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="camlens", description="Where a CNN looks when it gets an image wrong."
     )
     parser.add_argument("--version", action="version", version=f"camlens {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser(

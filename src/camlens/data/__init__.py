@@ -185,9 +185,10 @@ def _read_source(kind: str, path: Path, size: int, progress: bool) -> tuple[dict
                 lambda n: tar.extractfile(official[n]).read(), set(official), str(path), size
             )
         listing = list_archive(members, path)
+        by_name = {m.name: m for m in members}  # TarFile.getmember is a linear scan per call
 
         def read(name: str) -> bytes:
-            return tar.extractfile(name).read()
+            return tar.extractfile(by_name[name]).read()
 
     classes = listing.classes()
     total = sum(len(v) for s in listing.splits.values() for v in s.values())
