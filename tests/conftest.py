@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 CLASSES = ("cat", "dog", "frog", "ship")
@@ -69,6 +70,15 @@ def write_cifar_batches(folder: Path, per_batch: int = 4, seed: int = 0) -> dict
     meta = {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return images
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For tests on tiny tensors: thread start-up and barriers cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

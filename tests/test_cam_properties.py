@@ -12,14 +12,7 @@ from torch import nn
 from camlens.cam import METHODS, Contrast, create
 from camlens.model import ResNet18
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: thread start-up and barriers cost more than they save
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SmallVGG(nn.Module):

@@ -12,6 +12,26 @@ def run(capsys, *argv):
     return code, out, err
 
 
+@pytest.fixture
+def trained(tmp_path, tiny_folder, capsys):
+    run(
+        capsys,
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "r",
+        "--epochs",
+        1,
+        "--width",
+        8,
+        "--batch-size",
+        8,
+        "--no-progress",
+    )
+    return tmp_path / "r" / "checkpoint.safetensors"
+
+
 def test_train_then_evaluate_end_to_end(tmp_path, tiny_folder, capsys):
     run_dir = tmp_path / "run"
     code, out, err = run(
@@ -131,30 +151,15 @@ def test_corrupt_image_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and "bad.png" in err and err.count("\n") == 1
 
 
-def test_checkpoint_for_other_classes_is_refused(tmp_path, tiny_folder, capsys):
+def test_checkpoint_for_other_classes_is_refused(tmp_path, trained, capsys):
     from conftest import write_image_folder
 
-    run(
-        capsys,
-        "train",
-        "--data",
-        tiny_folder,
-        "--out",
-        tmp_path / "r",
-        "--epochs",
-        1,
-        "--width",
-        8,
-        "--batch-size",
-        8,
-        "--no-progress",
-    )
     write_image_folder(tmp_path / "other", n_train=1, n_test=1, classes=("apple", "pear"))
     code, _, err = run(
         capsys,
         "evaluate",
         "--checkpoint",
-        tmp_path / "r" / "checkpoint.safetensors",
+        trained,
         "--data",
         tmp_path / "other",
         "--out",
@@ -179,26 +184,6 @@ def test_train_flags_come_from_the_config_dataclass():
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
     for f in fields(TrainConfig):
         assert getattr(args, f.name) == f.default, f.name
-
-
-@pytest.fixture
-def trained(tmp_path, tiny_folder, capsys):
-    run(
-        capsys,
-        "train",
-        "--data",
-        tiny_folder,
-        "--out",
-        tmp_path / "r",
-        "--epochs",
-        1,
-        "--width",
-        8,
-        "--batch-size",
-        8,
-        "--no-progress",
-    )
-    return tmp_path / "r" / "checkpoint.safetensors"
 
 
 def test_explain_writes_the_gallery(tmp_path, tiny_folder, trained, capsys):

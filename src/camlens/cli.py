@@ -138,6 +138,15 @@ def _data_flags(parser: argparse.ArgumentParser, image_size: bool = True) -> Non
     )
 
 
+def _checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="checkpoint.safetensors (its .json beside it), or `shipped` for the bundled model",
+    )
+
+
 def _device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ..."
@@ -223,12 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EVALUATE_EXAMPLE,
         formatter_class=fmt,
     )
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        type=Path,
-        help="checkpoint.safetensors (its .json beside it)",
-    )
+    _checkpoint_flag(p)
     _data_flags(p, image_size=False)
     p.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
@@ -242,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXPLAIN_EXAMPLE,
         formatter_class=fmt,
     )
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.safetensors")
+    _checkpoint_flag(p)
     _data_flags(p, image_size=False)
     p.add_argument(
         "--out", required=True, type=Path, help="folder; the gallery goes in OUT/gallery"
