@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -55,6 +56,20 @@ def test_a_run_folder_is_never_overwritten(tmp_path, tiny_folder):
         train(TrainConfig(epochs=1, **TINY), data, tmp_path, progress=False, log=quiet)
     with pytest.raises(RunError, match="other settings.*lr"):
         train(TrainConfig(epochs=1, lr=0.5, **TINY), data, tmp_path, resume=True, log=quiet)
+    other = replace(data, checksum="0" * 64)
+    with pytest.raises(RunError, match="other data"):
+        train(TrainConfig(epochs=1, **TINY), other, tmp_path, resume=True, log=quiet)
+
+
+def test_one_cycle_swings_momentum_around_the_configured_value(tmp_path, tiny_folder):
+    from safetensors import safe_open
+
+    data = load_dataset(tiny_folder, progress=False)
+    train(TrainConfig(epochs=1, momentum=0.8, **TINY), data, tmp_path, progress=False, log=quiet)
+    with safe_open(str(tmp_path / "resume.safetensors"), "pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+    assert groups[0]["max_momentum"] == pytest.approx(0.85)
+    assert groups[0]["base_momentum"] == pytest.approx(0.75)
 
 
 def test_subset_is_balanced_and_counted(tmp_path, tiny_folder):

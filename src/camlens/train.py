@@ -46,7 +46,7 @@ class TrainConfig:
     epochs: int = _opt(30, "passes over the training images")
     batch_size: int = _opt(128, "images per step (128 is fastest per image on 2 CPU cores)")
     lr: float = _opt(0.1, "peak learning rate of the one-cycle schedule")
-    momentum: float = _opt(0.9, "SGD momentum (Nesterov); one-cycle swings it 0.85-0.95")
+    momentum: float = _opt(0.9, "SGD momentum (Nesterov), the centre of one-cycle's +-0.05 swing")
     weight_decay: float = _opt(5e-4, "L2 weight decay")
     label_smoothing: float = _opt(0.1, "share of the target spread over the other classes")
     warmup: float = _opt(0.25, "share of the steps spent rising to the peak learning rate")
@@ -69,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.subset is not None and self.subset < 2:
             raise ValueError(f"subset must be at least 2 images, got {self.subset}")
+        if not 0.05 <= self.momentum <= 0.95:
+            raise ValueError(f"momentum must lie between 0.05 and 0.95, got {self.momentum}")
         if not 0 < self.warmup < 1:
             raise ValueError(f"warmup must lie between 0 and 1, got {self.warmup}")
         if self.norm not in NORMS:
@@ -101,7 +103,9 @@ def default_sampler(pool: torch.Tensor, seed: int) -> Callable[[int], torch.Tens
 # ----------------------------------------------------------------------------- resume state
 
 
-def _save_resume(path: Path, model, optimizer, scheduler, epoch: int, history, config, elapsed):
+def _save_resume(
+    path: Path, model, optimizer, scheduler, epoch: int, history, config, elapsed, checksum: str
+):
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
@@ -123,11 +127,30 @@ def _save_resume(path: Path, model, optimizer, scheduler, epoch: int, history, c
         "scheduler": json.dumps(scheduler.state_dict()),
         "history": json.dumps(history),
         "elapsed": repr(elapsed),
+        "data_checksum": checksum,
     }
     atomic_save_tensors(path, tensors, metadata)
 
 
-def _load_resume(path: Path, model, optimizer, scheduler) -> tuple[int, list, float, dict]:
+def _check_resumable(path: Path, config: TrainConfig, data: Dataset) -> None:
+    """Refuse to continue a run with other settings or other data: the result would be neither."""
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    saved = json.loads(meta["config"])
+    differs = {k for k in saved if saved[k] != asdict(config).get(k) and k != "eval_batch_size"}
+    if differs:
+        raise RunError(
+            f"{path.parent} was trained with other settings ({', '.join(sorted(differs))}): "
+            "resume with the same flags, or choose another --out"
+        )
+    if meta.get("data_checksum", data.checksum) != data.checksum:
+        raise RunError(
+            f"{path.parent} was trained on other data (checksum {meta['data_checksum'][:12]}, "
+            f"now {data.checksum[:12]}): resume with the same --data, or choose another --out"
+        )
+
+
+def _load_resume(path: Path, model, optimizer, scheduler) -> tuple[int, list, float]:
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
         names = f.keys()  # safe_open is not a dict: keys() is its only listing
@@ -143,12 +166,7 @@ def _load_resume(path: Path, model, optimizer, scheduler) -> tuple[int, list, fl
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return (
-        int(meta["epoch"]),
-        json.loads(meta["history"]),
-        float(meta["elapsed"]),
-        json.loads(meta["config"]),
-    )
+    return int(meta["epoch"]), json.loads(meta["history"]), float(meta["elapsed"])
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -202,18 +220,19 @@ def train(
     # OneCycleLR needs at least a step in each phase; tiny runs get a slightly longer warm-up
     total = max(config.epochs * steps, 4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=total, pct_start=max(config.warmup, 1.5 / total)
+        optimizer,
+        max_lr=config.lr,
+        total_steps=total,
+        pct_start=max(config.warmup, 1.5 / total),
+        # momentum falls as the learning rate rises (Smith 2018), around the configured value
+        base_momentum=config.momentum - 0.05,
+        max_momentum=config.momentum + 0.05,
     )
 
     start, history, elapsed = 0, [], 0.0
     if resume and resume_path.exists():
-        start, history, elapsed, saved = _load_resume(resume_path, model, optimizer, scheduler)
-        differs = {k for k in saved if saved[k] != asdict(config).get(k) and k != "eval_batch_size"}
-        if differs:
-            raise RunError(
-                f"{out} was trained with other settings ({', '.join(sorted(differs))}): "
-                "resume with the same flags, or choose another --out"
-            )
+        _check_resumable(resume_path, config, data)
+        start, history, elapsed = _load_resume(resume_path, model, optimizer, scheduler)
         log(f"resuming {out} after epoch {start}/{config.epochs}")
 
     train_images = data.train.images.to(device)  # uint8 on the device: 4x less to move than fp32
@@ -285,7 +304,17 @@ def train(
 def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device) -> None:
     """Resume state first (one atomic file), then the checkpoint pair, then the logs."""
     epoch = history[-1]["epoch"]
-    _save_resume(out / RESUME_FILE, model, optimizer, scheduler, epoch, history, config, elapsed)
+    _save_resume(
+        out / RESUME_FILE,
+        model,
+        optimizer,
+        scheduler,
+        epoch,
+        history,
+        config,
+        elapsed,
+        data.checksum,
+    )
     meta = {
         "classes": list(data.classes),
         "image_size": data.image_size,
