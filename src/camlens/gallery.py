@@ -15,8 +15,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -134,6 +137,7 @@ class GalleryConfig:
     alpha: float = 0.5  # weight of the heat map over the image
 
 
+@lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -278,17 +282,15 @@ def write_gallery(
         (root / sub).mkdir(parents=True, exist_ok=True)
     panels = _panels(expl, mistakes.images, config)
     cards = [_card(i, mistakes, expl, panels, classes, config) for i in range(len(mistakes))]
-    names = []
-    for i, card in enumerate(cards):
-        label, pred = classes[int(mistakes.labels[i])], classes[int(mistakes.preds[i])]
-        names.append(f"{i + 1:04d}_{int(mistakes.indices[i]):05d}_{label}-as-{pred}.png")
-        atomic_write_bytes(root / "cards" / names[-1], _png(card))
-    pages = []
+    names = [
+        f"{i + 1:04d}_{int(mistakes.indices[i]):05d}_"
+        f"{classes[int(mistakes.labels[i])]}-as-{classes[int(mistakes.preds[i])]}.png"
+        for i in range(len(mistakes))
+    ]
+    jobs = [(root / "cards" / name, card) for name, card in zip(names, cards, strict=True)]
     for p, start in enumerate(range(0, len(cards), config.per_page)):
-        pages.append(f"page-{p + 1:03d}.png")
-        atomic_write_bytes(
-            root / "pages" / pages[-1], _png(_stack(cards[start : start + config.per_page]))
-        )
+        page = _stack(cards[start : start + config.per_page])
+        jobs.append((root / "pages" / f"page-{p + 1:03d}.png", page))
     pairs: dict[tuple[int, int], list[int]] = {}
     for i in range(len(mistakes)):
         pairs.setdefault((int(mistakes.labels[i]), int(mistakes.preds[i])), []).append(i)
@@ -298,7 +300,11 @@ def write_gallery(
             f"({expl.method} at {expl.layers[-1]}; image | predicted-class map | true-class map)"
         )
         page = _pair_page(rows, mistakes, panels, title, config)
-        atomic_write_bytes(root / "pairs" / f"{classes[label]}-as-{classes[pred]}.png", _png(page))
+        jobs.append((root / "pairs" / f"{classes[label]}-as-{classes[pred]}.png", page))
+    # zlib releases the GIL: threads encode PNGs in parallel. No fsync per picture (the rename
+    # still keeps each file whole); a gallery is cheap to redo, unlike a checkpoint.
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(lambda job: atomic_write_bytes(job[0], _png(job[1]), durable=False), jobs))
     _write_index(root, expl, mistakes, classes, names, config)
     return root
 

@@ -1,0 +1,40 @@
+"""`CamConfig`: the knobs shared by every method, one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from camlens.cam.normalize import NORMALIZE
+
+__all__ = ["CamConfig"]
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """Knobs shared by every method; each method reads the ones it needs."""
+
+    # "minmax" per map, "none" raw, "batch" one scale per call, "pair" one per image across sets
+    normalize: str = "minmax"
+    # autocast dtype for the forward pass (torch.bfloat16 / torch.float16); None: as called.
+    # Maps are combined in float32 either way.
+    amp: torch.dtype | None = None
+    # images per forward pass; None: the whole input at once (eval mode makes chunking exact)
+    batch_size: int | None = None
+    # Score-CAM: masked images per forward pass
+    score_batch: int = 64
+    # Score-CAM: keep only the k highest-variance channels per image (Faster Score-CAM); None: all
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZE:
+            raise ValueError(
+                f"unknown normalize {self.normalize!r}: choose one of {', '.join(NORMALIZE)}"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+        if self.score_batch < 1:
+            raise ValueError(f"score_batch must be >= 1, got {self.score_batch}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")

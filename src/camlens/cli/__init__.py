@@ -1,0 +1,90 @@
+"""The `camlens` command: argparse wiring only. Parse, call the public API, print, exit code.
+
+User errors (a missing file, a bad flag value, a checkpoint for another model) end as one line
+on stderr and exit code 2; anything else is a bug and keeps its traceback.
+
+    parser.py    build_parser(): subcommands, flags, examples; OneLineParser; add_config_flags
+    commands.py  cmd_demo, cmd_run, cmd_train, cmd_evaluate, cmd_explain, cmd_export, cmd_summary
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from camlens.cli.commands import (
+    DTYPES,
+    cmd_demo,
+    cmd_evaluate,
+    cmd_explain,
+    cmd_export,
+    cmd_run,
+    cmd_summary,
+    cmd_train,
+    config_from_args,
+    load_matching_data,
+    pick_device,
+)
+from camlens.cli.parser import (
+    DEMO_EXAMPLE,
+    EVALUATE_EXAMPLE,
+    EXPLAIN_EXAMPLE,
+    EXPORT_EXAMPLE,
+    RUN_EXAMPLE,
+    SUMMARY_EXAMPLE,
+    TRAIN_EXAMPLE,
+    OneLineParser,
+    add_config_flags,
+    build_parser,
+)
+from camlens.data import DataError
+from camlens.download import DownloadError
+from camlens.model import CheckpointError
+from camlens.train import RunError
+
+__all__ = [
+    "DEMO_EXAMPLE",
+    "DTYPES",
+    "EVALUATE_EXAMPLE",
+    "EXPLAIN_EXAMPLE",
+    "EXPORT_EXAMPLE",
+    "RUN_EXAMPLE",
+    "SUMMARY_EXAMPLE",
+    "TRAIN_EXAMPLE",
+    "USER_ERRORS",
+    "OneLineParser",
+    "add_config_flags",
+    "build_parser",
+    "cmd_demo",
+    "cmd_evaluate",
+    "cmd_explain",
+    "cmd_export",
+    "cmd_run",
+    "cmd_summary",
+    "cmd_train",
+    "config_from_args",
+    "load_matching_data",
+    "main",
+    "pick_device",
+]
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DataError,
+    DownloadError,
+    CheckpointError,
+    RunError,
+    FileNotFoundError,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except USER_ERRORS as e:
+        print(f"camlens: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("camlens: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,260 @@
+"""The argparse side of the `camlens` command: the parser, its flags and the examples in --help.
+
+`build_parser()` wires each subcommand to its `cmd_*` in `commands.py`; `add_config_flags` makes
+one flag per field of a config dataclass, so the defaults live only in the dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+from camlens import __version__
+from camlens.cam import METHODS
+from camlens.cli.commands import (
+    DTYPES,
+    cmd_demo,
+    cmd_evaluate,
+    cmd_explain,
+    cmd_export,
+    cmd_run,
+    cmd_summary,
+    cmd_train,
+)
+from camlens.gallery import SORTS
+from camlens.train import TrainConfig
+
+__all__ = [
+    "DEMO_EXAMPLE",
+    "EVALUATE_EXAMPLE",
+    "EXPLAIN_EXAMPLE",
+    "EXPORT_EXAMPLE",
+    "RUN_EXAMPLE",
+    "SUMMARY_EXAMPLE",
+    "TRAIN_EXAMPLE",
+    "OneLineParser",
+    "add_config_flags",
+    "build_parser",
+]
+
+DEMO_EXAMPLE = """example:
+  camlens demo                          # offline: shipped model, bundled sample -> report.html
+  camlens demo --out /tmp/demo --method gradcam,gradcam++"""
+RUN_EXAMPLE = """example:
+  camlens run --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick --epochs 1 --subset 2000
+  camlens run --data cifar10 --out runs/r18 --epochs 30 --layer layer3,layer4
+  (run it again after a kill: it resumes training, then redoes the later steps)"""
+TRAIN_EXAMPLE = """example:
+  camlens train --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick --epochs 1 --subset 2000
+  camlens train --data cifar10 --out runs/r18 --epochs 30           # official batches, downloaded
+  camlens train --data cifar10 --out runs/r18 --epochs 30 --resume  # continue a killed run"""
+EVALUATE_EXAMPLE = """example:
+  camlens evaluate --checkpoint runs/quick/checkpoint.safetensors \\
+      --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick/eval"""
+EXPLAIN_EXAMPLE = """example:
+  camlens explain --checkpoint runs/quick/checkpoint.safetensors \\
+      --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick/explain --layer layer3,layer4
+  camlens explain ... --method gradcam++ --true cat --pred dog --limit 50"""
+EXPORT_EXAMPLE = """example:
+  camlens export --checkpoint runs/r18/checkpoint.safetensors --out model-fp16.safetensors"""
+SUMMARY_EXAMPLE = """example:
+  camlens summary                      # the standard ResNet18, batch norm
+  camlens summary --norm layer
+  camlens summary --checkpoint runs/quick/checkpoint.safetensors"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; one line that names the flag is enough."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _field_type(tp) -> type:
+    """The runtime type behind an annotation such as `int | None`."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return args[0]
+    return tp
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_type) -> None:
+    """One flag per dataclass field: the defaults and help live only in the dataclass."""
+    hints = typing.get_type_hints(config_type)
+    for f in dataclasses.fields(config_type):
+        flag = "--" + f.name.replace("_", "-")
+        tp = _field_type(hints[f.name])
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if tp is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag,
+                type=tp,
+                default=f.default,
+                choices=f.metadata.get("choices"),
+                help=help_text,
+                metavar=f.name.upper() if "choices" not in f.metadata else None,
+            )
+
+
+def _data_flags(parser: argparse.ArgumentParser, image_size: bool = True) -> None:
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="cifar10 | a folder with train/ and test/ | cifar-10-batches-py | a .tar.gz of either",
+    )
+    if image_size:
+        parser.add_argument(
+            "--image-size", type=int, default=32, help="images are resized to this (default: 32)"
+        )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
+
+
+def _checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="checkpoint.safetensors (its .json beside it), or `shipped` for the bundled model",
+    )
+
+
+def _device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ..."
+    )
+
+
+def _explain_flags(parser: argparse.ArgumentParser, method: str) -> None:
+    parser.add_argument(
+        "--method", default=method, help=f"CAM method(s), comma-separated, of {', '.join(METHODS)}"
+    )
+    parser.add_argument("--layer", default="layer3,layer4", help="layer(s), comma-separated")
+    parser.add_argument("--cam-batch-size", type=int, default=64, help="images per CAM batch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="camlens", description="Where a CNN looks when it gets an image wrong."
+    )
+    parser.add_argument("--version", action="version", version=f"camlens {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser(
+        "demo",
+        help="offline: explain the shipped model's mistakes on the bundled sample",
+        epilog=DEMO_EXAMPLE,
+        formatter_class=fmt,
+    )
+    p.add_argument("--out", type=Path, default=Path("camlens-demo"), help="default: camlens-demo")
+    _explain_flags(p, method="gradcam")
+    _device_flag(p)
+    p.set_defaults(run=cmd_demo, progress=True)
+
+    p = sub.add_parser(
+        "run",
+        help="train, evaluate, explain the mistakes and write the report, in one go",
+        epilog=RUN_EXAMPLE,
+        formatter_class=fmt,
+    )
+    _data_flags(p)
+    p.add_argument("--out", required=True, type=Path, help="run folder; resumed when it exists")
+    p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
+    p.add_argument("--limit", type=int, help="explain at most this many mistakes")
+    _explain_flags(p, method="gradcam")
+    _device_flag(p)
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(run=cmd_run)
+
+    p = sub.add_parser(
+        "train",
+        help="train a ResNet18, checkpoint every epoch",
+        epilog=TRAIN_EXAMPLE,
+        formatter_class=fmt,
+    )
+    _data_flags(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="run folder (checkpoints, metrics.jsonl, curves.png)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
+    _device_flag(p)
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="test accuracy, confusion matrix, misclassified.csv",
+        epilog=EVALUATE_EXAMPLE,
+        formatter_class=fmt,
+    )
+    _checkpoint_flag(p)
+    _data_flags(p, image_size=False)
+    p.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
+    p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    _device_flag(p)
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser(
+        "explain",
+        help="Grad-CAM (and family) gallery of the misclassified test images",
+        epilog=EXPLAIN_EXAMPLE,
+        formatter_class=fmt,
+    )
+    _checkpoint_flag(p)
+    _data_flags(p, image_size=False)
+    p.add_argument(
+        "--out", required=True, type=Path, help="folder; the gallery goes in OUT/gallery"
+    )
+    p.add_argument("--method", default="gradcam", choices=sorted(METHODS), help="default: gradcam")
+    p.add_argument("--layer", default="layer4", help="dotted layer name(s), comma-separated")
+    p.add_argument("--limit", type=int, help="explain at most this many images")
+    p.add_argument("--sort", default="confidence", choices=SORTS, help="default: confidence")
+    p.add_argument("--true", metavar="CLASS", help="only images of this true class")
+    p.add_argument("--pred", metavar="CLASS", help="only images predicted as this class")
+    p.add_argument("--misclassified", type=Path, help="misclassified.csv from camlens evaluate")
+    p.add_argument("--batch-size", type=int, default=64, help="images per CAM batch (default: 64)")
+    p.add_argument("--amp", choices=("bf16",), help="bf16 autocast forward (maps stay fp32)")
+    _device_flag(p)
+    p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser(
+        "export",
+        help="re-save a checkpoint, e.g. in half precision",
+        epilog=EXPORT_EXAMPLE,
+        formatter_class=fmt,
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.safetensors to read")
+    p.add_argument(
+        "--out", required=True, type=Path, help="the new .safetensors (its .json beside)"
+    )
+    p.add_argument("--dtype", default="fp16", choices=sorted(DTYPES), help="default: fp16")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser(
+        "summary",
+        help="layer names, output shapes and parameters",
+        epilog=SUMMARY_EXAMPLE,
+        formatter_class=fmt,
+    )
+    p.add_argument("--checkpoint", type=Path, help="describe this checkpoint's model")
+    p.add_argument("--norm", default="batch", choices=("batch", "layer", "group"))
+    p.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.set_defaults(run=cmd_summary)
+    return parser
