@@ -231,3 +231,11 @@ def test_the_bundled_sample_holds_100_test_images_per_class():
     assert s.test.images.shape == (1000, 3, 32, 32)
     assert s.test.labels.bincount().tolist() == [100] * 10
     assert "JPEG q75" in s.source
+
+
+def test_a_checkpoint_passed_as_data_is_a_clear_error(tmp_path):
+    from camlens.model import ResNet18, save_checkpoint
+
+    path = save_checkpoint(ResNet18(width=8), tmp_path / "ck", {"classes": list("abcdefghij")})
+    with pytest.raises(DataError, match="not a camlens sample.*--checkpoint"):
+        load_dataset(path, progress=False)

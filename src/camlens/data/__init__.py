@@ -325,12 +325,15 @@ def load_sample(path: str | Path = SAMPLE_PATH) -> Dataset:
     path = Path(path)
     try:
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
+            meta = f.metadata() or {}
             images, labels = f.get_tensor("images"), f.get_tensor("labels")
-    except (OSError, SafetensorError) as e:
-        raise DataError(f"cannot read sample {path}: {e}") from None
-    empty = Split(images[:0], labels[:0])
+        classes = tuple(json.loads(meta["classes"]))
+    except (OSError, SafetensorError, KeyError, ValueError) as e:
+        raise DataError(
+            f"{path} is not a camlens sample file ({type(e).__name__}: {e}); "
+            "pass it to --checkpoint if it is a model"
+        ) from None
     name = meta.get("label") or str(path)
     return Dataset(
-        empty, Split(images, labels), tuple(json.loads(meta["classes"])), name, file_sha256(path)
+        Split(images[:0], labels[:0]), Split(images, labels), classes, name, file_sha256(path)
     )
