@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camlens.evaluate import as_float_images
 from camlens.atomic import atomic_write_bytes
+from camlens.evaluate import as_float_images
 from camlens.overlay import colorize, overlay
 from camlens.plots import plot_curves
 from camlens.report.compute import ReportData, centre_box
