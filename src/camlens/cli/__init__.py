@@ -12,61 +12,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from camlens.cli.commands import (
-    DTYPES,
-    cmd_demo,
-    cmd_evaluate,
-    cmd_explain,
-    cmd_export,
-    cmd_run,
-    cmd_summary,
-    cmd_train,
-    config_from_args,
-    load_matching_data,
-    pick_device,
-)
-from camlens.cli.parser import (
-    DEMO_EXAMPLE,
-    EVALUATE_EXAMPLE,
-    EXPLAIN_EXAMPLE,
-    EXPORT_EXAMPLE,
-    RUN_EXAMPLE,
-    SUMMARY_EXAMPLE,
-    TRAIN_EXAMPLE,
-    OneLineParser,
-    add_config_flags,
-    build_parser,
-)
+from camlens.cli.parser import build_parser
 from camlens.data import DataError
 from camlens.download import DownloadError
 from camlens.model import CheckpointError
 from camlens.train import RunError
 
-__all__ = [
-    "DEMO_EXAMPLE",
-    "DTYPES",
-    "EVALUATE_EXAMPLE",
-    "EXPLAIN_EXAMPLE",
-    "EXPORT_EXAMPLE",
-    "RUN_EXAMPLE",
-    "SUMMARY_EXAMPLE",
-    "TRAIN_EXAMPLE",
-    "USER_ERRORS",
-    "OneLineParser",
-    "add_config_flags",
-    "build_parser",
-    "cmd_demo",
-    "cmd_evaluate",
-    "cmd_explain",
-    "cmd_export",
-    "cmd_run",
-    "cmd_summary",
-    "cmd_train",
-    "config_from_args",
-    "load_matching_data",
-    "main",
-    "pick_device",
-]
+__all__ = ["USER_ERRORS", "build_parser", "main"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
