@@ -12,8 +12,10 @@
 (d) Score-CAM at layer4 with batched masks: images/s; top-k channels: speed-up and Spearman
     correlation with the full map.
 captum and torchcam are timed beside camlens where importable (`--with-path DIR` adds a
-folder, e.g. one made by `pip install --target DIR --no-deps captum torchcam`); pytorch-grad-cam
-needs torchvision and ttach, which do not import beside the CPU torch here.
+folder, e.g. one made by `pip install --target DIR --no-deps captum torchcam`). pytorch-grad-cam
+needs torchvision, which does not import beside the CPU torch here: to time all four in one
+run, run this script from a separate venv with `torch==2.14.1 torchvision==0.29.1 grad-cam
+captum torchcam` and camlens installed (README, Performance).
 
 The model is a full-width CIFAR ResNet18 (11.2 M parameters), random init unless --checkpoint;
 the images are uniform noise unless --data names a camlens data source (test split).
@@ -22,7 +24,6 @@ the images are uniform noise unless --data names a camlens data source (test spl
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import statistics
@@ -125,8 +126,16 @@ def external_gradcams(model: torch.nn.Module) -> dict[str, Callable]:
     except ImportError as e:
         print(f"  torchcam: not installed ({e})")
     try:
-        importlib.import_module("pytorch_grad_cam")
-        print("  pytorch-grad-cam: importable but not wired in")
+        from pytorch_grad_cam import GradCAM as PgcGradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        def pgc_gradcam(images, targets, layer="layer4"):
+            # its usual use: a CAM object per call; it resizes and min-max scales in numpy
+            with PgcGradCAM(model=model, target_layers=[getattr(model, layer)]) as cam:
+                maps = cam(images, [ClassifierOutputTarget(int(t)) for t in targets])
+            return minmax(torch.from_numpy(maps).to(images.device))
+
+        found["pytorch-grad-cam"] = pgc_gradcam
     except Exception as e:  # it fails in several ways without torchvision / ttach / cv2
         print(f"  pytorch-grad-cam: unavailable ({type(e).__name__}: {e})")
     return found
