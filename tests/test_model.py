@@ -163,3 +163,13 @@ def test_the_shipped_model_is_accurate_on_the_bundled_sample():
     sample = load_dataset("sample", progress=False)
     logits = predict(model, sample.test.images, precision="bf16")
     assert (logits.argmax(1) == sample.test.labels).float().mean() > 0.88
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_zero_init_residual_makes_each_block_start_as_identity_plus_shortcut(norm):
+    torch.manual_seed(0)
+    model = ResNet18(norm=norm, width=8, zero_init_residual=True).eval()
+    block = model.layer2[1]  # no projection: output = relu(x + residual)
+    x = torch.rand(2, 16, 16, 16)
+    assert torch.allclose(block(x), torch.relu(x)), "the residual branch must start at zero"
+    assert not torch.allclose(ResNet18(norm=norm, width=8).eval().layer2[1](x), torch.relu(x))

@@ -52,6 +52,7 @@ class TrainConfig:
     warmup: float = _opt(0.25, "share of the steps spent rising to the peak learning rate")
     norm: str = _opt("batch", "normalisation layers", choices=NORMS)
     width: int = _opt(64, "channels of the first stage (64 is the standard ResNet18)")
+    zero_init_residual: bool = _opt(True, "start each residual block as the identity")
     seed: int = _opt(0, "seed for initialisation, order and augmentation")
     subset: int | None = _opt(None, "train on the first N images (balanced across classes)")
     crop: bool = _opt(True, "random crop with 4-pixel padding")
@@ -207,7 +208,9 @@ def train(
 
     mean, std = channel_stats(data.train.images[pool])
     torch.manual_seed(config.seed)
-    model = ResNet18(len(data.classes), config.norm, config.width, mean, std).to(device)
+    model = ResNet18(
+        len(data.classes), config.norm, config.width, mean, std, config.zero_init_residual
+    ).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(

@@ -156,7 +156,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_and_gallery(model, data, out: Path, args, run_info: dict, history, limit=None):
+def _report_and_gallery(
+    model, data, out: Path, args, run_info: dict, history, limit=None, evaluation=None
+):
     """Explain the mistakes once; the gallery and the report both draw from that."""
     methods = _names(args.method, "method", list(METHODS))
     layers = _names(args.layer, "layer")
@@ -171,6 +173,7 @@ def _report_and_gallery(model, data, out: Path, args, run_info: dict, history, l
             layers=layers,
             batch_size=args.cam_batch_size,
             limit=limit,
+            evaluation=evaluation,
         )
     except KeyError as e:  # an unknown layer: the message lists the valid names
         raise DataError(str(e.args[0])) from None
@@ -241,9 +244,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         "recipe": _recipe(meta),
     }
     run_info["data_label"] = data.label
-    _, path = _report_and_gallery(model, data, args.out, args, run_info, history, args.limit)
+    report, path = _report_and_gallery(
+        model, data, args.out, args, run_info, history, args.limit, evaluation=ev
+    )
+    shown = "" if len(report.mistakes) == len(ev.mistakes) else f" ({len(report.mistakes)} shown)"
     print(
-        f"test accuracy {ev.accuracy:.2%}; {len(ev.mistakes)} misclassified; "
+        f"test accuracy {ev.accuracy:.2%}; {len(ev.mistakes)} misclassified{shown}; "
         f"done in {time.perf_counter() - started:.0f}s"
     )
     print(f"evaluation: {args.out / 'eval'}  gallery: {args.out / 'gallery'}")

@@ -171,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p)
     p.add_argument("--out", required=True, type=Path, help="run folder; resumed when it exists")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
-    p.add_argument("--limit", type=int, help="explain at most this many mistakes")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        help="gallery and report show the N most confident mistakes; pair statistics use all "
+        "(default: 1000, so that a briefly trained model does not make a 100 MB page)",
+    )
     _explain_flags(p, method="gradcam")
     _device_flag(p)
     add_config_flags(p, TrainConfig)
