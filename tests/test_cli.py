@@ -5,6 +5,8 @@ import pytest
 
 from camlens.cli import build_parser, main
 
+TINY = ("--width", 8, "--batch-size", 8, "--no-progress")  # a fast ResNet18 for the tiny data
+
 
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
@@ -23,11 +25,7 @@ def trained(tmp_path, tiny_folder, capsys):
         tmp_path / "r",
         "--epochs",
         1,
-        "--width",
-        8,
-        "--batch-size",
-        8,
-        "--no-progress",
+        *TINY,
     )
     return tmp_path / "r" / "checkpoint.safetensors"
 
@@ -43,11 +41,7 @@ def test_train_then_evaluate_end_to_end(tmp_path, tiny_folder, capsys):
         run_dir,
         "--epochs",
         1,
-        "--width",
-        8,
-        "--batch-size",
-        8,
-        "--no-progress",
+        *TINY,
     )
     assert code == 0, err
     assert "epoch 1/1" in err + out and "test loss" in err + out
@@ -240,11 +234,7 @@ def test_tensorboard_events_mirror_the_metrics(tmp_path, tiny_folder, capsys):
         tmp_path / "r",
         "--epochs",
         2,
-        "--width",
-        8,
-        "--batch-size",
-        8,
-        "--no-progress",
+        *TINY,
         "--tensorboard",
     )
     assert code == 0, err
@@ -282,11 +272,7 @@ def test_run_produces_every_artefact_and_resumes(tmp_path, tiny_folder, capsys):
         tmp_path / "r",
         "--epochs",
         1,
-        "--width",
-        8,
-        "--batch-size",
-        8,
-        "--no-progress",
+        *TINY,
         "--layer",
         "layer4",
     ]
