@@ -15,27 +15,26 @@ the image size, so the second load of 60,000 images reads two .npy files.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
-import json
-import os
-import shutil
 import tarfile
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from camlens.atomic import atomic_save_tensors
+from camlens.data.cache import (
+    _cache_dir,
+    _load_cache,
+    _save_cache,
+    file_sha256,
+    folder_fingerprint,
+)
+from camlens.data.dataset import Dataset, Split
+from camlens.data.sample import SAMPLE_PATH, load_sample, save_sample
 from camlens.data.sources import (
     BATCH_FILES,
     BATCHES_DIR,
     DataError,
-    RawSplit,
     batch_classes,
     batches_to_split,
     list_archive,
@@ -58,74 +57,6 @@ __all__ = [
     "save_sample",
     "SAMPLE_PATH",
 ]
-
-SAMPLE_PATH = (
-    Path(__file__).resolve().parent.parent / "assets" / "cifar10-jpeg-test-sample.safetensors"
-)
-
-CACHE_VERSION = "1"
-# sources whose accuracy must carry a name of their own (shared/data/README: a JPEG re-encoding)
-KNOWN_SOURCES = {
-    "ff26949c34c4e67da3fa472a1f142e33365dea058f94f1fa369b14ef3d986968": "CIFAR-10 (JPEG q75)",
-}
-
-
-@dataclass(frozen=True)
-class Split:
-    """`images` (N, 3, S, S) uint8 and `labels` (N,) int64 of one split."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-
-@dataclass(frozen=True)
-class Dataset:
-    train: Split
-    test: Split
-    classes: tuple[str, ...]
-    source: str  # what was passed as --data, resolved to an absolute path where it is one
-    checksum: str  # sha256 of the source archive, or of a folder's file list, sizes and times
-
-    @property
-    def image_size(self) -> int:
-        return int(self.test.images.shape[-1])
-
-    @property
-    def label(self) -> str:
-        """How results on this data are to be named: "CIFAR-10 (JPEG q75)", or the source."""
-        if self.checksum in KNOWN_SOURCES:
-            return KNOWN_SOURCES[self.checksum]
-        if Path(self.source).name == BATCHES_DIR:
-            return "CIFAR-10"
-        return self.source
-
-
-# ----------------------------------------------------------------------------- fingerprints
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def folder_fingerprint(root: Path) -> str:
-    """Hash of every file's relative path, size and mtime: cheap, and changes when a file does."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            st = os.stat(os.path.join(dirpath, name))
-            rel = os.path.relpath(os.path.join(dirpath, name), root)
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        for name in dirnames:  # an empty class folder must change the key too
-            h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}/\n".encode())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -223,49 +154,6 @@ def resolve(source: str | Path, home: Path) -> tuple[str, Path]:
     )
 
 
-# ----------------------------------------------------------------------------- cache
-
-
-def _cache_dir(home: Path, kind: str, checksum: str, size: int) -> Path:
-    return home / "cache" / f"{kind}-{checksum[:20]}-{size}px-v{CACHE_VERSION}"
-
-
-def _save_cache(where: Path, splits: dict[str, RawSplit], classes: list[str], meta: dict) -> None:
-    """Write to a temporary folder then rename it, so a killed run never leaves half a cache."""
-    where.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=where.parent, prefix=f".{where.name}."))
-    try:
-        for split, raw in splits.items():
-            images = np.ascontiguousarray(
-                raw.images.transpose(0, 3, 1, 2)
-            )  # (N,S,S,3) -> (N,3,S,S)
-            np.save(tmp / f"{split}_images.npy", images)
-            np.save(tmp / f"{split}_labels.npy", raw.labels)
-        (tmp / "meta.json").write_text(json.dumps({**meta, "classes": classes}, indent=2))
-        os.replace(tmp, where)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not where.is_dir():  # another process may have won the race; that is fine
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _load_cache(where: Path) -> tuple[dict[str, Split], list[str]] | None:
-    try:
-        meta = json.loads((where / "meta.json").read_text())
-        splits = {
-            s: Split(
-                torch.from_numpy(np.load(where / f"{s}_images.npy")),
-                torch.from_numpy(np.load(where / f"{s}_labels.npy")),
-            )
-            for s in ("train", "test")
-        }
-    except (OSError, ValueError):
-        return None
-    return splits, meta["classes"]
-
-
 def load_dataset(
     source: str | Path,
     image_size: int = 32,
@@ -297,43 +185,3 @@ def load_dataset(
     else:
         splits, classes = cached
     return Dataset(splits["train"], splits["test"], tuple(classes), str(path), checksum)
-
-
-# ----------------------------------------------------------------------------- bundled sample
-
-
-def save_sample(data: Dataset, path: str | Path, per_class: int = 100, label: str = "") -> Path:
-    """The first `per_class` test images of each class as one small safetensors file."""
-    idx = balanced_subset(data.test.labels, per_class * len(data.classes))
-    tensors = {
-        "images": data.test.images[idx].contiguous(),
-        "labels": data.test.labels[idx].contiguous(),
-        "indices": idx.contiguous(),  # positions in the full test split
-    }
-    meta = {
-        "classes": json.dumps(list(data.classes)),
-        "source": data.source,
-        "label": label,
-        "checksum": data.checksum,
-    }
-    atomic_save_tensors(Path(path), tensors, meta)
-    return Path(path)
-
-
-def load_sample(path: str | Path = SAMPLE_PATH) -> Dataset:
-    """A sample file as a Dataset with an empty train split."""
-    path = Path(path)
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            images, labels = f.get_tensor("images"), f.get_tensor("labels")
-        classes = tuple(json.loads(meta["classes"]))
-    except (OSError, SafetensorError, KeyError, ValueError) as e:
-        raise DataError(
-            f"{path} is not a camlens sample file ({type(e).__name__}: {e}); "
-            "pass it to --checkpoint if it is a model"
-        ) from None
-    name = meta.get("label") or str(path)
-    return Dataset(
-        Split(images[:0], labels[:0]), Split(images, labels), classes, name, file_sha256(path)
-    )

@@ -1,12 +1,7 @@
-"""Training: a frozen `TrainConfig`, `train(...)`, and exact resume after a kill.
+"""The training loop, and what each finished epoch leaves in the run folder.
 
-Every random choice of an epoch (order, crops, flips, holes) comes from generators seeded by
-`(seed, epoch)`, and each epoch ends by writing the model, optimizer and schedule to
-`resume.safetensors` in one atomic rename. A run killed at any point therefore restarts from
-the last finished epoch and ends with the same weights as a run that was never stopped.
-
-The loop is written for a later DistributedDataParallel mode: `is_writer()` is the one place
-that decides which process logs and saves, and the sampler (epoch -> indices) is a parameter.
+Every random choice of an epoch comes from generators seeded by `(seed, epoch)`, so a resumed
+run replays exactly the epochs it has not finished.
 """
 
 from __future__ import annotations
@@ -14,72 +9,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 import camlens
-from camlens.atomic import atomic_save_tensors, atomic_write_bytes
+from camlens.atomic import atomic_write_bytes
 from camlens.data import Dataset, augment, balanced_subset, channel_stats
 from camlens.evaluate import as_float_images, autocast, predict
-from camlens.model import NORMS, ResNet18, save_checkpoint
+from camlens.model import ResNet18, save_checkpoint
 from camlens.plots import plot_curves
+from camlens.train.config import RunError, TrainConfig
+from camlens.train.state import RESUME_FILE, _check_resumable, _load_resume, _save_resume
 
-__all__ = ["TrainConfig", "train", "RunError", "is_writer", "tensorboard_logger"]
-
-RESUME_FILE = "resume.safetensors"
-
-
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The recipe of one run; the CLI builds its flags from these fields."""
-
-    epochs: int = _opt(30, "passes over the training images")
-    batch_size: int = _opt(128, "images per step (128 is fastest per image on 2 CPU cores)")
-    lr: float = _opt(0.1, "peak learning rate of the one-cycle schedule")
-    momentum: float = _opt(0.9, "SGD momentum (Nesterov), the centre of one-cycle's +-0.05 swing")
-    weight_decay: float = _opt(5e-4, "L2 weight decay")
-    label_smoothing: float = _opt(0.1, "share of the target spread over the other classes")
-    warmup: float = _opt(0.25, "share of the steps spent rising to the peak learning rate")
-    norm: str = _opt("batch", "normalisation layers", choices=NORMS)
-    width: int = _opt(64, "channels of the first stage (64 is the standard ResNet18)")
-    zero_init_residual: bool = _opt(True, "start each residual block as the identity")
-    seed: int = _opt(0, "seed for initialisation, order and augmentation")
-    subset: int | None = _opt(None, "train on the first N images (balanced across classes)")
-    crop: bool = _opt(True, "random crop with 4-pixel padding")
-    flip: bool = _opt(True, "random horizontal flip")
-    cutout: bool = _opt(True, "8x8 cutout")
-    precision: str = _opt("auto", "auto (bf16 autocast) or fp32", choices=("auto", "bf16", "fp32"))
-    channels_last: bool = _opt(True, "channels-last memory format (faster convolutions)")
-    eval_batch_size: int = _opt(64, "images per batch when testing")
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "width", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.subset is not None and self.subset < 2:
-            raise ValueError(f"subset must be at least 2 images, got {self.subset}")
-        if not 0.05 <= self.momentum <= 0.95:
-            raise ValueError(f"momentum must lie between 0.05 and 0.95, got {self.momentum}")
-        if not 0 < self.warmup < 1:
-            raise ValueError(f"warmup must lie between 0 and 1, got {self.warmup}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-
-
-class RunError(RuntimeError):
-    """A run folder that cannot be started or resumed as asked."""
+__all__ = ["default_sampler", "is_writer", "train"]
 
 
 def is_writer() -> bool:
@@ -99,78 +45,6 @@ def default_sampler(pool: torch.Tensor, seed: int) -> Callable[[int], torch.Tens
         return pool[torch.randperm(len(pool), generator=_seeded(seed, epoch))]
 
     return sample
-
-
-# ----------------------------------------------------------------------------- resume state
-
-
-def _save_resume(
-    path: Path, model, optimizer, scheduler, epoch: int, history, config, elapsed, checksum: str
-):
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for idx, state in opt["state"].items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    scalars = {
-        str(i): {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)}
-        for i, s in opt["state"].items()
-    }
-    metadata = {
-        "epoch": str(epoch),
-        "config": json.dumps(asdict(config)),
-        "param_groups": json.dumps(opt["param_groups"]),
-        "optim_scalars": json.dumps(scalars),
-        "scheduler": json.dumps(scheduler.state_dict()),
-        "history": json.dumps(history),
-        "elapsed": repr(elapsed),
-        "data_checksum": checksum,
-    }
-    atomic_save_tensors(path, tensors, metadata)
-
-
-def _check_resumable(path: Path, config: TrainConfig, data: Dataset) -> None:
-    """Refuse to continue a run with other settings or other data: the result would be neither."""
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    saved = json.loads(meta["config"])
-    differs = {k for k in saved if saved[k] != asdict(config).get(k) and k != "eval_batch_size"}
-    if differs:
-        raise RunError(
-            f"{path.parent} was trained with other settings ({', '.join(sorted(differs))}): "
-            "resume with the same flags, or choose another --out"
-        )
-    if meta.get("data_checksum", data.checksum) != data.checksum:
-        raise RunError(
-            f"{path.parent} was trained on other data (checksum {meta['data_checksum'][:12]}, "
-            f"now {data.checksum[:12]}): resume with the same --data, or choose another --out"
-        )
-
-
-def _load_resume(path: Path, model, optimizer, scheduler) -> tuple[int, list, float]:
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        names = f.keys()  # safe_open is not a dict: keys() is its only listing
-        tensors = {k: f.get_tensor(k) for k in names}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict] = {int(i): dict(s) for i, s in json.loads(meta["optim_scalars"]).items()}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    scheduler.load_state_dict(json.loads(meta["scheduler"]))
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return int(meta["epoch"]), json.loads(meta["history"]), float(meta["elapsed"])
-
-
-# ----------------------------------------------------------------------------- the loop
 
 
 def train(
@@ -345,32 +219,3 @@ def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapse
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write_bytes(out / "metrics.jsonl", lines.encode())  # rewritten whole: never a torn line
     plot_curves(history, out / "curves.png")
-
-
-def tensorboard_logger(out: str | Path) -> Callable[[dict], None]:
-    """An `on_epoch` callback that mirrors each epoch's metrics into TensorBoard event files.
-
-    metrics.jsonl stays the source of truth; a resumed run purges the events of epochs it
-    redoes, so the curves never double back.
-    """
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise RunError(
-            "--tensorboard needs the tensorboard package: pip install 'camlens[tensorboard]'"
-        ) from None
-    writers: dict[str, SummaryWriter] = {}
-
-    def log_epoch(metrics: dict) -> None:
-        epoch = metrics["epoch"]
-        if "w" not in writers:
-            writers["w"] = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=epoch)
-        w = writers["w"]
-        for split in ("train", "test"):
-            w.add_scalar(f"loss/{split}", metrics[f"{split}_loss"], epoch)
-            w.add_scalar(f"accuracy/{split}", metrics[f"{split}_acc"], epoch)
-        w.add_scalar("lr", metrics["lr"], epoch)
-        w.add_scalar("images_per_s", metrics["images_per_s"], epoch)
-        w.flush()
-
-    return log_epoch

@@ -1,0 +1,60 @@
+"""`TrainConfig`, the recipe of a run, and `RunError`, a run folder that cannot be used as asked.
+
+Both sit apart from the loop so the CLI can build its flags without reading how training runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from camlens.model import NORMS
+
+__all__ = ["RunError", "TrainConfig"]
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe of one run; the CLI builds its flags from these fields."""
+
+    epochs: int = _opt(30, "passes over the training images")
+    batch_size: int = _opt(128, "images per step (128 is fastest per image on 2 CPU cores)")
+    lr: float = _opt(0.1, "peak learning rate of the one-cycle schedule")
+    momentum: float = _opt(0.9, "SGD momentum (Nesterov), the centre of one-cycle's +-0.05 swing")
+    weight_decay: float = _opt(5e-4, "L2 weight decay")
+    label_smoothing: float = _opt(0.1, "share of the target spread over the other classes")
+    warmup: float = _opt(0.25, "share of the steps spent rising to the peak learning rate")
+    norm: str = _opt("batch", "normalisation layers", choices=NORMS)
+    width: int = _opt(64, "channels of the first stage (64 is the standard ResNet18)")
+    zero_init_residual: bool = _opt(True, "start each residual block as the identity")
+    seed: int = _opt(0, "seed for initialisation, order and augmentation")
+    subset: int | None = _opt(None, "train on the first N images (balanced across classes)")
+    crop: bool = _opt(True, "random crop with 4-pixel padding")
+    flip: bool = _opt(True, "random horizontal flip")
+    cutout: bool = _opt(True, "8x8 cutout")
+    precision: str = _opt("auto", "auto (bf16 autocast) or fp32", choices=("auto", "bf16", "fp32"))
+    channels_last: bool = _opt(True, "channels-last memory format (faster convolutions)")
+    eval_batch_size: int = _opt(64, "images per batch when testing")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "width", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.subset is not None and self.subset < 2:
+            raise ValueError(f"subset must be at least 2 images, got {self.subset}")
+        if not 0.05 <= self.momentum <= 0.95:
+            raise ValueError(f"momentum must lie between 0.05 and 0.95, got {self.momentum}")
+        if not 0 < self.warmup < 1:
+            raise ValueError(f"warmup must lie between 0 and 1, got {self.warmup}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be started or resumed as asked."""
