@@ -6,6 +6,7 @@ augmentation, the schedule, metrics and the progress bar. Their ratio is what th
 and logging cost. Both run in this one process, side by side.
 
     python benchmarks/train_speed.py --data ../shared/data/cifar10-jpeg.tar.gz [--steps 40]
+    python benchmarks/train_speed.py --formats    # bare step: fp32/bf16 x channels-last on/off
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from camlens.train import TrainConfig, train
 
 def bare_step_rate(config: TrainConfig, steps: int, device: torch.device) -> float:
     torch.manual_seed(0)
-    model = ResNet18(10, config.norm, config.width).to(device).to(memory_format=torch.channels_last)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = ResNet18(10, config.norm, config.width).to(device).to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     x = torch.rand(config.batch_size, 3, 32, 32, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (config.batch_size,), device=device)
 
     def step() -> None:
@@ -56,8 +58,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="steps timed in each mode")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--formats", action="store_true", help="why bf16 and channels-last")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.formats:
+        for precision in ("fp32", "auto"):
+            for channels_last in (False, True):
+                config = TrainConfig(
+                    batch_size=args.batch_size, precision=precision, channels_last=channels_last
+                )
+                rate = bare_step_rate(config, max(args.steps // 4, 5), device)
+                name = "fp32" if precision == "fp32" else "bf16 autocast"
+                print(f"{name:<14} channels_last={channels_last!s:<5} {rate:8.1f} img/s")
+        return
     data = load_dataset(args.data, progress=False)
     config = TrainConfig(epochs=1, batch_size=args.batch_size, subset=args.steps * args.batch_size)
     print(
