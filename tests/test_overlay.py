@@ -91,3 +91,14 @@ def test_uint8_images_and_errors():
         overlay(torch.rand(1, 3, 2, 2), torch.rand(2, 2, 2))
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         colorize(torch.rand(2, 2))
+
+
+def test_enlarge_keeps_pixel_blocks_and_equals_overlay_at_alpha_0():
+    from camlens.overlay import enlarge
+
+    images = torch.rand(3, 3, 4, 4)
+    big = enlarge(images, 12)
+    assert big.shape == (3, 12, 12, 3) and big.dtype == torch.uint8
+    block = big[:, :3, :3].reshape(3, 9, 3)
+    assert (block == block[:, :1]).all()  # one source pixel -> one 3x3 block
+    assert torch.equal(big, overlay(images, torch.rand(3, 2, 2), alpha=0.0, size=12))

@@ -60,7 +60,7 @@ from camlens.model import (
     save_checkpoint,
     summary,
 )
-from camlens.overlay import colorize, heatmap_rgba, overlay
+from camlens.overlay import colorize, enlarge, heatmap_rgba, overlay
 from camlens.report import ReportConfig, build_report, compute_report, render_report
 from camlens.train import RunError, TrainConfig, train
 
@@ -112,6 +112,7 @@ __all__ = [
     "explain_pair",
     # overlays, gallery, report
     "colorize",
+    "enlarge",
     "heatmap_rgba",
     "overlay",
     "Explanations",

@@ -2,6 +2,7 @@
 
     colorize(cams, colormap=None, signed=False) -> (N, H, W, 3) uint8
     overlay(images, cams, alpha=0.5, colormap=None, size=None, signed=False) -> (N, S, S, 3) uint8
+    enlarge(images, size=None) -> (N, S, S, 3) uint8, the image alone at display size
     heatmap_rgba(cams, colormap=None, size=None, signed=False, opacity=1.0) -> (N, S, S, 4) uint8
     colormap_table(name) -> (256, 3) float32 lookup table, read once from matplotlib
     COLORMAPS: the maps camlens uses ("jet", "turbo", "viridis", "inferno"; diverging "RdBu_r",
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["COLORMAPS", "colorize", "colormap_table", "heatmap_rgba", "overlay"]
+__all__ = ["COLORMAPS", "colorize", "colormap_table", "enlarge", "heatmap_rgba", "overlay"]
 
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "RdBu_r", "coolwarm")
 LEVELS = 256  # entries of a lookup table, as in matplotlib's own colormaps
@@ -102,13 +103,22 @@ def overlay(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     out_size = _size(size, tuple(images.shape[-2:]))
-    pixels = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    if tuple(pixels.shape[-2:]) != out_size:
-        # nearest: each source pixel becomes a sharp block, which is what a 32 px image is
-        pixels = F.interpolate(pixels, size=out_size, mode="nearest-exact")
-    pixels = pixels.permute(0, 2, 3, 1)  # (N, 3, S, S) -> (N, S, S, 3)
+    pixels = _enlarge(images, out_size)  # (N, S, S, 3) float
     colors = _colors(_resize_cams(cams, out_size), colormap, signed)  # (N, S, S, 3)
     return _to_uint8((1 - alpha) * pixels + alpha * colors)
+
+
+def _enlarge(images: Tensor, size: tuple[int, int]) -> Tensor:
+    pixels = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    if tuple(pixels.shape[-2:]) != size:
+        # nearest: each source pixel becomes a sharp block, which is what a 32 px image is
+        pixels = F.interpolate(pixels, size=size, mode="nearest-exact")
+    return pixels.permute(0, 2, 3, 1)  # (N, 3, S, S) -> (N, S, S, 3)
+
+
+def enlarge(images: Tensor, size: int | tuple[int, int] | None = None) -> Tensor:
+    """The images alone for display, (N, S, S, 3) uint8, enlarged with sharp pixel blocks."""
+    return _to_uint8(_enlarge(images, _size(size, tuple(images.shape[-2:]))))
 
 
 def heatmap_rgba(

@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from camlens.evaluate import Mistakes, as_float_images
 from camlens.gallery.explain import Explanations
-from camlens.overlay import overlay
+from camlens.overlay import enlarge, overlay
 
 __all__ = ["GalleryConfig"]
 
@@ -82,7 +81,7 @@ class _Panels:
 def _panels(expl: Explanations, images: Tensor, config: GalleryConfig) -> _Panels:
     x = as_float_images(images)
     size, alpha, cmap = config.size, config.alpha, config.colormap
-    plain = overlay(x, torch.zeros(x.shape[0], 1, 1), alpha=0.0, size=size)
+    plain = enlarge(x, size)
     pred = [overlay(x, m, alpha, cmap, size) for m in expl.pred]
     true = [overlay(x, m, alpha, cmap, size) for m in expl.true]
     contrast = None
