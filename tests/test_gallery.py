@@ -80,3 +80,15 @@ def test_gallery_needs_images(tmp_path, case):
     bare = type(m)(m.indices, m.labels, m.preds, m.probs, m.margins)
     with pytest.raises(ValueError, match="read_mistakes"):
         write_gallery(expl, bare, CLASSES, tmp_path)
+
+
+def test_predicted_maps_explain_the_stated_predictions(case):
+    """With TTA the stated prediction need not be the arg-max: the map must follow the statement."""
+    model, m = case
+    stated = (m.preds + 1) % 5
+    expl = explain_mistakes(model, m.images, m.labels, layers=["layer4"], preds=stated)
+    with GradCAM(model, layer="layer4", normalize="none") as cam:
+        ref = cam.explain(m.images.float() / 255, targets=stated)
+    assert torch.allclose(expl.pred_max[0], ref.raw_max[0], rtol=1e-4, atol=1e-6)
+    argmax = explain_mistakes(model, m.images, m.labels, layers=["layer4"])
+    assert not torch.allclose(argmax.pred_max[0], expl.pred_max[0])

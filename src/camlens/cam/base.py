@@ -137,13 +137,21 @@ class Engine:
             return self._finish(chunks, tuple(images.shape[-2:]), mode)
 
     def explain_pair(
-        self, images: Tensor, labels: TargetSpec, normalize: str | None = None
+        self,
+        images: Tensor,
+        labels: TargetSpec,
+        normalize: str | None = None,
+        preds: TargetSpec = None,
     ) -> PairResult:
-        """Predicted-class, true-class and (linear methods) contrast maps in one forward pass."""
+        """Predicted-class, true-class and (linear methods) contrast maps in one forward pass.
+
+        `preds` None explains the arg-max; pass the predictions a report states (e.g. from
+        flip TTA) so that the maps explain those classes.
+        """
         if self.linear:
-            sets: list[TargetSpec] = [None, labels, Contrast(None, labels)]
+            sets: list[TargetSpec] = [preds, labels, Contrast(preds, labels)]
         else:
-            sets = [None, labels]
+            sets = [preds, labels]
         results = self.explain_many(images, sets, normalize)
         return PairResult(results[0], results[1], results[2] if self.linear else None)
 

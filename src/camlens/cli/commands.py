@@ -136,11 +136,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not len(chosen):
         print("no misclassified images match: nothing to explain")
         return 0
-    layers = [name.strip() for name in args.layer.split(",") if name.strip()]
+    layers = _names(args.layer, "layer")
     amp = torch.bfloat16 if args.amp == "bf16" else None
     try:
         expl = explain_mistakes(
-            model, chosen.images, chosen.labels, args.method, layers, args.batch_size, amp
+            model,
+            chosen.images,
+            chosen.labels,
+            args.method,
+            layers,
+            args.batch_size,
+            amp,
+            preds=chosen.preds,  # from misclassified.csv they may be TTA predictions
         )
     except KeyError as e:  # an unknown layer: the message lists the valid names
         raise DataError(str(e.args[0])) from None

@@ -46,14 +46,20 @@ def explain_mistakes(
     layers: Sequence[str] = ("layer4",),
     batch_size: int = 64,
     amp: torch.dtype | None = None,
+    preds: Tensor | None = None,
 ) -> Explanations:
-    """One forward and one partial backward per target set for each chunk of `batch_size`."""
+    """One forward and one partial backward per target set for each chunk of `batch_size`.
+
+    `preds` are the classes the "predicted" maps explain; None: the model's arg-max.
+    """
     device = next(model.parameters()).device
     x = as_float_images(images.to(device))
     with create(
         method, model, list(layers), batch_size=batch_size, normalize="pair", amp=amp
     ) as cam:
-        pair = cam.explain_pair(x, labels.to(device))
+        pair = cam.explain_pair(
+            x, labels.to(device), preds=None if preds is None else preds.to(device)
+        )
     contrast = pair.contrast.layer_cams.cpu() if pair.contrast is not None else None
     return Explanations(
         method=method,

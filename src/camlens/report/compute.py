@@ -233,7 +233,7 @@ def compute_report(
     if len(shown):
         for method in methods:
             explanations[method] = explain_mistakes(
-                model, shown.images, shown.labels, method, layers, batch_size
+                model, shown.images, shown.labels, method, layers, batch_size, preds=shown.preds
             )
     chosen = _top_pairs(evaluation.confusion, evaluation.mistakes, config)
     per_method = {}
