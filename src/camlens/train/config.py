@@ -26,6 +26,9 @@ class TrainConfig:
     lr: float = _opt(0.1, "peak learning rate of the one-cycle schedule")
     momentum: float = _opt(0.9, "SGD momentum (Nesterov), the centre of one-cycle's +-0.05 swing")
     weight_decay: float = _opt(5e-4, "L2 weight decay")
+    decay_norms: bool = _opt(
+        True, "weight decay on norm scales/shifts and biases too (off: conv/linear weights only)"
+    )
     label_smoothing: float = _opt(0.1, "share of the target spread over the other classes")
     warmup: float = _opt(0.25, "share of the steps spent rising to the peak learning rate")
     norm: str = _opt("batch", "normalisation layers", choices=NORMS)

@@ -87,8 +87,14 @@ def train(
     ).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    # norm scales/shifts and biases are 1-d; scale-invariant layers need no decay on them
+    decayed = [p for p in model.parameters() if config.decay_norms or p.ndim > 1]
+    groups = [{"params": decayed}]
+    if not config.decay_norms:
+        flat = [p for p in model.parameters() if p.ndim <= 1]
+        groups.append({"params": flat, "weight_decay": 0.0})
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        groups,
         lr=config.lr,
         momentum=config.momentum,
         nesterov=True,
