@@ -6,6 +6,7 @@ from pathlib import Path
 import camlens
 
 ORDER = [
+    "version",
     "atomic",
     "download",
     "data",
@@ -21,6 +22,7 @@ ORDER = [
     "__main__",
 ]
 PACKAGE = Path(camlens.__file__).parent
+ROOT = "camlens"  # what `import camlens` and `from camlens import X` reach: the root __init__
 
 
 def top_module(path: Path) -> str:
@@ -28,18 +30,21 @@ def top_module(path: Path) -> str:
     return rel.parts[0]
 
 
-def camlens_imports(path: Path) -> set[str]:
+def camlens_imports(path: Path, source: str | None = None) -> set[str]:
+    """The top modules `path` (or `source` as if at `path`) imports; ROOT for the package root."""
+    package = [ROOT, *path.relative_to(PACKAGE).parent.parts]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            names = [".".join([*base, *([node.module] if node.module else [])])]
         for name in names:
             parts = name.split(".")
-            if parts[0] == "camlens" and len(parts) > 1:
-                found.add(parts[1])
+            if parts[0] == ROOT:
+                found.add(parts[1] if len(parts) > 1 else ROOT)
     return found
 
 
@@ -53,9 +58,16 @@ def test_imports_only_flow_downstream():
     for path in PACKAGE.rglob("*.py"):
         if path.parent == PACKAGE and path.name == "__init__.py":
             continue  # the public surface re-exports everything
-        me = ORDER.index(top_module(path))
+        rel, me = path.relative_to(PACKAGE), ORDER.index(top_module(path))
         for other in camlens_imports(path) - {top_module(path)}:
-            assert ORDER.index(other) < me, f"{path.relative_to(PACKAGE)} imports camlens.{other}"
+            assert other != ROOT, f"{rel} imports the package root: import from the defining module"
+            assert ORDER.index(other) < me, f"{rel} imports camlens.{other}"
+
+
+def test_the_root_import_is_seen_in_every_spelling():
+    for line in ("import camlens", "from camlens import train", "from .. import train"):
+        assert camlens_imports(PACKAGE / "data" / "m.py", line) == {ROOT}, line
+    assert camlens_imports(PACKAGE / "data" / "m.py", "from . import cache") == {"data"}
 
 
 def test_cam_works_on_any_module_without_the_model():

@@ -13,8 +13,6 @@ Glossary (one name per concept, everywhere):
   cams     (N, H, W) maps at the input's resolution
 """
 
-__version__ = "0.1.0"
-
 from camlens.cam import (
     CAM,
     METHODS,
@@ -63,6 +61,7 @@ from camlens.model import (
 from camlens.overlay import colorize, enlarge, heatmap_rgba, overlay
 from camlens.report import ReportConfig, build_report, compute_report, render_report
 from camlens.train import RunError, TrainConfig, train
+from camlens.version import __version__
 
 __all__ = [
     "__version__",

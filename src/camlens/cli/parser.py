@@ -12,7 +12,6 @@ import types
 import typing
 from pathlib import Path
 
-from camlens import __version__
 from camlens.cam import METHODS
 from camlens.cli.commands import (
     DTYPES,
@@ -26,6 +25,7 @@ from camlens.cli.commands import (
 )
 from camlens.gallery import SORTS
 from camlens.train import TrainConfig
+from camlens.version import __version__
 
 __all__ = [
     "DEMO_EXAMPLE",

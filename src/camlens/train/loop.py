@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-import camlens
 from camlens.atomic import atomic_write_bytes
 from camlens.data import Dataset, augment, balanced_subset, channel_stats
 from camlens.evaluate import as_float_images, autocast, predict
 from camlens.model import ResNet18, save_checkpoint
 from camlens.plots import plot_curves
 from camlens.train.config import RunError, TrainConfig
-from camlens.train.state import RESUME_FILE, _check_resumable, _load_resume, _save_resume
+from camlens.train.state import RESUME_FILE, check_resumable, load_resume, save_resume
+from camlens.version import __version__
 
 __all__ = ["default_sampler", "is_writer", "train"]
 
@@ -114,8 +114,8 @@ def train(
 
     start, history, elapsed = 0, [], 0.0
     if resume and resume_path.exists():
-        _check_resumable(resume_path, config, data)
-        start, history, elapsed = _load_resume(resume_path, model, optimizer, scheduler)
+        check_resumable(resume_path, config, data)
+        start, history, elapsed = load_resume(resume_path, model, optimizer, scheduler)
         log(f"resuming {out} after epoch {start}/{config.epochs}")
 
     train_images = data.train.images.to(device)  # uint8 on the device: 4x less to move than fp32
@@ -187,7 +187,7 @@ def train(
 def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device) -> None:
     """Resume state first (one atomic file), then the checkpoint pair, then the logs."""
     epoch = history[-1]["epoch"]
-    _save_resume(
+    save_resume(
         out / RESUME_FILE,
         model,
         optimizer,
@@ -211,7 +211,7 @@ def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapse
         "train_images": len(data.train)
         if config.subset is None
         else min(config.subset, len(data.train)),
-        "camlens_version": camlens.__version__,
+        "camlens_version": __version__,
         "torch_version": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "recipe": {

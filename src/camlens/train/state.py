@@ -17,14 +17,15 @@ from camlens.atomic import atomic_save_tensors
 from camlens.data import Dataset
 from camlens.train.config import RunError, TrainConfig
 
-__all__ = ["RESUME_FILE"]
+__all__ = ["RESUME_FILE", "check_resumable", "load_resume", "save_resume"]
 
 RESUME_FILE = "resume.safetensors"
 
 
-def _save_resume(
+def save_resume(
     path: Path, model, optimizer, scheduler, epoch: int, history, config, elapsed, checksum: str
-):
+) -> None:
+    """Write the whole state after `epoch` to `path` in one atomic, synced rename."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
@@ -51,7 +52,7 @@ def _save_resume(
     atomic_save_tensors(path, tensors, metadata)
 
 
-def _check_resumable(path: Path, config: TrainConfig, data: Dataset) -> None:
+def check_resumable(path: Path, config: TrainConfig, data: Dataset) -> None:
     """Refuse to continue a run with other settings or other data: the result would be neither."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
@@ -69,7 +70,8 @@ def _check_resumable(path: Path, config: TrainConfig, data: Dataset) -> None:
         )
 
 
-def _load_resume(path: Path, model, optimizer, scheduler) -> tuple[int, list, float]:
+def load_resume(path: Path, model, optimizer, scheduler) -> tuple[int, list, float]:
+    """Restore `save_resume`'s state in place; returns (epoch, history, elapsed seconds)."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
         names = f.keys()  # safe_open is not a dict: keys() is its only listing
