@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-import camlens.data as data_module
 from camlens.data import DataError, augment, balanced_subset, channel_stats, load_dataset
 from camlens.data.transforms import cutout, random_crop, random_flip
 from conftest import CLASSES, tar_folder, write_cifar_batches, write_image_folder
@@ -69,7 +68,7 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data_module, "_read_source", no_decoding)
+    monkeypatch.setattr("camlens.data.load.read_source", no_decoding)
     second = load_dataset(tmp_path / "d", progress=False)
     assert torch.equal(first.train.images, second.train.images)
     assert second.checksum == first.checksum

@@ -19,7 +19,14 @@ import torch
 from camlens.data.dataset import Split
 from camlens.data.sources import RawSplit
 
-__all__ = ["CACHE_VERSION", "file_sha256", "folder_fingerprint"]
+__all__ = [
+    "CACHE_VERSION",
+    "cache_dir",
+    "file_sha256",
+    "folder_fingerprint",
+    "load_cache",
+    "save_cache",
+]
 
 CACHE_VERSION = "1"
 
@@ -52,11 +59,12 @@ def folder_fingerprint(root: Path) -> str:
 # ----------------------------------------------------------------------------- cache
 
 
-def _cache_dir(home: Path, kind: str, checksum: str, size: int) -> Path:
+def cache_dir(home: Path, kind: str, checksum: str, size: int) -> Path:
+    """Where the pixels of one source at one image size are kept."""
     return home / "cache" / f"{kind}-{checksum[:20]}-{size}px-v{CACHE_VERSION}"
 
 
-def _save_cache(where: Path, splits: dict[str, RawSplit], classes: list[str], meta: dict) -> None:
+def save_cache(where: Path, splits: dict[str, RawSplit], classes: list[str], meta: dict) -> None:
     """Write to a temporary folder then rename it, so a killed run never leaves half a cache."""
     where.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=where.parent, prefix=f".{where.name}."))
@@ -77,7 +85,8 @@ def _save_cache(where: Path, splits: dict[str, RawSplit], classes: list[str], me
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_cache(where: Path) -> tuple[dict[str, Split], list[str]] | None:
+def load_cache(where: Path) -> tuple[dict[str, Split], list[str]] | None:
+    """The splits and classes `save_cache` wrote, or None where there is no complete cache."""
     try:
         meta = json.loads((where / "meta.json").read_text())
         splits = {
