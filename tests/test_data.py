@@ -1,6 +1,7 @@
 import io
 import os
 import pickle
+import tarfile
 
 import numpy as np
 import pytest
@@ -142,6 +143,64 @@ def test_split_without_classes_and_missing_split(tmp_path):
 def test_missing_source_says_what_to_pass(tmp_path):
     with pytest.raises(DataError, match="not found.*cifar10"):
         load_dataset(tmp_path / "nothing-here", progress=False)
+
+
+# ----------------------------------------------------------------------------- hostile archives
+
+B = "cifar-10-batches-py"
+BATCH_1 = f"{B}/data_batch_1"
+
+
+def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, target: str = ""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, target, len(data)
+    if kind == tarfile.CHRTYPE:
+        info.devmajor, info.devminor = 1, 3
+    return info, (io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+# data_batch_1 only as a member no reader may take for it: each, if read, would yield a batch
+HOSTILE = {
+    "dotdot": lambda valid: member(f"../{BATCH_1}", valid),
+    "absolute": lambda valid: member(f"/{BATCH_1}", valid),
+    "symlink-outside": lambda _: member(BATCH_1, kind=tarfile.SYMTYPE, target="/etc/passwd"),
+    "symlink-inside": lambda _: member(BATCH_1, kind=tarfile.SYMTYPE, target="test_batch"),
+    "hardlink": lambda _: member(BATCH_1, kind=tarfile.LNKTYPE, target=f"{B}/test_batch"),
+    "device": lambda _: member(BATCH_1, kind=tarfile.CHRTYPE),
+}
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_hostile_archive_members_are_never_read_nor_followed(tmp_path, kind):
+    write_cifar_batches(tmp_path / B)
+    files = {p.name: p.read_bytes() for p in sorted((tmp_path / B).iterdir())}
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in files.items():
+            if name != "data_batch_1":
+                tar.addfile(*member(f"{B}/{name}", data))
+        tar.addfile(*HOSTILE[kind](files["data_batch_1"]))
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(DataError, match="lacks data_batch_1"):
+        load_dataset(archive, progress=False)
+    assert sorted(tmp_path.rglob("*")) == before  # read in memory: nothing written anywhere
+
+
+def test_links_in_an_image_folder_archive_are_skipped(tmp_path):
+    write_image_folder(tmp_path / "d", n_train=2, n_test=1)
+    archive = tmp_path / "d.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "d", arcname="data")
+        tar.addfile(*member("data/train/cat/up.png", kind=tarfile.SYMTYPE, target="/etc/passwd"))
+        tar.addfile(*member("data/train/cat/h.png", kind=tarfile.LNKTYPE, target="/etc/passwd"))
+        tar.addfile(*member("data/test/cat/null.png", kind=tarfile.CHRTYPE))
+    assert len(load_dataset(archive, progress=False).train) == 2 * len(CLASSES)
+
+
+def test_a_corrupt_archive_is_a_data_error(tmp_path):
+    (tmp_path / "x.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match="cannot read archive"):
+        load_dataset(tmp_path / "x.tar.gz", progress=False)
 
 
 # ----------------------------------------------------------------------------- transforms

@@ -1,13 +1,12 @@
-"""camlens.download against a loopback HTTP server: resume, checksum, offline, unsafe archives."""
+"""camlens.download against a loopback HTTP server: resume, checksum, offline.
+
+Hostile archives are tested in test_data.py, where archives are read."""
 
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 import random
 import socket
-import tarfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,34 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from camlens import download
-from camlens.download import (
-    ARCHIVE_NAME,
-    FOLDER_NAME,
-    DownloadError,
-    UnsafeArchiveError,
-    default_home,
-    extract_archive_safely,
-    fetch_cifar10,
-)
-
-NAMES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta", "readme.html"]
+import camlens.data.load
+from camlens.data import load_dataset
+from camlens.download import ARCHIVE_NAME, DownloadError, default_home, fetch_cifar10
+from conftest import tar_folder, write_cifar_batches
 
 
-def make_archive(path: Path, seed: int = 0) -> bytes:
-    """A fake release: the real layout and names, random bytes (download.py never parses them)."""
-    rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
-        folder = tarfile.TarInfo(FOLDER_NAME)
-        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(folder)
-        for name in NAMES:
-            data = rng.randbytes(6000)
-            info = tarfile.TarInfo(f"{FOLDER_NAME}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path.read_bytes()
+def make_archive(seed: int = 0) -> bytes:
+    """Bytes to serve: download.py only moves and hashes them, it never opens the archive."""
+    return random.Random(seed).randbytes(40_000)
 
 
 def md5_of(data: bytes) -> str:
@@ -102,7 +82,7 @@ class RangeHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[FakeServer]:
     srv = FakeServer()
-    srv.payload = make_archive(tmp_path / "src" / ARCHIVE_NAME)
+    srv.payload = make_archive()
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
@@ -117,27 +97,29 @@ def fetch(srv: FakeServer, home: Path, **kwargs: object) -> Path:
     return fetch_cifar10(home, url=srv.url, **kwargs)
 
 
-def test_fetch_downloads_verifies_and_extracts(server: FakeServer, tmp_path: Path) -> None:
+def test_fetch_downloads_and_verifies_the_archive(server: FakeServer, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    folder = fetch(server, home)
-    assert folder == home / FOLDER_NAME
-    assert sorted(p.name for p in folder.iterdir()) == sorted(NAMES)
-    with tarfile.open(fileobj=io.BytesIO(server.payload)) as tar:
-        member = tar.extractfile(f"{FOLDER_NAME}/data_batch_3")
-        assert member is not None
-        assert (folder / "data_batch_3").read_bytes() == member.read()
+    assert fetch(server, home) == home / ARCHIVE_NAME
     assert (home / ARCHIVE_NAME).read_bytes() == server.payload
-    # No .part and no temporary extraction folder left behind.
-    assert sorted(p.name for p in home.iterdir()) == sorted([ARCHIVE_NAME, FOLDER_NAME])
+    assert [p.name for p in home.iterdir()] == [ARCHIVE_NAME]  # no .part, nothing extracted
     assert server.ranges == [None]
 
 
 def test_second_call_makes_no_request(server: FakeServer, tmp_path: Path) -> None:
     home = tmp_path / "home"
     fetch(server, home)
-    (home / ARCHIVE_NAME).unlink()  # the folder alone must be enough
-    assert fetch(server, home) == home / FOLDER_NAME
+    assert fetch(server, home) == home / ARCHIVE_NAME
     assert len(server.ranges) == 1
+
+
+def test_a_bad_copy_under_the_final_name_is_downloaded_again(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ARCHIVE_NAME).write_bytes(server.payload[:-1] + b"?")
+    assert fetch(server, home).read_bytes() == server.payload
+    assert server.ranges == [None]
 
 
 def test_progress_bar_is_shown(server: FakeServer, tmp_path: Path, capsys) -> None:
@@ -156,7 +138,7 @@ def test_truncated_download_resumes_with_one_range_request(
     assert "\n" not in str(info.value)
     part = home / (ARCHIVE_NAME + ".part")
     assert part.stat().st_size == cut
-    assert not (home / FOLDER_NAME).exists()
+    assert not (home / ARCHIVE_NAME).exists()
 
     fetch(server, home)
     assert server.ranges == [None, f"bytes={cut}-"]
@@ -170,26 +152,24 @@ def test_server_ignoring_range_restarts_from_zero(server: FakeServer, tmp_path: 
     server.truncate_first, server.ignore_range = cut, True
     with pytest.raises(DownloadError, match="resume"):
         fetch(server, home)
-    folder = fetch(server, home)
+    fetch(server, home)
     assert server.ranges == [None, f"bytes={cut}-"]  # asked for a range, got a 200
     assert (home / ARCHIVE_NAME).read_bytes() == server.payload
-    assert (folder / "test_batch").is_file()
 
 
 def test_complete_part_file_answered_416(server: FakeServer, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / (ARCHIVE_NAME + ".part")).write_bytes(server.payload)
-    folder = fetch(server, home)
+    fetch(server, home)
     assert server.ranges == [f"bytes={len(server.payload)}-"]
     assert (home / ARCHIVE_NAME).read_bytes() == server.payload
-    assert (folder / "batches.meta").is_file()
 
 
 def test_wrong_checksum_leaves_nothing(server: FakeServer, tmp_path: Path) -> None:
     home = tmp_path / "home"
     expected = md5_of(server.payload)
-    server.payload = make_archive(tmp_path / "other" / ARCHIVE_NAME, seed=1)
+    server.payload = make_archive(seed=1)
     with pytest.raises(DownloadError, match="md5") as info:
         fetch(server, home, md5=expected)
     message = str(info.value)
@@ -197,14 +177,16 @@ def test_wrong_checksum_leaves_nothing(server: FakeServer, tmp_path: Path) -> No
     assert list(home.iterdir()) == []
 
 
-def test_killed_extraction_is_redone_from_the_archive(server: FakeServer, tmp_path: Path) -> None:
+def test_cifar10_is_downloaded_then_read_in_memory(server, tmp_path, monkeypatch) -> None:
+    batches = write_cifar_batches(tmp_path / "src" / "cifar-10-batches-py")
+    tar_folder(tmp_path / "src" / "cifar-10-batches-py", tmp_path / "c.tgz", "cifar-10-batches-py")
+    server.payload = (tmp_path / "c.tgz").read_bytes()
+    monkeypatch.setattr(camlens.data.load, "fetch_cifar10", lambda home: fetch(server, home))
     home = tmp_path / "home"
-    folder = fetch(server, home)
-    for name in NAMES[1:]:  # what a killed copy might leave: one batch only
-        (folder / name).unlink()
-    assert fetch(server, home) == folder
-    assert sorted(p.name for p in folder.iterdir()) == sorted(NAMES)
-    assert len(server.ranges) == 1
+    data = load_dataset("cifar10", home=home, progress=False)
+    assert data.label == "CIFAR-10" and data.source == str(home / ARCHIVE_NAME)
+    assert data.test.labels.tolist() == batches["test_batch"][1].tolist()
+    assert sorted(p.name for p in home.iterdir()) == ["cache", ARCHIVE_NAME]  # nothing extracted
 
 
 def test_offline_error_points_to_local_copy(tmp_path: Path) -> None:
@@ -225,101 +207,3 @@ def test_default_home(monkeypatch, tmp_path: Path) -> None:
     assert default_home() == tmp_path / "h"
     monkeypatch.delenv("CAMLENS_HOME")
     assert default_home() == Path.home() / ".cache" / "camlens"
-
-
-# --- unsafe archives -------------------------------------------------------------------------
-
-
-def _file(name: str, data: bytes = b"evil") -> tuple[tarfile.TarInfo, bytes | None]:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    return info, data
-
-
-def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, target
-    return info, None
-
-
-def _device(name: str) -> tuple[tarfile.TarInfo, None]:
-    info = tarfile.TarInfo(name)
-    info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
-    return info, None
-
-
-MALICIOUS = {
-    "dotdot": lambda out: [_file("../evil")],
-    "absolute": lambda out: [_file(str(out / "evil"))],
-    "symlink-absolute": lambda out: [_link("passwd", "/etc/passwd")],
-    "symlink-parent": lambda out: [_link("up", "../"), _file("up/evil")],
-    "symlink-chain": lambda out: [_link("s", "."), _link("e", "s/.."), _file("e/outside/evil")],
-    "hardlink-outside": lambda out: [_link("h", "../outside/target", tarfile.LNKTYPE)],
-    "device": lambda out: [_device("null")],
-}
-
-
-def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return path
-
-
-def snapshot(root: Path, skip: Path) -> set[str]:
-    seen = set()
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            if path != skip and skip not in path.parents:
-                seen.add(str(path))
-    return seen
-
-
-@pytest.fixture(params=[True, False], ids=["data-filter", "own-check-only"])
-def data_filter(request, monkeypatch) -> bool:
-    if request.param and not hasattr(tarfile, "data_filter"):
-        pytest.skip("this Python has no tarfile data filter")
-    monkeypatch.setattr(download, "_HAS_DATA_FILTER", request.param)
-    return request.param
-
-
-@pytest.mark.parametrize("kind", MALICIOUS)
-def test_unsafe_archive_is_refused(kind: str, data_filter: bool, tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "target").write_bytes(b"keep")
-    archive = write_tar(tmp_path / "bad.tar.gz", MALICIOUS[kind](outside))
-    dest = tmp_path / "dest"
-    before = snapshot(tmp_path, dest)
-    with pytest.raises(UnsafeArchiveError, match="refusing"):
-        extract_archive_safely(archive, dest)
-    assert snapshot(tmp_path, dest) == before
-    assert list(dest.iterdir()) == []
-    assert (outside / "target").read_bytes() == b"keep"
-
-
-def test_link_already_in_dest_is_not_followed(data_filter: bool, tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "link").symlink_to(outside)
-    archive = write_tar(tmp_path / "bad.tar.gz", [_file("link/evil")])
-    with pytest.raises(UnsafeArchiveError):
-        extract_archive_safely(archive, dest)
-    assert list(outside.iterdir()) == []
-
-
-def test_safe_archive_with_inner_symlink_extracts(data_filter: bool, tmp_path: Path) -> None:
-    members = [_file("./top/sub/a.txt", b"hello"), _link("./top/alias", "sub/a.txt")]
-    archive = write_tar(tmp_path / "ok.tar.gz", members)
-    extract_archive_safely(archive, tmp_path / "dest")
-    assert (tmp_path / "dest" / "top" / "alias").read_bytes() == b"hello"
-
-
-def test_corrupt_archive_is_a_download_error(tmp_path: Path) -> None:
-    archive = tmp_path / ARCHIVE_NAME
-    archive.write_bytes(b"not a tar file at all")
-    with pytest.raises(DownloadError, match="cannot extract"):
-        extract_archive_safely(archive, tmp_path / "dest")

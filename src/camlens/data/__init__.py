@@ -1,8 +1,8 @@
 """Data sources -> uint8 tensors, decoded once and cached on disk.
 
 `load_dataset(source)` takes what the CLI's `--data` takes:
-  - `cifar10`: the official python batches in `$CAMLENS_HOME` (default ~/.cache/camlens),
-    downloaded and checked there when absent;
+  - `cifar10`: the official `cifar-10-python.tar.gz` in `$CAMLENS_HOME` (default
+    ~/.cache/camlens), downloaded and md5-checked there when absent, read without extracting;
   - a folder holding `cifar-10-batches-py/` (or that folder itself), or the official
     `cifar-10-python.tar.gz`;
   - an image-folder tree `ROOT/{train,test}/<class>/*.png|jpg|jpeg` or a `.tar.gz` of one;

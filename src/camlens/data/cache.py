@@ -22,7 +22,6 @@ from camlens.data.sources import RawSplit
 __all__ = [
     "CACHE_VERSION",
     "cache_dir",
-    "file_sha256",
     "folder_fingerprint",
     "load_cache",
     "save_cache",
@@ -32,14 +31,6 @@ CACHE_VERSION = "1"
 
 
 # ----------------------------------------------------------------------------- fingerprints
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folder_fingerprint(root: Path) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from camlens.data.sources import BATCHES_DIR
+from camlens.download import ARCHIVE_NAME
 
 __all__ = ["KNOWN_SOURCES", "Dataset", "Split"]
 
@@ -45,6 +46,6 @@ class Dataset:
         """How results on this data are to be named: "CIFAR-10 (JPEG q75)", or the source."""
         if self.checksum in KNOWN_SOURCES:
             return KNOWN_SOURCES[self.checksum]
-        if Path(self.source).name == BATCHES_DIR:
+        if Path(self.source).name in (BATCHES_DIR, ARCHIVE_NAME):
             return "CIFAR-10"
         return self.source

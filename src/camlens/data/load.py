@@ -1,20 +1,23 @@
 """`load_dataset`: which reader a source needs, then the reader, through the pixel cache.
 
-Archives are read whole into memory and never extracted: random access to 60,000 members
-without re-inflating gzip, and no member name can write anywhere.
+Archives (the official CIFAR-10 download included) are read whole into memory and never
+extracted, and only their regular files under plain relative names are read: a link, a device,
+an absolute or a `..` name is skipped, so a hostile member can neither write anywhere nor stand
+in for a batch file.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import posixpath
 import tarfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from camlens.data.cache import cache_dir, file_sha256, folder_fingerprint, load_cache, save_cache
+from camlens.data.cache import cache_dir, folder_fingerprint, load_cache, save_cache
 from camlens.data.dataset import Dataset, Split
 from camlens.data.sample import SAMPLE_PATH, load_sample
 from camlens.data.sources import (
@@ -28,21 +31,27 @@ from camlens.data.sources import (
     load_batch,
     read_folder_split,
 )
-from camlens.download import default_home, fetch_cifar10
+from camlens.download import default_home, fetch_cifar10, file_digest
 
 __all__ = ["load_dataset", "read_source", "resolve"]
 
 
-def _read_archive_bytes(path: Path) -> tarfile.TarFile:
-    """The whole tar in memory: random access to 60,000 members without re-inflating gzip."""
+def open_archive(path: Path) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:
+    """The whole tar in memory (random access to 60,000 members without re-inflating gzip),
+    and the members a reader may take: regular files and folders under plain relative names."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-        return tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
+        tar = tarfile.TarFile(fileobj=io.BytesIO(raw))  # in memory: nothing to close
+        members = tar.getmembers()
     except (OSError, EOFError, tarfile.TarError) as e:
         raise DataError(f"cannot read archive {path}: {e}") from None
+    return tar, [m for m in members if (m.isfile() or m.isdir()) and not _escapes(m.name)]
+
+
+def _escapes(name: str) -> bool:
+    return posixpath.isabs(name) or name.startswith("\\") or ".." in name.split("/")
 
 
 def _bar(total: int, desc: str, progress: bool):
@@ -76,14 +85,13 @@ def read_source(kind: str, path: Path, size: int, progress: bool) -> tuple[dict,
             return Path(name).read_bytes()
 
     else:
-        tar = _read_archive_bytes(path)
-        members = tar.getmembers()
+        tar, members = open_archive(path)
         official = {
             m.name.rsplit("/", 1)[-1]: m
             for m in members
-            if m.isfile() and f"{BATCHES_DIR}/" in m.name
+            if m.isfile() and m.name.split("/")[-2:-1] == [BATCHES_DIR]
         }
-        if "data_batch_1" in official:
+        if official.keys() & {*BATCH_FILES["train"], *BATCH_FILES["test"]}:
             return _read_official(
                 lambda n: tar.extractfile(official[n]).read(), set(official), str(path), size
             )
@@ -105,7 +113,7 @@ def read_source(kind: str, path: Path, size: int, progress: bool) -> tuple[dict,
 def resolve(source: str | Path, home: Path) -> tuple[str, Path]:
     """Which reader a `--data` value needs: ('batches' | 'folder' | 'archive', path)."""
     if str(source) == "cifar10":
-        return "batches", fetch_cifar10(home)
+        return "archive", fetch_cifar10(home)
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(
@@ -140,7 +148,7 @@ def load_dataset(
         return load_sample(SAMPLE_PATH if str(source) == "sample" else source)
     home = Path(home) if home is not None else default_home()
     kind, path = resolve(source, home)
-    checksum = file_sha256(path) if path.is_file() else folder_fingerprint(path)
+    checksum = file_digest(path) if path.is_file() else folder_fingerprint(path)
     where = cache_dir(home, kind, checksum, image_size)
     cached = load_cache(where) if cache else None
     if cached is None:

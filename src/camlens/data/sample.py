@@ -11,10 +11,10 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from camlens.atomic import atomic_save_tensors
-from camlens.data.cache import file_sha256
 from camlens.data.dataset import Dataset, Split
 from camlens.data.sources import DataError
 from camlens.data.transforms import balanced_subset
+from camlens.download import file_digest
 
 __all__ = ["SAMPLE_PATH", "load_sample", "save_sample"]
 
@@ -56,5 +56,5 @@ def load_sample(path: str | Path = SAMPLE_PATH) -> Dataset:
         ) from None
     name = meta.get("label") or str(path)
     return Dataset(
-        Split(images[:0], labels[:0]), Split(images, labels), classes, name, file_sha256(path)
+        Split(images[:0], labels[:0]), Split(images, labels), classes, name, file_digest(path)
     )
