@@ -1,10 +1,13 @@
+import errno
 import json
 import pickle
+import tempfile
 
 import pytest
 import torch
 from torch import nn
 
+from camlens.atomic import WriteError
 from camlens.model import (
     NORMS,
     CheckpointError,
@@ -130,19 +133,21 @@ def test_a_pickle_posing_as_weights_is_never_unpickled(tmp_path):
         load_checkpoint(tmp_path / "ck.safetensors")
 
 
-def test_checkpoint_files_are_written_atomically(tmp_path, monkeypatch):
-    model = ResNet18(width=8)
-    save_checkpoint(model, tmp_path / "ck", META)
-    before = (tmp_path / "ck.safetensors").read_bytes()
+def test_a_full_disk_leaves_the_previous_pair_whole(tmp_path, monkeypatch):
+    save_checkpoint(ResNet18(width=8), tmp_path / "ck", META)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = tempfile.mkstemp
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
+    def full_disk_at_the_json(*args, prefix: str = "", **kwargs):
+        if prefix.startswith(".ck.json"):  # the second file of the pair
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, prefix=prefix, **kwargs)
 
-    monkeypatch.setattr("camlens.atomic.save_file", crash)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(tempfile, "mkstemp", full_disk_at_the_json)
+    with pytest.raises(WriteError, match=r"ck\.json: No space left on device \(ENOSPC\)"):
         save_checkpoint(ResNet18(width=8), tmp_path / "ck", {**META, "epoch": 9})
-    assert (tmp_path / "ck.safetensors").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.safetensors"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporaries left
+    assert load_checkpoint(tmp_path / "ck.safetensors")[1]["epoch"] == 3
 
 
 def test_the_shipped_model_is_described_and_loads():

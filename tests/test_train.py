@@ -1,8 +1,10 @@
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from camlens.cli import main
 from camlens.data import channel_stats, load_dataset
 from camlens.model import load_checkpoint
 from camlens.train import RunError, TrainConfig, train
@@ -78,6 +81,71 @@ def test_subset_is_balanced_and_counted(tmp_path, tiny_folder):
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
     assert meta["train_images"] == 16
     assert meta["metrics"]["images_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    "failing", ["checkpoint.safetensors", "checkpoint.json", "metrics.jsonl", "resume.safetensors"]
+)
+def test_a_full_disk_is_one_line_and_keeps_the_last_epoch(
+    tmp_path, tiny_folder, monkeypatch, capsys, failing
+):
+    """From the end of epoch 1 the disk is full for `failing`: epoch 2 cannot be saved."""
+    run = tmp_path / "run"
+    doomed: set[int] = set()  # descriptors of temporary files the full disk refuses
+    real_mkstemp, real_write = tempfile.mkstemp, os.write
+
+    def mkstemp(*args, prefix: str = "", **kwargs):
+        fd, name = real_mkstemp(*args, prefix=prefix, **kwargs)
+        if prefix.startswith(f".{failing}.") and (run / "resume.safetensors").exists():
+            doomed.add(fd)
+        return fd, name
+
+    def write(fd, data):
+        if fd in doomed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "write", write)
+    argv = ["train", "--data", str(tiny_folder), "--out", str(run), "--epochs", "2"]
+    argv += ["--width", "8", "--batch-size", "8", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(run / failing) in err and "ENOSPC" in err, err
+    assert "--resume" in err
+    saved = 1 if failing.startswith("checkpoint") else 2  # files written before it hold epoch 2
+    assert load_checkpoint(run / "checkpoint.safetensors")[1]["epoch"] == saved
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+    monkeypatch.undo()  # space freed: the run continues and ends as an unbroken one would
+    assert main([*argv, "--resume"]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert load_checkpoint(run / "checkpoint.safetensors")[1]["epoch"] == 2
+
+
+def test_every_artefact_is_synced_before_its_rename_and_its_folder_after(
+    tmp_path, tiny_folder, monkeypatch
+):
+    synced: list[int] = []  # inodes, in order; a renamed file keeps its temporary's inode
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real(fd)))
+    data = load_dataset(tiny_folder, progress=False)
+    train(TrainConfig(epochs=1, **TINY), data, tmp_path, progress=False, log=quiet)
+    folder = tmp_path.stat().st_ino
+    names = ["resume.safetensors", "checkpoint.safetensors", "checkpoint.json"]
+    for name in [*names, "metrics.jsonl", "curves.png"]:
+        inode = (tmp_path / name).stat().st_ino
+        assert inode in synced, f"{name} was not synced"
+        assert folder in synced[synced.index(inode) + 1 :], f"{name}'s rename was not synced"
+
+
+@pytest.mark.parametrize("extra", [[], ["--subset", "300"]])
+def test_data_without_training_images_is_one_line(tmp_path, capsys, extra):
+    argv = ["train", "--data", "sample", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no training images" in err and "cifar10" in err, err
 
 
 def test_config_rejects_nonsense():

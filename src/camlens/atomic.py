@@ -1,19 +1,26 @@
-"""Atomic file writes: a reader, or a run killed mid-write, sees the old file or the new one.
+"""Atomic, durable file writes: a reader, a killed run or a power cut sees the old file or the new.
 
-Each writer fills a temporary file beside the target, syncs it, and renames it over the target
-(a rename within one folder is atomic on POSIX and Windows).
+Each file is written to a temporary file beside its target and synced to disk, then renamed over
+the target (a rename within one folder is atomic on POSIX and Windows), then its folder is synced
+so that the rename itself survives a power cut. Any failure (a full disk, no permission) raises
+`WriteError`, naming the file and the cause, and leaves the old file as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-__all__ = ["atomic_write_bytes", "atomic_save_tensors"]
+__all__ = ["WriteError", "atomic_save_tensors", "atomic_write_bytes", "atomic_write_files"]
+
+
+class WriteError(OSError):
+    """A file that could not be written; the message names it and the cause (e.g. ENOSPC)."""
 
 
 def _umask_mode() -> int:
@@ -25,38 +32,55 @@ def _umask_mode() -> int:
 _FILE_MODE = _umask_mode()
 
 
-def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see old or new, never half.
-
-    `durable` syncs the data to disk before the rename, so that a power cut cannot leave an
-    empty file behind; files that are cheap to recreate may skip that cost.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write_files(files: dict[Path, bytes], durable: bool = True) -> None:
+    """Write each `path: data` to a temporary file, and only once all are written rename each
+    over its path: files that belong together (a checkpoint's pair) stay together when the disk
+    fills. `durable=False` skips the syncs, for files that are cheap to recreate."""
+    temps: dict[Path, str] = {}
+    path = Path()
     try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; a result file should read like any other
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, data in ((Path(p), d) for p, d in files.items()):
+            fd, temps[path] = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+            )
+            try:
+                os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; results should read like any file
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        for path in list(temps):
+            os.replace(temps[path], path)
+            del temps[path]
+        if durable and os.name == "posix":  # Windows cannot open a folder; NTFS logs renames
+            for folder in {p.parent for p in map(Path, files)}:
+                path = folder
+                fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    except OSError as e:
+        code = e.errno or 0
+        cause = f"{os.strerror(code)} ({errno.errorcode[code]})" if code in errno.errorcode else e
+        error = WriteError(f"cannot write {path}: {cause}")
+        error.errno = e.errno
+        raise error from None
+    finally:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """One file, written atomically and (unless `durable=False`) synced."""
+    atomic_write_files({Path(path): data}, durable)
 
 
 def atomic_save_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], durable: bool = True
 ) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _FILE_MODE)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, _FILE_MODE)  # save_file makes its own file, with its own mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A safetensors file, serialised in memory and written like any other file."""
+    atomic_write_bytes(path, save(tensors, metadata=metadata), durable)

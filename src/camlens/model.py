@@ -5,7 +5,7 @@ One model class serves every norm (the seed project kept a copy per norm). The m
 so that a checkpoint carries its own preprocessing and CAM code can feed it plain images.
 
 A checkpoint is `NAME.safetensors` (weights, no pickle) plus `NAME.json` (everything needed to
-rebuild and describe the model). Both are written atomically.
+rebuild and describe the model). Both are written atomically and synced, as one pair.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from camlens.atomic import atomic_save_tensors, atomic_write_bytes
+from camlens.atomic import atomic_write_files
 
 __all__ = [
     "NORMS",
@@ -223,9 +223,14 @@ def save_checkpoint(
         for k, v in state.items()
     }
     stamp = {"format": FORMAT, "epoch": str(meta.get("epoch", ""))}
-    atomic_save_tensors(stem.with_suffix(".safetensors"), tensors, stamp)
     text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
-    atomic_write_bytes(stem.with_suffix(".json"), text.encode())
+    # both written before either is renamed: a full disk leaves the old pair whole
+    atomic_write_files(
+        {
+            stem.with_suffix(".safetensors"): save(tensors, metadata=stamp),
+            stem.with_suffix(".json"): text.encode(),
+        }
+    )
     return stem.with_suffix(".safetensors")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from camlens.atomic import WriteError
 from camlens.cli.parser import build_parser
 from camlens.data import DataError
 from camlens.download import DownloadError
@@ -25,6 +26,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DownloadError,
     CheckpointError,
     RunError,
+    WriteError,
     FileNotFoundError,
 )
 

@@ -1,9 +1,10 @@
 """Training: a frozen `TrainConfig`, `train(...)`, and exact resume after a kill.
 
 Every random choice of an epoch (order, crops, flips, holes) comes from generators seeded by
-`(seed, epoch)`, and each epoch ends by writing the model, optimizer and schedule to
-`resume.safetensors` in one atomic rename. A run killed at any point therefore restarts from
-the last finished epoch and ends with the same weights as a run that was never stopped.
+`(seed, epoch)`, and each epoch ends, after its checkpoint and logs, by writing the model,
+optimizer and schedule to `resume.safetensors` in one atomic, synced rename. A run killed at
+any point therefore restarts from the last finished epoch and ends with the same weights as a
+run that was never stopped.
 
 The loop is written for a later DistributedDataParallel mode: `is_writer()` is the one place
 that decides which process logs and saves, and the sampler (epoch -> indices) is a parameter.

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from camlens.atomic import atomic_write_bytes
-from camlens.data import Dataset, augment, balanced_subset, channel_stats
+from camlens.atomic import WriteError, atomic_write_bytes
+from camlens.data import DataError, Dataset, augment, balanced_subset, channel_stats
 from camlens.evaluate import as_float_images, autocast, predict
 from camlens.model import ResNet18, save_checkpoint
 from camlens.plots import plot_curves
@@ -65,6 +65,11 @@ def train(
     folder that already holds a run is refused rather than overwritten.
     """
     out, device = Path(out), torch.device(device)
+    if len(data.train) == 0:
+        raise DataError(
+            f"{data.source} has no training images: train on cifar10, a folder with train/ and "
+            "test/ class folders, or a .tar.gz of one"
+        )
     resume_path = out / RESUME_FILE
     if resume_path.exists() and not resume:
         raise RunError(
@@ -178,26 +183,24 @@ def train(
             f"{metrics['images_per_s']:.0f} img/s  {metrics['seconds']:.0f}s"
         )
         if is_writer():
-            _write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device)
+            try:
+                _write_epoch(
+                    out, model, optimizer, scheduler, config, data, history, elapsed, device
+                )
+            except WriteError as e:  # a full disk: each file still holds an earlier epoch whole
+                raise RunError(
+                    f"{e}; the run is saved up to epoch {epoch - 1}: "
+                    "continue it with --resume once that file can be written"
+                ) from None
         if on_epoch is not None:
             on_epoch(metrics)
     return metrics
 
 
 def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device) -> None:
-    """Resume state first (one atomic file), then the checkpoint pair, then the logs."""
+    """The checkpoint pair, the logs, and last the resume state: a run stopped (killed, or out
+    of disk space) before the resume file is renamed redoes this epoch whole, and none after."""
     epoch = history[-1]["epoch"]
-    save_resume(
-        out / RESUME_FILE,
-        model,
-        optimizer,
-        scheduler,
-        epoch,
-        history,
-        config,
-        elapsed,
-        data.checksum,
-    )
     meta = {
         "classes": list(data.classes),
         "image_size": data.image_size,
@@ -225,3 +228,5 @@ def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapse
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write_bytes(out / "metrics.jsonl", lines.encode())  # rewritten whole: never a torn line
     plot_curves(history, out / "curves.png")
+    state = (model, optimizer, scheduler, epoch, history, config, elapsed, data.checksum)
+    save_resume(out / RESUME_FILE, *state)
