@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from camlens.cli import main
-from camlens.data import channel_stats, load_dataset
+from camlens.data import Dataset, Split, channel_stats, load_dataset
 from camlens.model import load_checkpoint
 from camlens.train import RunError, TrainConfig, train
 from conftest import write_image_folder
@@ -81,6 +81,29 @@ def test_subset_is_balanced_and_counted(tmp_path, tiny_folder):
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
     assert meta["train_images"] == 16
     assert meta["metrics"]["images_per_s"] > 0
+
+
+def blobs(n: int, seed: int, size: int = 16) -> Split:
+    """Noise with one square whose colour is the class, anywhere: crops and flips keep it."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    images = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    colours = torch.tensor([[230, 40, 40], [40, 230, 40], [40, 40, 230], [230, 230, 40]])
+    r = size // 4
+    ys, xs = torch.randint(0, size - r, (2, n), generator=g)
+    for i in range(n):
+        images[i, :, ys[i] : ys[i] + r, xs[i] : xs[i] + r] = colours[labels[i], :, None, None]
+    return Split(images, labels)
+
+
+def test_training_learns_a_learnable_task(tmp_path, one_thread):
+    data = Dataset(blobs(384, seed=0), blobs(192, seed=1), ("r", "g", "b", "y"), "blobs", "0" * 64)
+    config = TrainConfig(epochs=6, width=8, batch_size=32, eval_batch_size=192)
+    history: list[dict] = []
+    train(config, data, tmp_path, progress=False, log=quiet, on_epoch=history.append)
+    first, last = history[0], history[-1]
+    assert last["train_loss"] < 0.75 * first["train_loss"], (first, last)
+    assert last["test_acc"] > 0.6, last  # chance is 0.25
 
 
 @pytest.mark.parametrize(
