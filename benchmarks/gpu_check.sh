@@ -44,16 +44,19 @@ launch() {  # launch EPOCHS SUBSET-FLAG TIMEOUT TAG: every recipe at once, wait 
   done
   wait "${pids[@]}"
 }
-t0=$SECONDS
-PROBE=${PROBE:-10000}   # images in the probe epoch
-launch 1 "--subset $PROBE" 120 -probe
-probe=$((SECONDS - t0))
 left=$((BUDGET - (SECONDS - started) - 25))
-# the probe included start-up and one test pass: a cautious per-epoch cost
-per_epoch=$(python3 -c "print(max(1.0, ($probe - 8) * ${TRAIN_IMAGES:-50000} / $PROBE))")
-epochs=$(python3 -c "print(max(1, min($MAX_EPOCHS, int($left / $per_epoch))))")
-echo "probe: $probe s for $PROBE images of each run side by side; ~$per_epoch s an epoch; $left s left -> $epochs epochs" | tee "$OUT/plan.txt"
-launch "$epochs" "" "$left" ""
+if [ -z "${EPOCHS:-}" ]; then  # no fixed count: a probe epoch sizes the runs to the time left
+  t0=$SECONDS
+  PROBE=${PROBE:-10000}   # images in the probe epoch
+  launch 1 "--subset $PROBE" 120 -probe
+  probe=$((SECONDS - t0))
+  left=$((BUDGET - (SECONDS - started) - 25))
+  # the probe's time is mostly start-up (~17 s on an H100): a cautious per-epoch cost
+  per_epoch=$(python3 -c "print(max(1.0, ($probe - 15) * ${TRAIN_IMAGES:-50000} / $PROBE))")
+  EPOCHS=$(python3 -c "print(max(1, min($MAX_EPOCHS, int($left / $per_epoch))))")
+  echo "probe: $probe s for $PROBE images of each run side by side; ~$per_epoch s an epoch; $left s left -> $EPOCHS epochs" | tee "$OUT/plan.txt"
+fi
+launch "$EPOCHS" "" "$left" ""
 for spec in "${specs[@]}"; do
   name=${spec%%:*}; echo "== run $name (${spec#*:})"; tail -n 3 "runs-$name.log"
   [ -f "runs/$name/metrics.jsonl" ] && cp "runs/$name/metrics.jsonl" "$OUT/metrics_$name.jsonl"
@@ -82,11 +85,13 @@ PY
   cp "runs/$best/curves.png" "$OUT/curves_$group.png"
   for tta in "" --tta; do  # the shipped number, and what test-time flipping adds
     python3 -m camlens evaluate --checkpoint "$OUT/$group.safetensors" --data "$DATA" \
-      --out /tmp/eval $tta --batch-size 500 --no-progress | head -n 1 | sed "s/^/$group fp16 ${tta:-plain}: /"
+      --out /tmp/eval $tta --batch-size 500 --no-progress | sed -n 1p | sed "s/^/$group fp16 ${tta:-plain}: /"
   done 2>&1 | tee -a "$OUT/train.log"
   split -n 2 -d "$OUT/$group.safetensors" "$OUT/$group.safetensors.part-"
   rm "$OUT/$group.safetensors"
   sha256sum "$OUT/$group".safetensors.part-*
 done
 wait "$tests"; tail -n 5 "$OUT/cuda_tests.log"
+# the device returns few files: the small ones travel as one archive
+(cd "$OUT" && tar czf small.tar.gz --exclude='*.part-*' --exclude=small.tar.gz ./* && find . -type f ! -name '*.part-*' ! -name small.tar.gz ! -name '*.json' -delete)
 ls -la "$OUT"

@@ -2,9 +2,12 @@
 
     python tools/make_assets.py sample --data ../shared/data/cifar10-jpeg.tar.gz
     python tools/make_assets.py model --result .gpu/result --run c
+    python tools/make_assets.py model --result .gpu/result --run ln-f --group ln \
+        --name shipped-layer
 
 `sample` writes the 1,000-image test sample (first 100 test images of each class).
-`model` installs the checkpoint that `benchmarks/gpu_check.sh` trained and exported in fp16:
+`model` installs the checkpoint that `benchmarks/gpu_check.sh` trained and exported in fp16
+(shards `GROUP.safetensors.part-*` and `GROUP.json`) as the bundled model NAME:
 it joins the shards, checks that the pair loads, and adds the training history (the run's
 metrics.jsonl) and the data label to the json, so the demo report can show the curves.
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from camlens.data import SAMPLE_PATH, load_dataset, save_sample
 from camlens.evaluate import evaluate
-from camlens.model import SHIPPED_MODEL, load_checkpoint
+from camlens.model import SHIPPED_MODELS, load_checkpoint
 
 DATA_LABEL = "CIFAR-10 (JPEG q75)"
 
@@ -28,12 +31,13 @@ def make_sample(data: str) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-def install_model(result: Path, run: str, data: str) -> None:
-    shards = sorted(result.glob("shipped.safetensors.part-*"))
+def install_model(result: Path, run: str, data: str, group: str, name: str) -> None:
+    shards = sorted(result.glob(f"{group}.safetensors.part-*"))
     if not shards:
-        raise SystemExit(f"no shipped.safetensors.part-* in {result}")
+        raise SystemExit(f"no {group}.safetensors.part-* in {result}")
     weights = b"".join(p.read_bytes() for p in shards)
-    meta = json.loads((result / "shipped.json").read_text())
+    meta = json.loads((result / f"{group}.json").read_text())
+    stem = SHIPPED_MODELS[name]
     history = [
         json.loads(line) for line in (result / f"metrics_{run}.jsonl").read_text().splitlines()
     ]
@@ -44,18 +48,18 @@ def install_model(result: Path, run: str, data: str) -> None:
         data_label=DATA_LABEL,
         history=history,
     )
-    SHIPPED_MODEL.with_suffix(".safetensors").write_bytes(weights)
-    SHIPPED_MODEL.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    model, _ = load_checkpoint(SHIPPED_MODEL)  # the pair must load as shipped
+    stem.with_suffix(".safetensors").write_bytes(weights)
+    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    model, _ = load_checkpoint(stem)  # the pair must load as shipped
     # the accuracy users will reproduce: fp16 weights, fp32 CPU inference, `camlens evaluate`
     ev = evaluate(model, load_dataset(data, progress=False).test)
     meta["evaluation"] = {
         "test_acc": ev.accuracy,
         "test_loss": ev.loss,
-        "command": f"camlens evaluate --checkpoint shipped --data {data}",
+        "command": f"camlens evaluate --checkpoint {name} --data {data}",
     }
-    SHIPPED_MODEL.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"installed {SHIPPED_MODEL.with_suffix('.safetensors')} ({len(weights) / 1e6:.1f} MB)")
+    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"installed {stem.with_suffix('.safetensors')} ({len(weights) / 1e6:.1f} MB)")
 
 
 def main() -> None:
@@ -66,12 +70,14 @@ def main() -> None:
     p = sub.add_parser("model")
     p.add_argument("--result", type=Path, default=Path(".gpu/result"))
     p.add_argument("--run", required=True, help="the run gpu_check.sh picked (its log says)")
+    p.add_argument("--group", default="shipped", help="the shards' name: GROUP.safetensors.part-*")
+    p.add_argument("--name", default="shipped", choices=sorted(SHIPPED_MODELS))
     p.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz")
     args = parser.parse_args()
     if args.what == "sample":
         make_sample(args.data)
     else:
-        install_model(args.result, args.run, args.data)
+        install_model(args.result, args.run, args.data, args.group, args.name)
 
 
 if __name__ == "__main__":

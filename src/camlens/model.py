@@ -26,6 +26,7 @@ from camlens.atomic import atomic_write_files
 __all__ = [
     "NORMS",
     "SHIPPED_MODEL",
+    "SHIPPED_MODELS",
     "BasicBlock",
     "ResNet18",
     "build_model",
@@ -39,8 +40,14 @@ __all__ = [
 ]
 
 NORMS = ("batch", "layer", "group")
-# the model camlens ships: trained by `camlens train` on CIFAR-10 (JPEG q75), fp16 weights
-SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "resnet18-cifar10-jpeg"
+# the models camlens ships, by the name `--checkpoint` takes: trained by `camlens train` on
+# CIFAR-10 (JPEG q75), fp16 weights; "shipped" is batch norm, "shipped-layer" layer norm
+_ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED_MODELS = {
+    "shipped": _ASSETS / "resnet18-cifar10-jpeg",
+    "shipped-layer": _ASSETS / "resnet18-layernorm-cifar10-jpeg",
+}
+SHIPPED_MODEL = SHIPPED_MODELS["shipped"]
 ARCH = "resnet18"
 FORMAT = "camlens-checkpoint/1"
 
@@ -261,9 +268,10 @@ def load_checkpoint(
 ) -> tuple[ResNet18, dict[str, Any]]:
     """Rebuild the model from a checkpoint (weights cast to fp32, eval mode) and its metadata.
 
-    `path` is either file of the pair, their common stem, or "shipped" for the bundled model.
+    `path` is either file of the pair, their common stem, or a bundled model's name
+    ("shipped": batch norm, "shipped-layer": layer norm; see SHIPPED_MODELS).
     """
-    path = SHIPPED_MODEL if str(path) == "shipped" else path
+    path = SHIPPED_MODELS.get(str(path), path)
     stem = (
         Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else Path(path)
     )
