@@ -62,11 +62,16 @@ class TinyVGG(nn.Module):
 
 
 class ExpHeadNet(nn.Module):
-    """acts = stem(images); S = linear(GAP(relu(conv1x1(acts)))): S is piecewise linear in acts."""
+    """stem (conv, ReLU: A >= 0) -> lift (1x1 conv: A signed) -> S = fc(GAP(relu(mix(.)))).
+
+    S is piecewise linear in either layer's acts. The gradient reaches lift's negative
+    activations too (through mix before any ReLU), so what a method does with them shows.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.lift = nn.Conv2d(4, 4, 1, bias=False)  # no bias: activations of both signs
         self.mix = nn.Conv2d(4, 6, 1)
         self.fc = nn.Linear(6, 3)
 
@@ -74,7 +79,17 @@ class ExpHeadNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.mix(acts)), 1).flatten(1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stem(images))
+        return self.head(self.lift(self.stem(images)))
+
+    def acts(self, image: torch.Tensor, layer: str) -> torch.Tensor:
+        """(3, H, W) -> (C, h, w) at `layer`, "stem" or "lift"."""
+        with torch.no_grad():
+            acts = self.stem(image[None])
+            return (acts if layer == "stem" else self.lift(acts))[0]
+
+    def rest(self, acts: torch.Tensor, layer: str) -> torch.Tensor:
+        """(C, h, w) acts at `layer` -> (K,) logits."""
+        return self.head(self.lift(acts[None]) if layer == "stem" else acts[None])[0]
 
 
 def no_hooks(model: nn.Module) -> bool:
@@ -137,8 +152,8 @@ def resnet_rest(model: ResNet18, acts: torch.Tensor, after: str) -> torch.Tensor
     return model.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-def naive_gradcam_resnet(model, images, targets, layer):
-    """Grad-CAM one image at a time: autograd on that image alone, loops over channels."""
+def naive_resnet(model, images, targets, layer, method="gradcam"):
+    """Grad-CAM or HiResCAM one image at a time: autograd on that image alone, a channel loop."""
     maps = []
     for i in range(images.shape[0]):
         acts = resnet_acts(model, images[i : i + 1], layer).detach().requires_grad_()
@@ -146,7 +161,9 @@ def naive_gradcam_resnet(model, images, targets, layer):
         (grads,) = torch.autograd.grad(logits[0, int(targets[i])], acts)
         cam = torch.zeros(acts.shape[2:])
         for k in range(acts.shape[1]):
-            cam += grads[0, k].mean() * acts[0, k].detach()
+            # Grad-CAM: one weight per channel; HiResCAM: the gradient at each place
+            weight = grads[0, k].mean() if method == "gradcam" else grads[0, k]
+            cam += weight * acts[0, k].detach()
         maps.append(cam.clamp_min(0))
     return torch.stack(maps)
 
@@ -172,16 +189,23 @@ def naive_gradcam_vgg(model, images, targets, index):
 
 
 @pytest.mark.parametrize("layer", ["layer3", "layer4"])
-def test_gradcam_equals_naive_per_image_on_resnet(layer):
+def test_gradcam_and_hirescam_equal_naive_per_image_on_resnet(layer):
     model = resnet()
     images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([0, 3, 3, 7, 9])
-    ref = naive_gradcam_resnet(model, images, targets, layer)
-    with GradCAM(model, layer=layer) as cam:
-        result = cam.explain(images, targets)
-    assert ref.amax() > 0
-    torch.testing.assert_close(result.low_res[0], ref, atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(result.cams, minmax(up(ref)), atol=ATOL, rtol=0)
+    refs = {}
+    for method in ("gradcam", "hirescam"):
+        ref = naive_resnet(model, images, targets, layer, method)
+        with create(method, model, layer) as cam:
+            result = cam.explain(images, targets)
+        assert ref.amax() > 0
+        torch.testing.assert_close(result.low_res[0], ref, atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(result.cams, minmax(up(ref)), atol=ATOL, rtol=0)
+        refs[method] = ref
+    if layer == "layer3":
+        # layer4 feeds global pooling, so its gradient is constant over space and the two
+        # methods agree there; at layer3 it is not, and a HiResCAM that averaged would fail
+        assert (refs["hirescam"] - refs["gradcam"]).abs().amax() > 0.1 * refs["gradcam"].amax()
 
 
 @pytest.mark.parametrize("index", [0, 1, 5, 6])
@@ -215,15 +239,30 @@ def test_gradcam_equals_zhou_cam_and_hirescam_at_layer4():
 def exp_head_case():
     torch.manual_seed(4)
     model = ExpHeadNet().eval()
+    with torch.no_grad():
+        # sum_ab A_kab * g near 1, where Grad-CAM++'s alpha = 1 / (2 + sum_ab A_kab * g) feels it
+        model.lift.weight.mul_(10)
+        model.fc.weight.mul_(10)
     images = torch.rand(2, 3, 8, 8)
     targets = torch.tensor([0, 2])
     return model, images, targets
 
 
-def derivatives_of_exp_score(model, acts, target):
+# "stem" is after a ReLU (A >= 0, the papers' case); "lift" a conv after it (A signed)
+EXP_LAYERS = ["stem", "lift"]
+
+
+def check_signed_case(acts: torch.Tensor, layer: str) -> None:
+    """On the signed layer, some channel must have both signs, so |A| and A differ there."""
+    if layer == "lift":
+        total, mass = acts.sum((1, 2)).abs(), acts.abs().sum((1, 2))
+        assert (total < 0.8 * mass).any(), "the test needs a channel of both signs"
+
+
+def derivatives_of_exp_score(model, acts, target, layer):
     """dY/dA, d2Y/dA2 and d3Y/dA3 (diagonal) of Y = exp(S_c), element by element."""
     acts = acts.detach().requires_grad_()
-    y = model.head(acts[None])[0, target].exp()
+    y = model.rest(acts, layer)[target].exp()
     (d1,) = torch.autograd.grad(y, acts, create_graph=True)
     d2 = torch.zeros_like(acts)
     d3 = torch.zeros_like(acts)
@@ -236,16 +275,25 @@ def derivatives_of_exp_score(model, acts, target):
     return d1.detach(), d2.detach(), d3.detach(), y.detach()
 
 
-def test_gradcam_plusplus_equals_eq19_with_exp_score():
+def grads_of(model, acts, layer, a, b=None):
+    """d(logit[a]) / d acts, or d(logit[a] - logit[b]), for one image's (C, h, w) acts."""
+    acts = acts.clone().requires_grad_()
+    logits = model.rest(acts, layer)
+    (grads,) = torch.autograd.grad(logits[a] - (0 if b is None else logits[b]), acts)
+    return grads
+
+
+@pytest.mark.parametrize("layer", EXP_LAYERS)
+def test_gradcam_plusplus_equals_eq19_with_exp_score(layer):
     model, images, targets = exp_head_case()
-    ours = GradCAMPlusPlus(model, "stem").explain(images, targets, "none").low_res[0]
+    ours = GradCAMPlusPlus(model, layer).explain(images, targets, "none").low_res[0]
     for i in range(images.shape[0]):
-        with torch.no_grad():
-            acts = model.stem(images[i : i + 1])[0]  # (C, h, w)
-        d1, d2, d3, y = derivatives_of_exp_score(model, acts, int(targets[i]))
+        acts = model.acts(images[i], layer)  # (C, h, w)
+        check_signed_case(acts, layer)
+        d1, d2, d3, y = derivatives_of_exp_score(model, acts, int(targets[i]), layer)
         cam = torch.zeros(acts.shape[1:])
         for k in range(acts.shape[0]):
-            total = acts[k].sum()
+            total = acts[k].abs().sum()  # the paper's sum of A, for A >= 0 (see GradCAMPlusPlus)
             weight = 0.0
             for a in range(acts.shape[1]):
                 for b in range(acts.shape[2]):
@@ -259,37 +307,51 @@ def test_gradcam_plusplus_equals_eq19_with_exp_score():
         torch.testing.assert_close(ours[i] * y, ref, atol=ATOL, rtol=1e-4)
 
 
-def test_xgradcam_equals_its_formula():
+def xgradcam_reference(acts, grads):
+    """Un-rectified XGrad-CAM of one image; each place's share of |A| (see XGradCAM)."""
+    cam = torch.zeros(acts.shape[1:])
+    for k in range(acts.shape[0]):
+        total = float(acts[k].abs().sum())
+        weight = 0.0
+        for a in range(acts.shape[1]):
+            for b in range(acts.shape[2]):
+                if total != 0:
+                    weight += abs(float(acts[k, a, b])) / total * float(grads[k, a, b])
+        cam += weight * acts[k]
+    return cam
+
+
+@pytest.mark.parametrize("layer", EXP_LAYERS)
+def test_xgradcam_and_its_contrast_equal_the_formula(layer):
     model, images, targets = exp_head_case()
-    ours = XGradCAM(model, "stem").explain(images, targets, "none").low_res[0]
+    versus = (targets + 1) % 3
+    sets = [targets, versus, Contrast(targets, versus)]
+    results = XGradCAM(model, layer).explain_many(images, sets, "none")
+    ours, contrast = results[0].low_res[0], results[2].low_res[0]
     for i in range(images.shape[0]):
-        with torch.no_grad():
-            acts = model.stem(images[i : i + 1])[0]
-        acts_g = acts.clone().requires_grad_()
-        (grads,) = torch.autograd.grad(model.head(acts_g[None])[0, int(targets[i])], acts_g)
-        cam = torch.zeros(acts.shape[1:])
-        for k in range(acts.shape[0]):
-            total = float(acts[k].sum())
-            weight = 0.0
-            for a in range(acts.shape[1]):
-                for b in range(acts.shape[2]):
-                    if total != 0:
-                        weight += float(acts[k, a, b]) / total * float(grads[k, a, b])
-            cam += weight * acts[k]
-        ref = cam.clamp_min(0)
+        acts = model.acts(images[i], layer)
+        check_signed_case(acts, layer)
+        a, b = int(targets[i]), int(versus[i])
+        ref = xgradcam_reference(acts, grads_of(model, acts, layer, a)).clamp_min(0)
         assert ref.amax() > 0
         torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
+        # a Contrast is the signed map of logit[a] - logit[b], never rectified
+        ref = xgradcam_reference(acts, grads_of(model, acts, layer, a, b))
+        assert ref.abs().amax() > 0
+        torch.testing.assert_close(contrast[i], ref, atol=ATOL, rtol=1e-4)
 
 
-def test_layercam_equals_its_formula():
+@pytest.mark.parametrize("layer", EXP_LAYERS)
+def test_layercam_equals_its_formula(layer):
     model, images, targets = exp_head_case()
-    ours = LayerCAM(model, "stem").explain(images, targets, "none").low_res[0]
+    ours = LayerCAM(model, layer).explain(images, targets, "none").low_res[0]
     for i in range(images.shape[0]):
-        with torch.no_grad():
-            acts = model.stem(images[i : i + 1])[0]
-        acts_g = acts.clone().requires_grad_()
-        (grads,) = torch.autograd.grad(model.head(acts_g[None])[0, int(targets[i])], acts_g)
+        acts = model.acts(images[i], layer)
+        check_signed_case(acts, layer)
+        grads = grads_of(model, acts, layer, int(targets[i]))
+        # A keeps its sign: a positive gradient on a negative activation counts against
         ref = sum(grads[k].clamp_min(0) * acts[k] for k in range(acts.shape[0])).clamp_min(0)
+        assert ref.amax() > 0
         torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
 
 
