@@ -7,7 +7,6 @@ from the code under test or another library.
 from __future__ import annotations
 
 import gc
-import math
 
 import numpy as np
 import pytest
@@ -371,25 +370,40 @@ def test_eigencam_equals_first_singular_vector_projection():
         torch.testing.assert_close(ours[i], minmax(up(ref[None], 16))[0], atol=1e-4, rtol=0)
 
 
-def test_scorecam_equals_per_channel_loop():
+def scorecam_case():
+    """TinyVGG whose features.6 has a constant channel 0 (0.5 everywhere): flat, not zero."""
     torch.manual_seed(6)
     model = TinyVGG().eval()
-    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        model.features[5].weight[0] = 0.0
+        model.features[5].bias[0] = 0.5
+    return model, torch.rand(2, 3, 16, 16)
+
+
+def test_scorecam_equals_per_channel_loop():
+    model, images = scorecam_case()
     targets = torch.tensor([3, 1])
     ours = ScoreCAM(model, "features.6", score_batch=7).explain(images, targets, "none")
     with torch.no_grad():
         acts = model.features(images)  # (N, C, 8, 8)
+        # Definition 2's baseline X_b: the all-zero image
+        baseline = model(torch.zeros(1, 3, 16, 16)).softmax(1)[0]
+        assert baseline[targets].min() > 0.05, "the test needs a baseline score that matters"
         for i in range(images.shape[0]):
             cam = torch.zeros(acts.shape[2:])
+            flat = 0
             for k in range(acts.shape[1]):
+                if acts[i, k].max() == acts[i, k].min():
+                    flat += int(acts[i, k].max() > 0)
+                    continue  # no region to keep: the authors' code skips it
                 mask = up(acts[i, k][None], 16)[0]
-                if mask.max() > mask.min():
-                    mask = (mask - mask.min()) / (mask.max() - mask.min())
-                else:
-                    mask = torch.zeros_like(mask)
+                mask = (mask - mask.min()) / (mask.max() - mask.min())
                 prob = model(images[i : i + 1] * mask).softmax(1)[0, int(targets[i])]
-                cam += prob * acts[i, k]
-            torch.testing.assert_close(ours.low_res[0][i], cam.clamp_min(0), atol=ATOL, rtol=1e-4)
+                cam += (prob - baseline[int(targets[i])]) * acts[i, k]
+            assert flat > 0, "the test needs a flat channel that is not zero"
+            ref = cam.clamp_min(0)
+            assert ref.amax() > 0
+            torch.testing.assert_close(ours.low_res[0][i], ref, atol=ATOL, rtol=1e-4)
 
 
 def test_scorecam_top_k_ranks_like_full():
@@ -570,15 +584,18 @@ def test_many_target_sets_and_layers_share_one_forward(method):
 
 
 def test_scorecam_target_sets_share_masked_passes():
-    torch.manual_seed(13)
-    model = TinyVGG().eval()
-    images = torch.rand(2, 3, 16, 16)
+    model, images = scorecam_case()
+    with torch.no_grad():
+        acts = model.features(images)
+    scored = int((acts.amax((2, 3)) > acts.amin((2, 3))).sum())  # flat channels cost no pass
+    assert scored < 2 * 16
     calls, handle = count_forwards(model)
     try:
         ScoreCAM(model, "features.6", score_batch=10).explain_many(images, [None, 1, 2])
     finally:
         handle.remove()
-    assert len(calls) == 1 + math.ceil(2 * 16 / 10)
+    # the images, the all-zero baseline, then the masked images of every set at once
+    assert calls == [2, 1] + [10] * (scored // 10) + [scored % 10] * (scored % 10 > 0)
 
 
 class PositiveHead(nn.Module):
