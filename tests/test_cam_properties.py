@@ -97,10 +97,17 @@ def test_maps_are_finite_in_range_and_leave_no_trace(case):
         assert (result.low_res[0] >= 0).all() or method == "eigencam"
     else:
         assert result.cams.min() >= 0 and result.cams.max() <= 1 + 1e-6
-    if normalize in ("minmax", "pair"):
-        # every map is either stretched to reach 1 or was flat and came out as zeros
-        peaks = result.cams.amax((1, 2))
-        assert torch.all(((peaks - 1).abs() < 1e-5) | (peaks == 0))
+        # only a flat raw map (e.g. all zero: nothing for the target here) may show as zeros;
+        # every other one reaches 1 ("minmax", "pair" of one set) or at least shows ("batch")
+        signals = [low.amax((1, 2)) > low.amin((1, 2)) for low in result.low_res]  # L x (N,)
+        shown = [*result.layer_cams, result.cams]
+        for signal, maps in zip([*signals, torch.stack(signals).any(0)], shown, strict=True):
+            peaks = maps.amax((1, 2))
+            assert torch.equal(peaks[~signal], torch.zeros_like(peaks[~signal]))
+            if normalize == "batch":
+                assert (peaks[signal] > 0).all() and (not signal.any() or peaks.max() == 1)
+            else:
+                torch.testing.assert_close(peaks[signal], torch.ones_like(peaks[signal]))
     assert no_hooks(model)
     assert [m.training for m in model.modules()] == flags
 
@@ -122,5 +129,44 @@ def test_contrast_maps_are_signed_in_unit_range_and_antisymmetric(method, n, see
     assert ab.signed and torch.isfinite(ab.cams).all()
     assert ab.cams.abs().max() <= 1 + 1e-6
     torch.testing.assert_close(ab.cams, -ba.cams, atol=1e-5, rtol=0)
-    same = (a == b).nonzero().flatten()
+    same = a == b
     assert torch.equal(ab.cams[same], torch.zeros_like(ab.cams[same]))
+    # two different classes always differ somewhere: each such map reaches +1 or -1
+    peaks = ab.cams[~same].abs().amax((1, 2))
+    torch.testing.assert_close(peaks, torch.ones_like(peaks))
+
+
+# layers that come after a ReLU, where every method's map of a score or of its negation shows
+NON_NEGATIVE = {"vgg": ["features.1", "features.4"], "resnet": ["layer2", "layer3", "layer4"]}
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    model_name=st.sampled_from(sorted(MODELS)),
+    method=st.sampled_from(["gradcam", "hirescam", "xgradcam", "gradcam++", "layercam"]),
+    n=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_a_score_or_its_negation_has_a_map(model_name, method, n, seed, data):
+    """Where the target moves with the layer, its map or its negation's map is not all zero.
+
+    Linear methods: the raw map of -s is minus that of s, so one of the two ReLU'd maps keeps
+    what the other drops (on any layer). Grad-CAM++ and LayerCAM weigh positive gradients only:
+    after a ReLU (A >= 0) s or -s has some, so one of the two maps is positive somewhere.
+    """
+    model, names = MODELS[model_name]
+    model.eval()
+    linear = method in ("gradcam", "hirescam", "xgradcam")
+    layer = data.draw(st.sampled_from(names if linear else NON_NEGATIVE[model_name]))
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, 32, 32, generator=gen)
+    c = seed % 4
+    with create(method, model, layer, normalize="none") as cam:
+        plus, minus = cam.explain_many(
+            images, [lambda logits: logits[:, c], lambda logits: -logits[:, c]]
+        )
+    plus, minus = plus.low_res[0], minus.low_res[0]
+    assert (torch.maximum(plus.amax((1, 2)), minus.amax((1, 2))) > 0).all()
+    if linear:  # ReLU(r) and ReLU(-r): never both positive at one place
+        assert torch.equal(plus * minus, torch.zeros_like(plus))

@@ -15,7 +15,8 @@ __all__ = ["CamConfig"]
 class CamConfig:
     """Knobs shared by every method; each method reads the ones it needs."""
 
-    # "minmax" per map, "none" raw, "batch" one scale per call, "pair" one per image across sets
+    # "minmax" per map, "none" raw; "batch" one scale per call, "pair" one per image across sets,
+    # both raw / shared max so that a weak map looks weak (see normalize.py)
     normalize: str = "minmax"
     # autocast dtype for the forward pass (torch.bfloat16 / torch.float16); None: as called.
     # Maps are combined in float32 either way.

@@ -6,6 +6,14 @@
 
 Every `_map` takes float32 `acts`, `grads` (N, C, h, w) and returns the (N, h, w) map before the
 ReLU, which the base applies (except to signed Contrast maps and to Eigen-CAM).
+
+Negative activations. The papers assume a layer after a ReLU (A >= 0); a conv or BatchNorm output
+is signed. camlens keeps each formula's map, sum_k w_k A_k, with A signed: a negative activation
+where the gradient is positive counts against its place, as its first-order share g * A < 0
+says. Where a formula uses a channel's activations as an amount (Grad-CAM++'s sum_ab A_kab in
+alpha, XGrad-CAM's share A_kij / sum_ab A_kab), it uses |A|: the paper's formula when A >= 0,
+and bounded when A is signed, where A's sum can be zero or negative and the paper's ratio would
+blow up or flip sign.
 """
 
 from __future__ import annotations
@@ -39,7 +47,11 @@ class GradCAMPlusPlus(BaseCAM):
     """Grad-CAM++, Chattopadhay et al. 2018 (arXiv:1710.11063).
 
     L = ReLU(sum_k w_k A_k), w_k = sum_ij a_kij ReLU(g_kij),
-    a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3) with g = dS/dA for the score Y = exp(S).
+    a_kij = g^2 / (2 g^2 + sum_ab |A_kab| g^3) with g = dS/dA for the score Y = exp(S).
+
+    The paper's sum_ab A_kab assumes A >= 0; camlens takes |A| (the same there), which keeps
+    alpha in (0, 1/2] where g > 0 on a signed layer. With A's own sum, which can be zero or
+    negative there, the denominator can vanish or change sign and alpha blow up.
     """
 
     name = "gradcam++"
@@ -49,8 +61,8 @@ class GradCAMPlusPlus(BaseCAM):
         # are exp(S) g^2 and exp(S) g^3; exp(S) cancels in alpha and only scales the map.
         g2 = grads.pow(2)
         g3 = g2 * grads
-        sum_acts = acts.sum((2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1)
-        denom = 2 * g2 + sum_acts * g3
+        mass = acts.abs().sum((2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1)
+        denom = 2 * g2 + mass * g3
         # the paper sets alpha to 0 where the denominator vanishes (g = 0 there)
         alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
         weights = (alpha * grads.clamp_min(0)).sum((2, 3))  # (N, C, h, w) -> (N, C)
@@ -60,16 +72,21 @@ class GradCAMPlusPlus(BaseCAM):
 class XGradCAM(BaseCAM):
     """XGrad-CAM, Fu et al. 2020 (arXiv:2008.02312).
 
-    L = ReLU(sum_k w_k A_k), w_k = sum_ij (A_kij / sum_ab A_kab) dy/dA_kij.
+    L = ReLU(sum_k w_k A_k), w_k = sum_ij (|A_kij| / sum_ab |A_kab|) dy/dA_kij.
+
+    The paper's share A_kij / sum_ab A_kab assumes A >= 0; camlens takes |A|, which is the same
+    for every channel of one sign (after a ReLU, or all negative) and on a channel of both signs
+    still a share (>= 0, summing to 1) where A's own sum can be near zero and the weight explode.
     """
 
     name = "xgradcam"
     linear = True
 
     def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
-        sum_acts = acts.sum((2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1)
+        mass = acts.abs()
+        total = mass.sum((2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1)
         # a channel that is zero everywhere has no share to give; 0/0 would be NaN
-        share = torch.where(sum_acts != 0, acts / torch.where(sum_acts != 0, sum_acts, 1.0), 0.0)
+        share = torch.where(total != 0, mass / torch.where(total != 0, total, 1.0), 0.0)
         weights = (share * grads).sum((2, 3))  # (N, C, h, w) -> (N, C)
         return torch.einsum("nc,nchw->nhw", weights, acts)
 
@@ -91,6 +108,10 @@ class LayerCAM(BaseCAM):
     """LayerCAM, Jiang et al. 2021 (IEEE TIP 30, doi:10.1109/TIP.2021.3089943).
 
     L = ReLU(sum_k ReLU(dy/dA_k) * A_k), elementwise.
+
+    On a signed layer A keeps its sign: where the gradient is positive and the activation
+    negative, the place counts against the class (g * A < 0), as in HiResCAM; rectifying A
+    instead would hide what negative activations do to the score.
     """
 
     name = "layercam"
