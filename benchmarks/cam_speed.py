@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<30} {t:8.2f} s   camlens is {ratio:.2f}x faster")
 
     print("\n(c) bf16 autocast (opt-in), maps in fp32: GradCAM at layer3 + layer4, pred class")
-    amp = GradCAM(model, ["layer3", "layer4"], amp=torch.bfloat16)
+    amp = GradCAM(model, ["layer3", "layer4"], precision="bf16")
     fp32_time = timed(lambda: both(x), device, repeats)
     bf16_time = timed(lambda: amp(x), device, repeats)
     corr, changed = [], 0

@@ -18,13 +18,13 @@ from camlens.cam import (
     CAM,
     METHODS,
     CamConfig,
-    Contrast,
     EigenCAM,
     GradCAM,
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
     ScoreCAM,
+    Target,
     XGradCAM,
     create,
     explain_pair,
@@ -324,7 +324,7 @@ def xgradcam_reference(acts, grads):
 def test_xgradcam_and_its_contrast_equal_the_formula(layer):
     model, images, targets = exp_head_case()
     versus = (targets + 1) % 3
-    sets = [targets, versus, Contrast(targets, versus)]
+    sets = [targets, versus, Target(targets, versus=versus)]
     results = XGradCAM(model, layer).explain_many(images, sets, "none")
     ours, contrast = results[0].low_res[0], results[2].low_res[0]
     for i in range(images.shape[0]):
@@ -334,7 +334,7 @@ def test_xgradcam_and_its_contrast_equal_the_formula(layer):
         ref = xgradcam_reference(acts, grads_of(model, acts, layer, a)).clamp_min(0)
         assert ref.amax() > 0
         torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
-        # a Contrast is the signed map of logit[a] - logit[b], never rectified
+        # a contrast target is the signed map of logit[a] - logit[b], never rectified
         ref = xgradcam_reference(acts, grads_of(model, acts, layer, a, b))
         assert ref.abs().amax() > 0
         torch.testing.assert_close(contrast[i], ref, atol=ATOL, rtol=1e-4)
@@ -436,8 +436,14 @@ def test_contrast_is_signed_difference_of_unrectified_maps():
     scale = up(ref).abs().amax((1, 2), keepdim=True)
     torch.testing.assert_close(contrast, up(ref) / scale, atol=ATOL, rtol=0)
     # the same map from one backward of logit[pred] - logit[label]
-    alone = GradCAM(model, "layer4").explain(images, Contrast(preds, labels))
+    alone = GradCAM(model, "layer4").explain(images, Target(preds, versus=labels))
     torch.testing.assert_close(alone.cams, contrast, atol=ATOL, rtol=0)
+    # indices None is the prediction; a Target without versus is a plain target set
+    argmax = GradCAM(model, "layer4").explain(images, Target(versus=labels))
+    torch.testing.assert_close(argmax.cams, contrast, atol=ATOL, rtol=0)
+    plain = GradCAM(model, "layer4").explain(images, Target(labels))
+    assert not plain.signed
+    torch.testing.assert_close(plain.cams, GradCAM(model, "layer4")(images, labels), atol=0, rtol=0)
 
 
 # -- contracts over every method ----------------------------------------------------------------
@@ -551,10 +557,10 @@ def test_target_forms_agree():
         cam(images, torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match=r"return shape \(3,\)"):
         cam(images, lambda logits: logits)
-    with pytest.raises(ValueError, match="Contrast targets need a method linear"):
-        GradCAMPlusPlus(model, "features.5")(images, Contrast(preds, preds))
-    with pytest.raises(ValueError, match="Contrast targets need a method linear"):
-        ScoreCAM(model, "features.5")(images, Contrast(preds, preds))
+    with pytest.raises(ValueError, match="contrast targets .* need a method linear"):
+        GradCAMPlusPlus(model, "features.5")(images, Target(preds, versus=preds))
+    with pytest.raises(ValueError, match="contrast targets .* need a method linear"):
+        ScoreCAM(model, "features.5")(images, Target(preds, versus=preds))
 
 
 def count_forwards(model):
@@ -713,7 +719,7 @@ def test_bf16_autocast_gives_float32_maps_close_to_fp32():
     model = resnet(width=8)
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(15))
     fp32 = GradCAM(model, "layer4")(images)
-    bf16 = GradCAM(model, "layer4", amp=torch.bfloat16)(images)
+    bf16 = GradCAM(model, "layer4", precision="bf16")(images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outer = GradCAM(model, "layer4")(images)
     for maps in (bf16, outer):
@@ -774,6 +780,6 @@ def test_cuda_matches_cpu_and_fp16_autocast(method):
     assert gpu.device.type == "cuda"
     # cuDNN convolutions run in TF32 by default: agreement to about 1e-3, not 1e-6
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-2, rtol=0)
-    half = create(method, model, layer, amp=torch.float16)(images.cuda())
+    half = create(method, model, layer, precision="fp16")(images.cuda())
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
     assert (pearson(half.cpu(), cpu) > 0.95).all()

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from camlens.cam import METHODS, Contrast, create
+from camlens.cam import METHODS, Target, create
 from camlens.model import ResNet18
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,7 +125,7 @@ def test_contrast_maps_are_signed_in_unit_range_and_antisymmetric(method, n, see
     images = torch.rand(n, 3, 32, 32, generator=gen)
     a, b = torch.randint(0, 4, (n,), generator=gen), torch.randint(0, 4, (n,), generator=gen)
     with create(method, model, "layer4") as cam:
-        ab, ba = cam.explain_many(images, [Contrast(a, b), Contrast(b, a)])
+        ab, ba = cam.explain_many(images, [Target(a, versus=b), Target(b, versus=a)])
     assert ab.signed and torch.isfinite(ab.cams).all()
     assert ab.cams.abs().max() <= 1 + 1e-6
     torch.testing.assert_close(ab.cams, -ba.cams, atol=1e-5, rtol=0)

@@ -17,9 +17,9 @@ Public API:
         .explain_many(images, target_sets, normalize=None) -> list[CamResult]
         .explain_pair(images, labels, normalize=None) -> PairResult
         .close(); usable as a context manager
-    CamConfig               frozen knobs: normalize, amp, batch_size, score_batch, top_k
+    CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k
     CamResult, PairResult   results (see base.py for fields)
-    Contrast(first, second) target: signed map of logit[first] - logit[second]
+    Target(indices, versus) target: logit[indices] (None: predicted), minus logit[versus]
     create(method, model, layer, config=None, **overrides) -> an engine by METHODS name
     explain_pair(model, images, labels, method="gradcam", layer="layer4", ...) -> PairResult
     find_layer(model, name) -> nn.Module (unknown names list the valid ones)
@@ -38,9 +38,9 @@ from camlens.cam.base import (
     BaseCAM,
     CamConfig,
     CamResult,
-    Contrast,
     Engine,
     PairResult,
+    Target,
     TargetSpec,
     capture,
     eval_mode,
@@ -65,7 +65,7 @@ __all__ = [
     "BaseCAM",
     "CamConfig",
     "CamResult",
-    "Contrast",
+    "Target",
     "EigenCAM",
     "Engine",
     "GradCAM",

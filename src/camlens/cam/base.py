@@ -16,7 +16,7 @@ The steps they share, in the order a call uses them:
     layers.py     find_layer, resolve_layers, eval_mode, capture (hooks), upsample
     normalize.py  NORMALIZE, normalize_cams ("minmax", "none", "batch", "pair"; signed maps)
     config.py     CamConfig
-    targets.py    Contrast, Target, TargetSpec: what a map explains, checked and resolved
+    targets.py    Target, TargetSpec, Resolved: what a map explains, checked and resolved
     results.py    RawMaps (per chunk), CamResult, PairResult, assemble_results
 The names of those modules listed in `__all__` are re-exported here, where they used to live.
 """
@@ -31,12 +31,12 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from camlens.cam.config import CamConfig
+from camlens.cam.config import PRECISIONS, CamConfig
 from camlens.cam.layers import capture, eval_mode, find_layer, resolve_layers, upsample
 from camlens.cam.normalize import NORMALIZE, normalize_cams
 from camlens.cam.results import CamResult, PairResult, RawMaps, assemble_results
 from camlens.cam.targets import (
-    Contrast,
+    Resolved,
     Target,
     TargetSpec,
     prepare_target,
@@ -49,11 +49,11 @@ __all__ = [
     "BaseCAM",
     "CamConfig",
     "CamResult",
-    "Contrast",
+    "Target",
     "Engine",
     "PairResult",
     "RawMaps",
-    "Target",
+    "Resolved",
     "capture",
     "eval_mode",
     "find_layer",
@@ -70,11 +70,11 @@ class Engine:
     """Everything but how maps are made: layers, config, chunks, eval mode, normalisation.
 
     Subclasses implement `_raw_chunk(images, specs) -> RawMaps` and set `name`, `linear`
-    (whether the map is linear in the target score, which Contrast needs) and `rectify`.
+    (whether the map is linear in the target score, which contrast targets need) and `rectify`.
     """
 
     name = "engine"
-    linear = False  # map linear in the target score: Contrast targets allowed
+    linear = False  # map linear in the target score: contrast targets allowed
     rectify = True  # ReLU the raw map (unsigned targets only)
     needs_indices = False  # a method without gradients that reads the class (CAM, Score-CAM)
 
@@ -104,7 +104,7 @@ class Engine:
         return f"{type(self).__name__}(layers={list(self.layers)}, config={self.config})"
 
     def __call__(self, images: Tensor, targets: TargetSpec = None) -> Tensor:
-        """(N, 3, H, W) images -> (N, H, W) maps in [0, 1] ([-1, 1] for a Contrast)."""
+        """(N, 3, H, W) images -> (N, H, W) maps in [0, 1] ([-1, 1] for a contrast target)."""
         return self.explain(images, targets).cams
 
     def explain(
@@ -143,13 +143,13 @@ class Engine:
         normalize: str | None = None,
         preds: TargetSpec = None,
     ) -> PairResult:
-        """Predicted-class, true-class and (linear methods) contrast maps in one forward pass.
+        """Predicted-class, label-class and (linear methods) contrast maps in one forward pass.
 
         `preds` None explains the arg-max; pass the predictions a report states (e.g. from
         flip TTA) so that the maps explain those classes.
         """
         if self.linear:
-            sets: list[TargetSpec] = [preds, labels, Contrast(preds, labels)]
+            sets: list[TargetSpec] = [preds, labels, Target(preds, versus=labels)]
         else:
             sets = [preds, labels]
         results = self.explain_many(images, sets, normalize)
@@ -175,7 +175,7 @@ class Engine:
         """Check counts before any forward pass; indices become (n,) long tensors on `device`."""
         return prepare_target(spec, n, device, linear=self.linear, method=self.name)
 
-    def _resolve(self, spec: Any, logits: Tensor, want_scores: bool) -> Target:
+    def _resolve(self, spec: Any, logits: Tensor, want_scores: bool) -> Resolved:
         """Turn a prepared spec into class indices (and scores) given this chunk's logits."""
         return resolve_target(
             spec, logits, want_scores, needs_indices=self.needs_indices, method=self.name
@@ -187,9 +187,10 @@ class Engine:
         )
 
     def _forward_context(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.config.amp is None:
+        dtype = PRECISIONS[self.config.precision]
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.config.amp)
+        return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -206,7 +207,7 @@ class BaseCAM(Engine):
 
     needs_grads = True
 
-    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
         """(N, C, h, w) float32 acts and grads -> (N, h, w) raw map, before any ReLU."""
         raise NotImplementedError
 
@@ -280,11 +281,11 @@ class BaseCAM(Engine):
                 grads_of[i] = [g.detach().float() for g in grads]
             maps.append([self._map(a, g, target) for a, g in zip(acts32, grads_of[i], strict=True)])
         # drop the scores so that nothing kept refers to this chunk's graph
-        kept = [Target(t.indices, t.versus, None) for t in targets]
+        kept = [Resolved(t.indices, t.versus, None) for t in targets]
         return RawMaps(logits.detach().float(), kept, maps)
 
-    def _reuse(self, targets: list[Target], i: int) -> tuple[int, int] | None:
-        """For a Contrast, earlier plain sets (a, b) holding its two classes, if any."""
+    def _reuse(self, targets: list[Resolved], i: int) -> tuple[int, int] | None:
+        """For a contrast, earlier plain sets (a, b) holding its two classes, if any."""
         t = targets[i]
         if t.versus is None or not self.linear:
             return None

@@ -8,7 +8,14 @@ import torch
 
 from camlens.cam.normalize import NORMALIZE
 
-__all__ = ["CamConfig"]
+__all__ = ["PRECISIONS", "CamConfig"]
+
+# autocast dtype of each precision; fp32 runs as called
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -18,9 +25,9 @@ class CamConfig:
     # "minmax" per map, "none" raw; "batch" one scale per call, "pair" one per image across sets,
     # both raw / shared max so that a weak map looks weak (see normalize.py)
     normalize: str = "minmax"
-    # autocast dtype for the forward pass (torch.bfloat16 / torch.float16); None: as called.
-    # Maps are combined in float32 either way.
-    amp: torch.dtype | None = None
+    # the forward pass's precision: "fp32" (as called), or "bf16" / "fp16" autocast; maps are
+    # combined in float32 either way
+    precision: str = "fp32"
     # images per forward pass; None: the whole input at once (eval mode makes chunking exact)
     batch_size: int | None = None
     # Score-CAM: masked images per forward pass
@@ -32,6 +39,10 @@ class CamConfig:
         if self.normalize not in NORMALIZE:
             raise ValueError(
                 f"unknown normalize {self.normalize!r}: choose one of {', '.join(NORMALIZE)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")

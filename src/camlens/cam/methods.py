@@ -5,7 +5,7 @@
     CAM                                                      acts, final linear weights -> map
 
 Every `_map` takes float32 `acts`, `grads` (N, C, h, w) and returns the (N, h, w) map before the
-ReLU, which the base applies (except to signed Contrast maps and to Eigen-CAM).
+ReLU, which the base applies (except to signed contrast maps and to Eigen-CAM).
 
 Negative activations. The papers assume a layer after a ReLU (A >= 0); a conv or BatchNorm output
 is signed. camlens keeps each formula's map, sum_k w_k A_k, with A signed: a negative activation
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camlens.cam.base import BaseCAM, CamConfig, Target, find_layer
+from camlens.cam.base import BaseCAM, CamConfig, Resolved, find_layer
 
 __all__ = ["CAM", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM"]
 
@@ -38,7 +38,7 @@ class GradCAM(BaseCAM):
     name = "gradcam"
     linear = True
 
-    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
         weights = grads.mean((2, 3))  # eq. 1: (N, C, h, w) -> (N, C)
         return torch.einsum("nc,nchw->nhw", weights, acts)  # eq. 2 before the ReLU
 
@@ -56,7 +56,7 @@ class GradCAMPlusPlus(BaseCAM):
 
     name = "gradcam++"
 
-    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
         # eq. 19: with Y = exp(S) and S piecewise linear in A, the 2nd and 3rd derivatives of Y
         # are exp(S) g^2 and exp(S) g^3; exp(S) cancels in alpha and only scales the map.
         g2 = grads.pow(2)
@@ -82,7 +82,7 @@ class XGradCAM(BaseCAM):
     name = "xgradcam"
     linear = True
 
-    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
         mass = acts.abs()
         total = mass.sum((2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1)
         # a channel that is zero everywhere has no share to give; 0/0 would be NaN
@@ -100,7 +100,7 @@ class HiResCAM(BaseCAM):
     name = "hirescam"
     linear = True
 
-    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
         return (grads * acts).sum(1)  # (N, C, h, w) -> (N, h, w)
 
 
@@ -116,7 +116,7 @@ class LayerCAM(BaseCAM):
 
     name = "layercam"
 
-    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
         return (grads.clamp_min(0) * acts).sum(1)  # (N, C, h, w) -> (N, h, w)
 
 
@@ -130,7 +130,7 @@ class EigenCAM(BaseCAM):
     needs_grads = False
     rectify = False  # the projection is the map; its sign is fixed below instead
 
-    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
         n, c, h, w = acts.shape
         flat = acts.flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, hw, C)
         _, _, vh = torch.linalg.svd(flat, full_matrices=False)  # vh: (N, min(hw, C), C)
@@ -170,7 +170,7 @@ class CAM(BaseCAM):
         if not isinstance(getattr(self.fc, "weight", None), Tensor) or self.fc.weight.ndim != 2:
             raise TypeError(f"fc must be a linear layer with a (K, C) weight, got {self.fc}")
 
-    def _map(self, acts: Tensor, grads: Tensor | None, target: Target) -> Tensor:
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
         if target.indices is None:
             raise ValueError("CAM needs class indices as targets, not scores")
         weight = self.fc.weight.detach().float()  # (K, C)

@@ -2,7 +2,7 @@
 
 `RawMaps` is what a method hands back per chunk; `assemble_results` concatenates the chunks,
 rectifies, upsamples to the input size (bilinear), normalises and builds one `CamResult` per
-target set. `PairResult` groups the predicted-class, true-class and contrast results.
+target set. `PairResult` groups the predicted-class, label-class and contrast results.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from camlens.cam.layers import upsample
 from camlens.cam.normalize import normalize_cams
-from camlens.cam.targets import Target
+from camlens.cam.targets import Resolved
 
 __all__ = ["CamResult", "PairResult", "RawMaps", "assemble_results"]
 
@@ -29,12 +29,12 @@ class CamResult:
     raw_max: Tensor  # (L, N) each raw map's maximum (max |value| if signed) before normalising
     logits: Tensor  # (N, K) the model's output on the images
     targets: Tensor | None  # (N,) classes explained; None when a callable gave scores
-    versus: Tensor | None  # (N,) the subtracted class of a Contrast target, else None
+    versus: Tensor | None  # (N,) the subtracted class of a contrast target, else None
     layers: tuple[str, ...]  # dotted names of the hooked layers
     resolutions: tuple[tuple[int, int], ...]  # each layer's native (h, w)
     method: str  # METHODS key of the engine that made it
     normalize: str  # the normalisation applied to `cams` and `layer_cams`
-    signed: bool = field(default=False)  # True for Contrast maps: show with a diverging colormap
+    signed: bool = field(default=False)  # True for contrast maps: show with a diverging colormap
 
     @property
     def preds(self) -> Tensor:
@@ -50,19 +50,19 @@ class CamResult:
 
 @dataclass(frozen=True)
 class PairResult:
-    """Predicted-class, true-class and contrast maps of the same images from one forward pass."""
+    """Predicted-class, label-class and contrast maps of the same images from one forward pass."""
 
-    pred: CamResult  # maps of the predicted class
-    true: CamResult  # maps of the true class (labels)
-    contrast: CamResult | None  # signed map of logit[pred] - logit[true]; None if not linear
+    pred: CamResult  # maps of the predicted class (preds)
+    label: CamResult  # maps of the true class (labels)
+    contrast: CamResult | None  # signed map of logit[pred] - logit[label]; None if not linear
 
 
 @dataclass
 class RawMaps:
-    """What `_raw_chunk` returns: logits, and per target set its Target and per-layer maps."""
+    """What `_raw_chunk` returns: logits, and per target set its Resolved and per-layer maps."""
 
     logits: Tensor
-    targets: list[Target]
+    targets: list[Resolved]
     maps: list[list[Tensor]]  # [set][layer] (N, h, w) float32, before rectification
 
 

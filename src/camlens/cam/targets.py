@@ -3,12 +3,13 @@
 Targets (`targets=` of every call; one "target set" gives one map per image):
     None                 the predicted class
     tensor / list / int  a class index per image (an int means the same class for all)
-    Contrast(a, b)       the signed map of logit[a] - logit[b] ("why a rather than b"); methods
-                         linear in the gradients only (gradcam, hirescam, xgradcam, cam)
+    Target(a, versus=b) the signed map of logit[a] - logit[b] ("why a rather than b"; a None:
+                         the prediction); methods linear in the gradients only (gradcam,
+                         hirescam, xgradcam, cam). Target(a) alone is the same as a.
     callable(logits)     returns class indices (integer tensor (N,)) or scores (float (N,))
 
 A spec is checked twice: `prepare_target` before any forward pass (counts, dtypes, whether the
-method allows a Contrast), `resolve_target` per chunk once its logits are known.
+method allows a contrast), `resolve_target` per chunk once its logits are known.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Contrast",
+    "Resolved",
     "Target",
     "TargetSpec",
     "prepare_target",
@@ -31,22 +32,26 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Contrast:
-    """Target: the signed map of `logit[first] - logit[second]`, e.g. Contrast(preds, labels)."""
+class Target:
+    """What a map explains: `logit[indices]`, minus `logit[versus]` when given (a signed map).
 
-    first: Any
-    second: Any
+    `indices` None is the predicted class; e.g. Target(preds, versus=labels) shows "why the
+    prediction rather than the label".
+    """
+
+    indices: Any = None
+    versus: Any = None
 
 
-TargetSpec = None | int | Sequence[int] | Tensor | Contrast | Callable[[Tensor], Tensor]
+TargetSpec = None | int | Sequence[int] | Tensor | Target | Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
-class Target:
+class Resolved:
     """One resolved target set for one chunk, as `_map` sees it."""
 
     indices: Tensor | None  # (N,) classes explained; None for a score callable
-    versus: Tensor | None  # (N,) the subtracted class of a Contrast, else None
+    versus: Tensor | None  # (N,) the subtracted class of a contrast, else None
     scores: Tensor | None  # (N,) the differentiated scores (in the graph); None without grads
 
     @property
@@ -81,30 +86,31 @@ def prepare_target(
     """Check counts before any forward pass; indices become (n,) long tensors on `device`."""
     if spec is None or callable(spec):
         return spec
-    if isinstance(spec, Contrast):
+    if isinstance(spec, Target):
+        if spec.versus is None:  # a plain target set
+            return prepare_target(spec.indices, n, device, linear=linear, method=method)
         if not linear:
             raise ValueError(
-                f"Contrast targets need a method linear in the target score "
-                f"(gradcam, hirescam, xgradcam, cam), not {method}"
+                f"contrast targets (Target(..., versus=...)) need a method linear in the target "
+                f"score (gradcam, hirescam, xgradcam, cam), not {method}"
             )
-        first = None if spec.first is None else _as_indices(spec.first, n, device, "targets")
-        second = _as_indices(spec.second, n, device, "Contrast.second")
-        return Contrast(first, second)
+        indices = None if spec.indices is None else _as_indices(spec.indices, n, device, "targets")
+        return Target(indices, _as_indices(spec.versus, n, device, "Target.versus"))
     return _as_indices(spec, n, device, "targets")
 
 
 def resolve_target(
     spec: Any, logits: Tensor, want_scores: bool, *, needs_indices: bool, method: str
-) -> Target:
+) -> Resolved:
     """Turn a prepared spec into class indices (and scores) given this chunk's logits."""
     n, k = logits.shape
     versus = None
     if spec is None:
         indices = logits.argmax(1)
-    elif isinstance(spec, Contrast):
-        indices = logits.argmax(1) if spec.first is None else spec.first
-        versus = spec.second
-        _check_range(versus, k, "Contrast.second")
+    elif isinstance(spec, Target):
+        indices = logits.argmax(1) if spec.indices is None else spec.indices
+        versus = spec.versus
+        _check_range(versus, k, "Target.versus")
     elif isinstance(spec, Tensor):
         indices = spec
     else:
@@ -115,7 +121,7 @@ def resolve_target(
         if out.is_floating_point():
             if not want_scores and needs_indices:
                 raise ValueError(f"{method} needs class indices, not scores, as targets")
-            return Target(None, None, out.float() if want_scores else None)
+            return Resolved(None, None, out.float() if want_scores else None)
         indices = out.long()
     _check_range(indices, k, "targets")
     scores = None
@@ -124,14 +130,14 @@ def resolve_target(
         scores = logits.gather(1, indices[:, None])[:, 0].float()
         if versus is not None:
             scores = scores - logits.gather(1, versus[:, None])[:, 0].float()
-    return Target(indices, versus, scores)
+    return Resolved(indices, versus, scores)
 
 
 def slice_spec(spec: Any, start: int, stop: int) -> Any:
     """The part of a prepared spec that belongs to images[start:stop]."""
     if isinstance(spec, Tensor):
         return spec[start:stop]
-    if isinstance(spec, Contrast):
-        first = None if spec.first is None else spec.first[start:stop]
-        return Contrast(first, spec.second[start:stop])
+    if isinstance(spec, Target):
+        indices = None if spec.indices is None else spec.indices[start:stop]
+        return Target(indices, spec.versus[start:stop])
     return spec
