@@ -53,7 +53,7 @@ class Page(HTMLParser):
         a = dict(attrs)
         self.tags.append((tag, a))
         if tag == "td" and "cell" in a.get("class", "").split():
-            self._cell = {"t": int(a["data-true"]), "p": int(a["data-pred"]), "text": ""}
+            self._cell = {"t": int(a["data-label"]), "p": int(a["data-pred"]), "text": ""}
         self._in_json = tag == "script" and a.get("id") == "report-data"
 
     def handle_data(self, data):
@@ -114,7 +114,7 @@ def test_gallery_has_every_mistake_with_its_maps(case):
     _, split, ev, _, _, page = case
     items = page.with_class("article", "item")
     assert len(items) == len(ev.mistakes) > 0
-    got = Counter((int(a["data-true"]), int(a["data-pred"])) for a in items)
+    got = Counter((int(a["data-label"]), int(a["data-pred"])) for a in items)
     want = Counter(zip(ev.mistakes.labels.tolist(), ev.mistakes.preds.tolist(), strict=True))
     assert got == want
     assert sorted(int(a["data-index"]) for a in items) == sorted(ev.mistakes.indices.tolist())
@@ -145,7 +145,7 @@ def test_confusion_cells_and_counts(case):
     for t, p, text in page.cells:
         assert int(text) == int(ev.confusion[t, p])
     clickable = page.with_class("td", "clickable")
-    assert {(int(a["data-true"]), int(a["data-pred"])) for a in clickable} == {
+    assert {(int(a["data-label"]), int(a["data-pred"])) for a in clickable} == {
         (t, p) for t in range(k) for p in range(k) if t != p and ev.confusion[t, p] > 0
     }
 
@@ -156,7 +156,7 @@ def test_pair_sections_for_frequent_pairs(case):
     frequent = {pair for pair, n in counts.items() if n >= ReportConfig().min_pair}
     assert frequent, "the fixture should produce pairs with enough images"
     blocks = page.with_class("div", "pair")
-    assert {(int(a["data-true"]), int(a["data-pred"])) for a in blocks} == frequent
+    assert {(int(a["data-label"]), int(a["data-pred"])) for a in blocks} == frequent
     # one block of mean maps per (method, layer) in each pair; the definition is on the page
     assert len(page.with_class("div", "pv")) == 2 * len(frequent)
     assert "outside the centre box" in path.read_text()
