@@ -99,6 +99,8 @@ def test_one_self_contained_file(case):
     ]
     assert "url(" not in text and "@import" not in text
     assert "https://example.org/camlens" in text  # run_info shown as text
+    # no test scaffolding in the product: the browser test drives a copy from outside
+    assert "dataset.test" not in text and "self-test" not in text.lower()
 
 
 def test_summary_and_curves(case):
@@ -160,6 +162,24 @@ def test_pair_sections_for_frequent_pairs(case):
     # one block of mean maps per (method, layer) in each pair; the definition is on the page
     assert len(page.with_class("div", "pv")) == 2 * len(frequent)
     assert "outside the centre box" in path.read_text()
+    assert "16×16 of 32×32); a uniform map gives 75%" in path.read_text()
+
+
+def test_the_centre_box_sentence_follows_the_sizes(case, tmp_path):
+    model, split, ev, _, _, _ = case
+    data = compute_report(
+        model,
+        split,
+        CLASSES,
+        run_info={},
+        evaluation=ev,
+        layers=("layer4",),
+        limit=0,
+        config=ReportConfig(centre=0.25, max_pairs=1),
+    )
+    text = render_report(data, tmp_path).read_text()
+    # the middle quarter of each side: 8x8 of 32x32, so 1 - 64/1024 of a uniform map is outside
+    assert "8×8 of 32×32); a uniform map gives 94%" in text
 
 
 def test_pair_statistics_follow_the_definition(case):

@@ -277,6 +277,8 @@ def _pairs(data: ReportData) -> str:
             f'</h3>{"".join(variants)}<div class="thumbs">{thumbs}</div></div>'
         )
     side = f"{cfg.centre:.0%}"
+    box_h, box_w = rows.stop - rows.start, cols.stop - cols.start
+    uniform = 1 - box_h * box_w / (h * w)  # a uniform map's mass lies outside as its area does
     return (
         '<section id="pairs"><h2>Confusion pairs: where the model looks</h2>'
         f'<p class="note">Pairs with {cfg.min_pair} or more mistakes (at most {cfg.max_pairs}). '
@@ -286,7 +288,8 @@ def _pairs(data: ReportData) -> str:
         "maps (each map's non-negative part divided by its total, so every image weighs the "
         "same), at image resolution; the three of a row share one colour scale. "
         f"<b>Outside</b> is the share of map mass outside the centre box (dashed, the middle "
-        f"{side} of each side: 16×16 of 32×32); a uniform map gives 75%. A pair far above its "
+        f"{side} of each side: {box_h}×{box_w} of {h}×{w}); a uniform map gives {uniform:.0%}. "
+        "A pair far above its "
         "class's correct images hints at a background shortcut.</p>"
         f'{_legend(data)}<div class="pairs">{"".join(blocks)}</div></section>'
     )
