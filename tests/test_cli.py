@@ -184,6 +184,8 @@ def test_every_command_shows_an_example_in_its_help():
     for name, sub in _commands().items():
         text = sub.format_help()
         assert "example:" in text and f"camlens {name}" in text, name
+        # what a user has: cifar10, sample, a folder; not this repository's development data
+        assert "shared/data" not in text and "cifar10-jpeg" not in text, name
 
 
 def test_a_flag_means_the_same_in_every_command():

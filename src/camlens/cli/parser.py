@@ -44,20 +44,22 @@ DEMO_EXAMPLE = """example:
   camlens demo                          # offline: shipped model, bundled sample -> report.html
   camlens demo --out /tmp/demo --method gradcam,gradcam++"""
 RUN_EXAMPLE = """example:
-  camlens run --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick --epochs 1 --subset 2000
-  camlens run --data cifar10 --out runs/r18 --epochs 30 --layer layer3,layer4
+  camlens run --data cifar10 --out runs/quick --epochs 1 --subset 2000   # CIFAR-10, downloaded
+  camlens run --data my-images --out runs/mine --epochs 30   # my-images/{train,test}/<class>/
   (run it again after a kill: it resumes training, then redoes the later steps)"""
 TRAIN_EXAMPLE = """example:
-  camlens train --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick --epochs 1 --subset 2000
+  camlens train --data cifar10 --out runs/quick --epochs 1 --subset 2000
   camlens train --data cifar10 --out runs/r18 --epochs 30           # official batches, downloaded
   camlens train --data cifar10 --out runs/r18 --epochs 30 --resume  # continue a killed run"""
 EVALUATE_EXAMPLE = """example:
-  camlens evaluate --checkpoint runs/quick/checkpoint.safetensors \\
-      --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick/eval"""
+  camlens evaluate --checkpoint shipped --data sample --out eval     # offline, bundled
+  camlens evaluate --checkpoint runs/quick/checkpoint.safetensors --data cifar10 \\
+      --out runs/quick/eval --tta"""
 EXPLAIN_EXAMPLE = """example:
-  camlens explain --checkpoint runs/quick/checkpoint.safetensors \\
-      --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick/explain --layer layer3,layer4
-  camlens explain ... --method gradcam,gradcam++ --label cat --pred dog --limit 50"""
+  camlens explain --checkpoint shipped --data sample --out explain --layer layer3,layer4
+  camlens explain --checkpoint runs/quick/checkpoint.safetensors --data cifar10 \\
+      --out runs/quick/explain --method gradcam,gradcam++ --label cat --pred dog --limit 50
+  (several methods: one gallery per method, OUT/gallery/gradcam/, OUT/gallery/gradcam++/)"""
 EXPORT_EXAMPLE = """example:
   camlens export --checkpoint runs/r18/checkpoint.safetensors --out model-fp16.safetensors"""
 SUMMARY_EXAMPLE = """example:
