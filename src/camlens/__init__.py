@@ -48,14 +48,7 @@ from camlens.evaluate import (
     read_mistakes,
     write_evaluation,
 )
-from camlens.explain import (
-    SORTS,
-    ExplainError,
-    Explanations,
-    check_explainable,
-    explain_mistakes,
-    select_mistakes,
-)
+from camlens.explain import ExplainError, Explanations, explain_mistakes, select_mistakes
 from camlens.gallery import GalleryConfig, write_gallery
 from camlens.model import (
     CheckpointError,
@@ -67,15 +60,7 @@ from camlens.model import (
     summary,
 )
 from camlens.overlay import colorize, enlarge, heatmap_rgba, overlay
-from camlens.pipeline import (
-    Galleries,
-    Outcome,
-    demo,
-    explain_model,
-    load_matching_data,
-    run,
-    write_galleries,
-)
+from camlens.pipeline import demo, explain_model, load_matching_data, run, write_galleries
 from camlens.report import ReportConfig, build_report, compute_report, render_report
 from camlens.train import RunError, TrainConfig, train
 
@@ -126,10 +111,8 @@ __all__ = [
     "create",
     "explain_pair",
     # explaining the mistakes
-    "SORTS",
     "ExplainError",
     "Explanations",
-    "check_explainable",
     "explain_mistakes",
     "select_mistakes",
     # overlays, gallery, report
@@ -143,9 +126,7 @@ __all__ = [
     "build_report",
     "compute_report",
     "render_report",
-    # the whole job
-    "Galleries",
-    "Outcome",
+    # the whole job (camlens.pipeline: its Outcome and Galleries results)
     "demo",
     "explain_model",
     "load_matching_data",
