@@ -89,6 +89,7 @@ def test_bf16_precision_reaches_the_engine(case):
         ({"method": "gradcam+++"}, "gradcam++"),  # the message lists the valid methods
         ({"layers": ["layer9"]}, "layer3.1.conv2"),  # ... and the model's layers
         ({"layers": []}, "layer4"),
+        ({"layers": ["layer4", "layer4"]}, "twice"),
         ({"precision": "fp8"}, "fp32, bf16"),
     ],
 )

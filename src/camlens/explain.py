@@ -70,6 +70,8 @@ def check_explainable(
             raise ExplainError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
     if not layers:
         raise ExplainError("no layer to explain: name one, e.g. layer4")
+    if len(set(layers)) < len(layers):
+        raise ExplainError(f"a layer is named twice in {', '.join(layers)}: name each once")
     for layer in layers:
         try:
             find_layer(model, layer)
