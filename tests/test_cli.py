@@ -1,9 +1,14 @@
+import argparse
 import csv
 import json
+import re
+from dataclasses import dataclass
 
 import pytest
 
 from camlens.cli import build_parser, main
+from camlens.cli.commands import config_from_args
+from camlens.train import RunError
 
 TINY = ("--width", 8, "--batch-size", 8, "--no-progress")  # a fast ResNet18 for the tiny data
 
@@ -75,7 +80,11 @@ def test_summary_prints_the_parameter_count(capsys):
     "argv, needle",
     [
         (["train", "--data", "/no/such/place", "--out", "x", "--epochs", "1"], "/no/such/place"),
-        (["train", "--data", "DATA", "--out", "x", "--epochs", "0"], "epochs must be at least 1"),
+        (["train", "--data", "DATA", "--out", "x", "--epochs", "0"], "--epochs must be at least 1"),
+        (
+            ["train", "--data", "DATA", "--out", "x", "--eval-batch-size", "0"],
+            "--eval-batch-size must be at least 1, got 0",  # the flag, not the field
+        ),
         (
             ["evaluate", "--checkpoint", "/no/ck.safetensors", "--data", "DATA", "--out", "x"],
             "ck.safetensors",
@@ -98,6 +107,10 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_folder, capsys, argv
         (
             ["explain", "--checkpoint", "c", "--data", "d", "--out", "o", "--method", "x"],
             "--method",
+        ),
+        (
+            ["explain", "--checkpoint", "c", "--data", "d", "--out", "o", "--precision", "fp8"],
+            "--precision",
         ),
         (["train", "--out", "o"], "--data"),
         (
@@ -163,11 +176,44 @@ def test_checkpoint_for_other_classes_is_refused(tmp_path, trained, capsys):
     assert code == 2 and "apple" in err and err.count("\n") == 1
 
 
+def _commands() -> dict:
+    return build_parser()._subparsers._group_actions[0].choices
+
+
 def test_every_command_shows_an_example_in_its_help():
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
-    for name, sub in commands.items():
-        assert "example:" in sub.format_help() and f"camlens {name}" in sub.format_help(), name
+    for name, sub in _commands().items():
+        text = sub.format_help()
+        assert "example:" in text and f"camlens {name}" in text, name
+        # what a user has: cifar10, sample, a folder; not this repository's development data
+        assert "shared/data" not in text and "cifar10-jpeg" not in text, name
+
+
+def test_a_flag_means_the_same_in_every_command():
+    helps: dict[str, dict[str, str]] = {}
+    for name, sub in _commands().items():
+        for action in sub._actions:
+            for flag in action.option_strings:
+                meaning = re.sub(r"\(default: [^)]*\)", "", action.help or "").strip()
+                helps.setdefault(flag, {})[name] = meaning
+    for flag in ("--method", "--layer", "--cam-batch-size", "--eval-batch-size", "--limit"):
+        assert len(set(helps[flag].values())) == 1, (flag, helps[flag])
+    assert set(helps["--batch-size"]) == {"train", "run"}  # the training batch only
+    assert set(helps["--cam-batch-size"]) == {"demo", "run", "explain"}
+    assert set(helps["--eval-batch-size"]) == {"train", "run", "evaluate"}
+
+
+def test_config_errors_name_the_flag_and_keep_the_rest_intact():
+    @dataclass(frozen=True)
+    class Config:
+        cache_dir: str = "x"
+
+        def __post_init__(self):
+            raise ValueError(f"cache_dir must exist, not {self.cache_dir}")
+
+    args = argparse.Namespace(cache_dir="/tmp/my_runs/run_1")
+    with pytest.raises(RunError) as error:
+        config_from_args(args, Config)
+    assert str(error.value) == "--cache-dir must exist, not /tmp/my_runs/run_1"
 
 
 def test_train_flags_come_from_the_config_dataclass():
@@ -192,19 +238,51 @@ def test_explain_writes_the_gallery(tmp_path, tiny_folder, trained, capsys):
         tmp_path / "x",
         "--layer",
         "layer3,layer4",
+        "--method",
+        "gradcam,hirescam",
         "--limit",
         5,
         "--no-progress",
     )
     assert code == 0, err
-    rows = list(csv.DictReader((tmp_path / "x/gallery/index.csv").read_text().splitlines()))
-    assert 0 < len(rows) <= 5 and "layer3 8x8" in out and "layer4 4x4" in out
-    assert set(rows[0]) >= {"layer3_pred_max", "layer4_true_max"}
+    assert "layer3 8x8" in out and "layer4 4x4" in out
+    galleries = {}
+    for method in ("gradcam", "hirescam"):  # one gallery per method, side by side
+        index = tmp_path / "x" / "gallery" / method / "index.csv"
+        galleries[method] = list(csv.DictReader(index.read_text().splitlines()))
+        assert f"gallery: {index.parent}/pages" in out
+    rows = galleries["gradcam"]
+    assert 0 < len(rows) <= 5 and set(rows[0]) >= {"layer3_pred_max", "layer4_label_max"}
+    assert [r["index"] for r in rows] == [r["index"] for r in galleries["hirescam"]]
+    assert [r["layer3_pred_max"] for r in rows] != [
+        r["layer3_pred_max"] for r in galleries["hirescam"]
+    ]
+
+
+def test_explain_filters_by_label_and_pred(tmp_path, tiny_folder, trained, capsys):
+    def gallery_rows(*extra) -> list[dict]:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        argv = ["explain", "--checkpoint", trained, "--data", tiny_folder, "--out", out]
+        code, _, err = run(capsys, *argv, "--no-progress", *extra)
+        assert code == 0, err
+        index = out / "gallery" / "gradcam" / "index.csv"
+        rows = csv.DictReader(index.read_text().splitlines())
+        return [{k: v for k, v in r.items() if k not in ("card", "page")} for r in rows]
+
+    everything = gallery_rows()
+    label, pred = everything[0]["label"], everything[0]["pred"]
+    assert gallery_rows("--label", label) == [r for r in everything if r["label"] == label]
+    assert gallery_rows("--true", label) == gallery_rows("--label", label)  # old scripts run
+    assert gallery_rows("--pred", pred) == [r for r in everything if r["pred"] == pred]
 
 
 @pytest.mark.parametrize(
     "extra, needle",
-    [(["--layer", "layer9"], "layer3.1.conv2"), (["--true", "zebra"], "zebra")],
+    [
+        (["--layer", "layer9"], "layer3.1.conv2"),
+        (["--label", "zebra"], "zebra"),
+        (["--pred", "zebra"], "zebra"),
+    ],
 )
 def test_explain_bad_choices_are_one_line(tmp_path, tiny_folder, trained, capsys, extra, needle):
     code, _, err = run(
@@ -286,7 +364,7 @@ def test_run_produces_every_artefact_and_resumes(tmp_path, tiny_folder, capsys):
         "curves.png",
         "eval/misclassified.csv",
         "eval/confusion.png",
-        "gallery/index.csv",
+        "gallery/gradcam/index.csv",
         "report.html",
     ):
         assert (r / name).is_file(), name
@@ -303,7 +381,8 @@ def test_demo_reports_what_evaluate_says(tmp_path, capsys):
     assert code == 0, err
     assert f"report: {tmp_path / 'demo' / 'report.html'}" in out.splitlines()[-1]
     html = (tmp_path / "demo" / "report.html").read_text()
-    rows = list(csv.DictReader((tmp_path / "demo/gallery/index.csv").read_text().splitlines()))
+    index = tmp_path / "demo" / "gallery" / "gradcam" / "index.csv"
+    rows = list(csv.DictReader(index.read_text().splitlines()))
     assert len(rows) > 0 and html.count('class="item') >= len(rows)
     run(
         capsys,

@@ -71,7 +71,7 @@ def test_evaluate_and_the_written_files_agree(tmp_path):
         (preds != split.labels).nonzero().flatten().tolist()
     )
     for r in rows:
-        assert r["true"] != r["predicted"]
+        assert r["label"] != r["pred"]
         assert sum(float(r[f"p_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-4)
     assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

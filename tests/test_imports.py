@@ -15,9 +15,11 @@ ORDER = [
     "evaluate",
     "train",
     "cam",
+    "explain",
     "overlay",
     "gallery",
     "report",
+    "pipeline",
     "cli",
     "__main__",
 ]

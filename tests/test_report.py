@@ -53,7 +53,7 @@ class Page(HTMLParser):
         a = dict(attrs)
         self.tags.append((tag, a))
         if tag == "td" and "cell" in a.get("class", "").split():
-            self._cell = {"t": int(a["data-true"]), "p": int(a["data-pred"]), "text": ""}
+            self._cell = {"t": int(a["data-label"]), "p": int(a["data-pred"]), "text": ""}
         self._in_json = tag == "script" and a.get("id") == "report-data"
 
     def handle_data(self, data):
@@ -99,6 +99,8 @@ def test_one_self_contained_file(case):
     ]
     assert "url(" not in text and "@import" not in text
     assert "https://example.org/camlens" in text  # run_info shown as text
+    # no test scaffolding in the product: the browser test drives a copy from outside
+    assert "dataset.test" not in text and "self-test" not in text.lower()
 
 
 def test_summary_and_curves(case):
@@ -114,7 +116,7 @@ def test_gallery_has_every_mistake_with_its_maps(case):
     _, split, ev, _, _, page = case
     items = page.with_class("article", "item")
     assert len(items) == len(ev.mistakes) > 0
-    got = Counter((int(a["data-true"]), int(a["data-pred"])) for a in items)
+    got = Counter((int(a["data-label"]), int(a["data-pred"])) for a in items)
     want = Counter(zip(ev.mistakes.labels.tolist(), ev.mistakes.preds.tolist(), strict=True))
     assert got == want
     assert sorted(int(a["data-index"]) for a in items) == sorted(ev.mistakes.indices.tolist())
@@ -145,7 +147,7 @@ def test_confusion_cells_and_counts(case):
     for t, p, text in page.cells:
         assert int(text) == int(ev.confusion[t, p])
     clickable = page.with_class("td", "clickable")
-    assert {(int(a["data-true"]), int(a["data-pred"])) for a in clickable} == {
+    assert {(int(a["data-label"]), int(a["data-pred"])) for a in clickable} == {
         (t, p) for t in range(k) for p in range(k) if t != p and ev.confusion[t, p] > 0
     }
 
@@ -156,10 +158,28 @@ def test_pair_sections_for_frequent_pairs(case):
     frequent = {pair for pair, n in counts.items() if n >= ReportConfig().min_pair}
     assert frequent, "the fixture should produce pairs with enough images"
     blocks = page.with_class("div", "pair")
-    assert {(int(a["data-true"]), int(a["data-pred"])) for a in blocks} == frequent
+    assert {(int(a["data-label"]), int(a["data-pred"])) for a in blocks} == frequent
     # one block of mean maps per (method, layer) in each pair; the definition is on the page
     assert len(page.with_class("div", "pv")) == 2 * len(frequent)
     assert "outside the centre box" in path.read_text()
+    assert "16×16 of 32×32); a uniform map gives 75%" in path.read_text()
+
+
+def test_the_centre_box_sentence_follows_the_sizes(case, tmp_path):
+    model, split, ev, _, _, _ = case
+    data = compute_report(
+        model,
+        split,
+        CLASSES,
+        run_info={},
+        evaluation=ev,
+        layers=("layer4",),
+        limit=0,
+        config=ReportConfig(centre=0.25, max_pairs=1),
+    )
+    text = render_report(data, tmp_path).read_text()
+    # the middle quarter of each side: 8x8 of 32x32, so 1 - 64/1024 of a uniform map is outside
+    assert "8×8 of 32×32); a uniform map gives 94%" in text
 
 
 def test_pair_statistics_follow_the_definition(case):

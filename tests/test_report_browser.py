@@ -1,11 +1,13 @@
 """The report in a real browser: headless Chromium (Debian's `chromium` package), no extra deps.
 
-The page has a self-test hook: report.html#test=cell:T,P;... performs each step through the
-real DOM (element.click() dispatches a click event to the page's own handlers; the search box
-gets an input event), and writes the number of rendered gallery items after each step into
-data-test-* attributes of <html>, which `chromium --dump-dom` prints.
+The product page carries no test code. The test writes a copy of the report with a driver
+script appended: on load it performs each step through the real DOM (element.click()
+dispatches a click event to the page's own handlers; the search box gets an input event) and
+writes what is visible after each step into data-test-* attributes of <html>, which
+`chromium --dump-dom` prints.
 """
 
+import json
 import os
 import re
 import shutil
@@ -54,6 +56,54 @@ def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+DRIVER = """<script>
+window.addEventListener("load", () => {
+  const steps = STEPS;
+  const items = Array.from(document.querySelectorAll("#grid .item"));
+  const counts = [], pairs = [], srcs = [], loaded = [];
+  const record = () => {
+    const shown = items.filter((it) => it.getClientRects().length > 0);
+    counts.push(shown.length);
+    pairs.push([...new Set(shown.map((it) => `${it.dataset.label},${it.dataset.pred}`))]
+      .sort().join(" "));
+    const img = shown.length ? shown[0].querySelector("img.map") : null;
+    srcs.push(img ? `${img.src.length}:${img.src.slice(-12)}` : "");
+    loaded.push(shown.filter((it) => Array.from(it.querySelectorAll("figure:not([hidden]) img"))
+      .every((im) => im.complete && im.naturalWidth > 0)).length);
+  };
+  record();
+  for (const [verb, arg] of steps) {
+    if (verb === "cell") {
+      const [t, p] = arg.split(",");
+      document.querySelector(`td.cell[data-label="${t}"][data-pred="${p}"]`).click();
+    } else if (verb === "search") {
+      const search = document.getElementById("search");
+      search.value = arg;
+      search.dispatchEvent(new Event("input", { bubbles: true }));
+    } else if (verb === "all") {
+      document.getElementById("show-all").click();
+    } else if (verb === "method" || verb === "layer") {
+      document.querySelector(`input[name="${verb}"][value="${arg}"]`).click();
+    }
+    record();
+  }
+  const root = document.documentElement;
+  root.dataset.testCounts = counts.join(",");
+  root.dataset.testPairs = pairs.join("|");
+  root.dataset.testSrcs = srcs.join("|");
+  root.dataset.testLoaded = loaded.join(",");
+});
+</script>"""
+
+
+def driven(report: Path, steps: list[tuple[str, str]], folder: Path) -> Path:
+    """A copy of `report` that performs `steps` once loaded; the original stays untouched."""
+    page, end = report.read_text().rsplit("</body>", 1)
+    copy = folder / "driven.html"
+    copy.write_text(page + DRIVER.replace("STEPS", json.dumps(steps)) + "</body>" + end)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     torch.manual_seed(0)
@@ -66,19 +116,20 @@ def report(tmp_path_factory):
     return path, evaluate(model, split), tmp_path_factory.mktemp("chromium-profile")
 
 
-def test_gallery_renders_and_confusion_click_filters(report):
+def test_gallery_renders_and_confusion_click_filters(report, tmp_path):
     path, ev, profile = report
     pairs = Counter(zip(ev.mistakes.labels.tolist(), ev.mistakes.preds.tolist(), strict=True))
     (t, p), n_pair = pairs.most_common(1)[0]
     m = len(ev.mistakes)
     name = CLASSES[t]
     n_name = sum(1 for a, b in pairs.elements() if name in (CLASSES[a], CLASSES[b]))
-    steps = f"cell:{t},{p};cell:{t},{p};cell:{t},{p};all;search:{name};all;layer:layer3"
-    run = chromium(profile, "--dump-dom", f"{path.as_uri()}#test={steps}")
+    cell = ("cell", f"{t},{p}")
+    steps = [cell, cell, cell, ("all", ""), ("search", name), ("all", ""), ("layer", "layer3")]
+    run = chromium(profile, "--dump-dom", driven(path, steps, tmp_path).as_uri())
     root = re.search(r"<html[^>]*>", run.stdout)
     assert root, f"no DOM from chromium (rc {run.returncode}): {run.stderr[-2000:]}"
     attrs = dict(re.findall(r'(data-test-[\w-]+)="([^"]*)"', root.group(0)))
-    assert "data-test-counts" in attrs, f"the self-test did not run: {root.group(0)[:300]}"
+    assert "data-test-counts" in attrs, f"the driver did not run: {root.group(0)[:300]}"
     counts = [int(c) for c in attrs["data-test-counts"].split(",")]
     # every mistake rendered; a cell click shows only its pair; clicking again clears
     assert counts == [m, n_pair, m, n_pair, m, n_name, m, m]
@@ -100,7 +151,7 @@ def test_screenshot(report, tmp_path):
         profile,
         f"--screenshot={shot}",
         "--window-size=1280,2400",
-        f"{path.as_uri()}#test=cell:{t},{p}",
+        driven(path, [("cell", f"{t},{p}")], tmp_path).as_uri(),
     )
     assert shot.is_file() and shot.stat().st_size > 20_000, run.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

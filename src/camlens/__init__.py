@@ -2,7 +2,9 @@
 
 Pipeline, one module per step (each imports only those above it):
   download -> data -> model -> plots -> evaluate -> train
-  -> cam -> overlay -> gallery -> report -> cli
+  -> cam -> explain -> overlay -> gallery -> report -> pipeline -> cli
+`explain` computes the maps of the mistakes once; the gallery and the report both draw them.
+`pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls.
 
 Glossary (one name per concept, everywhere):
   images   (N, 3, H, W) float in [0, 1], un-normalised (uint8 in [0, 255] when stored)
@@ -11,6 +13,8 @@ Glossary (one name per concept, everywhere):
   logits   (N, K)                       classes  the K class names
   acts, grads  (N, C, h, w) at the hooked layer
   cams     (N, H, W) maps at the input's resolution
+  pred_cams, label_cams, contrast_cams   maps of the predicted class, the true class, their
+           contrast; pred_name / label_name a class name, pred_index / label_index one index
 """
 
 from camlens.cam import (
@@ -42,13 +46,8 @@ from camlens.evaluate import (
     read_mistakes,
     write_evaluation,
 )
-from camlens.gallery import (
-    Explanations,
-    GalleryConfig,
-    explain_mistakes,
-    select_mistakes,
-    write_gallery,
-)
+from camlens.explain import ExplainError, Explanations, explain_mistakes, select_mistakes
+from camlens.gallery import GalleryConfig, write_gallery
 from camlens.model import (
     CheckpointError,
     ResNet18,
@@ -59,6 +58,7 @@ from camlens.model import (
     summary,
 )
 from camlens.overlay import colorize, enlarge, heatmap_rgba, overlay
+from camlens.pipeline import demo, explain_model, load_matching_data, run, write_galleries
 from camlens.report import ReportConfig, build_report, compute_report, render_report
 from camlens.train import RunError, TrainConfig, train
 from camlens.version import __version__
@@ -109,18 +109,26 @@ __all__ = [
     "XGradCAM",
     "create",
     "explain_pair",
+    # explaining the mistakes
+    "ExplainError",
+    "Explanations",
+    "explain_mistakes",
+    "select_mistakes",
     # overlays, gallery, report
     "colorize",
     "enlarge",
     "heatmap_rgba",
     "overlay",
-    "Explanations",
     "GalleryConfig",
-    "explain_mistakes",
-    "select_mistakes",
     "write_gallery",
     "ReportConfig",
     "build_report",
     "compute_report",
     "render_report",
+    # the whole job (camlens.pipeline: its Outcome and Galleries results)
+    "demo",
+    "explain_model",
+    "load_matching_data",
+    "run",
+    "write_galleries",
 ]

@@ -181,7 +181,7 @@ def write_evaluation(ev: Evaluation, classes: Sequence[str], out: str | Path, me
     atomic_write_bytes(out / "confusion.csv", _csv_bytes(rows))
     plot_confusion(ev.confusion, classes, out / "confusion.png")
     m = ev.mistakes
-    rows = [["index", "true", "predicted", "confidence", "margin", *(f"p_{c}" for c in classes)]]
+    rows = [["index", "label", "pred", "confidence", "margin", *(f"p_{c}" for c in classes)]]
     for i in range(len(m)):
         rows.append(
             [

@@ -1,5 +1,8 @@
 """The `camlens` command: argparse wiring only. Parse, call the public API, print, exit code.
 
+The work itself is `camlens.pipeline` (run, demo, explain_model, write_galleries), which the
+notebook calls too; a subcommand here is a few calls to it and a line or two printed.
+
 User errors (a missing file, a bad flag value, a checkpoint for another model) end as one line
 on stderr and exit code 2; anything else is a bug and keeps its traceback.
 
@@ -16,6 +19,7 @@ from camlens.atomic import WriteError
 from camlens.cli.parser import build_parser
 from camlens.data import DataError
 from camlens.download import DownloadError
+from camlens.explain import ExplainError
 from camlens.model import CheckpointError
 from camlens.train import RunError
 
@@ -24,6 +28,7 @@ __all__ = ["USER_ERRORS", "build_parser", "main"]
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     DownloadError,
+    ExplainError,
     CheckpointError,
     RunError,
     WriteError,

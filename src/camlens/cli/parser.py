@@ -23,7 +23,7 @@ from camlens.cli.commands import (
     cmd_summary,
     cmd_train,
 )
-from camlens.gallery import SORTS
+from camlens.explain import PRECISIONS, SORTS
 from camlens.train import TrainConfig
 from camlens.version import __version__
 
@@ -44,26 +44,32 @@ DEMO_EXAMPLE = """example:
   camlens demo                          # offline: shipped model, bundled sample -> report.html
   camlens demo --out /tmp/demo --method gradcam,gradcam++"""
 RUN_EXAMPLE = """example:
-  camlens run --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick --epochs 1 --subset 2000
-  camlens run --data cifar10 --out runs/r18 --epochs 30 --layer layer3,layer4
+  camlens run --data cifar10 --out runs/quick --epochs 1 --subset 2000   # CIFAR-10, downloaded
+  camlens run --data my-images --out runs/mine --epochs 30   # my-images/{train,test}/<class>/
   (run it again after a kill: it resumes training, then redoes the later steps)"""
 TRAIN_EXAMPLE = """example:
-  camlens train --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick --epochs 1 --subset 2000
+  camlens train --data cifar10 --out runs/quick --epochs 1 --subset 2000
   camlens train --data cifar10 --out runs/r18 --epochs 30           # official batches, downloaded
   camlens train --data cifar10 --out runs/r18 --epochs 30 --resume  # continue a killed run"""
 EVALUATE_EXAMPLE = """example:
-  camlens evaluate --checkpoint runs/quick/checkpoint.safetensors \\
-      --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick/eval"""
+  camlens evaluate --checkpoint shipped --data sample --out eval     # offline, bundled
+  camlens evaluate --checkpoint runs/quick/checkpoint.safetensors --data cifar10 \\
+      --out runs/quick/eval --tta"""
 EXPLAIN_EXAMPLE = """example:
-  camlens explain --checkpoint runs/quick/checkpoint.safetensors \\
-      --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick/explain --layer layer3,layer4
-  camlens explain ... --method gradcam++ --true cat --pred dog --limit 50"""
+  camlens explain --checkpoint shipped --data sample --out explain --layer layer3,layer4
+  camlens explain --checkpoint runs/quick/checkpoint.safetensors --data cifar10 \\
+      --out runs/quick/explain --method gradcam,gradcam++ --label cat --pred dog --limit 50
+  (several methods: one gallery per method, OUT/gallery/gradcam/, OUT/gallery/gradcam++/)"""
 EXPORT_EXAMPLE = """example:
   camlens export --checkpoint runs/r18/checkpoint.safetensors --out model-fp16.safetensors"""
 SUMMARY_EXAMPLE = """example:
   camlens summary                      # the standard ResNet18, batch norm
   camlens summary --norm layer
   camlens summary --checkpoint runs/quick/checkpoint.safetensors"""
+
+
+# the same words wherever a flag appears: the same flag means the same thing in every command
+LIMIT_HELP = "explain at most N mistakes, the first in sort order (pair statistics use all)"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -133,12 +139,46 @@ def _device_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _explain_flags(parser: argparse.ArgumentParser, method: str) -> None:
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("names nothing")
+    return names
+
+
+def _methods(text: str) -> list[str]:
+    names = _names(text)
+    for name in names:
+        if name not in METHODS:
+            raise argparse.ArgumentTypeError(f"unknown {name!r}: choose from {', '.join(METHODS)}")
+    return names
+
+
+def _explain_flags(parser: argparse.ArgumentParser, layer: str, precision: bool = True) -> None:
+    """The CAM flags, the same in every command that explains."""
     parser.add_argument(
-        "--method", default=method, help=f"CAM method(s), comma-separated, of {', '.join(METHODS)}"
+        "--method",
+        type=_methods,
+        default=["gradcam"],
+        help=f"CAM method(s), comma-separated, of {', '.join(METHODS)}; one gallery per method "
+        "in OUT/gallery/METHOD (default: gradcam)",
     )
-    parser.add_argument("--layer", default="layer3,layer4", help="layer(s), comma-separated")
-    parser.add_argument("--cam-batch-size", type=int, default=64, help="images per CAM batch")
+    parser.add_argument(
+        "--layer",
+        type=_names,
+        default=layer.split(","),
+        help=f"dotted layer name(s), comma-separated (default: {layer})",
+    )
+    parser.add_argument(
+        "--cam-batch-size", type=int, default=64, help="images per CAM batch (default: 64)"
+    )
+    if precision:
+        parser.add_argument(
+            "--precision",
+            choices=tuple(PRECISIONS),
+            default="fp32",
+            help="bf16: autocast the CAM forward pass, maps stay fp32 (default: fp32)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     p.add_argument("--out", type=Path, default=Path("camlens-demo"), help="default: camlens-demo")
-    _explain_flags(p, method="gradcam")
+    _explain_flags(p, layer="layer3,layer4")
     _device_flag(p)
     p.set_defaults(run=cmd_demo, progress=True)
 
@@ -175,10 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit",
         type=int,
         default=1000,
-        help="gallery and report show the N most confident mistakes; pair statistics use all "
-        "(default: 1000, so that a briefly trained model does not make a 100 MB page)",
+        help=f"{LIMIT_HELP} (default: 1000, so that a briefly trained model does not make a "
+        "100 MB page)",
     )
-    _explain_flags(p, method="gradcam")
+    # --precision is the training's here (TrainConfig), so the maps of a run stay fp32
+    _explain_flags(p, layer="layer3,layer4", precision=False)
     _device_flag(p)
     add_config_flags(p, TrainConfig)
     p.set_defaults(run=cmd_run)
@@ -212,7 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, image_size=False)
     p.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    eval_batch = {f.name: f for f in dataclasses.fields(TrainConfig)}["eval_batch_size"]
+    p.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=eval_batch.default,
+        help=f"{eval_batch.metadata['help']} (default: {eval_batch.default})",
+    )
     _device_flag(p)
     p.set_defaults(run=cmd_evaluate)
 
@@ -225,17 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoint_flag(p)
     _data_flags(p, image_size=False)
     p.add_argument(
-        "--out", required=True, type=Path, help="folder; the gallery goes in OUT/gallery"
+        "--out", required=True, type=Path, help="folder; galleries go in OUT/gallery/METHOD"
     )
-    p.add_argument("--method", default="gradcam", choices=sorted(METHODS), help="default: gradcam")
-    p.add_argument("--layer", default="layer4", help="dotted layer name(s), comma-separated")
-    p.add_argument("--limit", type=int, help="explain at most this many images")
+    _explain_flags(p, layer="layer4")
+    p.add_argument("--limit", type=int, help=f"{LIMIT_HELP} (default: all)")
     p.add_argument("--sort", default="confidence", choices=SORTS, help="default: confidence")
-    p.add_argument("--true", metavar="CLASS", help="only images of this true class")
+    # --true: the flag's name before one name per concept; kept so that old scripts still run
+    p.add_argument("--label", "--true", metavar="CLASS", help="only images of this true class")
     p.add_argument("--pred", metavar="CLASS", help="only images predicted as this class")
     p.add_argument("--misclassified", type=Path, help="misclassified.csv from camlens evaluate")
-    p.add_argument("--batch-size", type=int, default=64, help="images per CAM batch (default: 64)")
-    p.add_argument("--amp", choices=("bf16",), help="bf16 autocast forward (maps stay fp32)")
     _device_flag(p)
     p.set_defaults(run=cmd_explain)
 

@@ -1,5 +1,7 @@
 """PIL drawing of the gallery: cards, grid pages and confusion-pair pages from uint8 tensors.
 
+`write.py` decides what goes where; this file only draws: `draw_panels` turns maps into
+overlay pixels once, the other `draw_*` compose them into pictures, `png_bytes` encodes.
 PIL rather than matplotlib: ~0.1 s per matplotlib figure is minutes for hundreds of cards.
 """
 
@@ -14,10 +16,18 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from camlens.evaluate import Mistakes, as_float_images
-from camlens.gallery.explain import Explanations
+from camlens.explain import Explanations
 from camlens.overlay import enlarge, overlay
 
-__all__ = ["GalleryConfig"]
+__all__ = [
+    "GalleryConfig",
+    "Panels",
+    "draw_card",
+    "draw_pair_page",
+    "draw_panels",
+    "png_bytes",
+    "stack_cards",
+]
 
 GREEN, RED, GREY, INK, PAPER = (
     (46, 160, 67),
@@ -69,28 +79,32 @@ def _bars(
 
 
 @dataclass(frozen=True)
-class _Panels:
+class Panels:
     """Every picture of the selected mistakes, as uint8 tensors (M, S, S, 3), per layer."""
 
     images: Tensor
-    pred: list[Tensor]
-    true: list[Tensor]
+    pred: list[Tensor]  # per layer: overlays of the predicted-class maps
+    label: list[Tensor]  # per layer: overlays of the true-class maps
     contrast: list[Tensor] | None
 
 
-def _panels(expl: Explanations, images: Tensor, config: GalleryConfig) -> _Panels:
+def draw_panels(expl: Explanations, images: Tensor, config: GalleryConfig) -> Panels:
+    """Every overlay of every card, computed once in batches: cards and pair pages share them."""
     x = as_float_images(images)
     size, alpha, cmap = config.size, config.alpha, config.colormap
     plain = enlarge(x, size)
-    pred = [overlay(x, m, alpha, cmap, size) for m in expl.pred]
-    true = [overlay(x, m, alpha, cmap, size) for m in expl.true]
+    pred = [overlay(x, m, alpha, cmap, size) for m in expl.pred_cams]
+    label = [overlay(x, m, alpha, cmap, size) for m in expl.label_cams]
     contrast = None
-    if expl.contrast is not None:
-        contrast = [overlay(x, m, alpha, None, size, signed=True) for m in expl.contrast]
-    return _Panels(plain, pred, true, contrast)
+    if expl.contrast_cams is not None:
+        contrast = [overlay(x, m, alpha, None, size, signed=True) for m in expl.contrast_cams]
+    return Panels(plain, pred, label, contrast)
 
 
-def _card(i: int, m: Mistakes, expl: Explanations, panels: _Panels, classes, config) -> Image.Image:
+def draw_card(
+    i: int, m: Mistakes, expl: Explanations, panels: Panels, classes, config: GalleryConfig
+) -> Image.Image:
+    """Mistake `i`: a title, one row of panels per layer, the probability bars."""
     s, gap, caption = config.size, 6, 16
     label, pred = int(m.labels[i]), int(m.preds[i])
     columns = 4 if panels.contrast is not None else 3
@@ -114,8 +128,8 @@ def _card(i: int, m: Mistakes, expl: Explanations, panels: _Panels, classes, con
                 f"pred {classes[pred]}  max {float(expl.pred_max[layer_idx, i]):.2g}",
             ),
             (
-                panels.true[layer_idx][i],
-                f"true {classes[label]}  max {float(expl.true_max[layer_idx, i]):.2g}",
+                panels.label[layer_idx][i],
+                f"true {classes[label]}  max {float(expl.label_max[layer_idx, i]):.2g}",
             ),
         ]
         if panels.contrast is not None:
@@ -129,13 +143,15 @@ def _card(i: int, m: Mistakes, expl: Explanations, panels: _Panels, classes, con
     return card
 
 
-def _png(img: Image.Image) -> bytes:
+def png_bytes(img: Image.Image) -> bytes:
+    """The picture as PNG bytes, compressed for speed rather than size."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)  # 3x faster to write, 15% larger
     return buf.getvalue()
 
 
-def _stack(cards: list[Image.Image], gap: int = 8) -> Image.Image:
+def stack_cards(cards: list[Image.Image], gap: int = 8) -> Image.Image:
+    """A grid page: cards one under the other, a rule between them."""
     width = max(c.width for c in cards)
     page = Image.new("RGB", (width, sum(c.height + gap for c in cards)), PAPER)
     y = 0
@@ -146,8 +162,8 @@ def _stack(cards: list[Image.Image], gap: int = 8) -> Image.Image:
     return page
 
 
-def _pair_page(
-    rows: list[int], m: Mistakes, panels: _Panels, title: str, config: GalleryConfig
+def draw_pair_page(
+    rows: list[int], m: Mistakes, panels: Panels, title: str, config: GalleryConfig
 ) -> Image.Image:
     """Every image of one confusion pair: image | predicted-class map | true-class map."""
     s, gap, per_row = config.size, 6, 3
@@ -160,7 +176,7 @@ def _pair_page(
     for n, i in enumerate(rows):
         x = gap + (n % per_row) * (tile_w + 3 * gap)
         y = 26 + (n // per_row) * (s + 20)
-        for k, pixels in enumerate((panels.images[i], panels.pred[-1][i], panels.true[-1][i])):
+        for k, pixels in enumerate((panels.images[i], panels.pred[-1][i], panels.label[-1][i])):
             page.paste(_tile(pixels), (x + k * (s + gap), y))
         caption = f"#{int(m.indices[i])}  {float(m.confidence[i]):.0%}"
         draw.text((x, y + s + 3), caption, fill=INK, font=_font(10))

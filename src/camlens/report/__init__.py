@@ -2,8 +2,9 @@
 
     build_report(model, split, classes, out, *, run_info, history=None, methods=("gradcam",),
                  layers=("layer3", "layer4"), batch_size=64, evaluation=None, tta=False,
-                 limit=None, config=None) -> Path of out/report.html
-    compute_report(model, split, classes, *, ...same...) -> ReportData   (tensors, no HTML)
+                 limit=None, config=None, precision="fp32") -> Path of out/report.html
+    compute_report(model, split, classes, *, ...same..., explained=None) -> ReportData
+                    (tensors, no HTML; `explained` reuses the explain step's maps)
     render_report(data, out) -> Path;  render_html(data) -> str          (HTML, no model)
     ReportConfig    frozen knobs: pair selection, centre box, overlay size/format, workers
     outside_centre_share(cams, centre=0.5) -> (N,) mass outside the middle box / total

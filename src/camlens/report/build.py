@@ -30,12 +30,14 @@ def build_report(
     tta: bool = False,
     limit: int | None = None,
     config: ReportConfig | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """Write `out`/report.html for `model` on `split` and return its path.
 
     `evaluation` saves a pass when the caller already has one (it must come from this model on
     this split); `limit` keeps the most confident mistakes in the gallery (pair statistics
     always use all of them). `run_info` is shown as given; its "data_label" names the data.
+    `precision`: "bf16" autocasts the CAM forward passes (maps stay fp32).
     """
     data = compute_report(
         model,
@@ -50,5 +52,6 @@ def build_report(
         tta=tta,
         limit=limit,
         config=config,
+        precision=precision,
     )
     return render_report(data, out)

@@ -5,10 +5,13 @@ of the predicted class and of the true class over the pair's images, and the map
 correctly classified images of class t. Means are of *per-image sum-normalised* maps (each
 non-negative map divided by its total, so that it is a distribution of mass over pixels and
 every image weighs the same), computed on the map upsampled to the image size. The "outside
-share" of a map is its mass outside the centre box (the middle `centre` fraction of each side:
-16x16 of 32x32) over its total mass; for a mean of sum-normalised maps it equals the mean of the
-per-image shares. A uniform map has an outside share of 0.75, so a pair well above its class's
-correct images points at a background shortcut.
+share" of a map is its mass outside the centre box (the middle `centre` fraction of each side,
+e.g. 16x16 of 32x32) over its total mass; for a mean of sum-normalised maps it equals the mean of
+the per-image shares. A uniform map's share is the area outside the box (0.75 in that example),
+so a pair well above its class's correct images points at a background shortcut.
+
+The maps of the mistakes shown come from the explain step (`camlens.explain`); a caller that
+also draws the gallery passes them in, so both show the same maps computed once.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import Tensor, nn
 from camlens.cam import create
 from camlens.data import Split
 from camlens.evaluate import Evaluation, Mistakes, as_float_images, evaluate
-from camlens.gallery import Explanations, explain_mistakes, select_mistakes
+from camlens.explain import PRECISIONS, Explanations, explain_mistakes, select_mistakes
 
 __all__ = [
     "PairMaps",
@@ -65,11 +68,11 @@ class ReportConfig:
 class PairMaps:
     """Mean maps and outside-centre shares of one confusion pair, per method."""
 
-    label: int  # the true class
-    pred: int  # the predicted class
+    label_index: int  # the true class
+    pred_index: int  # the predicted class
     count: int  # misclassified images of the pair (all of them, not only those shown)
     correct: int  # correctly classified images of the true class behind the reference map
-    # method -> (L, 3, H, W): pair predicted-class, pair true-class, correct true-class mean
+    # method -> (L, 3, H, W): pair predicted-class, pair label-class, correct label-class mean
     # maps; the three of a layer on one scale (the largest of them reaches 1)
     means: dict[str, Tensor]
     outside: dict[str, Tensor]  # method -> (L, 3) outside-centre share of the same three maps
@@ -153,6 +156,7 @@ def _pair_maps(
     pairs: list[tuple],
     config: ReportConfig,
     batch_size: int,
+    precision: str,
 ) -> tuple[dict, dict, dict]:
     """Raw maps of each pair's images and of correct images of each pair's true class."""
     device = next(model.parameters()).device
@@ -162,10 +166,15 @@ def _pair_maps(
     member = {(t, p): ((m.labels == t) & (m.preds == p)).nonzero().flatten() for t, p, _ in pairs}
     rows = torch.cat(list(member.values()))
     means, outside, correct = {}, {}, {}
-    with create(method, model, list(layers), batch_size=batch_size, normalize="none") as cam:
+    amp = PRECISIONS[precision]  # the engine's CamConfig still spells it `amp`
+    with create(
+        method, model, list(layers), batch_size=batch_size, normalize="none", amp=amp
+    ) as cam:
         x = as_float_images(split.images[m.indices[rows]].to(device))
         # explicit targets: with TTA the mistakes' predictions need not be the plain arg-max
-        pred_r, true_r = cam.explain_many(x, [m.preds[rows].to(device), m.labels[rows].to(device)])
+        pred_r, label_r = cam.explain_many(
+            x, [m.preds[rows].to(device), m.labels[rows].to(device)]
+        )
         # correct images of every true class involved, in one batched call
         picks = {}
         for t in sorted({t for t, _, _ in pairs}):
@@ -178,7 +187,7 @@ def _pair_maps(
             ref = cam.explain(x, targets=labels[idx].to(device)).layer_cams.cpu()  # (L, n, H, W)
             for t, part in zip(picks, ref.split([len(v) for v in picks.values()], 1), strict=True):
                 refs[t] = part
-    pred_r, true_r = pred_r.layer_cams.cpu(), true_r.layer_cams.cpu()  # (L, R, H, W)
+    pred_r, label_r = pred_r.layer_cams.cpu(), label_r.layer_cams.cpu()  # (L, R, H, W)
     empty = pred_r.new_zeros((pred_r.shape[0], 0, *pred_r.shape[-2:]))  # no correct image
     start = 0
     for t, p, _ in pairs:
@@ -187,7 +196,7 @@ def _pair_maps(
         start += n
         ref = refs.get(t, empty)
         per_layer = [
-            mean_maps([pred_r[li, part], true_r[li, part], ref[li]]) for li in range(len(ref))
+            mean_maps([pred_r[li, part], label_r[li, part], ref[li]]) for li in range(len(ref))
         ]
         means[(t, p)] = torch.stack(per_layer)  # L x (3, H, W) -> (L, 3, H, W)
         outside[(t, p)] = outside_centre_share(means[(t, p)].flatten(0, 1), config.centre).view(
@@ -220,32 +229,47 @@ def compute_report(
     tta: bool = False,
     limit: int | None = None,
     config: ReportConfig | None = None,
+    precision: str = "fp32",
+    explained: tuple[Mistakes, dict[str, Explanations]] | None = None,
 ) -> ReportData:
-    """Evaluate (unless given), explain the mistakes shown and average the top pairs' maps."""
+    """Evaluate (unless given), explain the mistakes shown and average the top pairs' maps.
+
+    `explained`: the mistakes shown and their maps per method, when the caller has them
+    (`explain_mistakes` of those mistakes); otherwise the `limit` most confident are explained.
+    """
     config = config or ReportConfig()
     began = time.perf_counter()
     split = Split(split.images, split.labels.long())  # any integer labels; losses want int64
     if evaluation is None:
         evaluation = evaluate(model, split, batch_size, tta)
-    shown = select_mistakes(evaluation.mistakes, list(classes), "confidence", limit=limit)
-    shown = replace(shown, images=split.images[shown.indices.cpu()])
-    explanations = {}
-    if len(shown):
-        for method in methods:
+    if explained is not None:
+        shown, explanations = explained
+    else:
+        shown = select_mistakes(evaluation.mistakes, list(classes), "confidence", limit=limit)
+        shown = replace(shown, images=split.images[shown.indices.cpu()])
+        explanations = {}
+        for method in methods if len(shown) else ():
             explanations[method] = explain_mistakes(
-                model, shown.images, shown.labels, method, layers, batch_size, preds=shown.preds
+                model,
+                shown.images,
+                shown.labels,
+                method,
+                layers,
+                batch_size,
+                precision,
+                preds=shown.preds,
             )
     chosen = _top_pairs(evaluation.confusion, evaluation.mistakes, config)
     per_method = {}
     if chosen:
         for method in methods:
             per_method[method] = _pair_maps(
-                model, split, evaluation, method, layers, chosen, config, batch_size
+                model, split, evaluation, method, layers, chosen, config, batch_size, precision
             )
     pairs = [
         PairMaps(
-            label=t,
-            pred=p,
+            label_index=t,
+            pred_index=p,
             count=count,
             correct=next(iter(per_method.values()))[2][t],
             means={k: v[0][(t, p)] for k, v in per_method.items()},

@@ -33,7 +33,7 @@ from camlens.report.compute import ReportData, centre_box
 __all__ = ["render_html", "render_report"]
 
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-KINDS = ("pred", "true", "contrast")  # the maps of a gallery item, in its data-k order
+KINDS = ("pred", "label", "contrast")  # the maps of a gallery item, in its data-k order
 
 
 def esc(value: object) -> str:
@@ -152,24 +152,24 @@ def _confusion(data: ReportData) -> str:
     rates = conf.double() / conf.sum(1, keepdim=True).clamp_min(1)
     off = rates.clone().fill_diagonal_(0)
     top_off = float(off.max()) or 1.0
-    names = data.classes
-    head = "".join(f'<th class="col"><span>{esc(c)}</span></th>' for c in names)
+    classes = data.classes
+    head = "".join(f'<th class="col"><span>{esc(c)}</span></th>' for c in classes)
     body = []
-    for t, row_name in enumerate(names):
+    for t, row_name in enumerate(classes):
         cells = []
-        for p in range(len(names)):
+        for p in range(len(classes)):
             n, rate = int(conf[t, p]), float(rates[t, p])
             if t == p:
                 cls, colour, strength = "cell diag", "46,160,67", rate
             else:
                 # off the diagonal, scaled to the largest confusion so that the few % show
                 cls, colour, strength = "cell off", "214,39,40", rate / top_off
-            title = f"true {names[t]}, predicted {names[p]}: {n} ({rate:.1%} of {names[t]})"
+            title = f"true {classes[t]}, predicted {classes[p]}: {n} ({rate:.1%} of {classes[t]})"
             extra = ' tabindex="0" role="button"' if t != p and n else ""
             cls += " clickable" if extra else ""
             cls += " dark" if strength > 0.55 else " zero" if n == 0 else ""
             cells.append(
-                f'<td class="{cls}" data-true="{t}" data-pred="{p}" title="{esc(title)}"{extra} '
+                f'<td class="{cls}" data-label="{t}" data-pred="{p}" title="{esc(title)}"{extra} '
                 f'style="background:rgba({colour},{0.85 * strength:.3f})">{n}</td>'
             )
         body.append(f'<tr><th class="row">{esc(row_name)}</th>{"".join(cells)}</tr>')
@@ -229,9 +229,8 @@ def _pairs(data: ReportData) -> str:
     for i, (t, p) in enumerate(zip(m.labels.tolist(), m.preds.tolist(), strict=True)):
         shown.setdefault((t, p), []).append(i)
     blocks = []
-    names = data.classes
     for pair in data.pairs:
-        t, p = names[pair.label], names[pair.pred]
+        t, p = data.classes[pair.label_index], data.classes[pair.pred_index]
         variants = []
         for method in methods:
             for li, layer in enumerate(layers):
@@ -268,15 +267,18 @@ def _pairs(data: ReportData) -> str:
                 )
         thumbs = "".join(
             f'<img class="thumb" data-from="{i}" alt="">'
-            for i in shown.get((pair.label, pair.pred), [])[:8]
+            for i in shown.get((pair.label_index, pair.pred_index), [])[:8]
         )
         blocks.append(
-            f'<div class="pair" data-true="{pair.label}" data-pred="{pair.pred}">'
-            f'<h3><a href="#gallery" class="pair-link" data-true="{pair.label}" '
-            f'data-pred="{pair.pred}">{esc(t)} → {esc(p)}</a> <small>{pair.count} images</small>'
+            f'<div class="pair" data-label="{pair.label_index}" data-pred="{pair.pred_index}">'
+            f'<h3><a href="#gallery" class="pair-link" data-label="{pair.label_index}" '
+            f'data-pred="{pair.pred_index}">{esc(t)} → {esc(p)}</a> '
+            f"<small>{pair.count} images</small>"
             f'</h3>{"".join(variants)}<div class="thumbs">{thumbs}</div></div>'
         )
     side = f"{cfg.centre:.0%}"
+    box_h, box_w = rows.stop - rows.start, cols.stop - cols.start
+    uniform = 1 - box_h * box_w / (h * w)  # a uniform map's mass lies outside as its area does
     return (
         '<section id="pairs"><h2>Confusion pairs: where the model looks</h2>'
         f'<p class="note">Pairs with {cfg.min_pair} or more mistakes (at most {cfg.max_pairs}). '
@@ -286,21 +288,22 @@ def _pairs(data: ReportData) -> str:
         "maps (each map's non-negative part divided by its total, so every image weighs the "
         "same), at image resolution; the three of a row share one colour scale. "
         f"<b>Outside</b> is the share of map mass outside the centre box (dashed, the middle "
-        f"{side} of each side: 16×16 of 32×32); a uniform map gives 75%. A pair far above its "
+        f"{side} of each side: {box_h}×{box_w} of {h}×{w}); a uniform map gives {uniform:.0%}. "
+        "A pair far above its "
         "class's correct images hints at a background shortcut.</p>"
         f'{_legend(data)}<div class="pairs">{"".join(blocks)}</div></section>'
     )
 
 
-def _probs(probs: list[float], label: int, pred: int, names: tuple[str, ...]) -> str:
-    order = range(len(names))
-    if len(names) > 12:  # many classes: the five likeliest and the truth
+def _probs(probs: list[float], label: int, pred: int, classes: tuple[str, ...]) -> str:
+    order = range(len(classes))
+    if len(classes) > 12:  # many classes: the five likeliest and the truth
         order = sorted(set(np.argsort(probs)[::-1][:5].tolist()) | {label})
     rows = []
     for k in order:
-        cls = " is-true" if k == label else " is-pred" if k == pred else ""
+        cls = " is-label" if k == label else " is-pred" if k == pred else ""
         rows.append(
-            f'<div class="pr{cls}"><span class="n">{esc(names[k])}</span><span class="bar">'
+            f'<div class="pr{cls}"><span class="n">{esc(classes[k])}</span><span class="bar">'
             f'<i style="width:{100 * probs[k]:.1f}%"></i></span>'
             f'<span class="v">{probs[k]:.0%}</span></div>'
         )
@@ -309,8 +312,8 @@ def _probs(probs: list[float], label: int, pred: int, names: tuple[str, ...]) ->
 
 
 def _gallery(data: ReportData) -> tuple[str, dict]:
-    cfg, m, names = data.config, data.mistakes, data.classes
-    payload: dict = {"classes": list(names), "prefix": f"data:{MIME[cfg.image_format]};base64,"}
+    cfg, m, classes = data.config, data.mistakes, data.classes
+    payload: dict = {"classes": list(classes), "prefix": f"data:{MIME[cfg.image_format]};base64,"}
     if not len(m):
         return '<section id="gallery"><h2>Misclassified</h2><p>None.</p></section>', payload
     x = as_float_images(m.images)
@@ -319,16 +322,17 @@ def _gallery(data: ReportData) -> tuple[str, dict]:
     for method, expl in data.explanations.items():
         for li, layer in enumerate(expl.layers):
             keys.append((method, layer, li, expl))
-            batches.append((overlay(x, expl.pred[li], cfg.alpha, cfg.colormap, cfg.size), ""))
-            batches.append((overlay(x, expl.true[li], cfg.alpha, cfg.colormap, cfg.size), ""))
-            if expl.contrast is not None:
-                batches.append((overlay(x, expl.contrast[li], cfg.alpha, None, cfg.size, True), ""))
+            for cams in (expl.pred_cams, expl.label_cams):
+                batches.append((overlay(x, cams[li], cfg.alpha, cfg.colormap, cfg.size), ""))
+            if expl.contrast_cams is not None:
+                signed = overlay(x, expl.contrast_cams[li], cfg.alpha, None, cfg.size, True)
+                batches.append((signed, ""))
     batches = [(t, fmt or cfg.image_format) for t, fmt in batches]
     encoded = iter(_encode_all(batches, cfg.quality, cfg.workers))
     originals = next(encoded)
     variants = {}
     for method, layer, li, expl in keys:
-        kinds = 3 if expl.contrast is not None else 2
+        kinds = 3 if expl.contrast_cams is not None else 2
         per_kind = [next(encoded) for _ in range(kinds)]
         h, w = expl.resolutions[li]
         variants[_variant(method, layer)] = {
@@ -349,12 +353,12 @@ def _gallery(data: ReportData) -> tuple[str, dict]:
     probs = m.probs.tolist()
     for i in range(len(m)):
         t, p = int(m.labels[i]), int(m.preds[i])
-        tn, pn = esc(names[t]), esc(names[p])
+        ln, pn = esc(classes[t]), esc(classes[p])
         tiles = [
             f'<figure><img class="orig" src="{orig}{originals[i]}" alt="test image '
             f'{int(m.indices[i])}"><figcaption>#{int(m.indices[i])}</figcaption></figure>'
         ]
-        captions = (f"pred <b>{pn}</b>", f"true <b>{tn}</b>", f"{pn} − {tn}")
+        captions = (f"pred <b>{pn}</b>", f"true <b>{ln}</b>", f"{pn} − {ln}")
         for k, caption in enumerate(captions):
             src = f' src="{prefix}{start_maps[i][k]}"' if k < len(start_maps[i]) else ""
             hidden = "" if src else " hidden"
@@ -365,13 +369,13 @@ def _gallery(data: ReportData) -> tuple[str, dict]:
         conf, margin = float(m.confidence[i]), float(m.margins[i])
         items.append(
             f'<article class="item" id="item-{i}" data-i="{i}" data-index="{int(m.indices[i])}" '
-            f'data-true="{t}" data-pred="{p}" data-tname="{tn}" data-pname="{pn}" '
+            f'data-label="{t}" data-pred="{p}" data-lname="{ln}" data-pname="{pn}" '
             f'data-conf="{conf:.5f}" data-margin="{margin:.5f}">'
             f'<div class="tiles">{"".join(tiles)}</div>'
-            f'<p class="facts"><b class="t">{tn}</b> → <b class="p">{pn}</b> · '
+            f'<p class="facts"><b class="l">{ln}</b> → <b class="p">{pn}</b> · '
             f"confidence {conf:.0%} · margin {margin:.2f}<br>"
             f'<span class="res">{esc(label)}</span></p>'
-            f"{_probs(probs[i], t, p, names)}</article>"
+            f"{_probs(probs[i], t, p, classes)}</article>"
         )
     limited = len(m) < len(data.evaluation.mistakes)
     note = f"the {len(m)} most confident of {len(data.evaluation.mistakes)}" if limited else ""

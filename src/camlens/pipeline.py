@@ -1,0 +1,282 @@
+"""The whole job as library functions: what the `camlens` command and the notebook both call.
+
+    run(config, data, out, ...) -> Outcome      train (resuming a killed run), then explain_model
+    demo(out, ...) -> Outcome                   the shipped model on the bundled sample
+    explain_model(model, data, out, ...) -> Outcome
+        evaluate -> explain the most confident mistakes -> a gallery per method -> report.html
+    write_galleries(model, data, out, ...) -> Galleries
+        pick mistakes (filter, sort, limit) -> explain -> out/gallery/<method>/ per method
+    load_matching_data(source, meta) -> Dataset  the data a checkpoint was trained on
+
+The maps are computed once, by the explain step; the galleries and the report draw from them.
+Errors a user can cause are raised as the package's own error types, with one-line messages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from camlens.data import DataError, Dataset, load_dataset
+from camlens.evaluate import (
+    Evaluation,
+    Mistakes,
+    evaluate,
+    find_mistakes,
+    predict,
+    write_evaluation,
+)
+from camlens.explain import Explanations, check_explainable, explain_mistakes, select_mistakes
+from camlens.gallery import GalleryConfig, write_gallery
+from camlens.model import ResNet18, load_checkpoint
+from camlens.report import ReportConfig, compute_report, render_report
+from camlens.train import TrainConfig, tensorboard_logger, train
+
+__all__ = [
+    "Galleries",
+    "Outcome",
+    "demo",
+    "explain_model",
+    "load_matching_data",
+    "run",
+    "write_galleries",
+]
+
+LAYERS = ("layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class Galleries:
+    """What `write_galleries` explained and where it drew it."""
+
+    mistakes: Mistakes  # the mistakes explained, with their images, in gallery order
+    explanations: dict[str, Explanations]  # method -> maps of `mistakes`
+    folders: dict[str, Path]  # method -> its gallery folder, out/gallery/<method>
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `explain_model` (and so `run` and `demo`) measured and wrote."""
+
+    evaluation: Evaluation  # on the whole test split
+    galleries: Galleries
+    report: Path  # out/report.html
+    seconds: float  # wall time of the whole call (training and loading included)
+
+
+def load_matching_data(source: str | Path, meta: dict, *, progress: bool = True) -> Dataset:
+    """The data a checkpoint is evaluated on must have the classes it was trained on."""
+    data = load_dataset(source, image_size=int(meta["image_size"]), progress=progress)
+    if list(data.classes) != list(meta["classes"]):
+        raise DataError(
+            f"{source} has classes {list(data.classes)}, but the checkpoint was trained on "
+            f"{meta['classes']}: pass the data it was trained on"
+        )
+    return data
+
+
+def write_galleries(
+    model: nn.Module,
+    data: Dataset,
+    out: str | Path,
+    *,
+    mistakes: Mistakes | None = None,
+    sort: str = "confidence",
+    label_name: str | None = None,
+    pred_name: str | None = None,
+    limit: int | None = None,
+    methods: Sequence[str] = ("gradcam",),
+    layers: Sequence[str] = LAYERS,
+    cam_batch_size: int = 64,
+    eval_batch_size: int = 64,
+    precision: str = "fp32",
+    config: GalleryConfig | None = None,
+) -> Galleries:
+    """Explain the chosen mistakes of `data.test` with each method; one gallery per method.
+
+    `mistakes`: e.g. `read_mistakes(misclassified.csv, data.test)`, whose predictions may be
+    TTA's; None: the model's arg-max mistakes. Nothing chosen: nothing is written.
+    """
+    check_explainable(model, methods, layers, precision)
+    if mistakes is None:
+        logits = predict(model, data.test.images, eval_batch_size)
+        mistakes = find_mistakes(logits, data.test.labels)
+    if mistakes.images is None:
+        mistakes = replace(mistakes, images=data.test.images[mistakes.indices])
+    chosen = select_mistakes(mistakes, data.classes, sort, label_name, pred_name, limit)
+    explanations, folders = {}, {}
+    for method in methods if len(chosen) else ():
+        explanations[method] = explain_mistakes(
+            model,
+            chosen.images,
+            chosen.labels,
+            method,
+            layers,
+            cam_batch_size,
+            precision,
+            preds=chosen.preds,  # the stated predictions (TTA's, from a csv), not the arg-max
+        )
+        folders[method] = write_gallery(explanations[method], chosen, data.classes, out, config)
+    return Galleries(chosen, explanations, folders)
+
+
+def explain_model(
+    model: nn.Module,
+    data: Dataset,
+    out: str | Path,
+    *,
+    run_info: dict,
+    history: list[dict] | None = None,
+    methods: Sequence[str] = ("gradcam",),
+    layers: Sequence[str] = LAYERS,
+    limit: int | None = None,
+    cam_batch_size: int = 64,
+    eval_batch_size: int = 64,
+    precision: str = "fp32",
+    evaluation: Evaluation | None = None,
+    report_config: ReportConfig | None = None,
+) -> Outcome:
+    """Evaluate `model` on `data.test`, explain its `limit` most confident mistakes, write
+    out/gallery/<method>/ for each method and out/report.html (pair statistics use all mistakes).
+
+    `evaluation` saves a pass when the caller has one of this model on this split.
+    """
+    started = time.perf_counter()
+    check_explainable(model, methods, layers, precision)
+    if evaluation is None:
+        evaluation = evaluate(model, data.test, eval_batch_size)
+    galleries = write_galleries(
+        model,
+        data,
+        out,
+        mistakes=evaluation.mistakes,
+        limit=limit,
+        methods=methods,
+        layers=layers,
+        cam_batch_size=cam_batch_size,
+        precision=precision,
+    )
+    report = compute_report(
+        model,
+        data.test,
+        data.classes,
+        run_info=run_info,
+        history=history,
+        methods=methods,
+        layers=layers,
+        batch_size=cam_batch_size,
+        evaluation=evaluation,
+        config=report_config,
+        precision=precision,
+        explained=(galleries.mistakes, galleries.explanations),
+    )
+    path = render_report(report, out)
+    return Outcome(evaluation, galleries, path, time.perf_counter() - started)
+
+
+def _recipe(meta: dict) -> str:
+    r = meta.get("recipe", {})
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "precision")
+    return ", ".join(f"{k} {r[k]}" for k in keys if k in r)
+
+
+def run(
+    config: TrainConfig,
+    data: Dataset,
+    out: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    methods: Sequence[str] = ("gradcam",),
+    layers: Sequence[str] = LAYERS,
+    limit: int | None = 1000,
+    cam_batch_size: int = 64,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> Outcome:
+    """Train in `out` (continuing a killed run there), then evaluate into out/eval and
+    `explain_model` the checkpoint. Maps are fp32; `config.precision` is the training's.
+
+    `limit` keeps the gallery and the page small after a short run (thousands of mistakes).
+    """
+    started, out = time.perf_counter(), Path(out)
+    # fail before hours of training, not after: the layers are checked on an untrained twin
+    check_explainable(ResNet18(len(data.classes), config.norm, config.width), methods, layers)
+    train(
+        config,
+        data,
+        out,
+        device=device,
+        resume=True,  # continues the run in `out` when there is one, else starts it
+        progress=progress,
+        on_epoch=tensorboard_logger(out) if tensorboard else None,
+    )
+    model, meta = load_checkpoint(out / "checkpoint.safetensors", device)
+    evaluation = evaluate(model, data.test, config.eval_batch_size)
+    write_evaluation(evaluation, data.classes, out / "eval", {"checkpoint": str(out)})
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    run_info = {
+        "checkpoint": str(out / "checkpoint.safetensors"),
+        "data": data.source,
+        "data_label": data.label,
+        "epochs": meta["epoch"],
+        "trained on": meta["device"],
+        "train_seconds": meta["train_seconds"],
+        "recipe": _recipe(meta),
+    }
+    outcome = explain_model(
+        model,
+        data,
+        out,
+        run_info=run_info,
+        history=history,
+        methods=methods,
+        layers=layers,
+        limit=limit,
+        cam_batch_size=cam_batch_size,
+        evaluation=evaluation,
+    )
+    return replace(outcome, seconds=time.perf_counter() - started)
+
+
+def demo(
+    out: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    methods: Sequence[str] = ("gradcam",),
+    layers: Sequence[str] = LAYERS,
+    cam_batch_size: int = 64,
+    precision: str = "fp32",
+) -> Outcome:
+    """Offline: the shipped model's mistakes on the bundled 1,000-image sample, explained."""
+    started = time.perf_counter()
+    model, meta = load_checkpoint("shipped", device)
+    data = load_dataset("sample", progress=False)
+    run_info = {
+        "checkpoint": "shipped with camlens (camlens/assets/resnet18-cifar10-jpeg)",
+        "data": "1,000-image sample of the test split (100 per class), bundled with camlens",
+        "data_label": "CIFAR-10 (JPEG q75), 1,000-image test sample",
+        "epochs": meta["epochs"],
+        "trained on": meta["device"],
+        "train_seconds": meta["train_seconds"],
+        "training images": meta["train_images"],
+        "full test accuracy": f"{meta['evaluation']['test_acc']:.2%} (10,000 images)",
+        "recipe": _recipe(meta),
+    }
+    outcome = explain_model(
+        model,
+        data,
+        out,
+        run_info=run_info,
+        history=meta.get("history"),
+        methods=methods,
+        layers=layers,
+        cam_batch_size=cam_batch_size,
+        precision=precision,
+    )
+    return replace(outcome, seconds=time.perf_counter() - started)

@@ -1,0 +1,118 @@
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import camlens
+from camlens.cam import GradCAM
+from camlens.evaluate import find_mistakes, predict
+from camlens.explain import ExplainError, explain_mistakes, select_mistakes
+from camlens.model import ResNet18
+
+CLASSES = tuple(f"k{i}" for i in range(5))
+PACKAGE = Path(camlens.__file__).parent
+
+
+@pytest.fixture(scope="module")
+def case():
+    torch.manual_seed(0)
+    model = ResNet18(5, width=8).eval()
+    images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(30) % 5
+    mistakes = find_mistakes(predict(model, images), labels)
+    mistakes = type(mistakes)(
+        *[getattr(mistakes, f) for f in ("indices", "labels", "preds", "probs", "margins")],
+        images=images[mistakes.indices],
+    )
+    assert len(mistakes) >= 10
+    return model, mistakes
+
+
+def test_select_filters_sorts_and_limits(case):
+    _, m = case
+    some_label = CLASSES[int(m.labels[0])]
+    chosen = select_mistakes(m, CLASSES, label_name=some_label)
+    assert len(chosen) == int((m.labels == int(m.labels[0])).sum())
+    assert all(CLASSES[t] == some_label for t in chosen.labels.tolist())
+    some_pred = CLASSES[int(m.preds[0])]
+    chosen = select_mistakes(m, CLASSES, pred_name=some_pred)
+    assert len(chosen) == int((m.preds == int(m.preds[0])).sum())
+    by_margin = select_mistakes(m, CLASSES, sort="margin", limit=4)
+    assert len(by_margin) == 4
+    assert torch.all(by_margin.margins[:-1] >= by_margin.margins[1:])
+    assert by_margin.margins[0] == m.margins.max()
+    with pytest.raises(ExplainError, match="k0, k1"):
+        select_mistakes(m, CLASSES, pred_name="zebra")
+    with pytest.raises(ExplainError, match="confidence, margin, index"):
+        select_mistakes(m, CLASSES, sort="loudest")
+
+
+def test_explanations_equal_the_engine_on_each_image(case):
+    model, m = case
+    expl = explain_mistakes(model, m.images, m.labels, layers=["layer3", "layer4"], batch_size=7)
+    assert expl.pred_cams.shape == (2, len(m), 32, 32) and expl.resolutions == ((8, 8), (4, 4))
+    assert torch.equal(expl.logits.argmax(1), m.preds)
+    with GradCAM(model, layer="layer4", normalize="none") as cam:
+        raw_label = cam.explain(m.images.float() / 255, targets=m.labels)
+    assert torch.allclose(expl.label_max[1], raw_label.raw_max[0], rtol=1e-4, atol=1e-6)
+    # "pair" scale: an image's stronger map reaches 1, the weaker one stays below
+    peak = torch.maximum(expl.pred_cams[1].amax((1, 2)), expl.label_cams[1].amax((1, 2)))
+    assert torch.allclose(peak[peak > 0], torch.ones_like(peak[peak > 0]), atol=1e-5)
+    assert expl.contrast_cams is not None and expl.contrast_cams.min() < 0
+
+
+def test_predicted_maps_explain_the_stated_predictions(case):
+    """With TTA the stated prediction need not be the arg-max: the map must follow the statement."""
+    model, m = case
+    stated = (m.preds + 1) % 5
+    expl = explain_mistakes(model, m.images, m.labels, layers=["layer4"], preds=stated)
+    with GradCAM(model, layer="layer4", normalize="none") as cam:
+        ref = cam.explain(m.images.float() / 255, targets=stated)
+    assert torch.allclose(expl.pred_max[0], ref.raw_max[0], rtol=1e-4, atol=1e-6)
+    argmax = explain_mistakes(model, m.images, m.labels, layers=["layer4"])
+    assert not torch.allclose(argmax.pred_max[0], expl.pred_max[0])
+
+
+def test_bf16_precision_reaches_the_engine(case):
+    model, m = case
+    fp32 = explain_mistakes(model, m.images, m.labels, layers=["layer4"])
+    bf16 = explain_mistakes(model, m.images, m.labels, layers=["layer4"], precision="bf16")
+    assert bf16.pred_cams.dtype == torch.float32  # maps are combined in fp32 either way
+    assert not torch.equal(bf16.pred_max, fp32.pred_max)  # the forward pass did run in bf16
+    assert torch.allclose(bf16.pred_max, fp32.pred_max, rtol=0.1, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"method": "gradcam+++"}, "gradcam++"),  # the message lists the valid methods
+        ({"layers": ["layer9"]}, "layer3.1.conv2"),  # ... and the model's layers
+        ({"layers": []}, "layer4"),
+        ({"layers": ["layer4", "layer4"]}, "twice"),
+        ({"precision": "fp8"}, "fp32, bf16"),
+    ],
+)
+def test_what_cannot_be_explained_is_a_one_line_user_error(case, kwargs, needle):
+    model, m = case
+    with pytest.raises(ExplainError) as error:
+        explain_mistakes(model, m.images, m.labels, **kwargs)
+    assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def _camlens_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_report_gets_its_maps_without_the_gallery_drawing_code():
+    """The explain step draws nothing; the report reads its maps, not the gallery's pictures."""
+    assert not {n for n in _camlens_imports(PACKAGE / "explain.py") if n.startswith("PIL")}
+    for path in (PACKAGE / "report").glob("*.py"):
+        imported = _camlens_imports(path)
+        assert not {n for n in imported if n.startswith("camlens.gallery")}, path.name
