@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from camlens.cam import METHODS, create, find_layer
+from camlens.cam import METHODS, PRECISIONS, create, find_layer
 from camlens.evaluate import Mistakes, as_float_images
 
 __all__ = [
-    "PRECISIONS",
     "SORTS",
     "ExplainError",
     "Explanations",
@@ -29,7 +28,6 @@ __all__ = [
 
 SORTS = ("confidence", "margin", "index")
 # autocast dtype of the CAM forward pass; maps are combined in fp32 either way
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 class ExplainError(ValueError):
@@ -98,9 +96,8 @@ def explain_mistakes(
     check_explainable(model, [method], layers, precision)
     device = next(model.parameters()).device
     x = as_float_images(images.to(device))
-    amp = PRECISIONS[precision]  # the engine's CamConfig still spells it `amp`
     with create(
-        method, model, list(layers), batch_size=batch_size, normalize="pair", amp=amp
+        method, model, list(layers), batch_size=batch_size, normalize="pair", precision=precision
     ) as cam:
         pair = cam.explain_pair(
             x, labels.to(device), preds=None if preds is None else preds.to(device)
@@ -111,10 +108,10 @@ def explain_mistakes(
         layers=pair.pred.layers,
         resolutions=pair.pred.resolutions,
         pred_cams=pair.pred.layer_cams.cpu(),
-        label_cams=pair.true.layer_cams.cpu(),
+        label_cams=pair.label.layer_cams.cpu(),
         contrast_cams=contrast,
         pred_max=pair.pred.raw_max.cpu(),
-        label_max=pair.true.raw_max.cpu(),
+        label_max=pair.label.raw_max.cpu(),
         logits=pair.pred.logits.cpu(),
     )
 

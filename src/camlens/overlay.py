@@ -8,7 +8,7 @@
     COLORMAPS: the maps camlens uses ("jet", "turbo", "viridis", "inferno"; diverging "RdBu_r",
     "coolwarm"); any matplotlib colormap name works.
 
-`cams` are in [0, 1], or in [-1, 1] with `signed=True` (Contrast maps, see camlens.cam), where
+`cams` are in [0, 1], or in [-1, 1] with `signed=True` (contrast maps, see camlens.cam), where
 zero lands on the diverging colormap's neutral middle. `colormap=None` picks "jet", or "RdBu_r"
 when signed. `size` (an int or (H, W)) upscales for display: nearest for the image, so that
 each of its pixels stays a sharp block, bilinear for the map, which is smooth by nature. The

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from camlens.cam.base import (
     NORMALIZE,
+    PRECISIONS,
     BaseCAM,
     CamConfig,
     CamResult,
@@ -62,6 +63,7 @@ __all__ = [
     "CAM",
     "METHODS",
     "NORMALIZE",
+    "PRECISIONS",
     "BaseCAM",
     "CamConfig",
     "CamResult",

@@ -46,6 +46,7 @@ from camlens.cam.targets import (
 
 __all__ = [
     "NORMALIZE",
+    "PRECISIONS",
     "BaseCAM",
     "CamConfig",
     "CamResult",

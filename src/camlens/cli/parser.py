@@ -12,7 +12,7 @@ import types
 import typing
 from pathlib import Path
 
-from camlens.cam import METHODS
+from camlens.cam import METHODS, PRECISIONS
 from camlens.cli.commands import (
     DTYPES,
     cmd_demo,
@@ -23,7 +23,7 @@ from camlens.cli.commands import (
     cmd_summary,
     cmd_train,
 )
-from camlens.explain import PRECISIONS, SORTS
+from camlens.explain import SORTS
 from camlens.train import TrainConfig
 from camlens.version import __version__
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from camlens.cam import create
 from camlens.data import Split
 from camlens.evaluate import Evaluation, Mistakes, as_float_images, evaluate
-from camlens.explain import PRECISIONS, Explanations, explain_mistakes, select_mistakes
+from camlens.explain import Explanations, explain_mistakes, select_mistakes
 
 __all__ = [
     "PairMaps",
@@ -166,9 +166,8 @@ def _pair_maps(
     member = {(t, p): ((m.labels == t) & (m.preds == p)).nonzero().flatten() for t, p, _ in pairs}
     rows = torch.cat(list(member.values()))
     means, outside, correct = {}, {}, {}
-    amp = PRECISIONS[precision]  # the engine's CamConfig still spells it `amp`
     with create(
-        method, model, list(layers), batch_size=batch_size, normalize="none", amp=amp
+        method, model, list(layers), batch_size=batch_size, normalize="none", precision=precision
     ) as cam:
         x = as_float_images(split.images[m.indices[rows]].to(device))
         # explicit targets: with TTA the mistakes' predictions need not be the plain arg-max
