@@ -22,6 +22,7 @@ __all__ = [
     "ExplainError",
     "Explanations",
     "check_explainable",
+    "explain_each",
     "explain_mistakes",
     "select_mistakes",
 ]
@@ -137,3 +138,22 @@ def select_mistakes(
     key = {"confidence": -chosen.confidence, "margin": -chosen.margins, "index": chosen.indices}
     order = key[sort].argsort(stable=True)
     return chosen.select(order[:limit] if limit is not None else order)
+
+
+def explain_each(
+    model: nn.Module,
+    mistakes: Mistakes,
+    methods: Sequence[str],
+    layers: Sequence[str] = ("layer4",),
+    batch_size: int = 64,
+    precision: str = "fp32",
+) -> dict[str, Explanations]:
+    """Each method's maps of `mistakes` (with their images); the predicted-class maps explain
+    `mistakes.preds`, the stated predictions (TTA's, from a csv), not the arg-max."""
+    return {
+        method: explain_mistakes(
+            model, mistakes.images, mistakes.labels, method, layers, batch_size, precision,
+            preds=mistakes.preds,
+        )
+        for method in (methods if len(mistakes) else ())
+    }

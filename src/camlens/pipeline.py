@@ -32,7 +32,7 @@ from camlens.evaluate import (
     predict,
     write_evaluation,
 )
-from camlens.explain import Explanations, check_explainable, explain_mistakes, select_mistakes
+from camlens.explain import Explanations, check_explainable, explain_each, select_mistakes
 from camlens.gallery import GalleryConfig, write_gallery
 from camlens.model import ResNet18, load_checkpoint
 from camlens.report import ReportConfig, compute_report, render_report
@@ -110,19 +110,11 @@ def write_galleries(
     if mistakes.images is None:
         mistakes = replace(mistakes, images=data.test.images[mistakes.indices])
     chosen = select_mistakes(mistakes, data.classes, sort, label_name, pred_name, limit)
-    explanations, folders = {}, {}
-    for method in methods if len(chosen) else ():
-        explanations[method] = explain_mistakes(
-            model,
-            chosen.images,
-            chosen.labels,
-            method,
-            layers,
-            cam_batch_size,
-            precision,
-            preds=chosen.preds,  # the stated predictions (TTA's, from a csv), not the arg-max
-        )
-        folders[method] = write_gallery(explanations[method], chosen, data.classes, out, config)
+    explanations = explain_each(model, chosen, methods, layers, cam_batch_size, precision)
+    folders = {
+        method: write_gallery(expl, chosen, data.classes, out, config)
+        for method, expl in explanations.items()
+    }
     return Galleries(chosen, explanations, folders)
 
 
@@ -180,10 +172,17 @@ def explain_model(
     return Outcome(evaluation, galleries, path, time.perf_counter() - started)
 
 
-def _recipe(meta: dict) -> str:
+def _run_info(meta: dict, **facts: str) -> dict:
+    """What the report's summary says of a checkpoint: `facts`, then how it was trained."""
     r = meta.get("recipe", {})
     keys = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "precision")
-    return ", ".join(f"{k} {r[k]}" for k in keys if k in r)
+    return {
+        **facts,
+        "epochs": meta["epoch"],
+        "trained on": meta["device"],
+        "train_seconds": meta["train_seconds"],
+        "recipe": ", ".join(f"{k} {r[k]}" for k in keys if k in r),
+    }
 
 
 def run(
@@ -220,15 +219,12 @@ def run(
     evaluation = evaluate(model, data.test, config.eval_batch_size)
     write_evaluation(evaluation, data.classes, out / "eval", {"checkpoint": str(out)})
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    run_info = {
-        "checkpoint": str(out / "checkpoint.safetensors"),
-        "data": data.source,
-        "data_label": data.label,
-        "epochs": meta["epoch"],
-        "trained on": meta["device"],
-        "train_seconds": meta["train_seconds"],
-        "recipe": _recipe(meta),
-    }
+    run_info = _run_info(
+        meta,
+        checkpoint=str(out / "checkpoint.safetensors"),
+        data=data.source,
+        data_label=data.label,
+    )
     outcome = explain_model(
         model,
         data,
@@ -257,17 +253,16 @@ def demo(
     started = time.perf_counter()
     model, meta = load_checkpoint("shipped", device)
     data = load_dataset("sample", progress=False)
-    run_info = {
-        "checkpoint": "shipped with camlens (camlens/assets/resnet18-cifar10-jpeg)",
-        "data": "1,000-image sample of the test split (100 per class), bundled with camlens",
-        "data_label": "CIFAR-10 (JPEG q75), 1,000-image test sample",
-        "epochs": meta["epochs"],
-        "trained on": meta["device"],
-        "train_seconds": meta["train_seconds"],
-        "training images": meta["train_images"],
-        "full test accuracy": f"{meta['evaluation']['test_acc']:.2%} (10,000 images)",
-        "recipe": _recipe(meta),
-    }
+    run_info = _run_info(
+        meta,
+        checkpoint="shipped with camlens (camlens/assets/resnet18-cifar10-jpeg)",
+        data="1,000-image sample of the test split (100 per class), bundled with camlens",
+        data_label="CIFAR-10 (JPEG q75), 1,000-image test sample",
+        **{
+            "training images": meta["train_images"],
+            "full test accuracy": f"{meta['evaluation']['test_acc']:.2%} (10,000 images)",
+        },
+    )
     outcome = explain_model(
         model,
         data,

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from camlens.cam import create
 from camlens.data import Split
 from camlens.evaluate import Evaluation, Mistakes, as_float_images, evaluate
-from camlens.explain import Explanations, explain_mistakes, select_mistakes
+from camlens.explain import Explanations, explain_each, select_mistakes
 
 __all__ = [
     "PairMaps",
@@ -246,18 +246,7 @@ def compute_report(
     else:
         shown = select_mistakes(evaluation.mistakes, list(classes), "confidence", limit=limit)
         shown = replace(shown, images=split.images[shown.indices.cpu()])
-        explanations = {}
-        for method in methods if len(shown) else ():
-            explanations[method] = explain_mistakes(
-                model,
-                shown.images,
-                shown.labels,
-                method,
-                layers,
-                batch_size,
-                precision,
-                preds=shown.preds,
-            )
+        explanations = explain_each(model, shown, methods, layers, batch_size, precision)
     chosen = _top_pairs(evaluation.confusion, evaluation.mistakes, config)
     per_method = {}
     if chosen:
