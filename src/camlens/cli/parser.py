@@ -129,7 +129,8 @@ def _checkpoint_flag(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         required=True,
         type=Path,
-        help="checkpoint.safetensors (its .json beside it), or `shipped` for the bundled model",
+        help="checkpoint.safetensors (its .json beside it), or a bundled model: `shipped` "
+        "(batch norm) or `shipped-layer` (layer norm)",
     )
 
 
