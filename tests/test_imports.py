@@ -14,6 +14,7 @@ ORDER = [
     "evaluate",
     "train",
     "cam",
+    "metrics",
     "overlay",
     "gallery",
     "report",
