@@ -201,6 +201,9 @@ def test_baselines():
     assert first.min() >= 0 and first.max() <= 1
     centre = baseline_maps((2, 9, 7), "centre")
     assert centre[0].argmax().item() == 4 * 7 + 3 and centre.min() == 0 and centre.max() == 1
+    assert torch.allclose(centre[0], centre[0].flip(0)) and torch.allclose(
+        centre[0], centre[0].flip(1)
+    )
     assert torch.equal(centre[0], centre[1])
     assert set(BASELINES) == {"random", "centre"}
     maps = baseline_engine("random", g)(torch.zeros(2, 3, 9, 7), None)
@@ -222,7 +225,10 @@ def test_bootstrap_interval():
 
 def small_case(n: int = 7):
     g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 5))
+    with torch.no_grad():
+        model[-1].weight.mul_(40)  # probabilities far from uniform: perturbations show
     images = torch.rand(n, 3, 8, 8, generator=g)
     cams = torch.rand(n, 8, 8, generator=g)
     return model, images, cams, torch.arange(n) % 5
