@@ -7,7 +7,7 @@ diagonal ones (neighbours that are removed too are unknowns of the same sparse l
 plus Gaussian noise of std 0.01. The system is symmetric positive definite (a graph Laplacian
 with the kept pixels as boundary), so it is solved by Jacobi-preconditioned conjugate gradient
 in torch on the images' device, all images of a chunk at once, to an RMS residual of
-`road_tol` (image units); a 3x3 convolution applies the matrix, nothing is assembled.
+`road_tol` (image units); shifted adds apply the matrix, nothing is assembled.
 
 Per image, for each fraction p: MoRF removes the p most relevant pixels (the probability
 should fall: lower is better), LeRF the p least relevant (it should stay: higher is better).
@@ -26,10 +26,19 @@ from torch import Tensor, nn
 from camlens.metrics.config import MetricConfig
 from camlens.metrics.core import normal_noise, pixel_ranks, target_probs
 
-__all__ = ["NEIGHBOUR_WEIGHTS", "noisy_linear_impute", "road_curves", "road_score"]
+__all__ = ["neighbour_sum", "noisy_linear_impute", "road_curves", "road_score"]
 
-# weights of the 3x3 neighbourhood (the centre is the unknown itself), Rong et al. 2022
-NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
+
+def neighbour_sum(x: Tensor) -> Tensor:
+    """(..., H, W) -> each pixel's in-image neighbours weighted 1/6 (direct), 1/12 (diagonal).
+
+    The 3x3 weights are (outer((1, 2, 1), (1, 2, 1)) - 4 at the centre) / 12: two 1-D passes
+    of shifted adds, several times faster on CPU than a one-channel 3x3 convolution.
+    """
+    p = F.pad(x, (1, 1, 1, 1))  # zero padding: pixels outside the image weigh nothing
+    rows = p[..., :, :-2] + 2 * p[..., :, 1:-1] + p[..., :, 2:]  # (..., H + 2, W)
+    both = rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :]  # (..., H, W)
+    return (both - 4 * x) / 12
 
 
 def noisy_linear_impute(
@@ -43,26 +52,20 @@ def noisy_linear_impute(
 
     `noise` (N, C, H, W), already scaled, is added to the imputed pixels; None: noise off.
     """
-    n, c, h, w = images.shape
+    h, w = images.shape[-2:]
     x_in = images.float()
-    kernel = torch.tensor(NEIGHBOUR_WEIGHTS, device=images.device).view(1, 1, 3, 3)
     u = removed[:, None].float()  # (N, 1, H, W): 1 where unknown
     known = 1 - u
-
-    def spread(x: Tensor) -> Tensor:
-        # (N, C, H, W) -> weighted sum of each pixel's in-image neighbours (zero padding)
-        return F.conv2d(x.reshape(n * c, 1, h, w), kernel, padding=1).reshape(n, c, h, w)
-
-    ones = torch.ones(1, 1, h, w, device=images.device)
-    diag = F.conv2d(ones, kernel, padding=1)  # (1, 1, H, W): weight of the in-image neighbours
+    # (1, 1, H, W): total weight of each pixel's in-image neighbours (1 inside, less on borders)
+    diag = neighbour_sum(torch.ones(1, 1, h, w, device=images.device)).clamp_min(1e-12)
 
     def apply(x: Tensor) -> Tensor:  # the system matrix on the unknowns
-        return u * (diag * x - spread(u * x))
+        return u * (diag * x - neighbour_sum(u * x))
 
     def dot(a: Tensor, b: Tensor) -> Tensor:  # (N, C, H, W) x 2 -> (N, C, 1, 1)
         return (a * b).sum((2, 3), keepdim=True)
 
-    b = u * spread(x_in * known)
+    b = u * neighbour_sum(x_in * known)
     # start from each channel's mean of the kept pixels: CG then has less to travel
     x = u * dot(x_in, known) / known.sum((2, 3), keepdim=True).clamp_min(1)
     r = b - apply(x)
