@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import camlens.metrics
 from camlens.metrics import (
     BASELINES,
     MetricConfig,
@@ -272,3 +273,11 @@ def test_bad_input_is_named():
         score_maps(model, images, cams, 7, ["drop"])
     with pytest.raises(ValueError, match="unknown replacement"):
         MetricConfig(replacement="noise")
+
+
+def test_the_public_surface_exists_and_is_documented():
+    assert len(set(camlens.metrics.__all__)) == len(camlens.metrics.__all__)
+    for name in camlens.metrics.__all__:
+        value = getattr(camlens.metrics, name)
+        if callable(value):
+            assert value.__doc__, name

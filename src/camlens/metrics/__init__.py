@@ -10,17 +10,19 @@
 Every metric scores the softmax probability of the target class; perturbed copies of many
 images go through the model together, `batch_size` per forward pass, on the images' device.
 
-Public API:
+Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,) or an int):
     score_maps(model, images, cams, targets, metrics=METRICS, engine=None, config=None,
                generator=None, **overrides) -> Scores(values, curves, probs)
     METRICS, HIGHER_IS_BETTER, MetricConfig, REPLACEMENTS
-    perturbation_curves, drop_increase, replacement_images    deletion/insertion, Grad-CAM++'s
-    road_curves, road_score, noisy_linear_impute              ROAD (Rong et al. 2022)
-    arcc, coherency, complexity                              ARCC (Domeniconi et al. 2026)
-    baseline_maps(shape, kind, generator, device), BASELINES  "random", "centre"
-    baseline_engine(kind, generator)                         a baseline as a method (ARCC)
-    sanity_check, sanity_verdict, cascade_order, reinitialise, spearman, ssim,
-    SanityResult, SanityVerdict                              Adebayo et al. 2018
+    perturbation_curves(model, images, cams, targets, config, probs, which)  deletion, insertion
+    drop_increase(model, images, cams, targets, config, probs)   Average Drop, Increase
+    road_curves(model, images, cams, targets, fractions, config, generator), road_score,
+    noisy_linear_impute(images, removed, noise, tol, max_iter), neighbour_sum       ROAD
+    arcc(coherency, complexity, road), coherency(engine, images, cams, targets), complexity
+    baseline_maps(shape, kind, generator, device), baseline_engine(kind, generator), BASELINES
+    sanity_check(model, images, targets, make_engine, layers, generator, keep) -> SanityResult
+    sanity_verdict(result, max_spearman=0.5) -> SanityVerdict; cascade_order, reinitialise,
+    spearman, ssim
     bootstrap_ci(values, n_boot, level, generator) -> (mean, low, high)
 """
 
@@ -28,7 +30,7 @@ from camlens.metrics.arcc import arcc, coherency, complexity
 from camlens.metrics.baselines import BASELINES, baseline_engine, baseline_maps
 from camlens.metrics.config import REPLACEMENTS, MetricConfig
 from camlens.metrics.perturb import drop_increase, perturbation_curves, replacement_images
-from camlens.metrics.road import noisy_linear_impute, road_curves, road_score
+from camlens.metrics.road import neighbour_sum, noisy_linear_impute, road_curves, road_score
 from camlens.metrics.sanity import (
     SanityResult,
     SanityVerdict,
@@ -59,6 +61,7 @@ __all__ = [
     "coherency",
     "complexity",
     "drop_increase",
+    "neighbour_sum",
     "noisy_linear_impute",
     "perturbation_curves",
     "reinitialise",

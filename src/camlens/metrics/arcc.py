@@ -12,6 +12,8 @@ ground-truth attributions best on the paper's synthetic benchmark:
 - ROAD = pytorch-grad-cam's ROADCombined at removal fractions 20, 40, 60, 80 %: the mean of
   (LeRF - MoRF) / 2 of the softmax probability, mapped to (0, 1) by (1 + ROAD) / 2.
 Higher is better; it is undefined (NaN) unless Coherency > 0, Complexity < 1 and ROAD < 1.
+A map that ignores its input (the centre baseline) has Coherency 1 by construction, so
+ARCC can rank it above a real method: read it beside its baselines.
 
 The formula and component definitions follow the authors' code: `metrics/coherency.py`,
 `metrics/complexity.py` and `metrics/road.py` of github.com/liuktc/RefineCAM, and the

@@ -15,6 +15,7 @@ from camlens.cam import eval_mode
 
 __all__ = [
     "check_inputs",
+    "checked",
     "make_generator",
     "normal_noise",
     "pearson",
@@ -69,6 +70,25 @@ def target_probs(model: nn.Module, count: int, build: Builder, batch_size: int) 
             probs = logits.float().softmax(1)  # (B, K)
             out.append(probs.gather(1, targets[:, None])[:, 0])  # (B, K) -> (B,)
     return torch.cat(out)
+
+
+def checked(
+    model: nn.Module,
+    images: Tensor,
+    cams: Tensor,
+    targets: Tensor | int,
+    batch_size: int,
+    probs: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Checked targets, and the (N,) unperturbed probabilities where the caller has none."""
+    targets = check_inputs(images, cams, targets)
+    if probs is None:
+
+        def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
+            return images[start:stop], targets[start:stop]
+
+        probs = target_probs(model, images.shape[0], build, batch_size)
+    return targets, probs
 
 
 def pixel_ranks(cams: Tensor) -> Tensor:

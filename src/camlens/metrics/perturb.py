@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camlens.metrics.config import MetricConfig
-from camlens.metrics.core import pixel_ranks, target_probs
+from camlens.metrics.core import checked, pixel_ranks, target_probs
 
 __all__ = ["drop_increase", "perturbation_curves", "replacement_images"]
 
@@ -45,17 +45,21 @@ def perturbation_curves(
     model: nn.Module,
     images: Tensor,
     cams: Tensor,
-    targets: Tensor,
-    config: MetricConfig,
-    probs: Tensor,
+    targets: Tensor | int,
+    config: MetricConfig | None = None,
+    probs: Tensor | None = None,
     which: tuple[str, ...] = ("deletion", "insertion"),
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """name -> ((K+1,) fraction of pixels moved, (N, K+1) target probability) per curve.
 
-    `probs` (N,) is the target probability on the unperturbed images (each curve's other end).
-    All perturbed copies of all images go through `target_probs` in flat chunks: item f is
-    image f // M at table row f % M, so no Python loop runs per image.
+    `probs` (N,), the target probability on the unperturbed images (each curve's other end),
+    is computed when not given. All perturbed copies of all images go through `target_probs`
+    in flat chunks: item f is image f // M at table row f % M; no Python loop runs per image.
     """
+    config = config or MetricConfig()
+    targets, probs = checked(model, images, cams, targets, config.batch_size, probs)
+    if not which or any(c not in ("deletion", "insertion") for c in which):
+        raise ValueError(f"which must name 'deletion' and/or 'insertion', got {which}")
     n, _, h, w = images.shape
     hw, k = h * w, config.steps
     counts = [(i * hw) // k for i in range(k + 1)]  # pixels moved after step i
@@ -100,11 +104,13 @@ def drop_increase(
     model: nn.Module,
     images: Tensor,
     cams: Tensor,
-    targets: Tensor,
-    config: MetricConfig,
-    probs: Tensor,
+    targets: Tensor | int,
+    config: MetricConfig | None = None,
+    probs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(N,) Average Drop term max(0, Y - O) / Y and (N,) Increase term [Y < O], float."""
+    config = config or MetricConfig()
+    targets, probs = checked(model, images, cams, targets, config.batch_size, probs)
 
     def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
         return images[start:stop] * cams[start:stop, None], targets[start:stop]

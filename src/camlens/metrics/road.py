@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camlens.metrics.config import MetricConfig
-from camlens.metrics.core import normal_noise, pixel_ranks, target_probs
+from camlens.metrics.core import (
+    check_inputs,
+    make_generator,
+    normal_noise,
+    pixel_ranks,
+    target_probs,
+)
 
 __all__ = ["neighbour_sum", "noisy_linear_impute", "road_curves", "road_score"]
 
@@ -92,16 +98,22 @@ def road_curves(
     model: nn.Module,
     images: Tensor,
     cams: Tensor,
-    targets: Tensor,
-    fractions: tuple[float, ...],
-    config: MetricConfig,
-    generator: torch.Generator,
+    targets: Tensor | int,
+    fractions: tuple[float, ...] | None = None,
+    config: MetricConfig | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(N, F) MoRF and (N, F) LeRF target probabilities after removing each fraction.
 
-    Items (image, order, fraction) are flat: each chunk of `batch_size` items is imputed in one
-    batched solve and scored in one forward pass.
+    `fractions` defaults to `config.road_fractions`. Items (image, order, fraction) are flat:
+    each chunk of `batch_size` items is imputed in one batched solve and scored in one forward.
     """
+    config = config or MetricConfig()
+    fractions = tuple(config.road_fractions if fractions is None else fractions)
+    if not fractions or not all(0 < f < 1 for f in fractions):
+        raise ValueError(f"fractions must be strictly between 0 and 1, got {fractions}")
+    targets = check_inputs(images, cams, targets)
+    generator = make_generator(generator, config.seed)
     n, c, h, w = images.shape
     hw, nf = h * w, len(fractions)
     counts = torch.tensor([round(f * hw) for f in fractions], device=images.device)

@@ -43,6 +43,8 @@ Explainer = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class SanityResult:
+    """Per cascade step, how similar each image's map still is to its original map."""
+
     steps: tuple[str, ...]  # the block randomised at each step (all earlier ones stay random)
     spearman: Tensor  # (S, N) rank correlation of each step's maps with the original maps
     ssim: Tensor  # (S, N) SSIM of the same pairs
@@ -64,6 +66,8 @@ class SanityResult:
 
 @dataclass(frozen=True)
 class SanityVerdict:
+    """Whether the maps depend on the model: they must decorrelate as it is randomised."""
+
     passed: bool  # the maps decorrelated once the whole cascade was randomised
     final_spearman: float  # mean Spearman over images after the last step
     decorrelated_at: str | None  # first block after which the mean fell below the threshold

@@ -41,6 +41,8 @@ HIGHER_IS_BETTER = {
 
 @dataclass(frozen=True)
 class Scores:
+    """What `score_maps` measured: per-image values, the curves behind them, the base scores."""
+
     values: dict[str, Tensor]  # name -> (N,) per image (see HIGHER_IS_BETTER)
     curves: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # name -> (x, (N, P))
     probs: Tensor | None = None  # (N,) target probability on the unperturbed images

@@ -20,7 +20,9 @@ def bootstrap_ci(
 ) -> tuple[float, float, float]:
     """(mean, low, high) of (n,) per-image values: the percentile bootstrap interval of the mean.
 
-    NaN values (an undefined ARCC) are left out; no values at all give three NaNs.
+    NaN values (an undefined ARCC) are left out; no values at all give three NaNs. To compare a
+    method with a baseline on the same images, pass the per-image differences: the pairing
+    removes the spread between images and gives a much narrower interval.
     """
     if n_boot < 1 or not 0 < level < 1:
         raise ValueError(f"n_boot must be >= 1 and level in (0, 1), got {n_boot} and {level}")
