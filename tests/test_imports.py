@@ -15,6 +15,7 @@ ORDER = [
     "evaluate",
     "train",
     "cam",
+    "metrics",
     "explain",
     "overlay",
     "gallery",

@@ -1,0 +1,76 @@
+"""Can a map be trusted? Faithfulness metrics and a sanity check: maps in, scores out.
+
+    scores = score_maps(model, images, cams, targets, engine=cam)   # Scores: values, curves
+    scores.values["deletion"]                     # (N,) per image; see HIGHER_IS_BETTER
+    random = baseline_maps(images.shape, "random", generator)      # scored the same way
+    result = sanity_check(model, images, targets, lambda m: create("gradcam", m, "layer4"))
+    sanity_verdict(result).passed
+    mean, low, high = bootstrap_ci(scores.values["insertion"])
+
+Every metric scores the softmax probability of the target class; perturbed copies of many
+images go through the model together, `batch_size` per forward pass, on the images' device.
+
+Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,) or an int):
+    score_maps(model, images, cams, targets, metrics=METRICS, engine=None, config=None,
+               generator=None, **overrides) -> Scores(values, curves, probs)
+    METRICS, HIGHER_IS_BETTER, MetricConfig, REPLACEMENTS
+    perturbation_curves(model, images, cams, targets, config, probs, which)  deletion, insertion
+    drop_increase(model, images, cams, targets, config, probs)   Average Drop, Increase
+    road_curves(model, images, cams, targets, fractions, config, generator), road_score,
+    noisy_linear_impute(images, removed, noise, tol, max_iter), neighbour_sum       ROAD
+    arcc(coherency, complexity, road), coherency(engine, images, cams, targets), complexity
+    baseline_maps(shape, kind, generator, device), baseline_engine(kind, generator), BASELINES
+    sanity_check(model, images, targets, make_engine, layers, generator, keep) -> SanityResult
+    sanity_verdict(result, max_spearman=0.5) -> SanityVerdict; cascade_order, reinitialise,
+    spearman, ssim
+    bootstrap_ci(values, n_boot, level, generator) -> (mean, low, high)
+"""
+
+from camlens.metrics.arcc import arcc, coherency, complexity
+from camlens.metrics.baselines import BASELINES, baseline_engine, baseline_maps
+from camlens.metrics.config import REPLACEMENTS, MetricConfig
+from camlens.metrics.perturb import drop_increase, perturbation_curves, replacement_images
+from camlens.metrics.road import neighbour_sum, noisy_linear_impute, road_curves, road_score
+from camlens.metrics.sanity import (
+    SanityResult,
+    SanityVerdict,
+    cascade_order,
+    reinitialise,
+    sanity_check,
+    sanity_verdict,
+    spearman,
+    ssim,
+)
+from camlens.metrics.score import HIGHER_IS_BETTER, METRICS, Scores, score_maps
+from camlens.metrics.stats import bootstrap_ci
+
+__all__ = [
+    "BASELINES",
+    "HIGHER_IS_BETTER",
+    "METRICS",
+    "REPLACEMENTS",
+    "MetricConfig",
+    "SanityResult",
+    "SanityVerdict",
+    "Scores",
+    "arcc",
+    "baseline_engine",
+    "baseline_maps",
+    "bootstrap_ci",
+    "cascade_order",
+    "coherency",
+    "complexity",
+    "drop_increase",
+    "neighbour_sum",
+    "noisy_linear_impute",
+    "perturbation_curves",
+    "reinitialise",
+    "replacement_images",
+    "road_curves",
+    "road_score",
+    "sanity_check",
+    "sanity_verdict",
+    "score_maps",
+    "spearman",
+    "ssim",
+]

@@ -1,0 +1,283 @@
+"""camlens.metrics: each metric on tiny cases worked out by hand, the imputation, the plumbing.
+
+The hand cases use a 4x4 one-channel "image" whose rows hold constant values and a linear model
+z = sum(w * x) with logits (z, 0), so that the target probability is sigmoid(z) and every
+expected number below is a short sum written out in the test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import camlens.metrics
+from camlens.metrics import (
+    BASELINES,
+    MetricConfig,
+    arcc,
+    baseline_engine,
+    baseline_maps,
+    bootstrap_ci,
+    noisy_linear_impute,
+    replacement_images,
+    score_maps,
+)
+from camlens.metrics.core import pixel_ranks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROW_WEIGHT = (2.0, 1.0, -1.0, 0.5)  # sum of w over each row
+ROW_VALUE = (1.0, 0.8, 0.4, 0.2)  # pixel value of each row
+ROW_MAP = (1.0, 0.75, 0.5, 0.25)  # map value of each row: rows are removed top to bottom
+
+
+class LinearNet(nn.Module):
+    """logits = (sum(w * x over channels and pixels), 0): P(class 0) = sigmoid(z)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("w", w)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        z = (images * self.w).flatten(1).sum(1)
+        return torch.stack([z, torch.zeros_like(z)], 1)
+
+
+def rows(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)[:, None].expand(4, 4)
+
+
+def hand_case():
+    w = rows(ROW_WEIGHT) / 4  # four pixels per row share the row's weight
+    images = rows(ROW_VALUE)[None, None].clone()  # (1, 1, 4, 4)
+    cams = rows(ROW_MAP)[None].clone()  # (1, 4, 4)
+    return LinearNet(w[None]), images, cams
+
+
+def sig(*zs: float) -> torch.Tensor:
+    return torch.sigmoid(torch.tensor(zs))
+
+
+def quarter_auc(p: torch.Tensor) -> float:
+    """Trapezoid on the fractions 0, 1/4, ..., 1."""
+    return float(0.25 * (p[0] / 2 + p[1] + p[2] + p[3] + p[4] / 2))
+
+
+def test_deletion_and_insertion_curves_by_hand():
+    model, images, cams = hand_case()
+    s = score_maps(model, images, cams, 0, ["deletion", "insertion"], steps=4, replacement="zeros")
+    # row contributions w_row * v_row: 2, 0.8, -0.4, 0.1; deletion zeroes the top rows first
+    deletion = sig(2.5, 0.8 - 0.4 + 0.1, -0.4 + 0.1, 0.1, 0.0)
+    insertion = sig(0.0, 2.0, 2.8, 2.4, 2.5)
+    x, curve = s.curves["deletion"]
+    assert torch.allclose(x, torch.tensor([0, 0.25, 0.5, 0.75, 1]))
+    assert torch.allclose(curve[0], deletion, atol=1e-6)
+    assert torch.allclose(s.curves["insertion"][1][0], insertion, atol=1e-6)
+    assert s.values["deletion"].item() == pytest.approx(quarter_auc(deletion), abs=1e-6)
+    assert s.values["insertion"].item() == pytest.approx(quarter_auc(insertion), abs=1e-6)
+
+
+def test_mean_replacement_by_hand():
+    model, images, cams = hand_case()
+    s = score_maps(model, images, cams, 0, ["deletion"], steps=4, replacement="mean")
+    m = sum(ROW_VALUE) / 4  # 0.6: the channel mean replaces a removed row
+    expected = sig(2.5, 2 * m + 0.5, 3 * m - 0.3, 2 * m + 0.1, 2.5 * m)
+    assert torch.allclose(s.curves["deletion"][1][0], expected, atol=1e-6)
+
+
+def test_blur_is_a_normalised_gaussian_with_replicate_borders():
+    delta = torch.zeros(1, 2, 11, 11)
+    delta[:, :, 5, 5] = 1
+    out = replacement_images(delta, MetricConfig())
+    g0 = 1 / sum(math.exp(-(k**2) / 50) for k in range(-5, 6))  # sigma 5, 11 taps
+    assert out[0, 0, 5, 5].item() == pytest.approx(g0**2, rel=1e-5)
+    assert out[0, 0, 5, 0].item() == pytest.approx(g0**2 * math.exp(-25 / 50), rel=1e-5)
+    flat = torch.full((1, 3, 6, 6), 0.3)  # zero padding would darken the borders
+    assert torch.allclose(replacement_images(flat, MetricConfig()), flat, atol=1e-6)
+
+
+def test_average_drop_and_increase_by_hand():
+    model, images, cams = hand_case()
+    s = score_maps(model, images, cams, 0, ["drop", "increase"])
+    y, o = sig(2.5, 2 * 1 + 0.8 * 0.75 - 0.4 * 0.5 + 0.1 * 0.25)
+    assert s.values["drop"].item() == pytest.approx(float((y - o) / y), abs=1e-6)
+    assert s.values["increase"].item() == 0
+    # a map that hides the negative row raises the probability: no drop, one increase
+    up = rows((1.0, 1.0, 0.0, 1.0))[None]
+    s = score_maps(model, images, up, 0, ["drop", "increase"])
+    assert s.values["drop"].item() == 0 and s.values["increase"].item() == 1
+
+
+def test_road_by_hand():
+    # a removed band of rows is imputed with the value of the kept row beside it
+    model, images, cams = hand_case()
+    s = score_maps(model, images, cams, 0, ["road"], road_fractions=(0.25, 0.5, 0.75), road_noise=0)
+    morf = sig(2 * 0.8 + 0.8 - 0.4 + 0.1, 3 * 0.4 - 0.4 + 0.1, 2.5 * 0.2)
+    lerf = sig(2 + 0.8 - 0.4 + 0.5 * 0.4, 2 + 0.8 - 0.8 + 0.5 * 0.8, 2.5)
+    assert torch.allclose(s.curves["road_morf"][1][0], morf, atol=1e-5)
+    assert torch.allclose(s.curves["road_lerf"][1][0], lerf, atol=1e-5)
+    assert s.values["road"].item() == pytest.approx(float(((lerf - morf) / 2).mean()), abs=1e-5)
+
+
+def test_arcc_by_hand():
+    model, images, cams = hand_case()
+    fractions = (0.25, 0.5, 0.75)  # ARCC's ROAD at the fractions worked out above
+
+    def same(im, tg):  # the map of the masked image is the map: coherency 1
+        return cams.expand(im.shape[0], 4, 4)
+
+    s = score_maps(
+        model,
+        images,
+        cams,
+        0,
+        ["arcc", "road"],
+        engine=same,
+        road_noise=0,
+        road_fractions=fractions,
+        arcc_fractions=fractions,
+    )
+    road = s.values["road"].item()
+    assert s.values["arcc_road"].item() == pytest.approx(road)
+    assert s.values["arcc_complexity"].item() == pytest.approx(0.625)  # mean of the map
+    assert s.values["arcc_coherency"].item() == pytest.approx(1.0)
+    expected = 3 / (1 / 1.0 + 1 / (1 - 0.625) + 1 / ((1 + road) / 2))
+    assert s.values["arcc"].item() == pytest.approx(expected, rel=1e-6)
+    # a method whose map of the masked image is the inverse: Pearson -1, coherency 0: undefined
+
+    def flipped(im, tg):
+        return 1 - cams.expand(im.shape[0], 4, 4)
+
+    s = score_maps(model, images, cams, 0, ["arcc"], engine=flipped)
+    assert s.values["arcc_coherency"].item() == pytest.approx(0.0, abs=1e-6)
+    assert math.isnan(s.values["arcc"].item())
+
+
+def test_arcc_is_the_harmonic_mean_of_its_terms():
+    got = arcc(torch.tensor([0.5, 0.8]), torch.tensor([0.5, 0.2]), torch.tensor([0.0, 0.6]))
+    assert got[0].item() == pytest.approx(0.5)
+    assert got[1].item() == pytest.approx(3 / (1 / 0.8 + 1 / 0.8 + 1 / 0.8))
+
+
+def test_imputation_uses_the_papers_neighbour_weights():
+    img = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 5.0], [6.0, 7.0, 9.0]])[None, None]
+    removed = torch.zeros(1, 3, 3, dtype=torch.bool)
+    removed[0, 1, 1] = True
+    out = noisy_linear_impute(img, removed)
+    direct, diagonal = 2 + 4 + 5 + 7, 1 + 3 + 6 + 9
+    assert out[0, 0, 1, 1].item() == pytest.approx(direct / 6 + diagonal / 12, abs=1e-5)
+    assert torch.equal(out[~removed[:, None].expand_as(out)], img[~removed[:, None].expand_as(img)])
+
+
+def test_imputation_reproduces_a_linear_ramp_without_noise():
+    r, c = torch.meshgrid(torch.arange(14.0), torch.arange(12.0), indexing="ij")
+    ramp = torch.stack([0.05 * r + 0.03 * c, 0.9 - 0.04 * r, 0.02 * c + 0.1])[None]  # (1,3,H,W)
+    removed = torch.zeros(1, 14, 12, dtype=torch.bool)
+    removed[0, 2:12, 3:10] = True  # a 10x7 hole away from the border
+    out = noisy_linear_impute(ramp, removed)
+    assert torch.allclose(out, ramp, atol=1e-4)
+
+
+def test_imputation_noise_is_added_once_to_the_removed_pixels_only():
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    removed = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1)) < 0.4
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    diff = noisy_linear_impute(images, removed, noise) - noisy_linear_impute(images, removed)
+    assert torch.allclose(diff, noise * removed[:, None], atol=1e-5)
+
+
+def test_ties_are_broken_by_pixel_index():
+    ranks = pixel_ranks(torch.tensor([[[0.5, 1.0], [0.5, 0.5]]]))
+    assert ranks.tolist() == [[1, 0, 2, 3]]
+
+
+def test_baselines():
+    g = torch.Generator().manual_seed(3)
+    first = baseline_maps((5, 3, 9, 7), "random", g)
+    again = baseline_maps((5, 9, 7), "random", torch.Generator().manual_seed(3))
+    assert first.shape == (5, 9, 7) and torch.equal(first, again)
+    assert first.min() >= 0 and first.max() <= 1
+    centre = baseline_maps((2, 9, 7), "centre")
+    assert centre[0].argmax().item() == 4 * 7 + 3 and centre.min() == 0 and centre.max() == 1
+    assert torch.allclose(centre[0], centre[0].flip(0)) and torch.allclose(
+        centre[0], centre[0].flip(1)
+    )
+    assert torch.equal(centre[0], centre[1])
+    assert set(BASELINES) == {"random", "centre"}
+    maps = baseline_engine("random", g)(torch.zeros(2, 3, 9, 7), None)
+    assert not torch.equal(maps, baseline_engine("random", g)(torch.zeros(2, 3, 9, 7), None))
+    with pytest.raises(ValueError, match="unknown baseline 'middle'"):
+        baseline_maps((1, 4, 4), "middle")
+
+
+def test_bootstrap_interval():
+    assert bootstrap_ci(torch.full((20,), 0.25)) == (0.25, 0.25, 0.25)
+    values = torch.arange(400.0) / 400  # uniform: sd 0.2887, se of the mean 0.01443
+    mean, low, high = bootstrap_ci(values, n_boot=4000, generator=torch.Generator().manual_seed(0))
+    assert mean == pytest.approx(0.49875)
+    assert low == pytest.approx(mean - 1.96 * 0.01443, abs=0.003)
+    assert high == pytest.approx(mean + 1.96 * 0.01443, abs=0.003)
+    assert bootstrap_ci(torch.tensor([math.nan, 1.0, 1.0]))[0] == 1.0
+    assert all(math.isnan(v) for v in bootstrap_ci(torch.tensor([math.nan])))
+
+
+def small_case(n: int = 7):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 5))
+    with torch.no_grad():
+        model[-1].weight.mul_(40)  # probabilities far from uniform: perturbations show
+    images = torch.rand(n, 3, 8, 8, generator=g)
+    cams = torch.rand(n, 8, 8, generator=g)
+    return model, images, cams, torch.arange(n) % 5
+
+
+def test_batch_size_does_not_change_results_and_the_seed_repeats_them():
+    model, images, cams, targets = small_case()
+
+    def run(batch: int, seed: int):
+        engine = baseline_engine("random", torch.Generator().manual_seed(5))
+        s = score_maps(
+            model,
+            images,
+            cams,
+            targets,
+            engine=engine,
+            batch_size=batch,
+            steps=5,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return s.values
+
+    ref = run(1000, 0)
+    for batch in (1, 6):
+        for name, value in run(batch, 0).items():
+            assert torch.allclose(value, ref[name], atol=1e-5, equal_nan=True), name
+    assert not torch.allclose(run(1000, 1)["road"], ref["road"])  # the noise follows the seed
+
+
+def test_bad_input_is_named():
+    model, images, cams, targets = small_case()
+    with pytest.raises(ValueError, match="cams must be"):
+        score_maps(model, images, cams[:, :4], targets, ["drop"])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        score_maps(model, images, cams * 2, targets, ["drop"])
+    with pytest.raises(ValueError, match="unknown metrics"):
+        score_maps(model, images, cams, targets, ["deletions"])
+    with pytest.raises(ValueError, match="arcc needs engine="):
+        score_maps(model, images, cams, targets)
+    with pytest.raises(ValueError, match="out of range for 5 classes"):
+        score_maps(model, images, cams, 7, ["drop"])
+    with pytest.raises(ValueError, match="unknown replacement"):
+        MetricConfig(replacement="noise")
+
+
+def test_the_public_surface_exists_and_is_documented():
+    assert len(set(camlens.metrics.__all__)) == len(camlens.metrics.__all__)
+    for name in camlens.metrics.__all__:
+        value = getattr(camlens.metrics, name)
+        if callable(value):
+            assert value.__doc__, name
