@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 SORTS = ("confidence", "margin", "index")
-# autocast dtype of the CAM forward pass; maps are combined in fp32 either way
 
 
 class ExplainError(ValueError):
