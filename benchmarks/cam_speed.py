@@ -10,7 +10,9 @@
     (target >= 3x);
 (c) opt-in bf16 autocast with maps in fp32: speed-up and agreement with fp32;
 (d) Score-CAM at layer4 with batched masks: images/s; top-k channels: speed-up and Spearman
-    correlation with the full map.
+    correlation with the full map;
+(e) SmoothGrad-CAM++ vs Grad-CAM++ at layer4: the image and its n noisy copies in one pass,
+    so the limit is about (1 + n)x Grad-CAM++'s forward + backward.
 captum and torchcam are timed beside camlens where importable (`--with-path DIR` adds a
 folder, e.g. one made by `pip install --target DIR --no-deps captum torchcam`). pytorch-grad-cam
 needs torchvision, which does not import beside the CPU torch here: to time all four in one
@@ -33,7 +35,7 @@ from collections.abc import Callable
 
 import torch
 
-from camlens.cam import GradCAM, ScoreCAM
+from camlens.cam import GradCAM, GradCAMPlusPlus, ScoreCAM, SmoothGradCAMPlusPlus
 from camlens.model import ResNet18, load_checkpoint
 
 
@@ -270,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
             f"speed-up {full_time / t:.1f}x   "
             f"Spearman median {rho.median():.3f} worst {rho.min():.3f}"
         )
+
+    smooth = SmoothGradCAMPlusPlus(model, "layer4")
+    copies = 1 + smooth.config.smooth_samples
+    print(f"\n(e) SmoothGrad-CAM++ vs Grad-CAM++ @layer4, batch {batch}, limit ~{copies}x")
+    plus_time = timed(lambda: GradCAMPlusPlus(model, "layer4")(x), device, repeats)
+    smooth_time = timed(lambda: smooth(x), device, repeats)
+    print(f"  Grad-CAM++       {plus_time * 1e3:8.1f} ms")
+    print(f"  SmoothGrad-CAM++ {smooth_time * 1e3:8.1f} ms   {smooth_time / plus_time:.2f}x")
     return 0
 
 

@@ -24,6 +24,7 @@ from camlens.cam import (
     HiResCAM,
     LayerCAM,
     ScoreCAM,
+    SmoothGradCAMPlusPlus,
     Target,
     XGradCAM,
     create,
@@ -306,6 +307,52 @@ def test_gradcam_plusplus_equals_eq19_with_exp_score(layer):
         torch.testing.assert_close(ours[i] * y, ref, atol=ATOL, rtol=1e-4)
 
 
+def eq19_reference(acts, d1, d2, d3):
+    """Un-rectified eq. 19 map of one image from (C, h, w) derivatives, place by place."""
+    cam = torch.zeros(acts.shape[1:])
+    for k in range(acts.shape[0]):
+        total = acts[k].abs().sum()  # the paper's sum of A, for A >= 0 (see GradCAMPlusPlus)
+        weight = 0.0
+        for a in range(acts.shape[1]):
+            for b in range(acts.shape[2]):
+                denom = 2 * d2[k, a, b] + total * d3[k, a, b]
+                alpha = d2[k, a, b] / denom if denom > 0 else 0.0
+                weight += alpha * max(float(d1[k, a, b]), 0.0)
+        cam += weight * acts[k]
+    return cam
+
+
+@pytest.mark.parametrize("layer", EXP_LAYERS)
+def test_smoothgradcam_plusplus_equals_eq19_of_averaged_derivatives(layer):
+    model, images, targets = exp_head_case()
+    samples, std, seed = 3, 0.3, 7
+    config = CamConfig(smooth_samples=samples, smooth_std=std, smooth_seed=seed)
+    ours = SmoothGradCAMPlusPlus(model, layer, config).explain(images, targets, "none").low_res[0]
+    # the documented noise: (S, 3, H, W) from a CPU generator seeded with smooth_seed
+    noise = torch.randn((samples, 3, 8, 8), generator=torch.Generator().manual_seed(seed)) * std
+    for i in range(images.shape[0]):
+        acts = model.acts(images[i], layer)  # the clean image's: the map weighs these
+        check_signed_case(acts, layer)
+        # per noisy copy, the derivatives of Y = exp(S) over Y (see SmoothGradCAMPlusPlus)
+        copies = []
+        for m in range(samples):
+            d1, d2, d3, y = derivatives_of_exp_score(
+                model, model.acts(images[i] + noise[m], layer), int(targets[i]), layer
+            )
+            copies.append((d1 / y, d2 / y, d3 / y))
+        firsts = [c[0] for c in copies]
+        spread = max(float((f - firsts[0]).abs().max()) for f in firsts)
+        assert spread > 0.1 * float(firsts[0].abs().max()), "the test needs copies that differ"
+        means = [sum(c[p] for c in copies) / samples for p in range(3)]
+        ref = eq19_reference(acts, *means).clamp_min(0)
+        assert ref.amax() > 0
+        torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
+    # without noise every copy is the image: Grad-CAM++ itself
+    plain = GradCAMPlusPlus(model, layer).explain(images, targets, "none").low_res[0]
+    still = SmoothGradCAMPlusPlus(model, layer, config, smooth_std=0.0)
+    torch.testing.assert_close(still.explain(images, targets, "none").low_res[0], plain)
+
+
 def xgradcam_reference(acts, grads):
     """Un-rectified XGrad-CAM of one image; each place's share of |A| (see XGradCAM)."""
     cam = torch.zeros(acts.shape[1:])
@@ -580,7 +627,9 @@ def test_many_target_sets_and_layers_share_one_forward(method):
             pred, true = cam.explain_many(images, [None, labels])
     finally:
         handle.remove()
-    assert calls == [4]
+    # SmoothGrad-CAM++'s noisy copies ride in the same forward pass
+    copies = cam.config.smooth_samples if method == "smoothgradcam++" else 0
+    assert calls == [4 * (1 + copies)]
     assert pred.resolutions == ((8, 8), (4, 4)) and pred.layer_cams.shape == (2, 4, 32, 32)
     for i, layer in enumerate(("layer3", "layer4")):
         single = create(method, model, layer)
@@ -675,7 +724,7 @@ def test_constant_and_zero_maps_are_zeros():
     with torch.no_grad():
         model.classifier.weight.zero_()  # every gradient is zero
     images = torch.rand(2, 3, 16, 16)
-    for method in ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"):
+    for method in ("gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "hirescam", "layercam"):
         maps = create(method, model, "features.5")(images)
         assert torch.equal(maps, torch.zeros_like(maps)), method
     flat = nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten(2), nn.Unflatten(2, (16, 16)))

@@ -7,9 +7,10 @@
         pair = cam.explain_pair(images, labels)         # pred, true and signed contrast maps
 
 Public API:
-    METHODS                 name -> class: gradcam, gradcam++, xgradcam, hirescam, layercam,
-                            scorecam, eigencam, cam
-    GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, EigenCAM, CAM, ScoreCAM
+    METHODS                 name -> class: gradcam, gradcam++, smoothgradcam++, xgradcam,
+                            hirescam, layercam, scorecam, eigencam, cam
+    GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, EigenCAM,
+    CAM, ScoreCAM
         (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
         them (maps averaged into `cams`; each layer's own map in `layer_cams`)
         .__call__(images, targets=None) -> (N, H, W) tensor
@@ -17,7 +18,8 @@ Public API:
         .explain_many(images, target_sets, normalize=None) -> list[CamResult]
         .explain_pair(images, labels, normalize=None) -> PairResult
         .close(); usable as a context manager
-    CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k
+    CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k,
+                            smooth_samples, smooth_std, smooth_seed
     CamResult, PairResult   results (see base.py for fields)
     Target(indices, versus) target: logit[indices] (None: predicted), minus logit[versus]
     create(method, model, layer, config=None, **overrides) -> an engine by METHODS name
@@ -58,6 +60,7 @@ from camlens.cam.methods import (
     XGradCAM,
 )
 from camlens.cam.score import ScoreCAM
+from camlens.cam.smooth import SmoothGradCAMPlusPlus
 
 __all__ = [
     "CAM",
@@ -76,6 +79,7 @@ __all__ = [
     "LayerCAM",
     "PairResult",
     "ScoreCAM",
+    "SmoothGradCAMPlusPlus",
     "XGradCAM",
     "capture",
     "create",
@@ -90,6 +94,7 @@ METHODS: dict[str, type[Engine]] = {
     for cls in (
         GradCAM,
         GradCAMPlusPlus,
+        SmoothGradCAMPlusPlus,
         XGradCAM,
         HiResCAM,
         LayerCAM,

@@ -10,7 +10,8 @@ everything else lives here and in the modules beside it, once:
   CAM): one forward pass with the layers hooked, then, for gradient methods, one partial
   backward per target set with `torch.autograd.grad` w.r.t. the hooked activations only (no
   parameter `.grad` is written, parameters' `requires_grad` is left alone). A subclass overrides
-  `_map(acts, grads, target) -> (N, h, w)` and nothing else.
+  `_map(acts, grads, target) -> (N, h, w)` and nothing else (SmoothGrad-CAM++, whose forward
+  pass also sees noisy copies, overrides `_inputs` and `_maps_from` instead).
 
 The steps they share, in the order a call uses them:
     layers.py     find_layer, resolve_layers, eval_mode, capture (hooks), upsample
@@ -240,20 +241,28 @@ class BaseCAM(Engine):
             capture(self.model, self.layers, record=self.needs_grads) as store,
             self._forward_context(images.device),
         ):
-            logits = self.model(images)
+            logits = self.model(self._inputs(images))
         # the targets and their backward need grad mode, also inside a caller's no_grad();
         # maps are combined in float32, also inside a caller's autocast
         with torch.enable_grad(), _no_autocast(images.device):
             return self._maps_from(logits, store, specs)
 
-    def _maps_from(self, logits: Tensor, store: dict[str, Tensor], specs: list[Any]) -> RawMaps:
-        names = list(self.layers)
-        missing = [name for name in names if name not in store]
+    def _inputs(self, images: Tensor) -> Tensor:
+        """What the one forward pass sees: the images (SmoothGrad-CAM++ adds noisy copies)."""
+        return images
+
+    def _acts(self, logits: Tensor, store: dict[str, Tensor]) -> list[Tensor]:
+        """The hooked layers' outputs in `self.layers` order, once the forward pass checks out."""
+        missing = [name for name in self.layers if name not in store]
         if missing:
             raise RuntimeError(f"layers {missing} were not called in the model's forward pass")
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             raise TypeError("the model must return (N, K) logits")
-        acts = [store[name] for name in names]
+        return [store[name] for name in self.layers]
+
+    def _maps_from(self, logits: Tensor, store: dict[str, Tensor], specs: list[Any]) -> RawMaps:
+        names = list(self.layers)
+        acts = self._acts(logits, store)
         targets = [self._resolve(spec, logits, self.needs_grads) for spec in specs]
         acts32 = [a.detach().float() for a in acts]  # maps are combined in float32
         maps: list[list[Tensor]] = []

@@ -34,6 +34,13 @@ class CamConfig:
     score_batch: int = 64
     # Score-CAM: keep only the k highest-variance channels per image (Faster Score-CAM); None: all
     top_k: int | None = None
+    # SmoothGrad-CAM++: noisy copies of each image, in the same forward pass as the image
+    smooth_samples: int = 4
+    # SmoothGrad-CAM++: noise std on [0, 1] images; torchcam's 0.3 on normalised inputs times
+    # CIFAR-10's pixel std (~0.25)
+    smooth_std: float = 0.075
+    # SmoothGrad-CAM++: seed of the noise, so that the same images always get the same maps
+    smooth_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZE:
@@ -50,3 +57,7 @@ class CamConfig:
             raise ValueError(f"score_batch must be >= 1, got {self.score_batch}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.smooth_samples < 1:
+            raise ValueError(f"smooth_samples must be >= 1, got {self.smooth_samples}")
+        if self.smooth_std < 0:
+            raise ValueError(f"smooth_std must be >= 0, got {self.smooth_std}")

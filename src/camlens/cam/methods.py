@@ -26,7 +26,16 @@ from torch import Tensor, nn
 
 from camlens.cam.base import BaseCAM, CamConfig, Resolved, find_layer
 
-__all__ = ["CAM", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM"]
+__all__ = [
+    "CAM",
+    "EigenCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "XGradCAM",
+    "gradcam_plusplus_map",
+]
 
 
 class GradCAM(BaseCAM):
@@ -60,13 +69,22 @@ class GradCAMPlusPlus(BaseCAM):
         # eq. 19: with Y = exp(S) and S piecewise linear in A, the 2nd and 3rd derivatives of Y
         # are exp(S) g^2 and exp(S) g^3; exp(S) cancels in alpha and only scales the map.
         g2 = grads.pow(2)
-        g3 = g2 * grads
-        mass = acts.abs().sum((2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1)
-        denom = 2 * g2 + mass * g3
-        # the paper sets alpha to 0 where the denominator vanishes (g = 0 there)
-        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
-        weights = (alpha * grads.clamp_min(0)).sum((2, 3))  # (N, C, h, w) -> (N, C)
-        return torch.einsum("nc,nchw->nhw", weights, acts)
+        return gradcam_plusplus_map(acts, grads, g2, g2 * grads)
+
+
+def gradcam_plusplus_map(acts: Tensor, g1: Tensor, g2: Tensor, g3: Tensor) -> Tensor:
+    """Grad-CAM++'s map (eq. 19) from the gradient's 1st, 2nd, 3rd powers, all (N, C, h, w).
+
+    Shared with SmoothGradCAM++, which passes powers averaged over noisy copies. Alpha is 0
+    where the denominator is not positive: the paper sets 0 where it vanishes (g = 0); for one
+    g it is negative only where g < 0, which ReLU(g) drops anyway, but averaged powers of
+    gradients of both signs can make it negative where the mean g > 0, and alpha flip sign.
+    """
+    mass = acts.abs().sum((2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1)
+    denom = 2 * g2 + mass * g3
+    alpha = torch.where(denom > 0, g2 / torch.where(denom > 0, denom, 1.0), 0.0)
+    weights = (alpha * g1.clamp_min(0)).sum((2, 3))  # (N, C, h, w) -> (N, C)
+    return torch.einsum("nc,nchw->nhw", weights, acts)
 
 
 class XGradCAM(BaseCAM):
