@@ -8,9 +8,9 @@
 
 Public API:
     METHODS                 name -> class: gradcam, gradcam++, smoothgradcam++, xgradcam,
-                            hirescam, layercam, scorecam, eigencam, cam
-    GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, EigenCAM,
-    CAM, ScoreCAM
+                            hirescam, layercam, gradcam-elementwise, scorecam, eigencam, cam
+    GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM,
+    GradCAMElementWise, EigenCAM, CAM, ScoreCAM
         (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
         them (maps averaged into `cams`; each layer's own map in `layer_cams`)
         .__call__(images, targets=None) -> (N, H, W) tensor
@@ -54,6 +54,7 @@ from camlens.cam.methods import (
     CAM,
     EigenCAM,
     GradCAM,
+    GradCAMElementWise,
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
@@ -74,6 +75,7 @@ __all__ = [
     "EigenCAM",
     "Engine",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "HiResCAM",
     "LayerCAM",
@@ -98,6 +100,7 @@ METHODS: dict[str, type[Engine]] = {
         XGradCAM,
         HiResCAM,
         LayerCAM,
+        GradCAMElementWise,
         ScoreCAM,
         EigenCAM,
         CAM,

@@ -1,6 +1,7 @@
 """The one-forward CAM methods: each is one `_map` override on `BaseCAM`.
 
-    GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM   (acts, grads) -> map
+    GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM,  (acts, grads) -> map
+    GradCAMElementWise
     EigenCAM                                                 acts -> map, class-agnostic
     CAM                                                      acts, final linear weights -> map
 
@@ -30,10 +31,12 @@ __all__ = [
     "CAM",
     "EigenCAM",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "HiResCAM",
     "LayerCAM",
     "XGradCAM",
+    "first_component_map",
     "gradcam_plusplus_map",
 ]
 
@@ -138,6 +141,19 @@ class LayerCAM(BaseCAM):
         return (grads.clamp_min(0) * acts).sum(1)  # (N, C, h, w) -> (N, h, w)
 
 
+class GradCAMElementWise(BaseCAM):
+    """Grad-CAM element-wise, pytorch-grad-cam's GradCAMElementWise (no paper).
+
+    L = sum_k ReLU(dy/dA_k * A_k): HiResCAM's products, each rectified before the channel sum,
+    so a channel that counts against the class at a place cannot cancel one that counts for it.
+    """
+
+    name = "gradcam-elementwise"
+
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
+        return (grads * acts).clamp_min(0).sum(1)  # (N, C, h, w) -> (N, h, w)
+
+
 class EigenCAM(BaseCAM):
     """Eigen-CAM, Muhammad & Yeasin 2020 (arXiv:2008.00299); class-agnostic, no gradients.
 
@@ -146,16 +162,21 @@ class EigenCAM(BaseCAM):
 
     name = "eigencam"
     needs_grads = False
-    rectify = False  # the projection is the map; its sign is fixed below instead
+    rectify = False  # the projection is the map; first_component_map fixes its sign
 
     def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
-        n, c, h, w = acts.shape
-        flat = acts.flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, hw, C)
-        _, _, vh = torch.linalg.svd(flat, full_matrices=False)  # vh: (N, min(hw, C), C)
-        proj = torch.einsum("npc,nc->np", flat, vh[:, 0])  # (N, hw, C) -> (N, hw)
-        # singular vectors have no sign: choose the one under which the map is mostly positive
-        sign = torch.where(proj.sum(1, keepdim=True) < 0, -1.0, 1.0)
-        return (proj * sign).view(n, h, w)  # (N, hw) -> (N, h, w)
+        return first_component_map(acts)
+
+
+def first_component_map(x: Tensor) -> Tensor:
+    """(N, C, h, w) -> (N, h, w): x's projection on its first right singular vector, per image."""
+    n, c, h, w = x.shape
+    flat = x.flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, hw, C)
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)  # vh: (N, min(hw, C), C)
+    proj = torch.einsum("npc,nc->np", flat, vh[:, 0])  # (N, hw, C) -> (N, hw)
+    # singular vectors have no sign: choose the one under which the map is mostly positive
+    sign = torch.where(proj.sum(1, keepdim=True) < 0, -1.0, 1.0)
+    return (proj * sign).view(n, h, w)  # (N, hw) -> (N, h, w)
 
 
 class CAM(BaseCAM):
