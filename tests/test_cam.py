@@ -19,6 +19,7 @@ from camlens.cam import (
     METHODS,
     CamConfig,
     EigenCAM,
+    EigenGradCAM,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -416,6 +417,25 @@ def test_gradcam_elementwise_equals_its_formula(layer):
         # HiResCAM rectifies the sum: they differ where channels count against each other
         hires = sum(grads[k] * acts[k] for k in range(acts.shape[0])).clamp_min(0)
         assert (ref - hires).abs().amax() > 0.1 * ref.amax()
+        torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer", EXP_LAYERS)
+def test_eigengradcam_equals_first_singular_vector_of_grads_times_acts(layer):
+    model, images, targets = exp_head_case()
+    ours = EigenGradCAM(model, layer).explain(images, targets, "none").low_res[0]
+    eigen = EigenCAM(model, layer).explain(images, normalize="none").low_res[0]
+    for i in range(images.shape[0]):
+        acts = model.acts(images[i], layer)
+        grads = grads_of(model, acts, layer, int(targets[i]))
+        c, h, w = acts.shape
+        product = (grads * acts).double().numpy().reshape(c, h * w).T  # (hw, C), not centred
+        _, singular, vt = np.linalg.svd(product, full_matrices=False)
+        assert singular[0] > 1.05 * singular[1], "the test needs a clear first component"
+        proj = product @ vt[0]
+        proj = proj if proj.sum() >= 0 else -proj  # Eigen-CAM's sign: a mostly positive map
+        ref = torch.tensor(proj.reshape(h, w), dtype=torch.float32)
+        assert (ref - eigen[i]).abs().amax() > 0.1 * ref.abs().amax(), "Eigen-CAM's map differs"
         torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
 
 

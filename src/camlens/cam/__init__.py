@@ -8,9 +8,10 @@
 
 Public API:
     METHODS                 name -> class: gradcam, gradcam++, smoothgradcam++, xgradcam,
-                            hirescam, layercam, gradcam-elementwise, scorecam, eigencam, cam
+                            hirescam, layercam, gradcam-elementwise, scorecam, eigencam,
+                            eigengradcam, cam
     GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM,
-    GradCAMElementWise, EigenCAM, CAM, ScoreCAM
+    GradCAMElementWise, EigenCAM, EigenGradCAM, CAM, ScoreCAM
         (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
         them (maps averaged into `cams`; each layer's own map in `layer_cams`)
         .__call__(images, targets=None) -> (N, H, W) tensor
@@ -53,6 +54,7 @@ from camlens.cam.base import (
 from camlens.cam.methods import (
     CAM,
     EigenCAM,
+    EigenGradCAM,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -73,6 +75,7 @@ __all__ = [
     "CamResult",
     "Target",
     "EigenCAM",
+    "EigenGradCAM",
     "Engine",
     "GradCAM",
     "GradCAMElementWise",
@@ -103,6 +106,7 @@ METHODS: dict[str, type[Engine]] = {
         GradCAMElementWise,
         ScoreCAM,
         EigenCAM,
+        EigenGradCAM,
         CAM,
     )
 }

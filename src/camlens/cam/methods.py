@@ -1,12 +1,12 @@
 """The one-forward CAM methods: each is one `_map` override on `BaseCAM`.
 
     GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM,  (acts, grads) -> map
-    GradCAMElementWise
+    GradCAMElementWise, EigenGradCAM
     EigenCAM                                                 acts -> map, class-agnostic
     CAM                                                      acts, final linear weights -> map
 
 Every `_map` takes float32 `acts`, `grads` (N, C, h, w) and returns the (N, h, w) map before the
-ReLU, which the base applies (except to signed contrast maps and to Eigen-CAM).
+ReLU, which the base applies (except to signed contrast maps, Eigen-CAM and Eigen-Grad-CAM).
 
 Negative activations. The papers assume a layer after a ReLU (A >= 0); a conv or BatchNorm output
 is signed. camlens keeps each formula's map, sum_k w_k A_k, with A signed: a negative activation
@@ -30,6 +30,7 @@ from camlens.cam.base import BaseCAM, CamConfig, Resolved, find_layer
 __all__ = [
     "CAM",
     "EigenCAM",
+    "EigenGradCAM",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
@@ -166,6 +167,24 @@ class EigenCAM(BaseCAM):
 
     def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
         return first_component_map(acts)
+
+
+class EigenGradCAM(BaseCAM):
+    """Eigen-Grad-CAM, pytorch-grad-cam's class-specific variant of Eigen-CAM (no paper).
+
+    L = (G o A) v1, v1 the first right singular vector of the (hw, C) matrix of grads x acts.
+
+    As camlens's Eigen-CAM: no centring and no ReLU; the sign makes the map's sum >= 0, which
+    for grads x acts means the component's first-order share of the score, sum_ijk g A v1_k,
+    is positive. pytorch-grad-cam centres each channel over places first, which makes every
+    map sum to 0, and leaves the sign to the SVD before its ReLU.
+    """
+
+    name = "eigengradcam"
+    rectify = False  # the projection is the map; first_component_map fixes its sign
+
+    def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
+        return first_component_map(grads * acts)
 
 
 def first_component_map(x: Tensor) -> Tensor:
