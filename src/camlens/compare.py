@@ -8,8 +8,10 @@ Each (method, layer) explains the `limit` most confident mistakes (maps of the p
 what drove the mistake) and as many correctly classified images (a seeded sample, maps of their
 class); the random and centre baselines are scored on the same images with the same targets, so
 every score has a reference. The sanity check (Adebayo et al. 2018) runs per method at the last
-layer on a few mistakes. Everything is checked before any scoring and written only at the end:
-compare.csv, compare.json (what the report reads), compare.png (the table) and sanity.png.
+layer on a few mistakes. A (method, layer) the method cannot explain (CAM needs the layer
+feeding GAP -> fc) is left out and listed in `skipped`. Everything is checked before any
+scoring and written only at the end: compare.csv, compare.json (what the report reads),
+compare.png (the table) and sanity.png.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class CompareResult:
     """What `compare` measured and where it wrote it."""
 
     rows: list[dict]  # the table, COLUMNS per row; baselines have method "random" / "centre"
+    skipped: dict[tuple[str, str], str]  # (method, layer) a method cannot explain -> why
     sanity: dict[str, dict]  # method -> layer, steps, spearman (mean per step), passed, final
     files: dict[str, Path]  # name -> out/name for each of FILES
 
@@ -125,25 +128,39 @@ def compare(
     if subsets["mistakes"].numel() == 0:
         raise ExplainError("the model makes no mistakes on this test split: nothing to compare")
     cam_config = CamConfig(batch_size=cam_batch_size, top_k=top_k)
+    # CAM needs the layer that feeds GAP -> fc: one image finds such pairs before any scoring
+    probe = as_float_images(data.test.images[:1]).to(device)
+    pairs, skipped = [], {}
+    for method in methods:
+        for layer in layers:
+            try:
+                with create(method, model, layer, cam_config) as engine:
+                    engine(probe, logits[:1].argmax(1).to(device))
+                pairs.append((method, layer))
+            except ValueError as e:
+                skipped[(method, layer)] = str(e)
+    if not pairs:
+        raise ExplainError(f"no method can explain these layers: {next(iter(skipped.values()))}")
+    sanity_layer = layers[-1]
+    sanity_methods = [m for m in methods if (m, sanity_layer) in pairs]
     cfg = metric_config or MetricConfig(seed=seed)
     rows: list[dict] = []
     for subset, idx in subsets.items():
         images = as_float_images(data.test.images[idx]).to(device)  # (n, 3, H, W)
         targets = logits[idx].argmax(1).to(device)  # the predicted class; the label when correct
-        for method in methods:
-            for layer in layers:
-                with create(method, model, layer, cam_config) as engine:
-                    cams = engine(images, targets).detach()  # (n, H, W)
-                    scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
-                rows += _rows(method, layer, subset, scores.values, seed)
+        for method, layer in pairs:
+            with create(method, model, layer, cam_config) as engine:
+                cams = engine(images, targets).detach()  # (n, H, W)
+                scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
+            rows += _rows(method, layer, subset, scores.values, seed)
         for kind in BASELINES:  # one map per image whatever the layer: scored once, layer "-"
             g = torch.Generator(device).manual_seed(seed)
             cams = baseline_maps(images.shape, kind, g, device)
             engine = baseline_engine(kind, torch.Generator(device).manual_seed(seed + 1))
             scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
             rows += _rows(kind, "-", subset, scores.values, seed)
-    sanity, sanity_maps = _sanity(model, data, subsets["mistakes"], logits, methods, layers[-1],
-                                  sanity_images, cam_config, seed, device)
+    sanity, sanity_maps = _sanity(model, data, subsets["mistakes"], logits, sanity_methods,
+                                  sanity_layer, sanity_images, cam_config, seed, device)
     files = {name: out / name for name in FILES}
     payload = {
         "columns": list(COLUMNS),
@@ -152,7 +169,8 @@ def compare(
         "higher_is_better": {m: HIGHER_IS_BETTER[m] for m in METRICS},
         "settings": {"limit": limit, "top_k": top_k, "seed": seed, "methods": list(methods),
                      "layers": list(layers), "images": {k: int(v.numel())
-                                                        for k, v in subsets.items()}},
+                                                        for k, v in subsets.items()},
+                     "skipped": {f"{m} {lay}": why for (m, lay), why in skipped.items()}},
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_files({
@@ -161,7 +179,7 @@ def compare(
         files["compare.png"]: figure_png(table_figure(rows)),
         files["sanity.png"]: figure_png(sanity_figure(sanity, sanity_maps)),
     })
-    return CompareResult(rows, sanity, files)
+    return CompareResult(rows, skipped, sanity, files)
 
 
 def _sanity(model, data, mistakes, logits, methods, layer, count, cam_config, seed, device):

@@ -223,6 +223,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     failed = [m for m, s in result.sanity.items() if not s["passed"]]
+    for (method, layer), why in result.skipped.items():
+        print(f"left out {method} at {layer}: {why}")
     print(f"scored {len(result.rows)} (method, layer, subset, metric) cells")
     print("sanity check: " + (f"FAILED by {', '.join(failed)}" if failed else "all pass"))
     print("wrote " + ", ".join(str(p) for p in result.files.values()))
