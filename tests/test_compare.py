@@ -127,3 +127,25 @@ def test_a_checkpoint_for_other_classes_is_refused(tmp_path, tiny_folder, capsys
                         "--out", out, "--device", "cpu", "--no-progress")
     assert code == 2 and "trained on" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_run_compare_writes_the_table_and_the_report_section(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "r"
+    code, stdout, err = _cli(capsys, "run", "--data", tiny_folder, "--out", out, "--epochs", 1,
+                             "--width", 8, "--batch-size", 8, "--no-progress", "--layer",
+                             "layer4", "--method", "gradcam", "--compare", 2)
+    assert code == 0, err
+    for name in FILES:
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "compare.csv").read_text().splitlines()))
+    assert {r["method"] for r in rows} == {"gradcam", "random", "centre"}
+    assert "Can these maps be trusted?" in (out / "report.html").read_text()
+    assert "compare:" in stdout
+
+
+def test_run_refuses_compare_0_before_training(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "r"
+    code, _, err = _cli(capsys, "run", "--data", tiny_folder, "--out", out, "--epochs", 1,
+                        "--width", 8, "--no-progress", "--compare", 0)
+    assert code == 2 and "--compare must be >= 1" in err, err
+    assert not (out / "checkpoint.safetensors").exists()

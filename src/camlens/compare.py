@@ -46,7 +46,16 @@ from camlens.metrics import (
 )
 from camlens.plots import figure_png
 
-__all__ = ["COLUMNS", "SUBSETS", "CompareResult", "compare", "select_subsets"]
+__all__ = [
+    "COLUMNS",
+    "SUBSETS",
+    "CompareResult",
+    "beats_baselines",
+    "compare",
+    "sanity_figure",
+    "select_subsets",
+    "table_figure",
+]
 
 COLUMNS = ("method", "layer", "subset", "metric", "mean", "ci_low", "ci_high", "n")
 SUBSETS = ("mistakes", "correct")
@@ -167,6 +176,7 @@ def compare(
         "rows": rows,
         "sanity": sanity,
         "higher_is_better": {m: HIGHER_IS_BETTER[m] for m in METRICS},
+        "beats_baselines": [list(k) for k, win in beats_baselines(rows).items() if win],
         "settings": {"limit": limit, "top_k": top_k, "seed": seed, "methods": list(methods),
                      "layers": list(layers), "images": {k: int(v.numel())
                                                         for k, v in subsets.items()},

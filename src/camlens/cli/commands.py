@@ -176,6 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cam_batch_size=args.cam_batch_size,
         progress=args.progress,
         tensorboard=args.tensorboard,
+        compare_limit=args.compare,
     )
     ev, shown = outcome.evaluation, len(outcome.galleries.mistakes)
     note = "" if shown == len(ev.mistakes) else f" ({shown} shown)"
@@ -184,6 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"done in {outcome.seconds:.0f}s"
     )
     print(f"evaluation: {args.out / 'eval'}")
+    if args.compare is not None:
+        print(f"compare: {args.out / 'compare.csv'}, compare.png, sanity.png")
     _print_outcome(outcome)
     return 0
 

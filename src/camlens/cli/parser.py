@@ -222,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder; resumed when it exists")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     p.add_argument(
+        "--compare",
+        type=int,
+        nargs="?",
+        const=256,
+        metavar="N",
+        help="also score the methods' faithfulness on N mistakes and N correct images, as "
+        "`camlens compare` does, into OUT/compare.* and the report (N default: 256)",
+    )
+    p.add_argument(
         "--limit",
         type=int,
         default=1000,
@@ -318,7 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Score-CAM keeps each image's K highest-variance channels (Faster Score-CAM): "
         "all channels cost ~2 s per image per layer on 2 CPU cores; 0: all (default: 32)",
     )
-    p.add_argument("--eval-batch-size", type=int, default=256, help="default: 256")
+    eval_batch = {f.name: f for f in dataclasses.fields(TrainConfig)}["eval_batch_size"]
+    p.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=eval_batch.default,
+        help=f"{eval_batch.metadata['help']} (default: {eval_batch.default})",
+    )
     p.add_argument("--seed", type=int, default=0, help="correct-image sample, baselines, ROAD")
     _device_flag(p)
     p.set_defaults(run=cmd_compare)
