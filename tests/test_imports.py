@@ -20,6 +20,7 @@ ORDER = [
     "overlay",
     "gallery",
     "report",
+    "compare",
     "pipeline",
     "cli",
     "__main__",

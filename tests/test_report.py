@@ -21,6 +21,7 @@ from camlens.report import (
     compute_report,
     mean_maps,
     outside_centre_share,
+    render_html,
     render_report,
 )
 
@@ -285,3 +286,30 @@ def test_webp_and_png_overlays(case, tmp_path):
     )
     text = render_report(data, tmp_path).read_text()
     assert re.search(r'class="map" data-k="0" src="data:image/webp;base64,', text)
+
+
+TRUST = {
+    "rows": [
+        {"method": m, "layer": layer, "subset": "mistakes", "metric": "deletion", "mean": mean,
+         "ci_low": mean - 0.01, "ci_high": mean + 0.01, "n": 4}
+        for m, layer, mean in (("gradcam", "layer4", 0.123), ("eigencam", "layer4", 0.456),
+                               ("random", "-", 0.3), ("centre", "-", 0.35))
+    ],
+    "higher_is_better": {"deletion": False},
+    "beats_baselines": [["gradcam", "layer4", "mistakes", "deletion"]],
+    "sanity": {"gradcam": {"layer": "layer4", "steps": ["linear", "layer4"],
+                           "spearman": [0.9, 0.1], "passed": True}},
+}
+
+
+def test_trust_section_only_with_compare_results(case):
+    model, split, ev, _, path, _ = case
+    assert "Can these maps be trusted?" not in path.read_text()
+    data = compute_report(model, split, CLASSES, run_info={}, evaluation=ev, limit=0, trust=TRUST)
+    html = render_html(data)
+    page = Page()
+    page.feed(html)
+    assert "Can these maps be trusted?" in html and 'href="#trust"' in html
+    assert [len(page.with_class("td", c)) for c in ("win", "lose", "base")] == [1, 1, 2]
+    assert html.index("0.123") < html.index("0.456") < html.index("baseline: random")
+    assert 'class="win">0.123' in html and 'class="lose">0.456' in html

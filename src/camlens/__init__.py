@@ -2,7 +2,7 @@
 
 Pipeline, one module per step (each imports only those above it):
   download -> data -> model -> plots -> evaluate -> train
-  -> cam -> explain -> overlay -> gallery -> report -> pipeline -> cli
+  -> cam -> metrics -> explain -> overlay -> gallery -> report -> compare -> pipeline -> cli
 `explain` computes the maps of the mistakes once; the gallery and the report both draw them.
 `pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls.
 
@@ -34,6 +34,7 @@ from camlens.cam import (
     create,
     explain_pair,
 )
+from camlens.compare import CompareResult, compare
 from camlens.data import DataError, Dataset, Split, load_dataset
 from camlens.download import DownloadError, fetch_cifar10
 from camlens.evaluate import (
@@ -125,6 +126,9 @@ __all__ = [
     "build_report",
     "compute_report",
     "render_report",
+    # can the maps be trusted? every method and layer scored against baselines (camlens.compare)
+    "CompareResult",
+    "compare",
     # the whole job (camlens.pipeline: its Outcome and Galleries results)
     "demo",
     "explain_model",

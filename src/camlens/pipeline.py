@@ -3,7 +3,8 @@
     run(config, data, out, ...) -> Outcome      train (resuming a killed run), then explain_model
     demo(out, ...) -> Outcome                   the shipped model on the bundled sample
     explain_model(model, data, out, ...) -> Outcome
-        evaluate -> explain the most confident mistakes -> a gallery per method -> report.html
+        evaluate -> explain the most confident mistakes -> a gallery per method
+        [-> compare the methods' faithfulness] -> report.html
     write_galleries(model, data, out, ...) -> Galleries
         pick mistakes (filter, sort, limit) -> explain -> out/gallery/<method>/ per method
     load_matching_data(source, meta) -> Dataset  the data a checkpoint was trained on
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camlens.compare import compare
 from camlens.data import DataError, Dataset, load_dataset
 from camlens.evaluate import (
     Evaluation,
@@ -32,7 +34,13 @@ from camlens.evaluate import (
     predict,
     write_evaluation,
 )
-from camlens.explain import Explanations, check_explainable, explain_each, select_mistakes
+from camlens.explain import (
+    ExplainError,
+    Explanations,
+    check_explainable,
+    explain_each,
+    select_mistakes,
+)
 from camlens.gallery import GalleryConfig, write_gallery
 from camlens.model import ResNet18, load_checkpoint
 from camlens.report import ReportConfig, compute_report, render_report
@@ -133,14 +141,18 @@ def explain_model(
     precision: str = "fp32",
     evaluation: Evaluation | None = None,
     report_config: ReportConfig | None = None,
+    compare_limit: int | None = None,
 ) -> Outcome:
     """Evaluate `model` on `data.test`, explain its `limit` most confident mistakes, write
     out/gallery/<method>/ for each method and out/report.html (pair statistics use all mistakes).
 
     `evaluation` saves a pass when the caller has one of this model on this split.
+    `compare_limit`: also `compare` the methods and layers on that many mistakes (and as many
+    correct images) into out/compare.*, and give the report its "Can these maps be trusted?".
     """
     started = time.perf_counter()
     check_explainable(model, methods, layers, precision)
+    check_compare_limit(compare_limit)
     if evaluation is None:
         evaluation = evaluate(model, data.test, eval_batch_size)
     galleries = write_galleries(
@@ -154,6 +166,19 @@ def explain_model(
         cam_batch_size=cam_batch_size,
         precision=precision,
     )
+    trust = None
+    if compare_limit is not None:
+        compared = compare(
+            model,
+            data,
+            out,
+            methods=methods,
+            layers=layers,
+            limit=compare_limit,
+            cam_batch_size=cam_batch_size,
+            eval_batch_size=eval_batch_size,
+        )
+        trust = json.loads(compared.files["compare.json"].read_text())
     report = compute_report(
         model,
         data.test,
@@ -167,9 +192,16 @@ def explain_model(
         config=report_config,
         precision=precision,
         explained=(galleries.mistakes, galleries.explanations),
+        trust=trust,
     )
     path = render_report(report, out)
     return Outcome(evaluation, galleries, path, time.perf_counter() - started)
+
+
+def check_compare_limit(limit: int | None) -> None:
+    """Refuse a `--compare 0` before any work rather than after training."""
+    if limit is not None and limit < 1:
+        raise ExplainError(f"--compare must be >= 1, got {limit}: the images scored per subset")
 
 
 def _run_info(meta: dict, **facts: str) -> dict:
@@ -197,15 +229,18 @@ def run(
     cam_batch_size: int = 64,
     progress: bool = True,
     tensorboard: bool = False,
+    compare_limit: int | None = None,
 ) -> Outcome:
     """Train in `out` (continuing a killed run there), then evaluate into out/eval and
     `explain_model` the checkpoint. Maps are fp32; `config.precision` is the training's.
 
     `limit` keeps the gallery and the page small after a short run (thousands of mistakes).
+    `compare_limit`: see `explain_model`.
     """
     started, out = time.perf_counter(), Path(out)
     # fail before hours of training, not after: the layers are checked on an untrained twin
     check_explainable(ResNet18(len(data.classes), config.norm, config.width), methods, layers)
+    check_compare_limit(compare_limit)
     train(
         config,
         data,
@@ -236,6 +271,7 @@ def run(
         limit=limit,
         cam_batch_size=cam_batch_size,
         evaluation=evaluation,
+        compare_limit=compare_limit,
     )
     return replace(outcome, seconds=time.perf_counter() - started)
 

@@ -12,6 +12,7 @@ import dataclasses
 
 import torch
 
+from camlens.compare import compare
 from camlens.data import load_dataset
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
 from camlens.model import ResNet18, load_checkpoint, save_checkpoint, summary
@@ -20,6 +21,7 @@ from camlens.train import RunError, TrainConfig, tensorboard_logger, train
 
 __all__ = [
     "DTYPES",
+    "cmd_compare",
     "cmd_demo",
     "cmd_evaluate",
     "cmd_explain",
@@ -174,6 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cam_batch_size=args.cam_batch_size,
         progress=args.progress,
         tensorboard=args.tensorboard,
+        compare_limit=args.compare,
     )
     ev, shown = outcome.evaluation, len(outcome.galleries.mistakes)
     note = "" if shown == len(ev.mistakes) else f" ({shown} shown)"
@@ -182,6 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"done in {outcome.seconds:.0f}s"
     )
     print(f"evaluation: {args.out / 'eval'}")
+    if args.compare is not None:
+        print(f"compare: {args.out / 'compare.csv'}, compare.png, sanity.png")
     _print_outcome(outcome)
     return 0
 
@@ -202,4 +207,28 @@ def cmd_summary(args: argparse.Namespace) -> int:
     else:
         model, image_size = ResNet18(args.classes, args.norm), args.image_size
     print(summary(model, image_size))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
+    data = load_matching_data(args.data, meta, progress=args.progress)
+    result = compare(
+        model,
+        data,
+        args.out,
+        methods=args.method,
+        layers=args.layer,
+        limit=args.limit,
+        top_k=args.top_k or None,
+        cam_batch_size=args.cam_batch_size,
+        eval_batch_size=args.eval_batch_size,
+        seed=args.seed,
+    )
+    failed = [m for m, s in result.sanity.items() if not s["passed"]]
+    for (method, layer), why in result.skipped.items():
+        print(f"left out {method} at {layer}: {why}")
+    print(f"scored {len(result.rows)} (method, layer, subset, metric) cells")
+    print("sanity check: " + (f"FAILED by {', '.join(failed)}" if failed else "all pass"))
+    print("wrote " + ", ".join(str(p) for p in result.files.values()))
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from camlens.cam import METHODS, PRECISIONS
 from camlens.cli.commands import (
     DTYPES,
+    cmd_compare,
     cmd_demo,
     cmd_evaluate,
     cmd_explain,
@@ -28,6 +29,7 @@ from camlens.train import TrainConfig
 from camlens.version import __version__
 
 __all__ = [
+    "COMPARE_EXAMPLE",
     "DEMO_EXAMPLE",
     "EVALUATE_EXAMPLE",
     "EXPLAIN_EXAMPLE",
@@ -60,6 +62,11 @@ EXPLAIN_EXAMPLE = """example:
   camlens explain --checkpoint runs/quick/checkpoint.safetensors --data cifar10 \\
       --out runs/quick/explain --method gradcam,gradcam++ --label cat --pred dog --limit 50
   (several methods: one gallery per method, OUT/gallery/gradcam/, OUT/gallery/gradcam++/)"""
+COMPARE_EXAMPLE = """example:
+  camlens compare --checkpoint shipped --data sample --out compare --limit 32
+  camlens compare --checkpoint runs/r18/checkpoint.safetensors --data cifar10 --out cmp \\
+      --method gradcam,scorecam --layer layer4
+  (writes OUT/compare.csv, compare.json, compare.png and sanity.png, all at the end)"""
 EXPORT_EXAMPLE = """example:
   camlens export --checkpoint runs/r18/checkpoint.safetensors --out model-fp16.safetensors"""
 SUMMARY_EXAMPLE = """example:
@@ -155,14 +162,16 @@ def _methods(text: str) -> list[str]:
     return names
 
 
-def _explain_flags(parser: argparse.ArgumentParser, layer: str, precision: bool = True) -> None:
+def _explain_flags(
+    parser: argparse.ArgumentParser, layer: str, precision: bool = True, method: str = "gradcam"
+) -> None:
     """The CAM flags, the same in every command that explains."""
     parser.add_argument(
         "--method",
         type=_methods,
-        default=["gradcam"],
+        default=method.split(","),
         help=f"CAM method(s), comma-separated, of {', '.join(METHODS)}; one gallery per method "
-        "in OUT/gallery/METHOD (default: gradcam)",
+        f"in OUT/gallery/METHOD (default: {method})",
     )
     parser.add_argument(
         "--layer",
@@ -212,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p)
     p.add_argument("--out", required=True, type=Path, help="run folder; resumed when it exists")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
+    p.add_argument(
+        "--compare",
+        type=int,
+        nargs="?",
+        const=256,
+        metavar="N",
+        help="also score the methods' faithfulness on N mistakes and N correct images, as "
+        "`camlens compare` does, into OUT/compare.* and the report (N default: 256)",
+    )
     p.add_argument(
         "--limit",
         type=int,
@@ -284,6 +302,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--misclassified", type=Path, help="misclassified.csv from camlens evaluate")
     _device_flag(p)
     p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser(
+        "compare",
+        help="can these maps be trusted? faithfulness of each method and layer vs baselines",
+        epilog=COMPARE_EXAMPLE,
+        formatter_class=fmt,
+    )
+    _checkpoint_flag(p)
+    _data_flags(p, image_size=False)
+    p.add_argument("--out", required=True, type=Path, help="folder for the four files")
+    _explain_flags(p, layer="layer3,layer4", precision=False, method=",".join(METHODS))
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=256,
+        help="score at most N mistakes (the most confident) and as many correct images "
+        "(a seeded sample) per method and layer (default: 256)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=32,
+        help="Score-CAM keeps each image's K highest-variance channels (Faster Score-CAM): "
+        "all channels cost ~2 s per image per layer on 2 CPU cores; 0: all (default: 32)",
+    )
+    eval_batch = {f.name: f for f in dataclasses.fields(TrainConfig)}["eval_batch_size"]
+    p.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=eval_batch.default,
+        help=f"{eval_batch.metadata['help']} (default: {eval_batch.default})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="correct-image sample, baselines, ROAD")
+    _device_flag(p)
+    p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser(
         "export",

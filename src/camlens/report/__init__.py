@@ -12,7 +12,8 @@
 
 The page: run summary and curves, per-class accuracy, a clickable confusion matrix that
 filters the gallery, mean maps per confusion pair against correctly classified images, and
-every misclassified image with its maps for each computed method and layer.
+every misclassified image with its maps for each computed method and layer; with `trust=`
+(compare.json of `camlens.compare`), "Can these maps be trusted?": the table and sanity curves.
 """
 
 from camlens.report.build import build_report

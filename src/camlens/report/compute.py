@@ -93,6 +93,8 @@ class ReportData:
     model_info: dict  # architecture facts read off the model
     config: ReportConfig
     seconds: float  # time spent computing
+    # compare.json of `camlens.compare` (table, sanity curves, verdicts), None: no such section
+    trust: dict | None = None
 
 
 def centre_box(height: int, width: int, centre: float = 0.5) -> tuple[slice, slice]:
@@ -230,11 +232,13 @@ def compute_report(
     config: ReportConfig | None = None,
     precision: str = "fp32",
     explained: tuple[Mistakes, dict[str, Explanations]] | None = None,
+    trust: dict | None = None,
 ) -> ReportData:
     """Evaluate (unless given), explain the mistakes shown and average the top pairs' maps.
 
     `explained`: the mistakes shown and their maps per method, when the caller has them
     (`explain_mistakes` of those mistakes); otherwise the `limit` most confident are explained.
+    `trust`: the compare.json that `camlens.compare` wrote, for "Can these maps be trusted?".
     """
     config = config or ReportConfig()
     began = time.perf_counter()
@@ -277,4 +281,5 @@ def compute_report(
         model_info=model_facts(model),
         config=config,
         seconds=time.perf_counter() - began,
+        trust=trust,
     )

@@ -22,17 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from camlens.atomic import atomic_write_bytes
 from camlens.evaluate import as_float_images
 from camlens.overlay import colorize, overlay
-from camlens.plots import plot_curves
+from camlens.plots import figure_png, plot_curves
 from camlens.report.compute import ReportData, centre_box
 
 __all__ = ["render_html", "render_report"]
 
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+TRUST_LINK = '<a href="#trust">trust</a>'
 KINDS = ("pred", "label", "contrast")  # the maps of a gallery item, in its data-k order
 
 
@@ -427,6 +429,62 @@ def _toolbar(data: ReportData) -> str:
     )
 
 
+def _trust(data: ReportData) -> str:
+    """The compare table (method, layer rows; metric columns; per subset) and sanity curves."""
+    t = data.trust
+    if t is None:
+        return ""
+    rows, better, wins = t["rows"], t["higher_is_better"], {tuple(k) for k in t["beats_baselines"]}
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    keys = list(dict.fromkeys((r["method"], r["layer"]) for r in rows))
+    cell = {(r["method"], r["layer"], r["subset"], r["metric"]): r for r in rows}
+    tables = []
+    for subset in dict.fromkeys(r["subset"] for r in rows):
+        n = next(r["n"] for r in rows if r["subset"] == subset)
+        head = "".join(f"<th>{esc(m)} {'↑' if better[m] else '↓'}</th>" for m in metrics)
+        body = []
+        for method, layer in keys:
+            base = layer == "-"
+            tds = []
+            for m in metrics:
+                r = cell[(method, layer, subset, m)]
+                cls = "base" if base else ("win" if (method, layer, subset, m) in wins else "lose")
+                tds.append(
+                    f'<td class="{cls}">{r["mean"]:.3f} <small>[{r["ci_low"]:.3f}, '
+                    f'{r["ci_high"]:.3f}]</small></td>'
+                )
+            name = f"baseline: {method}" if base else f"{method} {layer}"
+            body.append(f"<tr><th>{esc(name)}</th>{''.join(tds)}</tr>")
+        tables.append(
+            f"<h3>{esc(subset)} ({n} images)</h3><table class=\"trust\"><tr><th></th>{head}</tr>"
+            f"{''.join(body)}</table>"
+        )
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    for method, s in t["sanity"].items():
+        verdict = "passes" if s["passed"] else "FAILS"
+        ax.plot(s["spearman"], marker="o", ms=3, label=f"{method} ({verdict})")
+        steps, layer = s["steps"], s["layer"]
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set_xticks(range(len(steps)), steps, rotation=60, fontsize=6)
+    ax.set_ylabel(f"mean Spearman with original ({layer})", fontsize=7)
+    ax.legend(fontsize=6)
+    curve = base64.b64encode(figure_png(fig)).decode()
+    failed = [m for m, s in t["sanity"].items() if not s["passed"]]
+    verdict = f"fail: {', '.join(failed)}" if failed else "every method passes"
+    return (
+        '<section id="trust"><h2>Can these maps be trusted?</h2><p class="note">Each map scored '
+        "by deletion and insertion (Petsiuk 2018), Average Drop and Increase (Chattopadhay 2018), "
+        "ROAD (Rong 2022) and ARCC (Domeniconi 2026), beside a random and a centred map scored "
+        "the same way on the same images. Green: the 95% interval lies beyond both baselines "
+        "in the arrow's direction; red: it does not.</p>"
+        f"{''.join(tables)}<h3>Sanity check: cascading randomisation (Adebayo 2018)</h3>"
+        f'<p class="note">Layers re-initialised from the output back; a map that keeps its '
+        f"rank correlation with the original does not depend on the model ({verdict}).</p>"
+        f'<img alt="sanity curves" src="data:image/png;base64,{curve}"></section>'
+    )
+
+
 def render_html(data: ReportData) -> str:
     """The whole page as a string."""
     gallery, payload = _gallery(data)
@@ -439,10 +497,11 @@ def render_html(data: ReportData) -> str:
         f"accuracy <b>{data.evaluation.accuracy:.2%}</b> · {len(data.evaluation.mistakes)} "
         f"misclassified · generated {stamp}</p><nav>"
         '<a href="#summary">run</a><a href="#confusion">classes &amp; confusion</a>'
-        '<a href="#pairs">pairs</a><a href="#gallery">gallery</a></nav></header>'
+        '<a href="#pairs">pairs</a><a href="#gallery">gallery</a>'
+        f"{TRUST_LINK if data.trust else ''}</nav></header>"
         f"{_toolbar(data)}<main>{_summary(data)}"
         f'<section id="confusion" class="two wide">{_per_class(data)}{_confusion(data)}'
-        f"</section>{_pairs(data)}{gallery}</main>"
+        f"</section>{_pairs(data)}{_trust(data)}{gallery}</main>"
     )
     # "</" would end the script element early; JSON allows the escaped form
     blob = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")

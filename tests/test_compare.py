@@ -1,0 +1,151 @@
+"""`camlens compare`: the table, the figures and the refusals, on a width-8 model and tiny data."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from camlens.cam import METHODS
+from camlens.cli import main
+from camlens.compare import COLUMNS, compare, select_subsets
+from camlens.data import load_dataset
+from camlens.evaluate import as_float_images, predict
+from camlens.metrics import BASELINES, METRICS, baseline_maps, score_maps
+from camlens.model import ResNet18, save_checkpoint
+
+LAYERS = ("layer3", "layer4")
+FILES = ("compare.csv", "compare.json", "compare.png", "sanity.png")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_folder):
+    """An untrained width-8 model (most tiny images wrong) and its checkpoint."""
+    torch.manual_seed(0)
+    data = load_dataset(tiny_folder, progress=False)
+    model = ResNet18(len(data.classes), "batch", 8).eval()
+    with torch.no_grad():  # untrained logits barely depend on the image; make them
+        model.linear.weight.mul_(30)
+    ckpt = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_checkpoint(model, ckpt, {"classes": list(data.classes), "image_size": 32, "epoch": 0})
+    return model, data, ckpt
+
+
+@pytest.fixture(scope="module")
+def compared(tiny, tmp_path_factory, one_thread):
+    model, data, _ = tiny
+    out = tmp_path_factory.mktemp("cmp") / "out"
+    return compare(model, data, out, layers=LAYERS, limit=3, sanity_images=2), out
+
+
+def test_every_method_layer_subset_metric_and_both_baselines(compared):
+    result, out = compared
+    with open(out / "compare.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == COLUMNS
+        rows = list(reader)
+    cells = {(r["method"], r["layer"], r["subset"], r["metric"]) for r in rows}
+    expected = {
+        (m, layer, s, metric)
+        for m in METHODS
+        for layer in LAYERS
+        for s in ("mistakes", "correct")
+        for metric in METRICS
+        if (m, layer) != ("cam", "layer3")  # CAM needs the layer feeding GAP -> fc
+    }
+    assert list(result.skipped) == [("cam", "layer3")]
+    expected |= {(b, "-", s, metric) for b in BASELINES for s in ("mistakes", "correct")
+                 for metric in METRICS}
+    assert cells == expected and len(rows) == len(expected)
+    assert all(r["n"] == "3" for r in rows if r["metric"] != "arcc")
+    for r in rows:
+        if r["metric"] != "arcc":  # ARCC may be undefined (NaN) on an untrained model
+            assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
+    payload = json.loads((out / "compare.json").read_text())
+    assert payload["columns"] == list(COLUMNS) and len(payload["rows"]) == len(expected)
+    assert set(payload["sanity"]) == set(METHODS)
+    for name in FILES:
+        assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"meth", b"{\n \"")
+
+
+def test_subsets_are_the_most_confident_mistakes_and_as_many_correct_images():
+    logits = torch.tensor([[3.0, 0], [0, 1], [0, 5], [2, 0], [0, 0.5], [4, 0]])  # preds 0 1 1 0 1 0
+    labels = torch.tensor([1, 1, 0, 0, 0, 0])
+    subsets = select_subsets(logits, labels, limit=2)
+    assert subsets["mistakes"].tolist() == [2, 0]  # wrong: 0 (p .95), 2 (p .99), 4 (p .62)
+    assert sorted(subsets["correct"].tolist()) in ([1, 3], [1, 5], [3, 5])
+    assert subsets["correct"].tolist() == select_subsets(logits, labels, 2)["correct"].tolist()
+
+
+def test_baselines_are_scored_on_the_same_images_and_targets(tiny, compared):
+    model, data, _ = tiny
+    result, _ = compared
+    logits = predict(model, data.test.images)
+    idx = select_subsets(logits, data.test.labels, 3)["mistakes"]
+    images = as_float_images(data.test.images[idx])
+    targets = logits[idx].argmax(1)
+    cams = baseline_maps(images.shape, "centre")
+    metrics = ("deletion", "insertion", "drop")
+    want = score_maps(model, images, cams, targets, metrics=metrics).values
+    got = {r["metric"]: r["mean"] for r in result.rows
+           if (r["method"], r["subset"]) == ("centre", "mistakes") and r["metric"] in metrics}
+    assert got == pytest.approx({m: float(want[m].mean()) for m in metrics}, abs=1e-6)
+
+
+def _cli(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse refuses a bad flag value itself
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (("--method", "gradcam,nope"), "unknown 'nope'"),
+        (("--layer", "layer9"), "layer9"),
+        (("--limit", "0"), "--limit must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, capsys, flags, words):
+    _, data, ckpt = tiny
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "compare", "--checkpoint", ckpt, "--data", data.source, "--out",
+                        out, "--method", "gradcam", "--device", "cpu", "--no-progress", *flags)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_a_checkpoint_for_other_classes_is_refused(tmp_path, tiny_folder, capsys):
+    ckpt = tmp_path / "other.safetensors"
+    meta = {"classes": ["a", "b", "c", "d"], "image_size": 32, "epoch": 0}
+    save_checkpoint(ResNet18(4, "batch", 8), ckpt, meta)
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "compare", "--checkpoint", ckpt, "--data", tiny_folder,
+                        "--out", out, "--device", "cpu", "--no-progress")
+    assert code == 2 and "trained on" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_run_compare_writes_the_table_and_the_report_section(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "r"
+    code, stdout, err = _cli(capsys, "run", "--data", tiny_folder, "--out", out, "--epochs", 1,
+                             "--width", 8, "--batch-size", 8, "--no-progress", "--layer",
+                             "layer4", "--method", "gradcam", "--compare", 2)
+    assert code == 0, err
+    for name in FILES:
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "compare.csv").read_text().splitlines()))
+    assert {r["method"] for r in rows} == {"gradcam", "random", "centre"}
+    assert "Can these maps be trusted?" in (out / "report.html").read_text()
+    assert "compare:" in stdout
+
+
+def test_run_refuses_compare_0_before_training(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "r"
+    code, _, err = _cli(capsys, "run", "--data", tiny_folder, "--out", out, "--epochs", 1,
+                        "--width", 8, "--no-progress", "--compare", 0)
+    assert code == 2 and "--compare must be >= 1" in err, err
+    assert not (out / "checkpoint.safetensors").exists()
