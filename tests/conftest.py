@@ -86,3 +86,22 @@ def tiny_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "data"
     write_image_folder(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_mistakes():
+    """An untrained narrow ResNet18 and its mistakes on 30 random images, images attached."""
+    from camlens.evaluate import find_mistakes, predict
+    from camlens.model import ResNet18
+
+    torch.manual_seed(0)
+    model = ResNet18(5, width=8).eval()
+    images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(30) % 5
+    mistakes = find_mistakes(predict(model, images), labels)
+    mistakes = type(mistakes)(
+        *[getattr(mistakes, f) for f in ("indices", "labels", "preds", "probs", "margins")],
+        images=images[mistakes.indices],
+    )
+    assert len(mistakes) >= 10
+    return model, mistakes

@@ -6,31 +6,14 @@ import torch
 
 import camlens
 from camlens.cam import GradCAM
-from camlens.evaluate import find_mistakes, predict
 from camlens.explain import ExplainError, explain_mistakes, select_mistakes
-from camlens.model import ResNet18
 
 CLASSES = tuple(f"k{i}" for i in range(5))
 PACKAGE = Path(camlens.__file__).parent
 
 
-@pytest.fixture(scope="module")
-def case():
-    torch.manual_seed(0)
-    model = ResNet18(5, width=8).eval()
-    images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.arange(30) % 5
-    mistakes = find_mistakes(predict(model, images), labels)
-    mistakes = type(mistakes)(
-        *[getattr(mistakes, f) for f in ("indices", "labels", "preds", "probs", "margins")],
-        images=images[mistakes.indices],
-    )
-    assert len(mistakes) >= 10
-    return model, mistakes
-
-
-def test_select_filters_sorts_and_limits(case):
-    _, m = case
+def test_select_filters_sorts_and_limits(tiny_mistakes):
+    _, m = tiny_mistakes
     some_label = CLASSES[int(m.labels[0])]
     chosen = select_mistakes(m, CLASSES, label_name=some_label)
     assert len(chosen) == int((m.labels == int(m.labels[0])).sum())
@@ -48,8 +31,8 @@ def test_select_filters_sorts_and_limits(case):
         select_mistakes(m, CLASSES, sort="loudest")
 
 
-def test_explanations_equal_the_engine_on_each_image(case):
-    model, m = case
+def test_explanations_equal_the_engine_on_each_image(tiny_mistakes):
+    model, m = tiny_mistakes
     expl = explain_mistakes(model, m.images, m.labels, layers=["layer3", "layer4"], batch_size=7)
     assert expl.pred_cams.shape == (2, len(m), 32, 32) and expl.resolutions == ((8, 8), (4, 4))
     assert torch.equal(expl.logits.argmax(1), m.preds)
@@ -62,9 +45,9 @@ def test_explanations_equal_the_engine_on_each_image(case):
     assert expl.contrast_cams is not None and expl.contrast_cams.min() < 0
 
 
-def test_predicted_maps_explain_the_stated_predictions(case):
+def test_predicted_maps_explain_the_stated_predictions(tiny_mistakes):
     """With TTA the stated prediction need not be the arg-max: the map must follow the statement."""
-    model, m = case
+    model, m = tiny_mistakes
     stated = (m.preds + 1) % 5
     expl = explain_mistakes(model, m.images, m.labels, layers=["layer4"], preds=stated)
     with GradCAM(model, layer="layer4", normalize="none") as cam:
@@ -74,8 +57,8 @@ def test_predicted_maps_explain_the_stated_predictions(case):
     assert not torch.allclose(argmax.pred_max[0], expl.pred_max[0])
 
 
-def test_bf16_precision_reaches_the_engine(case):
-    model, m = case
+def test_bf16_precision_reaches_the_engine(tiny_mistakes):
+    model, m = tiny_mistakes
     fp32 = explain_mistakes(model, m.images, m.labels, layers=["layer4"])
     bf16 = explain_mistakes(model, m.images, m.labels, layers=["layer4"], precision="bf16")
     assert bf16.pred_cams.dtype == torch.float32  # maps are combined in fp32 either way
@@ -93,8 +76,8 @@ def test_bf16_precision_reaches_the_engine(case):
         ({"precision": "fp8"}, "fp32, bf16"),
     ],
 )
-def test_what_cannot_be_explained_is_a_one_line_user_error(case, kwargs, needle):
-    model, m = case
+def test_what_cannot_be_explained_is_a_one_line_user_error(tiny_mistakes, kwargs, needle):
+    model, m = tiny_mistakes
     with pytest.raises(ExplainError) as error:
         explain_mistakes(model, m.images, m.labels, **kwargs)
     assert needle in str(error.value) and "\n" not in str(error.value)

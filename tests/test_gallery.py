@@ -2,34 +2,16 @@ import csv
 import json
 
 import pytest
-import torch
 from PIL import Image
 
-from camlens.evaluate import find_mistakes, predict
 from camlens.explain import explain_mistakes
 from camlens.gallery import GalleryConfig, write_gallery
-from camlens.model import ResNet18
 
 CLASSES = tuple(f"k{i}" for i in range(5))
 
 
-@pytest.fixture(scope="module")
-def case():
-    torch.manual_seed(0)
-    model = ResNet18(5, width=8).eval()
-    images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.arange(30) % 5
-    mistakes = find_mistakes(predict(model, images), labels)
-    mistakes = type(mistakes)(
-        *[getattr(mistakes, f) for f in ("indices", "labels", "preds", "probs", "margins")],
-        images=images[mistakes.indices],
-    )
-    assert len(mistakes) >= 10
-    return model, mistakes
-
-
-def test_gallery_files_and_index(tmp_path, case):
-    model, m = case
+def test_gallery_files_and_index(tmp_path, tiny_mistakes):
+    model, m = tiny_mistakes
     expl = explain_mistakes(model, m.images, m.labels, layers=["layer4"])
     root = write_gallery(expl, m, CLASSES, tmp_path, GalleryConfig(per_page=4, size=64))
     assert root == tmp_path / "gallery" / "gradcam"  # one folder per method, side by side
@@ -50,8 +32,8 @@ def test_gallery_files_and_index(tmp_path, case):
     )
 
 
-def test_gallery_needs_images(tmp_path, case):
-    model, m = case
+def test_gallery_needs_images(tmp_path, tiny_mistakes):
+    model, m = tiny_mistakes
     expl = explain_mistakes(model, m.images, m.labels)
     bare = type(m)(m.indices, m.labels, m.preds, m.probs, m.margins)
     with pytest.raises(ValueError, match="read_mistakes"):
