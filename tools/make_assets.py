@@ -44,7 +44,7 @@ def install_model(result: Path, run: str, data: str, group: str, name: str) -> N
     if history[-1]["test_acc"] != meta["metrics"]["test_acc"]:
         raise SystemExit(f"metrics_{run}.jsonl is not the history of this checkpoint")
     meta.update(
-        data_source="../shared/data/cifar10-jpeg.tar.gz",
+        data_source=f"{Path(data).name} (CIFAR-10 re-encoded as JPEG q75)",
         data_label=DATA_LABEL,
         history=history,
     )
@@ -56,7 +56,7 @@ def install_model(result: Path, run: str, data: str, group: str, name: str) -> N
     meta["evaluation"] = {
         "test_acc": ev.accuracy,
         "test_loss": ev.loss,
-        "command": f"camlens evaluate --checkpoint {name} --data {data}",
+        "command": f"camlens evaluate --checkpoint {name} --data $JPEG",
     }
     stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"installed {stem.with_suffix('.safetensors')} ({len(weights) / 1e6:.1f} MB)")
