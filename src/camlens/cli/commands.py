@@ -224,6 +224,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cam_batch_size=args.cam_batch_size,
         eval_batch_size=args.eval_batch_size,
         seed=args.seed,
+        progress=args.progress,
     )
     failed = [m for m, s in result.sanity.items() if not s["passed"]]
     for (method, layer), why in result.skipped.items():
