@@ -196,10 +196,11 @@ def test_a_flag_means_the_same_in_every_command():
                 meaning = re.sub(r"\(default: [^)]*\)", "", action.help or "").strip()
                 helps.setdefault(flag, {})[name] = meaning
     helps["--limit"].pop("compare")  # caps each compared subset, mistakes and correct images
+    helps["--limit"].pop("diff")  # cards per group on the page
     for flag in ("--method", "--layer", "--cam-batch-size", "--eval-batch-size", "--limit"):
         assert len(set(helps[flag].values())) == 1, (flag, helps[flag])
     assert set(helps["--batch-size"]) == {"train", "run"}  # the training batch only
-    assert set(helps["--cam-batch-size"]) == {"demo", "run", "explain", "compare"}
+    assert set(helps["--cam-batch-size"]) == {"demo", "run", "explain", "compare", "diff"}
     assert set(helps["--eval-batch-size"]) == {"train", "run", "evaluate", "compare"}
 
 

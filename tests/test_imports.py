@@ -21,6 +21,7 @@ ORDER = [
     "gallery",
     "report",
     "compare",
+    "diff",
     "pipeline",
     "cli",
     "__main__",

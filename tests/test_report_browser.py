@@ -155,3 +155,41 @@ def test_screenshot(report, tmp_path):
     )
     assert shot.is_file() and shot.stat().st_size > 20_000, run.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+DIFF_DRIVER = """<script>
+const errors = [];
+window.addEventListener("error", (e) => errors.push(String(e.message)));
+window.addEventListener("load", () => {
+  const imgs = Array.from(document.querySelectorAll("img"));
+  const root = document.documentElement;
+  root.dataset.testImages = imgs.length;
+  root.dataset.testDecoded = imgs.filter((im) => im.complete && im.naturalWidth > 0).length;
+  root.dataset.testItems = document.querySelectorAll(".item").length;
+  root.dataset.testErrors = errors.join("|");
+});
+</script>"""
+
+
+def test_diff_page_renders_every_picture_without_script_errors(tmp_path):
+    from camlens.diff import diff_models, write_diff
+
+    torch.manual_seed(0)
+    models = [ResNet18(len(CLASSES), norm, width=8).eval() for norm in ("batch", "layer")]
+    images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
+    split = Split(images, torch.arange(30) % len(CLASSES))
+    d = diff_models(*models, split, CLASSES, names=("BN", "LN"), limit=4)
+    page, end = write_diff(d, tmp_path / "diff")["diff.html"].read_text().rsplit("</body>", 1)
+    copy = tmp_path / "driven.html"
+    copy.write_text(page + DIFF_DRIVER + "</body>" + end)
+    run = chromium(tmp_path / "profile", "--dump-dom", copy.as_uri())
+    root = re.search(r"<html[^>]*>", run.stdout)
+    assert root, f"no DOM from chromium (rc {run.returncode}): {run.stderr[-2000:]}"
+    attrs = dict(re.findall(r'(data-test-[\w-]+)="([^"]*)"', root.group(0)))
+    assert "data-test-images" in attrs, f"the driver did not run: {root.group(0)[:300]}"
+    assert attrs["data-test-errors"] == ""
+    items = sum(min(4, d.groups[g].numel()) for g in d.groups)
+    assert int(attrs["data-test-items"]) == items > 0
+    # three pictures per card, plus the agreement figure when there are shared mistakes
+    assert int(attrs["data-test-images"]) >= 3 * items
+    assert attrs["data-test-decoded"] == attrs["data-test-images"]

@@ -2,7 +2,8 @@
 
 Pipeline, one module per step (each imports only those above it):
   download -> data -> model -> plots -> evaluate -> train
-  -> cam -> metrics -> explain -> overlay -> gallery -> report -> compare -> pipeline -> cli
+  -> cam -> metrics -> explain -> overlay -> gallery -> report -> compare -> diff -> pipeline
+  -> cli
 `explain` computes the maps of the mistakes once; the gallery and the report both draw them.
 `pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls.
 
@@ -39,6 +40,7 @@ from camlens.cam import (
 )
 from camlens.compare import CompareResult, compare
 from camlens.data import DataError, Dataset, Split, load_dataset
+from camlens.diff import ModelDiff, diff_models, write_diff
 from camlens.download import DownloadError, fetch_cifar10
 from camlens.evaluate import (
     Evaluation,
@@ -62,7 +64,14 @@ from camlens.model import (
     summary,
 )
 from camlens.overlay import colorize, enlarge, heatmap_rgba, overlay
-from camlens.pipeline import demo, explain_model, load_matching_data, run, write_galleries
+from camlens.pipeline import (
+    demo,
+    diff_checkpoints,
+    explain_model,
+    load_matching_data,
+    run,
+    write_galleries,
+)
 from camlens.report import ReportConfig, build_report, compute_report, render_report
 from camlens.train import RunError, TrainConfig, train
 from camlens.version import __version__
@@ -135,8 +144,13 @@ __all__ = [
     # can the maps be trusted? every method and layer scored against baselines (camlens.compare)
     "CompareResult",
     "compare",
+    # two models side by side: shared and own mistakes, map agreement (camlens.diff)
+    "ModelDiff",
+    "diff_models",
+    "write_diff",
     # the whole job (camlens.pipeline: its Outcome and Galleries results)
     "demo",
+    "diff_checkpoints",
     "explain_model",
     "load_matching_data",
     "run",

@@ -13,16 +13,24 @@ import dataclasses
 import torch
 
 from camlens.compare import compare
-from camlens.data import load_dataset
+from camlens.data import DataError, load_dataset
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
 from camlens.model import ResNet18, load_checkpoint, save_checkpoint, summary
-from camlens.pipeline import Outcome, demo, load_matching_data, run, write_galleries
+from camlens.pipeline import (
+    Outcome,
+    demo,
+    diff_checkpoints,
+    load_matching_data,
+    run,
+    write_galleries,
+)
 from camlens.train import RunError, TrainConfig, tensorboard_logger, train
 
 __all__ = [
     "DTYPES",
     "cmd_compare",
     "cmd_demo",
+    "cmd_diff",
     "cmd_evaluate",
     "cmd_explain",
     "cmd_export",
@@ -159,6 +167,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{len(ev.mistakes)} misclassified, explained in {outcome.seconds:.0f}s"
     )
     _print_outcome(outcome)
+    if args.compare_norms:
+        files = diff_checkpoints(
+            "shipped",
+            "shipped-layer",
+            "sample",
+            args.out / "diff",
+            device=pick_device(args.device),
+            layers=args.layer,
+            cam_batch_size=args.cam_batch_size,
+            progress=False,
+        )
+        print(f"batch norm vs layer norm: {files['diff.html']}")
     return 0
 
 
@@ -232,4 +252,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"scored {len(result.rows)} (method, layer, subset, metric) cells")
     print("sanity check: " + (f"FAILED by {', '.join(failed)}" if failed else "all pass"))
     print("wrote " + ", ".join(str(p) for p in result.files.values()))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    if len(args.checkpoint) != 2:
+        raise DataError(
+            f"diff compares two models: give --checkpoint twice, got {len(args.checkpoint)}"
+        )
+    if len(args.method) != 1:
+        raise DataError(f"diff compares one method's maps: name one, got {','.join(args.method)}")
+    if args.names is not None and len(args.names) != 2:
+        raise DataError(f"--names takes two names, A,B; got {','.join(args.names)}")
+    files = diff_checkpoints(
+        args.checkpoint[0],
+        args.checkpoint[1],
+        args.data,
+        args.out,
+        names=tuple(args.names) if args.names else None,
+        device=pick_device(args.device),
+        method=args.method[0],
+        layers=args.layer,
+        limit=args.limit,
+        cam_batch_size=args.cam_batch_size,
+        progress=args.progress,
+    )
+    print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0

@@ -17,6 +17,7 @@ from camlens.cli.commands import (
     DTYPES,
     cmd_compare,
     cmd_demo,
+    cmd_diff,
     cmd_evaluate,
     cmd_explain,
     cmd_export,
@@ -67,6 +68,11 @@ COMPARE_EXAMPLE = """example:
   camlens compare --checkpoint runs/r18/checkpoint.safetensors --data cifar10 --out cmp \\
       --method gradcam,scorecam --layer layer4
   (writes OUT/compare.csv, compare.json, compare.png and sanity.png, all at the end)"""
+DIFF_EXAMPLE = """example:
+  camlens diff --checkpoint shipped --checkpoint shipped-layer --data sample --out diff
+  camlens diff --checkpoint runs/bn/checkpoint.safetensors \\
+      --checkpoint runs/ln/checkpoint.safetensors --data cifar10 --out bn-vs-ln --names BN,LN
+  (writes OUT/diff.html, one self-contained page, and OUT/diff.json)"""
 EXPORT_EXAMPLE = """example:
   camlens export --checkpoint runs/r18/checkpoint.safetensors --out model-fp16.safetensors"""
 SUMMARY_EXAMPLE = """example:
@@ -209,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("camlens-demo"), help="default: camlens-demo")
     _explain_flags(p, layer="layer3,layer4")
+    p.add_argument(
+        "--compare-norms",
+        action="store_true",
+        help="also put the two shipped models (batch norm, layer norm) side by side, as "
+        "`camlens diff` does, into OUT/diff/diff.html",
+    )
     _device_flag(p)
     p.set_defaults(run=cmd_demo, progress=True)
 
@@ -337,6 +349,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="correct-image sample, baselines, ROAD")
     _device_flag(p)
     p.set_defaults(run=cmd_compare)
+
+    p = sub.add_parser(
+        "diff",
+        help="two models side by side: shared and own mistakes, do their maps agree?",
+        epilog=DIFF_EXAMPLE,
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        action="append",
+        type=Path,
+        help="give it twice: model A, then model B (a checkpoint or `shipped`, `shipped-layer`)",
+    )
+    _data_flags(p, image_size=False)
+    p.add_argument("--out", required=True, type=Path, help="folder for diff.html and diff.json")
+    p.add_argument(
+        "--names", type=_names, help="the two models' names on the page, e.g. BN,LN "
+        "(default: their norms when they differ, else the checkpoints)"
+    )
+    _explain_flags(p, layer="layer3,layer4", precision=False)
+    p.add_argument(
+        "--limit", type=int, default=24, help="cards per group on the page (default: 24)"
+    )
+    _device_flag(p)
+    p.set_defaults(run=cmd_diff)
 
     p = sub.add_parser(
         "export",

@@ -1,0 +1,173 @@
+"""Two models on one test split: where their mistakes overlap, and whether their maps agree.
+
+    d = diff_models(model_a, model_b, split, classes, names=("batch norm", "layer norm"))
+    d.groups["shared"]            # indices of the images both get wrong, most confident first
+    d.agreement["layer4"]["pred"]["spearman"]   # (S,) per shared mistake
+
+For the shared mistakes each model's maps are computed at every layer for two targets: the class
+it predicted (what drove its mistake) and the true class (the same target for both, so the
+maps are comparable even when the wrong classes differ). Agreement per image is the Spearman
+rank correlation of the two maps and the IoU of their top `top` fraction of pixels; a pair
+where either map is flat (nothing to rank) is NaN and left out of the statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from camlens.cam import CamConfig, create
+from camlens.data import Split
+from camlens.evaluate import Evaluation, as_float_images, evaluate
+from camlens.explain import ExplainError
+from camlens.metrics import spearman
+
+__all__ = ["GROUPS", "TARGETS", "ModelDiff", "diff_models", "top_iou"]
+
+GROUPS = ("shared", "only_a", "only_b")  # both wrong; only model A wrong; only model B wrong
+TARGETS = ("pred", "label")  # the maps compared: each model's predicted class; the true class
+
+
+@dataclass(frozen=True)
+class ModelDiff:
+    """What `diff_models` measured; every tensor is on the CPU."""
+
+    names: tuple[str, str]
+    classes: tuple[str, ...]
+    evaluations: tuple[Evaluation, Evaluation]
+    labels: Tensor  # (N,) the split's true classes
+    groups: dict[str, Tensor]  # GROUPS -> (M,) split indices, most confident mistake first
+    per_class: dict[str, Tensor]  # GROUPS -> (K,) counts by true class
+    same_wrong_class: Tensor  # (S,) bool: the shared mistakes where both predict the same class
+    layers: tuple[str, ...]
+    method: str
+    top: float  # the fraction of pixels whose IoU is measured
+    # layer -> TARGETS -> metric -> (S,) per shared mistake; NaN where a map is flat
+    agreement: dict[str, dict[str, dict[str, Tensor]]]
+    cams: dict[str, tuple[Tensor, Tensor]]  # GROUPS -> (A, B) maps of their predictions (G, H, W)
+    images: dict[str, Tensor]  # GROUPS -> (G, 3, H, W) uint8: the first `limit` of each group
+
+
+def top_iou(a: Tensor, b: Tensor, top: float = 0.2) -> Tensor:
+    """(N, H, W) x 2 -> (N,) IoU of each pair's `top` fraction of highest pixels (exact counts)."""
+    if not 0 < top <= 1:
+        raise ValueError(f"top must be a fraction in (0, 1], got {top}")
+    flat_a, flat_b = a.flatten(1), b.flatten(1)  # (N, H*W)
+    k = max(1, math.ceil(top * flat_a.shape[1]))
+    mask_a = torch.zeros_like(flat_a, dtype=torch.bool).scatter_(1, flat_a.topk(k).indices, True)
+    mask_b = torch.zeros_like(flat_b, dtype=torch.bool).scatter_(1, flat_b.topk(k).indices, True)
+    inter = (mask_a & mask_b).sum(1).float()
+    return inter / (mask_a | mask_b).sum(1).float()
+
+
+def _flat(cams: Tensor) -> Tensor:
+    """(N, H, W) -> (N,) True where a map is constant (e.g. Grad-CAM's ReLU left nothing)."""
+    flat = cams.flatten(1)
+    return flat.amax(1) <= flat.amin(1)
+
+
+def _maps(
+    model: nn.Module,
+    images: Tensor,
+    target_sets: list[Tensor],
+    method: str,
+    layers: Sequence[str],
+    config: CamConfig,
+) -> list[Tensor]:
+    """Per target set, (L, N, H, W) maps at each layer, in one engine pass over the images."""
+    if images.shape[0] == 0:
+        h, w = images.shape[-2:]
+        return [torch.zeros(len(layers), 0, h, w) for _ in target_sets]
+    device = next(model.parameters()).device
+    x = as_float_images(images).to(device)
+    with create(method, model, list(layers), config) as engine:
+        results = engine.explain_many(x, [t.to(device) for t in target_sets])
+    return [r.layer_cams.cpu() for r in results]
+
+
+def diff_models(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    split: Split,
+    classes: Sequence[str],
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    method: str = "gradcam",
+    layers: Sequence[str] = ("layer3", "layer4"),
+    top: float = 0.2,
+    limit: int = 24,
+    batch_size: int = 64,
+    cam_batch_size: int = 64,
+) -> ModelDiff:
+    """Evaluate both models on `split`, group their mistakes, compare their maps.
+
+    `limit`: images kept per group for the page's galleries (the statistics use all of them).
+    """
+    evs = (evaluate(model_a, split, batch_size), evaluate(model_b, split, batch_size))
+    for name, ev in zip(names, evs, strict=True):
+        if ev.logits.shape[1] != len(classes):
+            raise ExplainError(
+                f"model {name} has {ev.logits.shape[1]} classes but the data {len(classes)}: "
+                "compare models trained on this data"
+            )
+    labels = split.labels
+    preds = [ev.logits.argmax(1).cpu() for ev in evs]
+    wrong_a, wrong_b = preds[0] != labels, preds[1] != labels
+    conf = torch.stack([ev.logits.float().softmax(1).max(1).values.cpu() for ev in evs])  # (2, N)
+    masks = {
+        "shared": wrong_a & wrong_b,
+        "only_a": wrong_a & ~wrong_b,
+        "only_b": ~wrong_a & wrong_b,
+    }
+    # most confident first: by the erring model's confidence (the larger of the two when shared)
+    rank = {"shared": conf.max(0).values, "only_a": conf[0], "only_b": conf[1]}
+    groups = {}
+    for g, mask in masks.items():
+        idx = mask.nonzero().flatten()
+        groups[g] = idx[rank[g][idx].argsort(descending=True, stable=True)]
+    per_class = {g: torch.bincount(labels[i], minlength=len(classes)) for g, i in groups.items()}
+
+    config = CamConfig(batch_size=cam_batch_size)
+    shared = groups["shared"]
+    agreement: dict[str, dict[str, dict[str, Tensor]]] = {
+        layer: {t: {} for t in TARGETS} for layer in layers
+    }
+    if shared.numel():
+        images = split.images[shared]
+        # per model: [pred maps, label maps], each (L, S, H, W)
+        a = _maps(model_a, images, [preds[0][shared], labels[shared]], method, layers, config)
+        b = _maps(model_b, images, [preds[1][shared], labels[shared]], method, layers, config)
+        for li, layer in enumerate(layers):
+            for ti, t in enumerate(TARGETS):
+                ma, mb = a[ti][li], b[ti][li]  # (S, H, W) each
+                # a flat map ranks nothing: its pair is NaN (left out of the statistics), not 0
+                flat = _flat(ma) | _flat(mb)
+                nan = torch.tensor(float("nan"))
+                agreement[layer][t]["spearman"] = torch.where(flat, nan, spearman(ma, mb))
+                agreement[layer][t]["iou"] = torch.where(flat, nan, top_iou(ma, mb, top))
+    cams, kept = {}, {}
+    for g, idx in groups.items():
+        idx = idx[:limit]
+        kept[g] = split.images[idx]
+        pa = _maps(model_a, kept[g], [preds[0][idx]], method, layers[-1:], config)[0][0]
+        pb = _maps(model_b, kept[g], [preds[1][idx]], method, layers[-1:], config)[0][0]
+        cams[g] = (pa, pb)
+    return ModelDiff(
+        names=tuple(names),
+        classes=tuple(classes),
+        evaluations=evs,
+        labels=labels,
+        groups=groups,
+        per_class=per_class,
+        same_wrong_class=preds[0][shared] == preds[1][shared],
+        layers=tuple(layers),
+        method=method,
+        top=top,
+        agreement=agreement,
+        cams=cams,
+        images=kept,
+    )
