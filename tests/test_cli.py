@@ -3,6 +3,7 @@ import csv
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -324,6 +325,84 @@ def test_tensorboard_events_mirror_the_metrics(tmp_path, tiny_folder, capsys):
     logged = events.Scalars("accuracy/test")
     assert [e.step for e in logged] == [1, 2]
     assert [e.value for e in logged] == pytest.approx([h["test_acc"] for h in history])
+
+
+def wandb_records(run_file: Path) -> list:
+    """The protobuf records of an offline W&B run file, read without W&B's own reader (gone
+    from wandb 0.2x+): a 7-byte ":W&B" header, then LevelDB log records (crc32, length, type)
+    in 32 KiB blocks; types 1 full, 2 first, 3 middle, 4 last."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block = run_file.read_bytes(), 32768
+    assert raw[:4] == b":W&B", raw[:8]
+    pos, pending, records = 7, b"", []
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(raw[pos + 4 : pos + 6], "little"), raw[pos + 6]
+        if kind == 0:  # zero padding at the end of a block
+            pos += block - pos % block
+            continue
+        pending += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def _key(item) -> str:
+    return item.key or ".".join(item.nested_key)
+
+
+def test_wandb_offline_mirrors_the_metrics_and_resume_continues_the_run(
+    tmp_path, tiny_folder, capsys, monkeypatch
+):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no key: offline, never the network
+    monkeypatch.chdir(tmp_path)  # nothing may land in the current directory
+    out = tmp_path / "r"
+    from camlens.train import WandbLogger
+
+    log_epoch = WandbLogger.__call__
+
+    def killed_after_epoch_1(self, metrics):
+        log_epoch(self, metrics)
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt  # as Ctrl-C right after epoch 1 is saved
+
+    monkeypatch.setattr(WandbLogger, "__call__", killed_after_epoch_1)
+    argv = ("train", "--data", tiny_folder, "--out", out, "--epochs", 2, *TINY, "--wandb")
+    assert run(capsys, *argv)[0] == 130
+    monkeypatch.setattr(WandbLogger, "__call__", log_epoch)
+    code, stdout, err = run(capsys, *argv, "--resume")
+    assert code == 0, err
+    assert "resuming" in stdout + err and "wandb sync" in stdout + err
+    assert not (tmp_path / "wandb").exists()
+    run_id = (out / "wandb" / "run-id").read_text().strip()
+    files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files)
+    history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    logged, summary, config = {}, {}, {}
+    for f in files:
+        for record in wandb_records(f):
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
+                items = {_key(i): json.loads(i.value_json) for i in record.history.item}
+                if "test_acc" in items:
+                    logged[items["epoch"]] = items["test_acc"]
+            elif kind == "summary":
+                summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
+            elif kind == "run":
+                config.update({_key(i): json.loads(i.value_json) for i in record.run.config.update})
+    assert logged == pytest.approx({h["epoch"]: h["test_acc"] for h in history})
+    assert summary["test_acc"] == pytest.approx(history[-1]["test_acc"])
+    assert config["width"] == 8 and config["epochs"] == 2  # the TrainConfig
 
 
 def test_shipped_checkpoint_evaluates_on_the_bundled_sample(tmp_path, capsys):

@@ -16,6 +16,7 @@ Errors a user can cause are raised as the package's own error types, with one-li
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -45,8 +46,9 @@ from camlens.explain import (
 )
 from camlens.gallery import GalleryConfig, write_gallery
 from camlens.model import ResNet18, load_checkpoint
+from camlens.plots import plot_confusion
 from camlens.report import ReportConfig, compute_report, render_report
-from camlens.train import TrainConfig, tensorboard_logger, train
+from camlens.train import TrainConfig, tensorboard_logger, train, wandb_logger
 
 __all__ = [
     "Galleries",
@@ -232,27 +234,37 @@ def run(
     cam_batch_size: int = 64,
     progress: bool = True,
     tensorboard: bool = False,
+    wandb_project: str | None = None,
     compare_limit: int | None = None,
 ) -> Outcome:
     """Train in `out` (continuing a killed run there), then evaluate into out/eval and
     `explain_model` the checkpoint. Maps are fp32; `config.precision` is the training's.
 
     `limit` keeps the gallery and the page small after a short run (thousands of mistakes).
-    `compare_limit`: see `explain_model`.
+    `compare_limit`: see `explain_model`. `wandb_project`: also log to Weights & Biases
+    (OUT/wandb; offline without an API key): each epoch, then curves, confusion, cards, accuracy.
     """
     started, out = time.perf_counter(), Path(out)
     # fail before hours of training, not after: the layers are checked on an untrained twin
     check_explainable(ResNet18(len(data.classes), config.norm, config.width), methods, layers)
     check_compare_limit(compare_limit)
-    train(
-        config,
-        data,
-        out,
-        device=device,
-        resume=True,  # continues the run in `out` when there is one, else starts it
-        progress=progress,
-        on_epoch=tensorboard_logger(out) if tensorboard else None,
-    )
+    loggers = [tensorboard_logger(out)] if tensorboard else []
+    if wandb_project is not None:
+        loggers.append(wandb_logger(out, wandb_project, dataclasses.asdict(config)))
+    try:
+        train(
+            config,
+            data,
+            out,
+            device=device,
+            resume=True,  # continues the run in `out` when there is one, else starts it
+            progress=progress,
+            on_epoch=(lambda metrics: [log(metrics) for log in loggers]) if loggers else None,
+        )
+    except BaseException:  # a killed run closes its W&B run; the next call reopens the same one
+        if wandb_project is not None:
+            loggers[-1].finish()
+        raise
     model, meta = load_checkpoint(out / "checkpoint.safetensors", device)
     evaluation = evaluate(model, data.test, config.eval_batch_size)
     write_evaluation(evaluation, data.classes, out / "eval", {"checkpoint": str(out)})
@@ -276,6 +288,14 @@ def run(
         evaluation=evaluation,
         compare_limit=compare_limit,
     )
+    if wandb_project is not None:
+        cards = [p for f in outcome.galleries.folders.values() for p in sorted(f.glob("*.png"))]
+        loggers[-1].finish(
+            accuracy=evaluation.accuracy,
+            curves=out / "curves.png",
+            confusion_png=plot_confusion(evaluation.confusion, data.classes),
+            cards=cards[:16],
+        )
     return replace(outcome, seconds=time.perf_counter() - started)
 
 

@@ -24,7 +24,7 @@ from camlens.pipeline import (
     run,
     write_galleries,
 )
-from camlens.train import RunError, TrainConfig, tensorboard_logger, train
+from camlens.train import RunError, TrainConfig, tensorboard_logger, train, wandb_logger
 
 __all__ = [
     "DTYPES",
@@ -80,16 +80,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
     device = pick_device(args.device)
     data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
-    on_epoch = tensorboard_logger(args.out) if args.tensorboard else None
-    train(
-        config,
-        data,
-        args.out,
-        device=device,
-        resume=args.resume,
-        progress=args.progress,
-        on_epoch=on_epoch,
-    )
+    loggers = [tensorboard_logger(args.out)] if args.tensorboard else []
+    if args.wandb:
+        loggers.append(wandb_logger(args.out, args.wandb_project, dataclasses.asdict(config)))
+    metrics = None
+    try:
+        metrics = train(
+            config,
+            data,
+            args.out,
+            device=device,
+            resume=args.resume,
+            progress=args.progress,
+            on_epoch=(lambda m: [log(m) for log in loggers]) if loggers else None,
+        )
+    finally:  # a killed or failed run closes its W&B run too; --resume reopens the same one
+        if args.wandb:
+            accuracy = metrics["test_acc"] if metrics else None
+            loggers[-1].finish(accuracy=accuracy, curves=args.out / "curves.png")
     print(f"checkpoint: {args.out / 'checkpoint.safetensors'}")
     return 0
 
@@ -196,6 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cam_batch_size=args.cam_batch_size,
         progress=args.progress,
         tensorboard=args.tensorboard,
+        wandb_project=args.wandb_project if args.wandb else None,
         compare_limit=args.compare,
     )
     ev, shown = outcome.evaluation, len(outcome.galleries.mistakes)

@@ -147,6 +147,16 @@ def _checkpoint_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _wandb_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log to Weights & Biases (pip install 'camlens[wandb]'): files in OUT/wandb, "
+        "offline without an API key (then `wandb sync` uploads it); resume continues the run",
+    )
+    parser.add_argument("--wandb-project", default="camlens", help="W&B project (default: camlens)")
+
+
 def _device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ..."
@@ -233,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p)
     p.add_argument("--out", required=True, type=Path, help="run folder; resumed when it exists")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
+    _wandb_flags(p)
     p.add_argument(
         "--compare",
         type=int,
@@ -270,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
+    _wandb_flags(p)
     _device_flag(p)
     add_config_flags(p, TrainConfig)
     p.set_defaults(run=cmd_train)

@@ -13,5 +13,14 @@ that decides which process logs and saves, and the sampler (epoch -> indices) is
 from camlens.train.config import RunError, TrainConfig
 from camlens.train.loop import is_writer, train
 from camlens.train.tensorboard import tensorboard_logger
+from camlens.train.wandb_log import WandbLogger, wandb_logger
 
-__all__ = ["TrainConfig", "train", "RunError", "is_writer", "tensorboard_logger"]
+__all__ = [
+    "RunError",
+    "TrainConfig",
+    "WandbLogger",
+    "is_writer",
+    "tensorboard_logger",
+    "train",
+    "wandb_logger",
+]
