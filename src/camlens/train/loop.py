@@ -1,4 +1,4 @@
-"""The training loop, and what each finished epoch leaves in the run folder.
+"""The training loop; `files.write_epoch` is what each finished epoch leaves in the run folder.
 
 Every random choice of an epoch comes from generators seeded by `(seed, epoch)`, so a resumed
 run replays exactly the epochs it has not finished.
@@ -11,21 +11,18 @@ schedule counts the same global steps whatever the number of processes.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from camlens.atomic import WriteError, atomic_write_bytes
+from camlens.atomic import WriteError
 from camlens.data import DataError, Dataset, augment, balanced_subset, channel_stats
 from camlens.distributed import (
     all_sum,
-    backend,
     broadcast_buffers,
     is_writer,
     rank,
@@ -33,11 +30,10 @@ from camlens.distributed import (
     world_size,
 )
 from camlens.evaluate import as_float_images, autocast, predict
-from camlens.model import ResNet18, save_checkpoint
-from camlens.plots import plot_curves
+from camlens.model import ResNet18
 from camlens.train.config import RunError, TrainConfig
-from camlens.train.state import RESUME_FILE, check_resumable, load_resume, save_resume
-from camlens.version import __version__
+from camlens.train.files import write_epoch
+from camlens.train.state import RESUME_FILE, check_resumable, load_resume
 
 __all__ = ["default_sampler", "train"]
 
@@ -144,7 +140,7 @@ def train(
         check_resumable(resume_path, config, data)
         start, history, elapsed, saved_world = load_resume(resume_path, model, optimizer, scheduler)
         note = ""
-        if saved_world != world:
+        if saved_world != world and start < config.epochs:  # a finished run trains nothing
             note = (
                 f" (trained so far by {saved_world} processes, now {world}: same global batch "
                 "and schedule; weights equal to float tolerance, not bit for bit)"
@@ -233,7 +229,7 @@ def train(
             f"{metrics['images_per_s']:.0f} img/s  {metrics['seconds']:.0f}s"
         )
         try:
-            _write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device)
+            write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device)
         except WriteError as e:  # a full disk: each file still holds an earlier epoch whole
             raise RunError(
                 f"{e}; the run is saved up to epoch {epoch - 1}: "
@@ -242,44 +238,6 @@ def train(
         if on_epoch is not None:
             on_epoch(metrics)
     return metrics
-
-
-def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device) -> None:
-    """The checkpoint pair, the logs, and last the resume state: a run stopped (killed, or out
-    of disk space) before the resume file is renamed redoes this epoch whole, and none after."""
-    epoch = history[-1]["epoch"]
-    meta = {
-        "classes": list(data.classes),
-        "image_size": data.image_size,
-        "epoch": epoch,
-        "epochs": config.epochs,
-        "metrics": history[-1],
-        "train_seconds": round(elapsed, 1),
-        "data_source": data.source,
-        "data_checksum": data.checksum,
-        "data_label": data.label,
-        "train_images": len(data.train)
-        if config.subset is None
-        else min(config.subset, len(data.train)),
-        "camlens_version": __version__,
-        "torch_version": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "world_size": world_size(),  # processes that trained it (1 without torchrun)
-        "backend": backend(),  # their process group's: gloo, nccl; None for one process
-        "recipe": {
-            **asdict(config),
-            "optimizer": "SGD (Nesterov)",
-            "schedule": "one-cycle (cosine)",
-            "augmentation": "batched crop(pad 4) / flip / cutout 8x8 on the training device",
-        },
-    }
-    save_checkpoint(model, out / "checkpoint", meta)
-    lines = "".join(json.dumps(h) + "\n" for h in history)
-    atomic_write_bytes(out / "metrics.jsonl", lines.encode())  # rewritten whole: never a torn line
-    plot_curves(history, out / "curves.png")
-    state = (model, optimizer, scheduler, epoch, history, config, elapsed, data.checksum)
-    state += (world_size(),)
-    save_resume(out / RESUME_FILE, *state)
 
 
 def _every_rank_sees(path: Path) -> bool:
