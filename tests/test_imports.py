@@ -8,6 +8,7 @@ import camlens
 ORDER = [
     "version",
     "atomic",
+    "distributed",
     "download",
     "data",
     "model",

@@ -19,6 +19,7 @@ from torch import nn
 
 from camlens.atomic import atomic_write_bytes
 from camlens.data import DataError, Split
+from camlens.distributed import gather, shard_rows
 from camlens.plots import plot_confusion
 
 __all__ = [
@@ -148,8 +149,13 @@ class Evaluation:
 def evaluate(
     model: nn.Module, split: Split, batch_size: int = 64, tta: bool = False, precision: str = "fp32"
 ) -> Evaluation:
-    """Loss, accuracy, per-class accuracy, confusion and mistakes of `model` on one split."""
-    logits = predict(model, split.images, batch_size, tta, precision)
+    """Loss, accuracy, per-class accuracy, confusion and mistakes of `model` on one split.
+
+    Under torchrun each rank predicts its share of the images, cut at whole batches (so each
+    logit is the one a single process computes), and every rank gets the whole Evaluation.
+    """
+    rows, count = shard_rows(len(split), batch_size)
+    logits = gather(predict(model, split.images[rows], batch_size, tta, precision)[:count])
     labels = split.labels.to(logits.device)
     k = logits.shape[1]
     confusion = confusion_matrix(labels, logits.argmax(1), k)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from camlens.cam import METHODS, PRECISIONS, create, find_layer
+from camlens.distributed import gather_fields, shard_rows
 from camlens.evaluate import Mistakes, as_float_images
 
 __all__ = [
@@ -148,11 +149,31 @@ def explain_each(
     precision: str = "fp32",
 ) -> dict[str, Explanations]:
     """Each method's maps of `mistakes` (with their images); the predicted-class maps explain
-    `mistakes.preds`, the stated predictions (TTA's, from a csv), not the arg-max."""
+    `mistakes.preds`, the stated predictions (TTA's, from a csv), not the arg-max.
+
+    Under torchrun each rank explains its share, cut at whole batches, and every rank gets all
+    the maps, in order (camlens.distributed)."""
+    rows, count = shard_rows(len(mistakes), batch_size)
+    mine = mistakes.select(rows)
     return {
-        method: explain_mistakes(
-            model, mistakes.images, mistakes.labels, method, layers, batch_size, precision,
-            preds=mistakes.preds,
+        method: gather_fields(
+            explain_mistakes(
+                model, mine.images, mine.labels, method, layers, batch_size, precision,
+                preds=mine.preds,
+            ),
+            MISTAKE_DIMS,
+            count,
         )
         for method in (methods if len(mistakes) else ())
     }
+
+
+# where each Explanations tensor lists the mistakes: the dimension gathered across ranks
+MISTAKE_DIMS = {
+    "pred_cams": 1,
+    "label_cams": 1,
+    "contrast_cams": 1,
+    "pred_max": 1,
+    "label_max": 1,
+    "logits": 0,
+}

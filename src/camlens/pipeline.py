@@ -29,6 +29,7 @@ from torch import nn
 from camlens.compare import compare
 from camlens.data import DataError, Dataset, load_dataset
 from camlens.diff import diff_models, write_diff
+from camlens.distributed import is_writer
 from camlens.evaluate import (
     Evaluation,
     Mistakes,
@@ -124,9 +125,10 @@ def write_galleries(
         mistakes = replace(mistakes, images=data.test.images[mistakes.indices])
     chosen = select_mistakes(mistakes, data.classes, sort, label_name, pred_name, limit)
     explanations = explain_each(model, chosen, methods, layers, cam_batch_size, precision)
-    folders = {
+    folders = {  # under torchrun every rank holds all the maps; rank 0 alone draws them
         method: write_gallery(expl, chosen, data.classes, out, config)
         for method, expl in explanations.items()
+        if is_writer()
     }
     return Galleries(chosen, explanations, folders)
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from camlens.atomic import WriteError
 from camlens.cli.parser import build_parser
 from camlens.data import DataError
+from camlens.distributed import DistributedError
 from camlens.download import DownloadError
 from camlens.explain import ExplainError
 from camlens.model import CheckpointError
@@ -29,6 +30,7 @@ __all__ = ["USER_ERRORS", "build_parser", "main"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
+    DistributedError,
     DownloadError,
     ExplainError,
     CheckpointError,

@@ -14,6 +14,7 @@ import torch
 
 from camlens.compare import compare
 from camlens.data import DataError, load_dataset
+from camlens.distributed import is_writer, launched, process_group
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
 from camlens.model import ResNet18, load_checkpoint, save_checkpoint, summary
 from camlens.pipeline import (
@@ -78,34 +79,40 @@ def pick_device(name: str) -> torch.device:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
-    device = pick_device(args.device)
-    data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
-    loggers = [tensorboard_logger(args.out)] if args.tensorboard else []
-    if args.wandb:
+    progress = args.progress and is_writer()
+    data = load_dataset(args.data, image_size=args.image_size, progress=progress)
+    loggers = [tensorboard_logger(args.out)] if args.tensorboard and is_writer() else []
+    if args.wandb and is_writer():
         loggers.append(wandb_logger(args.out, args.wandb_project, dataclasses.asdict(config)))
     metrics = None
-    try:
-        metrics = train(
-            config,
-            data,
-            args.out,
-            device=device,
-            resume=args.resume,
-            progress=args.progress,
-            on_epoch=(lambda m: [log(m) for log in loggers]) if loggers else None,
-        )
-    finally:  # a killed or failed run closes its W&B run too; --resume reopens the same one
-        if args.wandb:
-            accuracy = metrics["test_acc"] if metrics else None
-            loggers[-1].finish(accuracy=accuracy, curves=args.out / "curves.png")
-    print(f"checkpoint: {args.out / 'checkpoint.safetensors'}")
+    with process_group(pick_device(args.device), args.backend) as device:  # under torchrun
+        try:
+            metrics = train(
+                config,
+                data,
+                args.out,
+                device=device,
+                resume=args.resume,
+                progress=progress,
+                on_epoch=(lambda m: [log(m) for log in loggers]) if loggers else None,
+            )
+        finally:  # a killed or failed run closes its W&B run too; --resume reopens the same one
+            if args.wandb and is_writer():
+                accuracy = metrics["test_acc"] if metrics else None
+                loggers[-1].finish(accuracy=accuracy, curves=args.out / "curves.png")
+    if is_writer():
+        print(f"checkpoint: {args.out / 'checkpoint.safetensors'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
-    data = load_matching_data(args.data, meta, progress=args.progress)
-    ev = evaluate(model, data.test, batch_size=args.eval_batch_size, tta=args.tta)
+    # under torchrun the ranks share the predictions, then rank 0 alone writes
+    with process_group(pick_device(args.device), args.backend) as device:
+        model, meta = load_checkpoint(args.checkpoint, device)
+        data = load_matching_data(args.data, meta, progress=args.progress and is_writer())
+        ev = evaluate(model, data.test, batch_size=args.eval_batch_size, tta=args.tta)
+    if not is_writer():
+        return 0
     info = {"checkpoint": str(args.checkpoint), "data": data.source, "tta": args.tta}
     write_evaluation(ev, data.classes, args.out, info)
     print(
@@ -119,25 +126,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
-    data = load_matching_data(args.data, meta, progress=args.progress)
-    mistakes = None
-    if args.misclassified is not None:
-        mistakes = read_mistakes(args.misclassified, data.test)
-    galleries = write_galleries(
-        model,
-        data,
-        args.out,
-        mistakes=mistakes,
-        sort=args.sort,
-        label_name=args.label,
-        pred_name=args.pred,
-        limit=args.limit,
-        methods=args.method,
-        layers=args.layer,
-        cam_batch_size=args.cam_batch_size,
-        precision=args.precision,
-    )
+    # under torchrun the ranks share the predictions and the maps, then rank 0 alone draws
+    with process_group(pick_device(args.device), args.backend) as device:
+        model, meta = load_checkpoint(args.checkpoint, device)
+        data = load_matching_data(args.data, meta, progress=args.progress and is_writer())
+        if args.misclassified is not None:
+            mistakes = read_mistakes(args.misclassified, data.test)
+        else:
+            mistakes = evaluate(model, data.test).mistakes
+        galleries = write_galleries(
+            model,
+            data,
+            args.out,
+            mistakes=mistakes,
+            sort=args.sort,
+            label_name=args.label,
+            pred_name=args.pred,
+            limit=args.limit,
+            methods=args.method,
+            layers=args.layer,
+            cam_batch_size=args.cam_batch_size,
+            precision=args.precision,
+        )
+    if not is_writer():
+        return 0
     if not galleries.explanations:
         print("no misclassified images match: nothing to explain")
         return 0
@@ -193,6 +205,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
     data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
+    if launched():  # torchrun: all ranks train; rank 0 alone then evaluates, explains, reports
+        with process_group(pick_device(args.device), args.backend) as device:
+            loggers = [tensorboard_logger(args.out)] if args.tensorboard and is_writer() else []
+            if args.wandb and is_writer():  # `run` below reopens the same W&B run for pictures
+                loggers.append(
+                    wandb_logger(args.out, args.wandb_project, dataclasses.asdict(config))
+                )
+            try:
+                train(
+                    config,
+                    data,
+                    args.out,
+                    device=device,
+                    resume=True,
+                    on_epoch=(lambda m: [log(m) for log in loggers]) if loggers else None,
+                    progress=args.progress and is_writer(),
+                )
+            finally:
+                if args.wandb and is_writer():
+                    loggers[-1].finish()
+        if not is_writer():
+            return 0
     outcome = run(
         config,
         data,
@@ -240,6 +274,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if not is_writer():  # under torchrun rank 0 alone compares (not sharded yet)
+        return 0
     model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
     data = load_matching_data(args.data, meta, progress=args.progress)
     result = compare(

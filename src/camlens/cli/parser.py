@@ -25,6 +25,7 @@ from camlens.cli.commands import (
     cmd_summary,
     cmd_train,
 )
+from camlens.distributed import BACKENDS
 from camlens.explain import SORTS
 from camlens.train import TrainConfig
 from camlens.version import __version__
@@ -53,7 +54,9 @@ RUN_EXAMPLE = """example:
 TRAIN_EXAMPLE = """example:
   camlens train --data cifar10 --out runs/quick --epochs 1 --subset 2000
   camlens train --data cifar10 --out runs/r18 --epochs 30           # official batches, downloaded
-  camlens train --data cifar10 --out runs/r18 --epochs 30 --resume  # continue a killed run"""
+  camlens train --data cifar10 --out runs/r18 --epochs 30 --resume  # continue a killed run
+  torchrun --nproc_per_node 4 -m camlens train --data cifar10 --out runs/r18 --epochs 30
+      (4 processes, one GPU each: --batch-size is the global batch, split across them)"""
 EVALUATE_EXAMPLE = """example:
   camlens evaluate --checkpoint shipped --data sample --out eval     # offline, bundled
   camlens evaluate --checkpoint runs/quick/checkpoint.safetensors --data cifar10 \\
@@ -157,10 +160,18 @@ def _wandb_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb-project", default="camlens", help="W&B project (default: camlens)")
 
 
-def _device_flag(parser: argparse.ArgumentParser) -> None:
+def _device_flag(parser: argparse.ArgumentParser, backend: bool = False) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ..."
     )
+    if backend:
+        parser.add_argument(
+            "--backend",
+            default="auto",
+            choices=BACKENDS,
+            help="under torchrun: the process group's backend; auto is nccl on CUDA, gloo on "
+            "the CPU (default: auto)",
+        )
 
 
 def _names(text: str) -> list[str]:
@@ -262,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # --precision is the training's here (TrainConfig), so the maps of a run stay fp32
     _explain_flags(p, layer="layer3,layer4", precision=False)
-    _device_flag(p)
+    _device_flag(p, backend=True)
     add_config_flags(p, TrainConfig)
     p.set_defaults(run=cmd_run)
 
@@ -282,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     _wandb_flags(p)
-    _device_flag(p)
+    _device_flag(p, backend=True)
     add_config_flags(p, TrainConfig)
     p.set_defaults(run=cmd_train)
 
@@ -303,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=eval_batch.default,
         help=f"{eval_batch.metadata['help']} (default: {eval_batch.default})",
     )
-    _device_flag(p)
+    _device_flag(p, backend=True)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser(
@@ -324,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", "--true", metavar="CLASS", help="only images of this true class")
     p.add_argument("--pred", metavar="CLASS", help="only images predicted as this class")
     p.add_argument("--misclassified", type=Path, help="misclassified.csv from camlens evaluate")
-    _device_flag(p)
+    _device_flag(p, backend=True)
     p.set_defaults(run=cmd_explain)
 
     p = sub.add_parser(

@@ -6,12 +6,13 @@ optimizer and schedule to `resume.safetensors` in one atomic, synced rename. A r
 any point therefore restarts from the last finished epoch and ends with the same weights as a
 run that was never stopped.
 
-The loop is written for a later DistributedDataParallel mode: `is_writer()` is the one place
-that decides which process logs and saves, and the sampler (epoch -> indices) is a parameter.
+Under torchrun the loop runs DistributedDataParallel (camlens.distributed): `batch_size` is
+the global batch, split across the processes, and only rank 0 (`is_writer()`) logs and saves.
 """
 
+from camlens.distributed import is_writer
 from camlens.train.config import RunError, TrainConfig
-from camlens.train.loop import is_writer, train
+from camlens.train.loop import train
 from camlens.train.tensorboard import tensorboard_logger
 from camlens.train.wandb_log import WandbLogger, wandb_logger
 

@@ -42,6 +42,9 @@ class TrainConfig:
     precision: str = _opt("auto", "auto (bf16 autocast) or fp32", choices=("auto", "bf16", "fp32"))
     channels_last: bool = _opt(True, "channels-last memory format (faster convolutions)")
     eval_batch_size: int = _opt(64, "images per batch when testing")
+    sync_bn: bool = _opt(
+        False, "under torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "width", "eval_batch_size"):

@@ -1,37 +1,41 @@
-"""The training loop, and what each finished epoch leaves in the run folder.
+"""The training loop; `files.write_epoch` is what each finished epoch leaves in the run folder.
 
 Every random choice of an epoch comes from generators seeded by `(seed, epoch)`, so a resumed
 run replays exactly the epochs it has not finished.
+
+Under torchrun (DistributedDataParallel) every rank draws the same permutation and augments the
+same global batch of `batch_size` images, then trains on its own contiguous slice of it; DDP
+averages the gradients, so a step is the step of one process on the whole batch, and the
+schedule counts the same global steps whatever the number of processes.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from camlens.atomic import WriteError, atomic_write_bytes
+from camlens.atomic import WriteError
 from camlens.data import DataError, Dataset, augment, balanced_subset, channel_stats
+from camlens.distributed import (
+    all_sum,
+    broadcast_buffers,
+    is_writer,
+    rank,
+    shard,
+    world_size,
+)
 from camlens.evaluate import as_float_images, autocast, predict
-from camlens.model import ResNet18, save_checkpoint
-from camlens.plots import plot_curves
+from camlens.model import ResNet18
 from camlens.train.config import RunError, TrainConfig
-from camlens.train.state import RESUME_FILE, check_resumable, load_resume, save_resume
-from camlens.version import __version__
+from camlens.train.files import write_epoch
+from camlens.train.state import RESUME_FILE, check_resumable, load_resume
 
-__all__ = ["default_sampler", "is_writer", "train"]
-
-
-def is_writer() -> bool:
-    """Only rank 0 logs and writes files when torch.distributed is running."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+__all__ = ["default_sampler", "train"]
 
 
 def _seeded(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -82,8 +86,20 @@ def train(
     if config.subset is not None:
         pool = balanced_subset(data.train.labels, min(config.subset, len(data.train)))
     sampler = sampler or default_sampler(pool, config.seed)
-    batch_size = min(config.batch_size, len(pool))
+    batch_size = min(config.batch_size, len(pool))  # the global batch, over all ranks
     steps = len(pool) // batch_size  # a ragged last batch would change BatchNorm statistics
+    world = world_size()
+    if batch_size % world:
+        raise RunError(
+            f"a batch of {batch_size} images does not split across {world} processes: "
+            f"pass a --batch-size that is a multiple of {world}"
+        )
+    if config.sync_bn and world > 1 and device.type != "cuda":
+        raise RunError(
+            "--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU): "
+            "drop it, or train with --norm layer or group, which have no batch statistics"
+        )
+    local = slice(rank() * batch_size // world, (rank() + 1) * batch_size // world)
 
     mean, std = channel_stats(data.train.images[pool])
     torch.manual_seed(config.seed)
@@ -92,6 +108,8 @@ def train(
     ).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    if config.sync_bn and world > 1:  # batch statistics over the global batch, as one process
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # norm scales/shifts and biases are 1-d; scale-invariant layers need no decay on them
     decayed = [p for p in model.parameters() if config.decay_norms or p.ndim > 1]
     groups = [{"params": decayed}]
@@ -118,14 +136,28 @@ def train(
     )
 
     start, history, elapsed = 0, [], 0.0
-    if resume and resume_path.exists():
+    if resume and _every_rank_sees(resume_path):
         check_resumable(resume_path, config, data)
-        start, history, elapsed = load_resume(resume_path, model, optimizer, scheduler)
-        log(f"resuming {out} after epoch {start}/{config.epochs}")
+        start, history, elapsed, saved_world = load_resume(resume_path, model, optimizer, scheduler)
+        note = ""
+        if saved_world != world and start < config.epochs:  # a finished run trains nothing
+            note = (
+                f" (trained so far by {saved_world} processes, now {world}: same global batch "
+                "and schedule; weights equal to float tolerance, not bit for bit)"
+            )
+        if is_writer():
+            log(f"resuming {out} after epoch {start}/{config.epochs}{note}")
+    # DDP starts by copying rank 0's weights to every rank, and averages gradients each step
+    stepper = model
+    if world > 1:
+        ids = [device] if device.type == "cuda" else None
+        stepper = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     train_images = data.train.images.to(device)  # uint8 on the device: 4x less to move than fp32
     train_labels = data.train.labels.to(device)
-    test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
+    # each rank tests its share, cut at whole batches; the sums are added over the ranks
+    mine = shard(len(data.test), config.eval_batch_size)
+    test_images, test_labels = data.test.images[mine].to(device), data.test.labels[mine].to(device)
     metrics: dict = history[-1] if history else {}
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
@@ -144,89 +176,76 @@ def train(
         for step in bar:
             idx = order[step * batch_size : (step + 1) * batch_size]
             images = as_float_images(train_images[idx])
+            # the whole global batch is augmented on every rank, so that each image gets the
+            # random crop, flip and hole it gets in one process (cheap next to the step)
             images = augment(images, generator, config.crop, config.flip, config.cutout)
-            images = images.contiguous(memory_format=memory_format)
-            labels = train_labels[idx]
+            images = images[local].contiguous(memory_format=memory_format)
+            labels = train_labels[idx][local]
             with autocast(device, config.precision):
-                logits = model(images)
+                logits = stepper(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             if step % 10 == 0 or step == steps - 1:  # .item() syncs a GPU: not every step
-                seen = (step + 1) * batch_size
+                seen = (step + 1) * len(labels)  # this rank's share
                 bar.set_postfix(
                     loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}"
                 )
         train_seconds = time.perf_counter() - t0
         seen = steps * batch_size
+        broadcast_buffers(model)  # each rank tests the model rank 0 saves (BN running stats)
         logits = predict(model, test_images, config.eval_batch_size, precision=config.precision)
+        # (loss sum, correct) of this rank's images, then of all: double keeps counts exact
+        test_sums = torch.zeros(2, dtype=torch.float64, device=device)
+        if len(test_labels):
+            test_sums[0] = F.cross_entropy(logits, test_labels, reduction="sum")
+            test_sums[1] = (logits.argmax(1) == test_labels).sum()
+        train_sums = torch.stack([loss_sum.double(), correct.double()])
+        train_loss, train_correct, test_loss, test_correct = all_sum(
+            torch.cat([train_sums, test_sums])
+        ).tolist()
         metrics = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
-            "test_loss": F.cross_entropy(logits, test_labels).item(),
-            "test_acc": (logits.argmax(1) == test_labels).float().mean().item(),
+            "train_loss": train_loss / seen,
+            "train_acc": train_correct / seen,
+            "test_loss": test_loss / len(data.test),
+            "test_acc": test_correct / len(data.test),
             "seconds": time.perf_counter() - t0,
             "images_per_s": seen / train_seconds,
         }
         history.append(metrics)
         elapsed += metrics["seconds"]
+        if not is_writer():
+            continue  # only rank 0 logs and writes
         log(
             f"epoch {epoch}/{config.epochs}  lr {metrics['lr']:.4f}  "
             f"train loss {metrics['train_loss']:.3f} acc {metrics['train_acc']:.2%}  "
             f"test loss {metrics['test_loss']:.3f} acc {metrics['test_acc']:.2%}  "
             f"{metrics['images_per_s']:.0f} img/s  {metrics['seconds']:.0f}s"
         )
-        if is_writer():
-            try:
-                _write_epoch(
-                    out, model, optimizer, scheduler, config, data, history, elapsed, device
-                )
-            except WriteError as e:  # a full disk: each file still holds an earlier epoch whole
-                raise RunError(
-                    f"{e}; the run is saved up to epoch {epoch - 1}: "
-                    "continue it with --resume once that file can be written"
-                ) from None
+        try:
+            write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device)
+        except WriteError as e:  # a full disk: each file still holds an earlier epoch whole
+            raise RunError(
+                f"{e}; the run is saved up to epoch {epoch - 1}: "
+                "continue it with --resume once that file can be written"
+            ) from None
         if on_epoch is not None:
             on_epoch(metrics)
     return metrics
 
 
-def _write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device) -> None:
-    """The checkpoint pair, the logs, and last the resume state: a run stopped (killed, or out
-    of disk space) before the resume file is renamed redoes this epoch whole, and none after."""
-    epoch = history[-1]["epoch"]
-    meta = {
-        "classes": list(data.classes),
-        "image_size": data.image_size,
-        "epoch": epoch,
-        "epochs": config.epochs,
-        "metrics": history[-1],
-        "train_seconds": round(elapsed, 1),
-        "data_source": data.source,
-        "data_checksum": data.checksum,
-        "data_label": data.label,
-        "train_images": len(data.train)
-        if config.subset is None
-        else min(config.subset, len(data.train)),
-        "camlens_version": __version__,
-        "torch_version": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "recipe": {
-            **asdict(config),
-            "optimizer": "SGD (Nesterov)",
-            "schedule": "one-cycle (cosine)",
-            "augmentation": "batched crop(pad 4) / flip / cutout 8x8 on the training device",
-        },
-    }
-    save_checkpoint(model, out / "checkpoint", meta)
-    lines = "".join(json.dumps(h) + "\n" for h in history)
-    atomic_write_bytes(out / "metrics.jsonl", lines.encode())  # rewritten whole: never a torn line
-    plot_curves(history, out / "curves.png")
-    state = (model, optimizer, scheduler, epoch, history, config, elapsed, data.checksum)
-    save_resume(out / RESUME_FILE, *state)
+def _every_rank_sees(path: Path) -> bool:
+    """Whether `path` exists; under torchrun every rank reads the resume state itself, so the
+    run folder must be one every machine sees."""
+    seen = all_sum(torch.tensor([float(path.exists())]))
+    if 0 < seen.item() < world_size():
+        raise RunError(
+            f"only some processes see {path}: put --out on a filesystem every machine shares"
+        )
+    return seen.item() > 0

@@ -23,7 +23,16 @@ RESUME_FILE = "resume.safetensors"
 
 
 def save_resume(
-    path: Path, model, optimizer, scheduler, epoch: int, history, config, elapsed, checksum: str
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    epoch: int,
+    history,
+    config,
+    elapsed,
+    checksum: str,
+    world_size: int = 1,
 ) -> None:
     """Write the whole state after `epoch` to `path` in one atomic, synced rename."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -48,6 +57,7 @@ def save_resume(
         "history": json.dumps(history),
         "elapsed": repr(elapsed),
         "data_checksum": checksum,
+        "world_size": str(world_size),
     }
     atomic_save_tensors(path, tensors, metadata)
 
@@ -70,8 +80,9 @@ def check_resumable(path: Path, config: TrainConfig, data: Dataset) -> None:
         )
 
 
-def load_resume(path: Path, model, optimizer, scheduler) -> tuple[int, list, float]:
-    """Restore `save_resume`'s state in place; returns (epoch, history, elapsed seconds)."""
+def load_resume(path: Path, model, optimizer, scheduler) -> tuple[int, list, float, int]:
+    """Restore `save_resume`'s state in place; returns (epoch, history, elapsed seconds, the
+    number of processes that trained it)."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
         names = f.keys()  # safe_open is not a dict: keys() is its only listing
@@ -87,4 +98,5 @@ def load_resume(path: Path, model, optimizer, scheduler) -> tuple[int, list, flo
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return int(meta["epoch"]), json.loads(meta["history"]), float(meta["elapsed"])
+    world = int(meta.get("world_size", "1"))
+    return int(meta["epoch"]), json.loads(meta["history"]), float(meta["elapsed"]), world

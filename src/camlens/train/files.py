@@ -1,0 +1,58 @@
+"""What each finished epoch leaves in the run folder: checkpoint pair, logs, resume state.
+
+Under torchrun only rank 0 calls it; the json records how many processes trained the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import torch
+
+from camlens.atomic import atomic_write_bytes
+from camlens.distributed import backend, world_size
+from camlens.model import save_checkpoint
+from camlens.plots import plot_curves
+from camlens.train.state import RESUME_FILE, save_resume
+from camlens.version import __version__
+
+__all__ = ["write_epoch"]
+
+
+def write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device) -> None:
+    """The checkpoint pair, the logs, and last the resume state: a run stopped (killed, or out
+    of disk space) before the resume file is renamed redoes this epoch whole, and none after."""
+    epoch = history[-1]["epoch"]
+    meta = {
+        "classes": list(data.classes),
+        "image_size": data.image_size,
+        "epoch": epoch,
+        "epochs": config.epochs,
+        "metrics": history[-1],
+        "train_seconds": round(elapsed, 1),
+        "data_source": data.source,
+        "data_checksum": data.checksum,
+        "data_label": data.label,
+        "train_images": len(data.train)
+        if config.subset is None
+        else min(config.subset, len(data.train)),
+        "camlens_version": __version__,
+        "torch_version": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "world_size": world_size(),  # processes that trained it (1 without torchrun)
+        "backend": backend(),  # their process group's: gloo, nccl; None for one process
+        "recipe": {
+            **asdict(config),
+            "optimizer": "SGD (Nesterov)",
+            "schedule": "one-cycle (cosine)",
+            "augmentation": "batched crop(pad 4) / flip / cutout 8x8 on the training device",
+        },
+    }
+    save_checkpoint(model, out / "checkpoint", meta)
+    lines = "".join(json.dumps(h) + "\n" for h in history)
+    atomic_write_bytes(out / "metrics.jsonl", lines.encode())  # rewritten whole: never a torn line
+    plot_curves(history, out / "curves.png")
+    state = (model, optimizer, scheduler, epoch, history, config, elapsed, data.checksum)
+    state += (world_size(),)
+    save_resume(out / RESUME_FILE, *state)
