@@ -91,28 +91,30 @@ def bias_of(module: nn.Module) -> Tensor | None:
 
 
 def _psi(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """The paper's post-processing of (N, C, h, w): abs, min-max per (N, C) map, upsample."""
+    """The paper's post-processing of a (N, C, h, w) term: abs, min-max per image over all of
+    (C, h, w) at once, bilinear upsampling to `size`; then summed over channels -> (N, H, W)."""
     maps = maps.abs()
-    lo, hi = maps.amin((2, 3), keepdim=True), maps.amax((2, 3), keepdim=True)
-    # a flat map has no place that stands out: 0, where the authors' eps would give ~0 too
+    lo, hi = maps.amin((1, 2, 3), keepdim=True), maps.amax((1, 2, 3), keepdim=True)
+    # a flat term has no place that stands out: 0, where the authors' eps would give ~0 too
     scaled = torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(1e-30), 0.0)
-    return upsample(scaled.flatten(0, 1), size).view(*maps.shape[:2], *size)  # (N, C, H, W)
+    return upsample(scaled.sum(1), size)  # (N, C, h, w) -> (N, h, w) -> (N, H, W)
 
 
 class FullGrad(InputCAM):
     """FullGrad, Srinivas & Fleuret 2019 (NeurIPS, arXiv:1905.00780), eq. 5-6.
 
     S = sum_c psi(dy/dx o x)_c + sum_l sum_c psi(dy/db_l o b_l)_c, psi = abs, min-max to [0, 1]
-    per channel map, bilinear upsampling to the image; b_l the per-channel bias of layer l
-    (`bias_of`: Conv2d biases and batch norm's implicit ones) broadcast over its output.
+    over each term's (C, h, w), bilinear upsampling to the image; b_l the per-channel bias of
+    layer l (`bias_of`: Conv2d biases and batch norm's implicit ones) over its output.
 
     The bias terms are those of the biased layers that finish before or with the named layer
     in the forward pass: `layer="layer4"` (the last conv stage of the ResNet) gives the
     paper's sum over every conv layer; a shallower layer leaves the deeper layers' (coarser)
     terms out. x is what the model takes ([0, 1] images); a normalisation inside `forward`
     that is not a module (camlens's ResNet subtracts its mean there) is a bias FullGrad does
-    not see. psi is the paper's per channel, as pytorch-grad-cam; the authors' code scales
-    each layer's (C, h, w) at once, adds eps = 1e-6 and upsamples with align_corners=True.
+    not see. psi scales a layer's channels together, as the authors' code does (without its
+    eps = 1e-6; upsampled with align_corners=False, theirs True): scaled per channel, as
+    pytorch-grad-cam does, |b_c| cancels and the bias values stop mattering at all.
     """
 
     name = "fullgrad"
@@ -131,10 +133,10 @@ class FullGrad(InputCAM):
         grads = _grads(target.scores.sum(), [images, *(store[n] for n in biased)], retain)
         size = tuple(images.shape[-2:])
         # eq. 5's input term: (N, 3, H, W) -> (N, H, W); then each bias term, in forward order
-        terms = [_psi(grads[0] * images.detach().float(), size).sum(1)]
+        terms = [_psi(grads[0] * images.detach().float(), size)]
         for name, g in zip(biased, grads[1:], strict=True):
             bias = bias_of(modules[name]).float()[None, :, None, None]
-            terms.append(_psi(g * bias, size).sum(1))  # (N, C, h, w) -> (N, H, W)
+            terms.append(_psi(g * bias, size))  # (N, C, h, w) -> (N, H, W)
         total = torch.stack(terms).cumsum(0)  # (1 + B, N, H, W): the sum up to each term
         return [total[sum(n in biased for n in order[: order.index(layer) + 1])]
                 for layer in self.layers]
