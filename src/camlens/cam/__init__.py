@@ -25,7 +25,7 @@ Public API:
     FullGrad, GuidedGradCAM input-resolution maps; `layer` is where their layer part is read
                             (FullGrad: bias terms up to it; Guided Grad-CAM: its Grad-CAM)
     CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k,
-                            smooth_samples, smooth_std, smooth_seed
+                            smooth_samples, smooth_std, smooth_seed, finer_k, finer_gamma
     CamResult, PairResult   results (see base.py for fields)
     Target(indices, versus, weight, signed) target: logit[indices] (None: predicted), minus
                             weight x logit[versus] (versus (N,), (N, k) or Similar(k))
