@@ -13,6 +13,7 @@ comes from. Maps that are flat in either library count as agreeing (correlation 
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -22,6 +23,15 @@ from camlens.cam import create
 from camlens.model import load_checkpoint
 
 Maps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, targets) -> (N, H, W)
+# a diagnostic, not a method: camlens's Grad-CAM times the plain (unguided) input gradient
+UNGUIDED = "gradcam x grad"
+
+
+def unguided(model: torch.nn.Module, layer: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    cam = create("gradcam", model, layer).explain(x, t, "none").cams  # (N, H, W), upsampled
+    x = x.clone().requires_grad_()
+    (grads,) = torch.autograd.grad(model(x).gather(1, t[:, None]).sum(), x)
+    return minmax(cam * grads.abs().amax(1))
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -87,6 +97,7 @@ def anchors(model: torch.nn.Module) -> list[tuple[str, str, str, Maps]]:
     try:
         from torchcam.methods import FinerCAM as TcFinerCAM
         from torchcam.methods import GradCAM as TcGradCAM
+        from torchcam.methods import GradCAMpp as TcGradCAMpp
         from torchcam.methods import RefineCAM as TcRefineCAM
 
         for layer in ("layer4", "layer3"):
@@ -106,6 +117,14 @@ def anchors(model: torch.nn.Module) -> list[tuple[str, str, str, Maps]]:
                 return size_of(maps.detach(), x)
 
             found.append(("refinecam", "+".join(layers), "torchcam", tc_refine))
+        for layer in ("layer4", "layer3"):  # RefineCAM's base alone: where torchcam differs
+
+            def tc_plus(x, t, layer=layer):
+                with TcGradCAMpp(model, layer, tuple(x.shape[1:])) as ex:
+                    maps = ex(t.tolist(), model(x))[0]
+                return size_of(maps.detach(), x)
+
+            found.append(("gradcam++", layer, "torchcam", tc_plus))
     except Exception as e:
         print(f"torchcam: unavailable ({type(e).__name__}: {e})")
     try:
@@ -120,6 +139,8 @@ def anchors(model: torch.nn.Module) -> list[tuple[str, str, str, Maps]]:
                 return minmax(attr.detach().abs().amax(1))  # camlens's max_c |.|
 
             found.append(("guidedgradcam", layer, "captum", guided))
+            # captum guides nn.ReLU modules only; the ResNet's blocks call F.relu
+            found.append((UNGUIDED, layer, "captum", guided))
     except Exception as e:
         print(f"captum: unavailable ({type(e).__name__}: {e})")
     return found
@@ -131,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="camlens data source (test split)")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16, help="images per anchor call")
+    parser.add_argument("--only", default=None, help="comma-separated methods to run")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", module="captum")  # its notes on hooks and requires_grad
     torch.manual_seed(0)
     model, _ = load_checkpoint(args.checkpoint)
     model = model.float().eval()
@@ -144,10 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}; {args.checkpoint}, first {len(images)} test images")
     print(f"{'method':<14} {'layers':<14} {'anchor':<17} Pearson mean/worst  Spearman mean/worst")
     for method, layer, anchor, fn in anchors(model):
+        if args.only and method not in args.only.split(","):
+            continue
         layers = layer.split("+")
         ours, theirs = [], []
         for s in range(0, len(images), args.batch):
             x, t = images[s : s + args.batch], preds[s : s + args.batch]
+            if method == UNGUIDED:
+                ours.append(unguided(model, layer, x, t))
+                theirs.append(fn(x.clone(), t).float())
+                continue
             with create(method, model, layers) as cam:
                 ours.append(cam(x, t))
             theirs.append(fn(x.clone(), t).float())

@@ -10,9 +10,9 @@ class); the random and centre baselines are scored on the same images with the s
 every score has a reference. The sanity check (Adebayo et al. 2018) runs per method at the last
 layer on a few mistakes. A (method, layer) the method cannot explain (CAM needs the layer
 feeding GAP -> fc) is left out and listed in `skipped`. A layer "layer3+layer4" is one engine
-on both layers, scored as its one combined map (RefineCAM's product, other methods' mean). Everything is checked before any
-scoring and written only at the end: compare.csv, compare.json (what the report reads),
-compare.png (the table) and sanity.png.
+on both layers, scored as its one combined map (RefineCAM's product, other methods' mean).
+Everything is checked before any scoring and written only at the end: compare.csv,
+compare.json (what the report reads), compare.png (the table) and sanity.png.
 """
 
 from __future__ import annotations

@@ -40,10 +40,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Target:
-    """What a map explains: `logit[indices]`, minus `logit[versus]` when given (a signed map).
+    """What a map explains: `logit[indices]`, minus `weight` x `logit[versus]` when given.
 
     `indices` None is the predicted class; e.g. Target(preds, versus=labels) shows "why the
-    prediction rather than the label".
+    prediction rather than the label" (a signed map). Several versus classes (an (N, k)
+    tensor, or `Similar(k)`) are weighted by their softmax probabilities renormalised over the
+    k; `signed=False` rectifies the map like a plain one (Finer-CAM).
     """
 
     indices: Any = None
