@@ -15,7 +15,7 @@
     so the limit is about (1 + n)x Grad-CAM++'s forward + backward.
 (f) Finer-CAM, RefineCAM (layer3+layer4), FullGrad, Guided Grad-CAM: time per batch against a
     plain forward, and the anchors' same method in the same run where they import (their
-    callables come from benchmarks/cam_agreement.py).
+    callables come from benchmarks/anchor_agreement.py).
 captum and torchcam are timed beside camlens where importable (`--with-path DIR` adds a
 folder, e.g. one made by `pip install --target DIR --no-deps captum torchcam`). pytorch-grad-cam
 needs torchvision, which does not import beside the CPU torch here: to time all four in one
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def finer_refine_fullgrad_guided(model, x, preds, forward, device, repeats) -> None:
     """(f): issue 13's Finer-CAM, RefineCAM, FullGrad and Guided Grad-CAM, and the anchors'."""
-    from cam_agreement import anchors  # beside this script
+    from anchor_agreement import anchors  # beside this script
 
     print(f"\n(f) per batch of {len(x)}, fp32, plain forward {forward * 1e3:.1f} ms")
     cases = [

@@ -1,6 +1,6 @@
 """Agreement of Finer-CAM, RefineCAM, FullGrad and Guided Grad-CAM with the anchor libraries.
 
-    PYTHONPATH=src python benchmarks/cam_agreement.py --data SOURCE [--images 64]
+    PYTHONPATH=src python benchmarks/anchor_agreement.py --data SOURCE [--images 64]
 
 Run it from a venv where the anchors import (torch 2.14.1 + torchvision 0.29.1 + grad-cam
 1.5.x + torchcam 0.5 + captum 0.9, camlens installed): pytorch-grad-cam needs torchvision. For
@@ -186,7 +186,40 @@ def main(argv: list[str] | None = None) -> int:
             f"{method:<14} {layer:<14} {anchor:<17} {r.mean():.3f} / {r.min():.3f}"
             f"       {rho.mean():.3f} / {rho.min():.3f}"
         )
+    if not args.only or "guidedgradcam" in args.only:
+        guided_where_captum_guides(images, args.batch)
     return 0
+
+
+def guided_where_captum_guides(images: torch.Tensor, batch: int) -> None:
+    """Guided Grad-CAM on a model whose ReLUs are nn.ReLU modules, which captum can guide:
+    torchvision's ResNet18 (random init, seed 0), the images resized to 128 px."""
+    try:
+        import torchvision
+        from captum.attr import GuidedGradCam
+    except Exception as e:
+        print(f"torchvision / captum: unavailable ({type(e).__name__}: {e})")
+        return
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x_all = F.interpolate(images, size=(128, 128), mode="bilinear")
+    with torch.no_grad():
+        preds = model(x_all).argmax(1)
+    for layer in ("layer4", "layer3"):
+        ours, theirs = [], []
+        for s in range(0, len(x_all), batch):
+            x, t = x_all[s : s + batch], preds[s : s + batch]
+            ours.append(create("guidedgradcam", model, layer)(x, t))
+            attr = GuidedGradCam(model, getattr(model, layer)).attribute(
+                x.clone(), target=t, interpolate_mode="bilinear"
+            )
+            theirs.append(minmax(attr.detach().abs().amax(1)))
+        ours, theirs = torch.cat(ours), torch.cat(theirs)
+        r, rho = pearson(ours, theirs), spearman(ours, theirs)
+        print(
+            f"{'guidedgradcam':<14} {layer:<14} {'captum (tv r18)':<17} "
+            f"{r.mean():.3f} / {r.min():.3f}       {rho.mean():.3f} / {rho.min():.3f}"
+        )
 
 
 if __name__ == "__main__":
