@@ -66,7 +66,7 @@ COMPARE_EXAMPLE = """example:
   camlens compare --checkpoint shipped --data sample --out compare --limit 32
   camlens compare --checkpoint runs/r18/checkpoint.safetensors --data cifar10 --out cmp \\
       --method gradcam,scorecam --layer layer4
-  camlens compare --checkpoint shipped --data sample --out refine --limit 32 \
+  camlens compare --checkpoint shipped --data sample --out refine --limit 32 \\
       --method refinecam --layer layer4,layer3+layer4    # A+B: one engine on both layers
   (writes OUT/compare.csv, compare.json, compare.png and sanity.png, all at the end)"""
 EXPORT_EXAMPLE = """example:
