@@ -280,9 +280,7 @@ class BaseCAM(Engine):
                 # linear in the score: grad(l_a - w l_b) = grad(l_a) - w grad(l_b), no backward
                 a, b = reuse
                 w = target.weights[:, None, None, None]  # (N,) -> (N, 1, 1, 1)
-                grads_of[i] = [
-                    ga - w * gb for ga, gb in zip(grads_of[a], grads_of[b], strict=True)
-                ]
+                grads_of[i] = [ga - w * gb for ga, gb in zip(grads_of[a], grads_of[b], strict=True)]
             else:
                 grads = torch.autograd.grad(
                     target.scores.sum(),

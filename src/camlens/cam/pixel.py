@@ -138,8 +138,10 @@ class FullGrad(InputCAM):
             bias = bias_of(modules[name]).float()[None, :, None, None]
             terms.append(_psi(g * bias, size))  # (N, C, h, w) -> (N, H, W)
         total = torch.stack(terms).cumsum(0)  # (1 + B, N, H, W): the sum up to each term
-        return [total[sum(n in biased for n in order[: order.index(layer) + 1])]
-                for layer in self.layers]
+        return [
+            total[sum(n in biased for n in order[: order.index(layer) + 1])]
+            for layer in self.layers
+        ]
 
 
 # -- Guided Grad-CAM --------------------------------------------------------------------------
