@@ -938,6 +938,10 @@ def test_finercam_equals_gradcam_of_the_weighted_similar_class_score(layer):
         logits = model(images)
     preds = logits.argmax(1)
     nearest = (logits - logits.gather(1, preds[:, None])).abs().scatter(1, preds[:, None], 1e9)
+    # the same classes given as an (N, k) tensor: the same weights, the same map
+    given = Target(preds, versus=ours.versus, weight=gamma, signed=False)
+    again = GradCAM(model, layer).explain(images, given, "none")
+    torch.testing.assert_close(again.low_res[0], ours.low_res[0], atol=ATOL, rtol=1e-4)
     one = GradCAM(model, layer).explain(images, Target(versus=Similar(1)), "none")
     plain = GradCAM(model, layer).explain(images, Target(preds, versus=nearest.argmin(1)), "none")
     torch.testing.assert_close(one.low_res[0], plain.low_res[0], atol=ATOL, rtol=1e-4)
