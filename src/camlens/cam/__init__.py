@@ -59,6 +59,7 @@ from camlens.cam.base import (
     normalize_cams,
 )
 from camlens.cam.finer import FinerCAM, RefineCAM, Refined
+from camlens.cam.guided import GuidedGradCAM
 from camlens.cam.methods import (
     CAM,
     EigenCAM,
@@ -70,7 +71,7 @@ from camlens.cam.methods import (
     LayerCAM,
     XGradCAM,
 )
-from camlens.cam.pixel import FullGrad, GuidedGradCAM, InputCAM
+from camlens.cam.pixel import FullGrad, InputCAM
 from camlens.cam.score import ScoreCAM
 from camlens.cam.smooth import SmoothGradCAMPlusPlus
 from camlens.cam.targets import Similar

@@ -1,4 +1,4 @@
-"""Maps at the input's resolution (FullGrad, Guided Grad-CAM): gradients reach the images.
+"""Maps at the input's resolution: their base `InputCAM`, and FullGrad (see also guided.py).
 
 Their own small base, `InputCAM(BaseCAM)`: one forward pass with the images requiring grad
 and `_hooked()` modules captured, then per target set one `_input_maps` that takes what
@@ -11,17 +11,15 @@ images' (H, W), so `low_res` and `resolutions` are (H, W) too.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from camlens.cam.base import BaseCAM, RawMaps, Resolved, capture, upsample
 
-__all__ = ["FullGrad", "GuidedGradCAM", "InputCAM", "bias_of", "guided_relus"]
+__all__ = ["FullGrad", "InputCAM", "bias_of", "grads_or_zeros"]
 
 
 class InputCAM(BaseCAM):
@@ -61,7 +59,8 @@ class InputCAM(BaseCAM):
         return RawMaps(logits.detach().float(), kept, maps)
 
 
-def _grads(score: Tensor, inputs: list[Tensor], retain: bool) -> list[Tensor]:
+def grads_or_zeros(score: Tensor, inputs: list[Tensor], retain: bool) -> list[Tensor]:
+    """d(score)/d(each input), detached float32; zeros for an input the score does not use."""
     grads = torch.autograd.grad(score, inputs, retain_graph=retain, allow_unused=True)
     # a tensor the score does not depend on has zero gradient, e.g. a bias after the logits
     pairs = zip(grads, inputs, strict=True)
@@ -130,7 +129,7 @@ class FullGrad(InputCAM):
         order = list(store)  # names in the order their modules finished in the forward pass
         deepest = max(order.index(name) for name in self.layers)
         biased = [n for n in order[: deepest + 1] if bias_of(modules[n]) is not None]
-        grads = _grads(target.scores.sum(), [images, *(store[n] for n in biased)], retain)
+        grads = grads_or_zeros(target.scores.sum(), [images, *(store[n] for n in biased)], retain)
         size = tuple(images.shape[-2:])
         # eq. 5's input term: (N, 3, H, W) -> (N, H, W); then each bias term, in forward order
         terms = [_psi(grads[0] * images.detach().float(), size)]
@@ -142,99 +141,3 @@ class FullGrad(InputCAM):
             total[sum(n in biased for n in order[: order.index(layer) + 1])]
             for layer in self.layers
         ]
-
-
-# -- Guided Grad-CAM --------------------------------------------------------------------------
-
-RELUS = (
-    torch.nn.functional.relu,
-    torch.nn.functional.relu_,
-    torch.relu,
-    torch.relu_,
-    Tensor.relu,
-    Tensor.relu_,
-)
-
-
-class Guide:
-    """Gradient hooks on ReLU outputs: clamp the gradient at 0 while `on`, so that ReLU's own
-    backward then passes only positive gradients where its input was positive (guided
-    backpropagation, Springenberg et al. 2015); plain gradients while off."""
-
-    def __init__(self) -> None:
-        self.on = False
-        self.handles: list[Any] = []
-
-    def recording(self) -> TorchFunctionMode:
-        """While active, every ReLU call (nn.ReLU, F.relu, torch.relu, Tensor.relu, in place or
-        not) gets its output hooked: a TorchFunctionMode sees the calls modules hide."""
-        return _Recorder(self)
-
-    def hook(self, grad: Tensor) -> Tensor:
-        return grad.clamp_min(0) if self.on else grad
-
-
-class _Recorder(TorchFunctionMode):
-    def __init__(self, guide: Guide) -> None:
-        super().__init__()
-        self.guide = guide
-
-    def __torch_function__(self, func: Callable, types: Any, args: Any = (), kwargs: Any = None):
-        out = func(*args, **(kwargs or {}))
-        if func in RELUS and isinstance(out, Tensor) and out.requires_grad:
-            self.guide.handles.append(out.register_hook(self.guide.hook))
-        return out
-
-
-@contextlib.contextmanager
-def guided_relus() -> Iterator[Guide]:
-    """A `Guide` whose hooks are removed on exit, also when the call fails."""
-    guide = Guide()
-    try:
-        yield guide
-    finally:
-        for handle in guide.handles:
-            handle.remove()
-
-
-class GuidedGradCAM(InputCAM):
-    """Guided Grad-CAM, Selvaraju et al. 2017 (arXiv:1610.02391), sec. 3.
-
-    L = up(ReLU(sum_k w_k A_k)) * max_c |G_c|: Grad-CAM at the named layer, bilinearly
-    upsampled, times guided backpropagation G = the input gradient with every ReLU passing
-    only positive gradients (Springenberg et al. 2015), reduced over colour channels by
-    max |.| (Simonyan et al. 2014's saliency map; the paper shows G's channels as colour).
-
-    One forward pass, two backwards: the plain gradient at the layer, then the guided one at
-    the image. ReLUs are found by `Guide.recording`, a TorchFunctionMode alive for the forward
-    pass: nn.ReLU, F.relu, torch.relu and Tensor.relu, in place or not, in any module; their
-    hooks are removed when the call ends. Not covered: ReLUs the Python dispatcher never
-    sees (TorchScript or compiled graphs, fused conv-ReLU modules, C++ extensions) and other
-    activations (ReLU6, LeakyReLU, GELU, clamp), whose gradients pass unguided.
-    """
-
-    name = "guidedgradcam"
-
-    def _raw_chunk(self, images: Tensor, specs: list[Any]) -> RawMaps:
-        with guided_relus() as self._guide:  # the hooks live for the forward and backwards
-            return super()._raw_chunk(images, specs)
-
-    def _during_forward(self) -> contextlib.AbstractContextManager:
-        return self._guide.recording()
-
-    def _input_maps(
-        self, images: Tensor, store: dict[str, Tensor], target: Resolved, retain: bool
-    ) -> list[Tensor]:
-        acts = [store[name] for name in self.layers]
-        self._guide.on = False
-        grads = _grads(target.scores.sum(), acts, retain=True)
-        self._guide.on = True
-        (guided,) = _grads(target.scores.sum(), [images], retain)
-        saliency = guided.abs().amax(1)  # (N, 3, H, W) -> (N, H, W)
-        size = tuple(images.shape[-2:])
-        maps = []
-        for a, g in zip(acts, grads, strict=True):
-            weights = g.mean((2, 3))  # Grad-CAM's eq. 1: (N, C, h, w) -> (N, C)
-            cam = torch.einsum("nc,nchw->nhw", weights, a.detach().float()).clamp_min(0)
-            maps.append(upsample(cam, size) * saliency)
-        return maps
