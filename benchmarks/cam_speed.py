@@ -13,6 +13,9 @@
     correlation with the full map;
 (e) SmoothGrad-CAM++ vs Grad-CAM++ at layer4: the image and its n noisy copies in one pass,
     so the limit is about (1 + n)x Grad-CAM++'s forward + backward.
+(f) Finer-CAM, RefineCAM (layer3+layer4), FullGrad, Guided Grad-CAM: time per batch against a
+    plain forward, and the anchors' same method in the same run where they import (their
+    callables come from benchmarks/anchor_agreement.py).
 captum and torchcam are timed beside camlens where importable (`--with-path DIR` adds a
 folder, e.g. one made by `pip install --target DIR --no-deps captum torchcam`). pytorch-grad-cam
 needs torchvision, which does not import beside the CPU torch here: to time all four in one
@@ -35,7 +38,7 @@ from collections.abc import Callable
 
 import torch
 
-from camlens.cam import GradCAM, GradCAMPlusPlus, ScoreCAM, SmoothGradCAMPlusPlus
+from camlens.cam import GradCAM, GradCAMPlusPlus, ScoreCAM, SmoothGradCAMPlusPlus, create
 from camlens.model import ResNet18, load_checkpoint
 
 
@@ -280,7 +283,33 @@ def main(argv: list[str] | None = None) -> int:
     smooth_time = timed(lambda: smooth(x), device, repeats)
     print(f"  Grad-CAM++       {plus_time * 1e3:8.1f} ms")
     print(f"  SmoothGrad-CAM++ {smooth_time * 1e3:8.1f} ms   {smooth_time / plus_time:.2f}x")
+    finer_refine_fullgrad_guided(model, x, preds, forward, device, repeats)
     return 0
+
+
+def finer_refine_fullgrad_guided(model, x, preds, forward, device, repeats) -> None:
+    """(f): issue 13's Finer-CAM, RefineCAM, FullGrad and Guided Grad-CAM, and the anchors'."""
+    from anchor_agreement import anchors  # beside this script
+
+    print(f"\n(f) per batch of {len(x)}, fp32, plain forward {forward * 1e3:.1f} ms")
+    cases = [
+        ("finercam", "layer4", "one forward + one backward, as Grad-CAM"),
+        ("refinecam", "layer3+layer4", "one forward + one backward for both layers"),
+        ("fullgrad", "layer4", "one forward + one backward to the image"),
+        ("guidedgradcam", "layer4", "one forward + two backwards"),
+    ]
+    others = anchors(model)
+    for method, layer, limit in cases:
+        cam = create(method, model, layer.split("+"))
+        t = timed(lambda cam=cam: cam(x, preds), device, repeats)
+        print(
+            f"  camlens {method:<14} @{layer:<14} {t * 1e3:8.1f} ms   {t / forward:5.2f}x forward"
+            f"   ({limit})"
+        )
+        for name, at, anchor, fn in others:
+            if (name, at) == (method, layer):
+                a = timed(lambda fn=fn: fn(x, preds), device, 1)
+                print(f"    {anchor:<29} {a * 1e3:8.1f} ms   {a / forward:5.2f}x forward")
 
 
 if __name__ == "__main__":

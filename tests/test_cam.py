@@ -14,18 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlens.cam import (
+from camlens.cam import (  # issue 13, helper b
     CAM,
     METHODS,
     CamConfig,
     EigenCAM,
     EigenGradCAM,
+    FinerCAM,
+    FullGrad,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
+    GuidedGradCAM,
     HiResCAM,
     LayerCAM,
+    RefineCAM,
     ScoreCAM,
+    Similar,
     SmoothGradCAMPlusPlus,
     Target,
     XGradCAM,
@@ -37,6 +42,8 @@ from camlens.cam import (
 from camlens.model import ResNet18
 
 ATOL = 1e-5
+# issue 13, helper b: methods whose maps are at the image's resolution
+INPUT_RESOLUTION = {"fullgrad", "guidedgradcam"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -668,12 +675,19 @@ def test_many_target_sets_and_layers_share_one_forward(method):
     # SmoothGrad-CAM++'s noisy copies ride in the same forward pass
     copies = cam.config.smooth_samples if method == "smoothgradcam++" else 0
     assert calls == [4 * (1 + copies)]
-    assert pred.resolutions == ((8, 8), (4, 4)) and pred.layer_cams.shape == (2, 4, 32, 32)
+    # input-resolution methods read their maps at the image's size
+    sizes = ((32, 32),) * 2 if method in INPUT_RESOLUTION else ((8, 8), (4, 4))
+    assert pred.resolutions == sizes and pred.layer_cams.shape == (2, 4, 32, 32)
+    # RefineCAM's first layer is refined by the second: only the last one stands alone
+    alone = ("layer4",) if method == "refinecam" else ("layer3", "layer4")
     for i, layer in enumerate(("layer3", "layer4")):
+        if layer not in alone:
+            continue
         single = create(method, model, layer)
         torch.testing.assert_close(pred.layer(layer), single(images), atol=ATOL, rtol=0)
         torch.testing.assert_close(true.layer_cams[i], single(images, labels), atol=ATOL, rtol=0)
-    torch.testing.assert_close(pred.cams, minmax(pred.layer_cams.mean(0)), atol=ATOL, rtol=0)
+    combined = pred.layer_cams[0] if method == "refinecam" else minmax(pred.layer_cams.mean(0))
+    torch.testing.assert_close(pred.cams, combined, atol=ATOL, rtol=0)
 
 
 def test_scorecam_target_sets_share_masked_passes():
@@ -870,3 +884,253 @@ def test_cuda_matches_cpu_and_fp16_autocast(method):
     half = create(method, model, layer, precision="fp16")(images.cuda())
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
     assert (pearson(half.cpu(), cpu) > 0.95).all()
+
+
+# -- issue 13, helper b: Finer-CAM, RefineCAM, FullGrad, Guided Grad-CAM ----------------------
+
+
+def trained_like_resnet(seed: int = 20) -> ResNet18:
+    """resnet() with batch-norm statistics and shifts that are not the identity's, so that
+    batch norm's implicit biases (FullGrad) and the ReLUs' on/off patterns matter."""
+    model = resnet(width=4, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.3 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(c, generator=gen))
+    return model
+
+
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+def test_finercam_equals_gradcam_of_the_weighted_similar_class_score(layer):
+    model = resnet()
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(21))
+    k, gamma = 3, 0.6
+    ours = FinerCAM(model, layer, finer_k=k, finer_gamma=gamma).explain(images, None, "none")
+    for i in range(images.shape[0]):
+        acts = resnet_acts(model, images[i : i + 1], layer).detach().requires_grad_()
+        logits = resnet_rest(model, acts, layer)[0]
+        c = int(logits.argmax())
+        # the k other classes whose logits are nearest y_c, weighted by their renormalised
+        # softmax probabilities (constants), as the authors' FinerWeightedTarget
+        gaps = (logits.detach() - logits[c].detach()).abs().tolist()
+        order = sorted((j for j in range(10) if j != c), key=lambda j: gaps[j])
+        nearest = order[:k]
+        probs = logits.detach().softmax(0)[nearest]
+        weights = probs / probs.sum()
+        score = logits[c] - gamma * sum(
+            w * logits[j] for w, j in zip(weights, nearest, strict=True)
+        )
+        (grads,) = torch.autograd.grad(score, acts)
+        cam = torch.zeros(acts.shape[2:])
+        for ch in range(acts.shape[1]):
+            cam += grads[0, ch].mean() * acts[0, ch].detach()
+        ref = cam.clamp_min(0)
+        assert ref.amax() > 0
+        assert ours.versus[i].tolist() == nearest
+        torch.testing.assert_close(ours.low_res[0][i], ref, atol=ATOL, rtol=1e-4)
+    assert not ours.signed
+    # one nearest class at full strength, signed: Target(pred, versus=label)'s own mechanism
+    with torch.no_grad():
+        logits = model(images)
+    preds = logits.argmax(1)
+    nearest = (logits - logits.gather(1, preds[:, None])).abs().scatter(1, preds[:, None], 1e9)
+    # the same classes given as an (N, k) tensor: the same weights, the same map
+    given = Target(preds, versus=ours.versus, weight=gamma, signed=False)
+    again = GradCAM(model, layer).explain(images, given, "none")
+    torch.testing.assert_close(again.low_res[0], ours.low_res[0], atol=ATOL, rtol=1e-4)
+    one = GradCAM(model, layer).explain(images, Target(versus=Similar(1)), "none")
+    plain = GradCAM(model, layer).explain(images, Target(preds, versus=nearest.argmin(1)), "none")
+    torch.testing.assert_close(one.low_res[0], plain.low_res[0], atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["resnet", "vgg"])
+def test_refinecam_multiplies_scaled_layer_maps_at_the_finest_shape(model_name):
+    if model_name == "resnet":
+        model, layers, size = resnet(), ["layer3", "layer4"], 32
+    else:
+        torch.manual_seed(22)
+        model, layers, size = TinyVGG().eval(), ["features.3", "features.5"], 16
+    images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(22))
+    targets = torch.tensor([1, 2, 3])
+    ours = RefineCAM(model, layers).explain(images, targets, "none")
+    base = [
+        GradCAMPlusPlus(model, layer).explain(images, targets, "none").low_res[0]
+        for layer in layers
+    ]
+    assert base[0].shape[-1] > base[1].shape[-1] or model_name == "vgg"
+    for i in range(images.shape[0]):
+        scaled = []
+        for m in (base[0][i], base[1][i]):
+            assert m.amax() > m.amin(), "the test needs maps that are not flat"
+            scaled.append((m - m.min()) / (m.max() - m.min()))
+        finest = tuple(max(a, b) for a, b in zip(scaled[0].shape, scaled[1].shape, strict=True))
+        resized = [
+            F.interpolate(m[None, None], size=finest, mode="bilinear", align_corners=False)[0, 0]
+            for m in scaled
+        ]
+        ref = resized[0] * resized[1]
+        torch.testing.assert_close(ours.low_res[0][i], ref, atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(ours.low_res[1][i], scaled[1], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(ours.cams, ours.layer_cams[0])
+
+
+class BiasNet(nn.Module):
+    """conv+bias -> BN -> in-place ReLU -> strided conv+bias -> BN -> ReLU -> GAP -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4, 6, 3, stride=2, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.body(images), 1).flatten(1))
+
+
+def bias_net() -> BiasNet:
+    torch.manual_seed(23)
+    model = BiasNet().eval()
+    with torch.no_grad():
+        for bn in (model.body[1], model.body[4]):
+            c = bn.num_features
+            bn.running_mean.copy_(0.3 * torch.randn(c))
+            bn.running_var.copy_(0.5 + torch.rand(c))
+            bn.weight.copy_(1 + 0.3 * torch.randn(c))
+            bn.bias.copy_(0.3 * torch.randn(c))
+    return model
+
+
+def full_gradient(model: BiasNet, image: torch.Tensor, target: int):
+    """The forward written out with every bias a full (C, h, w) tensor: dy/dx and each dy/db."""
+    x = image[None].clone().requires_grad_()
+    biases, terms = [], []
+    h = x
+    for m in model.body:
+        if isinstance(m, nn.Conv2d):
+            h = F.conv2d(h, m.weight, None, m.stride, m.padding)
+            b = m.bias
+        elif isinstance(m, nn.BatchNorm2d):
+            scale = m.weight / torch.sqrt(m.running_var + m.eps)
+            h = h * scale[None, :, None, None]
+            b = m.bias - m.running_mean * scale  # the implicit bias of x -> x * scale + b
+        else:
+            h = F.relu(h)
+            continue
+        full = b.detach()[None, :, None, None].expand_as(h).clone().requires_grad_()
+        biases.append(full)
+        h = h + full
+    y = model.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))[0, target]
+    grads = torch.autograd.grad(y, [x, *biases])
+    terms = [g * b.detach() for g, b in zip(grads[1:], biases, strict=True)]
+    # completeness (eq. 2): input term + bias terms + the fc bias is the output itself
+    total = (grads[0] * x).sum() + sum(t.sum() for t in terms) + model.fc.bias[target]
+    torch.testing.assert_close(total, y, atol=1e-4, rtol=1e-4)
+    return (grads[0] * x.detach())[0], [t[0] for t in terms]
+
+
+def psi(term: torch.Tensor, size: int) -> torch.Tensor:
+    """The post-processing of one (C, h, w) term: abs, rescale to [0, 1], upsample, sum C."""
+    term = term.abs()
+    if term.max() == term.min():
+        return torch.zeros(size, size)
+    term = (term - term.min()) / (term.max() - term.min())
+    return F.interpolate(term[None], size=(size, size), mode="bilinear")[0].sum(0)
+
+
+def test_fullgrad_equals_the_papers_sum_of_processed_full_gradients():
+    model = bias_net()
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(23))
+    targets = torch.tensor([0, 2, 1])
+    # "body.2" ends after the first conv and BN; "body.5" after all of them
+    ours = FullGrad(model, ["body.2", "body.5"]).explain(images, targets, "none")
+    for i in range(images.shape[0]):
+        input_term, bias_terms = full_gradient(model, images[i], int(targets[i]))
+        # eq. 5: psi of the input term, then of each layer's bias term, summed
+        ref = psi(input_term, 8)
+        sums = []
+        for t in bias_terms:
+            ref = ref + psi(t, 8)
+            sums.append(ref)
+        assert all(t.abs().amax() > 0 for t in bias_terms)
+        torch.testing.assert_close(ours.low_res[0][i], sums[1], atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(ours.low_res[1][i], sums[3], atol=ATOL, rtol=1e-4)
+
+
+def guided_relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU whose backward passes grad * (x > 0) * (grad > 0) (Springenberg et al. 2015)."""
+
+    class Guided(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.clamp_min(0)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * (x > 0) * (grad > 0)
+
+    return Guided.apply(x)
+
+
+def resnet_forward(model: ResNet18, images: torch.Tensor, relu) -> torch.Tensor:
+    """The ResNet's forward written out with a chosen ReLU (its blocks call F.relu)."""
+    x = (images - model.mean) / model.std
+    x = relu(model.bn1(model.conv1(x)))
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in stage:
+            out = relu(block.bn1(block.conv1(x)))
+            x = relu(block.bn2(block.conv2(out)) + block.shortcut(x))
+    return model.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.mark.parametrize("model_name", ["resnet", "vgg"])
+def test_guided_gradcam_is_gradcam_times_guided_backprop(model_name):
+    if model_name == "resnet":
+        model, layer, size = trained_like_resnet(), "layer3", 32
+        targets = torch.tensor([0, 3, 7])
+    else:
+        torch.manual_seed(24)
+        model, layer, size = TinyVGG().eval(), "features.5", 16
+        with torch.no_grad():  # mostly positive class weights: Grad-CAM maps that are not zero
+            model.classifier.weight.copy_(torch.rand_like(model.classifier.weight) - 0.2)
+        targets = torch.tensor([0, 3, 4])
+    images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(24))
+    ours = GuidedGradCAM(model, layer).explain(images, targets, "none")
+    if model_name == "resnet":
+        grad_cam = naive_resnet(model, images, targets, layer)  # (N, 8, 8), ReLU'd
+    else:
+        grad_cam = naive_gradcam_vgg(model, images, targets, 5)
+    for i in range(images.shape[0]):
+        x = images[i : i + 1].clone().requires_grad_()
+        if model_name == "resnet":
+            logits = resnet_forward(model, x, guided_relu)
+        else:
+            h = x
+            for m in model.features:
+                h = guided_relu(h) if isinstance(m, nn.ReLU) else m(h)
+            logits = model.classifier(F.adaptive_avg_pool2d(h, 1).flatten(1))
+        (guided,) = torch.autograd.grad(logits[0, int(targets[i])], x)
+        (plain,) = torch.autograd.grad(model(x)[0, int(targets[i])], x)
+        assert (guided - plain).abs().amax() > 0.1 * plain.abs().amax(), "guiding must matter"
+        ref = up(grad_cam[i : i + 1], size)[0] * guided[0].abs().amax(0)
+        assert ref.amax() > 0
+        torch.testing.assert_close(ours.low_res[0][i], ref, atol=1e-7, rtol=1e-4)
+    # the guide is gone: plain gradients afterwards
+    assert no_hooks(model)
+    torch.testing.assert_close(
+        GradCAM(model, layer).explain(images, targets, "none").low_res[0],
+        grad_cam,
+        atol=ATOL,
+        rtol=1e-4,
+    )

@@ -149,3 +149,20 @@ def test_run_refuses_compare_0_before_training(tmp_path, tiny_folder, capsys):
                         "--width", 8, "--no-progress", "--compare", 0)
     assert code == 2 and "--compare must be >= 1" in err, err
     assert not (out / "checkpoint.safetensors").exists()
+
+
+# -- issue 13, helper b: one engine on several layers ------------------------------------------
+
+
+def test_a_plus_b_layer_is_one_engine_on_both(tiny, tmp_path, one_thread):
+    model, data, _ = tiny
+    result = compare(model, data, tmp_path / "out", methods=("refinecam",),
+                     layers=("layer4", "layer3+layer4"), limit=2, sanity_images=1)
+    layers = {r["layer"] for r in result.rows if r["method"] == "refinecam"}
+    assert layers == {"layer4", "layer3+layer4"} and not result.skipped
+    assert result.sanity["refinecam"]["layer"] == "layer3+layer4"
+    # the "+" entry scores RefineCAM's product, which differs from layer4 alone
+    deletion = {r["layer"]: r["mean"] for r in result.rows
+                if r["method"] == "refinecam" and r["metric"] == "deletion"
+                and r["subset"] == "mistakes"}
+    assert deletion["layer4"] != deletion["layer3+layer4"]

@@ -9,7 +9,8 @@
 Public API:
     METHODS                 name -> class: gradcam, gradcam++, smoothgradcam++, xgradcam,
                             hirescam, layercam, gradcam-elementwise, scorecam, eigencam,
-                            eigengradcam, cam
+                            eigengradcam, cam,
+                            finercam, refinecam, fullgrad, guidedgradcam
     GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM,
     GradCAMElementWise, EigenCAM, EigenGradCAM, CAM, ScoreCAM
         (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
@@ -19,10 +20,16 @@ Public API:
         .explain_many(images, target_sets, normalize=None) -> list[CamResult]
         .explain_pair(images, labels, normalize=None) -> PairResult
         .close(); usable as a context manager
+    FinerCAM, RefineCAM     Grad-CAM of y_c - 0.6 sum_j w_j y_j over the 3 nearest classes;
+                            Grad-CAM++ maps of several layers multiplied (`cams`: the product)
+    FullGrad, GuidedGradCAM input-resolution maps; `layer` is where their layer part is read
+                            (FullGrad: bias terms up to it; Guided Grad-CAM: its Grad-CAM)
     CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k,
-                            smooth_samples, smooth_std, smooth_seed
+                            smooth_samples, smooth_std, smooth_seed, finer_k, finer_gamma
     CamResult, PairResult   results (see base.py for fields)
-    Target(indices, versus) target: logit[indices] (None: predicted), minus logit[versus]
+    Target(indices, versus, weight, signed) target: logit[indices] (None: predicted), minus
+                            weight x logit[versus] (versus (N,), (N, k) or Similar(k))
+    Similar(k)              Target.versus: each image's k classes nearest the explained one
     create(method, model, layer, config=None, **overrides) -> an engine by METHODS name
     explain_pair(model, images, labels, method="gradcam", layer="layer4", ...) -> PairResult
     find_layer(model, name) -> nn.Module (unknown names list the valid ones)
@@ -51,6 +58,8 @@ from camlens.cam.base import (
     find_layer,
     normalize_cams,
 )
+from camlens.cam.finer import FinerCAM, RefineCAM, Refined
+from camlens.cam.guided import GuidedGradCAM
 from camlens.cam.methods import (
     CAM,
     EigenCAM,
@@ -62,8 +71,10 @@ from camlens.cam.methods import (
     LayerCAM,
     XGradCAM,
 )
+from camlens.cam.pixel import FullGrad, InputCAM
 from camlens.cam.score import ScoreCAM
 from camlens.cam.smooth import SmoothGradCAMPlusPlus
+from camlens.cam.targets import Similar
 
 __all__ = [
     "CAM",
@@ -92,6 +103,14 @@ __all__ = [
     "explain_pair",
     "find_layer",
     "normalize_cams",
+    # issue 13, helper b
+    "FinerCAM",
+    "FullGrad",
+    "GuidedGradCAM",
+    "InputCAM",
+    "RefineCAM",
+    "Refined",
+    "Similar",
 ]
 
 METHODS: dict[str, type[Engine]] = {
@@ -108,6 +127,11 @@ METHODS: dict[str, type[Engine]] = {
         EigenCAM,
         EigenGradCAM,
         CAM,
+        # issue 13, helper b
+        FinerCAM,
+        RefineCAM,
+        FullGrad,
+        GuidedGradCAM,
     )
 }
 

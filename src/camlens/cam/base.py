@@ -175,7 +175,9 @@ class Engine:
 
     def _prepare(self, spec: TargetSpec, n: int, device: torch.device) -> Any:
         """Check counts before any forward pass; indices become (n,) long tensors on `device`."""
-        return prepare_target(spec, n, device, linear=self.linear, method=self.name)
+        return prepare_target(
+            spec, n, device, linear=self.linear, method=self.name, needs_indices=self.needs_indices
+        )
 
     def _resolve(self, spec: Any, logits: Tensor, want_scores: bool) -> Resolved:
         """Turn a prepared spec into class indices (and scores) given this chunk's logits."""
@@ -275,9 +277,10 @@ class BaseCAM(Engine):
         for i, target in enumerate(targets):
             reuse = self._reuse(targets, i)
             if reuse is not None:
-                # linear in the score: grad(l_a - l_b) = grad(l_a) - grad(l_b), no extra backward
+                # linear in the score: grad(l_a - w l_b) = grad(l_a) - w grad(l_b), no backward
                 a, b = reuse
-                grads_of[i] = [ga - gb for ga, gb in zip(grads_of[a], grads_of[b], strict=True)]
+                w = target.weights[:, None, None, None]  # (N,) -> (N, 1, 1, 1)
+                grads_of[i] = [ga - w * gb for ga, gb in zip(grads_of[a], grads_of[b], strict=True)]
             else:
                 grads = torch.autograd.grad(
                     target.scores.sum(),
@@ -291,13 +294,13 @@ class BaseCAM(Engine):
                 grads_of[i] = [g.detach().float() for g in grads]
             maps.append([self._map(a, g, target) for a, g in zip(acts32, grads_of[i], strict=True)])
         # drop the scores so that nothing kept refers to this chunk's graph
-        kept = [Resolved(t.indices, t.versus, None) for t in targets]
+        kept = [replace(t, scores=None) for t in targets]
         return RawMaps(logits.detach().float(), kept, maps)
 
     def _reuse(self, targets: list[Resolved], i: int) -> tuple[int, int] | None:
         """For a contrast, earlier plain sets (a, b) holding its two classes, if any."""
         t = targets[i]
-        if t.versus is None or not self.linear:
+        if t.versus is None or t.versus.ndim != 1 or not self.linear:
             return None
         plain = [
             j for j in range(i) if targets[j].versus is None and targets[j].indices is not None

@@ -41,6 +41,10 @@ class CamConfig:
     smooth_std: float = 0.075
     # SmoothGrad-CAM++: seed of the noise, so that the same images always get the same maps
     smooth_seed: int = 0
+    # Finer-CAM: the k classes nearest the explained one (by logit) that it is compared with
+    finer_k: int = 3
+    # Finer-CAM: comparison strength g in y_c - g sum_j w_j y_j; the authors' "aggregate" 0.6
+    finer_gamma: float = 0.6
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZE:
@@ -61,3 +65,7 @@ class CamConfig:
             raise ValueError(f"smooth_samples must be >= 1, got {self.smooth_samples}")
         if self.smooth_std < 0:
             raise ValueError(f"smooth_std must be >= 0, got {self.smooth_std}")
+        if self.finer_k < 1:
+            raise ValueError(f"finer_k must be >= 1, got {self.finer_k}")
+        if self.finer_gamma < 0:
+            raise ValueError(f"finer_gamma must be >= 0, got {self.finer_gamma}")

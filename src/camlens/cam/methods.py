@@ -237,7 +237,5 @@ class CAM(BaseCAM):
                 f"CAM needs the layer that feeds GAP -> fc: fc takes {weight.shape[1]} channels, "
                 f"the hooked layer gives {acts.shape[1]}"
             )
-        weights = weight[target.indices]  # (K, C) -> (N, C)
-        if target.versus is not None:
-            weights = weights - weight[target.versus]
+        weights = target.rows(weight)  # (K, C) -> (N, C), minus the versus rows of a contrast
         return torch.einsum("nc,nchw->nhw", weights, acts)

@@ -29,7 +29,7 @@ class CamResult:
     raw_max: Tensor  # (L, N) each raw map's maximum (max |value| if signed) before normalising
     logits: Tensor  # (N, K) the model's output on the images
     targets: Tensor | None  # (N,) classes explained; None when a callable gave scores
-    versus: Tensor | None  # (N,) the subtracted class of a contrast target, else None
+    versus: Tensor | None  # (N,) or (N, k) the subtracted classes of a contrast, else None
     layers: tuple[str, ...]  # dotted names of the hooked layers
     resolutions: tuple[tuple[int, int], ...]  # each layer's native (h, w)
     method: str  # METHODS key of the engine that made it

@@ -8,12 +8,13 @@ weighs, the noisy part the gradients. `batch_size` counts clean images: the mode
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from camlens.cam.base import BaseCAM, RawMaps, Resolved
+from camlens.cam.base import BaseCAM, RawMaps
 from camlens.cam.methods import gradcam_plusplus_map
 
 __all__ = ["SmoothGradCAMPlusPlus"]
@@ -66,9 +67,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         clean_acts = [a[:n].detach().float() for a in acts]  # the map weighs the clean acts
         maps: list[list[Tensor]] = []
         for i, (spec, target) in enumerate(zip(specs, targets, strict=True)):
-            if target.indices is not None:  # the clean image's class, in every copy
-                index = target.indices[None, :, None].expand(s, n, 1)
-                scores = noisy.gather(2, index)[..., 0].float()  # (S, N, K) -> (S, N)
+            if target.indices is not None:  # the clean image's classes, in every copy
+                scores = target.score(noisy)  # (S, N, K) -> (S, N)
             else:  # a callable that gives scores: its scores of each copy
                 scores = torch.stack([self._resolve(spec, part, True).scores for part in noisy])
             grads = torch.autograd.grad(
@@ -84,5 +84,5 @@ class SmoothGradCAMPlusPlus(BaseCAM):
                 g1, g2, g3 = g.mean(0), g.pow(2).mean(0), g.pow(3).mean(0)  # -> (N, C, h, w)
                 layer_maps.append(gradcam_plusplus_map(a, g1, g2, g3))
             maps.append(layer_maps)
-        kept = [Resolved(t.indices, t.versus, None) for t in targets]
+        kept = [replace(t, scores=None) for t in targets]
         return RawMaps(clean.detach().float(), kept, maps)

@@ -70,6 +70,8 @@ COMPARE_EXAMPLE = """example:
   camlens compare --checkpoint shipped --data sample --out compare --limit 32
   camlens compare --checkpoint runs/r18/checkpoint.safetensors --data cifar10 --out cmp \\
       --method gradcam,scorecam --layer layer4
+  camlens compare --checkpoint shipped --data sample --out refine --limit 32 \\
+      --method refinecam --layer layer4,layer3+layer4    # A+B: one engine on both layers
   (writes OUT/compare.csv, compare.json, compare.png and sanity.png, all at the end)"""
 DIFF_EXAMPLE = """example:
   camlens diff --checkpoint shipped --checkpoint shipped-layer --data sample --out diff
@@ -204,7 +206,10 @@ def _explain_flags(
         "--layer",
         type=_names,
         default=layer.split(","),
-        help=f"dotted layer name(s), comma-separated (default: {layer})",
+        help=f"dotted layer name(s), comma-separated (default: {layer}); every method gives a "
+        "map per layer: refinecam's is refined by the layers named after it, and fullgrad and "
+        "guidedgradcam (maps at the image's size) read the layer as where their layer part "
+        "stops: the bias terms up to it (fullgrad), its Grad-CAM (guidedgradcam)",
     )
     parser.add_argument(
         "--cam-batch-size", type=int, default=64, help="images per CAM batch (default: 64)"

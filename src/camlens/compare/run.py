@@ -9,9 +9,11 @@ what drove the mistake) and as many correctly classified images (a seeded sample
 class); the random and centre baselines are scored on the same images with the same targets, so
 every score has a reference. The sanity check (Adebayo et al. 2018) runs per method at the last
 layer on a few mistakes. A (method, layer) the method cannot explain (CAM needs the layer
-feeding GAP -> fc) is left out and listed in `skipped`. Everything is checked before any
-scoring and written only at the end: compare.csv, compare.json (what the report reads),
-compare.png (the table) and sanity.png. A progress bar counts the map sets scored.
+feeding GAP -> fc) is left out and listed in `skipped`. A layer "layer3+layer4" is one engine
+on both layers, scored as its one combined map (RefineCAM's product, other methods' mean).
+Everything is checked before any scoring and written only at the end: compare.csv,
+compare.json (what the report reads), compare.png (the table) and sanity.png. A progress bar
+counts the map sets scored.
 """
 
 from __future__ import annotations
@@ -81,7 +83,9 @@ def compare(
     `top_k`: Score-CAM keeps each image's k highest-variance channels (Faster Score-CAM), as
     full Score-CAM costs ~2 s per image per layer on a laptop CPU; None: all channels.
     """
-    check_explainable(model, methods, layers)
+    # "layer3+layer4": one engine on both layers, scored as one map (the layers' mean, or
+    # RefineCAM's product)
+    check_explainable(model, methods, list(dict.fromkeys(p for la in layers for p in _parts(la))))
     if limit < 1:
         raise ExplainError(f"--limit must be >= 1, got {limit}: the images scored per subset")
     if sanity_images < 1:
@@ -107,7 +111,7 @@ def compare(
     for method in methods:
         for layer in layers:
             try:
-                with create(method, model, layer, cam_config) as engine:
+                with create(method, model, _parts(layer), cam_config) as engine:
                     engine(probe, logits[:1].argmax(1).to(device))
                 pairs.append((method, layer))
             except ValueError as e:
@@ -126,7 +130,7 @@ def compare(
         targets = logits[idx].argmax(1).to(device)  # the predicted class; the label when correct
         for method, layer in pairs:
             bar.set_postfix_str(f"{subset}: {method} {layer}")
-            with create(method, model, layer, cam_config) as engine:
+            with create(method, model, _parts(layer), cam_config) as engine:
                 cams = engine(images, targets).detach()  # (n, H, W)
                 scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
             rows += metric_rows(method, layer, subset, scores.values, seed)
@@ -174,7 +178,7 @@ def _sanity(model, data, mistakes, logits, methods, layer, count, cam_config, se
             model,
             images,
             targets,
-            lambda m, method=method: create(method, m, layer, cam_config),
+            lambda m, method=method: create(method, m, _parts(layer), cam_config),
             generator=torch.Generator(device).manual_seed(seed),
             keep=1,
         )
@@ -191,3 +195,8 @@ def _sanity(model, data, mistakes, logits, methods, layer, count, cam_config, se
         maps[method] = result.maps[:, 0].cpu()  # (S + 1, H, W) of the first image
         bar.update()
     return sanity, maps
+
+
+def _parts(layer: str) -> list[str]:
+    """The layers of one compared entry: "layer3+layer4" is one engine on both."""
+    return layer.split("+")
