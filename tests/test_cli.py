@@ -2,6 +2,7 @@ import argparse
 import csv
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -390,7 +391,13 @@ def test_wandb_offline_mirrors_the_metrics_and_resume_continues_the_run(
     history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     logged, summary, config = {}, {}, {}
     for f in files:
-        for record in wandb_records(f):
+        # W&B's service may still be appending after finish() returns: wait for its exit record
+        for _ in range(100):
+            records = wandb_records(f)
+            if any(r.WhichOneof("record_type") == "exit" for r in records):
+                break
+            time.sleep(0.1)
+        for record in records:
             kind = record.WhichOneof("record_type")
             if kind == "history":
                 items = {_key(i): json.loads(i.value_json) for i in record.history.item}

@@ -20,6 +20,7 @@ ORDER = [
     "explain",
     "overlay",
     "gallery",
+    "epochs",
     "report",
     "compare",
     "diff",

@@ -2,8 +2,8 @@
 
 Pipeline, one module per step (each imports only those above it):
   download -> data -> model -> plots -> evaluate -> train
-  -> cam -> metrics -> explain -> overlay -> gallery -> report -> compare -> diff -> pipeline
-  -> cli
+  -> cam -> metrics -> explain -> overlay -> gallery -> epochs -> report -> compare -> diff
+  -> pipeline -> cli
 `explain` computes the maps of the mistakes once; the gallery and the report both draw them.
 `pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls.
 
@@ -47,6 +47,7 @@ from camlens.compare import CompareResult, compare
 from camlens.data import DataError, Dataset, Split, load_dataset
 from camlens.diff import ModelDiff, diff_models, write_diff
 from camlens.download import DownloadError, fetch_cifar10
+from camlens.epochs import EpochStrips, explain_over_epochs
 from camlens.evaluate import (
     Evaluation,
     Mistakes,
@@ -152,6 +153,9 @@ __all__ = [
     "build_report",
     "compute_report",
     "render_report",
+    # maps across training (train --keep-every, explain --over-epochs)
+    "EpochStrips",
+    "explain_over_epochs",
     # can the maps be trusted? every method and layer scored against baselines (camlens.compare)
     "CompareResult",
     "compare",

@@ -15,8 +15,15 @@ import torch
 from camlens.compare import compare
 from camlens.data import DataError, load_dataset
 from camlens.distributed import is_writer, launched, process_group
+from camlens.epochs import explain_over_epochs
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
-from camlens.model import ResNet18, load_checkpoint, save_checkpoint, summary
+from camlens.model import (
+    ResNet18,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+    summary,
+)
 from camlens.pipeline import (
     Outcome,
     demo,
@@ -126,6 +133,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    if args.over_epochs is not None:
+        return _explain_over_epochs(args)
+    if args.checkpoint is None:
+        raise DataError("explain needs --checkpoint CKPT (or --over-epochs RUN)")
     # under torchrun the ranks share the predictions and the maps, then rank 0 alone draws
     with process_group(pick_device(args.device), args.backend) as device:
         model, meta = load_checkpoint(args.checkpoint, device)
@@ -163,6 +174,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     for folder in galleries.folders.values():
         print(f"gallery: {folder}/pages, cards/, pairs/ and index.csv")
+    return 0
+
+
+def _explain_over_epochs(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None:
+        raise DataError("--over-epochs RUN names the model (RUN's checkpoint): drop --checkpoint")
+    meta = read_checkpoint_meta(args.over_epochs / "checkpoint.json")
+    data = load_matching_data(args.data, meta, progress=args.progress)
+    strips, files = explain_over_epochs(
+        args.over_epochs,
+        data,
+        args.out,
+        method=args.method[0],
+        layer=args.layer[-1],
+        limit=args.limit or 16,
+        batch_size=args.cam_batch_size,
+        device=pick_device(args.device),
+    )
+    print(
+        f"{len(strips.indices)} mistakes of the final model at epochs "
+        f"{', '.join(map(str, strips.epochs))}: {files['over-epochs.png']}"
+    )
     return 0
 
 

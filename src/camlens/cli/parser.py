@@ -63,6 +63,7 @@ EVALUATE_EXAMPLE = """example:
       --out runs/quick/eval --tta"""
 EXPLAIN_EXAMPLE = """example:
   camlens explain --checkpoint shipped --data sample --out explain --layer layer3,layer4
+  camlens explain --over-epochs runs/r18 --data cifar10 --out epochs   # train --keep-every K
   camlens explain --checkpoint runs/quick/checkpoint.safetensors --data cifar10 \\
       --out runs/quick/explain --method gradcam,gradcam++ --label cat --pred dog --limit 50
   (several methods: one gallery per method, OUT/gallery/gradcam/, OUT/gallery/gradcam++/)"""
@@ -142,10 +143,10 @@ def _data_flags(parser: argparse.ArgumentParser, image_size: bool = True) -> Non
     )
 
 
-def _checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+def _checkpoint_flag(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
         "--checkpoint",
-        required=True,
+        required=required,
         type=Path,
         help="checkpoint.safetensors (its .json beside it), or a bundled model: `shipped` "
         "(batch norm) or `shipped-layer` (layer norm)",
@@ -328,10 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXPLAIN_EXAMPLE,
         formatter_class=fmt,
     )
-    _checkpoint_flag(p)
+    _checkpoint_flag(p, required=False)  # or --over-epochs RUN, which names the model
     _data_flags(p, image_size=False)
     p.add_argument(
         "--out", required=True, type=Path, help="folder; galleries go in OUT/gallery/METHOD"
+    )
+    p.add_argument(
+        "--over-epochs",
+        type=Path,
+        metavar="RUN",
+        help="instead of a gallery: the final model of run folder RUN, its most confident "
+        "mistakes (--limit, default 16) explained at every epoch kept by `train --keep-every`, "
+        "into OUT/over-epochs.png and .json (first --method and last --layer)",
     )
     _explain_flags(p, layer="layer4")
     p.add_argument("--limit", type=int, help=f"{LIMIT_HELP} (default: all)")

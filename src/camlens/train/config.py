@@ -42,6 +42,10 @@ class TrainConfig:
     precision: str = _opt("auto", "auto (bf16 autocast) or fp32", choices=("auto", "bf16", "fp32"))
     channels_last: bool = _opt(True, "channels-last memory format (faster convolutions)")
     eval_batch_size: int = _opt(64, "images per batch when testing")
+    keep_every: int = _opt(
+        0, "also keep every K-th epoch's weights in OUT/epochs/ (fp16: about 22 MB each at "
+        "width 64) for `camlens explain --over-epochs`; 0 keeps none"
+    )
     sync_bn: bool = _opt(
         False, "under torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)"
     )
@@ -52,6 +56,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.keep_every < 0:
+            raise ValueError(f"keep_every must be 0 (none) or more, got {self.keep_every}")
         if self.subset is not None and self.subset < 2:
             raise ValueError(f"subset must be at least 2 images, got {self.subset}")
         if not 0.05 <= self.momentum <= 0.95:

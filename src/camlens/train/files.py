@@ -17,7 +17,9 @@ from camlens.plots import plot_curves
 from camlens.train.state import RESUME_FILE, save_resume
 from camlens.version import __version__
 
-__all__ = ["write_epoch"]
+__all__ = ["EPOCHS_DIR", "write_epoch"]
+
+EPOCHS_DIR = "epochs"  # --keep-every: OUT/epochs/epoch-007.safetensors + .json
 
 
 def write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device) -> None:
@@ -50,6 +52,8 @@ def write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed
         },
     }
     save_checkpoint(model, out / "checkpoint", meta)
+    if config.keep_every and epoch % config.keep_every == 0:  # for explain --over-epochs
+        save_checkpoint(model, out / EPOCHS_DIR / f"epoch-{epoch:03d}", meta, torch.float16)
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write_bytes(out / "metrics.jsonl", lines.encode())  # rewritten whole: never a torn line
     plot_curves(history, out / "curves.png")

@@ -67,7 +67,9 @@ def check_resumable(path: Path, config: TrainConfig, data: Dataset) -> None:
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     saved = json.loads(meta["config"])
-    differs = {k for k in saved if saved[k] != asdict(config).get(k) and k != "eval_batch_size"}
+    # settings that change what is written, not the weights, may differ on resume
+    free = ("eval_batch_size", "keep_every")
+    differs = {k for k in saved if saved[k] != asdict(config).get(k) and k not in free}
     if differs:
         raise RunError(
             f"{path.parent} was trained with other settings ({', '.join(sorted(differs))}): "

@@ -1,0 +1,180 @@
+"""Maps across training: when did the model start to look there, when did the mistake appear?
+
+    strips = explain_over_epochs(run, data, out, layer="layer4", limit=16)
+
+A run trained with `--keep-every K` holds every K-th epoch's weights in RUN/epochs/. For the
+final model's most confident mistakes, each kept epoch (and the final checkpoint) explains the
+same images for the same two classes: the final prediction and the true class. A strip per
+image shows, epoch by epoch, both maps (one scale per epoch and image, so a weak map looks
+weak) and both classes' probabilities. Written to OUT/over-epochs.png (one figure, a row pair
+per image) and OUT/over-epochs.json (the probabilities and each map's raw maximum).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from camlens.atomic import atomic_write_files
+from camlens.cam import CamConfig, create
+from camlens.data import Dataset
+from camlens.evaluate import as_float_images, find_mistakes, predict
+from camlens.explain import ExplainError, check_explainable
+from camlens.model import load_checkpoint
+from camlens.overlay import overlay
+from camlens.plots import figure_png
+
+__all__ = ["FILES", "EpochStrips", "explain_over_epochs", "kept_epochs", "strips_figure"]
+
+FILES = ("over-epochs.png", "over-epochs.json")
+
+
+@dataclass(frozen=True)
+class EpochStrips:
+    """Per image and kept epoch: the maps and probabilities of the final pred and the truth."""
+
+    epochs: list[int]  # (E,) the kept epochs, the final checkpoint's last
+    indices: Tensor  # (M,) test split positions, the final model's most confident mistakes
+    labels: Tensor  # (M,)
+    preds: Tensor  # (M,) the final model's predictions
+    images: Tensor  # (M, 3, H, W) uint8
+    pred_cams: Tensor  # (E, M, H, W) maps of the final prediction, scaled per map pair
+    label_cams: Tensor  # (E, M, H, W) maps of the true class, on the same scale as pred_cams
+    pred_probs: Tensor  # (E, M) probability of the final prediction at each epoch
+    label_probs: Tensor  # (E, M)
+    raw_max: Tensor  # (E, M) the pair's raw maximum before scaling
+
+
+def kept_epochs(run: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, checkpoint) of RUN/epochs/epoch-NNN.safetensors, in order; [] when none."""
+    found = []
+    for path in sorted((Path(run) / "epochs").glob("epoch-*.safetensors")):
+        match = re.fullmatch(r"epoch-(\d+)\.safetensors", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return found
+
+
+def explain_over_epochs(
+    run: str | Path,
+    data: Dataset,
+    out: str | Path,
+    *,
+    method: str = "gradcam",
+    layer: str = "layer4",
+    limit: int = 16,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> tuple[EpochStrips, dict[str, Path]]:
+    """Explain the final model's `limit` most confident mistakes at every kept epoch of `run`."""
+    run, out = Path(run), Path(out)
+    final = run / "checkpoint.safetensors"
+    if not final.is_file():
+        raise ExplainError(f"{run} holds no checkpoint.safetensors: name a camlens run folder")
+    kept = kept_epochs(run)
+    if not kept:
+        raise ExplainError(
+            f"{run}/epochs holds no kept weights: train with --keep-every K to keep every K-th "
+            "epoch's weights"
+        )
+    if limit < 1:
+        raise ExplainError(f"--limit must be >= 1, got {limit}: the images shown")
+    model, meta = load_checkpoint(final, device)
+    check_explainable(model, [method], [layer])
+    if list(data.classes) != list(meta["classes"]):
+        raise ExplainError(
+            f"{run} was trained on {meta['classes']}: pass the data it was trained on"
+        )
+    mistakes = find_mistakes(predict(model, data.test.images, batch_size).cpu(), data.test.labels)
+    if len(mistakes) == 0:
+        raise ExplainError("the final model makes no mistakes on this test split")
+    chosen = mistakes.select(torch.arange(min(limit, len(mistakes))))
+    images = data.test.images[chosen.indices]
+    x = as_float_images(images).to(device)
+    checkpoints = [p for _, p in kept] + ([] if kept[-1][0] == meta["epoch"] else [final])
+    epochs = [e for e, _ in kept] + ([] if kept[-1][0] == meta["epoch"] else [meta["epoch"]])
+    pred_cams, label_cams, pred_probs, label_probs, raw_max = [], [], [], [], []
+    config = CamConfig(batch_size=batch_size, normalize="pair")
+    for path in checkpoints:
+        m, _ = load_checkpoint(path, device)
+        with create(method, m, layer, config) as engine:
+            pair = engine.explain_pair(x, chosen.labels.to(device), preds=chosen.preds.to(device))
+        probs = pair.pred.logits.float().softmax(1).cpu()  # (M, K)
+        pred_cams.append(pair.pred.cams.cpu())
+        label_cams.append(pair.label.cams.cpu())
+        pred_probs.append(probs.gather(1, chosen.preds[:, None]).squeeze(1))
+        label_probs.append(probs.gather(1, chosen.labels[:, None]).squeeze(1))
+        raw_max.append(torch.maximum(pair.pred.raw_max[0], pair.label.raw_max[0]).cpu())
+    strips = EpochStrips(
+        epochs=epochs,
+        indices=chosen.indices,
+        labels=chosen.labels,
+        preds=chosen.preds,
+        images=images,
+        pred_cams=torch.stack(pred_cams),
+        label_cams=torch.stack(label_cams),
+        pred_probs=torch.stack(pred_probs),
+        label_probs=torch.stack(label_probs),
+        raw_max=torch.stack(raw_max),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: out / name for name in FILES}
+    atomic_write_files({
+        files["over-epochs.png"]: figure_png(strips_figure(strips, data.classes, method, layer)),
+        files["over-epochs.json"]: _json(strips, data.classes, method, layer),
+    })
+    return strips, files
+
+
+def _json(s: EpochStrips, classes: Sequence[str], method: str, layer: str) -> bytes:
+    images = [
+        {
+            "index": int(s.indices[i]),
+            "label": classes[int(s.labels[i])],
+            "pred": classes[int(s.preds[i])],
+            "pred_prob": [round(float(v), 5) for v in s.pred_probs[:, i]],
+            "label_prob": [round(float(v), 5) for v in s.label_probs[:, i]],
+            "raw_max": [float(v) for v in s.raw_max[:, i]],
+        }
+        for i in range(len(s.indices))
+    ]
+    payload = {"method": method, "layer": layer, "epochs": s.epochs, "images": images}
+    return (json.dumps(payload, indent=1) + "\n").encode()
+
+
+def strips_figure(s: EpochStrips, classes: Sequence[str], method: str, layer: str) -> Figure:
+    """Per image two rows (final prediction, truth): the image, then one overlay per epoch."""
+    n, e = len(s.indices), len(s.epochs)
+    fig = Figure(figsize=(1.1 * (e + 1) + 0.4, 2.3 * n + 0.5))
+    grid = fig.add_gridspec(2 * n, e + 1, hspace=0.45, wspace=0.06)
+    for i in range(n):
+        rows = (("pred", s.preds[i], s.pred_cams, s.pred_probs),
+                ("true", s.labels[i], s.label_cams, s.label_probs))
+        ax = fig.add_subplot(grid[2 * i : 2 * i + 2, 0])
+        ax.imshow(s.images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"#{int(s.indices[i])}\ntrue {classes[int(s.labels[i])]}\n"
+                     f"pred {classes[int(s.preds[i])]}", fontsize=6)
+        for r, (kind, cls, cams, probs) in enumerate(rows):
+            tiles = overlay(s.images[i : i + 1].expand(e, -1, -1, -1), cams[:, i], size=64)
+            for j in range(e):
+                ax = fig.add_subplot(grid[2 * i + r, j + 1])
+                ax.imshow(tiles[j].numpy())
+                ax.set_xticks([])
+                ax.set_yticks([])
+                colour = "#d62728" if kind == "pred" else "#2ea043"
+                ax.set_xlabel(f"p({classes[int(cls)]}) {probs[j, i]:.2f}", fontsize=5,
+                              color=colour, labelpad=1)
+                if i == 0 and r == 0:
+                    ax.set_title(f"epoch {s.epochs[j]}", fontsize=6)
+                if j == 0:
+                    ax.set_ylabel(kind, fontsize=6, color=colour)
+    fig.suptitle(f"{method} at {layer}, the final model's mistakes, epoch by epoch", fontsize=8)
+    return fig
