@@ -27,6 +27,8 @@ Public API:
     explain_pair(model, images, labels, method="gradcam", layer="layer4", ...) -> PairResult
     find_layer(model, name) -> nn.Module (unknown names list the valid ones)
     normalize_cams(maps, mode, signed) -> list of scaled maps
+    candidate_layers(model, image_size) -> [Candidate]: layers a map can be read from (one
+        dummy forward); pick_layer(...) the last before the pooling; token_grid: ViT tokens
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from camlens.cam.base import (
     find_layer,
     normalize_cams,
 )
+from camlens.cam.layers import Candidate, candidate_layers, pick_layer, token_grid
 from camlens.cam.methods import (
     CAM,
     EigenCAM,
@@ -67,6 +70,7 @@ from camlens.cam.smooth import SmoothGradCAMPlusPlus
 
 __all__ = [
     "CAM",
+    "Candidate",
     "METHODS",
     "NORMALIZE",
     "PRECISIONS",
@@ -86,12 +90,15 @@ __all__ = [
     "ScoreCAM",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
+    "candidate_layers",
     "capture",
     "create",
     "eval_mode",
     "explain_pair",
     "find_layer",
     "normalize_cams",
+    "pick_layer",
+    "token_grid",
 ]
 
 METHODS: dict[str, type[Engine]] = {
