@@ -11,6 +11,7 @@ ORDER = [
     "download",
     "data",
     "model",
+    "classifier",
     "plots",
     "evaluate",
     "train",
