@@ -2,6 +2,11 @@
 
     run(config, data, out, ...) -> Outcome      train (resuming a killed run), then explain_model
     demo(out, ...) -> Outcome                   the shipped model on the bundled sample
+    report_facts(opened) -> dict                what the report says of an open_model() model
+    report(model, data, out, ...) -> Outcome    any trained classifier: evaluate into out/eval,
+                                                then explain_model (run and demo end with it)
+    choose_layers(model, layers, image_size)    --layer checked against the layers a map can
+                                                be read from; None: the last before pooling
     explain_model(model, data, out, ...) -> Outcome
         evaluate -> explain the most confident mistakes -> a gallery per method
         [-> compare the methods' faithfulness] -> report.html
@@ -24,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camlens.cam import candidate_layers, pick_layer
+from camlens.classifier import Classifier, Opened
 from camlens.compare import compare
 from camlens.data import DataError, Dataset, load_dataset
 from camlens.evaluate import (
@@ -49,9 +56,12 @@ from camlens.train import TrainConfig, tensorboard_logger, train
 __all__ = [
     "Galleries",
     "Outcome",
+    "choose_layers",
     "demo",
     "explain_model",
     "load_matching_data",
+    "report",
+    "report_facts",
     "run",
     "write_galleries",
 ]
@@ -217,6 +227,13 @@ def _run_info(meta: dict, **facts: str) -> dict:
     }
 
 
+def report_facts(opened: Opened) -> dict:
+    """What the report's summary says of a model `open_model` opened, and of its data."""
+    data = opened.data
+    facts = {**opened.facts, "data": data.source, "data_label": data.label}
+    return _run_info(opened.meta, **facts) if opened.meta else facts
+
+
 def run(
     config: TrainConfig,
     data: Dataset,
@@ -251,8 +268,6 @@ def run(
         on_epoch=tensorboard_logger(out) if tensorboard else None,
     )
     model, meta = load_checkpoint(out / "checkpoint.safetensors", device)
-    evaluation = evaluate(model, data.test, config.eval_batch_size)
-    write_evaluation(evaluation, data.classes, out / "eval", {"checkpoint": str(out)})
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     run_info = _run_info(
         meta,
@@ -260,7 +275,7 @@ def run(
         data=data.source,
         data_label=data.label,
     )
-    outcome = explain_model(
+    outcome = report(
         model,
         data,
         out,
@@ -270,7 +285,7 @@ def run(
         layers=layers,
         limit=limit,
         cam_batch_size=cam_batch_size,
-        evaluation=evaluation,
+        eval_batch_size=config.eval_batch_size,
         compare_limit=compare_limit,
     )
     return replace(outcome, seconds=time.perf_counter() - started)
@@ -299,7 +314,7 @@ def demo(
             "full test accuracy": f"{meta['evaluation']['test_acc']:.2%} (10,000 images)",
         },
     )
-    outcome = explain_model(
+    outcome = report(
         model,
         data,
         out,
@@ -309,5 +324,77 @@ def demo(
         layers=layers,
         cam_batch_size=cam_batch_size,
         precision=precision,
+    )
+    return replace(outcome, seconds=time.perf_counter() - started)
+
+
+def choose_layers(
+    model: nn.Module, layers: Sequence[str] | None, image_size: int
+) -> tuple[str, ...]:
+    """`layers` checked against the layers a map can be read from (one forward of a dummy
+    batch); None: the last of them before the global pooling (`camlens.cam.pick_layer`).
+    In a `Classifier` the wrapped model's layers are `model.NAME`; NAME alone finds them."""
+    if layers is None:
+        try:
+            return (pick_layer(model, image_size).name,)
+        except ValueError as e:
+            raise ExplainError(str(e)) from None
+    names = dict(model.named_modules())
+    if isinstance(model, Classifier):  # the model's own names work too: `layer4`, not only
+        layers = [f"model.{n}" if n not in names and f"model.{n}" in names else n for n in layers]
+    unknown = [layer for layer in layers if not layer or layer not in names]
+    if unknown:
+        listed = "; ".join(c.describe() for c in candidate_layers(model, image_size))
+        arch = getattr(model, "arch", type(model).__name__)
+        raise ExplainError(
+            f"no layer named {unknown[0]!r} in {arch}; layers a map can be read "
+            f"from (output without the batch): {listed}"
+        )
+    return tuple(layers)
+
+
+def report(
+    model: nn.Module,
+    data: Dataset,
+    out: str | Path,
+    *,
+    run_info: dict,
+    history: list[dict] | None = None,
+    methods: Sequence[str] = ("gradcam",),
+    layers: Sequence[str] | None = None,
+    limit: int | None = None,
+    cam_batch_size: int = 64,
+    eval_batch_size: int = 64,
+    precision: str = "fp32",
+    compare_limit: int | None = None,
+) -> Outcome:
+    """The report of a trained classifier (camlens's or any other taking [0, 1] images):
+    evaluate it on `data.test` into out/eval, then `explain_model` its mistakes into
+    out/gallery/<method>/ and out/report.html.
+
+    `layers` None: the last layer before the global pooling. `limit`, `compare_limit`: see
+    `explain_model`.
+    """
+    started, out = time.perf_counter(), Path(out)
+    layers = choose_layers(model, layers, data.image_size)
+    check_explainable(model, methods, layers, precision)
+    check_compare_limit(compare_limit)
+    evaluation = evaluate(model, data.test, eval_batch_size)
+    facts = {k: str(run_info[k]) for k in ("checkpoint", "model", "data") if k in run_info}
+    write_evaluation(evaluation, data.classes, out / "eval", facts)
+    outcome = explain_model(
+        model,
+        data,
+        out,
+        run_info=run_info,
+        history=history,
+        methods=methods,
+        layers=layers,
+        limit=limit,
+        cam_batch_size=cam_batch_size,
+        eval_batch_size=eval_batch_size,
+        precision=precision,
+        evaluation=evaluation,
+        compare_limit=compare_limit,
     )
     return replace(outcome, seconds=time.perf_counter() - started)

@@ -12,11 +12,21 @@ import dataclasses
 
 import torch
 
+from camlens.cam import candidate_layers, pick_layer
+from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
 from camlens.compare import compare
 from camlens.data import load_dataset
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
 from camlens.model import ResNet18, load_checkpoint, save_checkpoint, summary
-from camlens.pipeline import Outcome, demo, load_matching_data, run, write_galleries
+from camlens.pipeline import (
+    Outcome,
+    choose_layers,
+    demo,
+    report,
+    report_facts,
+    run,
+    write_galleries,
+)
 from camlens.train import RunError, TrainConfig, tensorboard_logger, train
 
 __all__ = [
@@ -26,6 +36,7 @@ __all__ = [
     "cmd_evaluate",
     "cmd_explain",
     "cmd_export",
+    "cmd_report",
     "cmd_run",
     "cmd_summary",
     "cmd_train",
@@ -86,11 +97,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open(args: argparse.Namespace) -> Opened:
+    """The --model and its --data, as the model flags say."""
+    config = config_from_args(args, ModelConfig)
+    return open_model(config, args.data, pick_device(args.device), args.progress)
+
+
+def _layers(args: argparse.Namespace, opened: Opened, camlens_default: list[str]) -> list[str]:
+    """--layer checked, or the default: `camlens_default` for a camlens model, else the last
+    layer before the global pooling; each printed with its output (tokens: how they map)."""
+    model, size = opened.model, opened.data.image_size
+    if args.layer is None and opened.meta:
+        return camlens_default
+    layers = list(choose_layers(model, args.layer, size))
+    described = {c.name: c.describe() for c in candidate_layers(model, size)}
+    how = "" if args.layer else " (the last before the global pooling; --layer to choose)"
+    for layer in layers:
+        print(f"layer {described.get(layer, layer)}{how}")
+    return layers
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
-    data = load_matching_data(args.data, meta, progress=args.progress)
-    ev = evaluate(model, data.test, batch_size=args.eval_batch_size, tta=args.tta)
-    info = {"checkpoint": str(args.checkpoint), "data": data.source, "tta": args.tta}
+    opened = _open(args)
+    data = opened.data
+    ev = evaluate(opened.model, data.test, batch_size=args.eval_batch_size, tta=args.tta)
+    info = {"model": str(args.model), "data": data.source, "tta": args.tta}
     write_evaluation(ev, data.classes, args.out, info)
     print(
         f"test accuracy {ev.accuracy:.2%} (loss {ev.loss:.4f}) on {len(data.test)} images; "
@@ -103,8 +134,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
-    data = load_matching_data(args.data, meta, progress=args.progress)
+    opened = _open(args)
+    model, data = opened.model, opened.data
+    layers = _layers(args, opened, ["layer4"])
     mistakes = None
     if args.misclassified is not None:
         mistakes = read_mistakes(args.misclassified, data.test)
@@ -118,7 +150,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         pred_name=args.pred,
         limit=args.limit,
         methods=args.method,
-        layers=args.layer,
+        layers=layers,
         cam_batch_size=args.cam_batch_size,
         precision=args.precision,
     )
@@ -135,6 +167,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     for folder in galleries.folders.values():
         print(f"gallery: {folder}/pages, cards/, pairs/ and index.csv")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    opened = _open(args)
+    outcome = report(
+        opened.model,
+        opened.data,
+        args.out,
+        run_info=report_facts(opened),
+        history=opened.meta.get("history"),
+        methods=args.method,
+        layers=_layers(args, opened, ["layer3", "layer4"]),
+        limit=args.limit,
+        cam_batch_size=args.cam_batch_size,
+        eval_batch_size=args.eval_batch_size,
+        precision=args.precision,
+        compare_limit=args.compare,
+    )
+    ev, shown = outcome.evaluation, len(outcome.galleries.mistakes)
+    note = "" if shown == len(ev.mistakes) else f" ({shown} shown)"
+    print(
+        f"test accuracy {ev.accuracy:.2%} on {len(opened.data.test)} images; "
+        f"{len(ev.mistakes)} misclassified{note}; done in {outcome.seconds:.0f}s"
+    )
+    print(f"evaluation: {args.out / 'eval'}")
+    if args.compare is not None:
+        print(f"compare: {args.out / 'compare.csv'}, compare.png, sanity.png")
+    _print_outcome(outcome)
     return 0
 
 
@@ -201,24 +262,30 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    if args.checkpoint is not None:
-        model, meta = load_checkpoint(args.checkpoint)
-        image_size = int(meta["image_size"])
-    else:
-        model, image_size = ResNet18(args.classes, args.norm), args.image_size
-    print(summary(model, image_size))
+    if args.model is None:
+        model, size = ResNet18(args.classes, args.norm), args.image_size or 32
+        print(summary(model, size))
+        return 0
+    config = config_from_args(args, ModelConfig)
+    model, meta, _ = build_classifier(config, args.classes, describe_only=True)
+    size = args.image_size or stated_size(config) or 32
+    print(summary(model, size))
+    candidates = candidate_layers(model, size)
+    print(f"\nlayers a map can be read from, at {size} px (output without the batch):")
+    for c in candidates:
+        print(f"  {c.describe()}{'' if c.reaches_logits else '  (the logits do not use it)'}")
+    print(f"default --layer: {pick_layer(model, size).name}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
-    data = load_matching_data(args.data, meta, progress=args.progress)
+    opened = _open(args)
     result = compare(
-        model,
-        data,
+        opened.model,
+        opened.data,
         args.out,
         methods=args.method,
-        layers=args.layer,
+        layers=_layers(args, opened, ["layer3", "layer4"]),
         limit=args.limit,
         top_k=args.top_k or None,
         cam_batch_size=args.cam_batch_size,
