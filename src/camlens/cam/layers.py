@@ -236,11 +236,15 @@ def candidate_layers(model: nn.Module, image_size: int) -> list[Candidate]:
 
 
 def pick_layer(model: nn.Module, image_size: int) -> Candidate:
-    """The last layer before the global pooling: the last candidate the logits depend on."""
-    candidates = [c for c in candidate_layers(model, image_size) if c.reaches_logits]
-    if not candidates:
+    """The last layer before the global pooling: the last candidate the logits depend on
+    with the shape of the model's last map or tokens, its feature stream (so a ViT gets its
+    last block's norm1, not that block's (T, 3C) qkv projection)."""
+    found = candidate_layers(model, image_size)
+    reaching = [c for c in found if c.reaches_logits]
+    if not reaching:
         raise ValueError(
             f"{type(model).__name__} has no layer whose output is a (N, C, h, w) map or "
             "(N, T, C) tokens that its logits depend on: name one with --layer"
         )
-    return candidates[-1]
+    stream = [c for c in reaching if c.shape == found[-1].shape]
+    return (stream or reaching)[-1]
