@@ -337,9 +337,14 @@ def open_model(
 ) -> Opened:
     """Load `source` at the size the model takes, then build and load the model for its
     classes; a model that does not fit the data is a CheckpointError or DataError."""
-    size = stated_size(config) or native_size(source)
-    data = load_dataset(source, image_size=size, progress=progress)
-    model, meta, facts = build_classifier(config, len(data.classes), device)
+    if _is_checkpoint(config.model):  # a missing or damaged checkpoint says so first
+        model, meta, facts = build_classifier(config, 0, device)
+        size = config.image_size or int(meta["image_size"])
+        data = load_dataset(source, image_size=size, progress=progress)
+    else:
+        size = stated_size(config) or native_size(source)
+        data = load_dataset(source, image_size=size, progress=progress)
+        model, meta, facts = build_classifier(config, len(data.classes), device)
     if meta:
         if list(data.classes) != list(meta["classes"]):
             raise DataError(
