@@ -94,7 +94,14 @@ def test_report_of_a_user_model_has_the_maps_of_the_engine_called_directly(user,
     assert torch.allclose(expl.label_cams[0], pair.label.cams, atol=1e-5)
     assert pair.pred.cams.amax() > 0  # not an all-zero engine
     html = outcome.report.read_text()
-    for section in ('id="summary"', "Sequential", "net.py:make"):
+    for section in (
+        'id="summary"',
+        'id="confusion"',
+        'id="pairs"',
+        'id="gallery"',
+        "Sequential",
+        "net.py:make",
+    ):
         assert section in html, section
     assert (tmp_path / "eval" / "misclassified.csv").is_file()
 
