@@ -32,7 +32,7 @@ def make(num_classes=4):
     return nn.Sequential(
         nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, num_classes),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
     )
 """
 
@@ -91,7 +91,7 @@ def main() -> None:
         (root / "net.py").write_text(NET)
         train_weights(root)
         print(f"wrote {root} in {time.perf_counter() - started:.0f}s")
-    home = tempfile.mkdtemp(prefix="camlens-mem-home-")
+    home = tempfile.mkdtemp(prefix="camlens-mem-home-")  # cache and outputs: delete after
     argv = [
         sys.executable,
         "-m",
@@ -112,7 +112,7 @@ def main() -> None:
         str(args.limit),
     ]
     for run in ("cold (decode + cache)", "from the cache"):
-        out = tempfile.mkdtemp(prefix="camlens-mem-out-")
+        out = Path(home) / run.split()[0]
         started = time.perf_counter()
         with tempfile.TemporaryFile("w+") as log:
             child = subprocess.Popen(
@@ -130,7 +130,7 @@ def main() -> None:
         print(f"{run}: peak RSS {peak:.2f} GiB, {seconds:.0f}s, exit {code}")
         print("  " + "\n  ".join(printed.strip().splitlines()[-6:]))
     raw = args.images * 3 * args.size**2 / 2**30
-    print(f"the test images alone, as uint8: {raw:.2f} GiB")
+    print(f"the test images alone, as uint8: {raw:.2f} GiB; outputs and cache in {home}")
 
 
 if __name__ == "__main__":
