@@ -8,6 +8,7 @@ for a few seconds on the pattern; then runs `camlens report` on it in a child pr
 
     python benchmarks/any_model_memory.py                       # 10,000 images of 224 px
     python benchmarks/any_model_memory.py --images 500 --size 64   # a quick check
+    python benchmarks/any_model_memory.py --stages   # then the peak of each step, in-process
 """
 
 from __future__ import annotations
@@ -77,12 +78,50 @@ def train_weights(root: Path) -> None:
     torch.save(model.state_dict(), root / "net.pt")
 
 
+def stages(root: Path, limit: int) -> None:
+    """Each step of `camlens report` in this process, with the peak RSS it reached (Linux)."""
+    from camlens.classifier import ModelConfig, open_model
+    from camlens.evaluate import evaluate
+    from camlens.pipeline import write_galleries
+    from camlens.report import compute_report
+
+    def peak(step: str) -> None:
+        kib = [
+            int(line.split()[1])
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith(("VmHWM", "VmRSS"))
+        ]
+        print(f"{step}: peak RSS {kib[0] / 2**20:.2f} GiB, then {kib[1] / 2**20:.2f} GiB")
+        Path("/proc/self/clear_refs").write_text("5")  # the next step's peak starts here
+
+    config = ModelConfig(f"{root}/net.py:make", root / "net.pt", (0.5,) * 3, (0.25,) * 3)
+    opened = open_model(config, root, progress=False)
+    model, data = opened.model, opened.data
+    peak("open_model (the data, from the cache after the first run)")
+    ev = evaluate(model, data.test, 64)
+    peak("evaluate")
+    with tempfile.TemporaryDirectory() as out:
+        g = write_galleries(model, data, out, mistakes=ev.mistakes, limit=limit, layers=["model.4"])
+        peak(f"write_galleries ({len(g.mistakes)} mistakes)")
+        compute_report(
+            model,
+            data.test,
+            data.classes,
+            run_info={},
+            layers=["model.4"],
+            evaluation=ev,
+            explained=(g.mistakes, g.explanations),
+        )
+        peak(f"compute_report (pair statistics over all {len(ev.mistakes)} mistakes)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--limit", type=int, default=100, help="mistakes drawn in the gallery")
     parser.add_argument("--folder", type=Path, help="default: a folder under the temp dir")
+    parser.add_argument("--stages", action="store_true", help="also each step's peak RSS")
     args = parser.parse_args()
     root = args.folder or Path(tempfile.gettempdir()) / f"camlens-mem-{args.images}-{args.size}"
     if not (root / "net.pt").is_file():
@@ -131,6 +170,9 @@ def main() -> None:
         print("  " + "\n  ".join(printed.strip().splitlines()[-6:]))
     raw = args.images * 3 * args.size**2 / 2**30
     print(f"the test images alone, as uint8: {raw:.2f} GiB; outputs and cache in {home}")
+    if args.stages:
+        os.environ["CAMLENS_HOME"] = home
+        stages(root, args.limit)
 
 
 if __name__ == "__main__":
