@@ -256,6 +256,12 @@ def test_a_token_layout_that_does_not_add_up_is_a_clear_error(layout):
         cam(torch.rand(1, 3, 32, 32))
 
 
+def test_a_wrong_prefix_count_is_an_error_not_a_silent_fall_back_to_the_patch_layer():
+    model = Classifier(ReadsOneToken(0, 1), (0.5,) * 3, (0.25,) * 3, num_prefix_tokens=2)
+    with pytest.raises(ValueError, match="'model.mlp' outputs 17 tokens, which are not 2 prefix"):
+        pick_layer(model, 32)
+
+
 def test_an_unknown_layer_lists_the_layers_a_map_can_be_read_from():
     model = Classifier(ReadsOneToken(0, 1), (0.5,) * 3, (0.25,) * 3)
     with pytest.raises(ExplainError, match=r"model.patch  \(6, 4, 4\); model.mlp.0  tokens"):

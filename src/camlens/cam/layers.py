@@ -176,15 +176,16 @@ class Candidate:
     shape: tuple[int, ...]  # its output's shape without the batch: (C, h, w) or (T, C)
     grid: tuple[int, int, int] | None  # tokens only: (prefix, h, w)
     reaches_logits: bool  # the logits depend on its map (not only on pooled or prefix tokens)
+    misfit: str | None = None  # tokens that do not fit the prefix and grid: why (no map)
 
     def describe(self) -> str:
+        if self.misfit is not None:
+            return f"{self.name}  tokens {self.shape}: do not fit ({self.misfit})"
         if self.grid is None:
             c, h, w = self.shape
             return f"{self.name}  ({c}, {h}, {w})"
         prefix, h, w = self.grid
-        return (
-            f"{self.name}  tokens {self.shape}: {prefix} prefix dropped, {h}x{w} grid"
-        )
+        return f"{self.name}  tokens {self.shape}: {prefix} prefix dropped, {h}x{w} grid"
 
 
 def candidate_layers(model: nn.Module, image_size: int) -> list[Candidate]:
@@ -193,6 +194,7 @@ def candidate_layers(model: nn.Module, image_size: int) -> list[Candidate]:
     device = next(model.parameters()).device
     images = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     found: dict[str, tuple[Tensor, tuple[int, int, int] | None]] = {}
+    misfits: dict[str, str] = {}
 
     def hook_for(name: str):
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
@@ -206,8 +208,8 @@ def candidate_layers(model: nn.Module, image_size: int) -> list[Candidate]:
             elif output.ndim == 3 and output.shape[1] > 1:
                 try:
                     grid = token_grid(model, name, output.shape[1])
-                except ValueError:
-                    return None
+                except ValueError as e:  # kept: a wrong --prefix-tokens must not go unseen
+                    misfits[name] = str(e)
             else:
                 return None
             found.pop(name, None)  # a layer called twice: its last output
@@ -227,6 +229,9 @@ def candidate_layers(model: nn.Module, image_size: int) -> list[Candidate]:
             handle.remove()
     candidates = []
     for (name, (out, grid)), g in zip(found.items(), grads, strict=True):
+        if name in misfits:
+            candidates.append(Candidate(name, tuple(out.shape[1:]), None, False, misfits[name]))
+            continue
         if grid is not None and g is not None:
             g = g[:, grid[0] :]  # the grid's tokens, not the prefix
         candidates.append(
@@ -247,4 +252,9 @@ def pick_layer(model: nn.Module, image_size: int) -> Candidate:
             "(N, T, C) tokens that its logits depend on: name one with --layer"
         )
     stream = [c for c in reaching if c.shape == found[-1].shape]
-    return (stream or reaching)[-1]
+    picked = (stream or reaching)[-1]
+    later = found[found.index(picked) + 1 :]
+    misfit = next((c.misfit for c in reversed(later) if c.misfit is not None), None)
+    if misfit is not None:  # the layers after the pick may be the ones meant, read wrongly
+        raise ValueError(misfit)
+    return picked

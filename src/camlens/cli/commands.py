@@ -273,8 +273,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
     candidates = candidate_layers(model, size)
     print(f"\nlayers a map can be read from, at {size} px (output without the batch):")
     for c in candidates:
-        print(f"  {c.describe()}{'' if c.reaches_logits else '  (the logits do not use it)'}")
-    print(f"default --layer: {pick_layer(model, size).name}")
+        unused = not c.reaches_logits and c.misfit is None
+        print(f"  {c.describe()}{'  (the logits do not use it)' if unused else ''}")
+    try:
+        print(f"default --layer: {pick_layer(model, size).name}")
+    except ValueError as e:  # tokens that do not fit --prefix-tokens / --tokens-grid
+        print(f"default --layer: none ({e})")
     return 0
 
 
