@@ -202,8 +202,8 @@ def test_a_flag_means_the_same_in_every_command():
     for flag in ("--method", "--layer", "--cam-batch-size", "--eval-batch-size", "--limit"):
         assert len(set(helps[flag].values())) == 1, (flag, helps[flag])
     assert set(helps["--batch-size"]) == {"train", "run"}  # the training batch only
-    assert set(helps["--cam-batch-size"]) == {"demo", "run", "explain", "compare", "diff"}
-    assert set(helps["--eval-batch-size"]) == {"train", "run", "evaluate", "compare"}
+    assert set(helps["--cam-batch-size"]) == {"demo", "run", "explain", "compare", "diff", "report"}
+    assert set(helps["--eval-batch-size"]) == {"train", "run", "evaluate", "compare", "report"}
 
 
 def test_config_errors_name_the_flag_and_keep_the_rest_intact():

@@ -12,6 +12,7 @@ ORDER = [
     "download",
     "data",
     "model",
+    "classifier",
     "plots",
     "evaluate",
     "train",

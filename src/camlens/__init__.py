@@ -1,11 +1,13 @@
 """camlens: where a CNN looks when it gets an image wrong.
 
 Pipeline, one module per step (each imports only those above it):
-  download -> data -> model -> plots -> evaluate -> train
+  download -> data -> model -> classifier -> plots -> evaluate -> train
   -> cam -> metrics -> explain -> overlay -> gallery -> epochs -> report -> compare -> diff
   -> pipeline -> cli
 `explain` computes the maps of the mistakes once; the gallery and the report both draw them.
-`pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls.
+`pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls;
+its `report` (any trained classifier's report) stays `camlens.pipeline.report`, as
+`camlens.report` names the report package.
 
 Glossary (one name per concept, everywhere):
   images   (N, 3, H, W) float in [0, 1], un-normalised (uint8 in [0, 255] when stored)
@@ -43,6 +45,7 @@ from camlens.cam import (
     create,
     explain_pair,
 )
+from camlens.classifier import Classifier, ModelConfig, Opened, load_weights, open_model
 from camlens.compare import CompareResult, compare
 from camlens.data import DataError, Dataset, Split, load_dataset
 from camlens.diff import ModelDiff, diff_models, write_diff
@@ -92,6 +95,11 @@ __all__ = [
     "DownloadError",
     "fetch_cifar10",
     # model
+    "Classifier",
+    "ModelConfig",
+    "Opened",
+    "load_weights",
+    "open_model",
     "CheckpointError",
     "ResNet18",
     "get_layer",

@@ -2,6 +2,11 @@
 
     run(config, data, out, ...) -> Outcome      train (resuming a killed run), then explain_model
     demo(out, ...) -> Outcome                   the shipped model on the bundled sample
+    report_facts(opened) -> dict                what the report says of an open_model() model
+    report(model, data, out, ...) -> Outcome    any trained classifier: evaluate into out/eval,
+                                                then explain_model (run and demo end with it)
+    choose_layers(model, layers, image_size)    --layer checked against the layers a map can
+                                                be read from; None: the last before pooling
     explain_model(model, data, out, ...) -> Outcome
         evaluate -> explain the most confident mistakes -> a gallery per method
         [-> compare the methods' faithfulness] -> report.html
@@ -26,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camlens.cam import candidate_layers, pick_layer
+from camlens.classifier import Classifier, Opened
 from camlens.compare import compare
 from camlens.data import DataError, Dataset, load_dataset
 from camlens.diff import diff_models, write_diff
@@ -54,10 +61,13 @@ from camlens.train import TrainConfig, tensorboard_logger, train, wandb_logger
 __all__ = [
     "Galleries",
     "Outcome",
+    "choose_layers",
     "demo",
     "diff_checkpoints",
     "explain_model",
     "load_matching_data",
+    "report",
+    "report_facts",
     "run",
     "write_galleries",
 ]
@@ -224,6 +234,13 @@ def _run_info(meta: dict, **facts: str) -> dict:
     }
 
 
+def report_facts(opened: Opened) -> dict:
+    """What the report's summary says of a model `open_model` opened, and of its data."""
+    data = opened.data
+    facts = {**opened.facts, "data": data.source, "data_label": data.label}
+    return _run_info(opened.meta, **facts) if opened.meta else facts
+
+
 def run(
     config: TrainConfig,
     data: Dataset,
@@ -268,8 +285,6 @@ def run(
             loggers[-1].finish()
         raise
     model, meta = load_checkpoint(out / "checkpoint.safetensors", device)
-    evaluation = evaluate(model, data.test, config.eval_batch_size)
-    write_evaluation(evaluation, data.classes, out / "eval", {"checkpoint": str(out)})
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     run_info = _run_info(
         meta,
@@ -277,7 +292,7 @@ def run(
         data=data.source,
         data_label=data.label,
     )
-    outcome = explain_model(
+    outcome = report(
         model,
         data,
         out,
@@ -287,15 +302,15 @@ def run(
         layers=layers,
         limit=limit,
         cam_batch_size=cam_batch_size,
-        evaluation=evaluation,
+        eval_batch_size=config.eval_batch_size,
         compare_limit=compare_limit,
     )
     if wandb_project is not None:
         cards = [p for f in outcome.galleries.folders.values() for p in sorted(f.glob("*.png"))]
         loggers[-1].finish(
-            accuracy=evaluation.accuracy,
+            accuracy=outcome.evaluation.accuracy,
             curves=out / "curves.png",
-            confusion_png=plot_confusion(evaluation.confusion, data.classes),
+            confusion_png=plot_confusion(outcome.evaluation.confusion, data.classes),
             cards=cards[:16],
         )
     return replace(outcome, seconds=time.perf_counter() - started)
@@ -324,7 +339,7 @@ def demo(
             "full test accuracy": f"{meta['evaluation']['test_acc']:.2%} (10,000 images)",
         },
     )
-    outcome = explain_model(
+    outcome = report(
         model,
         data,
         out,
@@ -386,3 +401,75 @@ def diff_checkpoints(
         cam_batch_size=cam_batch_size,
     )
     return write_diff(d, out)
+
+
+def choose_layers(
+    model: nn.Module, layers: Sequence[str] | None, image_size: int
+) -> tuple[str, ...]:
+    """`layers` checked against the layers a map can be read from (one forward of a dummy
+    batch); None: the last of them before the global pooling (`camlens.cam.pick_layer`).
+    In a `Classifier` the wrapped model's layers are `model.NAME`; NAME alone finds them."""
+    if layers is None:
+        try:
+            return (pick_layer(model, image_size).name,)
+        except ValueError as e:
+            raise ExplainError(str(e)) from None
+    names = dict(model.named_modules())
+    if isinstance(model, Classifier):  # the model's own names work too: `layer4`, not only
+        layers = [f"model.{n}" if n not in names and f"model.{n}" in names else n for n in layers]
+    unknown = [layer for layer in layers if not layer or layer not in names]
+    if unknown:
+        listed = "; ".join(c.describe() for c in candidate_layers(model, image_size))
+        arch = getattr(model, "arch", type(model).__name__)
+        raise ExplainError(
+            f"no layer named {unknown[0]!r} in {arch}; layers a map can be read "
+            f"from (output without the batch): {listed}"
+        )
+    return tuple(layers)
+
+
+def report(
+    model: nn.Module,
+    data: Dataset,
+    out: str | Path,
+    *,
+    run_info: dict,
+    history: list[dict] | None = None,
+    methods: Sequence[str] = ("gradcam",),
+    layers: Sequence[str] | None = None,
+    limit: int | None = None,
+    cam_batch_size: int = 64,
+    eval_batch_size: int = 64,
+    precision: str = "fp32",
+    compare_limit: int | None = None,
+) -> Outcome:
+    """The report of a trained classifier (camlens's or any other taking [0, 1] images):
+    evaluate it on `data.test` into out/eval, then `explain_model` its mistakes into
+    out/gallery/<method>/ and out/report.html.
+
+    `layers` None: the last layer before the global pooling. `limit`, `compare_limit`: see
+    `explain_model`.
+    """
+    started, out = time.perf_counter(), Path(out)
+    layers = choose_layers(model, layers, data.image_size)
+    check_explainable(model, methods, layers, precision)
+    check_compare_limit(compare_limit)
+    evaluation = evaluate(model, data.test, eval_batch_size)
+    facts = {k: str(run_info[k]) for k in ("checkpoint", "model", "data") if k in run_info}
+    write_evaluation(evaluation, data.classes, out / "eval", facts)
+    outcome = explain_model(
+        model,
+        data,
+        out,
+        run_info=run_info,
+        history=history,
+        methods=methods,
+        layers=layers,
+        limit=limit,
+        cam_batch_size=cam_batch_size,
+        eval_batch_size=eval_batch_size,
+        precision=precision,
+        evaluation=evaluation,
+        compare_limit=compare_limit,
+    )
+    return replace(outcome, seconds=time.perf_counter() - started)

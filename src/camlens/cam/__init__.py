@@ -34,6 +34,8 @@ Public API:
     explain_pair(model, images, labels, method="gradcam", layer="layer4", ...) -> PairResult
     find_layer(model, name) -> nn.Module (unknown names list the valid ones)
     normalize_cams(maps, mode, signed) -> list of scaled maps
+    candidate_layers(model, image_size) -> [Candidate]: layers a map can be read from (one
+        dummy forward); pick_layer(...) the last before the pooling; token_grid: ViT tokens
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from camlens.cam.base import (
 )
 from camlens.cam.finer import FinerCAM, RefineCAM, Refined
 from camlens.cam.guided import GuidedGradCAM
+from camlens.cam.layers import Candidate, candidate_layers, pick_layer, token_grid
 from camlens.cam.methods import (
     CAM,
     EigenCAM,
@@ -78,6 +81,7 @@ from camlens.cam.targets import Similar
 
 __all__ = [
     "CAM",
+    "Candidate",
     "METHODS",
     "NORMALIZE",
     "PRECISIONS",
@@ -97,6 +101,7 @@ __all__ = [
     "ScoreCAM",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
+    "candidate_layers",
     "capture",
     "create",
     "eval_mode",
@@ -111,6 +116,8 @@ __all__ = [
     "RefineCAM",
     "Refined",
     "Similar",
+    "pick_layer",
+    "token_grid",
 ]
 
 METHODS: dict[str, type[Engine]] = {

@@ -1,6 +1,6 @@
 """The `camlens` command: argparse wiring only. Parse, call the public API, print, exit code.
 
-The work itself is `camlens.pipeline` (run, demo, explain_model, write_galleries) and
+The work itself is `camlens.pipeline` (run, demo, report, explain_model, write_galleries) and
 `camlens.compare`, which the
 notebook calls too; a subcommand here is a few calls to it and a line or two printed.
 
@@ -9,7 +9,8 @@ on stderr and exit code 2; anything else is a bug and keeps its traceback.
 
     parser.py    build_parser(): subcommands, flags, examples; OneLineParser; add_config_flags
     commands.py  cmd_compare, cmd_demo, cmd_run, cmd_train, cmd_evaluate, cmd_explain,
-                 cmd_export, cmd_summary
+                 cmd_report, cmd_export, cmd_summary; the commands after training open any
+                 classifier with --model (camlens.classifier.open_model)
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ import dataclasses
 
 import torch
 
+from camlens.cam import candidate_layers, pick_layer
+from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
 from camlens.compare import compare
 from camlens.data import DataError, load_dataset
 from camlens.distributed import is_writer, launched, process_group
@@ -26,9 +28,12 @@ from camlens.model import (
 )
 from camlens.pipeline import (
     Outcome,
+    choose_layers,
     demo,
     diff_checkpoints,
     load_matching_data,
+    report,
+    report_facts,
     run,
     write_galleries,
 )
@@ -42,6 +47,7 @@ __all__ = [
     "cmd_evaluate",
     "cmd_explain",
     "cmd_export",
+    "cmd_report",
     "cmd_run",
     "cmd_summary",
     "cmd_train",
@@ -112,15 +118,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open(args: argparse.Namespace, device: torch.device | None = None) -> Opened:
+    """The --model and its --data, as the model flags say (on `device`, else --device's)."""
+    config = config_from_args(args, ModelConfig)
+    device = pick_device(args.device) if device is None else device
+    return open_model(config, args.data, device, args.progress and is_writer())
+
+
+def _layers(args: argparse.Namespace, opened: Opened, camlens_default: list[str]) -> list[str]:
+    """--layer checked, or the default: `camlens_default` for a camlens model, else the last
+    layer before the global pooling; each printed with its output (tokens: how they map)."""
+    model, size = opened.model, opened.data.image_size
+    if args.layer is None and opened.meta:
+        return camlens_default
+    layers = list(choose_layers(model, args.layer, size))
+    described = {c.name: c.describe() for c in candidate_layers(model, size)}
+    how = "" if args.layer else " (the last before the global pooling; --layer to choose)"
+    for layer in layers:
+        print(f"layer {described.get(layer, layer)}{how}")
+    return layers
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     # under torchrun the ranks share the predictions, then rank 0 alone writes
     with process_group(pick_device(args.device), args.backend) as device:
-        model, meta = load_checkpoint(args.checkpoint, device)
-        data = load_matching_data(args.data, meta, progress=args.progress and is_writer())
-        ev = evaluate(model, data.test, batch_size=args.eval_batch_size, tta=args.tta)
+        opened = _open(args, device)
+        data = opened.data
+        ev = evaluate(opened.model, data.test, batch_size=args.eval_batch_size, tta=args.tta)
     if not is_writer():
         return 0
-    info = {"checkpoint": str(args.checkpoint), "data": data.source, "tta": args.tta}
+    info = {"model": str(args.model), "data": data.source, "tta": args.tta}
     write_evaluation(ev, data.classes, args.out, info)
     print(
         f"test accuracy {ev.accuracy:.2%} (loss {ev.loss:.4f}) on {len(data.test)} images; "
@@ -135,16 +162,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     if args.over_epochs is not None:
         return _explain_over_epochs(args)
-    if args.checkpoint is None:
-        raise DataError("explain needs --checkpoint CKPT (or --over-epochs RUN)")
+    if args.model is None:
+        raise DataError("explain needs --model SPEC (or --checkpoint CKPT, or --over-epochs RUN)")
     # under torchrun the ranks share the predictions and the maps, then rank 0 alone draws
     with process_group(pick_device(args.device), args.backend) as device:
-        model, meta = load_checkpoint(args.checkpoint, device)
-        data = load_matching_data(args.data, meta, progress=args.progress and is_writer())
+        opened = _open(args, device)
+        model, data = opened.model, opened.data
+        layers = _layers(args, opened, ["layer4"])
+        mistakes = None
         if args.misclassified is not None:
             mistakes = read_mistakes(args.misclassified, data.test)
-        else:
-            mistakes = evaluate(model, data.test).mistakes
         galleries = write_galleries(
             model,
             data,
@@ -155,7 +182,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             pred_name=args.pred,
             limit=args.limit,
             methods=args.method,
-            layers=args.layer,
+            layers=layers,
             cam_batch_size=args.cam_batch_size,
             precision=args.precision,
         )
@@ -178,7 +205,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _explain_over_epochs(args: argparse.Namespace) -> int:
-    if args.checkpoint is not None:
+    if args.model is not None:
         raise DataError("--over-epochs RUN names the model (RUN's checkpoint): drop --checkpoint")
     meta = read_checkpoint_meta(args.over_epochs / "checkpoint.json")
     data = load_matching_data(args.data, meta, progress=args.progress)
@@ -187,7 +214,7 @@ def _explain_over_epochs(args: argparse.Namespace) -> int:
         data,
         args.out,
         method=args.method[0],
-        layer=args.layer[-1],
+        layer=(args.layer or ["layer4"])[-1],
         limit=args.limit or 16,
         batch_size=args.cam_batch_size,
         device=pick_device(args.device),
@@ -196,6 +223,35 @@ def _explain_over_epochs(args: argparse.Namespace) -> int:
         f"{len(strips.indices)} mistakes of the final model at epochs "
         f"{', '.join(map(str, strips.epochs))}: {files['over-epochs.png']}"
     )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    opened = _open(args)
+    outcome = report(
+        opened.model,
+        opened.data,
+        args.out,
+        run_info=report_facts(opened),
+        history=opened.meta.get("history"),
+        methods=args.method,
+        layers=_layers(args, opened, ["layer3", "layer4"]),
+        limit=args.limit,
+        cam_batch_size=args.cam_batch_size,
+        eval_batch_size=args.eval_batch_size,
+        precision=args.precision,
+        compare_limit=args.compare,
+    )
+    ev, shown = outcome.evaluation, len(outcome.galleries.mistakes)
+    note = "" if shown == len(ev.mistakes) else f" ({shown} shown)"
+    print(
+        f"test accuracy {ev.accuracy:.2%} on {len(opened.data.test)} images; "
+        f"{len(ev.mistakes)} misclassified{note}; done in {outcome.seconds:.0f}s"
+    )
+    print(f"evaluation: {args.out / 'eval'}")
+    if args.compare is not None:
+        print(f"compare: {args.out / 'compare.csv'}, compare.png, sanity.png")
+    _print_outcome(outcome)
     return 0
 
 
@@ -297,26 +353,36 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    if args.checkpoint is not None:
-        model, meta = load_checkpoint(args.checkpoint)
-        image_size = int(meta["image_size"])
-    else:
-        model, image_size = ResNet18(args.classes, args.norm), args.image_size
-    print(summary(model, image_size))
+    if args.model is None:
+        model, size = ResNet18(args.classes, args.norm), args.image_size or 32
+        print(summary(model, size))
+        return 0
+    config = config_from_args(args, ModelConfig)
+    model, meta, _ = build_classifier(config, args.classes, describe_only=True)
+    size = args.image_size or stated_size(config) or 32
+    print(summary(model, size))
+    candidates = candidate_layers(model, size)
+    print(f"\nlayers a map can be read from, at {size} px (output without the batch):")
+    for c in candidates:
+        unused = not c.reaches_logits and c.misfit is None
+        print(f"  {c.describe()}{'  (the logits do not use it)' if unused else ''}")
+    try:
+        print(f"default --layer: {pick_layer(model, size).name}")
+    except ValueError as e:  # tokens that do not fit --prefix-tokens / --tokens-grid
+        print(f"default --layer: none ({e})")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     if not is_writer():  # under torchrun rank 0 alone compares (not sharded yet)
         return 0
-    model, meta = load_checkpoint(args.checkpoint, pick_device(args.device))
-    data = load_matching_data(args.data, meta, progress=args.progress)
+    opened = _open(args)
     result = compare(
-        model,
-        data,
+        opened.model,
+        opened.data,
         args.out,
         methods=args.method,
-        layers=args.layer,
+        layers=_layers(args, opened, ["layer3", "layer4"]),
         limit=args.limit,
         top_k=args.top_k or None,
         cam_batch_size=args.cam_batch_size,

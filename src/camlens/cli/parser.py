@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 
 from camlens.cam import METHODS, PRECISIONS
+from camlens.classifier import parse_triple
 from camlens.cli.commands import (
     DTYPES,
     cmd_compare,
@@ -21,6 +22,7 @@ from camlens.cli.commands import (
     cmd_evaluate,
     cmd_explain,
     cmd_export,
+    cmd_report,
     cmd_run,
     cmd_summary,
     cmd_train,
@@ -36,6 +38,7 @@ __all__ = [
     "EVALUATE_EXAMPLE",
     "EXPLAIN_EXAMPLE",
     "EXPORT_EXAMPLE",
+    "REPORT_EXAMPLE",
     "RUN_EXAMPLE",
     "SUMMARY_EXAMPLE",
     "TRAIN_EXAMPLE",
@@ -81,10 +84,18 @@ DIFF_EXAMPLE = """example:
   (writes OUT/diff.html, one self-contained page, and OUT/diff.json)"""
 EXPORT_EXAMPLE = """example:
   camlens export --checkpoint runs/r18/checkpoint.safetensors --out model-fp16.safetensors"""
+REPORT_EXAMPLE = """example:
+  camlens report --model shipped --data sample --out report        # offline, bundled
+  camlens report --model mynet.py:make --weights mynet.pt --mean 0.5,0.5,0.5 --std 0.25,0.25,0.25 \\
+      --data my-images --out my-report     # my-images/{train,test}/<class>/
+  camlens report --model timm:resnet18 --weights r18.safetensors --data my-images --out r
+  (no --layer: the last layer before the global pooling, printed; camlens summary --model lists
+  the others)"""
 SUMMARY_EXAMPLE = """example:
   camlens summary                      # the standard ResNet18, batch norm
   camlens summary --norm layer
-  camlens summary --checkpoint runs/quick/checkpoint.safetensors"""
+  camlens summary --checkpoint runs/quick/checkpoint.safetensors
+  camlens summary --model mynet.py:make --classes 5 --image-size 64  # + where maps come from"""
 
 
 # the same words wherever a flag appears: the same flag means the same thing in every command
@@ -128,7 +139,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_type) -> None:
             )
 
 
-def _data_flags(parser: argparse.ArgumentParser, image_size: bool = True) -> None:
+def _data_flags(parser: argparse.ArgumentParser, image_size: bool | None = True) -> None:
+    """`image_size` None: --image-size defaults to what the model states (the --model commands)."""
     parser.add_argument(
         "--data",
         required=True,
@@ -138,19 +150,75 @@ def _data_flags(parser: argparse.ArgumentParser, image_size: bool = True) -> Non
         parser.add_argument(
             "--image-size", type=int, default=32, help="images are resized to this (default: 32)"
         )
+    elif image_size is None:
+        parser.add_argument(
+            "--image-size",
+            type=int,
+            help="images are resized to this (default: what the model states, else the size "
+            "of the data's first test image)",
+        )
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
 
 
 def _checkpoint_flag(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--model and the flags that say how to build, load and feed it (camlens.ModelConfig)."""
     parser.add_argument(
+        "--model",
         "--checkpoint",
+        dest="model",
         required=required,
-        type=Path,
-        help="checkpoint.safetensors (its .json beside it), or a bundled model: `shipped` "
-        "(batch norm) or `shipped-layer` (layer norm)",
+        metavar="SPEC",
+        help="a camlens checkpoint.safetensors, `shipped` or `shipped-layer`, FILE.py:FACTORY, "
+        "package.module:FACTORY, timm:NAME or torchvision:NAME (--checkpoint: the same flag)",
     )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="the model's weights: .safetensors, or a state dict in .pt/.pth (not a pickled "
+        "model); for FILE.py:FACTORY, timm: and torchvision: models",
+    )
+    parser.add_argument(
+        "--mean",
+        type=_triple("--mean"),
+        metavar="R,G,B",
+        help="the input mean the model was trained with, e.g. 0.485,0.456,0.406 "
+        "(default: the checkpoint's or timm's own; else required)",
+    )
+    parser.add_argument(
+        "--std", type=_triple("--std"), metavar="R,G,B", help="the input std, as --mean"
+    )
+    parser.add_argument(
+        "--prefix-tokens",
+        type=int,
+        metavar="K",
+        help="ViT: tokens before the patch grid (class, distillation, registers) "
+        "(default: the model's num_prefix_tokens, else T - h*w)",
+    )
+    parser.add_argument(
+        "--tokens-grid",
+        type=_grid,
+        metavar="HxW",
+        help="ViT: the patch grid, e.g. 14x14 (default: the largest square of the tokens)",
+    )
+
+
+def _triple(flag: str):
+    def parse(text: str) -> tuple[float, float, float]:
+        try:
+            return parse_triple(text, flag)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _grid(text: str) -> tuple[int, int]:
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and int(h) * int(w) > 0):
+        raise argparse.ArgumentTypeError(f"takes HxW, e.g. 14x14, got {text!r}")
+    return int(h), int(w)
 
 
 def _wandb_flags(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +261,10 @@ def _methods(text: str) -> list[str]:
 
 
 def _explain_flags(
-    parser: argparse.ArgumentParser, layer: str, precision: bool = True, method: str = "gradcam"
+    parser: argparse.ArgumentParser,
+    layer: str | None,
+    precision: bool = True,
+    method: str = "gradcam",
 ) -> None:
     """The CAM flags, the same in every command that explains."""
     parser.add_argument(
@@ -206,11 +277,14 @@ def _explain_flags(
     parser.add_argument(
         "--layer",
         type=_names,
-        default=layer.split(","),
-        help=f"dotted layer name(s), comma-separated (default: {layer}); every method gives a "
-        "map per layer: refinecam's is refined by the layers named after it, and fullgrad and "
-        "guidedgradcam (maps at the image's size) read the layer as where their layer part "
-        "stops: the bias terms up to it (fullgrad), its Grad-CAM (guidedgradcam)",
+        default=layer.split(",") if layer else None,
+        help="dotted layer name(s), comma-separated (default: "
+        + (layer or "layer4 of a camlens model, else the last layer before the global pooling; "
+           "`camlens summary --model SPEC` lists them")
+        + "); every method gives a map per layer: refinecam's is refined by the layers named "
+        "after it, and fullgrad and guidedgradcam (maps at the image's size) read the layer as "
+        "where their layer part stops: the bias terms up to it (fullgrad), its Grad-CAM "
+        "(guidedgradcam)",
     )
     parser.add_argument(
         "--cam-batch-size", type=int, default=64, help="images per CAM batch (default: 64)"
@@ -310,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _checkpoint_flag(p)
-    _data_flags(p, image_size=False)
+    _data_flags(p, image_size=None)
     p.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     eval_batch = {f.name: f for f in dataclasses.fields(TrainConfig)}["eval_batch_size"]
@@ -330,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _checkpoint_flag(p, required=False)  # or --over-epochs RUN, which names the model
-    _data_flags(p, image_size=False)
+    _data_flags(p, image_size=None)
     p.add_argument(
         "--out", required=True, type=Path, help="folder; galleries go in OUT/gallery/METHOD"
     )
@@ -342,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mistakes (--limit, default 16) explained at every epoch kept by `train --keep-every`, "
         "into OUT/over-epochs.png and .json (first --method and last --layer)",
     )
-    _explain_flags(p, layer="layer4")
+    _explain_flags(p, layer=None)
     p.add_argument("--limit", type=int, help=f"{LIMIT_HELP} (default: all)")
     p.add_argument("--sort", default="confidence", choices=SORTS, help="default: confidence")
     # --true: the flag's name before one name per concept; kept so that old scripts still run
@@ -359,9 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _checkpoint_flag(p)
-    _data_flags(p, image_size=False)
+    _data_flags(p, image_size=None)
     p.add_argument("--out", required=True, type=Path, help="folder for the four files")
-    _explain_flags(p, layer="layer3,layer4", precision=False, method=",".join(METHODS))
+    # default layers: layer3,layer4 for a camlens model (cmd_compare), else the picked one
+    _explain_flags(p, layer=None, precision=False, method=",".join(METHODS))
     p.add_argument(
         "--limit",
         type=int,
@@ -414,6 +489,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_diff)
 
     p = sub.add_parser(
+        "report",
+        help="a trained model's report: evaluate, explain the mistakes, gallery + report.html",
+        epilog=REPORT_EXAMPLE,
+        formatter_class=fmt,
+    )
+    _checkpoint_flag(p)
+    _data_flags(p, image_size=None)
+    p.add_argument("--out", required=True, type=Path, help="folder for eval/, gallery/, report")
+    _explain_flags(p, layer=None)
+    p.add_argument("--limit", type=int, help=f"{LIMIT_HELP} (default: all)")
+    p.add_argument(
+        "--compare",
+        type=int,
+        nargs="?",
+        const=256,
+        metavar="N",
+        help="also score the methods' faithfulness on N mistakes and N correct images into "
+        "OUT/compare.* and the report (N default: 256)",
+    )
+    p.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=eval_batch.default,
+        help=f"{eval_batch.metadata['help']} (default: {eval_batch.default})",
+    )
+    _device_flag(p)
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser(
         "export",
         help="re-save a checkpoint, e.g. in half precision",
         epilog=EXPORT_EXAMPLE,
@@ -432,9 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SUMMARY_EXAMPLE,
         formatter_class=fmt,
     )
-    p.add_argument("--checkpoint", type=Path, help="describe this checkpoint's model")
+    _checkpoint_flag(p, required=False)
     p.add_argument("--norm", default="batch", choices=("batch", "layer", "group"))
     p.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument(
+        "--image-size", type=int, help="default: what the model states, else 32"
+    )
     p.set_defaults(run=cmd_summary)
     return parser

@@ -208,7 +208,7 @@ def _pair_maps(
 
 def model_facts(model: nn.Module) -> dict:
     """What the report says about the architecture, read off the model itself."""
-    facts = {"model": type(model).__name__}
+    facts = {"model": str(getattr(model, "arch", type(model).__name__))}
     for name in ("norm", "width", "num_classes"):
         if hasattr(model, name):
             facts[name] = getattr(model, name)

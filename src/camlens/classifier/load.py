@@ -1,0 +1,148 @@
+"""`open_model`: the data at the size the model takes, then the model for its classes.
+
+A camlens checkpoint knows its classes and size; any other model is built for the data's
+class count and checked with one forward of a dummy batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from camlens.classifier.spec import (
+    ARCHITECTURES,
+    Classifier,
+    ModelConfig,
+    build_architecture,
+    is_checkpoint,
+    native_size,
+)
+from camlens.classifier.weights import load_weights
+from camlens.data import DataError, Dataset, load_dataset
+from camlens.model import SHIPPED_MODELS, CheckpointError, load_checkpoint, read_checkpoint_meta
+
+__all__ = ["Opened", "build_classifier", "open_model", "stated_size"]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A model ready for every camlens path, and the data it is evaluated on."""
+
+    model: nn.Module  # takes (N, 3, S, S) images in [0, 1], returns (N, K) logits; eval mode
+    data: Dataset  # its classes are the model's
+    meta: dict  # a camlens checkpoint's json; {} for other models
+    facts: dict[str, str]  # what the report's summary says of the model
+
+
+def _check_classes(model: nn.Module, data: Dataset, spec: str, device: torch.device) -> None:
+    """One forward of a dummy batch: the model runs at this size and has a logit per class."""
+    images = torch.zeros(1, 3, data.image_size, data.image_size, device=device)
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    except Exception as e:
+        raise CheckpointError(
+            f"{spec} fails on {data.image_size}-px images ({type(e).__name__}: {e}): "
+            "pass the size it takes with --image-size"
+        ) from None
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise CheckpointError(f"{spec} must return (N, K) logits, got {type(logits).__name__}")
+    if logits.shape[1] != len(data.classes):
+        raise CheckpointError(
+            f"{spec} outputs {logits.shape[1]} classes but the data has {len(data.classes)} "
+            "class folders: pass the data it was trained on"
+        )
+
+
+def stated_size(config: ModelConfig) -> int | None:
+    """The image size the model states (--image-size, a checkpoint's, timm's), before building."""
+    if config.image_size is not None:
+        return config.image_size
+    spec = config.model
+    if is_checkpoint(spec):
+        return int(read_checkpoint_meta(SHIPPED_MODELS.get(spec, spec))["image_size"])
+    kind, _, name = spec.partition(":")
+    if kind == "timm":
+        try:
+            cfg = importlib.import_module("timm").get_pretrained_cfg(name)
+            return int(cfg.input_size[-1]) if cfg is not None else None
+        except Exception:  # the name is checked, with a clear message, when it is built
+            return None
+    return None
+
+
+def build_classifier(
+    config: ModelConfig,
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    describe_only: bool = False,
+) -> tuple[nn.Module, dict, dict[str, str]]:
+    """(model taking [0, 1] images in eval mode, a camlens checkpoint's json or {}, facts).
+
+    `describe_only` (camlens summary): no weights or normalisation needed, the layers suffice.
+    """
+    spec, device = config.model, torch.device(device)
+    if is_checkpoint(spec):
+        if config.weights is not None:
+            raise CheckpointError(f"--weights is for FILE.py:FACTORY, timm: and torchvision: "
+                                  f"models; {spec} is a camlens checkpoint with its own")
+        model, meta = load_checkpoint(spec, device)
+        if config.mean is not None or config.std is not None:  # camlens normalises inside
+            model.mean.copy_(torch.tensor(config.mean or meta["mean"]).view(1, 3, 1, 1))
+            model.std.copy_(torch.tensor(config.std or meta["std"]).view(1, 3, 1, 1))
+        return model, meta, {"model": spec}
+    kind = spec.partition(":")[0]
+    if kind in ARCHITECTURES and config.weights is None and not describe_only:
+        raise CheckpointError(
+            f"--model {spec} needs --weights FILE (.safetensors or a state dict .pt): "
+            "camlens never downloads weights"
+        )
+    inner, stated = build_architecture(spec, num_classes)
+    if config.weights is not None:
+        load_weights(inner, config.weights)
+    mean = config.mean or stated.get("mean") or ((0.0,) * 3 if describe_only else None)
+    std = config.std or stated.get("std") or ((1.0,) * 3 if describe_only else None)
+    if mean is None or std is None:
+        raise CheckpointError(
+            f"{spec} states no input normalisation: pass the mean and std it was trained with, "
+            "e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 (--mean 0,0,0 --std 1,1,1 "
+            "if it takes [0, 1] images)"
+        )
+    model = Classifier(inner, tuple(mean), tuple(std), config.prefix_tokens, config.tokens_grid)
+    facts = {
+        "model": spec,
+        "weights": str(config.weights) if config.weights else "the factory's own",
+        "normalisation": f"mean {tuple(mean)}, std {tuple(std)}",
+    }
+    return model.to(device).eval(), {}, facts
+
+
+def open_model(
+    config: ModelConfig,
+    source: str | Path,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Opened:
+    """Load `source` at the size the model takes, then build and load the model for its
+    classes; a model that does not fit the data is a CheckpointError or DataError."""
+    if is_checkpoint(config.model):  # a missing or damaged checkpoint says so first
+        model, meta, facts = build_classifier(config, 0, device)
+        size = config.image_size or int(meta["image_size"])
+        data = load_dataset(source, image_size=size, progress=progress)
+    else:
+        size = stated_size(config) or native_size(source)
+        data = load_dataset(source, image_size=size, progress=progress)
+        model, meta, facts = build_classifier(config, len(data.classes), device)
+    if meta:
+        if list(data.classes) != list(meta["classes"]):
+            raise DataError(
+                f"{source} has classes {list(data.classes)}, but the checkpoint was trained on "
+                f"{meta['classes']}: pass the data it was trained on"
+            )
+    else:
+        _check_classes(model, data, config.model, torch.device(device))
+    return Opened(model, data, meta, {**facts, "input": f"{data.image_size} px"})
