@@ -152,8 +152,10 @@ def _json(s: EpochStrips, classes: Sequence[str], method: str, layer: str) -> by
 def strips_figure(s: EpochStrips, classes: Sequence[str], method: str, layer: str) -> Figure:
     """Per image two rows (final prediction, truth): the image, then one overlay per epoch."""
     n, e = len(s.indices), len(s.epochs)
-    fig = Figure(figsize=(1.1 * (e + 1) + 0.4, 2.3 * n + 0.5))
-    grid = fig.add_gridspec(2 * n, e + 1, hspace=0.45, wspace=0.06)
+    height = 2.3 * n + 0.5
+    fig = Figure(figsize=(1.1 * (e + 1) + 0.4, height))
+    grid = fig.add_gridspec(2 * n, e + 1, hspace=0.45, wspace=0.06, top=1 - 0.55 / height,
+                            bottom=0.1 / height, left=0.02, right=0.98)
     for i in range(n):
         rows = (("pred", s.preds[i], s.pred_cams, s.pred_probs),
                 ("true", s.labels[i], s.label_cams, s.label_probs))
