@@ -157,6 +157,21 @@ def test_two_processes_explain_and_evaluate_as_one(tmp_path, data, two_proc_run)
         assert (tmp_path / "e1" / name).read_text() == (tmp_path / "e2" / name).read_text()
 
 
+def test_two_processes_compare_as_one(tmp_path, data, two_proc_run):
+    ckpt = str(two_proc_run[0] / "checkpoint.safetensors")
+    # 3 (method, layer) sets + 2 baselines per subset: rank 1 gets the shorter share
+    argv = ["compare", "--checkpoint", ckpt, "--data", str(data), "--no-progress", "--limit", "3",
+            "--method", "gradcam,layercam,eigencam", "--layer", "layer4", "--cam-batch-size", "4"]
+    proc = torchrun(*argv, "--out", str(tmp_path / "two"))
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    log = finish(proc)
+    assert log.count("scored") == 1, log
+    for name in ("compare.csv", "compare.json"):  # every score and sanity curve, as one process
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        ["compare.csv", "compare.json", "compare.png", "sanity.png"])
+
+
 @pytest.mark.parametrize(("n", "align", "world"), [(10, 1, 3), (10, 4, 2), (3, 4, 2), (0, 4, 2)])
 def test_shards_cover_the_items_in_order_at_whole_batches(monkeypatch, n, align, world):
     monkeypatch.setattr(distributed, "world_size", lambda: world)

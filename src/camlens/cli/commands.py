@@ -374,22 +374,24 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    if not is_writer():  # under torchrun rank 0 alone compares (not sharded yet)
+    # under torchrun each rank scores its share of the (method, layer) sets; rank 0 writes
+    with process_group(pick_device(args.device), args.backend) as device:
+        opened = _open(args, device)
+        result = compare(
+            opened.model,
+            opened.data,
+            args.out,
+            methods=args.method,
+            layers=_layers(args, opened, ["layer3", "layer4"]),
+            limit=args.limit,
+            top_k=args.top_k or None,
+            cam_batch_size=args.cam_batch_size,
+            eval_batch_size=args.eval_batch_size,
+            seed=args.seed,
+            progress=args.progress and is_writer(),
+        )
+    if not is_writer():
         return 0
-    opened = _open(args)
-    result = compare(
-        opened.model,
-        opened.data,
-        args.out,
-        methods=args.method,
-        layers=_layers(args, opened, ["layer3", "layer4"]),
-        limit=args.limit,
-        top_k=args.top_k or None,
-        cam_batch_size=args.cam_batch_size,
-        eval_batch_size=args.eval_batch_size,
-        seed=args.seed,
-        progress=args.progress,
-    )
     failed = [m for m, s in result.sanity.items() if not s["passed"]]
     for (method, layer), why in result.skipped.items():
         print(f"left out {method} at {layer}: {why}")

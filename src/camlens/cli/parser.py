@@ -459,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"{eval_batch.metadata['help']} (default: {eval_batch.default})",
     )
     p.add_argument("--seed", type=int, default=0, help="correct-image sample, baselines, ROAD")
-    _device_flag(p)
+    _device_flag(p, backend=True)
     p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser(

@@ -32,6 +32,7 @@ from camlens.cam import METHODS, CamConfig, create
 from camlens.compare.figures import sanity_figure, table_figure
 from camlens.compare.table import COLUMNS, beats_baselines, csv_bytes, metric_rows, select_subsets
 from camlens.data import Dataset
+from camlens.distributed import all_sum, is_writer, rank, world_size
 from camlens.evaluate import as_float_images, predict
 from camlens.explain import ExplainError, check_explainable
 from camlens.metrics import (
@@ -41,6 +42,7 @@ from camlens.metrics import (
     MetricConfig,
     baseline_engine,
     baseline_maps,
+    cascade_order,
     sanity_check,
     sanity_verdict,
     score_maps,
@@ -121,30 +123,46 @@ def compare(
     sanity_layer = layers[-1]
     sanity_methods = [m for m in methods if (m, sanity_layer) in pairs]
     cfg = metric_config or MetricConfig(seed=seed)
-    rows: list[dict] = []
-    # one tick per scored (method, layer) or baseline per subset, and per method's sanity cascade
-    total = len(subsets) * (len(pairs) + len(BASELINES)) + len(sanity_methods)
-    bar = tqdm(total=total, desc="compare", unit="map set", disable=not progress)
-    for subset, idx in subsets.items():
+    # the work is a list of tasks, one per (subset, method, layer) and baseline; under torchrun
+    # each rank scores every world-th task and the tables are summed over the ranks. Each task
+    # seeds its own generators, so every score equals the one a single process computes.
+    tasks = [(subset, method, layer) for subset in subsets for method, layer in pairs + [
+        (kind, "-") for kind in BASELINES]]
+    values = torch.zeros(len(tasks), len(METRICS), 4, dtype=torch.float64)  # mean, lo, hi, n
+    mine = range(rank(), len(tasks), world_size())
+    sanity_mine = sanity_methods[rank() :: world_size()]
+    bar = tqdm(total=len(mine) + len(sanity_mine), desc="compare", unit="map set",
+               disable=not progress)
+    for i in mine:
+        subset, method, layer = tasks[i]
+        bar.set_postfix_str(f"{subset}: {method} {layer}")
+        idx = subsets[subset]
         images = as_float_images(data.test.images[idx]).to(device)  # (n, 3, H, W)
         targets = logits[idx].argmax(1).to(device)  # the predicted class; the label when correct
-        for method, layer in pairs:
-            bar.set_postfix_str(f"{subset}: {method} {layer}")
+        if method in BASELINES:  # one map per image whatever the layer: scored once, layer "-"
+            g = torch.Generator(device).manual_seed(seed)
+            cams = baseline_maps(images.shape, method, g, device)
+            engine = baseline_engine(method, torch.Generator(device).manual_seed(seed + 1))
+            scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
+        else:
             with create(method, model, _parts(layer), cam_config) as engine:
                 cams = engine(images, targets).detach()  # (n, H, W)
                 scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
-            rows += metric_rows(method, layer, subset, scores.values, seed)
-            bar.update()
-        for kind in BASELINES:  # one map per image whatever the layer: scored once, layer "-"
-            g = torch.Generator(device).manual_seed(seed)
-            cams = baseline_maps(images.shape, kind, g, device)
-            engine = baseline_engine(kind, torch.Generator(device).manual_seed(seed + 1))
-            scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
-            rows += metric_rows(kind, "-", subset, scores.values, seed)
-            bar.update()
+        for j, row in enumerate(metric_rows(method, layer, subset, scores.values, seed)):
+            values[i, j] = torch.tensor([row["mean"], row["ci_low"], row["ci_high"], row["n"]],
+                                        dtype=torch.float64)
+        bar.update()
+    all_sum(values)  # each task's row filled by exactly one rank, zeros elsewhere
+    rows = [
+        dict(zip(COLUMNS, (method, layer, subset, metric, *_cells(values[i, j])), strict=True))
+        for i, (subset, method, layer) in enumerate(tasks)
+        for j, metric in enumerate(METRICS)
+    ]
     sanity, sanity_maps = _sanity(model, data, subsets["mistakes"], logits, sanity_methods,
                                   sanity_layer, sanity_images, cam_config, seed, device, bar)
     bar.close()
+    if not is_writer():
+        return CompareResult(rows, skipped, sanity, {})
     files = {name: out / name for name in FILES}
     payload = {
         "columns": list(COLUMNS),
@@ -168,11 +186,17 @@ def compare(
 
 
 def _sanity(model, data, mistakes, logits, methods, layer, count, cam_config, seed, device, bar):
+    """Each method's cascade; under torchrun each rank runs every world-th method and the
+    curves and first-image maps are summed over the ranks, as the score table is."""
     idx = mistakes[:count]
     images = as_float_images(data.test.images[idx]).to(device)
     targets = logits[idx].argmax(1).to(device)
-    sanity, maps = {}, {}
-    for method in methods:
+    steps = len(cascade_order(model))
+    h, w = images.shape[-2:]
+    curves = torch.zeros(len(methods), 4, steps, dtype=torch.float64)  # spearman, std, ssim, pass
+    maps = torch.zeros(len(methods), steps + 1, h, w)
+    for i in range(rank(), len(methods), world_size()):
+        method = methods[i]
         bar.set_postfix_str(f"sanity: {method} {layer}")
         result = sanity_check(
             model,
@@ -182,19 +206,33 @@ def _sanity(model, data, mistakes, logits, methods, layer, count, cam_config, se
             generator=torch.Generator(device).manual_seed(seed),
             keep=1,
         )
-        verdict = sanity_verdict(result)
-        sanity[method] = {
-            "layer": layer,
-            "steps": list(result.steps),
-            "spearman": [float(v) for v in result.spearman.mean(1)],
-            "spearman_std": [float(v) for v in result.spearman.std(1, unbiased=False)],
-            "ssim": [float(v) for v in result.ssim.mean(1)],
-            "passed": verdict.passed,
-            "final_spearman": verdict.final_spearman,
-        }
-        maps[method] = result.maps[:, 0].cpu()  # (S + 1, H, W) of the first image
+        curves[i, 0] = result.spearman.mean(1).double().cpu()
+        curves[i, 1] = result.spearman.std(1, unbiased=False).double().cpu()
+        curves[i, 2] = result.ssim.mean(1).double().cpu()
+        curves[i, 3] = float(sanity_verdict(result).passed)
+        maps[i] = result.maps[:, 0].cpu()  # (S + 1, H, W) of the first image
         bar.update()
-    return sanity, maps
+    all_sum(curves)
+    all_sum(maps)
+    names = cascade_order(model)
+    sanity = {
+        method: {
+            "layer": layer,
+            "steps": names,
+            "spearman": [float(v) for v in curves[i, 0]],
+            "spearman_std": [float(v) for v in curves[i, 1]],
+            "ssim": [float(v) for v in curves[i, 2]],
+            "passed": bool(curves[i, 3, 0] > 0.5),
+            "final_spearman": float(curves[i, 0, -1]),
+        }
+        for i, method in enumerate(methods)
+    }
+    return sanity, {method: maps[i] for i, method in enumerate(methods)}
+
+
+def _cells(v: torch.Tensor) -> tuple:
+    """(mean, ci_low, ci_high, n) of a row as the plain numbers a single process writes."""
+    return float(v[0]), float(v[1]), float(v[2]), int(v[3])
 
 
 def _parts(layer: str) -> list[str]:
