@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,10 +38,10 @@ from camlens.explain import (
     ExplainError,
     Explanations,
     check_explainable,
-    explain_each,
+    explain_chunks,
     select_mistakes,
 )
-from camlens.gallery import GalleryConfig, write_gallery
+from camlens.gallery import GalleryConfig, stream_gallery
 from camlens.model import ResNet18, load_checkpoint
 from camlens.report import ReportConfig, compute_report, render_report
 from camlens.train import TrainConfig, tensorboard_logger, train
@@ -64,8 +64,10 @@ class Galleries:
     """What `write_galleries` explained and where it drew it."""
 
     mistakes: Mistakes  # the mistakes explained, with their images, in gallery order
-    explanations: dict[str, Explanations]  # method -> maps of `mistakes`
+    explanations: dict[str, Explanations]  # method -> maps of `mistakes` (native resolution)
     folders: dict[str, Path]  # method -> its gallery folder, out/gallery/<method>
+    # method -> seconds of maps, drawing, encoding, writing (see camlens.gallery.Gallery)
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,16 @@ def write_galleries(
     eval_batch_size: int = 64,
     precision: str = "fp32",
     config: GalleryConfig | None = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
 ) -> Galleries:
     """Explain the chosen mistakes of `data.test` with each method; one gallery per method.
 
     `mistakes`: e.g. `read_mistakes(misclassified.csv, data.test)`, whose predictions may be
     TTA's; None: the model's arg-max mistakes. Nothing chosen: nothing is written.
+    Streamed: maps are computed, drawn and written `chunk_size` mistakes at a time (default
+    `cam_batch_size`), so memory does not grow with the number of mistakes; a killed call
+    started again over the same `out` keeps the cards already written.
     """
     check_explainable(model, methods, layers, precision)
     if mistakes is None:
@@ -118,12 +125,20 @@ def write_galleries(
     if mistakes.images is None:
         mistakes = replace(mistakes, images=data.test.images[mistakes.indices])
     chosen = select_mistakes(mistakes, data.classes, sort, label_name, pred_name, limit)
-    explanations = explain_each(model, chosen, methods, layers, cam_batch_size, precision)
-    folders = {
-        method: write_gallery(expl, chosen, data.classes, out, config)
-        for method, expl in explanations.items()
-    }
-    return Galleries(chosen, explanations, folders)
+    drawn = {}
+    for method in methods if len(chosen) else ():
+        chunks = explain_chunks(
+            model, chosen, method, layers, cam_batch_size, precision, chunk_size
+        )
+        drawn[method] = stream_gallery(
+            chunks, chosen, method, data.classes, out, config, progress=progress
+        )
+    return Galleries(
+        chosen,
+        {k: g.explanations for k, g in drawn.items()},
+        {k: g.folder for k, g in drawn.items()},
+        {k: g.seconds for k, g in drawn.items()},
+    )
 
 
 def explain_model(

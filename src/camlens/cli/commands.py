@@ -121,6 +121,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         layers=args.layer,
         cam_batch_size=args.cam_batch_size,
         precision=args.precision,
+        progress=args.progress,
     )
     if not galleries.explanations:
         print("no misclassified images match: nothing to explain")
