@@ -204,13 +204,8 @@ def stream_gallery(
             raise ValueError("no mistakes to draw: stream_gallery needs at least one chunk")
         expl = concat_explanations(parts)
         began = time.perf_counter()
-        pairs = _pair_pages(pool, write, root, expl, mistakes, classes, config, reuse, progress)
+        _pair_pages(pool, write, root, expl, mistakes, classes, config, reuse, progress)
         seconds["draw"] += time.perf_counter() - began
-    keep = {"cards": set(names), "pages": {p.name for p in page_path}, "pairs": pairs}
-    for sub in FOLDERS:  # pictures of an earlier, larger gallery in the same folder
-        for old in (root / sub).glob("*.png"):
-            if old.name not in keep[sub]:
-                old.unlink()
     _write_index(root, expl, mistakes, classes, names, config)
     _meta(root, expl, total, digest, complete=True)
     return Gallery(root, expl, dict(seconds))
@@ -230,16 +225,15 @@ def wait(futures: list[Future]) -> None:
         f.result()  # raises a failed write's error here
 
 
-def _pair_pages(pool, write, root, expl, mistakes, classes, config, reuse, progress) -> set[str]:
-    """One page per confusion pair (a large pair over several pages); returns the file names."""
+def _pair_pages(pool, write, root, expl, mistakes, classes, config, reuse, progress) -> None:
+    """One page per confusion pair (a large pair over several pages)."""
     pairs: dict[tuple[int, int], list[int]] = {}
     for i, (t, p) in enumerate(zip(mistakes.labels.tolist(), mistakes.preds.tolist(), strict=True)):
         pairs.setdefault((t, p), []).append(i)
-    per, names, jobs = config.per_pair_page, set(), []
+    per, jobs = config.per_pair_page, []
     for (t, p), rows in sorted(pairs.items(), key=lambda kv: -len(kv[1])):
         for part, first in enumerate(range(0, len(rows), per)):
             name = f"{classes[t]}-as-{classes[p]}" + (f"-{part + 1}" if part else "") + ".png"
-            names.add(name)
             if not (reuse and (root / "pairs" / name).exists()):
                 jobs.append((name, rows[first : first + per], len(rows), t, p))
     last = len(expl.layers) - 1
@@ -257,7 +251,6 @@ def _pair_pages(pool, write, root, expl, mistakes, classes, config, reuse, progr
         wait(inflight[:-2])  # at most a few pages in memory
         inflight = inflight[-2:] + [pool.submit(write, root / "pairs" / name, page)]
     wait(inflight)
-    return names
 
 
 def _write_index(root, expl, mistakes, classes, names, config) -> None:
