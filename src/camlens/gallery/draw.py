@@ -1,8 +1,8 @@
 """Drawing the gallery as numpy arrays: cards, grid pages and confusion-pair pages.
 
 `write.py` decides what goes where; this file only draws: `draw_panels` turns maps into overlay
-pixels in batches, `draw_card` and the pages compose them into (H, W, 3) uint8 arrays by slice
-assignment, and `png_bytes` encodes. The layout of a card (where each tile, caption and bar
+pixels, `draw_card` and `draw_pair_page` compose them into (H, W, 3) uint8 arrays by slice
+assignment (`png.py` encodes). The layout of a card (where each tile, caption and bar
 goes, and the text that never changes) is computed once per gallery in `CardLayout`; text is
 rendered by PIL once per distinct string and stamped, since most strings repeat (class names,
 percentages). Arrays rather than PIL images: a fill, a paste and a text call each cost a Python
@@ -11,7 +11,6 @@ round trip per card, which for thousands of cards is most of the drawing time.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,8 +30,6 @@ __all__ = [
     "draw_card",
     "draw_pair_page",
     "draw_panels",
-    "png_bytes",
-    "stack_cards",
 ]
 
 GREEN, RED, GREY, INK, PAPER = (46, 160, 67), (214, 39, 40), (170, 170, 170), 20, 255
@@ -99,8 +96,10 @@ def draw_panels(
 
     `layers`: the indices of the layers to draw, default all.
     """
-    x = as_float_images(images)
     size, alpha, cmap = config.size, config.alpha, config.colormap
+    # enlarged once for all its overlays (overlay leaves images of the display size as they are)
+    plain = enlarge(as_float_images(images), size)  # (M, S, S, 3) uint8
+    x = as_float_images(plain.permute(0, 3, 1, 2))  # -> (M, 3, S, S) float, the same pixels
     pred, label, contrast = [], [], []
     for li in range(len(expl.layers)) if layers is None else layers:
         p, t, c = expl.layer_maps(li)  # (M, H, W) each
@@ -108,7 +107,7 @@ def draw_panels(
         label.append(overlay(x, t, alpha, cmap, size).numpy())
         if c is not None:
             contrast.append(overlay(x, c, alpha, None, size, signed=True).numpy())
-    return Panels(enlarge(x, size).numpy(), pred, label, contrast or None)
+    return Panels(plain.numpy(), pred, label, contrast or None)
 
 
 @dataclass(frozen=True)
@@ -178,25 +177,6 @@ def draw_card(
         card[y + 2 : HEADER + int(k * row + row) - 1, x0 + TEXT_W : right] = colour
         put_text(card, (x0 + TEXT_W + bar + 3, HEADER + int(k * row + row / 2) - 6), f"{p:.0%}", 11)
     return card
-
-
-def png_bytes(pixels: np.ndarray, compress_level: int = 1) -> bytes:
-    """(H, W, 3) uint8 as PNG bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
-def stack_cards(cards: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
-    """A grid page: cards one under the other, a grey rule between them."""
-    width = max(c.shape[1] for c in cards)
-    page = np.full((sum(c.shape[0] + gap for c in cards), width, 3), PAPER, np.uint8)
-    y = 0
-    for c in cards:
-        page[y : y + c.shape[0], : c.shape[1]] = c
-        y += c.shape[0] + gap
-        page[y - gap // 2] = GREY
-    return page
 
 
 def draw_pair_page(
