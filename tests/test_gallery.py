@@ -1,12 +1,16 @@
 import csv
+import io
 import json
+import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from camlens.explain import explain_chunks, explain_mistakes
 from camlens.gallery import GalleryConfig, stream_gallery, write_gallery
 from camlens.gallery import write as gallery_write
+from camlens.gallery.png import adler32_combine, deflate_rows, png_of
 
 CLASSES = tuple(f"k{i}" for i in range(5))
 
@@ -104,3 +108,14 @@ def test_another_job_in_the_same_folder_starts_afresh(tmp_path, tiny_mistakes):
     fresh = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "f", other)
     again = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "k", other)
     assert _files(again.folder) == _files(fresh.folder)  # and the first's extra pages are gone
+
+
+def test_joined_png_rows_decode_to_the_stacked_pictures():
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (h, 9, 3), dtype=np.uint8) for h in (5, 3))
+    b[:, :4] = a[-1, :4]  # rows that repeat across the join: a filter must not look across it
+    png = png_of([deflate_rows(a), deflate_rows(b, level=6), deflate_rows(a)])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), np.concatenate([a, b, a]))
+    x, y = rng.bytes(70000), rng.bytes(5)
+    assert adler32_combine(zlib.adler32(x), zlib.adler32(y), 5) == zlib.adler32(x + y)
+    assert adler32_combine(1, zlib.adler32(x), len(x)) == zlib.adler32(x)  # 1: of nothing

@@ -24,7 +24,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +35,19 @@ from camlens.atomic import atomic_write_bytes
 from camlens.evaluate import Mistakes
 from camlens.explain import Explanations, concat_explanations
 from camlens.gallery.draw import (
+    GREY,
     CardLayout,
     GalleryConfig,
     draw_card,
     draw_pair_page,
     draw_panels,
-    png_bytes,
-    stack_cards,
 )
+from camlens.gallery.png import Deflated, deflate_rows, png_of
 
 __all__ = ["Gallery", "stream_gallery", "write_gallery"]
 
 FOLDERS = ("cards", "pages", "pairs")
+PAGE_GAP = 8  # pixel rows between two cards of a grid page
 
 
 @dataclass(frozen=True)
@@ -136,121 +136,162 @@ def stream_gallery(
     progress: bool = False,
 ) -> Gallery:
     """Draw and write `out`/gallery/<method> as `chunks` (consecutive rows of `mistakes`, with
-    their maps, e.g. from `explain_chunks`) arrive; `mistakes` carry every row's images."""
+    their maps, e.g. from `explain_chunks`) arrive; `mistakes` carry every row's images.
+
+    The pool draws, encodes and writes a chunk's cards while the caller's generator computes
+    the next chunk's maps; at most two chunks are in flight.
+    """
     config = config or GalleryConfig()
-    root, names = Path(out) / "gallery" / method, card_names(mistakes, classes)
-    per, total = config.per_page, len(mistakes)
-    page_path = [root / "pages" / f"page-{p + 1:03d}.png" for p in range(-(-total // per))]
-    seconds, lock = defaultdict(float), threading.Lock()
+    job = _Job(Path(out) / "gallery" / method, mistakes, classes, config)
     parts: list[Explanations] = []
-    pending: dict[int, np.ndarray] = {}  # cards of grid pages still to write, by row
-    inflight: list[Future] = []
-    layout, reuse, digest = None, False, ""
-
-    def write(path: Path, pixels: np.ndarray) -> None:
-        began = time.perf_counter()
-        data = png_bytes(pixels, config.compress_level)
-        wrote = time.perf_counter()
-        # no fsync per picture (the rename still keeps each file whole): a gallery is cheap
-        atomic_write_bytes(path, data, durable=False)
-        with lock:  # threads add to the same sums
-            seconds["encode"] += wrote - began
-            seconds["write"] += time.perf_counter() - wrote
-
-    bar = tqdm(total=total, desc=f"{method}: cards", unit="card", disable=not progress)
+    bar = tqdm(
+        total=len(mistakes), desc=f"{method}: maps, cards", unit="card", disable=not progress
+    )
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         it, start = iter(chunks), 0
         while True:
             began = time.perf_counter()
             chunk = next(it, None)
-            seconds["maps"] += time.perf_counter() - began
+            job.add(maps=time.perf_counter() - began)
             if chunk is None:
                 break
-            m, expl = chunk
-            began = time.perf_counter()
-            if layout is None:
-                digest = _digest(method, expl, mistakes, classes, config)
-                reuse = _prepare(root, digest)
-                _meta(root, expl, total, digest, complete=False)
-                layout = CardLayout.of(expl, classes, config)
-            parts.append(expl)
-            rows = range(start, start + len(m))
-            done = {r for r in rows if reuse and (root / "cards" / names[r]).exists()}
-            todo = [r - start for r in rows if r not in done]  # rows of the chunk to draw
-            if todo:
-                cards = _draw_cards(pool, m, expl, todo, classes, layout, config)
-                pending.update({start + j: card for j, card in zip(todo, cards, strict=True)})
-            for r in sorted(done):  # written before a kill: read back only for a missing page
-                if not page_path[r // per].exists():
-                    pending[r] = np.asarray(Image.open(root / "cards" / names[r]).convert("RGB"))
-            wait(inflight)  # the previous chunk's writes: at most two chunks in memory
-            inflight = [
-                pool.submit(write, root / "cards" / names[start + j], pending[start + j])
-                for j in todo
-            ]
-            start += len(m)
-            for p in sorted({r // per for r in rows}):
-                page_rows = range(p * per, min(p * per + per, total))
-                if page_rows[-1] >= start:
-                    continue  # the rest of its cards come with the next chunk
-                page_cards = [pending.pop(r, None) for r in page_rows]
-                if not (reuse and page_path[p].exists()):
-                    inflight.append(pool.submit(write, page_path[p], stack_cards(page_cards)))
-            seconds["draw"] += time.perf_counter() - began
-            bar.update(len(m))
-        wait(inflight)
+            if not parts:
+                job.begin(method, chunk[1])
+            parts.append(chunk[1])
+            job.cards(pool, start, *chunk)
+            job.pages(pool, upto=start)  # the previous chunk's cards are done or nearly
+            start += len(chunk[0])
+            bar.update(len(chunk[0]))
+        job.pages(pool, upto=start)
         bar.close()
         if not parts:
             raise ValueError("no mistakes to draw: stream_gallery needs at least one chunk")
         expl = concat_explanations(parts)
+        job.pair_pages(pool, expl, progress)
+    job.finish(expl)
+    return Gallery(job.root, expl, dict(job.seconds))
+
+
+class _Job:
+    """One gallery folder being written: what is pending, what is reused, where time goes."""
+
+    def __init__(self, root: Path, mistakes: Mistakes, classes, config: GalleryConfig) -> None:
+        self.root, self.mistakes, self.classes, self.config = root, mistakes, classes, config
+        self.names = card_names(mistakes, classes)
+        n_pages = -(-len(mistakes) // config.per_page)
+        self.page_paths = [root / "pages" / f"page-{p + 1:03d}.png" for p in range(n_pages)]
+        self.pending: dict[int, Future | Deflated] = {}  # cards of pages not yet written
+        self.next_page, self.inflight = 0, []
+        self.seconds, self.lock = defaultdict(float), threading.Lock()
+        self.reuse, self.digest, self.layout, self.gap = False, "", None, None
+
+    def add(self, **seconds: float) -> None:
+        with self.lock:  # the pool's threads add to the same sums
+            for k, v in seconds.items():
+                self.seconds[k] += v
+
+    def begin(self, method: str, expl: Explanations) -> None:
+        self.digest = _digest(method, expl, self.mistakes, self.classes, self.config)
+        self.reuse = _prepare(self.root, self.digest)
+        _meta(self.root, expl, len(self.mistakes), self.digest, complete=False)
+        self.layout = CardLayout.of(expl, self.classes, self.config)
+        gap = np.full((PAGE_GAP, self.layout.template.shape[1], 3), 255, np.uint8)
+        gap[PAGE_GAP // 2] = GREY  # the rule between two cards of a page
+        self.gap = deflate_rows(gap, self.config.compress_level)
+
+    def write(self, path: Path, parts: list[Deflated]) -> None:
         began = time.perf_counter()
-        _pair_pages(pool, write, root, expl, mistakes, classes, config, reuse, progress)
-        seconds["draw"] += time.perf_counter() - began
-    _write_index(root, expl, mistakes, classes, names, config)
-    _meta(root, expl, total, digest, complete=True)
-    return Gallery(root, expl, dict(seconds))
+        # no fsync per picture (the rename still keeps each file whole): a gallery is cheap
+        atomic_write_bytes(path, png_of(parts), durable=False)
+        self.add(write=time.perf_counter() - began)
 
+    def card(self, row: int, m: Mistakes, expl: Explanations) -> Deflated:
+        """Draw, encode and write one card (`m` and `expl` hold its row alone)."""
+        began = time.perf_counter()
+        # per card rather than per chunk: the pool's threads share the overlays too (torch
+        # releases the GIL), and the batch of one costs no more per pixel
+        panels = draw_panels(expl, m.images, self.config)
+        pixels = draw_card(
+            0, m=m, expl=expl, panels=panels, classes=self.classes, layout=self.layout
+        )
+        drawn = time.perf_counter()
+        part = deflate_rows(pixels, self.config.compress_level)
+        self.add(draw=drawn - began, encode=time.perf_counter() - drawn)
+        self.write(self.root / "cards" / self.names[row], [part])
+        return part
 
-def _draw_cards(pool, m, expl, rows, classes, layout, config) -> list[np.ndarray]:
-    """The cards of `rows` of a chunk, drawn by the pool (numpy copies release the GIL)."""
-    idx = torch.tensor(rows)
-    m, expl = m.select(idx), expl.select(idx)
-    panels = draw_panels(expl, m.images, config)
-    draw = partial(draw_card, m=m, expl=expl, panels=panels, classes=classes, layout=layout)
-    return list(pool.map(draw, range(len(rows))))
+    def cards(self, pool, start: int, m: Mistakes, expl: Explanations) -> None:
+        """Queue the chunk's cards (those not already on disk) for the pool."""
+        rows = range(start, start + len(m))
+        done = {r for r in rows if self.reuse and (self.root / "cards" / self.names[r]).exists()}
+        for r in rows:
+            if r not in done:
+                one = torch.tensor([r - start])
+                self.pending[r] = pool.submit(self.card, r, m.select(one), expl.select(one))
+        per = self.config.per_page
+        for r in sorted(done):  # written before a kill: read back only for a missing page
+            if not self.page_paths[r // per].exists():
+                pixels = np.asarray(Image.open(self.root / "cards" / self.names[r]).convert("RGB"))
+                self.pending[r] = deflate_rows(pixels, self.config.compress_level)
+
+    def pages(self, pool, upto: int) -> None:
+        """Queue the grid pages whose cards all lie before row `upto`."""
+        per, total = self.config.per_page, len(self.mistakes)
+        wait(self.inflight)  # earlier pages' writes: bounded memory
+        self.inflight = []
+        while self.next_page * per < total and min(self.next_page * per + per, total) <= upto:
+            p = self.next_page
+            rows = range(p * per, min(p * per + per, total))
+            found = [self.pending.pop(r, None) for r in rows]
+            cards = [f.result() if isinstance(f, Future) else f for f in found]
+            if not (self.reuse and self.page_paths[p].exists()):
+                parts = [x for card in cards for x in (card, self.gap)]
+                self.inflight.append(pool.submit(self.write, self.page_paths[p], parts))
+            self.next_page += 1
+
+    def pair_pages(self, pool, expl: Explanations, progress: bool) -> None:
+        """One page per confusion pair (a large pair over several pages)."""
+        m, classes, config = self.mistakes, self.classes, self.config
+        pairs: dict[tuple[int, int], list[int]] = {}
+        for i, (t, p) in enumerate(zip(m.labels.tolist(), m.preds.tolist(), strict=True)):
+            pairs.setdefault((t, p), []).append(i)
+        per, jobs = config.per_pair_page, []
+        for (t, p), rows in sorted(pairs.items(), key=lambda kv: -len(kv[1])):
+            for part, first in enumerate(range(0, len(rows), per)):
+                name = f"{classes[t]}-as-{classes[p]}" + (f"-{part + 1}" if part else "") + ".png"
+                if not (self.reuse and (self.root / "pairs" / name).exists()):
+                    jobs.append((name, rows[first : first + per], len(rows), t, p))
+        last = len(expl.layers) - 1
+        for name, rows, count, t, p in tqdm(
+            jobs, desc=f"{expl.method}: pair pages", unit="page", disable=not progress
+        ):
+            began = time.perf_counter()
+            idx = torch.tensor(rows)
+            panels = draw_panels(expl.select(idx), m.images[idx], config, layers=[last])
+            title = (
+                f"true {classes[t]} predicted {classes[p]}: {count} images ({expl.method} at "
+                f"{expl.layers[-1]}; image | predicted-class map | true-class map)"
+            )
+            page = draw_pair_page(rows, m, panels, title, config)
+            self.add(pair_pages=time.perf_counter() - began)
+            wait(self.inflight[:-2])  # at most a few pages in memory
+            self.inflight = self.inflight[-2:] + [pool.submit(self.pair_page, name, page)]
+        wait(self.inflight)
+
+    def pair_page(self, name: str, page: np.ndarray) -> None:
+        began = time.perf_counter()
+        part = deflate_rows(page, self.config.compress_level)
+        self.add(encode=time.perf_counter() - began)
+        self.write(self.root / "pairs" / name, [part])
+
+    def finish(self, expl: Explanations) -> None:
+        _write_index(self.root, expl, self.mistakes, self.classes, self.names, self.config)
+        _meta(self.root, expl, len(self.mistakes), self.digest, complete=True)
 
 
 def wait(futures: list[Future]) -> None:
     for f in futures:
         f.result()  # raises a failed write's error here
-
-
-def _pair_pages(pool, write, root, expl, mistakes, classes, config, reuse, progress) -> None:
-    """One page per confusion pair (a large pair over several pages)."""
-    pairs: dict[tuple[int, int], list[int]] = {}
-    for i, (t, p) in enumerate(zip(mistakes.labels.tolist(), mistakes.preds.tolist(), strict=True)):
-        pairs.setdefault((t, p), []).append(i)
-    per, jobs = config.per_pair_page, []
-    for (t, p), rows in sorted(pairs.items(), key=lambda kv: -len(kv[1])):
-        for part, first in enumerate(range(0, len(rows), per)):
-            name = f"{classes[t]}-as-{classes[p]}" + (f"-{part + 1}" if part else "") + ".png"
-            if not (reuse and (root / "pairs" / name).exists()):
-                jobs.append((name, rows[first : first + per], len(rows), t, p))
-    last = len(expl.layers) - 1
-    inflight: list[Future] = []
-    for name, rows, count, t, p in tqdm(
-        jobs, desc=f"{expl.method}: pair pages", unit="page", disable=not progress
-    ):
-        idx = torch.tensor(rows)
-        panels = draw_panels(expl.select(idx), mistakes.images[idx], config, layers=[last])
-        title = (
-            f"true {classes[t]} predicted {classes[p]}: {count} images "
-            f"({expl.method} at {expl.layers[-1]}; image | predicted-class map | true-class map)"
-        )
-        page = draw_pair_page(rows, mistakes, panels, title, config)
-        wait(inflight[:-2])  # at most a few pages in memory
-        inflight = inflight[-2:] + [pool.submit(write, root / "pairs" / name, page)]
-    wait(inflight)
 
 
 def _write_index(root, expl, mistakes, classes, names, config) -> None:
