@@ -157,6 +157,7 @@ def explain_model(
     evaluation: Evaluation | None = None,
     report_config: ReportConfig | None = None,
     compare_limit: int | None = None,
+    progress: bool = False,
 ) -> Outcome:
     """Evaluate `model` on `data.test`, explain its `limit` most confident mistakes, write
     out/gallery/<method>/ for each method and out/report.html (pair statistics use all mistakes).
@@ -164,6 +165,7 @@ def explain_model(
     `evaluation` saves a pass when the caller has one of this model on this split.
     `compare_limit`: also `compare` the methods and layers on that many mistakes (and as many
     correct images) into out/compare.*, and give the report its "Can these maps be trusted?".
+    `progress`: bars for the gallery's maps, cards and pages, with counts.
     """
     started = time.perf_counter()
     check_explainable(model, methods, layers, precision)
@@ -180,6 +182,7 @@ def explain_model(
         layers=layers,
         cam_batch_size=cam_batch_size,
         precision=precision,
+        progress=progress,
     )
     trust = None
     if compare_limit is not None:
@@ -287,6 +290,7 @@ def run(
         cam_batch_size=cam_batch_size,
         evaluation=evaluation,
         compare_limit=compare_limit,
+        progress=progress,
     )
     return replace(outcome, seconds=time.perf_counter() - started)
 
