@@ -7,6 +7,8 @@ its native map resolution. Pages stack many cards; a pair page gathers every ima
 (true, predicted) confusion; `index.csv` lists them all.
 
     draw.py   numpy drawing: panels, cards, pages, pair pages (layout once per gallery); PNG bytes
+    png.py    rows deflated once per card; a card's PNG and a page's PNG join the same pieces
+    folder.py file names, the job a folder holds (gallery.json), index.csv
     write.py  stream_gallery(chunks, mistakes, method, classes, out) -> Gallery, chunk by chunk;
               write_gallery(explanations, mistakes, classes, out) -> out/gallery/<method>
 

@@ -1,29 +1,25 @@
 """Write one method's gallery folder chunk by chunk, so memory does not grow with the mistakes.
 
-Each chunk's maps are drawn into cards, and each grid page as soon as its cards exist; cards
-and pages are encoded and written by a thread pool (zlib and PIL's encoder release the GIL)
-while the next chunk is drawn. Only the small numbers, the 32 px images and the maps at native
-resolution are kept, for the confusion-pair pages, index.csv and gallery.json at the end.
+Each card is overlaid, drawn, encoded and written by a thread pool (torch and zlib release the
+GIL) while the caller computes the next chunk's maps; a grid page is written as soon as its
+cards exist, from their encoded rows (`png.py`). Only the small numbers, the 32 px images and
+the maps at native resolution are kept, for the confusion-pair pages, index.csv and
+gallery.json at the end.
 
-Every file is written atomically. gallery.json names the job (a digest of the mistakes, their
-images, the classes, layers and drawing settings) and says whether it is complete; a run
-started again over a folder holding the same job keeps the cards and pages already there, so
-a killed run resumes rather than redraws, and a different job starts from an empty folder.
+Every file is written atomically. A run started again over a folder holding the same job
+(`folder.py`: gallery.json names it) keeps the cards and pages already there, so a killed run
+resumes rather than redraws; a different job starts from an empty folder.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +38,17 @@ from camlens.gallery.draw import (
     draw_pair_page,
     draw_panels,
 )
+from camlens.gallery.folder import (
+    card_names,
+    job_digest,
+    prepare_folder,
+    write_index,
+    write_meta,
+)
 from camlens.gallery.png import Deflated, deflate_rows, png_of
 
 __all__ = ["Gallery", "stream_gallery", "write_gallery"]
 
-FOLDERS = ("cards", "pages", "pairs")
 PAGE_GAP = 8  # pixel rows between two cards of a grid page
 
 
@@ -73,55 +75,6 @@ def write_gallery(
     if mistakes.images is None:
         raise ValueError("mistakes carry no images: read them with read_mistakes(path, data.test)")
     return stream_gallery([(mistakes, expl)], mistakes, expl.method, classes, out, config).folder
-
-
-def card_names(mistakes: Mistakes, classes: Sequence[str]) -> list[str]:
-    return [
-        f"{i + 1:04d}_{int(index):05d}_{classes[int(t)]}-as-{classes[int(p)]}.png"
-        for i, (index, t, p) in enumerate(
-            zip(mistakes.indices, mistakes.labels, mistakes.preds, strict=True)
-        )
-    ]
-
-
-def _digest(method: str, expl: Explanations, m: Mistakes, classes, config) -> str:
-    h = hashlib.sha256(json.dumps([method, expl.layers, list(classes), asdict(config)]).encode())
-    for t in (m.indices, m.labels, m.preds, m.probs, m.margins, m.images):
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _meta(root: Path, expl: Explanations, n: int, digest: str, complete: bool) -> None:
-    meta = {
-        "method": expl.method,
-        "layers": list(expl.layers),
-        "map_resolutions": {
-            layer: list(r) for layer, r in zip(expl.layers, expl.resolutions, strict=True)
-        },
-        "normalisation": "pred and label maps of an image share a scale; *_max: raw maxima",
-        "images": n,
-        "job": digest,  # a rerun over this folder with the same job keeps what is written
-        "complete": complete,
-    }
-    atomic_write_bytes(root / "gallery.json", (json.dumps(meta, indent=2) + "\n").encode())
-
-
-def _prepare(root: Path, digest: str) -> bool:
-    """Folders ready, leftovers of a killed write gone; True when `root` holds this job."""
-    for sub in FOLDERS:
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        for tmp in (root / sub).glob(".*.tmp"):  # a write killed before its rename
-            tmp.unlink()
-    try:
-        same = json.loads((root / "gallery.json").read_text()).get("job") == digest
-    except (OSError, ValueError):
-        same = False
-    if not same:  # another job's pictures must not pass for this one's
-        for sub in FOLDERS:
-            for old in (root / sub).glob("*.png"):
-                old.unlink()
-        (root / "index.csv").unlink(missing_ok=True)
-    return same
 
 
 def stream_gallery(
@@ -191,9 +144,9 @@ class _Job:
                 self.seconds[k] += v
 
     def begin(self, method: str, expl: Explanations) -> None:
-        self.digest = _digest(method, expl, self.mistakes, self.classes, self.config)
-        self.reuse = _prepare(self.root, self.digest)
-        _meta(self.root, expl, len(self.mistakes), self.digest, complete=False)
+        self.digest = job_digest(method, expl, self.mistakes, self.classes, self.config)
+        self.reuse = prepare_folder(self.root, self.digest)
+        write_meta(self.root, expl, len(self.mistakes), self.digest, complete=False)
         self.layout = CardLayout.of(expl, self.classes, self.config)
         gap = np.full((PAGE_GAP, self.layout.template.shape[1], 3), 255, np.uint8)
         gap[PAGE_GAP // 2] = GREY  # the rule between two cards of a page
@@ -285,36 +238,10 @@ class _Job:
         self.write(self.root / "pairs" / name, [part])
 
     def finish(self, expl: Explanations) -> None:
-        _write_index(self.root, expl, self.mistakes, self.classes, self.names, self.config)
-        _meta(self.root, expl, len(self.mistakes), self.digest, complete=True)
+        write_index(self.root, expl, self.mistakes, self.classes, self.names, self.config)
+        write_meta(self.root, expl, len(self.mistakes), self.digest, complete=True)
 
 
 def wait(futures: list[Future]) -> None:
     for f in futures:
         f.result()  # raises a failed write's error here
-
-
-def _write_index(root, expl, mistakes, classes, names, config) -> None:
-    header = ["index", "label", "pred", "confidence", "margin", "card", "page"]
-    for layer in expl.layers:
-        header += [f"{layer}_pred_max", f"{layer}_label_max"]
-    rows = [header]
-    for i in range(len(mistakes)):
-        row = [
-            int(mistakes.indices[i]),
-            classes[int(mistakes.labels[i])],
-            classes[int(mistakes.preds[i])],
-            f"{float(mistakes.confidence[i]):.6f}",
-            f"{float(mistakes.margins[i]):.6f}",
-            f"cards/{names[i]}",
-            f"pages/page-{i // config.per_page + 1:03d}.png",
-        ]
-        for layer_idx in range(len(expl.layers)):
-            row += [
-                f"{float(expl.pred_max[layer_idx, i]):.6g}",
-                f"{float(expl.label_max[layer_idx, i]):.6g}",
-            ]
-        rows.append(row)
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
-    atomic_write_bytes(root / "index.csv", buf.getvalue().encode())
