@@ -2,8 +2,9 @@
 
 The step between evaluation and the pictures: `select_mistakes` filters and orders the
 misclassified images, `explain_mistakes` computes their maps (predicted class, true class and
-contrast, per layer). Its `Explanations` feed both the PNG gallery and the HTML report, so this
-module draws nothing and imports no picture code.
+contrast, per layer), `explain_chunks` the same a chunk at a time for a gallery that streams.
+Its `Explanations` (maps at native resolution, a few hundred bytes per image) feed both the
+PNG gallery and the HTML report, so this module draws nothing and imports no picture code.
 """
 
 from __future__ import annotations
