@@ -7,10 +7,10 @@ Each case runs in a fresh process, so that its peak memory (RSS) is its own: the
 explaining all its test mistakes, and with `--weak` a weak checkpoint (e.g. one epoch of
 `camlens train`) explaining its `--limit` most confident mistakes. Per case it prints, in one
 run: the CAM-only time of the same images (the maps without any picture), the whole streamed
-gallery's wall time and its split (maps and grid pages as wall seconds of the main thread;
-drawing, encoding and writing as thread seconds summed over the pool), peak RSS, the gallery's
-size on disk, and the issue's target: total / (CAM-only + encoding / cores). `--png` also
-measures PNG settings on 32 of the shipped model's cards (time per card, size per card).
+gallery's wall time and its split (maps, overlays and pair pages as wall seconds of the main
+thread; drawing cards, encoding and writing as thread seconds summed over the pool), peak
+RSS, the gallery's size on disk, and the issue's target: total / (CAM-only + encoding /
+cores). `--png` also measures PNG settings on 32 of the shipped model's cards.
 Nothing is asserted: timings depend on the machine and what else runs on it.
 """
 
@@ -133,8 +133,8 @@ def main() -> None:
     print(f"{cores} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
     head = (
         f"{'checkpoint':>10s} {'mistakes':>8s} {'CAM-only':>8s} {'total':>7s} {'maps':>6s} "
-        f"{'draw*':>6s} {'encode*':>7s} {'write*':>6s} {'pages':>6s} {'peak RSS':>9s} "
-        f"{'disk':>7s} {'total/target':>12s}"
+        f"{'overlay':>7s} {'draw*':>6s} {'encode*':>7s} {'write*':>6s} {'pairs':>6s} "
+        f"{'peak RSS':>9s} {'disk':>7s} {'total/target':>12s}"
     )
     rows = []
     cases = [("shipped", args.checkpoint, -1)]
@@ -151,13 +151,14 @@ def main() -> None:
         target = r["cam_only"] + s.get("encode", 0.0) / cores
         rows.append(
             f"{name:>10s} {r['mistakes']:8d} {r['cam_only']:7.1f}s {r['total']:6.1f}s "
-            f"{s.get('maps', 0):5.1f}s {s.get('draw', 0):5.1f}s {s.get('encode', 0):6.1f}s "
-            f"{s.get('write', 0):5.1f}s {s.get('pair_pages', 0):5.1f}s "
+            f"{s.get('maps', 0):5.1f}s {s.get('overlays', 0):6.1f}s {s.get('draw', 0):5.1f}s "
+            f"{s.get('encode', 0):6.1f}s {s.get('write', 0):5.1f}s {s.get('pair_pages', 0):5.1f}s "
             f"{r['peak_rss_mb']:7.0f}MB {r['disk_mb']:5.0f}MB {r['total'] / target:11.2f}x"
         )
     print(head, *rows, sep="\n")
     print(
-        "* thread seconds summed over the pool; pages: pair pages drawn on the main thread;\n"
+        "maps, overlay, pairs (pair pages): wall seconds of the main thread; * thread seconds\n"
+        "  summed over the pool (drawing cards, encoding, writing), which runs beside it;\n"
         "  target: CAM-only + encoding / cores (the issue asks total within 2x of it)"
     )
     if args.png:

@@ -1,10 +1,10 @@
 """Write one method's gallery folder chunk by chunk, so memory does not grow with the mistakes.
 
-Each card is overlaid, drawn, encoded and written by a thread pool (torch and zlib release the
-GIL) while the caller computes the next chunk's maps; a grid page is written as soon as its
-cards exist, from their encoded rows (`png.py`). Only the small numbers, the 32 px images and
-the maps at native resolution are kept, for the confusion-pair pages, index.csv and
-gallery.json at the end.
+A chunk's overlays are made in one batch; its cards are then drawn, encoded and written by a
+thread pool (numpy and zlib release the GIL) while the caller computes the next chunk's maps;
+a grid page is written as soon as its cards exist, from their encoded rows (`png.py`). Only
+the small numbers, the 32 px images and the maps at native resolution are kept, for the
+confusion-pair pages, index.csv and gallery.json at the end.
 
 Every file is written atomically. A run started again over a folder holding the same job
 (`folder.py`: gallery.json names it) keeps the cards and pages already there, so a killed run
@@ -58,8 +58,8 @@ class Gallery:
 
     folder: Path  # out/gallery/<method>
     explanations: Explanations  # every mistake's maps, at native resolution
-    # wall seconds of maps and drawing; thread seconds of encoding and writing (summed over
-    # the pool's threads, so with several cores they can exceed the wall time)
+    # wall seconds of maps, overlays and pair pages (the caller's thread); thread seconds of
+    # drawing cards, encoding and writing (summed over the pool, so they can exceed the wall)
     seconds: dict[str, float]
 
 
@@ -158,14 +158,11 @@ class _Job:
         atomic_write_bytes(path, png_of(parts), durable=False)
         self.add(write=time.perf_counter() - began)
 
-    def card(self, row: int, m: Mistakes, expl: Explanations) -> Deflated:
-        """Draw, encode and write one card (`m` and `expl` hold its row alone)."""
+    def card(self, n: int, row: int, m: Mistakes, expl: Explanations, panels) -> Deflated:
+        """Draw, encode and write the card of row `n` of `m`, `expl` and `panels`."""
         began = time.perf_counter()
-        # per card rather than per chunk: the pool's threads share the overlays too (torch
-        # releases the GIL), and the batch of one costs no more per pixel
-        panels = draw_panels(expl, m.images, self.config)
         pixels = draw_card(
-            0, m=m, expl=expl, panels=panels, classes=self.classes, layout=self.layout
+            n, m=m, expl=expl, panels=panels, classes=self.classes, layout=self.layout
         )
         drawn = time.perf_counter()
         part = deflate_rows(pixels, self.config.compress_level)
@@ -177,10 +174,17 @@ class _Job:
         """Queue the chunk's cards (those not already on disk) for the pool."""
         rows = range(start, start + len(m))
         done = {r for r in rows if self.reuse and (self.root / "cards" / self.names[r]).exists()}
-        for r in rows:
-            if r not in done:
-                one = torch.tensor([r - start])
-                self.pending[r] = pool.submit(self.card, r, m.select(one), expl.select(one))
+        todo = [r - start for r in rows if r not in done]  # rows of the chunk to draw
+        if todo:
+            began = time.perf_counter()
+            idx = torch.tensor(todo)
+            m, expl = m.select(idx), expl.select(idx)
+            # the overlays here, batched, where torch may use its own threads; the pool's
+            # threads only compose and encode (numpy, zlib), so no thread pool nests in another
+            panels = draw_panels(expl, m.images, self.config)
+            self.add(overlays=time.perf_counter() - began)
+            for n, j in enumerate(todo):
+                self.pending[start + j] = pool.submit(self.card, n, start + j, m, expl, panels)
         per = self.config.per_page
         for r in sorted(done):  # written before a kill: read back only for a missing page
             if not self.page_paths[r // per].exists():
