@@ -136,7 +136,7 @@ def main() -> None:
         f"{'overlay':>7s} {'draw*':>6s} {'encode*':>7s} {'write*':>6s} {'pairs':>6s} "
         f"{'peak RSS':>9s} {'disk':>7s} {'total/target':>12s}"
     )
-    rows = []
+    print(head, flush=True)
     cases = [("shipped", args.checkpoint, -1)]
     if args.weak:
         cases.append(("weak", args.weak, args.limit))
@@ -149,13 +149,13 @@ def main() -> None:
         r = json.loads(done.stdout.splitlines()[-1])
         s = r["split"]
         target = r["cam_only"] + s.get("encode", 0.0) / cores
-        rows.append(
+        print(
             f"{name:>10s} {r['mistakes']:8d} {r['cam_only']:7.1f}s {r['total']:6.1f}s "
             f"{s.get('maps', 0):5.1f}s {s.get('overlays', 0):6.1f}s {s.get('draw', 0):5.1f}s "
             f"{s.get('encode', 0):6.1f}s {s.get('write', 0):5.1f}s {s.get('pair_pages', 0):5.1f}s "
-            f"{r['peak_rss_mb']:7.0f}MB {r['disk_mb']:5.0f}MB {r['total'] / target:11.2f}x"
+            f"{r['peak_rss_mb']:7.0f}MB {r['disk_mb']:5.0f}MB {r['total'] / target:11.2f}x",
+            flush=True,  # each case as it ends: the weak one takes minutes
         )
-    print(head, *rows, sep="\n")
     print(
         "maps, overlay, pairs (pair pages): wall seconds of the main thread; * thread seconds\n"
         "  summed over the pool (drawing cards, encoding, writing), which runs beside it;\n"
