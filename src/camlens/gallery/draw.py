@@ -90,11 +90,16 @@ class Panels:
 
 
 def draw_panels(
-    expl: Explanations, images: Tensor, config: GalleryConfig, layers: Sequence[int] | None = None
+    expl: Explanations,
+    images: Tensor,
+    config: GalleryConfig,
+    layers: Sequence[int] | None = None,
+    contrast_maps: bool = True,
 ) -> Panels:
     """Every overlay of `images` (and of `expl`, the same rows), computed once in batches.
 
-    `layers`: the indices of the layers to draw, default all.
+    `layers`: the indices of the layers to draw, default all; `contrast_maps=False` leaves out
+    the contrast overlays (a pair page shows none).
     """
     size, alpha, cmap = config.size, config.alpha, config.colormap
     # enlarged once for all its overlays (overlay leaves images of the display size as they are)
@@ -105,7 +110,7 @@ def draw_panels(
         p, t, c = expl.layer_maps(li)  # (M, H, W) each
         pred.append(overlay(x, p, alpha, cmap, size).numpy())
         label.append(overlay(x, t, alpha, cmap, size).numpy())
-        if c is not None:
+        if c is not None and contrast_maps:
             contrast.append(overlay(x, c, alpha, None, size, signed=True).numpy())
     return Panels(plain.numpy(), pred, label, contrast or None)
 

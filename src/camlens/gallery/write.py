@@ -224,7 +224,9 @@ class _Job:
         ):
             began = time.perf_counter()
             idx = torch.tensor(rows)
-            panels = draw_panels(expl.select(idx), m.images[idx], config, layers=[last])
+            panels = draw_panels(
+                expl.select(idx), m.images[idx], config, layers=[last], contrast_maps=False
+            )
             title = (
                 f"true {classes[t]} predicted {classes[p]}: {count} images ({expl.method} at "
                 f"{expl.layers[-1]}; image | predicted-class map | true-class map)"
