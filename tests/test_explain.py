@@ -99,3 +99,17 @@ def test_the_report_gets_its_maps_without_the_gallery_drawing_code():
     for path in (PACKAGE / "report").glob("*.py"):
         imported = _camlens_imports(path)
         assert not {n for n in imported if n.startswith("camlens.gallery")}, path.name
+
+
+def test_maps_kept_at_native_resolution_give_the_engines_pixels(tiny_mistakes):
+    """Explanations keep (M, h, w) maps and upsample + normalise on demand: the same pixels."""
+    model, m = tiny_mistakes
+    expl = explain_mistakes(model, m.images, m.labels, "gradcam", ["layer3", "layer4"], 7)
+    assert [tuple(t.shape) for t in expl.pred_low] == [(len(m), 8, 8), (len(m), 4, 4)]
+    with GradCAM(model, layer=["layer3", "layer4"], normalize="pair", batch_size=7) as cam:
+        pair = cam.explain_pair(m.images.float() / 255, m.labels)
+    assert torch.equal(expl.pred_cams, pair.pred.layer_cams)
+    assert torch.equal(expl.label_cams, pair.label.layer_cams)
+    assert torch.equal(expl.contrast_cams, pair.contrast.layer_cams)
+    some = torch.tensor([3, 0])
+    assert torch.equal(expl.select(some).label_cams, pair.label.layer_cams[:, some])

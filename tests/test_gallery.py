@@ -1,11 +1,16 @@
 import csv
+import io
 import json
+import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from camlens.explain import explain_mistakes
-from camlens.gallery import GalleryConfig, write_gallery
+from camlens.explain import explain_chunks, explain_mistakes
+from camlens.gallery import GalleryConfig, stream_gallery, write_gallery
+from camlens.gallery import write as gallery_write
+from camlens.gallery.png import adler32_combine, deflate_rows, png_of
 
 CLASSES = tuple(f"k{i}" for i in range(5))
 
@@ -38,3 +43,79 @@ def test_gallery_needs_images(tmp_path, tiny_mistakes):
     bare = type(m)(m.indices, m.labels, m.preds, m.probs, m.margins)
     with pytest.raises(ValueError, match="read_mistakes"):
         write_gallery(expl, bare, CLASSES, tmp_path)
+
+
+LAYERS = ["layer3", "layer4"]
+SMALL = GalleryConfig(per_page=4, per_pair_page=2, size=32)  # pages straddle chunks of 6
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _chunks(model, m, stop=None):
+    """The maps of `m` in chunks of 6; with `stop`, the run dies after that many chunks."""
+    for k, chunk in enumerate(explain_chunks(model, m, "gradcam", LAYERS, 3, chunk_size=5)):
+        if k == stop:
+            raise KeyboardInterrupt("killed")
+        yield chunk
+
+
+def test_streamed_gallery_equals_the_one_drawn_at_once(tmp_path, tiny_mistakes):
+    model, m = tiny_mistakes
+    expl = explain_mistakes(model, m.images, m.labels, "gradcam", LAYERS, 3, preds=m.preds)
+    at_once = write_gallery(expl, m, CLASSES, tmp_path / "once", SMALL)
+    streamed = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "s", SMALL)
+    assert len(m) > 2 * 6  # three chunks or more
+    assert _files(streamed.folder) == _files(at_once)  # cards, pages, pairs, index, json
+    assert len(list((at_once / "pairs").iterdir())) > len(
+        {(int(a), int(b)) for a, b in zip(m.labels, m.preds, strict=True)}
+    )  # a pair larger than per_pair_page went over several pages
+
+
+def test_a_killed_gallery_run_again_is_complete_and_keeps_its_cards(
+    tmp_path, tiny_mistakes, monkeypatch
+):
+    model, m = tiny_mistakes
+    clean = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "clean", SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        stream_gallery(_chunks(model, m, stop=2), m, "gradcam", CLASSES, tmp_path / "k", SMALL)
+    root = tmp_path / "k" / "gallery" / "gradcam"
+    assert not (root / "index.csv").exists()  # no index of a gallery that is not there
+    assert json.loads((root / "gallery.json").read_text())["complete"] is False
+    finished = len(list((root / "cards").glob("*.png")))
+    assert 0 < finished < len(m)
+    (root / "cards" / ".0001_x.png.abc.tmp").write_bytes(b"half")  # a SIGKILL mid-write
+    (root / "pages" / "page-001.png").unlink()  # its cards are read back, not redrawn
+    drawn, draw = [], gallery_write.draw_card
+
+    def counted(i, **kw):
+        drawn.append(i)
+        return draw(i, **kw)
+
+    monkeypatch.setattr(gallery_write, "draw_card", counted)
+    stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "k", SMALL)
+    assert len(drawn) == len(m) - finished
+    assert _files(root) == _files(clean.folder)  # the tmp file is gone, every file whole
+
+
+def test_another_job_in_the_same_folder_starts_afresh(tmp_path, tiny_mistakes):
+    """Cards of a different job (here: other drawing settings) must not pass for this one's."""
+    model, m = tiny_mistakes
+    first = GalleryConfig(per_page=2, per_pair_page=2, size=32)
+    stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "k", first)
+    other = GalleryConfig(per_page=3, per_pair_page=2, size=24)
+    fresh = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "f", other)
+    again = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "k", other)
+    assert _files(again.folder) == _files(fresh.folder)  # and the first's extra pages are gone
+
+
+def test_joined_png_rows_decode_to_the_stacked_pictures():
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (h, 9, 3), dtype=np.uint8) for h in (5, 3))
+    b[:, :4] = a[-1, :4]  # rows that repeat across the join: a filter must not look across it
+    png = png_of([deflate_rows(a), deflate_rows(b, level=6), deflate_rows(a)])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), np.concatenate([a, b, a]))
+    x, y = rng.bytes(70000), rng.bytes(5)
+    assert adler32_combine(zlib.adler32(x), zlib.adler32(y), 5) == zlib.adler32(x + y)
+    assert adler32_combine(1, zlib.adler32(x), len(x)) == zlib.adler32(x)  # 1: of nothing

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from camlens.cam import GradCAM
 from camlens.data import Split
 from camlens.evaluate import evaluate
 from camlens.model import ResNet18
@@ -199,6 +200,43 @@ def test_pair_statistics_follow_the_definition(case):
         assert torch.allclose(outside[0], outside_centre_share(means[0]), equal_nan=True)
 
 
+def test_pair_means_summed_in_chunks_equal_the_means_of_all_maps(case):
+    """The pairs' maps are averaged chunk by chunk (batch 1: chunks of 4 images); the result
+    must equal mean_maps of every pair image's map at once."""
+    model, split, ev, _, _, _ = case
+    config = ReportConfig(correct_per_class=4, min_pair=2)
+    data = compute_report(
+        model,
+        split,
+        CLASSES,
+        run_info={},
+        evaluation=ev,
+        layers=("layer4",),
+        config=config,
+        batch_size=1,
+    )
+    m, labels = ev.mistakes, split.labels.long()
+    counts = [p.count for p in data.pairs]
+    # a pair's images over two chunks of 4 (one CAM batch is 1 image; a chunk, 4 batches)
+    assert any(sum(counts[:k]) // 4 != (sum(counts[: k + 1]) - 1) // 4 for k in range(len(counts)))
+    with GradCAM(model, layer="layer4", normalize="none") as cam:
+        for pair in data.pairs:
+            t, p = pair.label_index, pair.pred_index
+            rows = ((m.labels == t) & (m.preds == p)).nonzero().flatten()
+            x = split.images[m.indices[rows]].float() / 255
+            right = ((labels == t) & (ev.logits.argmax(1) == t)).nonzero().flatten()[:4]
+            expected = mean_maps(
+                [
+                    cam.explain(x, targets=m.preds[rows]).cams,
+                    cam.explain(x, targets=m.labels[rows]).cams,
+                    cam.explain(split.images[right].float() / 255, targets=labels[right]).cams
+                    if len(right)
+                    else torch.zeros(0, 32, 32),
+                ]
+            )
+            assert torch.allclose(pair.means["gradcam"][0], expected, atol=1e-5)
+
+
 def test_limit_keeps_the_most_confident(case, tmp_path):
     model, split, ev, _, _, _ = case
     data = compute_report(model, split, CLASSES, run_info={}, evaluation=ev, limit=5)
@@ -290,15 +328,33 @@ def test_webp_and_png_overlays(case, tmp_path):
 
 TRUST = {
     "rows": [
-        {"method": m, "layer": layer, "subset": "mistakes", "metric": "deletion", "mean": mean,
-         "ci_low": mean - 0.01, "ci_high": mean + 0.01, "n": 4}
-        for m, layer, mean in (("gradcam", "layer4", 0.123), ("eigencam", "layer4", 0.456),
-                               ("random", "-", 0.3), ("centre", "-", 0.35))
+        {
+            "method": m,
+            "layer": layer,
+            "subset": "mistakes",
+            "metric": "deletion",
+            "mean": mean,
+            "ci_low": mean - 0.01,
+            "ci_high": mean + 0.01,
+            "n": 4,
+        }
+        for m, layer, mean in (
+            ("gradcam", "layer4", 0.123),
+            ("eigencam", "layer4", 0.456),
+            ("random", "-", 0.3),
+            ("centre", "-", 0.35),
+        )
     ],
     "higher_is_better": {"deletion": False},
     "beats_baselines": [["gradcam", "layer4", "mistakes", "deletion"]],
-    "sanity": {"gradcam": {"layer": "layer4", "steps": ["linear", "layer4"],
-                           "spearman": [0.9, 0.1], "passed": True}},
+    "sanity": {
+        "gradcam": {
+            "layer": "layer4",
+            "steps": ["linear", "layer4"],
+            "spearman": [0.9, 0.1],
+            "passed": True,
+        }
+    },
 }
 
 

@@ -25,7 +25,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -49,10 +49,10 @@ from camlens.explain import (
     ExplainError,
     Explanations,
     check_explainable,
-    explain_each,
+    explain_chunks,
     select_mistakes,
 )
-from camlens.gallery import GalleryConfig, write_gallery
+from camlens.gallery import GalleryConfig, stream_gallery
 from camlens.model import ResNet18, load_checkpoint
 from camlens.plots import plot_confusion
 from camlens.report import ReportConfig, compute_report, render_report
@@ -80,8 +80,10 @@ class Galleries:
     """What `write_galleries` explained and where it drew it."""
 
     mistakes: Mistakes  # the mistakes explained, with their images, in gallery order
-    explanations: dict[str, Explanations]  # method -> maps of `mistakes`
+    explanations: dict[str, Explanations]  # method -> maps of `mistakes` (native resolution)
     folders: dict[str, Path]  # method -> its gallery folder, out/gallery/<method>
+    # method -> seconds of maps, drawing, encoding, writing (see camlens.gallery.Gallery)
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,16 @@ def write_galleries(
     eval_batch_size: int = 64,
     precision: str = "fp32",
     config: GalleryConfig | None = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
 ) -> Galleries:
     """Explain the chosen mistakes of `data.test` with each method; one gallery per method.
 
     `mistakes`: e.g. `read_mistakes(misclassified.csv, data.test)`, whose predictions may be
     TTA's; None: the model's arg-max mistakes. Nothing chosen: nothing is written.
+    Streamed: maps are computed, drawn and written `chunk_size` mistakes at a time (default
+    `cam_batch_size`), so memory does not grow with the number of mistakes; a killed call
+    started again over the same `out` keeps the cards already written.
     """
     check_explainable(model, methods, layers, precision)
     if mistakes is None:
@@ -134,13 +141,24 @@ def write_galleries(
     if mistakes.images is None:
         mistakes = replace(mistakes, images=data.test.images[mistakes.indices])
     chosen = select_mistakes(mistakes, data.classes, sort, label_name, pred_name, limit)
-    explanations = explain_each(model, chosen, methods, layers, cam_batch_size, precision)
-    folders = {  # under torchrun every rank holds all the maps; rank 0 alone draws them
-        method: write_gallery(expl, chosen, data.classes, out, config)
-        for method, expl in explanations.items()
-        if is_writer()
-    }
-    return Galleries(chosen, explanations, folders)
+    drawn = {}
+    for method in methods if len(chosen) else ():
+        chunks = explain_chunks(
+            model, chosen, method, layers, cam_batch_size, precision, chunk_size
+        )
+        if not is_writer():  # under torchrun rank 0 alone draws; every rank explains its share
+            for _ in chunks:
+                pass
+            continue
+        drawn[method] = stream_gallery(
+            chunks, chosen, method, data.classes, out, config, progress=progress
+        )
+    return Galleries(
+        chosen,
+        {k: g.explanations for k, g in drawn.items()},
+        {k: g.folder for k, g in drawn.items()},
+        {k: g.seconds for k, g in drawn.items()},
+    )
 
 
 def explain_model(
@@ -159,6 +177,7 @@ def explain_model(
     evaluation: Evaluation | None = None,
     report_config: ReportConfig | None = None,
     compare_limit: int | None = None,
+    progress: bool = False,
 ) -> Outcome:
     """Evaluate `model` on `data.test`, explain its `limit` most confident mistakes, write
     out/gallery/<method>/ for each method and out/report.html (pair statistics use all mistakes).
@@ -166,6 +185,7 @@ def explain_model(
     `evaluation` saves a pass when the caller has one of this model on this split.
     `compare_limit`: also `compare` the methods and layers on that many mistakes (and as many
     correct images) into out/compare.*, and give the report its "Can these maps be trusted?".
+    `progress`: bars for the gallery's maps, cards and pages, with counts.
     """
     started = time.perf_counter()
     check_explainable(model, methods, layers, precision)
@@ -182,6 +202,7 @@ def explain_model(
         layers=layers,
         cam_batch_size=cam_batch_size,
         precision=precision,
+        progress=progress,
     )
     trust = None
     if compare_limit is not None:
@@ -304,6 +325,7 @@ def run(
         cam_batch_size=cam_batch_size,
         eval_batch_size=config.eval_batch_size,
         compare_limit=compare_limit,
+        progress=progress,
     )
     if wandb_project is not None:
         cards = [p for f in outcome.galleries.folders.values() for p in sorted(f.glob("*.png"))]

@@ -185,6 +185,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             layers=layers,
             cam_batch_size=args.cam_batch_size,
             precision=args.precision,
+            progress=args.progress and is_writer(),
         )
     if not is_writer():
         return 0

@@ -6,14 +6,17 @@ colours) and the class probabilities (true class green, prediction red), one row
 its native map resolution. Pages stack many cards; a pair page gathers every image of one
 (true, predicted) confusion; `index.csv` lists them all.
 
-    draw.py   PIL drawing: panels, cards, pages, pair pages, PNG bytes
-    write.py  write_gallery(explanations, mistakes, classes, out) -> out/gallery/<method>
+    draw.py   numpy drawing: panels, cards, pages, pair pages (layout once per gallery); PNG bytes
+    png.py    rows deflated once per card; a card's PNG and a page's PNG join the same pieces
+    folder.py file names, the job a folder holds (gallery.json), index.csv
+    write.py  stream_gallery(chunks, mistakes, method, classes, out) -> Gallery, chunk by chunk;
+              write_gallery(explanations, mistakes, classes, out) -> out/gallery/<method>
 
-Pictures are composed with PIL from uint8 tensors: matplotlib would cost ~0.1 s per figure,
-which for hundreds of cards is minutes, against milliseconds here.
+Pictures are composed as uint8 arrays: matplotlib would cost ~0.1 s per figure, which for
+hundreds of cards is minutes, against milliseconds here.
 """
 
 from camlens.gallery.draw import GalleryConfig
-from camlens.gallery.write import write_gallery
+from camlens.gallery.write import Gallery, stream_gallery, write_gallery
 
-__all__ = ["GalleryConfig", "write_gallery"]
+__all__ = ["Gallery", "GalleryConfig", "stream_gallery", "write_gallery"]

@@ -1,17 +1,21 @@
-"""PIL drawing of the gallery: cards, grid pages and confusion-pair pages from uint8 tensors.
+"""Drawing the gallery as numpy arrays: cards, grid pages and confusion-pair pages.
 
-`write.py` decides what goes where; this file only draws: `draw_panels` turns maps into
-overlay pixels once, the other `draw_*` compose them into pictures, `png_bytes` encodes.
-PIL rather than matplotlib: ~0.1 s per matplotlib figure is minutes for hundreds of cards.
+`write.py` decides what goes where; this file only draws: `draw_panels` turns maps into overlay
+pixels, `draw_card` and `draw_pair_page` compose them into (H, W, 3) uint8 arrays by slice
+assignment (`png.py` encodes). The layout of a card (where each tile, caption and bar
+goes, and the text that never changes) is computed once per gallery in `CardLayout`; text is
+rendered by PIL once per distinct string and stamped, since most strings repeat (class names,
+percentages). Arrays rather than PIL images: a fill, a paste and a text call each cost a Python
+round trip per card, which for thousands of cards is most of the drawing time.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -20,32 +24,29 @@ from camlens.explain import Explanations
 from camlens.overlay import enlarge, overlay
 
 __all__ = [
+    "CardLayout",
     "GalleryConfig",
     "Panels",
     "draw_card",
     "draw_pair_page",
     "draw_panels",
-    "png_bytes",
-    "stack_cards",
 ]
 
-GREEN, RED, GREY, INK, PAPER = (
-    (46, 160, 67),
-    (214, 39, 40),
-    (170, 170, 170),
-    (20, 20, 20),
-    (255,) * 3,
-)
+GREEN, RED, GREY, INK, PAPER = (46, 160, 67), (214, 39, 40), (170, 170, 170), 20, 255
+GAP, CAPTION, HEADER, BARS_W, TEXT_W = 6, 16, 22, 220, 70  # card layout, pixels
 
 
 @dataclass(frozen=True)
 class GalleryConfig:
-    """How the gallery is drawn."""
+    """How the gallery is drawn and encoded."""
 
     size: int = 128  # pixels per panel; 32 px images are enlarged with sharp pixels
     per_page: int = 10  # cards per grid page
+    per_pair_page: int = 60  # images per confusion-pair page; more go to <pair>-2.png, ...
     colormap: str = "jet"  # the seed's colour map; contrast maps always use a diverging one
     alpha: float = 0.5  # weight of the heat map over the image
+    # zlib level of the PNGs: 1 is fastest; `benchmarks/explain_speed.py --png` measures the rest
+    compress_level: int = 1
 
 
 @lru_cache(maxsize=8)
@@ -56,128 +57,149 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _tile(pixels: Tensor) -> Image.Image:
-    return Image.fromarray(pixels.numpy())
+def render_text(text: str, size: int) -> np.ndarray:
+    """(h, w) uint8 grey text on white; its top-left goes where PIL's (x, y) would."""
+    font = _font(size)
+    _, _, right, bottom = font.getbbox(text)
+    canvas = Image.new("L", (max(right, 1), max(bottom, 1)), PAPER)
+    ImageDraw.Draw(canvas).text((0, 0), text, fill=INK, font=font)
+    return np.asarray(canvas)
 
 
-def _bars(
-    probs: Tensor, label: int, pred: int, classes: Sequence[str], w: int, h: int
-) -> Image.Image:
-    """Horizontal probability bars: true class green, prediction red, the rest grey."""
-    img = Image.new("RGB", (w, h), PAPER)
-    draw, font = ImageDraw.Draw(img), _font(11)
-    row = h / len(classes)
-    text_w = 70
-    for k, (name, p) in enumerate(zip(classes, probs.tolist(), strict=True)):
-        y = int(k * row)
-        colour = GREEN if k == label else RED if k == pred else GREY
-        draw.text((2, y + row / 2), name[:11], fill=INK, font=font, anchor="lm")
-        bar = int((w - text_w - 40) * p)
-        draw.rectangle([text_w, y + 2, text_w + max(bar, 1), int(y + row) - 2], fill=colour)
-        draw.text((text_w + bar + 3, y + row / 2), f"{p:.0%}", fill=INK, font=font, anchor="lm")
-    return img
+_stamp = lru_cache(maxsize=4096)(render_text)  # class names, percentages, maxima repeat
+
+
+def put_text(canvas: np.ndarray, xy: tuple[int, int], text: str, size: int, cache=True) -> None:
+    """Dark text onto a light `canvas` (H, W, 3) at (x, y), clipped to the canvas."""
+    stamp = (_stamp if cache else render_text)(text, size)
+    x, y = xy
+    h = min(stamp.shape[0], canvas.shape[0] - y)
+    w = min(stamp.shape[1], canvas.shape[1] - x)
+    region = canvas[y : y + h, x : x + w]
+    np.minimum(region, stamp[:h, :w, None], out=region)  # ink on paper: the darker wins
 
 
 @dataclass(frozen=True)
 class Panels:
-    """Every picture of the selected mistakes, as uint8 tensors (M, S, S, 3), per layer."""
+    """The pictures of some mistakes, as uint8 arrays (M, S, S, 3), per layer."""
 
-    images: Tensor
-    pred: list[Tensor]  # per layer: overlays of the predicted-class maps
-    label: list[Tensor]  # per layer: overlays of the true-class maps
-    contrast: list[Tensor] | None
+    images: np.ndarray
+    pred: list[np.ndarray]  # per layer: overlays of the predicted-class maps
+    label: list[np.ndarray]  # per layer: overlays of the true-class maps
+    contrast: list[np.ndarray] | None
 
 
-def draw_panels(expl: Explanations, images: Tensor, config: GalleryConfig) -> Panels:
-    """Every overlay of every card, computed once in batches: cards and pair pages share them."""
-    x = as_float_images(images)
+def draw_panels(
+    expl: Explanations,
+    images: Tensor,
+    config: GalleryConfig,
+    layers: Sequence[int] | None = None,
+    contrast_maps: bool = True,
+) -> Panels:
+    """Every overlay of `images` (and of `expl`, the same rows), computed once in batches.
+
+    `layers`: the indices of the layers to draw, default all; `contrast_maps=False` leaves out
+    the contrast overlays (a pair page shows none).
+    """
     size, alpha, cmap = config.size, config.alpha, config.colormap
-    plain = enlarge(x, size)
-    pred = [overlay(x, m, alpha, cmap, size) for m in expl.pred_cams]
-    label = [overlay(x, m, alpha, cmap, size) for m in expl.label_cams]
-    contrast = None
-    if expl.contrast_cams is not None:
-        contrast = [overlay(x, m, alpha, None, size, signed=True) for m in expl.contrast_cams]
-    return Panels(plain, pred, label, contrast)
+    # enlarged once for all its overlays (overlay leaves images of the display size as they are)
+    plain = enlarge(as_float_images(images), size)  # (M, S, S, 3) uint8
+    x = as_float_images(plain.permute(0, 3, 1, 2))  # -> (M, 3, S, S) float, the same pixels
+    pred, label, contrast = [], [], []
+    for li in range(len(expl.layers)) if layers is None else layers:
+        p, t, c = expl.layer_maps(li)  # (M, H, W) each
+        pred.append(overlay(x, p, alpha, cmap, size).numpy())
+        label.append(overlay(x, t, alpha, cmap, size).numpy())
+        if c is not None and contrast_maps:
+            contrast.append(overlay(x, c, alpha, None, size, signed=True).numpy())
+    return Panels(plain.numpy(), pred, label, contrast or None)
+
+
+@dataclass(frozen=True)
+class CardLayout:
+    """Where everything on a card goes, and the card with its never-changing text drawn."""
+
+    size: int
+    columns: int  # 3 tiles per layer, 4 with a contrast map
+    rows: int  # layers
+    bars_x: int
+    bars_h: int
+    template: np.ndarray  # (H, W, 3) uint8: paper, layer captions, class names of the bars
+
+    @classmethod
+    def of(cls, expl: Explanations, classes: Sequence[str], config: GalleryConfig) -> CardLayout:
+        s = config.size
+        columns = 4 if expl.contrast_low is not None else 3
+        bars_x = GAP + columns * (s + GAP)
+        width = bars_x + BARS_W + GAP
+        template = np.full((HEADER + (s + CAPTION + GAP) * len(expl.layers), width, 3), PAPER)
+        template = template.astype(np.uint8)
+        for li, (layer, (h, w)) in enumerate(zip(expl.layers, expl.resolutions, strict=True)):
+            put_text(
+                template,
+                (GAP, HEADER + li * (s + CAPTION + GAP) + s + 2),
+                f"{layer} ({h}x{w} map)",
+                10,
+            )
+        bars_h = min(s, 18 * len(classes))
+        row = bars_h / len(classes)
+        for k, name in enumerate(classes):
+            put_text(template, (bars_x + 2, HEADER + int(k * row + row / 2) - 6), name[:11], 11)
+        return cls(s, columns, len(expl.layers), bars_x, bars_h, template)
 
 
 def draw_card(
-    i: int, m: Mistakes, expl: Explanations, panels: Panels, classes, config: GalleryConfig
-) -> Image.Image:
-    """Mistake `i`: a title, one row of panels per layer, the probability bars."""
-    s, gap, caption = config.size, 6, 16
+    i: int, m: Mistakes, expl: Explanations, panels: Panels, classes, layout: CardLayout
+) -> np.ndarray:
+    """Row `i` of `m`, `expl` and `panels`: a title, a row of panels per layer, the bars."""
+    s, card = layout.size, layout.template.copy()
     label, pred = int(m.labels[i]), int(m.preds[i])
-    columns = 4 if panels.contrast is not None else 3
-    bars_w = 220
-    width = gap + columns * (s + gap) + bars_w + gap
-    header = 22
-    row_h = s + caption + gap
-    card = Image.new("RGB", (width, header + row_h * len(expl.layers)), PAPER)
-    draw, font = ImageDraw.Draw(card), _font(12)
     title = (
         f"#{int(m.indices[i])}  true {classes[label]}  ->  predicted {classes[pred]} "
         f"({float(m.confidence[i]):.0%}, margin {float(m.margins[i]):.2f})"
     )
-    draw.text((gap, 4), title, fill=INK, font=font)
-    for layer_idx, (layer, (h, w)) in enumerate(zip(expl.layers, expl.resolutions, strict=True)):
-        y = header + layer_idx * row_h
+    put_text(card, (GAP, 4), title, 12, cache=False)  # unique to the card: not worth a cache
+    for li in range(layout.rows):
+        y = HEADER + li * (s + CAPTION + GAP)
         tiles = [
-            (panels.images[i], f"{layer} ({h}x{w} map)"),
-            (
-                panels.pred[layer_idx][i],
-                f"pred {classes[pred]}  max {float(expl.pred_max[layer_idx, i]):.2g}",
-            ),
-            (
-                panels.label[layer_idx][i],
-                f"true {classes[label]}  max {float(expl.label_max[layer_idx, i]):.2g}",
-            ),
+            (panels.images[i], None),
+            (panels.pred[li][i], f"pred {classes[pred]}  max {float(expl.pred_max[li, i]):.2g}"),
+            (panels.label[li][i], f"true {classes[label]}  max {float(expl.label_max[li, i]):.2g}"),
         ]
         if panels.contrast is not None:
-            tiles.append((panels.contrast[layer_idx][i], f"{classes[pred]} - {classes[label]}"))
+            tiles.append((panels.contrast[li][i], f"{classes[pred]} - {classes[label]}"))
         for col, (pixels, text) in enumerate(tiles):
-            x = gap + col * (s + gap)
-            card.paste(_tile(pixels), (x, y))
-            draw.text((x, y + s + 2), text, fill=INK, font=_font(10))
-    bars = _bars(m.probs[i], label, pred, classes, bars_w, min(s, 18 * len(classes)))
-    card.paste(bars, (gap + columns * (s + gap), header))
+            x = GAP + col * (s + GAP)
+            card[y : y + s, x : x + s] = pixels
+            if text is not None:  # the first column's caption is in the template
+                put_text(card, (x, y + s + 2), text, 10)
+    row, x0 = layout.bars_h / len(classes), layout.bars_x
+    for k, p in enumerate(m.probs[i].tolist()):
+        y = HEADER + int(k * row)
+        bar = int((BARS_W - TEXT_W - 40) * p)
+        colour = GREEN if k == label else RED if k == pred else GREY
+        right = x0 + TEXT_W + max(bar, 1) + 1
+        card[y + 2 : HEADER + int(k * row + row) - 1, x0 + TEXT_W : right] = colour
+        put_text(card, (x0 + TEXT_W + bar + 3, HEADER + int(k * row + row / 2) - 6), f"{p:.0%}", 11)
     return card
 
 
-def png_bytes(img: Image.Image) -> bytes:
-    """The picture as PNG bytes, compressed for speed rather than size."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)  # 3x faster to write, 15% larger
-    return buf.getvalue()
-
-
-def stack_cards(cards: list[Image.Image], gap: int = 8) -> Image.Image:
-    """A grid page: cards one under the other, a rule between them."""
-    width = max(c.width for c in cards)
-    page = Image.new("RGB", (width, sum(c.height + gap for c in cards)), PAPER)
-    y = 0
-    for c in cards:
-        page.paste(c, (0, y))
-        y += c.height + gap
-        ImageDraw.Draw(page).line([(0, y - gap // 2), (width, y - gap // 2)], fill=GREY)
-    return page
-
-
 def draw_pair_page(
-    rows: list[int], m: Mistakes, panels: Panels, title: str, config: GalleryConfig
-) -> Image.Image:
-    """Every image of one confusion pair: image | predicted-class map | true-class map."""
-    s, gap, per_row = config.size, 6, 3
-    tile_w = 3 * s + 2 * gap
-    cols = min(per_row, len(rows))
-    lines = -(-len(rows) // per_row)
-    page = Image.new("RGB", (gap + cols * (tile_w + 3 * gap), 26 + lines * (s + 20)), PAPER)
-    draw = ImageDraw.Draw(page)
-    draw.text((gap, 5), title, fill=INK, font=_font(13))
+    rows: Sequence[int], m: Mistakes, panels: Panels, title: str, config: GalleryConfig
+) -> np.ndarray:
+    """Images of one confusion pair: image | predicted-class map | true-class map.
+
+    `rows` index `m`; `panels` hold the same images in the same order, one layer.
+    """
+    s, per_row = config.size, 3
+    tile_w = 3 * s + 2 * GAP
+    cols, lines = min(per_row, len(rows)), -(-len(rows) // per_row)
+    page = np.full((26 + lines * (s + 20), GAP + cols * (tile_w + 3 * GAP), 3), PAPER, np.uint8)
+    put_text(page, (GAP, 5), title, 13, cache=False)
     for n, i in enumerate(rows):
-        x = gap + (n % per_row) * (tile_w + 3 * gap)
+        x = GAP + (n % per_row) * (tile_w + 3 * GAP)
         y = 26 + (n // per_row) * (s + 20)
-        for k, pixels in enumerate((panels.images[i], panels.pred[-1][i], panels.label[-1][i])):
-            page.paste(_tile(pixels), (x + k * (s + gap), y))
-        caption = f"#{int(m.indices[i])}  {float(m.confidence[i]):.0%}"
-        draw.text((x, y + s + 3), caption, fill=INK, font=_font(10))
+        for k, pixels in enumerate((panels.images[n], panels.pred[0][n], panels.label[0][n])):
+            page[y : y + s, x + k * (s + GAP) : x + k * (s + GAP) + s] = pixels
+        put_text(page, (x, y + s + 3), f"#{int(m.indices[i])}  {float(m.confidence[i]):.0%}", 10)
     return page

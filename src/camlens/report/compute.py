@@ -116,6 +116,26 @@ def outside_centre_share(cams: Tensor, centre: float = 0.5) -> Tensor:
     return torch.where(total > 0, (total - inside) / total.clamp_min(1e-30), float("nan"))
 
 
+def _mass_sum(cams: Tensor) -> tuple[Tensor, int]:
+    """(n, H, W) -> the (H, W) sum of the sum-normalised maps with mass, and how many had mass.
+
+    Sums of chunks add up: `mean_maps` of many images needs only one (H, W) sum per group.
+    """
+    mass = cams.float().clamp_min(0)
+    total = mass.sum((1, 2))  # (n, H, W) -> (n,)
+    keep = total > 0
+    return (mass[keep] / total[keep, None, None]).sum(0), int(keep.sum())
+
+
+def _scaled_means(sums: Sequence[Tensor], counts: Sequence[int]) -> Tensor:
+    """G (H, W) sums of `_mass_sum` and their counts -> (G, H, W) means on one shared scale."""
+    stack = torch.stack(
+        [s / c if c else torch.zeros_like(s) for s, c in zip(sums, counts, strict=True)]
+    )
+    top = stack.max()
+    return stack / top if top > 0 else stack
+
+
 def mean_maps(groups: Sequence[Tensor]) -> Tensor:
     """G groups of (n, H, W) maps -> (G, H, W) means of sum-normalised maps, on one scale.
 
@@ -123,18 +143,8 @@ def mean_maps(groups: Sequence[Tensor]) -> Tensor:
     group is averaged, and all G means are divided by the largest value among them: a diffuse
     mean looks faint beside a concentrated one. A group with no usable map gives zeros.
     """
-    means = []
-    for cams in groups:
-        mass = cams.float().clamp_min(0)
-        total = mass.sum((1, 2))  # (n, H, W) -> (n,)
-        keep = total > 0
-        if keep.any():
-            means.append((mass[keep] / total[keep, None, None]).mean(0))
-        else:
-            means.append(mass.new_zeros(mass.shape[-2:]))
-    stack = torch.stack(means)  # G x (H, W) -> (G, H, W)
-    top = stack.max()
-    return stack / top if top > 0 else stack
+    sums, counts = zip(*(_mass_sum(cams) for cams in groups), strict=True)
+    return _scaled_means(sums, counts)
 
 
 def _top_pairs(confusion: Tensor, mistakes: Mistakes, config: ReportConfig) -> list[tuple]:
@@ -167,15 +177,30 @@ def _pair_maps(
     labels = split.labels.long()
     member = {(t, p): ((m.labels == t) & (m.preds == p)).nonzero().flatten() for t, p, _ in pairs}
     rows = torch.cat(list(member.values()))
+    bounds, start = {}, 0
+    for key, idx in member.items():  # each pair's rows are one stretch of `rows`
+        bounds[key], start = (start, start + len(idx)), start + len(idx)
+    sums: dict = {}  # (pair, layer, kind) -> [(H, W) sum of sum-normalised maps, count]
     means, outside, correct = {}, {}, {}
     with create(
         method, model, list(layers), batch_size=batch_size, normalize="none", precision=precision
     ) as cam:
-        x = as_float_images(split.images[m.indices[rows]].to(device))
-        # explicit targets: with TTA the mistakes' predictions need not be the plain arg-max
-        pred_r, label_r = cam.explain_many(
-            x, [m.preds[rows].to(device), m.labels[rows].to(device)]
-        )
+        # chunk by chunk: only sums of maps stay, however many mistakes the pairs hold
+        step = batch_size * 4
+        for c0 in range(0, len(rows), step):
+            chunk = rows[c0 : c0 + step]
+            x = as_float_images(split.images[m.indices[chunk]].to(device))
+            # explicit targets: with TTA the mistakes' predictions need not be the plain arg-max
+            results = cam.explain_many(x, [m.preds[chunk].to(device), m.labels[chunk].to(device)])
+            for key, (b0, b1) in bounds.items():
+                lo, hi = max(b0, c0) - c0, min(b1, c0 + len(chunk)) - c0
+                if lo >= hi:
+                    continue
+                for kind, result in enumerate(results):
+                    for li, cams in enumerate(result.layer_cams.cpu()):  # (L, n, H, W)
+                        total, n = _mass_sum(cams[lo:hi])
+                        acc = sums.setdefault((key, li, kind), [0.0, 0])
+                        acc[0], acc[1] = acc[0] + total, acc[1] + n
         # correct images of every true class involved, in one batched call
         picks = {}
         for t in sorted({t for t, _, _ in pairs}):
@@ -188,17 +213,15 @@ def _pair_maps(
             ref = cam.explain(x, targets=labels[idx].to(device)).layer_cams.cpu()  # (L, n, H, W)
             for t, part in zip(picks, ref.split([len(v) for v in picks.values()], 1), strict=True):
                 refs[t] = part
-    pred_r, label_r = pred_r.layer_cams.cpu(), label_r.layer_cams.cpu()  # (L, R, H, W)
-    empty = pred_r.new_zeros((pred_r.shape[0], 0, *pred_r.shape[-2:]))  # no correct image
-    start = 0
+    size = tuple(split.images.shape[-2:])
     for t, p, _ in pairs:
-        n = len(member[(t, p)])
-        part = slice(start, start + n)
-        start += n
-        ref = refs.get(t, empty)
-        per_layer = [
-            mean_maps([pred_r[li, part], label_r[li, part], ref[li]]) for li in range(len(ref))
-        ]
+        per_layer = []
+        for li in range(len(layers)):
+            ref = refs.get(t)
+            ref_sum = _mass_sum(ref[li]) if ref is not None else (torch.zeros(size), 0)
+            got = [sums.get(((t, p), li, kind), [torch.zeros(size), 0]) for kind in (0, 1)]
+            got.append(ref_sum)  # pair pred, pair label, correct label: one scale
+            per_layer.append(_scaled_means([g[0] for g in got], [g[1] for g in got]))
         means[(t, p)] = torch.stack(per_layer)  # L x (3, H, W) -> (L, 3, H, W)
         outside[(t, p)] = outside_centre_share(means[(t, p)].flatten(0, 1), config.centre).view(
             -1, 3

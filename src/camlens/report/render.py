@@ -36,6 +36,7 @@ __all__ = ["render_html", "render_report"]
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 TRUST_LINK = '<a href="#trust">trust</a>'
 KINDS = ("pred", "label", "contrast")  # the maps of a gallery item, in its data-k order
+CHUNK = 256  # gallery images whose overlays are made and encoded together
 
 
 def esc(value: object) -> str:
@@ -318,28 +319,37 @@ def _gallery(data: ReportData) -> tuple[str, dict]:
     payload: dict = {"classes": list(classes), "prefix": f"data:{MIME[cfg.image_format]};base64,"}
     if not len(m):
         return '<section id="gallery"><h2>Misclassified</h2><p>None.</p></section>', payload
-    x = as_float_images(m.images)
-    batches = [(m.images.permute(0, 2, 3, 1), "png")]  # (M, 3, H, W) -> (M, H, W, 3)
-    keys = []
-    for method, expl in data.explanations.items():
-        for li, layer in enumerate(expl.layers):
-            keys.append((method, layer, li, expl))
-            for cams in (expl.pred_cams, expl.label_cams):
-                batches.append((overlay(x, cams[li], cfg.alpha, cfg.colormap, cfg.size), ""))
-            if expl.contrast_cams is not None:
-                signed = overlay(x, expl.contrast_cams[li], cfg.alpha, None, cfg.size, True)
-                batches.append((signed, ""))
-    batches = [(t, fmt or cfg.image_format) for t, fmt in batches]
-    encoded = iter(_encode_all(batches, cfg.quality, cfg.workers))
-    originals = next(encoded)
+    keys = [
+        (method, layer, li, expl)
+        for method, expl in data.explanations.items()
+        for li, layer in enumerate(expl.layers)
+    ]
+    originals, per_key = [], {k[:2]: [] for k in keys}
+    # chunk by chunk, so that full-size maps and overlays of thousands of mistakes never
+    # sit in memory together: only their encoded strings stay
+    for start in range(0, len(m), CHUNK):
+        rows = slice(start, start + CHUNK)
+        x = as_float_images(m.images[rows])
+        batches = [(m.images[rows].permute(0, 2, 3, 1), "png")]  # (M, 3, H, W) -> (M, H, W, 3)
+        for _, _, li, expl in keys:
+            pred, label, contrast = expl.select(rows).layer_maps(li)  # (M, H, W) each
+            for cams in (pred, label):
+                batches.append((overlay(x, cams, cfg.alpha, cfg.colormap, cfg.size), ""))
+            if contrast is not None:
+                batches.append((overlay(x, contrast, cfg.alpha, None, cfg.size, True), ""))
+        batches = [(t, fmt or cfg.image_format) for t, fmt in batches]
+        encoded = iter(_encode_all(batches, cfg.quality, cfg.workers))
+        originals += next(encoded)
+        for method, layer, _, expl in keys:
+            kinds = 3 if expl.contrast_low is not None else 2
+            per_kind = [next(encoded) for _ in range(kinds)]
+            per_key[method, layer] += [list(z) for z in zip(*per_kind, strict=True)]
     variants = {}
     for method, layer, li, expl in keys:
-        kinds = 3 if expl.contrast_cams is not None else 2
-        per_kind = [next(encoded) for _ in range(kinds)]
         h, w = expl.resolutions[li]
         variants[_variant(method, layer)] = {
             "label": f"{method} · {layer} · {h}×{w} map",
-            "maps": [list(z) for z in zip(*per_kind, strict=True)],
+            "maps": per_key[method, layer],
         }
     if not keys:
         return '<section id="gallery"><h2>Misclassified</h2><p>No maps.</p></section>', payload
