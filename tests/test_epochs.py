@@ -79,3 +79,14 @@ def test_cli_over_epochs_and_its_refusals(kept_run, tiny_folder, tmp_path, capsy
     assert not (tmp_path / "f").exists()
     code, got = cli("explain", "--data", tiny_folder, "--out", tmp_path / "g", "--no-progress")
     assert code == 2 and "--checkpoint" in got.err
+
+
+def test_a_run_that_keeps_epochs_reports_the_strips(tmp_path, tiny_folder, one_thread):
+    from camlens.pipeline import run
+
+    data = load_dataset(tiny_folder, progress=False)
+    outcome = run(TrainConfig(epochs=2, keep_every=1, **TINY), data, tmp_path, limit=4,
+                  layers=("layer4",), progress=False)
+    page = outcome.report.read_text()
+    assert "Maps across training" in page and 'href="#epochs"' in page
+    assert json.loads((tmp_path / "over-epochs.json").read_text())["epochs"] == [1, 2]

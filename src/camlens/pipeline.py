@@ -21,6 +21,7 @@ Errors a user can cause are raised as the package's own error types, with one-li
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import time
@@ -37,6 +38,7 @@ from camlens.compare import compare
 from camlens.data import DataError, Dataset, load_dataset
 from camlens.diff import diff_models, write_diff
 from camlens.distributed import is_writer
+from camlens.epochs import explain_over_epochs, kept_epochs
 from camlens.evaluate import (
     Evaluation,
     Mistakes,
@@ -178,6 +180,7 @@ def explain_model(
     report_config: ReportConfig | None = None,
     compare_limit: int | None = None,
     progress: bool = False,
+    over_epochs: dict | None = None,
 ) -> Outcome:
     """Evaluate `model` on `data.test`, explain its `limit` most confident mistakes, write
     out/gallery/<method>/ for each method and out/report.html (pair statistics use all mistakes).
@@ -186,6 +189,7 @@ def explain_model(
     `compare_limit`: also `compare` the methods and layers on that many mistakes (and as many
     correct images) into out/compare.*, and give the report its "Can these maps be trusted?".
     `progress`: bars for the gallery's maps, cards and pages, with counts.
+    `over_epochs`: what `epochs_section` read, for the report's "Maps across training".
     """
     started = time.perf_counter()
     check_explainable(model, methods, layers, precision)
@@ -231,9 +235,24 @@ def explain_model(
         precision=precision,
         explained=(galleries.mistakes, galleries.explanations),
         trust=trust,
+        over_epochs=over_epochs,
     )
     path = render_report(report, out)
     return Outcome(evaluation, galleries, path, time.perf_counter() - started)
+
+
+def epochs_section(
+    run: Path, data: Dataset, methods: Sequence[str], layers: Sequence[str] | None
+) -> dict | None:
+    """`explain_over_epochs` of a run that kept epochs (into run/over-epochs.*), read back for
+    the report; None when it kept none."""
+    if not kept_epochs(run):
+        return None
+    layer = layers[-1] if layers else "layer4"
+    _, files = explain_over_epochs(run, data, run, method=methods[0], layer=layer)
+    section = json.loads(files["over-epochs.json"].read_text())
+    section["png"] = base64.b64encode(files["over-epochs.png"].read_bytes()).decode("ascii")
+    return section
 
 
 def check_compare_limit(limit: int | None) -> None:
@@ -326,6 +345,7 @@ def run(
         eval_batch_size=config.eval_batch_size,
         compare_limit=compare_limit,
         progress=progress,
+        over_epochs=epochs_section(out, data, methods, layers) if config.keep_every else None,
     )
     if wandb_project is not None:
         cards = [p for f in outcome.galleries.folders.values() for p in sorted(f.glob("*.png"))]
@@ -464,13 +484,15 @@ def report(
     eval_batch_size: int = 64,
     precision: str = "fp32",
     compare_limit: int | None = None,
+    progress: bool = False,
+    over_epochs: dict | None = None,
 ) -> Outcome:
     """The report of a trained classifier (camlens's or any other taking [0, 1] images):
     evaluate it on `data.test` into out/eval, then `explain_model` its mistakes into
     out/gallery/<method>/ and out/report.html.
 
-    `layers` None: the last layer before the global pooling. `limit`, `compare_limit`: see
-    `explain_model`.
+    `layers` None: the last layer before the global pooling. `limit`, `compare_limit`,
+    `progress`, `over_epochs`: see `explain_model`.
     """
     started, out = time.perf_counter(), Path(out)
     layers = choose_layers(model, layers, data.image_size)
@@ -493,5 +515,7 @@ def report(
         precision=precision,
         evaluation=evaluation,
         compare_limit=compare_limit,
+        progress=progress,
+        over_epochs=over_epochs,
     )
     return replace(outcome, seconds=time.perf_counter() - started)

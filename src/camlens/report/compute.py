@@ -95,6 +95,8 @@ class ReportData:
     seconds: float  # time spent computing
     # compare.json of `camlens.compare` (table, sanity curves, verdicts), None: no such section
     trust: dict | None = None
+    # over-epochs.json of `camlens.epochs` plus "png": its figure, base64; None: no section
+    over_epochs: dict | None = None
 
 
 def centre_box(height: int, width: int, centre: float = 0.5) -> tuple[slice, slice]:
@@ -256,12 +258,15 @@ def compute_report(
     precision: str = "fp32",
     explained: tuple[Mistakes, dict[str, Explanations]] | None = None,
     trust: dict | None = None,
+    over_epochs: dict | None = None,
 ) -> ReportData:
     """Evaluate (unless given), explain the mistakes shown and average the top pairs' maps.
 
     `explained`: the mistakes shown and their maps per method, when the caller has them
     (`explain_mistakes` of those mistakes); otherwise the `limit` most confident are explained.
     `trust`: the compare.json that `camlens.compare` wrote, for "Can these maps be trusted?".
+    `over_epochs`: over-epochs.json of `camlens.epochs` with "png" (its figure, base64), for
+    "Maps across training".
     """
     config = config or ReportConfig()
     began = time.perf_counter()
@@ -305,4 +310,5 @@ def compute_report(
         config=config,
         seconds=time.perf_counter() - began,
         trust=trust,
+        over_epochs=over_epochs,
     )

@@ -35,6 +35,7 @@ __all__ = ["render_html", "render_report"]
 
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 TRUST_LINK = '<a href="#trust">trust</a>'
+EPOCHS_LINK = '<a href="#epochs">across epochs</a>'
 KINDS = ("pred", "label", "contrast")  # the maps of a gallery item, in its data-k order
 CHUNK = 256  # gallery images whose overlays are made and encoded together
 
@@ -495,6 +496,24 @@ def _trust(data: ReportData) -> str:
     )
 
 
+def _over_epochs(data: ReportData) -> str:
+    """The strips of `camlens.epochs`: the final mistakes' maps at each kept epoch."""
+    e = data.over_epochs
+    if e is None:
+        return ""
+    epochs = ", ".join(str(x) for x in e["epochs"])
+    return (
+        '<section id="epochs"><h2>Maps across training</h2><p class="note">The final model\'s '
+        f"{len(e['images'])} most confident mistakes, explained by the weights kept at epochs "
+        f"{esc(epochs)} ({esc(e['method'])} at {esc(e['layer'])}): per image the map of the final "
+        "prediction (red) and of the true class (green) at each epoch, on one scale, with that "
+        "epoch's probability of each class. When did the model start to look there, and when "
+        "did the mistake appear?</p>"
+        f'<img class="curves" alt="maps across training" src="data:image/png;base64,{e["png"]}">'
+        "</section>"
+    )
+
+
 def render_html(data: ReportData) -> str:
     """The whole page as a string."""
     gallery, payload = _gallery(data)
@@ -508,10 +527,11 @@ def render_html(data: ReportData) -> str:
         f"misclassified · generated {stamp}</p><nav>"
         '<a href="#summary">run</a><a href="#confusion">classes &amp; confusion</a>'
         '<a href="#pairs">pairs</a><a href="#gallery">gallery</a>'
-        f"{TRUST_LINK if data.trust else ''}</nav></header>"
+        f"{TRUST_LINK if data.trust else ''}"
+        f"{EPOCHS_LINK if data.over_epochs else ''}</nav></header>"
         f"{_toolbar(data)}<main>{_summary(data)}"
         f'<section id="confusion" class="two wide">{_per_class(data)}{_confusion(data)}'
-        f"</section>{_pairs(data)}{_trust(data)}{gallery}</main>"
+        f"</section>{_pairs(data)}{_trust(data)}{_over_epochs(data)}{gallery}</main>"
     )
     # "</" would end the script element early; JSON allows the escaped form
     blob = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
