@@ -19,7 +19,11 @@ Glossary (one name per concept, everywhere):
 
 from camlens.cam import (
     CAM,
+    ISCAM,
+    KPCACAM,
     METHODS,
+    SSCAM,
+    AblationCAM,
     CamConfig,
     CamResult,
     EigenCAM,
@@ -31,6 +35,7 @@ from camlens.cam import (
     LayerCAM,
     PairResult,
     ScoreCAM,
+    ShapleyCAM,
     SmoothGradCAMPlusPlus,
     Target,
     XGradCAM,
@@ -116,6 +121,12 @@ __all__ = [
     "XGradCAM",
     "create",
     "explain_pair",
+    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM (issue 13)
+    "AblationCAM",
+    "ISCAM",
+    "KPCACAM",
+    "SSCAM",
+    "ShapleyCAM",
     # explaining the mistakes
     "ExplainError",
     "Explanations",

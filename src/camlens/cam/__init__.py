@@ -9,9 +9,11 @@
 Public API:
     METHODS                 name -> class: gradcam, gradcam++, smoothgradcam++, xgradcam,
                             hirescam, layercam, gradcam-elementwise, scorecam, eigencam,
-                            eigengradcam, cam
+                            eigengradcam, cam;
+                            ablationcam, sscam, iscam, kpcacam, shapleycam
     GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM,
-    GradCAMElementWise, EigenCAM, EigenGradCAM, CAM, ScoreCAM
+    GradCAMElementWise, EigenCAM, EigenGradCAM, CAM, ScoreCAM,
+    AblationCAM, SSCAM, ISCAM, KPCACAM, ShapleyCAM
         (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
         them (maps averaged into `cams`; each layer's own map in `layer_cams`)
         .__call__(images, targets=None) -> (N, H, W) tensor
@@ -20,7 +22,9 @@ Public API:
         .explain_pair(images, labels, normalize=None) -> PairResult
         .close(); usable as a context manager
     CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k,
-                            smooth_samples, smooth_std, smooth_seed
+                            smooth_samples, smooth_std, smooth_seed,
+                            score_samples, score_std, score_seed, kpca_kernel, kpca_gamma,
+                            kpca_coef0, kpca_degree
     CamResult, PairResult   results (see base.py for fields)
     Target(indices, versus) target: logit[indices] (None: predicted), minus logit[versus]
     create(method, model, layer, config=None, **overrides) -> an engine by METHODS name
@@ -36,6 +40,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from camlens.cam.ablation import AblationCAM
 from camlens.cam.base import (
     NORMALIZE,
     PRECISIONS,
@@ -51,6 +56,7 @@ from camlens.cam.base import (
     find_layer,
     normalize_cams,
 )
+from camlens.cam.kpca import KPCACAM
 from camlens.cam.methods import (
     CAM,
     EigenCAM,
@@ -62,7 +68,8 @@ from camlens.cam.methods import (
     LayerCAM,
     XGradCAM,
 )
-from camlens.cam.score import ScoreCAM
+from camlens.cam.score import ISCAM, SSCAM, ScoreCAM
+from camlens.cam.shapley import ShapleyCAM
 from camlens.cam.smooth import SmoothGradCAMPlusPlus
 
 __all__ = [
@@ -92,6 +99,12 @@ __all__ = [
     "explain_pair",
     "find_layer",
     "normalize_cams",
+    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM (issue 13)
+    "AblationCAM",
+    "ISCAM",
+    "KPCACAM",
+    "SSCAM",
+    "ShapleyCAM",
 ]
 
 METHODS: dict[str, type[Engine]] = {
@@ -108,6 +121,12 @@ METHODS: dict[str, type[Engine]] = {
         EigenCAM,
         EigenGradCAM,
         CAM,
+        # issue 13: forward-only, Score-CAM variants, kernel PCA, Hessian
+        AblationCAM,
+        SSCAM,
+        ISCAM,
+        KPCACAM,
+        ShapleyCAM,
     )
 }
 
