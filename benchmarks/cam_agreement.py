@@ -1,7 +1,8 @@
 """How closely camlens's maps agree with the anchor libraries' maps of the same method.
 
     python benchmarks/cam_agreement.py --checkpoint CKPT [--data SOURCE] [--images 64]
-                                       [--score-images 8] [--layers layer4,layer3]
+                                       [--score-images 8] [--ablation-images 64]
+                                       [--layers layer4,layer3] [--methods ...]
 
 Per method and layer: the Pearson and Spearman correlation of camlens's map with the anchor's
 map of the same image and class (the predicted one), both min-max scaled at the input's
@@ -75,8 +76,10 @@ def torchcam_maps(cls: type, model, layer: str, **kwargs) -> Callable:
     return run
 
 
-def anchors(model, layer: str, samples: int, std: float) -> dict[str, tuple[Callable, str]]:
-    """method -> (the anchor's fn, its name), for those that import."""
+def anchors(model, layer: str, samples: int) -> dict[str, tuple[Callable, str]]:
+    """method -> (the anchor's fn, its name), for those that import; torchcam's SSCAM noise
+    keeps its default std (2.0, per input pixel: see camlens's SSCAM for why camlens differs)."""
+    std = 2.0
     found: dict[str, tuple[Callable, str]] = {}
     try:
         from pytorch_grad_cam import KPCA_CAM, AblationCAM, ShapleyCAM
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="camlens data source (test split)")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--score-images", type=int, default=8, help="SS-CAM / IS-CAM images")
+    # pytorch-grad-cam's AblationCAM runs the whole model once per channel and image
+    parser.add_argument("--ablation-images", type=int, default=64, help="Ablation-CAM images")
     parser.add_argument("--layers", default="layer4,layer3")
     parser.add_argument("--methods", default="ablationcam,kpcacam,shapleycam,sscam,iscam")
     parser.add_argument("--threads", type=int, default=None)
@@ -160,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n@{layer}")
         for method in args.methods.split(","):
             engine = create(method, model, layer)
-            found = anchors(model, layer, engine.config.score_samples, engine.config.score_std)
+            found = anchors(model, layer, engine.config.score_samples)
             if method not in found:
                 continue
             fn, anchor = found[method]
-            n = args.score_images if method in ("sscam", "iscam") else len(images)
+            n = {"sscam": args.score_images, "iscam": args.score_images}.get(method, len(images))
+            n = min(n, args.ablation_images) if method == "ablationcam" else n
             x, t = images[:n], preds[:n]
             theirs = fn(x, t).float()
             for name, ours in camlens_variants(method, engine.explain(x, t)).items():

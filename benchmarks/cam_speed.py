@@ -298,7 +298,7 @@ def issue13_methods(model, x, z, device, repeats, gpu) -> None:
     print("\n(f) issue 13 methods @layer4, fp32, against a plain forward of the same images")
     for method, images in cases:
         cam = create(method, model, "layer4")
-        found = anchors(model, "layer4", cam.config.score_samples, cam.config.score_std)
+        found = anchors(model, "layer4", cam.config.score_samples)
         with torch.no_grad():
             targets = model(images).argmax(1)
             forward = timed(partial(model, images), device, repeats)

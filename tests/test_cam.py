@@ -961,15 +961,9 @@ def test_sscam_and_iscam_equal_per_channel_loops(model_name):
         images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(22))
         with torch.no_grad():
             targets = model(images).argmax(1)
-    samples, std, seed = 3, 0.5, 5
+    samples, std, seed = 3, 2.0, 5
     config = CamConfig(score_samples=samples, score_std=std, score_seed=seed, score_batch=7)
     size = images.shape[-1]
-    # SS-CAM's documented noise: (S, H, W) fields from a CPU generator seeded with score_seed
-    noise = torch.randn((samples, size, size), generator=torch.Generator().manual_seed(seed))
-    variants = {
-        "sscam": (SSCAM, lambda x, mask: [x * (mask + std * noise[s]) for s in range(samples)]),
-        "iscam": (ISCAM, lambda x, mask: [x * mask * i / samples for i in range(1, samples + 1)]),
-    }
     acts = {}
     handle = find_layer(model, layer).register_forward_hook(lambda m, i, o: acts.update(a=o))
     try:
@@ -977,6 +971,14 @@ def test_sscam_and_iscam_equal_per_channel_loops(model_name):
             model(images)
     finally:
         handle.remove()
+    # SS-CAM's documented noise: (S, h, w) fields at the layer's resolution from a CPU
+    # generator seeded with score_seed, upsampled as the channel is
+    gen = torch.Generator().manual_seed(seed)
+    noise = up(torch.randn((samples, *acts["a"].shape[2:]), generator=gen), size)
+    variants = {
+        "sscam": (SSCAM, lambda x, mask: [x * (mask + std * noise[s]) for s in range(samples)]),
+        "iscam": (ISCAM, lambda x, mask: [x * mask * i / samples for i in range(1, samples + 1)]),
+    }
     plain = ScoreCAM(model, layer).explain(images, targets, "none").low_res[0]
     for name, (cls, inputs_of) in variants.items():
         ours = cls(model, layer, config).explain(images, targets, "none").low_res[0]

@@ -49,8 +49,9 @@ class CamConfig:
     # SS-CAM: noisy masks per channel; IS-CAM: steps on the path from the zero image to the
     # masked one. SS-CAM's paper reports N = 10 (torchcam: 35); torchcam's IS-CAM takes 10
     score_samples: int = 10
-    # SS-CAM: std of the noise added to each [0, 1] mask (the paper's and torchcam's 2.0)
-    score_std: float = 2.0
+    # SS-CAM: std of the noise added to each channel min-max scaled to [0, 1], at the layer's
+    # resolution; torchcam's 2.0 (per input pixel) leaves the shipped model's maps flat
+    score_std: float = 0.5
     # SS-CAM: seed of the mask noise, so that the same images always get the same maps
     score_seed: int = 0
     # KPCA-CAM: kernel of the kernel PCA, one of KPCA_KERNELS (pytorch-grad-cam's "sigmoid")

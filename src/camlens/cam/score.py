@@ -42,8 +42,11 @@ class ScoreCAM(Engine):
         """Masked inputs per (image, channel) pair, whose probabilities are averaged."""
         return 1
 
-    def _masked(self, images: Tensor, masks: Tensor) -> Tensor:
-        """(B, 3, H, W) images, (B, H, W) masks in [0, 1] -> (S, B, 3, H, W) inputs: X o H_k."""
+    def _masked(self, images: Tensor, masks: Tensor, low: tuple[int, int]) -> Tensor:
+        """(B, 3, H, W) images, (B, H, W) masks in [0, 1] -> (S, B, 3, H, W) inputs: X o H_k.
+
+        `low` is the (h, w) the masks were upsampled from.
+        """
         return (images * masks[:, None])[None]
 
     def _raw_chunk(self, images: Tensor, specs: list[Any]) -> RawMaps:
@@ -94,7 +97,9 @@ class ScoreCAM(Engine):
                 lo = masks.amin((1, 2), keepdim=True)
                 masks = (masks - lo) / (masks.amax((1, 2), keepdim=True) - lo).clamp_min(1e-30)
                 # (S, B, 3, H, W) -> (S*B, 3, H, W): every input of the part in one pass
-                inputs = self._masked(images[part // k], masks.to(images.dtype)).flatten(0, 1)
+                low = tuple(kept.shape[-2:])
+                inputs = self._masked(images[part // k], masks.to(images.dtype), low)
+                inputs = inputs.flatten(0, 1)
                 probs = self.model(inputs).float().softmax(1)  # (S*B, K)
                 gains[part] = probs.unflatten(0, (samples, len(part))).mean(0) - baseline
         return gains.view(n, k, num_classes)
@@ -103,16 +108,21 @@ class ScoreCAM(Engine):
 class SSCAM(ScoreCAM):
     """SS-CAM, Wang et al. 2020 (arXiv:2006.14255): Score-CAM with noisy masks; no gradients.
 
-    L = ReLU(sum_k a_k A_k), a_k = (1/S) sum_s f(X o (H_k + d_s)) - f(X_b), d_s ~ N(0, std^2).
+    L = ReLU(sum_k a_k A_k), a_k = (1/S) sum_s f(X o U(A'_k + d_s)) - f(X_b), d_s ~ N(0, std^2).
 
-    The smoothing on the masks (the paper's SS-CAM(1), also torchcam's SSCAM): H_k is Score-CAM's
-    min-max scaled, upsampled channel, d_s a noise field at the input's resolution, S =
-    `score_samples` (10, the paper's), std = `score_std` (2.0). f and X_b as in camlens's
-    Score-CAM (softmax probability, zero image). d_s is drawn from a CPU generator seeded with
-    `score_seed`, as (S, H, W) fields shared by every image and channel: a map does not depend
-    on the batch, the chunk or the device. torchcam draws fresh noise per image and channel,
-    uses logits minus the *input's* logit and a softmax over channels as weights (as its
-    Score-CAM does).
+    The smoothing on the feature maps (the paper's SS-CAM(1)): A'_k is channel k min-max
+    scaled, d_s a noise field at the layer's (h, w), U the bilinear upsampling (linear, so the
+    code adds U(d_s) to Score-CAM's upsampled mask); S = `score_samples` (10, the paper's
+    reported N), std = `score_std` (0.5). f and X_b as in camlens's Score-CAM (softmax
+    probability, zero image). d_s comes from a CPU generator seeded with `score_seed`, as
+    (S, h, w) fields shared by every image and channel: a map does not depend on the batch,
+    the chunk or the device. Two departures from torchcam's SSCAM (std 2.0, noise per input
+    pixel, fresh per image and channel): pixel noise of that size is a texture a CIFAR
+    network reads as another class; every noisy input then scores below the zero image and
+    every map of the shipped model came out flat (std 0.1 to 2.0 tried on 4 images); noise
+    at the layer's resolution with std 0.5 keeps the maps (`benchmarks/cam_agreement.py`).
+    torchcam also weighs channels by a softmax over channels of logit gains over the input's
+    own logit (as its Score-CAM does), which cannot be flat.
     """
 
     name = "sscam"
@@ -120,10 +130,11 @@ class SSCAM(ScoreCAM):
     def _samples(self) -> int:
         return self.config.score_samples
 
-    def _masked(self, images: Tensor, masks: Tensor) -> Tensor:
+    def _masked(self, images: Tensor, masks: Tensor, low: tuple[int, int]) -> Tensor:
         gen = torch.Generator().manual_seed(self.config.score_seed)
-        noise = torch.randn((self._samples(), *masks.shape[1:]), generator=gen)  # (S, H, W)
-        noise = (noise * self.config.score_std).to(masks.device, masks.dtype)
+        noise = torch.randn((self._samples(), *low), generator=gen) * self.config.score_std
+        # (S, h, w) -> (S, H, W): the noise of the feature map, upsampled as the map is
+        noise = upsample(noise, tuple(masks.shape[1:])).to(masks.device, masks.dtype)
         # (S, 1, H, W) + (1, B, H, W) -> (S, B, 1, H, W), times (B, 3, H, W) images
         return images * (noise[:, None] + masks[None])[:, :, None]
 
@@ -145,7 +156,7 @@ class ISCAM(ScoreCAM):
     def _samples(self) -> int:
         return self.config.score_samples
 
-    def _masked(self, images: Tensor, masks: Tensor) -> Tensor:
+    def _masked(self, images: Tensor, masks: Tensor, low: tuple[int, int]) -> Tensor:
         s = self._samples()
         steps = torch.arange(1, s + 1, device=masks.device, dtype=masks.dtype) / s  # (S,)
         # (S, 1, 1, 1) x (1, B, H, W) -> (S, B, 1, H, W), times (B, 3, H, W) images
