@@ -16,6 +16,9 @@
 (f) Finer-CAM, RefineCAM (layer3+layer4), FullGrad, Guided Grad-CAM: time per batch against a
     plain forward, and the anchors' same method in the same run where they import (their
     callables come from benchmarks/anchor_agreement.py).
+(g) issue 13's Ablation-CAM, KPCA-CAM, ShapleyCAM, SS-CAM and IS-CAM at layer4: each one's
+    cost against a plain forward of the same images, and the anchor's (pytorch-grad-cam,
+    torchcam, taken from benchmarks/cam_agreement.py) in the same run where it imports.
 captum and torchcam are timed beside camlens where importable (`--with-path DIR` adds a
 folder, e.g. one made by `pip install --target DIR --no-deps captum torchcam`). pytorch-grad-cam
 needs torchvision, which does not import beside the CPU torch here: to time all four in one
@@ -35,6 +38,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -284,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  Grad-CAM++       {plus_time * 1e3:8.1f} ms")
     print(f"  SmoothGrad-CAM++ {smooth_time * 1e3:8.1f} ms   {smooth_time / plus_time:.2f}x")
     finer_refine_fullgrad_guided(model, x, preds, forward, device, repeats)
+    issue13_methods(model, x, z, device, repeats, gpu)
     return 0
 
 
@@ -310,6 +315,32 @@ def finer_refine_fullgrad_guided(model, x, preds, forward, device, repeats) -> N
             if (name, at) == (method, layer):
                 a = timed(lambda fn=fn: fn(x, preds), device, 1)
                 print(f"    {anchor:<29} {a * 1e3:8.1f} ms   {a / forward:5.2f}x forward")
+
+
+def issue13_methods(model, x, z, device, repeats, gpu) -> None:
+    """(f) cost against a plain forward; the methods with a pass per channel on fewer images."""
+    # run as a script, benchmarks/ is on sys.path: the anchors' wrappers live beside this file
+    from cam_agreement import anchors
+
+    few = x if gpu else x[:8]  # Ablation-CAM: one pass of the tail per channel and image
+    cases = [("kpcacam", x), ("shapleycam", x), ("ablationcam", few), ("sscam", z), ("iscam", z)]
+    print("\n(g) issue 13 methods @layer4, fp32, against a plain forward of the same images")
+    for method, images in cases:
+        cam = create(method, model, "layer4")
+        found = anchors(model, "layer4", cam.config.score_samples)
+        with torch.no_grad():
+            targets = model(images).argmax(1)
+            forward = timed(partial(model, images), device, repeats)
+        runs = 1 if method in ("ablationcam", "sscam", "iscam") and not gpu else repeats
+        t = timed(partial(cam, images, targets), device, runs)
+        print(
+            f"  camlens {method:<12} {len(images):3d} images {t * 1e3:10.1f} ms"
+            f"   this/forward = {t / forward:8.1f}x"
+        )
+        if method in found:
+            fn, name = found[method]
+            ta = timed(partial(fn, images, targets), device, runs)
+            print(f"    {name}: {ta * 1e3:10.1f} ms   camlens is {ta / t:.2f}x faster")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,11 @@ from torch import nn
 
 from camlens.cam import (  # issue 13, helper b
     CAM,
+    ISCAM,
+    KPCACAM,
     METHODS,
+    SSCAM,
+    AblationCAM,
     CamConfig,
     EigenCAM,
     EigenGradCAM,
@@ -30,6 +34,7 @@ from camlens.cam import (  # issue 13, helper b
     LayerCAM,
     RefineCAM,
     ScoreCAM,
+    ShapleyCAM,
     Similar,
     SmoothGradCAMPlusPlus,
     Target,
@@ -661,7 +666,11 @@ def count_forwards(model):
     return calls, handle
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS) - {"scorecam", "cam"}))
+# methods with extra forward passes (Score-CAM and its variants, Ablation-CAM) are left out
+EXTRA_PASSES = {"scorecam", "cam", "sscam", "iscam", "ablationcam"}
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - EXTRA_PASSES))
 def test_many_target_sets_and_layers_share_one_forward(method):
     model = resnet(width=4)
     images = torch.rand(4, 3, 32, 32)
@@ -776,7 +785,7 @@ def test_constant_and_zero_maps_are_zeros():
     with torch.no_grad():
         model.classifier.weight.zero_()  # every gradient is zero
     images = torch.rand(2, 3, 16, 16)
-    for method in sorted(set(METHODS) - {"scorecam", "eigencam", "cam"}):  # gradient methods
+    for method in sorted(set(METHODS) - {"scorecam", "eigencam", "cam", "kpcacam"}):  # class maps
         maps = create(method, model, "features.5")(images)
         assert torch.equal(maps, torch.zeros_like(maps)), method
     flat = nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten(2), nn.Unflatten(2, (16, 16)))
@@ -1134,3 +1143,189 @@ def test_guided_gradcam_is_gradcam_times_guided_backprop(model_name):
         atol=ATOL,
         rtol=1e-4,
     )
+# -- issue 13: Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM ---------------------------
+
+
+def logits_with_channel_zeroed(model, image, layer, k):
+    """(K,) logits of one image with channel k of `layer`'s output zeroed, the whole model run."""
+
+    def zero(module, inputs, output):
+        output = output.clone()
+        output[:, k] = 0
+        return output
+
+    handle = find_layer(model, layer).register_forward_hook(zero)
+    try:
+        with torch.no_grad():
+            return model(image[None])[0]
+    finally:
+        handle.remove()
+
+
+# layer3.1.conv1 sits inside a residual block, whose skip path comes from below it
+@pytest.mark.parametrize("layer", ["layer3", "layer4", "layer3.1.conv1"])
+def test_ablationcam_equals_zeroing_each_channel_per_image(layer):
+    model = resnet(width=4)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(20))
+    with torch.no_grad():
+        model.linear.bias.sub_(0.1)  # some logits negative: a rejected class's score
+        logits = model(images)
+    targets = torch.tensor([1, 7, 1])
+    scores = logits.gather(1, targets[:, None])
+    assert (scores < 0).any() and (scores > 0).any(), "the test needs scores of both signs"
+    stem_batches, handle = count_forwards(model.conv1)
+    try:
+        ours = AblationCAM(model, layer, score_batch=5).explain(images, targets, "none")
+    finally:
+        handle.remove()
+    if layer != "layer3.1.conv1":  # forward-only from the hooked layer on
+        assert stem_batches[0] == 3 and set(stem_batches[1:]) == {0}
+    acts = {}
+    handle = find_layer(model, layer).register_forward_hook(lambda m, i, o: acts.update(a=o))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        handle.remove()
+    for i in range(images.shape[0]):
+        y = logits[i, targets[i]]
+        cam = torch.zeros(acts["a"].shape[2:])
+        for k in range(acts["a"].shape[1]):
+            y_k = logits_with_channel_zeroed(model, images[i], layer, k)[targets[i]]
+            cam += (y - y_k) / y.abs() * acts["a"][i, k]  # the relative drop, sign kept
+        ref = cam.clamp_min(0)
+        assert ref.amax() > 0
+        torch.testing.assert_close(ours.low_res[0][i], ref, atol=ATOL, rtol=1e-4)
+
+
+def score_variant_reference(model, image, acts, target, inputs_of):
+    """Un-rectified map of one image: mean softmax over the masked inputs minus X_b's."""
+    with torch.no_grad():
+        baseline = model(torch.zeros_like(image[None])).softmax(1)[0, target]
+        cam = torch.zeros(acts.shape[1:])
+        for k in range(acts.shape[0]):
+            if acts[k].max() == acts[k].min():
+                continue  # flat: no region to keep
+            mask = up(acts[k][None], image.shape[-1])[0]
+            mask = (mask - mask.min()) / (mask.max() - mask.min())
+            probs = [model(x[None]).softmax(1)[0, target] for x in inputs_of(image, mask)]
+            cam += (sum(probs) / len(probs) - baseline) * acts[k]
+    return cam
+
+
+@pytest.mark.parametrize("model_name", ["vgg", "resnet"])
+def test_sscam_and_iscam_equal_per_channel_loops(model_name):
+    if model_name == "vgg":
+        model, images = scorecam_case()
+        layer, targets = "features.6", torch.tensor([3, 1])
+    else:
+        model, layer = resnet(width=4), "layer3"
+        images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(22))
+        with torch.no_grad():
+            targets = model(images).argmax(1)
+    samples, std, seed = 3, 2.0, 5
+    config = CamConfig(score_samples=samples, score_std=std, score_seed=seed, score_batch=7)
+    size = images.shape[-1]
+    acts = {}
+    handle = find_layer(model, layer).register_forward_hook(lambda m, i, o: acts.update(a=o))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        handle.remove()
+    # SS-CAM's documented noise: (S, h, w) fields at the layer's resolution from a CPU
+    # generator seeded with score_seed, upsampled as the channel is
+    gen = torch.Generator().manual_seed(seed)
+    noise = up(torch.randn((samples, *acts["a"].shape[2:]), generator=gen), size)
+    variants = {
+        "sscam": (SSCAM, lambda x, mask: [x * (mask + std * noise[s]) for s in range(samples)]),
+        "iscam": (ISCAM, lambda x, mask: [x * mask * i / samples for i in range(1, samples + 1)]),
+    }
+    plain = ScoreCAM(model, layer).explain(images, targets, "none").low_res[0]
+    for name, (cls, inputs_of) in variants.items():
+        ours = cls(model, layer, config).explain(images, targets, "none").low_res[0]
+        for i in range(images.shape[0]):
+            target = int(targets[i])
+            ref = score_variant_reference(model, images[i], acts["a"][i], target, inputs_of)
+            ref = ref.clamp_min(0)
+            assert ref.amax() > 0
+            assert (ref - plain[i]).abs().amax() > 0.1 * ref.amax(), f"{name} equals Score-CAM"
+            # a random network's probabilities move little: maps of ~1e-3, an atol to match
+            torch.testing.assert_close(ours[i], ref, atol=1e-4 * float(ref.amax()), rtol=1e-3)
+
+
+def kernel_pca_reference(acts, kernel, gamma, coef0=1.0):
+    """One image's (C, h, w) acts -> (h, w) first kernel-PCA coordinates, numpy and loops."""
+    c, h, w = acts.shape
+    x = acts.double().numpy().reshape(c, h * w).T  # (hw, C)
+    x = x - x.mean(0)
+    m = h * w
+    k = np.zeros((m, m))
+    for i in range(m):
+        for j in range(m):
+            if kernel == "sigmoid":
+                k[i, j] = np.tanh(gamma * x[i] @ x[j] + coef0)
+            else:  # rbf
+                k[i, j] = np.exp(-gamma * ((x[i] - x[j]) ** 2).sum())
+    ones = np.full((m, m), 1.0 / m)
+    k = k - ones @ k - k @ ones + ones @ k @ ones  # centred in feature space
+    values, vectors = np.linalg.eigh(k)
+    assert values[-1] > 1.05 * values[-2], "the test needs a clear first component"
+    proj = vectors[:, -1] * np.sqrt(values[-1])
+    proj = proj if proj[np.abs(proj).argmax()] > 0 else -proj  # the largest entry positive
+    return torch.tensor(proj.reshape(h, w), dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    "model_name,layer", [("exp", "stem"), ("exp", "lift"), ("resnet", "layer3")]
+)
+@pytest.mark.parametrize("kernel,gamma", [("sigmoid", None), ("rbf", 0.05)])
+def test_kpcacam_equals_kernel_pca_per_image(model_name, layer, kernel, gamma):
+    if model_name == "exp":
+        model, images, _ = exp_head_case()
+        acts = torch.stack([model.acts(image, layer) for image in images])
+    else:
+        model = resnet(width=4)
+        images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(22))
+        with torch.no_grad():
+            acts = resnet_acts(model, images, layer)
+    ours = KPCACAM(model, layer, kpca_kernel=kernel, kpca_gamma=gamma)
+    maps = ours.explain(images, normalize="none").low_res[0]
+    eigen = EigenCAM(model, layer).explain(images, normalize="none").low_res[0]
+    for i in range(images.shape[0]):
+        g = 1.0 / acts.shape[1] if gamma is None else gamma
+        ref = kernel_pca_reference(acts[i], kernel, g)
+        assert (minmax(ref[None]) - minmax(eigen[i][None])).abs().amax() > 0.05
+        torch.testing.assert_close(maps[i], ref, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("layer", EXP_LAYERS)
+def test_shapleycam_equals_gradient_minus_half_hessian_times_acts(layer):
+    model, images, targets = exp_head_case()
+    ours = ShapleyCAM(model, layer).explain(images, targets, "none").low_res[0]
+    for i in range(images.shape[0]):
+        acts = model.acts(images[i], layer)
+        c = int(targets[i])
+
+        def rest(a, c=c):  # the ReST utility: logit plus log-probability
+            logits = model.rest(a, layer)
+            return logits[c] + logits.log_softmax(0)[c]
+
+        leaf = acts.clone().requires_grad_()
+        (grads,) = torch.autograd.grad(rest(leaf), leaf)
+        hessian = torch.autograd.functional.hessian(rest, acts)  # (C, h, w, C, h, w)
+        hvp = torch.einsum("abcdef,def->abc", hessian, acts)
+        weights = (grads - 0.5 * hvp).mean((1, 2))  # (C,)
+        ref = torch.einsum("c,chw->hw", weights, acts).clamp_min(0)
+        gradcam = torch.einsum("c,chw->hw", grads.mean((1, 2)), acts).clamp_min(0)
+        assert ref.amax() > 0
+        assert (ref - gradcam).abs().amax() > 0.05 * ref.amax(), "the test needs H A to matter"
+        torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
+
+
+def test_shapleycam_of_a_logit_is_gradcam_on_a_relu_network():
+    model = resnet(width=4)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(23))
+    # a score callable is differentiated as it is: the logit is piecewise linear, H A = 0
+    shapley = ShapleyCAM(model, "layer3")(images, lambda logits: logits[:, 2])
+    torch.testing.assert_close(shapley, GradCAM(model, "layer3")(images, 2), atol=ATOL, rtol=0)

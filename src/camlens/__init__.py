@@ -22,7 +22,11 @@ Glossary (one name per concept, everywhere):
 
 from camlens.cam import (
     CAM,
+    ISCAM,
+    KPCACAM,
     METHODS,
+    SSCAM,
+    AblationCAM,
     CamConfig,
     CamResult,
     EigenCAM,
@@ -38,6 +42,7 @@ from camlens.cam import (
     PairResult,
     RefineCAM,
     ScoreCAM,
+    ShapleyCAM,
     Similar,
     SmoothGradCAMPlusPlus,
     Target,
@@ -145,6 +150,12 @@ __all__ = [
     "GuidedGradCAM",
     "RefineCAM",
     "Similar",
+    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM (issue 13)
+    "AblationCAM",
+    "ISCAM",
+    "KPCACAM",
+    "SSCAM",
+    "ShapleyCAM",
     # explaining the mistakes
     "ExplainError",
     "Explanations",

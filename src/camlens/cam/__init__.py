@@ -10,9 +10,11 @@ Public API:
     METHODS                 name -> class: gradcam, gradcam++, smoothgradcam++, xgradcam,
                             hirescam, layercam, gradcam-elementwise, scorecam, eigencam,
                             eigengradcam, cam,
-                            finercam, refinecam, fullgrad, guidedgradcam
+                            finercam, refinecam, fullgrad, guidedgradcam,
+                            ablationcam, sscam, iscam, kpcacam, shapleycam
     GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM,
-    GradCAMElementWise, EigenCAM, EigenGradCAM, CAM, ScoreCAM
+    GradCAMElementWise, EigenCAM, EigenGradCAM, CAM, ScoreCAM,
+    AblationCAM, SSCAM, ISCAM, KPCACAM, ShapleyCAM
         (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
         them (maps averaged into `cams`; each layer's own map in `layer_cams`)
         .__call__(images, targets=None) -> (N, H, W) tensor
@@ -25,7 +27,9 @@ Public API:
     FullGrad, GuidedGradCAM input-resolution maps; `layer` is where their layer part is read
                             (FullGrad: bias terms up to it; Guided Grad-CAM: its Grad-CAM)
     CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k,
-                            smooth_samples, smooth_std, smooth_seed, finer_k, finer_gamma
+                            smooth_samples, smooth_std, smooth_seed, finer_k, finer_gamma,
+                            score_samples, score_std, score_seed, kpca_kernel, kpca_gamma,
+                            kpca_coef0, kpca_degree
     CamResult, PairResult   results (see base.py for fields)
     Target(indices, versus, weight, signed) target: logit[indices] (None: predicted), minus
                             weight x logit[versus] (versus (N,), (N, k) or Similar(k))
@@ -45,6 +49,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from camlens.cam.ablation import AblationCAM
 from camlens.cam.base import (
     NORMALIZE,
     PRECISIONS,
@@ -62,6 +67,7 @@ from camlens.cam.base import (
 )
 from camlens.cam.finer import FinerCAM, RefineCAM, Refined
 from camlens.cam.guided import GuidedGradCAM
+from camlens.cam.kpca import KPCACAM
 from camlens.cam.layers import Candidate, candidate_layers, pick_layer, token_grid
 from camlens.cam.methods import (
     CAM,
@@ -75,7 +81,8 @@ from camlens.cam.methods import (
     XGradCAM,
 )
 from camlens.cam.pixel import FullGrad, InputCAM
-from camlens.cam.score import ScoreCAM
+from camlens.cam.score import ISCAM, SSCAM, ScoreCAM
+from camlens.cam.shapley import ShapleyCAM
 from camlens.cam.smooth import SmoothGradCAMPlusPlus
 from camlens.cam.targets import Similar
 
@@ -118,6 +125,12 @@ __all__ = [
     "Similar",
     "pick_layer",
     "token_grid",
+    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM (issue 13)
+    "AblationCAM",
+    "ISCAM",
+    "KPCACAM",
+    "SSCAM",
+    "ShapleyCAM",
 ]
 
 METHODS: dict[str, type[Engine]] = {
@@ -139,6 +152,12 @@ METHODS: dict[str, type[Engine]] = {
         RefineCAM,
         FullGrad,
         GuidedGradCAM,
+        # issue 13: forward-only, Score-CAM variants, kernel PCA, Hessian
+        AblationCAM,
+        SSCAM,
+        ISCAM,
+        KPCACAM,
+        ShapleyCAM,
     )
 }
 

@@ -8,7 +8,7 @@ import torch
 
 from camlens.cam.normalize import NORMALIZE
 
-__all__ = ["PRECISIONS", "CamConfig"]
+__all__ = ["KPCA_KERNELS", "PRECISIONS", "CamConfig"]
 
 # autocast dtype of each precision; fp32 runs as called
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -16,6 +16,11 @@ PRECISIONS: dict[str, torch.dtype | None] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
+
+# KPCA-CAM's kernels of x, y (rows of centred activations), scikit-learn's definitions:
+# linear x.y, poly (gamma x.y + coef0)^degree, rbf exp(-gamma |x - y|^2), sigmoid
+# tanh(gamma x.y + coef0)
+KPCA_KERNELS = ("sigmoid", "rbf", "poly", "linear")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,22 @@ class CamConfig:
     finer_k: int = 3
     # Finer-CAM: comparison strength g in y_c - g sum_j w_j y_j; the authors' "aggregate" 0.6
     finer_gamma: float = 0.6
+    # SS-CAM: noisy masks per channel; IS-CAM: steps on the path from the zero image to the
+    # masked one. SS-CAM's paper reports N = 10 (torchcam: 35); torchcam's IS-CAM takes 10
+    score_samples: int = 10
+    # SS-CAM: std of the noise added to each channel min-max scaled to [0, 1], at the layer's
+    # resolution; torchcam's 2.0 (per input pixel) leaves the shipped model's maps flat
+    score_std: float = 0.5
+    # SS-CAM: seed of the mask noise, so that the same images always get the same maps
+    score_seed: int = 0
+    # KPCA-CAM: kernel of the kernel PCA, one of KPCA_KERNELS (pytorch-grad-cam's "sigmoid")
+    kpca_kernel: str = "sigmoid"
+    # KPCA-CAM: gamma of the sigmoid, rbf and poly kernels; None: 1 / channels (scikit-learn's)
+    kpca_gamma: float | None = None
+    # KPCA-CAM: coef0 of the sigmoid and poly kernels (scikit-learn's 1.0)
+    kpca_coef0: float = 1.0
+    # KPCA-CAM: degree of the poly kernel (scikit-learn's 3)
+    kpca_degree: int = 3
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZE:
@@ -69,3 +90,15 @@ class CamConfig:
             raise ValueError(f"finer_k must be >= 1, got {self.finer_k}")
         if self.finer_gamma < 0:
             raise ValueError(f"finer_gamma must be >= 0, got {self.finer_gamma}")
+        if self.score_samples < 1:
+            raise ValueError(f"score_samples must be >= 1, got {self.score_samples}")
+        if self.score_std < 0:
+            raise ValueError(f"score_std must be >= 0, got {self.score_std}")
+        if self.kpca_kernel not in KPCA_KERNELS:
+            raise ValueError(
+                f"unknown kpca_kernel {self.kpca_kernel!r}: choose one of {', '.join(KPCA_KERNELS)}"
+            )
+        if self.kpca_gamma is not None and self.kpca_gamma <= 0:
+            raise ValueError(f"kpca_gamma must be > 0 or None, got {self.kpca_gamma}")
+        if self.kpca_degree < 1:
+            raise ValueError(f"kpca_degree must be >= 1, got {self.kpca_degree}")

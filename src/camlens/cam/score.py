@@ -1,9 +1,13 @@
-"""Score-CAM: weights from extra forward passes on masked images, so its own small base.
+"""Score-CAM and its variants: weights from extra forward passes on masked images.
 
 `ScoreCAM(model, layer, score_batch=64, top_k=None)`: the masked images of all (image, channel)
 pairs go through the model `score_batch` at a time; `top_k` keeps only each image's k
 highest-variance channels (Faster Score-CAM). The masked passes are shared by every target
 set of one call, so `explain_many(images, [preds, labels])` costs no more than one set.
+
+SS-CAM and IS-CAM change only which inputs a mask makes (`_masked`): `score_samples` of them
+per (image, channel) pair, whose probabilities are averaged; a pass then holds the inputs of
+`score_batch // score_samples` pairs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from torch import Tensor
 
 from camlens.cam.base import Engine, RawMaps, capture, upsample
 
-__all__ = ["ScoreCAM"]
+__all__ = ["ISCAM", "SSCAM", "ScoreCAM"]
 
 
 class ScoreCAM(Engine):
@@ -33,6 +37,17 @@ class ScoreCAM(Engine):
 
     name = "scorecam"
     needs_indices = True
+
+    def _samples(self) -> int:
+        """Masked inputs per (image, channel) pair, whose probabilities are averaged."""
+        return 1
+
+    def _masked(self, images: Tensor, masks: Tensor, low: tuple[int, int]) -> Tensor:
+        """(B, 3, H, W) images, (B, H, W) masks in [0, 1] -> (S, B, 3, H, W) inputs: X o H_k.
+
+        `low` is the (h, w) the masks were upsampled from.
+        """
+        return (images * masks[:, None])[None]
 
     def _raw_chunk(self, images: Tensor, specs: list[Any]) -> RawMaps:
         with (
@@ -72,7 +87,8 @@ class ScoreCAM(Engine):
         scored = (flat_maps.amax((1, 2)) > flat_maps.amin((1, 2))).nonzero().flatten()  # (M,)
         gains = torch.zeros(n * k, num_classes, device=kept.device)
         size = tuple(images.shape[-2:])
-        step = self.config.score_batch
+        samples = self._samples()
+        step = max(1, self.config.score_batch // samples)
         with torch.no_grad(), self._forward_context(images.device):
             baseline = self.model(torch.zeros_like(images[:1])).float().softmax(1)  # (1, K)
             for start in range(0, len(scored), step):
@@ -80,6 +96,68 @@ class ScoreCAM(Engine):
                 masks = upsample(flat_maps[part], size)  # (B, h, w) -> (B, H, W)
                 lo = masks.amin((1, 2), keepdim=True)
                 masks = (masks - lo) / (masks.amax((1, 2), keepdim=True) - lo).clamp_min(1e-30)
-                masked = images[part // k] * masks[:, None].to(images.dtype)  # (B, 3, H, W)
-                gains[part] = self.model(masked).float().softmax(1) - baseline
+                # (S, B, 3, H, W) -> (S*B, 3, H, W): every input of the part in one pass
+                low = tuple(kept.shape[-2:])
+                inputs = self._masked(images[part // k], masks.to(images.dtype), low)
+                inputs = inputs.flatten(0, 1)
+                probs = self.model(inputs).float().softmax(1)  # (S*B, K)
+                gains[part] = probs.unflatten(0, (samples, len(part))).mean(0) - baseline
         return gains.view(n, k, num_classes)
+
+
+class SSCAM(ScoreCAM):
+    """SS-CAM, Wang et al. 2020 (arXiv:2006.14255): Score-CAM with noisy masks; no gradients.
+
+    L = ReLU(sum_k a_k A_k), a_k = (1/S) sum_s f(X o U(A'_k + d_s)) - f(X_b), d_s ~ N(0, std^2).
+
+    The smoothing on the feature maps (the paper's SS-CAM(1)): A'_k is channel k min-max
+    scaled, d_s a noise field at the layer's (h, w), U the bilinear upsampling (linear, so the
+    code adds U(d_s) to Score-CAM's upsampled mask); S = `score_samples` (10, the paper's
+    reported N), std = `score_std` (0.5). f and X_b as in camlens's Score-CAM (softmax
+    probability, zero image). d_s comes from a CPU generator seeded with `score_seed`, as
+    (S, h, w) fields shared by every image and channel: a map does not depend on the batch,
+    the chunk or the device. Two departures from torchcam's SSCAM (std 2.0, noise per input
+    pixel, fresh per image and channel): pixel noise of that size is a texture a CIFAR
+    network reads as another class; every noisy input then scores below the zero image and
+    every map of the shipped model came out flat (std 0.1 to 2.0 tried on 4 images); noise
+    at the layer's resolution with std 0.5 keeps the maps (`benchmarks/cam_agreement.py`).
+    torchcam also weighs channels by a softmax over channels of logit gains over the input's
+    own logit (as its Score-CAM does), which cannot be flat.
+    """
+
+    name = "sscam"
+
+    def _samples(self) -> int:
+        return self.config.score_samples
+
+    def _masked(self, images: Tensor, masks: Tensor, low: tuple[int, int]) -> Tensor:
+        gen = torch.Generator().manual_seed(self.config.score_seed)
+        noise = torch.randn((self._samples(), *low), generator=gen) * self.config.score_std
+        # (S, h, w) -> (S, H, W): the noise of the feature map, upsampled as the map is
+        noise = upsample(noise, tuple(masks.shape[1:])).to(masks.device, masks.dtype)
+        # (S, 1, H, W) + (1, B, H, W) -> (S, B, 1, H, W), times (B, 3, H, W) images
+        return images * (noise[:, None] + masks[None])[:, :, None]
+
+
+class ISCAM(ScoreCAM):
+    """IS-CAM, Naidu et al. 2020 (arXiv:2010.03023): Score-CAM integrated along a path.
+
+    L = ReLU(sum_k a_k A_k), a_k = (1/S) sum_{i=1..S} f(X o (i/S) H_k) - f(X_b).
+
+    The Riemann sum, with S = `score_samples` steps (10), of f on the straight path from the
+    baseline X_b = 0 to X o H_k, as Integrated Gradients integrates. The paper's mask for step
+    i, as torchcam quotes it, is M_i = sum_{j<i} (j/S) H_k, and torchcam scales step i's mask
+    by sum_{j<=i} j/S: both factors pass 1 (up to (S+1)/2), so those masks brighten the image
+    beyond X itself; camlens keeps the path within [X_b, X o H_k]. f and X_b as in Score-CAM.
+    """
+
+    name = "iscam"
+
+    def _samples(self) -> int:
+        return self.config.score_samples
+
+    def _masked(self, images: Tensor, masks: Tensor, low: tuple[int, int]) -> Tensor:
+        s = self._samples()
+        steps = torch.arange(1, s + 1, device=masks.device, dtype=masks.dtype) / s  # (S,)
+        # (S, 1, 1, 1) x (1, B, H, W) -> (S, B, 1, H, W), times (B, 3, H, W) images
+        return images * (steps[:, None, None, None] * masks[None])[:, :, None]
