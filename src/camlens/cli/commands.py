@@ -243,17 +243,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         precision=args.precision,
         compare_limit=args.compare,
     )
+    _print_report(outcome, args)
+    return 0
+
+
+def _print_report(outcome: Outcome, args: argparse.Namespace) -> None:
+    """What `run` and `report` print: accuracy, mistakes, and where everything went."""
     ev, shown = outcome.evaluation, len(outcome.galleries.mistakes)
     note = "" if shown == len(ev.mistakes) else f" ({shown} shown)"
     print(
-        f"test accuracy {ev.accuracy:.2%} on {len(opened.data.test)} images; "
+        f"test accuracy {ev.accuracy:.2%} on {ev.logits.shape[0]} images; "
         f"{len(ev.mistakes)} misclassified{note}; done in {outcome.seconds:.0f}s"
     )
     print(f"evaluation: {args.out / 'eval'}")
     if args.compare is not None:
         print(f"compare: {args.out / 'compare.csv'}, compare.png, sanity.png")
     _print_outcome(outcome)
-    return 0
 
 
 def _print_outcome(outcome: Outcome) -> None:
@@ -331,16 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         wandb_project=args.wandb_project if args.wandb else None,
         compare_limit=args.compare,
     )
-    ev, shown = outcome.evaluation, len(outcome.galleries.mistakes)
-    note = "" if shown == len(ev.mistakes) else f" ({shown} shown)"
-    print(
-        f"test accuracy {ev.accuracy:.2%}; {len(ev.mistakes)} misclassified{note}; "
-        f"done in {outcome.seconds:.0f}s"
-    )
-    print(f"evaluation: {args.out / 'eval'}")
-    if args.compare is not None:
-        print(f"compare: {args.out / 'compare.csv'}, compare.png, sanity.png")
-    _print_outcome(outcome)
+    _print_report(outcome, args)
     return 0
 
 

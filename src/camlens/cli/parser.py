@@ -231,6 +231,28 @@ def _wandb_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb-project", default="camlens", help="W&B project (default: camlens)")
 
 
+def _eval_batch_flag(parser: argparse.ArgumentParser) -> None:
+    field = {f.name: f for f in dataclasses.fields(TrainConfig)}["eval_batch_size"]
+    parser.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=field.default,
+        help=f"{field.metadata['help']} (default: {field.default})",
+    )
+
+
+def _compare_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compare",
+        type=int,
+        nargs="?",
+        const=256,
+        metavar="N",
+        help="also score the methods' faithfulness on N mistakes and N correct images, as "
+        "`camlens compare` does, into OUT/compare.* and the report (N default: 256)",
+    )
+
+
 def _device_flag(parser: argparse.ArgumentParser, backend: bool = False) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ..."
@@ -335,15 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder; resumed when it exists")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     _wandb_flags(p)
-    p.add_argument(
-        "--compare",
-        type=int,
-        nargs="?",
-        const=256,
-        metavar="N",
-        help="also score the methods' faithfulness on N mistakes and N correct images, as "
-        "`camlens compare` does, into OUT/compare.* and the report (N default: 256)",
-    )
+    _compare_flag(p)
     p.add_argument(
         "--limit",
         type=int,
@@ -387,13 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, image_size=None)
     p.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
-    eval_batch = {f.name: f for f in dataclasses.fields(TrainConfig)}["eval_batch_size"]
-    p.add_argument(
-        "--eval-batch-size",
-        type=int,
-        default=eval_batch.default,
-        help=f"{eval_batch.metadata['help']} (default: {eval_batch.default})",
-    )
+    _eval_batch_flag(p)
     _device_flag(p, backend=True)
     p.set_defaults(run=cmd_evaluate)
 
@@ -451,13 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Score-CAM keeps each image's K highest-variance channels (Faster Score-CAM): "
         "all channels cost ~2 s per image per layer on 2 CPU cores; 0: all (default: 32)",
     )
-    eval_batch = {f.name: f for f in dataclasses.fields(TrainConfig)}["eval_batch_size"]
-    p.add_argument(
-        "--eval-batch-size",
-        type=int,
-        default=eval_batch.default,
-        help=f"{eval_batch.metadata['help']} (default: {eval_batch.default})",
-    )
+    _eval_batch_flag(p)
     p.add_argument("--seed", type=int, default=0, help="correct-image sample, baselines, ROAD")
     _device_flag(p, backend=True)
     p.set_defaults(run=cmd_compare)
@@ -499,21 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="folder for eval/, gallery/, report")
     _explain_flags(p, layer=None)
     p.add_argument("--limit", type=int, help=f"{LIMIT_HELP} (default: all)")
-    p.add_argument(
-        "--compare",
-        type=int,
-        nargs="?",
-        const=256,
-        metavar="N",
-        help="also score the methods' faithfulness on N mistakes and N correct images into "
-        "OUT/compare.* and the report (N default: 256)",
-    )
-    p.add_argument(
-        "--eval-batch-size",
-        type=int,
-        default=eval_batch.default,
-        help=f"{eval_batch.metadata['help']} (default: {eval_batch.default})",
-    )
+    _compare_flag(p)
+    _eval_batch_flag(p)
     _device_flag(p)
     p.set_defaults(run=cmd_report)
 
