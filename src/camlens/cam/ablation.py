@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camlens.cam.base import Engine, RawMaps, capture
+from camlens.cam.base import Engine, RawMaps
 
 __all__ = ["AblationCAM"]
 
@@ -52,16 +52,7 @@ class AblationCAM(Engine):
     needs_indices = True
 
     def _raw_chunk(self, images: Tensor, specs: list[Any]) -> RawMaps:
-        with (
-            torch.no_grad(),
-            capture(self.model, self.layers, record=False) as store,
-            self._forward_context(images.device),
-        ):
-            logits = self.model(images)
-        missing = [name for name in self.layers if name not in store]
-        if missing:
-            raise RuntimeError(f"layers {missing} were not called in the model's forward pass")
-        targets = [self._resolve(spec, logits, want_scores=False) for spec in specs]
+        logits, store, targets = self._clean_forward(images, specs)
         maps: list[list[Tensor]] = [[] for _ in targets]
         for name, module in self.layers.items():
             acts = store[name]

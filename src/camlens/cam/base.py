@@ -190,6 +190,22 @@ class Engine:
             chunks, tuple(self.layers), size, mode, rectify=self.rectify, method=self.name
         )
 
+    def _clean_forward(
+        self, images: Tensor, specs: list[Any]
+    ) -> tuple[Tensor, dict[str, Tensor], list[Resolved]]:
+        """One no-grad forward of the clean images for the forward-only methods: the logits,
+        each hooked layer's output by name, and the chunk's resolved targets."""
+        with (
+            torch.no_grad(),
+            capture(self.model, self.layers, record=False) as store,
+            self._forward_context(images.device),
+        ):
+            logits = self.model(images)
+        missing = [name for name in self.layers if name not in store]
+        if missing:
+            raise RuntimeError(f"layers {missing} were not called in the model's forward pass")
+        return logits, store, [self._resolve(spec, logits, want_scores=False) for spec in specs]
+
     def _forward_context(self, device: torch.device) -> contextlib.AbstractContextManager:
         dtype = PRECISIONS[self.config.precision]
         if dtype is None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camlens.cam.base import Engine, RawMaps, capture, upsample
+from camlens.cam.base import Engine, RawMaps, upsample
 
 __all__ = ["ISCAM", "SSCAM", "ScoreCAM"]
 
@@ -50,16 +50,7 @@ class ScoreCAM(Engine):
         return (images * masks[:, None])[None]
 
     def _raw_chunk(self, images: Tensor, specs: list[Any]) -> RawMaps:
-        with (
-            torch.no_grad(),
-            capture(self.model, self.layers, record=False) as store,
-            self._forward_context(images.device),
-        ):
-            logits = self.model(images)
-        missing = [name for name in self.layers if name not in store]
-        if missing:
-            raise RuntimeError(f"layers {missing} were not called in the model's forward pass")
-        targets = [self._resolve(spec, logits, want_scores=False) for spec in specs]
+        logits, store, targets = self._clean_forward(images, specs)
         maps: list[list[Tensor]] = [[] for _ in targets]
         for name in self.layers:
             acts = store[name].float()
