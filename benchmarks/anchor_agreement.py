@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from cam_speed import minmax, pearson, spearman  # beside this script: one copy of each
 from camlens.cam import create
 from camlens.model import load_checkpoint
 
@@ -32,26 +33,6 @@ def unguided(model: torch.nn.Module, layer: str, x: torch.Tensor, t: torch.Tenso
     x = x.clone().requires_grad_()
     (grads,) = torch.autograd.grad(model(x).gather(1, t[:, None]).sum(), x)
     return minmax(cam * grads.abs().amax(1))
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) x 2 -> (N,) correlation per map; flat maps count as agreeing."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    norm = a.norm(dim=1) * b.norm(dim=1)
-    return torch.where(norm > 0, (a * b).sum(1) / norm.clamp_min(1e-30), 1.0)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    def rank(x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1).argsort(1).argsort(1).float()
-
-    return pearson(rank(a), rank(b))
-
-
-def minmax(maps: torch.Tensor) -> torch.Tensor:
-    lo, hi = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
-    return torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(1e-30), 0.0)
 
 
 def size_of(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from cam_speed import minmax  # beside this script
 from camlens.cam import create
 from camlens.model import ResNet18, load_checkpoint
 
@@ -44,11 +45,6 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return x.flatten(1).argsort(1).argsort(1).float()
 
     return pearson(rank(a), rank(b))
-
-
-def minmax(maps: torch.Tensor) -> torch.Tensor:
-    lo, hi = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
-    return torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(1e-30), 0.0)
 
 
 def upsampled(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
