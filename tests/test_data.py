@@ -206,17 +206,33 @@ def test_a_corrupt_archive_is_a_data_error(tmp_path):
 # ----------------------------------------------------------------------------- transforms
 
 
-def test_random_crop_matches_a_per_image_reference():
+def reflect_reference(image, pad):
+    """Mirror without repeating the edge, index by index: -1 -> 1, h -> h - 2."""
+    h, w = image.shape[1:]
+    fold = lambda i, n: -i if i < 0 else (2 * (n - 1) - i if i >= n else i)  # noqa: E731
+    rows = [fold(i, h) for i in range(-pad, h + pad)]
+    cols = [fold(j, w) for j in range(-pad, w + pad)]
+    return image[:, rows][:, :, cols]
+
+
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_random_crop_matches_a_per_image_reference(padding):
     g = torch.Generator().manual_seed(3)
     images = torch.rand(6, 3, 8, 8)
-    out = random_crop(images, 2, torch.Generator().manual_seed(3))
+    out = random_crop(images, 2, torch.Generator().manual_seed(3), padding)
     dy = torch.randint(0, 5, (6,), generator=g)
     dx = torch.randint(0, 5, (6,), generator=g)
+    assert (dy != 2).any() and (dx != 2).any(), "the test needs crops that reach the border"
     for i in range(6):
-        padded = torch.zeros(3, 12, 12)
-        padded[:, 2:10, 2:10] = images[i]
+        if padding == "zeros":
+            padded = torch.zeros(3, 12, 12)
+            padded[:, 2:10, 2:10] = images[i]
+        else:
+            padded = reflect_reference(images[i], 2)
         window = padded[:, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8]
         assert torch.equal(out[i], window)
+    with pytest.raises(ValueError, match="padding must be one of zeros, reflect"):
+        random_crop(images, 2, g, "edge")
 
 
 def test_flip_mirrors_about_half_and_keeps_the_rest():

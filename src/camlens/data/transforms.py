@@ -8,13 +8,33 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["augment", "random_crop", "random_flip", "cutout", "channel_stats", "balanced_subset"]
+__all__ = [
+    "PADDINGS",
+    "augment",
+    "random_crop",
+    "random_flip",
+    "cutout",
+    "channel_stats",
+    "balanced_subset",
+]
 
 
-def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad by `pad` and crop back at a random offset per image (the seed's RandomCrop)."""
+PADDINGS = ("zeros", "reflect")
+
+
+def random_crop(
+    images: torch.Tensor, pad: int, generator: torch.Generator, padding: str = "zeros"
+) -> torch.Tensor:
+    """Pad by `pad` and crop back at a random offset per image (the seed's RandomCrop).
+
+    `padding` "zeros" fills the border with black (the seed's), "reflect" mirrors the image
+    into it (no edge where the photo ends).
+    """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
     n, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))  # (N, C, H+2p, W+2p)
+    mode = "constant" if padding == "zeros" else padding
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode=mode)  # (N, C, H+2p, W+2p)
     dy = torch.randint(0, 2 * pad + 1, (n,), device=images.device, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device, generator=generator)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # (N, 1, H, 1)
@@ -54,10 +74,11 @@ def augment(
     cut: bool = True,
     pad: int = 4,
     cutout_size: int = 8,
+    padding: str = "zeros",
 ) -> torch.Tensor:
     """The seed project's augmentation, batchwise: crop with padding, flip, cutout."""
     if crop:
-        images = random_crop(images, pad, generator)
+        images = random_crop(images, pad, generator, padding)
     if flip:
         images = random_flip(images, generator)
     if cut:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from camlens.data.transforms import PADDINGS
 from camlens.model import NORMS
 
 __all__ = ["RunError", "TrainConfig"]
@@ -37,14 +38,20 @@ class TrainConfig:
     seed: int = _opt(0, "seed for initialisation, order and augmentation")
     subset: int | None = _opt(None, "train on the first N images (balanced across classes)")
     crop: bool = _opt(True, "random crop with 4-pixel padding")
+    padding: str = _opt(
+        "zeros",
+        "what --crop pads with: zeros (black, the seed's) or reflect (the image mirrored)",
+        choices=PADDINGS,
+    )
     flip: bool = _opt(True, "random horizontal flip")
     cutout: bool = _opt(True, "8x8 cutout")
     precision: str = _opt("auto", "auto (bf16 autocast) or fp32", choices=("auto", "bf16", "fp32"))
     channels_last: bool = _opt(True, "channels-last memory format (faster convolutions)")
     eval_batch_size: int = _opt(64, "images per batch when testing")
     keep_every: int = _opt(
-        0, "also keep every K-th epoch's weights in OUT/epochs/ (fp16: about 22 MB each at "
-        "width 64) for `camlens explain --over-epochs`; 0 keeps none"
+        0,
+        "also keep every K-th epoch's weights in OUT/epochs/ (fp16: about 22 MB each at "
+        "width 64) for `camlens explain --over-epochs`; 0 keeps none",
     )
     sync_bn: bool = _opt(
         False, "under torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)"
@@ -64,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"momentum must lie between 0.05 and 0.95, got {self.momentum}")
         if not 0 < self.warmup < 1:
             raise ValueError(f"warmup must lie between 0 and 1, got {self.warmup}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 

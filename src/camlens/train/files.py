@@ -48,7 +48,7 @@ def write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed
             **asdict(config),
             "optimizer": "SGD (Nesterov)",
             "schedule": "one-cycle (cosine)",
-            "augmentation": "batched crop(pad 4) / flip / cutout 8x8 on the training device",
+            "augmentation": _augmentation(config),
         },
     }
     save_checkpoint(model, out / "checkpoint", meta)
@@ -60,3 +60,10 @@ def write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed
     state = (model, optimizer, scheduler, epoch, history, config, elapsed, data.checksum)
     state += (world_size(),)
     save_resume(out / RESUME_FILE, *state)
+
+
+def _augmentation(config) -> str:
+    """The augmentation a recipe runs, in words: "crop (pad 4, reflect) / flip" ..."""
+    steps = [f"crop (pad 4, {config.padding})"] if config.crop else []
+    steps += ["flip"] * config.flip + ["cutout 8x8"] * config.cutout
+    return " / ".join(steps or ["none"]) + ", batched on the training device"

@@ -178,7 +178,9 @@ def train(
             images = as_float_images(train_images[idx])
             # the whole global batch is augmented on every rank, so that each image gets the
             # random crop, flip and hole it gets in one process (cheap next to the step)
-            images = augment(images, generator, config.crop, config.flip, config.cutout)
+            images = augment(
+                images, generator, config.crop, config.flip, config.cutout, padding=config.padding
+            )
             images = images[local].contiguous(memory_format=memory_format)
             labels = train_labels[idx][local]
             with autocast(device, config.precision):
