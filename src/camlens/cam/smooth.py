@@ -41,7 +41,10 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     score's gradient too), and sum_ab |A_kab| <g^3> is the paper's (torchcam sums A <g^3> over
     places). Two choices differ from torchcam: ReLU(<g>) uses the mean gradient (torchcam the
     last noisy copy's), and alpha is 0 where its denominator is not positive (see
-    `gradcam_plusplus_map`). The activations are the clean image's, taken from the batch.
+    `gradcam_plusplus_map`). The activations are the clean image's, taken from the batch
+    (torchcam's final sum weighs the last noisy copy's: its hook keeps the last pass). Without
+    noise the two agree to 1e-3 of the map; with the default noise, fed the same copies, the
+    two maps have Spearman 0.69-0.99 on the shipped model's layer4 (tests/test_cam.py).
     """
 
     name = "smoothgradcam++"
