@@ -1,4 +1,5 @@
 import csv
+import sys
 
 import pytest
 import torch
@@ -7,9 +8,11 @@ from camlens.data import DataError, Split
 from camlens.evaluate import (
     confusion_matrix,
     evaluate,
+    fast_bf16,
     find_mistakes,
     predict,
     read_mistakes,
+    resolve_precision,
     write_evaluation,
 )
 from camlens.model import ResNet18
@@ -88,3 +91,19 @@ def test_misclassified_csv_reads_back_with_images(tmp_path):
     assert len(back) > 0
     with pytest.raises(DataError, match="does not belong"):
         read_mistakes(tmp_path / "misclassified.csv", other)
+
+
+@pytest.mark.parametrize(
+    ("flags", "fast"),
+    [("fpu avx512f avx512_bf16 amx_bf16 amx_tile", True), ("fpu avx512f avx512_bf16", False)],
+)
+def test_auto_precision_is_bf16_only_on_cpus_with_amx(tmp_path, monkeypatch, flags, fast):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\nbugs\t\t: amx_bf16_bug\n")
+    cpu = torch.device("cpu")
+    assert fast_bf16(cpu, str(info)) is fast
+    assert fast_bf16(cpu, str(tmp_path / "missing")) is False  # not Linux: fp32
+    module = sys.modules[resolve_precision.__module__]  # camlens.evaluate is also a function
+    monkeypatch.setattr(module, "fast_bf16", lambda device: fast)
+    assert resolve_precision("auto", cpu) == ("bf16" if fast else "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from camlens.cli import main
 from camlens.data import Dataset, Split, channel_stats, load_dataset
+from camlens.evaluate import resolve_precision
 from camlens.model import load_checkpoint
 from camlens.train import RunError, TrainConfig, train
 from conftest import write_image_folder
@@ -46,6 +47,8 @@ def test_a_short_run_writes_every_artefact(tmp_path, tiny_folder):
     meta = json.loads((run / "checkpoint.json").read_text())
     assert meta["epoch"] == 2 and meta["classes"] == list(data.classes)
     assert meta["data_checksum"] == data.checksum and meta["recipe"]["width"] == 8
+    used = resolve_precision(config.precision, torch.device("cpu"))
+    assert meta["recipe"]["precision_used"] == used  # what "auto" became on this machine
     mean, std = channel_stats(data.train.images)
     assert meta["mean"] == pytest.approx(mean) and meta["std"] == pytest.approx(std)
     model, _ = load_checkpoint(run / "checkpoint.safetensors")

@@ -45,7 +45,11 @@ class TrainConfig:
     )
     flip: bool = _opt(True, "random horizontal flip")
     cutout: bool = _opt(True, "8x8 cutout")
-    precision: str = _opt("auto", "auto (bf16 autocast) or fp32", choices=("auto", "bf16", "fp32"))
+    precision: str = _opt(
+        "auto",
+        "auto: bf16 autocast where it is faster (GPUs, CPUs with AMX), else fp32",
+        choices=("auto", "bf16", "fp32"),
+    )
     channels_last: bool = _opt(True, "channels-last memory format (faster convolutions)")
     eval_batch_size: int = _opt(64, "images per batch when testing")
     keep_every: int = _opt(

@@ -12,6 +12,7 @@ import torch
 
 from camlens.atomic import atomic_write_bytes
 from camlens.distributed import backend, world_size
+from camlens.evaluate import resolve_precision
 from camlens.model import save_checkpoint
 from camlens.plots import plot_curves
 from camlens.train.state import RESUME_FILE, save_resume
@@ -49,6 +50,7 @@ def write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed
             "optimizer": "SGD (Nesterov)",
             "schedule": "one-cycle (cosine)",
             "augmentation": _augmentation(config),
+            "precision_used": resolve_precision(config.precision, device),
         },
     }
     save_checkpoint(model, out / "checkpoint", meta)
