@@ -237,3 +237,17 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(full[key], resumed[key]), key
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_cutout_follows_the_budget_unless_asked(capsys):
+    from camlens.train import CUTOUT_FROM
+
+    assert TrainConfig(epochs=5).cutout is False  # short runs: cutout costs accuracy
+    assert TrainConfig(epochs=CUTOUT_FROM - 1).cutout is False
+    assert TrainConfig(epochs=CUTOUT_FROM).cutout is True and TrainConfig(epochs=80).cutout
+    assert TrainConfig(epochs=5, cutout=True).cutout and not TrainConfig(cutout=False).cutout
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert f"on for runs of {CUTOUT_FROM} epochs or more" in " ".join(
+        capsys.readouterr().out.split()
+    )

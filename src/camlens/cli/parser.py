@@ -123,7 +123,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_type) -> None:
     for f in dataclasses.fields(config_type):
         flag = "--" + f.name.replace("_", "-")
         tp = _field_type(hints[f.name])
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        default = f.metadata.get("auto", f.default)  # a rule in words where None means auto
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
         if tp is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text

@@ -11,12 +11,13 @@ the global batch, split across the processes, and only rank 0 (`is_writer()`) lo
 """
 
 from camlens.distributed import is_writer
-from camlens.train.config import RunError, TrainConfig
+from camlens.train.config import CUTOUT_FROM, RunError, TrainConfig
 from camlens.train.loop import train
 from camlens.train.tensorboard import tensorboard_logger
 from camlens.train.wandb_log import WandbLogger, wandb_logger
 
 __all__ = [
+    "CUTOUT_FROM",
     "RunError",
     "TrainConfig",
     "WandbLogger",

@@ -11,10 +11,16 @@ from typing import Any
 from camlens.data.transforms import PADDINGS
 from camlens.model import NORMS
 
-__all__ = ["RunError", "TrainConfig"]
+__all__ = ["CUTOUT_FROM", "RunError", "TrainConfig"]
+
+
+# Cutout regularises: it pays in long runs and costs accuracy in short ones (README, "The
+# default recipe": 5 epochs on CIFAR-10 with and without it). Runs this long or longer use it.
+CUTOUT_FROM = 20
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
+    """A field; `auto` (with default None) says in words what None becomes, for --help."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -44,7 +50,12 @@ class TrainConfig:
         choices=PADDINGS,
     )
     flip: bool = _opt(True, "random horizontal flip")
-    cutout: bool = _opt(True, "8x8 cutout")
+    cutout: bool | None = _opt(
+        None,
+        "8x8 cutout",
+        auto=f"on for runs of {CUTOUT_FROM} epochs or more, off for shorter ones, where it "
+        "costs accuracy",
+    )
     precision: str = _opt(
         "auto",
         "auto: bf16 autocast where it is faster (GPUs, CPUs with AMX), else fp32",
@@ -62,6 +73,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.cutout is None:  # the budget decides; the recipe records what it decided
+            object.__setattr__(self, "cutout", self.epochs >= CUTOUT_FROM)
         for name in ("epochs", "batch_size", "width", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
