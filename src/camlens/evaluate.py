@@ -42,7 +42,7 @@ def fast_bf16(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> bool:
 
     On a GPU: where it supports bf16. On the CPU: only with AMX (the `amx_bf16` flag), where
     the bare ResNet18 step ran at 192 img/s in bf16 against 102 in fp32; on a Xeon with
-    AVX512-BF16 but no AMX it ran at 48 against 65 (`benchmarks/train_speed.py --formats`).
+    AVX512-BF16 but no AMX it ran at 50 against 69 (`benchmarks/train_speed.py --formats`).
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
