@@ -239,15 +239,35 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
 
 
-def test_cutout_follows_the_budget_unless_asked(capsys):
-    from camlens.train import CUTOUT_FROM
+def test_the_budget_decides_cutout_and_zero_init_unless_asked(capsys):
+    from camlens.train import CUTOUT_FROM, ZERO_INIT_BELOW
 
-    assert TrainConfig(epochs=5).cutout is False  # short runs: cutout costs accuracy
-    assert TrainConfig(epochs=CUTOUT_FROM - 1).cutout is False
-    assert TrainConfig(epochs=CUTOUT_FROM).cutout is True and TrainConfig(epochs=80).cutout
-    assert TrainConfig(epochs=5, cutout=True).cutout and not TrainConfig(cutout=False).cutout
+    def decided(steps=1950, saved=None, **kw):
+        config = TrainConfig(**kw).decided(steps, saved)
+        return config.cutout, config.zero_init_residual
+
+    assert TrainConfig(epochs=5).cutout is None  # auto until the run's length is known
+    assert decided(epochs=5) == (False, False)  # 5 epochs of CIFAR-10: neither pays
+    assert decided(epochs=CUTOUT_FROM - 1)[0] is False and decided(epochs=CUTOUT_FROM)[0]
+    assert decided(epochs=80, steps=80 * 390) == (True, False)
+    assert decided(steps=ZERO_INIT_BELOW - 1)[1] and not decided(steps=ZERO_INIT_BELOW)[1]
+    for norm in ("layer", "group"):  # without it these norms lag far behind
+        assert decided(norm=norm, steps=10**6)[1] is True
+    assert decided(epochs=5, cutout=True, zero_init_residual=True) == (True, True)
+    assert decided(epochs=80, cutout=False) == (False, False)
+    # a resumed run keeps what it decided at its start, whatever today's rules say
+    assert decided(epochs=5, saved={"cutout": True, "zero_init_residual": True}) == (True, True)
+    assert decided(epochs=5, cutout=False, saved={"cutout": True}) == (False, False)
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert f"on for runs of {CUTOUT_FROM} epochs or more" in " ".join(
-        capsys.readouterr().out.split()
-    )
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"on for runs of {CUTOUT_FROM} epochs or more" in help_text
+    assert f"for batch norm only in runs of fewer than {ZERO_INIT_BELOW} steps" in help_text
+
+
+def test_the_checkpoint_records_what_the_budget_decided(tmp_path, tiny_folder):
+    data = load_dataset(tiny_folder, progress=False)
+    train(TrainConfig(epochs=1, **TINY), data, tmp_path / "run", progress=False, log=quiet)
+    recipe = json.loads((tmp_path / "run" / "checkpoint.json").read_text())["recipe"]
+    assert recipe["cutout"] is False and recipe["zero_init_residual"] is True  # a few steps
+    assert "cutout" not in recipe["augmentation"]

@@ -11,7 +11,7 @@ the global batch, split across the processes, and only rank 0 (`is_writer()`) lo
 """
 
 from camlens.distributed import is_writer
-from camlens.train.config import CUTOUT_FROM, RunError, TrainConfig
+from camlens.train.config import CUTOUT_FROM, ZERO_INIT_BELOW, RunError, TrainConfig
 from camlens.train.loop import train
 from camlens.train.tensorboard import tensorboard_logger
 from camlens.train.wandb_log import WandbLogger, wandb_logger
@@ -25,4 +25,5 @@ __all__ = [
     "tensorboard_logger",
     "train",
     "wandb_logger",
+    "ZERO_INIT_BELOW",
 ]

@@ -5,18 +5,22 @@ Both sit apart from the loop so the CLI can build its flags without reading how 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from camlens.data.transforms import PADDINGS
 from camlens.model import NORMS
 
-__all__ = ["CUTOUT_FROM", "RunError", "TrainConfig"]
+__all__ = ["CUTOUT_FROM", "ZERO_INIT_BELOW", "RunError", "TrainConfig"]
 
 
-# Cutout regularises: it pays in long runs and costs accuracy in short ones (README, "The
-# default recipe": 5 epochs on CIFAR-10 with and without it). Runs this long or longer use it.
+# Budget rules (README, "The default recipe", measured at 5 epochs on CIFAR-10). Cutout
+# regularises: it pays in long runs and costs accuracy in short ones; runs of CUTOUT_FROM
+# epochs or more use it. Zero-init residual keeps layer and group norm learning (without it
+# they lag far behind) and very short batch-norm runs from diverging, but costs batch norm
+# accuracy in real runs; batch norm uses it only in runs of fewer than ZERO_INIT_BELOW steps.
 CUTOUT_FROM = 20
+ZERO_INIT_BELOW = 1000
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -40,7 +44,13 @@ class TrainConfig:
     warmup: float = _opt(0.25, "share of the steps spent rising to the peak learning rate")
     norm: str = _opt("batch", "normalisation layers", choices=NORMS)
     width: int = _opt(64, "channels of the first stage (64 is the standard ResNet18)")
-    zero_init_residual: bool = _opt(True, "start each residual block as the identity")
+    zero_init_residual: bool | None = _opt(
+        None,
+        "start each residual block as the identity",
+        auto=f"on for layer and group norm; for batch norm only in runs of fewer than "
+        f"{ZERO_INIT_BELOW} steps (epochs x images / batch size), where it stops the first "
+        "steps from diverging",
+    )
     seed: int = _opt(0, "seed for initialisation, order and augmentation")
     subset: int | None = _opt(None, "train on the first N images (balanced across classes)")
     crop: bool = _opt(True, "random crop with 4-pixel padding")
@@ -50,7 +60,7 @@ class TrainConfig:
         choices=PADDINGS,
     )
     flip: bool = _opt(True, "random horizontal flip")
-    cutout: bool | None = _opt(
+    cutout: bool | None = _opt(  # None: decided by `decided` when the run starts
         None,
         "8x8 cutout",
         auto=f"on for runs of {CUTOUT_FROM} epochs or more, off for shorter ones, where it "
@@ -72,9 +82,24 @@ class TrainConfig:
         False, "under torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)"
     )
 
+    def decided(self, steps: int, saved: dict[str, Any] | None = None) -> TrainConfig:
+        """This recipe with each None (auto) setting decided for a run of `steps` steps.
+
+        A resumed run keeps what its `saved` config decided at its start, so the rules may
+        change between camlens versions without stopping a run half way.
+        """
+        rules = {
+            "cutout": self.epochs >= CUTOUT_FROM,
+            "zero_init_residual": self.norm != "batch" or steps < ZERO_INIT_BELOW,
+        }
+        chosen = {
+            name: (saved or {}).get(name, rule)
+            for name, rule in rules.items()
+            if getattr(self, name) is None
+        }
+        return replace(self, **chosen)
+
     def __post_init__(self) -> None:
-        if self.cutout is None:  # the budget decides; the recipe records what it decided
-            object.__setattr__(self, "cutout", self.epochs >= CUTOUT_FROM)
         for name in ("epochs", "batch_size", "width", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -33,7 +33,7 @@ from camlens.evaluate import as_float_images, autocast, predict
 from camlens.model import ResNet18
 from camlens.train.config import RunError, TrainConfig
 from camlens.train.files import write_epoch
-from camlens.train.state import RESUME_FILE, check_resumable, load_resume
+from camlens.train.state import RESUME_FILE, check_resumable, load_resume, saved_config
 
 __all__ = ["default_sampler", "train"]
 
@@ -88,6 +88,9 @@ def train(
     sampler = sampler or default_sampler(pool, config.seed)
     batch_size = min(config.batch_size, len(pool))  # the global batch, over all ranks
     steps = len(pool) // batch_size  # a ragged last batch would change BatchNorm statistics
+    resuming = resume and _every_rank_sees(resume_path)
+    # the budget's rules decided (a resumed run keeps its own); the checkpoint records them
+    config = config.decided(config.epochs * steps, saved_config(resume_path) if resuming else None)
     world = world_size()
     if batch_size % world:
         raise RunError(
@@ -136,7 +139,7 @@ def train(
     )
 
     start, history, elapsed = 0, [], 0.0
-    if resume and _every_rank_sees(resume_path):
+    if resuming:
         check_resumable(resume_path, config, data)
         start, history, elapsed, saved_world = load_resume(resume_path, model, optimizer, scheduler)
         note = ""

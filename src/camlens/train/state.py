@@ -17,7 +17,7 @@ from camlens.atomic import atomic_save_tensors
 from camlens.data import Dataset
 from camlens.train.config import RunError, TrainConfig
 
-__all__ = ["RESUME_FILE", "check_resumable", "load_resume", "save_resume"]
+__all__ = ["RESUME_FILE", "check_resumable", "load_resume", "save_resume", "saved_config"]
 
 RESUME_FILE = "resume.safetensors"
 
@@ -60,6 +60,12 @@ def save_resume(
         "world_size": str(world_size),
     }
     atomic_save_tensors(path, tensors, metadata)
+
+
+def saved_config(path: Path) -> dict:
+    """The settings a run was started with, from its resume state."""
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["config"])
 
 
 def check_resumable(path: Path, config: TrainConfig, data: Dataset) -> None:
