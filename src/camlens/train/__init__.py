@@ -21,9 +21,9 @@ __all__ = [
     "RunError",
     "TrainConfig",
     "WandbLogger",
+    "ZERO_INIT_BELOW",
     "is_writer",
     "tensorboard_logger",
     "train",
     "wandb_logger",
-    "ZERO_INIT_BELOW",
 ]
