@@ -67,12 +67,16 @@ def main() -> None:
         "random 8x8 upsampled": smooth_random(n, (8, 8), (h, w), g),
         "centre": baseline_maps(images.shape, "centre"),
     }
-    print(f"{n} most confident mistakes of {args.checkpoint} on {args.data}; "
-          "maps of the predicted class")
+    print(
+        f"{n} most confident mistakes of {args.checkpoint} on {args.data}; "
+        "maps of the predicted class"
+    )
     for replacement in ("blur", "mean"):
         config = MetricConfig(replacement=replacement)
-        print(f"\nreplacement {replacement}: AUC mean [95% CI]; mean probability after 0, 1/16,"
-              " 2/16, 4/16, 8/16 of the pixels deleted")
+        print(
+            f"\nreplacement {replacement}: AUC mean [95% CI]; mean probability after 0, 1/16,"
+            " 2/16, 4/16, 8/16 of the pixels deleted"
+        )
         print(f"{'map':26s} {'deletion (lower)':20s} {'insertion (higher)':20s} deletion curve")
         for name, m in maps.items():
             curves = perturbation_curves(model, images, m, preds, config)

@@ -54,8 +54,12 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
         if (m, layer) != ("cam", "layer3")  # CAM needs the layer feeding GAP -> fc
     }
     assert list(result.skipped) == [("cam", "layer3")]
-    expected |= {(b, "-", s, metric) for b in BASELINES for s in ("mistakes", "correct")
-                 for metric in METRICS}
+    expected |= {
+        (b, "-", s, metric)
+        for b in BASELINES
+        for s in ("mistakes", "correct")
+        for metric in METRICS
+    }
     assert cells == expected and len(rows) == len(expected)
     assert all(r["n"] == "3" for r in rows if r["metric"] != "arcc")
     for r in rows:
@@ -65,7 +69,7 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
     assert payload["columns"] == list(COLUMNS) and len(payload["rows"]) == len(expected)
     assert set(payload["sanity"]) == set(METHODS)
     for name in FILES:
-        assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"meth", b"{\n \"")
+        assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"meth", b'{\n "')
 
 
 def test_subsets_are_the_most_confident_mistakes_and_as_many_correct_images():
@@ -87,8 +91,11 @@ def test_baselines_are_scored_on_the_same_images_and_targets(tiny, compared):
     cams = baseline_maps(images.shape, "centre")
     metrics = ("deletion", "insertion", "drop")
     want = score_maps(model, images, cams, targets, metrics=metrics).values
-    got = {r["metric"]: r["mean"] for r in result.rows
-           if (r["method"], r["subset"]) == ("centre", "mistakes") and r["metric"] in metrics}
+    got = {
+        r["metric"]: r["mean"]
+        for r in result.rows
+        if (r["method"], r["subset"]) == ("centre", "mistakes") and r["metric"] in metrics
+    }
     assert got == pytest.approx({m: float(want[m].mean()) for m in metrics}, abs=1e-6)
 
 
@@ -112,8 +119,22 @@ def _cli(capsys, *argv):
 def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, capsys, flags, words):
     _, data, ckpt = tiny
     out = tmp_path / "out"
-    code, _, err = _cli(capsys, "compare", "--checkpoint", ckpt, "--data", data.source, "--out",
-                        out, "--method", "gradcam", "--device", "cpu", "--no-progress", *flags)
+    code, _, err = _cli(
+        capsys,
+        "compare",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        data.source,
+        "--out",
+        out,
+        "--method",
+        "gradcam",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *flags,
+    )
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
@@ -123,17 +144,46 @@ def test_a_checkpoint_for_other_classes_is_refused(tmp_path, tiny_folder, capsys
     meta = {"classes": ["a", "b", "c", "d"], "image_size": 32, "epoch": 0}
     save_checkpoint(ResNet18(4, "batch", 8), ckpt, meta)
     out = tmp_path / "out"
-    code, _, err = _cli(capsys, "compare", "--checkpoint", ckpt, "--data", tiny_folder,
-                        "--out", out, "--device", "cpu", "--no-progress")
+    code, _, err = _cli(
+        capsys,
+        "compare",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 2 and "trained on" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 
 def test_run_compare_writes_the_table_and_the_report_section(tmp_path, tiny_folder, capsys):
     out = tmp_path / "r"
-    code, stdout, err = _cli(capsys, "run", "--data", tiny_folder, "--out", out, "--epochs", 1,
-                             "--width", 8, "--batch-size", 8, "--no-progress", "--layer",
-                             "layer4", "--method", "gradcam", "--compare", 2)
+    code, stdout, err = _cli(
+        capsys,
+        "run",
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--width",
+        8,
+        "--batch-size",
+        8,
+        "--no-progress",
+        "--layer",
+        "layer4",
+        "--method",
+        "gradcam",
+        "--compare",
+        2,
+    )
     assert code == 0, err
     for name in FILES:
         assert (out / name).is_file(), name
@@ -145,8 +195,21 @@ def test_run_compare_writes_the_table_and_the_report_section(tmp_path, tiny_fold
 
 def test_run_refuses_compare_0_before_training(tmp_path, tiny_folder, capsys):
     out = tmp_path / "r"
-    code, _, err = _cli(capsys, "run", "--data", tiny_folder, "--out", out, "--epochs", 1,
-                        "--width", 8, "--no-progress", "--compare", 0)
+    code, _, err = _cli(
+        capsys,
+        "run",
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--width",
+        8,
+        "--no-progress",
+        "--compare",
+        0,
+    )
     assert code == 2 and "--compare must be >= 1" in err, err
     assert not (out / "checkpoint.safetensors").exists()
 
@@ -156,13 +219,22 @@ def test_run_refuses_compare_0_before_training(tmp_path, tiny_folder, capsys):
 
 def test_a_plus_b_layer_is_one_engine_on_both(tiny, tmp_path, one_thread):
     model, data, _ = tiny
-    result = compare(model, data, tmp_path / "out", methods=("refinecam",),
-                     layers=("layer4", "layer3+layer4"), limit=2, sanity_images=1)
+    result = compare(
+        model,
+        data,
+        tmp_path / "out",
+        methods=("refinecam",),
+        layers=("layer4", "layer3+layer4"),
+        limit=2,
+        sanity_images=1,
+    )
     layers = {r["layer"] for r in result.rows if r["method"] == "refinecam"}
     assert layers == {"layer4", "layer3+layer4"} and not result.skipped
     assert result.sanity["refinecam"]["layer"] == "layer3+layer4"
     # the "+" entry scores RefineCAM's product, which differs from layer4 alone
-    deletion = {r["layer"]: r["mean"] for r in result.rows
-                if r["method"] == "refinecam" and r["metric"] == "deletion"
-                and r["subset"] == "mistakes"}
+    deletion = {
+        r["layer"]: r["mean"]
+        for r in result.rows
+        if r["method"] == "refinecam" and r["metric"] == "deletion" and r["subset"] == "mistakes"
+    }
     assert deletion["layer4"] != deletion["layer3+layer4"]

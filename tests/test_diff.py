@@ -39,15 +39,19 @@ def two(split, one_thread):
 
 def test_groups_match_sets_computed_from_the_predictions(split, two):
     a, b, d = two
-    wrong = [set((predict(m, split.images).argmax(1) != split.labels).nonzero().flatten().tolist())
-             for m in (a, b)]
+    wrong = [
+        set((predict(m, split.images).argmax(1) != split.labels).nonzero().flatten().tolist())
+        for m in (a, b)
+    ]
     assert set(d.groups["shared"].tolist()) == wrong[0] & wrong[1]
     assert set(d.groups["only_a"].tolist()) == wrong[0] - wrong[1]
     assert set(d.groups["only_b"].tolist()) == wrong[1] - wrong[0]
     assert all(d.groups[g].numel() for g in GROUPS), "the fixture should fill every group"
     for g in GROUPS:  # counts per true class add up to the group
-        assert d.per_class[g].tolist() == torch.bincount(
-            split.labels[d.groups[g]], minlength=len(CLASSES)).tolist()
+        assert (
+            d.per_class[g].tolist()
+            == torch.bincount(split.labels[d.groups[g]], minlength=len(CLASSES)).tolist()
+        )
     pa, pb = (predict(m, split.images[d.groups["shared"]]).argmax(1) for m in (a, b))
     assert d.same_wrong_class.tolist() == (pa == pb).tolist()
 
@@ -98,8 +102,9 @@ def test_page_and_json_are_written_together(two, tmp_path):
     files = write_diff(d, tmp_path / "out")
     stats = json.loads(files["diff.json"].read_text())
     assert stats["mistakes"] == {g: d.groups[g].numel() for g in GROUPS}
-    assert set(stats["agreement"]) == {f"{lay} {t} {m}" for lay in LAYERS for t in TARGETS
-                                       for m in ("spearman", "iou")}
+    assert set(stats["agreement"]) == {
+        f"{lay} {t} {m}" for lay in LAYERS for t in TARGETS for m in ("spearman", "iou")
+    }
     page = files["diff.html"].read_text()
     assert "both wrong" in page and "only A wrong" in page and "only B wrong" in page
     assert page.count('class="item"') == sum(min(5, d.groups[g].numel()) for g in GROUPS)
@@ -125,18 +130,36 @@ def checkpoints(tmp_path_factory, tiny_folder):
     for seed, norm in ((0, "batch"), (1, "layer")):
         torch.manual_seed(seed)
         path = folder / f"{norm}.safetensors"
-        save_checkpoint(ResNet18(len(classes), norm, 8), path,
-                        {"classes": classes, "image_size": 32, "epoch": 0, "norm": norm})
+        save_checkpoint(
+            ResNet18(len(classes), norm, 8),
+            path,
+            {"classes": classes, "image_size": 32, "epoch": 0, "norm": norm},
+        )
         paths.append(path)
     return paths
 
 
-def test_cli_writes_the_page_named_after_the_norms(checkpoints, tiny_folder, tmp_path, capsys,
-                                                    one_thread):
+def test_cli_writes_the_page_named_after_the_norms(
+    checkpoints, tiny_folder, tmp_path, capsys, one_thread
+):
     out = tmp_path / "out"
-    code, stdout, err = _cli(capsys, "diff", "--checkpoint", checkpoints[0], "--checkpoint",
-                             checkpoints[1], "--data", tiny_folder, "--out", out, "--device",
-                             "cpu", "--no-progress", "--limit", "2")
+    code, stdout, err = _cli(
+        capsys,
+        "diff",
+        "--checkpoint",
+        checkpoints[0],
+        "--checkpoint",
+        checkpoints[1],
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--limit",
+        "2",
+    )
     assert code == 0, err
     assert json.loads((out / "diff.json").read_text())["names"] == ["batch norm", "layer norm"]
     assert "diff.html" in stdout
@@ -152,11 +175,25 @@ def test_cli_writes_the_page_named_after_the_norms(checkpoints, tiny_folder, tmp
         (("--method", "gradcam,layercam"), "name one"),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(checkpoints, tiny_folder, tmp_path, capsys,
-                                                  flags, words):
+def test_bad_input_is_one_line_and_writes_nothing(
+    checkpoints, tiny_folder, tmp_path, capsys, flags, words
+):
     second = () if not flags else ("--checkpoint", checkpoints[1])
     out = tmp_path / "out"
-    code, _, err = _cli(capsys, "diff", "--checkpoint", checkpoints[0], *second, "--data",
-                        tiny_folder, "--out", out, "--device", "cpu", "--no-progress", *flags)
+    code, _, err = _cli(
+        capsys,
+        "diff",
+        "--checkpoint",
+        checkpoints[0],
+        *second,
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--no-progress",
+        *flags,
+    )
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()

@@ -116,7 +116,14 @@ def test_a_killed_rank_resumes_to_the_weights_of_an_unbroken_run(tmp_path, data,
     """SIGKILL rank 1 mid-run: torchrun restarts both ranks, which continue with --resume."""
     out = tmp_path / "killed"
     proc = torchrun(
-        "train", "--data", str(data), "--out", str(out), *TRAIN, "--no-progress", "--resume",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TRAIN,
+        "--no-progress",
+        "--resume",
         restarts=1,
     )
     deadline = time.monotonic() + 120
@@ -160,8 +167,22 @@ def test_two_processes_explain_and_evaluate_as_one(tmp_path, data, two_proc_run)
 def test_two_processes_compare_as_one(tmp_path, data, two_proc_run):
     ckpt = str(two_proc_run[0] / "checkpoint.safetensors")
     # 3 (method, layer) sets + 2 baselines per subset: rank 1 gets the shorter share
-    argv = ["compare", "--checkpoint", ckpt, "--data", str(data), "--no-progress", "--limit", "3",
-            "--method", "gradcam,layercam,eigencam", "--layer", "layer4", "--cam-batch-size", "4"]
+    argv = [
+        "compare",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        str(data),
+        "--no-progress",
+        "--limit",
+        "3",
+        "--method",
+        "gradcam,layercam,eigencam",
+        "--layer",
+        "layer4",
+        "--cam-batch-size",
+        "4",
+    ]
     proc = torchrun(*argv, "--out", str(tmp_path / "two"))
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
     log = finish(proc)
@@ -169,7 +190,8 @@ def test_two_processes_compare_as_one(tmp_path, data, two_proc_run):
     for name in ("compare.csv", "compare.json"):  # every score and sanity curve, as one process
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
-        ["compare.csv", "compare.json", "compare.png", "sanity.png"])
+        ["compare.csv", "compare.json", "compare.png", "sanity.png"]
+    )
 
 
 @pytest.mark.parametrize(("n", "align", "world"), [(10, 1, 3), (10, 4, 2), (3, 4, 2), (0, 4, 2)])

@@ -65,16 +65,38 @@ def test_cli_over_epochs_and_its_refusals(kept_run, tiny_folder, tmp_path, capsy
         code = main([str(a) for a in argv])
         return code, capsys.readouterr()
 
-    code, got = cli("explain", "--over-epochs", out, "--data", tiny_folder, "--out",
-                    tmp_path / "e", "--limit", 2, "--device", "cpu", "--no-progress")
+    code, got = cli(
+        "explain",
+        "--over-epochs",
+        out,
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "e",
+        "--limit",
+        2,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 0, got.err
     assert "epochs 2, 3" in got.out and (tmp_path / "e" / "over-epochs.png").is_file()
     bare = tmp_path / "bare"
     (bare / "epochs").mkdir(parents=True)
     for name in ("checkpoint.safetensors", "checkpoint.json"):
         (bare / name).write_bytes((out / name).read_bytes())
-    code, got = cli("explain", "--over-epochs", bare, "--data", tiny_folder, "--out",
-                    tmp_path / "f", "--device", "cpu", "--no-progress")
+    code, got = cli(
+        "explain",
+        "--over-epochs",
+        bare,
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "f",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 2 and "--keep-every" in got.err and len(got.err.strip().splitlines()) == 1
     assert not (tmp_path / "f").exists()
     code, got = cli("explain", "--data", tiny_folder, "--out", tmp_path / "g", "--no-progress")
@@ -85,8 +107,14 @@ def test_a_run_that_keeps_epochs_reports_the_strips(tmp_path, tiny_folder, one_t
     from camlens.pipeline import run
 
     data = load_dataset(tiny_folder, progress=False)
-    outcome = run(TrainConfig(epochs=2, keep_every=1, **TINY), data, tmp_path, limit=4,
-                  layers=("layer4",), progress=False)
+    outcome = run(
+        TrainConfig(epochs=2, keep_every=1, **TINY),
+        data,
+        tmp_path,
+        limit=4,
+        layers=("layer4",),
+        progress=False,
+    )
     page = outcome.report.read_text()
     assert "Maps across training" in page and 'href="#epochs"' in page
     assert json.loads((tmp_path / "over-epochs.json").read_text())["epochs"] == [1, 2]

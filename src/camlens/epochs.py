@@ -126,10 +126,14 @@ def explain_over_epochs(
     )
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in FILES}
-    atomic_write_files({
-        files["over-epochs.png"]: figure_png(strips_figure(strips, data.classes, method, layer)),
-        files["over-epochs.json"]: _json(strips, data.classes, method, layer),
-    })
+    atomic_write_files(
+        {
+            files["over-epochs.png"]: figure_png(
+                strips_figure(strips, data.classes, method, layer)
+            ),
+            files["over-epochs.json"]: _json(strips, data.classes, method, layer),
+        }
+    )
     return strips, files
 
 
@@ -154,16 +158,29 @@ def strips_figure(s: EpochStrips, classes: Sequence[str], method: str, layer: st
     n, e = len(s.indices), len(s.epochs)
     height = 2.3 * n + 0.5
     fig = Figure(figsize=(1.1 * (e + 1) + 0.4, height))
-    grid = fig.add_gridspec(2 * n, e + 1, hspace=0.45, wspace=0.06, top=1 - 0.55 / height,
-                            bottom=0.1 / height, left=0.02, right=0.98)
+    grid = fig.add_gridspec(
+        2 * n,
+        e + 1,
+        hspace=0.45,
+        wspace=0.06,
+        top=1 - 0.55 / height,
+        bottom=0.1 / height,
+        left=0.02,
+        right=0.98,
+    )
     for i in range(n):
-        rows = (("pred", s.preds[i], s.pred_cams, s.pred_probs),
-                ("true", s.labels[i], s.label_cams, s.label_probs))
+        rows = (
+            ("pred", s.preds[i], s.pred_cams, s.pred_probs),
+            ("true", s.labels[i], s.label_cams, s.label_probs),
+        )
         ax = fig.add_subplot(grid[2 * i : 2 * i + 2, 0])
         ax.imshow(s.images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(f"#{int(s.indices[i])}\ntrue {classes[int(s.labels[i])]}\n"
-                     f"pred {classes[int(s.preds[i])]}", fontsize=6)
+        ax.set_title(
+            f"#{int(s.indices[i])}\ntrue {classes[int(s.labels[i])]}\n"
+            f"pred {classes[int(s.preds[i])]}",
+            fontsize=6,
+        )
         for r, (kind, cls, cams, probs) in enumerate(rows):
             tiles = overlay(s.images[i : i + 1].expand(e, -1, -1, -1), cams[:, i], size=64)
             for j in range(e):
@@ -172,8 +189,12 @@ def strips_figure(s: EpochStrips, classes: Sequence[str], method: str, layer: st
                 ax.set_xticks([])
                 ax.set_yticks([])
                 colour = "#d62728" if kind == "pred" else "#2ea043"
-                ax.set_xlabel(f"p({classes[int(cls)]}) {probs[j, i]:.2f}", fontsize=5,
-                              color=colour, labelpad=1)
+                ax.set_xlabel(
+                    f"p({classes[int(cls)]}) {probs[j, i]:.2f}",
+                    fontsize=5,
+                    color=colour,
+                    labelpad=1,
+                )
                 if i == 0 and r == 0:
                     ax.set_title(f"epoch {s.epochs[j]}", fontsize=6)
                 if j == 0:

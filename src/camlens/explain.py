@@ -217,7 +217,13 @@ def explain_chunks(
         rows, count = shard_rows(len(chunk), batch_size)
         mine = chunk.select(rows)
         expl = explain_mistakes(
-            model, mine.images, mine.labels, method, layers, batch_size, precision,
+            model,
+            mine.images,
+            mine.labels,
+            method,
+            layers,
+            batch_size,
+            precision,
             preds=mine.preds,
         )
         yield chunk, gather_explanations(expl, count)
@@ -264,7 +270,13 @@ def explain_each(
     return {
         method: gather_explanations(
             explain_mistakes(
-                model, mine.images, mine.labels, method, layers, batch_size, precision,
+                model,
+                mine.images,
+                mine.labels,
+                method,
+                layers,
+                batch_size,
+                precision,
                 preds=mine.preds,
             ),
             count,

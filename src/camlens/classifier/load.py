@@ -88,8 +88,10 @@ def build_classifier(
     spec, device = config.model, torch.device(device)
     if is_checkpoint(spec):
         if config.weights is not None:
-            raise CheckpointError(f"--weights is for FILE.py:FACTORY, timm: and torchvision: "
-                                  f"models; {spec} is a camlens checkpoint with its own")
+            raise CheckpointError(
+                f"--weights is for FILE.py:FACTORY, timm: and torchvision: "
+                f"models; {spec} is a camlens checkpoint with its own"
+            )
         model, meta = load_checkpoint(spec, device)
         if config.mean is not None or config.std is not None:  # camlens normalises inside
             model.mean.copy_(torch.tensor(config.mean or meta["mean"]).view(1, 3, 1, 1))

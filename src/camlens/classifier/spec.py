@@ -131,8 +131,9 @@ def _factory(spec: str) -> Any:
             ) from None
     factory = getattr(module, name, None)
     if not callable(factory):
-        raise CheckpointError(f"{where} has no callable {name!r}: name the function that "
-                              "returns the model")
+        raise CheckpointError(
+            f"{where} has no callable {name!r}: name the function that returns the model"
+        )
     return factory
 
 

@@ -302,8 +302,11 @@ def _explain_flags(
         type=_names,
         default=layer.split(",") if layer else None,
         help="dotted layer name(s), comma-separated (default: "
-        + (layer or "layer4 of a camlens model, else the last layer before the global pooling; "
-           "`camlens summary --model SPEC` lists them")
+        + (
+            layer
+            or "layer4 of a camlens model, else the last layer before the global pooling; "
+            "`camlens summary --model SPEC` lists them"
+        )
         + "); every method gives a map per layer: refinecam's is refined by the layers named "
         "after it, and fullgrad and guidedgradcam (maps at the image's size) read the layer as "
         "where their layer part stops: the bias terms up to it (fullgrad), its Grad-CAM "
@@ -481,8 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, image_size=False)
     p.add_argument("--out", required=True, type=Path, help="folder for diff.html and diff.json")
     p.add_argument(
-        "--names", type=_names, help="the two models' names on the page, e.g. BN,LN "
-        "(default: their norms when they differ, else the checkpoints)"
+        "--names",
+        type=_names,
+        help="the two models' names on the page, e.g. BN,LN "
+        "(default: their norms when they differ, else the checkpoints)",
     )
     _explain_flags(p, layer="layer3,layer4", precision=False)
     p.add_argument(
@@ -529,8 +534,6 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoint_flag(p, required=False)
     p.add_argument("--norm", default="batch", choices=("batch", "layer", "group"))
     p.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
-    p.add_argument(
-        "--image-size", type=int, help="default: what the model states, else 32"
-    )
+    p.add_argument("--image-size", type=int, help="default: what the model states, else 32")
     p.set_defaults(run=cmd_summary)
     return parser

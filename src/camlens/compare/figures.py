@@ -36,14 +36,23 @@ def table_figure(rows: list[dict]) -> Figure:
             colours.append(col)
         arrows = [f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in METRICS]
         labels = [f"{m} {lay}" if m not in BASELINES else f"[baseline] {m}" for m, lay in keys]
-        table = ax.table(cellText=text, cellColours=colours, rowLabels=labels,
-                         colLabels=arrows, loc="center", cellLoc="center")
+        table = ax.table(
+            cellText=text,
+            cellColours=colours,
+            rowLabels=labels,
+            colLabels=arrows,
+            loc="center",
+            cellLoc="center",
+        )
         table.auto_set_font_size(False)
         table.set_fontsize(7)
         table.scale(1, 1.2)
         n = next(r["n"] for r in rows if r["subset"] == subset)
-        ax.set_title(f"{subset} ({n} images): mean [95% CI]; green = interval beyond both "
-                     "baselines in the arrow's direction", fontsize=8)
+        ax.set_title(
+            f"{subset} ({n} images): mean [95% CI]; green = interval beyond both "
+            "baselines in the arrow's direction",
+            fontsize=8,
+        )
     return fig
 
 
@@ -64,12 +73,17 @@ def sanity_figure(sanity: dict[str, dict], maps: dict[str, Tensor]) -> Figure:
             if i == 0:
                 name = "original" if j == 0 else sanity[method]["steps"][j - 1]
                 ax.set_title(name, fontsize=6, rotation=45, ha="left")
-    ax = fig.add_subplot(grid[:, steps + 1:])
+    ax = fig.add_subplot(grid[:, steps + 1 :])
     for method in methods:
         s = sanity[method]
         verdict = "passes" if s["passed"] else "FAILS"
-        ax.plot(range(1, len(s["spearman"]) + 1), s["spearman"], marker="o", ms=3,
-                label=f"{method} ({verdict})")
+        ax.plot(
+            range(1, len(s["spearman"]) + 1),
+            s["spearman"],
+            marker="o",
+            ms=3,
+            label=f"{method} ({verdict})",
+        )
     ax.axhline(0.5, color="grey", ls="--", lw=0.8)
     first = sanity[methods[0]]
     ax.set_xticks(range(1, len(first["steps"]) + 1))

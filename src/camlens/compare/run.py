@@ -126,13 +126,17 @@ def compare(
     # the work is a list of tasks, one per (subset, method, layer) and baseline; under torchrun
     # each rank scores every world-th task and the tables are summed over the ranks. Each task
     # seeds its own generators, so every score equals the one a single process computes.
-    tasks = [(subset, method, layer) for subset in subsets for method, layer in pairs + [
-        (kind, "-") for kind in BASELINES]]
+    tasks = [
+        (subset, method, layer)
+        for subset in subsets
+        for method, layer in pairs + [(kind, "-") for kind in BASELINES]
+    ]
     values = torch.zeros(len(tasks), len(METRICS), 4, dtype=torch.float64)  # mean, lo, hi, n
     mine = range(rank(), len(tasks), world_size())
     sanity_mine = sanity_methods[rank() :: world_size()]
-    bar = tqdm(total=len(mine) + len(sanity_mine), desc="compare", unit="map set",
-               disable=not progress)
+    bar = tqdm(
+        total=len(mine) + len(sanity_mine), desc="compare", unit="map set", disable=not progress
+    )
     for i in mine:
         subset, method, layer = tasks[i]
         bar.set_postfix_str(f"{subset}: {method} {layer}")
@@ -149,8 +153,9 @@ def compare(
                 cams = engine(images, targets).detach()  # (n, H, W)
                 scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
         for j, row in enumerate(metric_rows(method, layer, subset, scores.values, seed)):
-            values[i, j] = torch.tensor([row["mean"], row["ci_low"], row["ci_high"], row["n"]],
-                                        dtype=torch.float64)
+            values[i, j] = torch.tensor(
+                [row["mean"], row["ci_low"], row["ci_high"], row["n"]], dtype=torch.float64
+            )
         bar.update()
     all_sum(values)  # each task's row filled by exactly one rank, zeros elsewhere
     rows = [
@@ -158,8 +163,19 @@ def compare(
         for i, (subset, method, layer) in enumerate(tasks)
         for j, metric in enumerate(METRICS)
     ]
-    sanity, sanity_maps = _sanity(model, data, subsets["mistakes"], logits, sanity_methods,
-                                  sanity_layer, sanity_images, cam_config, seed, device, bar)
+    sanity, sanity_maps = _sanity(
+        model,
+        data,
+        subsets["mistakes"],
+        logits,
+        sanity_methods,
+        sanity_layer,
+        sanity_images,
+        cam_config,
+        seed,
+        device,
+        bar,
+    )
     bar.close()
     if not is_writer():
         return CompareResult(rows, skipped, sanity, {})
@@ -170,18 +186,25 @@ def compare(
         "sanity": sanity,
         "higher_is_better": {m: HIGHER_IS_BETTER[m] for m in METRICS},
         "beats_baselines": [list(k) for k, win in beats_baselines(rows).items() if win],
-        "settings": {"limit": limit, "top_k": top_k, "seed": seed, "methods": list(methods),
-                     "layers": list(layers), "images": {k: int(v.numel())
-                                                        for k, v in subsets.items()},
-                     "skipped": {f"{m} {lay}": why for (m, lay), why in skipped.items()}},
+        "settings": {
+            "limit": limit,
+            "top_k": top_k,
+            "seed": seed,
+            "methods": list(methods),
+            "layers": list(layers),
+            "images": {k: int(v.numel()) for k, v in subsets.items()},
+            "skipped": {f"{m} {lay}": why for (m, lay), why in skipped.items()},
+        },
     }
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_files({
-        files["compare.csv"]: csv_bytes(rows),
-        files["compare.json"]: (json.dumps(payload, indent=1) + "\n").encode(),
-        files["compare.png"]: figure_png(table_figure(rows)),
-        files["sanity.png"]: figure_png(sanity_figure(sanity, sanity_maps)),
-    })
+    atomic_write_files(
+        {
+            files["compare.csv"]: csv_bytes(rows),
+            files["compare.json"]: (json.dumps(payload, indent=1) + "\n").encode(),
+            files["compare.png"]: figure_png(table_figure(rows)),
+            files["sanity.png"]: figure_png(sanity_figure(sanity, sanity_maps)),
+        }
+    )
     return CompareResult(rows, skipped, sanity, files)
 
 

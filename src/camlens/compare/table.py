@@ -20,10 +20,7 @@ COLUMNS = ("method", "layer", "subset", "metric", "mean", "ci_low", "ci_high", "
 SUBSETS = ("mistakes", "correct")
 
 
-
-def select_subsets(
-    logits: Tensor, labels: Tensor, limit: int, seed: int = 0
-) -> dict[str, Tensor]:
+def select_subsets(logits: Tensor, labels: Tensor, limit: int, seed: int = 0) -> dict[str, Tensor]:
     """Indices of the `limit` most confident mistakes and of as many correct images (seeded)."""
     probs = logits.float().softmax(1)  # (N, K)
     conf, preds = probs.max(1)  # (N,) each
@@ -61,8 +58,9 @@ def csv_bytes(rows: list[dict]) -> bytes:
 def beats_baselines(rows: list[dict]) -> dict[tuple[str, str, str, str], bool]:
     """(method, layer, subset, metric) -> whether its interval lies beyond both baselines' means
     in the metric's direction: a cell that merely ties a random map is not a win."""
-    base = {(r["subset"], r["metric"], r["method"]): r["mean"] for r in rows
-            if r["method"] in BASELINES}
+    base = {
+        (r["subset"], r["metric"], r["method"]): r["mean"] for r in rows if r["method"] in BASELINES
+    }
     wins = {}
     for r in rows:
         if r["method"] in BASELINES:

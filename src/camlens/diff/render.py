@@ -87,8 +87,14 @@ def agreement_figure(d: ModelDiff) -> Figure:
                 v = None if v is None else v[~v.isnan()]
                 if v is not None and v.numel():
                     name = "predicted class" if t == "pred" else "true class"
-                    ax.hist(v.numpy(), bins=20, range=(-1 if metric == "spearman" else 0, 1),
-                            alpha=0.55, color=colour, label=f"{name} (median {v.median():.2f})")
+                    ax.hist(
+                        v.numpy(),
+                        bins=20,
+                        range=(-1 if metric == "spearman" else 0, 1),
+                        alpha=0.55,
+                        color=colour,
+                        label=f"{name} (median {v.median():.2f})",
+                    )
             title = "Spearman" if metric == "spearman" else f"IoU of the top {d.top:.0%}"
             ax.set_title(f"{layer}: {title}", fontsize=9)
             ax.tick_params(labelsize=7)
@@ -105,16 +111,20 @@ def _accuracy_section(d: ModelDiff) -> str:
         f"<td class=num>{pb - pa:+.1%}</td>"
         + "".join(f"<td class=num>{int(d.per_class[g][k])}</td>" for g in GROUPS)
         + "</tr>"
-        for k, (c, pa, pb) in enumerate(zip(d.classes, ev_a.per_class, ev_b.per_class,
-                                            strict=True))
+        for k, (c, pa, pb) in enumerate(zip(d.classes, ev_a.per_class, ev_b.per_class, strict=True))
     )
     titles = _group_titles(d)
-    head = (f"<tr><th>class</th><th>{_esc(a)}</th><th>{_esc(b)}</th><th>{_esc(b)} − "
-            f"{_esc(a)}</th>" + "".join(f"<th>{_esc(titles[g])}</th>" for g in GROUPS) + "</tr>")
-    total = (f"<tr><th>all</th><td class=num><b>{ev_a.accuracy:.2%}</b></td><td class=num>"
-             f"<b>{ev_b.accuracy:.2%}</b></td><td class=num>{ev_b.accuracy - ev_a.accuracy:+.2%}"
-             "</td>" + "".join(f"<td class=num><b>{d.groups[g].numel()}</b></td>"
-                               for g in GROUPS) + "</tr>")
+    head = (
+        f"<tr><th>class</th><th>{_esc(a)}</th><th>{_esc(b)}</th><th>{_esc(b)} − "
+        f"{_esc(a)}</th>" + "".join(f"<th>{_esc(titles[g])}</th>" for g in GROUPS) + "</tr>"
+    )
+    total = (
+        f"<tr><th>all</th><td class=num><b>{ev_a.accuracy:.2%}</b></td><td class=num>"
+        f"<b>{ev_b.accuracy:.2%}</b></td><td class=num>{ev_b.accuracy - ev_a.accuracy:+.2%}"
+        "</td>"
+        + "".join(f"<td class=num><b>{d.groups[g].numel()}</b></td>" for g in GROUPS)
+        + "</tr>"
+    )
     return (
         '<section id="accuracy"><h2>Accuracy and mistakes per class</h2>'
         '<p class="note">Per true class: each model\'s accuracy, and how many of its images '
@@ -126,8 +136,10 @@ def _accuracy_section(d: ModelDiff) -> str:
 def _agreement_section(d: ModelDiff) -> str:
     shared = d.groups["shared"].numel()
     if not shared:
-        return ('<section id="agreement"><h2>Shared mistakes</h2><p class="note">The models '
-                "share no mistakes: there are no maps to compare.</p></section>")
+        return (
+            '<section id="agreement"><h2>Shared mistakes</h2><p class="note">The models '
+            "share no mistakes: there are no maps to compare.</p></section>"
+        )
     same = int(d.same_wrong_class.sum())
     stats = _summary_stats(d)["agreement"]
 
@@ -135,14 +147,18 @@ def _agreement_section(d: ModelDiff) -> str:
         c = stats[key]
         if c["median"] is None:
             return "<td class=num>—</td>"
-        return (f"<td class=num>{c['median']:.2f} <span class=muted>[{c['q25']:.2f}, "
-                f"{c['q75']:.2f}]</span></td>")
+        return (
+            f"<td class=num>{c['median']:.2f} <span class=muted>[{c['q25']:.2f}, "
+            f"{c['q75']:.2f}]</span></td>"
+        )
 
     rows = "".join(
         f"<tr><th>{_esc(layer)}</th><th>{'predicted class' if t == 'pred' else 'true class'}"
-        "</th>" + "".join(cell(f"{layer} {t} {m}") for m in ("spearman", "iou"))
+        "</th>"
+        + "".join(cell(f"{layer} {t} {m}") for m in ("spearman", "iou"))
         + f"<td class=num>{stats[f'{layer} {t} spearman']['n']}</td></tr>"
-        for layer in d.layers for t in TARGETS
+        for layer in d.layers
+        for t in TARGETS
     )
     png = base64.b64encode(figure_png(agreement_figure(d))).decode("ascii")
     return (
@@ -150,9 +166,9 @@ def _agreement_section(d: ModelDiff) -> str:
         f'<p class="note">{shared} images are misclassified by both; on {same} '
         f"({same / shared:.0%}) they predict the same wrong class. Each model's {_esc(d.method)} "
         "map is compared with the other's, per image: Spearman rank correlation, and the IoU of "
-        f"the top {d.top:.0%} of pixels. \"Predicted class\" compares the maps of what each "
-        "model predicted; \"true class\" the maps of the same class in both. A pair where "
-        "either map is flat (nothing to rank) is left out: \"pairs\" counts the rest.</p>"
+        f'the top {d.top:.0%} of pixels. "Predicted class" compares the maps of what each '
+        'model predicted; "true class" the maps of the same class in both. A pair where '
+        'either map is flat (nothing to rank) is left out: "pairs" counts the rest.</p>'
         '<table class="perclass"><tr><th>layer</th><th>maps of</th><th>Spearman, median '
         f"[IQR]</th><th>IoU top {d.top:.0%}, median [IQR]</th><th>pairs</th></tr>{rows}</table>"
         f'<img class="curves" alt="agreement histograms" src="data:image/png;base64,{png}">'
@@ -193,12 +209,14 @@ def _gallery_section(d: ModelDiff) -> str:
                 f"<figcaption>{_esc(b)}</figcaption></figure></div></div>"
             )
         shown = f"the {n} most confident of {d.groups[g].numel()}"
-        parts.append(f"<h3>{_esc(titles[g])} ({shown})</h3><div class=\"grid\">"
-                     + "".join(items) + "</div>")
+        parts.append(
+            f'<h3>{_esc(titles[g])} ({shown})</h3><div class="grid">' + "".join(items) + "</div>"
+        )
     return (
         '<section id="galleries"><h2>Galleries</h2><p class="note">Each model\'s '
         f"{_esc(d.method)} map of the class it predicted, at {_esc(d.layers[-1])}.</p>"
-        + "".join(parts) + "</section>"
+        + "".join(parts)
+        + "</section>"
     )
 
 
@@ -229,8 +247,10 @@ def write_diff(d: ModelDiff, out: str | Path) -> dict[str, Path]:
         raise ExplainError(f"--out {out} is a file: name a folder")
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in FILES}
-    atomic_write_files({
-        files["diff.html"]: render_html(d).encode("utf-8"),
-        files["diff.json"]: diff_json(d),
-    })
+    atomic_write_files(
+        {
+            files["diff.html"]: render_html(d).encode("utf-8"),
+            files["diff.json"]: diff_json(d),
+        }
+    )
     return files

@@ -1,8 +1,8 @@
 """The gallery step: pick the mistakes, explain them chunk by chunk, draw a gallery per method.
 
-    write_galleries(model, data, out, ...) -> Galleries
-    load_matching_data(source, meta) -> Dataset   the data a checkpoint was trained on
-    choose_layers(model, layers, image_size)      --layer checked; None: the last before pooling
+write_galleries(model, data, out, ...) -> Galleries
+load_matching_data(source, meta) -> Dataset   the data a checkpoint was trained on
+choose_layers(model, layers, image_size)      --layer checked; None: the last before pooling
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The report step: evaluate, explain the mistakes, [compare], write report.html.
 
-    report(model, data, out, ...) -> Outcome      any trained classifier, from evaluation on
-    explain_model(model, data, out, ...) -> Outcome   the maps, galleries and report.html
-    describe_run(meta, **facts), report_facts(opened)  what the report's summary says
+report(model, data, out, ...) -> Outcome      any trained classifier, from evaluation on
+explain_model(model, data, out, ...) -> Outcome   the maps, galleries and report.html
+describe_run(meta, **facts), report_facts(opened)  what the report's summary says
 """
 
 from __future__ import annotations

@@ -462,12 +462,12 @@ def _trust(data: ReportData) -> str:
                 cls = "base" if base else ("win" if (method, layer, subset, m) in wins else "lose")
                 tds.append(
                     f'<td class="{cls}">{r["mean"]:.3f} <small>[{r["ci_low"]:.3f}, '
-                    f'{r["ci_high"]:.3f}]</small></td>'
+                    f"{r['ci_high']:.3f}]</small></td>"
                 )
             name = f"baseline: {method}" if base else f"{method} {layer}"
             body.append(f"<tr><th>{esc(name)}</th>{''.join(tds)}</tr>")
         tables.append(
-            f"<h3>{esc(subset)} ({n} images)</h3><table class=\"trust\"><tr><th></th>{head}</tr>"
+            f'<h3>{esc(subset)} ({n} images)</h3><table class="trust"><tr><th></th>{head}</tr>'
             f"{''.join(body)}</table>"
         )
     fig = Figure(figsize=(6, 3.2))

@@ -53,8 +53,14 @@ class WandbLogger:
         # the user's WANDB_MODE wins; otherwise online only with a key, so CI never waits
         mode = os.environ.get("WANDB_MODE") or ("online" if _has_api_key() else "offline")
         settings = wandb.Settings(silent=True, console="off", init_timeout=30)
-        kwargs = dict(dir=str(out), project=project, id=run_id, resume="allow", config=config,
-                      settings=settings)
+        kwargs = dict(
+            dir=str(out),
+            project=project,
+            id=run_id,
+            resume="allow",
+            config=config,
+            settings=settings,
+        )
         try:
             self._run = wandb.init(mode=mode, **kwargs)
         except Exception as e:  # no network, bad key: the run goes on, offline
@@ -72,8 +78,10 @@ class WandbLogger:
             log(f"W&B is offline: the run is in {where}; upload it with `wandb sync {where}`")
 
     def _fail(self, e: Exception) -> None:
-        self._log(f"W&B logging stopped ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                  "the run goes on, metrics.jsonl has every epoch")
+        self._log(
+            f"W&B logging stopped ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            "the run goes on, metrics.jsonl has every epoch"
+        )
         self._run = None
 
     def _safely(self, fn: Callable[[], Any]) -> None:
@@ -119,7 +127,9 @@ class WandbLogger:
 
 
 def wandb_logger(
-    out: str | Path, project: str = "camlens", config: dict | None = None,
+    out: str | Path,
+    project: str = "camlens",
+    config: dict | None = None,
     log: Callable[[str], None] = print,
 ) -> WandbLogger:
     """The --wandb logger for the run in `out`; a one-line error when wandb is not installed."""
