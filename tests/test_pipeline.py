@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 
 import camlens
 from camlens.cli import main
-from camlens.data import load_dataset
+from camlens.data import Dataset, Split, load_dataset
 from camlens.explain import ExplainError, ExplainPlan
-from camlens.pipeline import run
+from camlens.model import ResNet18
+from camlens.pipeline import report, run, write_galleries
 from camlens.train import TrainConfig
 
 
@@ -81,3 +82,28 @@ def test_explain_memory_does_not_grow_with_the_mistakes(tmp_path):
     small, large = map(int, done.stdout.split())
     # drawn all at once, each mistake costs ~1.7 MB (card, page, panels): 1.4x here
     assert large / small < 1.2, (small, large)
+
+
+def test_a_job_checks_its_plan_once(tmp_path, monkeypatch):
+    """The plan is checked against the model at the job's entry only: not again by the steps
+    it hands the plan to (gallery, report), nor per chunk of the explain stream."""
+    calls = []
+    for module in [m for name, m in sys.modules.items() if name.startswith("camlens")]:
+        real = getattr(module, "check_explainable", None)
+        if real is not None:  # every module's name for it, so a direct import counts too
+
+            def counted(*args, real=real):
+                calls.append(args)
+                return real(*args)
+
+            monkeypatch.setattr(module, "check_explainable", counted)
+    torch.manual_seed(0)
+    model = ResNet18(10, width=8).eval()  # untrained: most images are mistakes
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    test = Split(images, torch.arange(24) % 10)
+    data = Dataset(Split(images[:0], test.labels[:0]), test, tuple("abcdefghij"), "-", "-")
+    plan = ExplainPlan(layers=["layer4"], limit=6, cam_batch_size=2)  # three chunks
+    report(model, data, tmp_path / "report", plan, run_info={})
+    assert len(calls) == 1
+    write_galleries(model, data, tmp_path / "galleries", plan)
+    assert len(calls) == 2
