@@ -49,8 +49,7 @@ class ExplainError(ValueError):
 class ExplainPlan:
     """What a job explains and how: built once (flags or notebook), checked once, passed whole.
 
-    Lists become tuples. Checked here without the model (one-line `ExplainError`s that name
-    the flag); `check(model)` adds what needs it: that the layers exist.
+    Lists become tuples. Errors are one-line `ExplainError`s that name what is wrong.
     """
 
     # CAM methods, names of `camlens.cam.METHODS`; one gallery each
@@ -77,25 +76,11 @@ class ExplainPlan:
     progress: bool = False  # progress bars for maps, cards and pages
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__  # frozen: normalise the sequences once, here
-        set_(self, "methods", tuple(self.methods))
+        # frozen: the sequences become tuples once, here. The numbers are checked now (before
+        # any training); methods, layers and precision with the model, in `check`
+        object.__setattr__(self, "methods", tuple(self.methods))
         if self.layers is not None:
-            set_(self, "layers", tuple(self.layers))
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ExplainError(
-                f"unknown method {(unknown or [''])[0]!r}: choose from {', '.join(METHODS)}"
-            )
-        if self.layers is not None and not self.layers:
-            raise ExplainError("no layer to explain: name one, e.g. layer4")
-        if self.layers is not None and len(set(self.layers)) < len(self.layers):
-            raise ExplainError(
-                f"a layer is named twice in {', '.join(self.layers)}: name each once"
-            )
-        if self.precision not in PRECISIONS:
-            raise ExplainError(
-                f"unknown precision {self.precision!r}: choose from {', '.join(PRECISIONS)}"
-            )
+            object.__setattr__(self, "layers", tuple(self.layers))
         if self.sort not in SORTS:
             raise ExplainError(f"unknown sort {self.sort!r}: choose from {', '.join(SORTS)}")
         lows = {"cam_batch_size": 1, "eval_batch_size": 1, "limit": 0, "chunk_size": 1}
@@ -107,10 +92,9 @@ class ExplainPlan:
                 raise ExplainError(f"{flag} must be >= {low}, got {value}")
 
     def check(self, model: nn.Module) -> ExplainPlan:
-        """Raise ExplainError unless `model` has the plan's layers; once per job, before work."""
-        if self.layers is None:
-            raise ExplainError("no layer to explain: name one, e.g. layer4")
-        check_explainable(model, self.methods, self.layers, self.precision)
+        """Raise ExplainError unless `model` can be explained as planned; once per job, first."""
+        layers = () if self.layers is None else self.layers  # None is resolved before this
+        check_explainable(model, self.methods or ("",), layers, self.precision)
         return self
 
     def engine_config(self, normalize: str) -> CamConfig:
