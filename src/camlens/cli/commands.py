@@ -81,7 +81,6 @@ def config_from_args(args: argparse.Namespace, config_type):
 
 # ExplainPlan field -> the flag that sets it, where the names differ (argparse dest)
 PLAN_FLAGS = {"methods": "method", "layers": "layer", "label_name": "label", "pred_name": "pred"}
-PLAN_FLAGS |= {"compare_limit": "compare"}
 
 
 def plan_from_args(args: argparse.Namespace, **fixed) -> ExplainPlan:
@@ -247,7 +246,7 @@ def _print_report(outcome: Outcome, args: argparse.Namespace) -> None:
         f"{len(ev.mistakes)} misclassified{note}; done in {outcome.seconds:.0f}s"
     )
     print(f"evaluation: {args.out / 'eval'}")
-    if args.compare is not None:
+    if args.compare_limit is not None:
         print(f"compare: {args.out / 'compare.csv'}, compare.png, sanity.png")
     _print_outcome(outcome)
 

@@ -245,6 +245,7 @@ def _eval_batch_flag(parser: argparse.ArgumentParser) -> None:
 def _compare_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare",
+        dest="compare_limit",
         type=int,
         nargs="?",
         const=256,
