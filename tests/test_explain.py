@@ -76,6 +76,8 @@ def test_bf16_precision_reaches_the_engine(tiny_mistakes):
         ({"layers": []}, "layer4"),
         ({"layers": ["layer4", "layer4"]}, "twice"),
         ({"precision": "fp8"}, "fp32, bf16"),
+        ({"cam_batch_size": 0}, "--cam-batch-size must be >= 1"),  # the flag, not the field
+        ({"sort": "loudest"}, "confidence, margin, index"),
     ],
 )
 def test_what_cannot_be_explained_is_a_one_line_user_error(tiny_mistakes, kwargs, needle):
