@@ -11,6 +11,7 @@ from camlens.cli import main
 from camlens.data import load_dataset
 from camlens.epochs import explain_over_epochs, kept_epochs
 from camlens.evaluate import as_float_images, predict
+from camlens.explain import ExplainPlan
 from camlens.model import load_checkpoint
 from camlens.train import TrainConfig, train
 
@@ -37,7 +38,7 @@ def test_keep_every_keeps_those_epochs_in_half_precision(kept_run):
 
 def test_strips_follow_each_kept_model(kept_run, tmp_path):
     out, data = kept_run
-    strips, files = explain_over_epochs(out, data, tmp_path, limit=4)
+    strips, files = explain_over_epochs(out, data, tmp_path, ExplainPlan(limit=4))
     assert strips.epochs == [2, 3]  # the kept epoch, then the final checkpoint
     final, _ = load_checkpoint(out / "checkpoint.safetensors")
     logits = predict(final, data.test.images)
@@ -111,8 +112,7 @@ def test_a_run_that_keeps_epochs_reports_the_strips(tmp_path, tiny_folder, one_t
         TrainConfig(epochs=2, keep_every=1, **TINY),
         data,
         tmp_path,
-        limit=4,
-        layers=("layer4",),
+        ExplainPlan(layers=("layer4",), limit=4),
         progress=False,
     )
     page = outcome.report.read_text()

@@ -6,7 +6,7 @@ import torch
 
 import camlens
 from camlens.cam import GradCAM
-from camlens.explain import ExplainError, explain_mistakes, select_mistakes
+from camlens.explain import ExplainError, ExplainPlan, mistake_maps, select_mistakes
 
 CLASSES = tuple(f"k{i}" for i in range(5))
 PACKAGE = Path(camlens.__file__).parent
@@ -33,7 +33,8 @@ def test_select_filters_sorts_and_limits(tiny_mistakes):
 
 def test_explanations_equal_the_engine_on_each_image(tiny_mistakes):
     model, m = tiny_mistakes
-    expl = explain_mistakes(model, m.images, m.labels, layers=["layer3", "layer4"], batch_size=7)
+    plan = ExplainPlan(layers=["layer3", "layer4"], cam_batch_size=7)
+    expl = mistake_maps(model, m.images, m.labels, plan)
     assert expl.pred_cams.shape == (2, len(m), 32, 32) and expl.resolutions == ((8, 8), (4, 4))
     assert torch.equal(expl.logits.argmax(1), m.preds)
     with GradCAM(model, layer="layer4", normalize="none") as cam:
@@ -49,18 +50,19 @@ def test_predicted_maps_explain_the_stated_predictions(tiny_mistakes):
     """With TTA the stated prediction need not be the arg-max: the map must follow the statement."""
     model, m = tiny_mistakes
     stated = (m.preds + 1) % 5
-    expl = explain_mistakes(model, m.images, m.labels, layers=["layer4"], preds=stated)
+    plan = ExplainPlan(layers=["layer4"])
+    expl = mistake_maps(model, m.images, m.labels, plan, preds=stated)
     with GradCAM(model, layer="layer4", normalize="none") as cam:
         ref = cam.explain(m.images.float() / 255, targets=stated)
     assert torch.allclose(expl.pred_max[0], ref.raw_max[0], rtol=1e-4, atol=1e-6)
-    argmax = explain_mistakes(model, m.images, m.labels, layers=["layer4"])
+    argmax = mistake_maps(model, m.images, m.labels, plan)
     assert not torch.allclose(argmax.pred_max[0], expl.pred_max[0])
 
 
 def test_bf16_precision_reaches_the_engine(tiny_mistakes):
     model, m = tiny_mistakes
-    fp32 = explain_mistakes(model, m.images, m.labels, layers=["layer4"])
-    bf16 = explain_mistakes(model, m.images, m.labels, layers=["layer4"], precision="bf16")
+    fp32 = mistake_maps(model, m.images, m.labels, ExplainPlan(layers=["layer4"]))
+    bf16 = mistake_maps(model, m.images, m.labels, ExplainPlan(layers=["layer4"], precision="bf16"))
     assert bf16.pred_cams.dtype == torch.float32  # maps are combined in fp32 either way
     assert not torch.equal(bf16.pred_max, fp32.pred_max)  # the forward pass did run in bf16
     assert torch.allclose(bf16.pred_max, fp32.pred_max, rtol=0.1, atol=1e-3)
@@ -69,17 +71,19 @@ def test_bf16_precision_reaches_the_engine(tiny_mistakes):
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        ({"method": "gradcam+++"}, "gradcam++"),  # the message lists the valid methods
+        ({"methods": ["gradcam+++"]}, "gradcam++"),  # the message lists the valid methods
         ({"layers": ["layer9"]}, "layer3.1.conv2"),  # ... and the model's layers
         ({"layers": []}, "layer4"),
         ({"layers": ["layer4", "layer4"]}, "twice"),
         ({"precision": "fp8"}, "fp32, bf16"),
+        ({"cam_batch_size": 0}, "--cam-batch-size must be >= 1"),  # the flag, not the field
+        ({"sort": "loudest"}, "confidence, margin, index"),
     ],
 )
 def test_what_cannot_be_explained_is_a_one_line_user_error(tiny_mistakes, kwargs, needle):
-    model, m = tiny_mistakes
-    with pytest.raises(ExplainError) as error:
-        explain_mistakes(model, m.images, m.labels, **kwargs)
+    model, _ = tiny_mistakes
+    with pytest.raises(ExplainError) as error:  # the plan alone, or the plan against the model
+        ExplainPlan(**{"layers": ["layer4"], **kwargs}).check(model)
     assert needle in str(error.value) and "\n" not in str(error.value)
 
 
@@ -104,7 +108,8 @@ def test_the_report_gets_its_maps_without_the_gallery_drawing_code():
 def test_maps_kept_at_native_resolution_give_the_engines_pixels(tiny_mistakes):
     """Explanations keep (M, h, w) maps and upsample + normalise on demand: the same pixels."""
     model, m = tiny_mistakes
-    expl = explain_mistakes(model, m.images, m.labels, "gradcam", ["layer3", "layer4"], 7)
+    plan = ExplainPlan(layers=["layer3", "layer4"], cam_batch_size=7)
+    expl = mistake_maps(model, m.images, m.labels, plan, "gradcam")
     assert [tuple(t.shape) for t in expl.pred_low] == [(len(m), 8, 8), (len(m), 4, 4)]
     with GradCAM(model, layer=["layer3", "layer4"], normalize="pair", batch_size=7) as cam:
         pair = cam.explain_pair(m.images.float() / 255, m.labels)

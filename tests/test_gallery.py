@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camlens.explain import explain_chunks, explain_mistakes
+from camlens.explain import ExplainPlan, mistake_maps, stream_mistake_maps
 from camlens.gallery import GalleryConfig, stream_gallery, write_gallery
 from camlens.gallery import write as gallery_write
 from camlens.gallery.png import adler32_combine, deflate_rows, png_of
@@ -17,7 +17,7 @@ CLASSES = tuple(f"k{i}" for i in range(5))
 
 def test_gallery_files_and_index(tmp_path, tiny_mistakes):
     model, m = tiny_mistakes
-    expl = explain_mistakes(model, m.images, m.labels, layers=["layer4"])
+    expl = mistake_maps(model, m.images, m.labels, ExplainPlan(layers=["layer4"]))
     root = write_gallery(expl, m, CLASSES, tmp_path, GalleryConfig(per_page=4, size=64))
     assert root == tmp_path / "gallery" / "gradcam"  # one folder per method, side by side
     rows = list(csv.DictReader((root / "index.csv").read_text().splitlines()))
@@ -39,13 +39,14 @@ def test_gallery_files_and_index(tmp_path, tiny_mistakes):
 
 def test_gallery_needs_images(tmp_path, tiny_mistakes):
     model, m = tiny_mistakes
-    expl = explain_mistakes(model, m.images, m.labels)
+    expl = mistake_maps(model, m.images, m.labels, ExplainPlan(layers=["layer4"]))
     bare = type(m)(m.indices, m.labels, m.preds, m.probs, m.margins)
     with pytest.raises(ValueError, match="read_mistakes"):
         write_gallery(expl, bare, CLASSES, tmp_path)
 
 
 LAYERS = ["layer3", "layer4"]
+PLAN = ExplainPlan(layers=LAYERS, cam_batch_size=3, chunk_size=5)  # chunks of 6 maps
 SMALL = GalleryConfig(per_page=4, per_pair_page=2, size=32)  # pages straddle chunks of 6
 
 
@@ -55,7 +56,7 @@ def _files(root):
 
 def _chunks(model, m, stop=None):
     """The maps of `m` in chunks of 6; with `stop`, the run dies after that many chunks."""
-    for k, chunk in enumerate(explain_chunks(model, m, "gradcam", LAYERS, 3, chunk_size=5)):
+    for k, chunk in enumerate(stream_mistake_maps(model, m, PLAN)):
         if k == stop:
             raise KeyboardInterrupt("killed")
         yield chunk
@@ -63,7 +64,7 @@ def _chunks(model, m, stop=None):
 
 def test_streamed_gallery_equals_the_one_drawn_at_once(tmp_path, tiny_mistakes):
     model, m = tiny_mistakes
-    expl = explain_mistakes(model, m.images, m.labels, "gradcam", LAYERS, 3, preds=m.preds)
+    expl = mistake_maps(model, m.images, m.labels, PLAN, preds=m.preds)
     at_once = write_gallery(expl, m, CLASSES, tmp_path / "once", SMALL)
     streamed = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "s", SMALL)
     assert len(m) > 2 * 6  # three chunks or more

@@ -13,16 +13,18 @@ from safetensors.torch import load_file
 
 import camlens
 from camlens.cli import main
-from camlens.data import load_dataset
-from camlens.explain import ExplainError
-from camlens.pipeline import run
+from camlens.data import Dataset, Split, load_dataset
+from camlens.explain import ExplainError, ExplainPlan
+from camlens.model import ResNet18
+from camlens.pipeline import report, run, write_galleries
 from camlens.train import TrainConfig
 
 
 def test_run_writes_what_the_cli_writes(tmp_path, tiny_folder, capsys):
     config = TrainConfig(epochs=1, width=8, batch_size=8)
     data = load_dataset(tiny_folder, progress=False)
-    outcome = run(config, data, tmp_path / "lib", layers=["layer4"], limit=5, progress=False)
+    plan = ExplainPlan(layers=["layer4"], limit=5)
+    outcome = run(config, data, tmp_path / "lib", plan, progress=False)
     argv = ["run", "--data", tiny_folder, "--out", tmp_path / "cli", "--epochs", 1, "--width", 8]
     argv += ["--batch-size", 8, "--layer", "layer4", "--limit", 5, "--no-progress"]
     assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
@@ -46,7 +48,7 @@ def test_run_writes_what_the_cli_writes(tmp_path, tiny_folder, capsys):
 def test_run_checks_the_layers_before_training(tmp_path, tiny_folder):
     data = load_dataset(tiny_folder, progress=False)
     with pytest.raises(ExplainError, match="layer3.1.conv2"):
-        run(TrainConfig(epochs=1, width=8), data, tmp_path / "r", layers=["layer9"])
+        run(TrainConfig(epochs=1, width=8), data, tmp_path / "r", ExplainPlan(layers=["layer9"]))
     assert not (tmp_path / "r").exists()  # no hours of training before the error
 
 
@@ -54,6 +56,7 @@ PEAK = """
 import resource, sys, torch
 from camlens.data import Dataset, Split
 from camlens.model import ResNet18
+from camlens.explain import ExplainPlan
 from camlens.pipeline import write_galleries
 
 torch.manual_seed(0)
@@ -62,8 +65,8 @@ for n in map(int, sys.argv[2:]):
     images = torch.randint(0, 256, (2 * n, 3, 32, 32), dtype=torch.uint8)
     test = Split(images, torch.arange(2 * n) % 10)
     data = Dataset(Split(images[:0], test.labels[:0]), test, tuple("abcdefghij"), "-", "-")
-    write_galleries(model, data, f"{sys.argv[1]}/{n}", limit=n, layers=["layer3", "layer4"],
-                    cam_batch_size=8)
+    plan = ExplainPlan(layers=["layer3", "layer4"], cam_batch_size=8, limit=n)
+    write_galleries(model, data, f"{sys.argv[1]}/{n}", plan)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # peak so far, KB
 """
 
@@ -79,3 +82,28 @@ def test_explain_memory_does_not_grow_with_the_mistakes(tmp_path):
     small, large = map(int, done.stdout.split())
     # drawn all at once, each mistake costs ~1.7 MB (card, page, panels): 1.4x here
     assert large / small < 1.2, (small, large)
+
+
+def test_a_job_checks_its_plan_once(tmp_path, monkeypatch):
+    """The plan is checked against the model at the job's entry only: not again by the steps
+    it hands the plan to (gallery, report), nor per chunk of the explain stream."""
+    calls = []
+    for module in [m for name, m in sys.modules.items() if name.startswith("camlens")]:
+        real = getattr(module, "check_explainable", None)
+        if real is not None:  # every module's name for it, so a direct import counts too
+
+            def counted(*args, real=real):
+                calls.append(args)
+                return real(*args)
+
+            monkeypatch.setattr(module, "check_explainable", counted)
+    torch.manual_seed(0)
+    model = ResNet18(10, width=8).eval()  # untrained: most images are mistakes
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    test = Split(images, torch.arange(24) % 10)
+    data = Dataset(Split(images[:0], test.labels[:0]), test, tuple("abcdefghij"), "-", "-")
+    plan = ExplainPlan(layers=["layer4"], limit=6, cam_batch_size=2)  # three chunks
+    report(model, data, tmp_path / "report", plan, run_info={})
+    assert len(calls) == 1
+    write_galleries(model, data, tmp_path / "galleries", plan)
+    assert len(calls) == 2

@@ -4,6 +4,7 @@ import json
 import math
 import re
 from collections import Counter
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import numpy as np
@@ -14,10 +15,10 @@ from PIL import Image
 from camlens.cam import GradCAM
 from camlens.data import Split
 from camlens.evaluate import evaluate
+from camlens.explain import ExplainPlan, mistake_maps, select_mistakes
 from camlens.model import ResNet18
 from camlens.report import (
     ReportConfig,
-    build_report,
     centre_box,
     compute_report,
     mean_maps,
@@ -38,6 +39,21 @@ HISTORY = [
     {"epoch": e, "train_loss": 2 / e, "test_loss": 2.2 / e, "train_acc": e / 4, "test_acc": e / 5}
     for e in (1, 2)
 ]
+
+
+def _report(model, split, ev, plan=None, limit=None, **kwargs):
+    """compute_report of the `limit` most confident mistakes, their maps as the gallery's."""
+    plan = plan or ExplainPlan(layers=("layer3", "layer4"))
+    shown = select_mistakes(ev.mistakes, CLASSES, limit=limit)
+    shown = replace(shown, images=split.images[shown.indices])
+    maps = {
+        method: mistake_maps(model, shown.images, shown.labels, plan, method, shown.preds)
+        for method in (plan.methods if len(shown) else ())
+    }
+    kwargs.setdefault("run_info", {})
+    return compute_report(
+        model, split, CLASSES, plan, explained=(shown, maps), evaluation=ev, **kwargs
+    )
 
 
 class Page(HTMLParser):
@@ -83,8 +99,8 @@ def case(tmp_path_factory):
     labels = (torch.arange(40) % len(CLASSES)).to(torch.uint8)
     split = Split(images, labels)
     out = tmp_path_factory.mktemp("report")
-    path = build_report(model, split, CLASSES, out, run_info=RUN_INFO, history=HISTORY)
     ev = evaluate(model, Split(images, labels.long()))
+    path = render_report(_report(model, split, ev, run_info=RUN_INFO, history=HISTORY), out)
     page = Page()
     page.feed(path.read_text())
     return model, split, ev, out, path, page
@@ -169,16 +185,8 @@ def test_pair_sections_for_frequent_pairs(case):
 
 def test_the_centre_box_sentence_follows_the_sizes(case, tmp_path):
     model, split, ev, _, _, _ = case
-    data = compute_report(
-        model,
-        split,
-        CLASSES,
-        run_info={},
-        evaluation=ev,
-        layers=("layer4",),
-        limit=0,
-        config=ReportConfig(centre=0.25, max_pairs=1),
-    )
+    plan = ExplainPlan(layers=("layer4",))
+    data = _report(model, split, ev, plan, limit=0, config=ReportConfig(centre=0.25, max_pairs=1))
     text = render_report(data, tmp_path).read_text()
     # the middle quarter of each side: 8x8 of 32x32, so 1 - 64/1024 of a uniform map is outside
     assert "8×8 of 32×32); a uniform map gives 94%" in text
@@ -187,9 +195,7 @@ def test_the_centre_box_sentence_follows_the_sizes(case, tmp_path):
 def test_pair_statistics_follow_the_definition(case):
     model, split, ev, _, _, _ = case
     config = ReportConfig(correct_per_class=4)
-    data = compute_report(
-        model, split, CLASSES, run_info={}, evaluation=ev, layers=("layer4",), config=config
-    )
+    data = _report(model, split, ev, ExplainPlan(layers=("layer4",)), config=config)
     assert data.pairs and all(p.count >= config.min_pair for p in data.pairs)
     assert [p.count for p in data.pairs] == sorted((p.count for p in data.pairs), reverse=True)
     for pair in data.pairs:
@@ -200,25 +206,22 @@ def test_pair_statistics_follow_the_definition(case):
         assert torch.allclose(outside[0], outside_centre_share(means[0]), equal_nan=True)
 
 
-def test_pair_means_summed_in_chunks_equal_the_means_of_all_maps(case):
-    """The pairs' maps are averaged chunk by chunk (batch 1: chunks of 4 images); the result
-    must equal mean_maps of every pair image's map at once."""
+@pytest.mark.parametrize("limit", [0, 7])
+def test_pair_means_summed_in_chunks_equal_the_means_of_all_maps(case, limit):
+    """The pairs' maps are summed chunk by chunk: the shown mistakes' maps (the gallery's),
+    then the other pair images streamed in chunks of 3; the result must equal mean_maps of
+    every pair image's map at once."""
     model, split, ev, _, _, _ = case
     config = ReportConfig(correct_per_class=4, min_pair=2)
-    data = compute_report(
-        model,
-        split,
-        CLASSES,
-        run_info={},
-        evaluation=ev,
-        layers=("layer4",),
-        config=config,
-        batch_size=1,
-    )
+    plan = ExplainPlan(layers=("layer4",), cam_batch_size=1, chunk_size=3)
+    data = _report(model, split, ev, plan, limit=limit, config=config)
     m, labels = ev.mistakes, split.labels.long()
-    counts = [p.count for p in data.pairs]
-    # a pair's images over two chunks of 4 (one CAM batch is 1 image; a chunk, 4 batches)
-    assert any(sum(counts[:k]) // 4 != (sum(counts[: k + 1]) - 1) // 4 for k in range(len(counts)))
+    shown = set(data.mistakes.indices.tolist())
+    split_pairs = 0  # pairs whose images are part shown, part streamed
+    for pair in data.pairs:
+        rows = ((m.labels == pair.label_index) & (m.preds == pair.pred_index)).nonzero()
+        split_pairs += len({int(m.indices[r]) in shown for r in rows.flatten()}) == 2
+    assert split_pairs if limit else not shown
     with GradCAM(model, layer="layer4", normalize="none") as cam:
         for pair in data.pairs:
             t, p = pair.label_index, pair.pred_index
@@ -239,7 +242,7 @@ def test_pair_means_summed_in_chunks_equal_the_means_of_all_maps(case):
 
 def test_limit_keeps_the_most_confident(case, tmp_path):
     model, split, ev, _, _, _ = case
-    data = compute_report(model, split, CLASSES, run_info={}, evaluation=ev, limit=5)
+    data = _report(model, split, ev, limit=5)
     assert len(data.mistakes) == 5
     assert torch.equal(data.mistakes.indices, ev.mistakes.indices[:5])
     page = Page()
@@ -251,7 +254,7 @@ def test_limit_keeps_the_most_confident(case, tmp_path):
 
 def test_pairs_only_when_no_mistake_is_shown(case, tmp_path):
     model, split, ev, _, _, _ = case
-    data = compute_report(model, split, CLASSES, run_info={}, evaluation=ev, limit=0)
+    data = _report(model, split, ev, limit=0)
     assert not len(data.mistakes) and not data.explanations and data.pairs
     page = Page()
     page.feed(render_report(data, tmp_path).read_text())
@@ -312,16 +315,7 @@ def test_config_rejects_bad_values():
 def test_webp_and_png_overlays(case, tmp_path):
     model, split, ev, _, _, _ = case
     config = ReportConfig(image_format="webp", max_pairs=1)
-    data = compute_report(
-        model,
-        split,
-        CLASSES,
-        run_info={},
-        evaluation=ev,
-        layers=("layer4",),
-        limit=3,
-        config=config,
-    )
+    data = _report(model, split, ev, ExplainPlan(layers=("layer4",)), limit=3, config=config)
     text = render_report(data, tmp_path).read_text()
     assert re.search(r'class="map" data-k="0" src="data:image/webp;base64,', text)
 
@@ -361,7 +355,7 @@ TRUST = {
 def test_trust_section_only_with_compare_results(case):
     model, split, ev, _, path, _ = case
     assert "Can these maps be trusted?" not in path.read_text()
-    data = compute_report(model, split, CLASSES, run_info={}, evaluation=ev, limit=0, trust=TRUST)
+    data = _report(model, split, ev, limit=0, trust=TRUST)
     html = render_html(data)
     page = Page()
     page.feed(html)

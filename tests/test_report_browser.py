@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ import torch
 
 from camlens.data import Split
 from camlens.evaluate import evaluate
+from camlens.explain import ExplainPlan, mistake_maps, select_mistakes
 from camlens.model import ResNet18
-from camlens.report import build_report
+from camlens.report import compute_report, render_report
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 HAVE_CHROMIUM = Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)
@@ -112,8 +114,15 @@ def report(tmp_path_factory):
     labels = torch.arange(40) % len(CLASSES)
     split = Split(images, labels)
     out = tmp_path_factory.mktemp("report")
-    path = build_report(model, split, CLASSES, out, run_info={"data_label": "random images"})
-    return path, evaluate(model, split), tmp_path_factory.mktemp("chromium-profile")
+    plan, ev = ExplainPlan(layers=("layer3", "layer4")), evaluate(model, split)
+    shown = select_mistakes(ev.mistakes, CLASSES)  # every mistake, most confident first
+    shown = replace(shown, images=split.images[shown.indices])
+    maps = {"gradcam": mistake_maps(model, shown.images, shown.labels, plan, preds=shown.preds)}
+    info = {"data_label": "random images"}
+    data = compute_report(
+        model, split, CLASSES, plan, explained=(shown, maps), evaluation=ev, run_info=info
+    )
+    return render_report(data, out), ev, tmp_path_factory.mktemp("chromium-profile")
 
 
 def test_gallery_renders_and_confusion_click_filters(report, tmp_path):
@@ -178,7 +187,7 @@ def test_diff_page_renders_every_picture_without_script_errors(tmp_path):
     models = [ResNet18(len(CLASSES), norm, width=8).eval() for norm in ("batch", "layer")]
     images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
     split = Split(images, torch.arange(30) % len(CLASSES))
-    d = diff_models(*models, split, CLASSES, names=("BN", "LN"), limit=4)
+    d = diff_models(*models, split, CLASSES, ExplainPlan(limit=4), names=("BN", "LN"))
     page, end = write_diff(d, tmp_path / "diff")["diff.html"].read_text().rsplit("</body>", 1)
     copy = tmp_path / "driven.html"
     copy.write_text(page + DIFF_DRIVER + "</body>" + end)

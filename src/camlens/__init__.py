@@ -4,10 +4,24 @@ Pipeline, one module per step (each imports only those above it):
   download -> data -> model -> classifier -> plots -> evaluate -> train
   -> cam -> metrics -> explain -> overlay -> gallery -> epochs -> report -> compare -> diff
   -> pipeline -> cli
-`explain` computes the maps of the mistakes once; the gallery and the report both draw them.
+`explain` computes every map of a job; the gallery, the report, diff and epochs read them.
 `pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls;
 its `report` (any trained classifier's report) stays `camlens.pipeline.report`, as
 `camlens.report` names the report package.
+
+One plan, one road: `ExplainPlan` (methods, layers, batch sizes, precision, which mistakes)
+is built once from flags or in a notebook, checked once against the model
+(`pipeline.prepare_plan`), and passed whole: pipeline -> gallery, report, diff, epochs.
+
+The "explain" family, one meaning per name:
+  Engine.explain, .explain_many, .explain_pair   the engine call: images + targets -> CamResult
+                        (camlens.cam; `cam.explain_pair` opens an engine for one such call)
+  mistake_maps          mistakes' images -> Explanations (pred, label, contrast per layer)
+  stream_mistake_maps   the same, chunk by chunk: what the gallery and the report consume
+  compute_cams          images + target sets -> (L, N, H, W) maps (diff, the report's
+                        correct images; any step that explains images other than mistakes)
+  explain_model         the whole job: evaluate, gallery per method, report.html
+  explain_over_epochs   the job of `explain --over-epochs`: maps across kept epochs
 
 Glossary (one name per concept, everywhere):
   images   (N, 3, H, W) float in [0, 1], un-normalised (uint8 in [0, 255] when stored)
@@ -66,7 +80,15 @@ from camlens.evaluate import (
     read_mistakes,
     write_evaluation,
 )
-from camlens.explain import ExplainError, Explanations, explain_mistakes, select_mistakes
+from camlens.explain import (
+    ExplainError,
+    ExplainPlan,
+    Explanations,
+    compute_cams,
+    mistake_maps,
+    select_mistakes,
+    stream_mistake_maps,
+)
 from camlens.gallery import GalleryConfig, write_gallery
 from camlens.model import (
     CheckpointError,
@@ -86,7 +108,7 @@ from camlens.pipeline import (
     run,
     write_galleries,
 )
-from camlens.report import ReportConfig, build_report, compute_report, render_report
+from camlens.report import ReportConfig, compute_report, render_report
 from camlens.train import RunError, TrainConfig, train
 from camlens.version import __version__
 
@@ -158,9 +180,12 @@ __all__ = [
     "ShapleyCAM",
     # explaining the mistakes
     "ExplainError",
+    "ExplainPlan",
     "Explanations",
-    "explain_mistakes",
+    "compute_cams",
+    "mistake_maps",
     "select_mistakes",
+    "stream_mistake_maps",
     # overlays, gallery, report
     "colorize",
     "enlarge",
@@ -169,7 +194,6 @@ __all__ = [
     "GalleryConfig",
     "write_gallery",
     "ReportConfig",
-    "build_report",
     "compute_report",
     "render_report",
     # maps across training (train --keep-every, explain --over-epochs)

@@ -1,6 +1,6 @@
 """Maps across training: when did the model start to look there, when did the mistake appear?
 
-    strips = explain_over_epochs(run, data, out, layer="layer4", limit=16)
+    strips, files = explain_over_epochs(run, data, out, ExplainPlan(layers=["layer4"]))
 
 A run trained with `--keep-every K` holds every K-th epoch's weights in RUN/epochs/. For the
 final model's most confident mistakes, each kept epoch (and the final checkpoint) explains the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,10 +23,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from camlens.atomic import atomic_write_files
-from camlens.cam import CamConfig, create
 from camlens.data import Dataset
-from camlens.evaluate import as_float_images, find_mistakes, predict
-from camlens.explain import ExplainError, check_explainable
+from camlens.evaluate import find_mistakes, predict
+from camlens.explain import ExplainError, ExplainPlan, mistake_maps
 from camlens.model import load_checkpoint
 from camlens.overlay import overlay
 from camlens.plots import figure_png
@@ -66,15 +65,17 @@ def explain_over_epochs(
     run: str | Path,
     data: Dataset,
     out: str | Path,
+    plan: ExplainPlan | None = None,
     *,
-    method: str = "gradcam",
-    layer: str = "layer4",
-    limit: int = 16,
-    batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> tuple[EpochStrips, dict[str, Path]]:
-    """Explain the final model's `limit` most confident mistakes at every kept epoch of `run`."""
+    """Explain the final model's `plan.limit` (None: 16) most confident mistakes at every kept
+    epoch of `run`, with the plan's first method at its last layer (None: layer4)."""
     run, out = Path(run), Path(out)
+    plan = plan or ExplainPlan()
+    method, layer = plan.methods[0], (plan.layers or ("layer4",))[-1]
+    plan = replace(plan, methods=(method,), layers=(layer,))
+    limit = 16 if plan.limit is None else plan.limit
     final = run / "checkpoint.safetensors"
     if not final.is_file():
         raise ExplainError(f"{run} holds no checkpoint.safetensors: name a camlens run folder")
@@ -87,31 +88,30 @@ def explain_over_epochs(
     if limit < 1:
         raise ExplainError(f"--limit must be >= 1, got {limit}: the images shown")
     model, meta = load_checkpoint(final, device)
-    check_explainable(model, [method], [layer])
+    plan.check(model)  # the kept epochs share the final model's architecture
     if list(data.classes) != list(meta["classes"]):
         raise ExplainError(
             f"{run} was trained on {meta['classes']}: pass the data it was trained on"
         )
-    mistakes = find_mistakes(predict(model, data.test.images, batch_size).cpu(), data.test.labels)
+    logits = predict(model, data.test.images, plan.eval_batch_size).cpu()
+    mistakes = find_mistakes(logits, data.test.labels)
     if len(mistakes) == 0:
         raise ExplainError("the final model makes no mistakes on this test split")
     chosen = mistakes.select(torch.arange(min(limit, len(mistakes))))
     images = data.test.images[chosen.indices]
-    x = as_float_images(images).to(device)
     checkpoints = [p for _, p in kept] + ([] if kept[-1][0] == meta["epoch"] else [final])
     epochs = [e for e, _ in kept] + ([] if kept[-1][0] == meta["epoch"] else [meta["epoch"]])
     pred_cams, label_cams, pred_probs, label_probs, raw_max = [], [], [], [], []
-    config = CamConfig(batch_size=batch_size, normalize="pair")
     for path in checkpoints:
         m, _ = load_checkpoint(path, device)
-        with create(method, m, layer, config) as engine:
-            pair = engine.explain_pair(x, chosen.labels.to(device), preds=chosen.preds.to(device))
-        probs = pair.pred.logits.float().softmax(1).cpu()  # (M, K)
-        pred_cams.append(pair.pred.cams.cpu())
-        label_cams.append(pair.label.cams.cpu())
+        expl = mistake_maps(m, images, chosen.labels, plan, preds=chosen.preds)
+        probs = expl.logits.float().softmax(1)  # (M, K)
+        pred, label, _ = expl.layer_maps(0)  # one layer: (M, H, W) each, one scale per image
+        pred_cams.append(pred)
+        label_cams.append(label)
         pred_probs.append(probs.gather(1, chosen.preds[:, None]).squeeze(1))
         label_probs.append(probs.gather(1, chosen.labels[:, None]).squeeze(1))
-        raw_max.append(torch.maximum(pair.pred.raw_max[0], pair.label.raw_max[0]).cpu())
+        raw_max.append(torch.maximum(expl.pred_max[0], expl.label_max[0]))
     strips = EpochStrips(
         epochs=epochs,
         indices=chosen.indices,

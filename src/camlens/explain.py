@@ -1,8 +1,12 @@
-"""Explain the mistakes: pick which to show, then every map they need, in batched passes.
+"""The maps of a job, computed here and nowhere else: one `ExplainPlan`, checked once.
 
-The step between evaluation and the pictures: `select_mistakes` filters and orders the
-misclassified images, `explain_mistakes` computes their maps (predicted class, true class and
-contrast, per layer), `explain_chunks` the same a chunk at a time for a gallery that streams.
+`ExplainPlan` says what a job explains and how (methods, layers, batch sizes, precision, which
+mistakes); the pipeline builds it from flags or the notebook, checks it once against the model
+(`ExplainPlan.check`) and hands it whole to every step. `select_mistakes` filters and orders
+the misclassified images; `mistake_maps` computes their maps (predicted class, true class and
+contrast, per layer), `stream_mistake_maps` the same a chunk at a time, which the gallery draws
+and the report's pair statistics read; `compute_cams` turns images and targets into maps for
+the steps that explain other images (correct ones, another model's, another epoch's).
 Its `Explanations` (maps at native resolution, a few hundred bytes per image) feed both the
 PNG gallery and the HTML report, so this module draws nothing and imports no picture code.
 """
@@ -10,12 +14,12 @@ PNG gallery and the HTML report, so this module draws nothing and imports no pic
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
-from camlens.cam import METHODS, PRECISIONS, create, find_layer, normalize_cams
+from camlens.cam import METHODS, PRECISIONS, CamConfig, create, find_layer, normalize_cams
 from camlens.cam.layers import upsample
 from camlens.distributed import gather, shard_rows, world_size
 from camlens.evaluate import Mistakes, as_float_images
@@ -23,14 +27,15 @@ from camlens.evaluate import Mistakes, as_float_images
 __all__ = [
     "SORTS",
     "ExplainError",
+    "ExplainPlan",
     "Explanations",
     "check_explainable",
+    "compute_cams",
     "concat_explanations",
-    "explain_chunks",
-    "explain_each",
-    "explain_mistakes",
     "gather_explanations",
+    "mistake_maps",
     "select_mistakes",
+    "stream_mistake_maps",
 ]
 
 SORTS = ("confidence", "margin", "index")
@@ -38,6 +43,65 @@ SORTS = ("confidence", "margin", "index")
 
 class ExplainError(ValueError):
     """A method, layer, class name, sort or precision that cannot be explained as asked."""
+
+
+@dataclass(frozen=True)
+class ExplainPlan:
+    """What a job explains and how: built once (flags or notebook), checked once, passed whole.
+
+    Lists become tuples. Errors are one-line `ExplainError`s that name what is wrong.
+    """
+
+    # CAM methods, names of `camlens.cam.METHODS`; one gallery each
+    methods: tuple[str, ...] = ("gradcam",)
+    # the hooked layers, dotted names; None: the last layer before the global pooling, which
+    # the pipeline resolves before the check (`camlens.pipeline.prepare_plan`)
+    layers: tuple[str, ...] | None = None
+    cam_batch_size: int = 64  # images per CAM pass: one forward, a partial backward per target
+    eval_batch_size: int = 64  # images per inference batch (evaluation, predictions)
+    precision: str = "fp32"  # the CAM forward pass: fp32, or bf16/fp16 autocast; maps stay fp32
+    limit: int | None = None  # explain at most this many mistakes, first in `sort` order
+    sort: str = "confidence"  # order of the mistakes: one of SORTS
+    label_name: str | None = None  # only mistakes of this true class (a class name)
+    pred_name: str | None = None  # only mistakes predicted as this class
+    # mistakes per streamed chunk, rounded up to whole CAM batches; None: one batch. The maps
+    # are the same whatever the chunk: only memory and resuming granularity change
+    chunk_size: int | None = None
+    # also `compare` the methods on this many mistakes (and as many correct images); None: no
+    compare_limit: int | None = None
+    seed: int = 0  # compare's correct-image sample, baselines and ROAD
+    # the methods' own knobs (Score-CAM's top_k, SmoothGrad's samples, ...); its batch_size,
+    # precision and normalize are set by the plan and by each step (`engine_config`)
+    cam: CamConfig = field(default_factory=CamConfig)
+    progress: bool = False  # progress bars for maps, cards and pages
+
+    def __post_init__(self) -> None:
+        # frozen: the sequences become tuples once, here. The numbers are checked now (before
+        # any training); methods, layers and precision with the model, in `check`
+        object.__setattr__(self, "methods", tuple(self.methods))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.sort not in SORTS:
+            raise ExplainError(f"unknown sort {self.sort!r}: choose from {', '.join(SORTS)}")
+        lows = {"cam_batch_size": 1, "eval_batch_size": 1, "limit": 0, "chunk_size": 1}
+        lows["compare_limit"] = 1  # the images scored per subset
+        for name, low in lows.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                flag = "--compare" if name == "compare_limit" else "--" + name.replace("_", "-")
+                raise ExplainError(f"{flag} must be >= {low}, got {value}")
+
+    def check(self, model: nn.Module) -> ExplainPlan:
+        """Raise ExplainError unless `model` can be explained as planned; once per job, first."""
+        layers = () if self.layers is None else self.layers  # None is resolved before this
+        check_explainable(model, self.methods or ("",), layers, self.precision)
+        return self
+
+    def engine_config(self, normalize: str) -> CamConfig:
+        """The engine's config: the methods' knobs, the plan's batch and precision."""
+        return replace(
+            self.cam, batch_size=self.cam_batch_size, precision=self.precision, normalize=normalize
+        )
 
 
 @dataclass(frozen=True)
@@ -154,26 +218,24 @@ def check_explainable(
         raise ExplainError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
 
 
-def explain_mistakes(
+def mistake_maps(
     model: nn.Module,
     images: Tensor,
     labels: Tensor,
-    method: str = "gradcam",
-    layers: Sequence[str] = ("layer4",),
-    batch_size: int = 64,
-    precision: str = "fp32",
+    plan: ExplainPlan,
+    method: str | None = None,
     preds: Tensor | None = None,
 ) -> Explanations:
-    """One forward and one partial backward per target set for each chunk of `batch_size`.
+    """Maps of `images` (uint8 or [0, 1]) at `plan.layers`: one forward and one partial
+    backward per target set for each CAM batch. `method` None: the plan's first.
 
     `preds` are the classes the predicted-class maps explain; None: the model's arg-max.
+    The plan is trusted: `plan.check(model)` runs once per job, before.
     """
-    check_explainable(model, [method], layers, precision)
+    method = method or plan.methods[0]
     device = next(model.parameters()).device
     x = as_float_images(images.to(device))
-    with create(
-        method, model, list(layers), batch_size=batch_size, normalize="pair", precision=precision
-    ) as cam:
+    with create(method, model, list(plan.layers), plan.engine_config("pair")) as cam:
         pair = cam.explain_pair(
             x, labels.to(device), preds=None if preds is None else preds.to(device)
         )
@@ -192,41 +254,52 @@ def explain_mistakes(
     )
 
 
-def explain_chunks(
-    model: nn.Module,
-    mistakes: Mistakes,
-    method: str = "gradcam",
-    layers: Sequence[str] = ("layer4",),
-    batch_size: int = 64,
-    precision: str = "fp32",
-    chunk_size: int | None = None,
+def stream_mistake_maps(
+    model: nn.Module, mistakes: Mistakes, plan: ExplainPlan, method: str | None = None
 ) -> Iterator[tuple[Mistakes, Explanations]]:
-    """`explain_mistakes` of `mistakes` (with their images) chunk by chunk, in order, so that
-    a caller can draw and forget each chunk. The predicted-class maps explain `mistakes.preds`.
+    """`mistake_maps` of `mistakes` (with their images) chunk by chunk, in order, so that a
+    caller can draw and forget each chunk. The predicted-class maps explain `mistakes.preds`.
 
-    `chunk_size` (default `batch_size`) is rounded up to a multiple of `batch_size`: the engine
-    then sees the same batches as in one call, and the maps are identical bit for bit. Under
-    torchrun every rank explains its share of each chunk and every rank gets the chunk's maps.
+    A chunk is `plan.chunk_size` rounded up to whole CAM batches: the engine then sees the same
+    batches as in one call, and the maps are identical bit for bit. Under torchrun every rank
+    explains its share of each chunk and every rank gets the chunk's maps.
     """
     if mistakes.images is None:
         raise ExplainError("mistakes carry no images: read them with read_mistakes(path, split)")
+    batch = plan.cam_batch_size
     # under torchrun a chunk holds a whole batch for each rank, which explains its own batch
-    step = -(-(chunk_size or batch_size) // batch_size) * batch_size * world_size()
+    step = -(-(plan.chunk_size or batch) // batch) * batch * world_size()
     for start in range(0, len(mistakes), step):
         chunk = mistakes.select(torch.arange(start, min(start + step, len(mistakes))))
-        rows, count = shard_rows(len(chunk), batch_size)
+        rows, count = shard_rows(len(chunk), batch)
         mine = chunk.select(rows)
-        expl = explain_mistakes(
-            model,
-            mine.images,
-            mine.labels,
-            method,
-            layers,
-            batch_size,
-            precision,
-            preds=mine.preds,
-        )
+        expl = mistake_maps(model, mine.images, mine.labels, plan, method, mine.preds)
         yield chunk, gather_explanations(expl, count)
+
+
+def compute_cams(
+    model: nn.Module,
+    images: Tensor,
+    target_sets: Sequence[Tensor],
+    plan: ExplainPlan,
+    method: str | None = None,
+    layers: Sequence[str] | None = None,
+    normalize: str = "minmax",
+) -> list[Tensor]:
+    """Per target set (N,), the (L, N, H, W) maps of `images` (uint8 or [0, 1]) at each layer,
+    on the CPU, from one engine pass (one forward, a partial backward per set).
+
+    `method` None: the plan's first; `layers` None: the plan's. `normalize` as in CamConfig
+    ("none": the raw rectified maps). The plan is trusted, as in `mistake_maps`.
+    """
+    layers = list(layers or plan.layers)
+    if images.shape[0] == 0:
+        return [torch.zeros(len(layers), 0, *images.shape[-2:]) for _ in target_sets]
+    device = next(model.parameters()).device
+    x = as_float_images(images.to(device))
+    with create(method or plan.methods[0], model, layers, plan.engine_config(normalize)) as cam:
+        results = cam.explain_many(x, [t.to(device) for t in target_sets])
+    return [r.layer_cams.cpu() for r in results]
 
 
 def select_mistakes(
@@ -250,39 +323,6 @@ def select_mistakes(
     key = {"confidence": -chosen.confidence, "margin": -chosen.margins, "index": chosen.indices}
     order = key[sort].argsort(stable=True)
     return chosen.select(order[:limit] if limit is not None else order)
-
-
-def explain_each(
-    model: nn.Module,
-    mistakes: Mistakes,
-    methods: Sequence[str],
-    layers: Sequence[str] = ("layer4",),
-    batch_size: int = 64,
-    precision: str = "fp32",
-) -> dict[str, Explanations]:
-    """Each method's maps of `mistakes` (with their images); the predicted-class maps explain
-    `mistakes.preds`, the stated predictions (TTA's, from a csv), not the arg-max.
-
-    Under torchrun each rank explains its share, cut at whole batches, and every rank gets all
-    the maps, in order (camlens.distributed)."""
-    rows, count = shard_rows(len(mistakes), batch_size)
-    mine = mistakes.select(rows)
-    return {
-        method: gather_explanations(
-            explain_mistakes(
-                model,
-                mine.images,
-                mine.labels,
-                method,
-                layers,
-                batch_size,
-                precision,
-                preds=mine.preds,
-            ),
-            count,
-        )
-        for method in (methods if len(mistakes) else ())
-    }
 
 
 def gather_explanations(expl: Explanations, count: int) -> Explanations:

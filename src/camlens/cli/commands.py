@@ -19,6 +19,7 @@ from camlens.data import DataError, load_dataset
 from camlens.distributed import is_writer, launched, process_group
 from camlens.epochs import explain_over_epochs
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
+from camlens.explain import ExplainPlan
 from camlens.model import (
     ResNet18,
     load_checkpoint,
@@ -54,6 +55,7 @@ __all__ = [
     "config_from_args",
     "flag_name",
     "pick_device",
+    "plan_from_args",
 ]
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -75,6 +77,18 @@ def config_from_args(args: argparse.Namespace, config_type):
         if field is not None:
             message = flag_name(field) + message[len(field) :]
         raise RunError(message) from None
+
+
+# ExplainPlan field -> the flag that sets it, where the names differ (argparse dest)
+PLAN_FLAGS = {"methods": "method", "layers": "layer", "label_name": "label", "pred_name": "pred"}
+
+
+def plan_from_args(args: argparse.Namespace, **fixed) -> ExplainPlan:
+    """The ExplainPlan of the explain flags this command has; `fixed` wins over a flag."""
+    names = [f.name for f in dataclasses.fields(ExplainPlan) if f.name not in ("cam", "seed")]
+    flags = {n: PLAN_FLAGS.get(n, n) for n in names}
+    given = {n: getattr(args, flag) for n, flag in flags.items() if hasattr(args, flag)}
+    return ExplainPlan(**{**given, **fixed})
 
 
 def pick_device(name: str) -> torch.device:
@@ -172,21 +186,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         mistakes = None
         if args.misclassified is not None:
             mistakes = read_mistakes(args.misclassified, data.test)
-        galleries = write_galleries(
-            model,
-            data,
-            args.out,
-            mistakes=mistakes,
-            sort=args.sort,
-            label_name=args.label,
-            pred_name=args.pred,
-            limit=args.limit,
-            methods=args.method,
-            layers=layers,
-            cam_batch_size=args.cam_batch_size,
-            precision=args.precision,
-            progress=args.progress and is_writer(),
-        )
+        plan = plan_from_args(args, layers=layers, progress=args.progress and is_writer())
+        galleries = write_galleries(model, data, args.out, plan, mistakes=mistakes)
     if not is_writer():
         return 0
     if not galleries.explanations:
@@ -210,15 +211,9 @@ def _explain_over_epochs(args: argparse.Namespace) -> int:
         raise DataError("--over-epochs RUN names the model (RUN's checkpoint): drop --checkpoint")
     meta = read_checkpoint_meta(args.over_epochs / "checkpoint.json")
     data = load_matching_data(args.data, meta, progress=args.progress)
+    plan = plan_from_args(args, limit=args.limit or None)  # 0 or none: 16
     strips, files = explain_over_epochs(
-        args.over_epochs,
-        data,
-        args.out,
-        method=args.method[0],
-        layer=(args.layer or ["layer4"])[-1],
-        limit=args.limit or 16,
-        batch_size=args.cam_batch_size,
-        device=pick_device(args.device),
+        args.over_epochs, data, args.out, plan, device=pick_device(args.device)
     )
     print(
         f"{len(strips.indices)} mistakes of the final model at epochs "
@@ -229,19 +224,14 @@ def _explain_over_epochs(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     opened = _open(args)
+    plan = plan_from_args(args, layers=_layers(args, opened, ["layer3", "layer4"]))
     outcome = report(
         opened.model,
         opened.data,
         args.out,
+        plan,
         run_info=report_facts(opened),
         history=opened.meta.get("history"),
-        methods=args.method,
-        layers=_layers(args, opened, ["layer3", "layer4"]),
-        limit=args.limit,
-        cam_batch_size=args.cam_batch_size,
-        eval_batch_size=args.eval_batch_size,
-        precision=args.precision,
-        compare_limit=args.compare,
     )
     _print_report(outcome, args)
     return 0
@@ -256,7 +246,7 @@ def _print_report(outcome: Outcome, args: argparse.Namespace) -> None:
         f"{len(ev.mistakes)} misclassified{note}; done in {outcome.seconds:.0f}s"
     )
     print(f"evaluation: {args.out / 'eval'}")
-    if args.compare is not None:
+    if args.compare_limit is not None:
         print(f"compare: {args.out / 'compare.csv'}, compare.png, sanity.png")
     _print_outcome(outcome)
 
@@ -268,14 +258,8 @@ def _print_outcome(outcome: Outcome) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    outcome = demo(
-        args.out,
-        device=pick_device(args.device),
-        methods=args.method,
-        layers=args.layer,
-        cam_batch_size=args.cam_batch_size,
-        precision=args.precision,
-    )
+    plan = plan_from_args(args)
+    outcome = demo(args.out, plan, device=pick_device(args.device))
     ev = outcome.evaluation
     print(
         f"shipped ResNet18 on the bundled sample: {ev.accuracy:.2%} accuracy, "
@@ -283,15 +267,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     _print_outcome(outcome)
     if args.compare_norms:
+        diffed = dataclasses.replace(plan, methods=("gradcam",), progress=False)
         files = diff_checkpoints(
             "shipped",
             "shipped-layer",
             "sample",
             args.out / "diff",
+            diffed,
             device=pick_device(args.device),
-            layers=args.layer,
-            cam_batch_size=args.cam_batch_size,
-            progress=False,
         )
         print(f"batch norm vs layer norm: {files['diff.html']}")
     return 0
@@ -299,6 +282,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
+    plan = plan_from_args(args, precision="fp32")  # --precision is the training's: maps fp32
     data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
     if launched():  # torchrun: all ranks train; rank 0 alone then evaluates, explains, reports
         with process_group(pick_device(args.device), args.backend) as device:
@@ -326,15 +310,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         config,
         data,
         args.out,
+        plan,
         device=pick_device(args.device),
-        methods=args.method,
-        layers=args.layer,
-        limit=args.limit,
-        cam_batch_size=args.cam_batch_size,
         progress=args.progress,
         tensorboard=args.tensorboard,
         wandb_project=args.wandb_project if args.wandb else None,
-        compare_limit=args.compare,
     )
     _print_report(outcome, args)
     return 0
@@ -412,13 +392,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         args.checkpoint[1],
         args.data,
         args.out,
+        plan_from_args(args),
         names=tuple(args.names) if args.names else None,
         device=pick_device(args.device),
-        method=args.method[0],
-        layers=args.layer,
-        limit=args.limit,
-        cam_batch_size=args.cam_batch_size,
-        progress=args.progress,
     )
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0

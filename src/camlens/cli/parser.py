@@ -28,7 +28,7 @@ from camlens.cli.commands import (
     cmd_train,
 )
 from camlens.distributed import BACKENDS
-from camlens.explain import SORTS
+from camlens.explain import SORTS, ExplainPlan
 from camlens.train import TrainConfig
 from camlens.version import __version__
 
@@ -245,6 +245,7 @@ def _eval_batch_flag(parser: argparse.ArgumentParser) -> None:
 def _compare_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare",
+        dest="compare_limit",
         type=int,
         nargs="?",
         const=256,
@@ -312,15 +313,19 @@ def _explain_flags(
         "where their layer part stops: the bias terms up to it (fullgrad), its Grad-CAM "
         "(guidedgradcam)",
     )
+    plan = ExplainPlan()  # the defaults live in the plan
     parser.add_argument(
-        "--cam-batch-size", type=int, default=64, help="images per CAM batch (default: 64)"
+        "--cam-batch-size",
+        type=int,
+        default=plan.cam_batch_size,
+        help=f"images per CAM batch (default: {plan.cam_batch_size})",
     )
     if precision:
         parser.add_argument(
             "--precision",
             choices=tuple(PRECISIONS),
-            default="fp32",
-            help="bf16: autocast the CAM forward pass, maps stay fp32 (default: fp32)",
+            default=plan.precision,
+            help=f"bf16: autocast the CAM forward pass, maps stay fp32 (default: {plan.precision})",
         )
 
 

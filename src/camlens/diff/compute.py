@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from camlens.cam import CamConfig, create
 from camlens.data import Split
-from camlens.evaluate import Evaluation, as_float_images, evaluate
-from camlens.explain import ExplainError
+from camlens.evaluate import Evaluation, evaluate
+from camlens.explain import ExplainError, ExplainPlan, compute_cams
 from camlens.metrics import spearman
 
 __all__ = ["GROUPS", "TARGETS", "ModelDiff", "diff_models", "top_iou"]
@@ -70,44 +69,26 @@ def _flat(cams: Tensor) -> Tensor:
     return flat.amax(1) <= flat.amin(1)
 
 
-def _maps(
-    model: nn.Module,
-    images: Tensor,
-    target_sets: list[Tensor],
-    method: str,
-    layers: Sequence[str],
-    config: CamConfig,
-) -> list[Tensor]:
-    """Per target set, (L, N, H, W) maps at each layer, in one engine pass over the images."""
-    if images.shape[0] == 0:
-        h, w = images.shape[-2:]
-        return [torch.zeros(len(layers), 0, h, w) for _ in target_sets]
-    device = next(model.parameters()).device
-    x = as_float_images(images).to(device)
-    with create(method, model, list(layers), config) as engine:
-        results = engine.explain_many(x, [t.to(device) for t in target_sets])
-    return [r.layer_cams.cpu() for r in results]
-
-
 def diff_models(
     model_a: nn.Module,
     model_b: nn.Module,
     split: Split,
     classes: Sequence[str],
+    plan: ExplainPlan | None = None,
     *,
     names: tuple[str, str] = ("A", "B"),
-    method: str = "gradcam",
-    layers: Sequence[str] = ("layer3", "layer4"),
     top: float = 0.2,
-    limit: int = 24,
-    batch_size: int = 64,
-    cam_batch_size: int = 64,
 ) -> ModelDiff:
     """Evaluate both models on `split`, group their mistakes, compare their maps.
 
-    `limit`: images kept per group for the page's galleries (the statistics use all of them).
+    `plan`: its first method at its layers (None: layer3 and layer4); `limit` images kept per
+    group for the page's galleries (None: 24; the statistics use all of them).
     """
-    evs = (evaluate(model_a, split, batch_size), evaluate(model_b, split, batch_size))
+    plan = plan or ExplainPlan()
+    method, layers = plan.methods[0], plan.layers or ("layer3", "layer4")
+    limit = 24 if plan.limit is None else plan.limit
+    batch = plan.eval_batch_size
+    evs = (evaluate(model_a, split, batch), evaluate(model_b, split, batch))
     for name, ev in zip(names, evs, strict=True):
         if ev.logits.shape[1] != len(classes):
             raise ExplainError(
@@ -131,7 +112,6 @@ def diff_models(
         groups[g] = idx[rank[g][idx].argsort(descending=True, stable=True)]
     per_class = {g: torch.bincount(labels[i], minlength=len(classes)) for g, i in groups.items()}
 
-    config = CamConfig(batch_size=cam_batch_size)
     shared = groups["shared"]
     agreement: dict[str, dict[str, dict[str, Tensor]]] = {
         layer: {t: {} for t in TARGETS} for layer in layers
@@ -139,8 +119,8 @@ def diff_models(
     if shared.numel():
         images = split.images[shared]
         # per model: [pred maps, label maps], each (L, S, H, W)
-        a = _maps(model_a, images, [preds[0][shared], labels[shared]], method, layers, config)
-        b = _maps(model_b, images, [preds[1][shared], labels[shared]], method, layers, config)
+        a = compute_cams(model_a, images, [preds[0][shared], labels[shared]], plan, method, layers)
+        b = compute_cams(model_b, images, [preds[1][shared], labels[shared]], plan, method, layers)
         for li, layer in enumerate(layers):
             for ti, t in enumerate(TARGETS):
                 ma, mb = a[ti][li], b[ti][li]  # (S, H, W) each
@@ -153,8 +133,8 @@ def diff_models(
     for g, idx in groups.items():
         idx = idx[:limit]
         kept[g] = split.images[idx]
-        pa = _maps(model_a, kept[g], [preds[0][idx]], method, layers[-1:], config)[0][0]
-        pb = _maps(model_b, kept[g], [preds[1][idx]], method, layers[-1:], config)[0][0]
+        pa = compute_cams(model_a, kept[g], [preds[0][idx]], plan, method, layers[-1:])[0][0]
+        pb = compute_cams(model_b, kept[g], [preds[1][idx]], plan, method, layers[-1:])[0][0]
         cams[g] = (pa, pb)
     return ModelDiff(
         names=tuple(names),

@@ -89,7 +89,7 @@ def stream_gallery(
     progress: bool = False,
 ) -> Gallery:
     """Draw and write `out`/gallery/<method> as `chunks` (consecutive rows of `mistakes`, with
-    their maps, e.g. from `explain_chunks`) arrive; `mistakes` carry every row's images.
+    their maps, e.g. from `stream_mistake_maps`) arrive; `mistakes` carry every row's images.
 
     The pool draws, encodes and writes a chunk's cards while the caller's generator computes
     the next chunk's maps; at most two chunks are in flight.

@@ -1,23 +1,27 @@
-"""The whole job as library functions: what the `camlens` command and the notebook both call.
+"""The whole job as library functions taking one `ExplainPlan`: what the CLI and notebook call.
 
-    run(config, data, out, ...) -> Outcome      train (resuming a killed run), then explain_model
-    demo(out, ...) -> Outcome                   the shipped model on the bundled sample
-    report_facts(opened) -> dict                what the report says of an open_model() model
-    report(model, data, out, ...) -> Outcome    any trained classifier: evaluate into out/eval,
-                                                then explain_model (run and demo end with it)
+    run(config, data, out, plan) -> Outcome     train (resuming a killed run), then report
+    demo(out, plan) -> Outcome                  the shipped model on the bundled sample
+    report(model, data, out, plan, ...) -> Outcome  any trained classifier: evaluate into
+                                                out/eval, then explain_model
+    explain_model(model, data, out, plan, ...) -> Outcome
+        evaluate -> write_galleries -> [compare] -> compute_report -> report.html
+    write_galleries(model, data, out, plan) -> Galleries
+        pick mistakes (the plan's filter, sort, limit) -> stream_mistake_maps ->
+        out/gallery/<method>/ per method
+    prepare_plan(model, plan, image_size) -> plan   layers resolved, checked against the model:
+                                                once per job, at its entry; the steps after it
+                                                take the checked plan
     choose_layers(model, layers, image_size)    --layer checked against the layers a map can
                                                 be read from; None: the last before pooling
-    explain_model(model, data, out, ...) -> Outcome
-        evaluate -> explain the most confident mistakes -> a gallery per method
-        [-> compare the methods' faithfulness] -> report.html
-    write_galleries(model, data, out, ...) -> Galleries
-        pick mistakes (filter, sort, limit) -> explain -> out/gallery/<method>/ per method
+    report_facts(opened) -> dict                what the report says of an open_model() model
     load_matching_data(source, meta) -> Dataset  the data a checkpoint was trained on
-    diff_checkpoints(a, b, data, out, ...) -> dict  two models side by side -> out/diff.html
+    diff_checkpoints(a, b, data, out, plan) -> dict  two models side by side -> out/diff.html
 
 Split by step: `galleries` (pick, explain, draw), `reports` (evaluate, explain_model,
 report), `runs` (run, demo), `diffs` (diff_checkpoints).
-The maps are computed once, by the explain step; the galleries and the report draw from them.
+The maps are computed by the explain step only: the gallery draws its stream, the report's
+pair statistics read the same maps and stream the pairs' other images through it.
 Errors a user can cause are raised as the package's own error types, with one-line messages.
 """
 
@@ -27,6 +31,7 @@ from camlens.pipeline.galleries import (
     Galleries,
     choose_layers,
     load_matching_data,
+    prepare_plan,
     write_galleries,
 )
 from camlens.pipeline.reports import Outcome, describe_run, explain_model, report, report_facts
@@ -42,6 +47,7 @@ __all__ = [
     "diff_checkpoints",
     "explain_model",
     "load_matching_data",
+    "prepare_plan",
     "report",
     "report_facts",
     "run",

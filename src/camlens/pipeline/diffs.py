@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from camlens.data import DataError
 from camlens.diff import diff_models, write_diff
-from camlens.explain import ExplainError, check_explainable
+from camlens.explain import ExplainError, ExplainPlan
 from camlens.model import load_checkpoint
 from camlens.pipeline.galleries import LAYERS, load_matching_data
 
@@ -21,23 +21,23 @@ def diff_checkpoints(
     checkpoint_b: str | Path,
     source: str | Path,
     out: str | Path,
+    plan: ExplainPlan | None = None,
     *,
     names: tuple[str, str] | None = None,
     device: str | torch.device = "cpu",
-    method: str = "gradcam",
-    layers: Sequence[str] = LAYERS,
-    limit: int = 24,
-    cam_batch_size: int = 64,
-    eval_batch_size: int = 64,
-    progress: bool = True,
 ) -> dict[str, Path]:
     """Two checkpoints on `source`'s test split, side by side: out/diff.html and out/diff.json.
 
-    `names` default to each checkpoint's norm ("batch norm", "layer norm") when they differ,
-    else to the checkpoints as given; `limit` cards per group in the page's galleries.
+    `plan`: its first method, its layers (None: layer3 and layer4), `limit` cards per group in
+    the page's galleries (None: 24). `names` default to each checkpoint's norm ("batch norm",
+    "layer norm") when they differ, else to the checkpoints as given.
     """
-    if limit < 1:
-        raise ExplainError(f"--limit must be >= 1, got {limit}: the cards shown per group")
+    plan = plan or ExplainPlan(progress=True)
+    plan = replace(
+        plan, layers=plan.layers or LAYERS, limit=24 if plan.limit is None else plan.limit
+    )
+    if plan.limit < 1:
+        raise ExplainError(f"--limit must be >= 1, got {plan.limit}: the cards shown per group")
     model_a, meta_a = load_checkpoint(checkpoint_a, device)
     model_b, meta_b = load_checkpoint(checkpoint_b, device)
     if list(meta_a["classes"]) != list(meta_b["classes"]):
@@ -45,22 +45,11 @@ def diff_checkpoints(
             f"{checkpoint_a} and {checkpoint_b} were trained on different classes: "
             "compare models of the same data"
         )
-    data = load_matching_data(source, meta_a, progress=progress)
-    for model in (model_a, model_b):
-        check_explainable(model, [method], layers)
+    data = load_matching_data(source, meta_a, progress=plan.progress)
+    for model in (model_a, model_b):  # two models: the plan is checked against each once
+        plan.check(model)
     if names is None:
         norms = (f"{meta_a['norm']} norm", f"{meta_b['norm']} norm")
         names = norms if norms[0] != norms[1] else (str(checkpoint_a), str(checkpoint_b))
-    d = diff_models(
-        model_a,
-        model_b,
-        data.test,
-        data.classes,
-        names=names,
-        method=method,
-        layers=layers,
-        limit=limit,
-        batch_size=eval_batch_size,
-        cam_batch_size=cam_batch_size,
-    )
+    d = diff_models(model_a, model_b, data.test, data.classes, plan, names=names)
     return write_diff(d, out)

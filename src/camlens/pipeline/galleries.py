@@ -1,6 +1,7 @@
 """The gallery step: pick the mistakes, explain them chunk by chunk, draw a gallery per method.
 
-write_galleries(model, data, out, ...) -> Galleries
+write_galleries(model, data, out, plan) -> Galleries
+prepare_plan(model, plan, image_size) -> plan  layers resolved, checked once against the model
 load_matching_data(source, meta) -> Dataset   the data a checkpoint was trained on
 choose_layers(model, layers, image_size)      --layer checked; None: the last before pooling
 """
@@ -20,14 +21,21 @@ from camlens.distributed import is_writer
 from camlens.evaluate import Mistakes, find_mistakes, predict
 from camlens.explain import (
     ExplainError,
+    ExplainPlan,
     Explanations,
-    check_explainable,
-    explain_chunks,
     select_mistakes,
+    stream_mistake_maps,
 )
 from camlens.gallery import GalleryConfig, stream_gallery
 
-__all__ = ["LAYERS", "Galleries", "choose_layers", "load_matching_data", "write_galleries"]
+__all__ = [
+    "LAYERS",
+    "Galleries",
+    "choose_layers",
+    "load_matching_data",
+    "prepare_plan",
+    "write_galleries",
+]
 
 LAYERS = ("layer3", "layer4")
 
@@ -54,51 +62,52 @@ def load_matching_data(source: str | Path, meta: dict, *, progress: bool = True)
     return data
 
 
+def prepare_plan(model: nn.Module, plan: ExplainPlan, image_size: int) -> ExplainPlan:
+    """`plan` with its layers resolved (`choose_layers`) and checked against `model`: what a
+    job does once, before any work; the steps after it trust the plan."""
+    return replace(plan, layers=choose_layers(model, plan.layers, image_size)).check(model)
+
+
 def write_galleries(
     model: nn.Module,
     data: Dataset,
     out: str | Path,
+    plan: ExplainPlan | None = None,
     *,
     mistakes: Mistakes | None = None,
-    sort: str = "confidence",
-    label_name: str | None = None,
-    pred_name: str | None = None,
-    limit: int | None = None,
-    methods: Sequence[str] = ("gradcam",),
-    layers: Sequence[str] = LAYERS,
-    cam_batch_size: int = 64,
-    eval_batch_size: int = 64,
-    precision: str = "fp32",
     config: GalleryConfig | None = None,
-    chunk_size: int | None = None,
-    progress: bool = False,
+    checked: bool = False,
 ) -> Galleries:
-    """Explain the chosen mistakes of `data.test` with each method; one gallery per method.
+    """Explain the chosen mistakes of `data.test` (the plan's filter, sort and limit) with each
+    of the plan's methods; one gallery per method.
 
     `mistakes`: e.g. `read_mistakes(misclassified.csv, data.test)`, whose predictions may be
     TTA's; None: the model's arg-max mistakes. Nothing chosen: nothing is written.
-    Streamed: maps are computed, drawn and written `chunk_size` mistakes at a time (default
-    `cam_batch_size`), so memory does not grow with the number of mistakes; a killed call
-    started again over the same `out` keeps the cards already written.
+    Streamed: maps are computed, drawn and written a chunk at a time (`plan.chunk_size`), so
+    memory does not grow with the number of mistakes; a killed call started again over the
+    same `out` keeps the cards already written. `plan` None: `ExplainPlan()`; `checked`: the
+    caller ran `prepare_plan`.
     """
-    check_explainable(model, methods, layers, precision)
+    plan = plan or ExplainPlan()
+    if not checked:
+        plan = prepare_plan(model, plan, data.image_size)
     if mistakes is None:
-        logits = predict(model, data.test.images, eval_batch_size)
+        logits = predict(model, data.test.images, plan.eval_batch_size)
         mistakes = find_mistakes(logits, data.test.labels)
     if mistakes.images is None:
         mistakes = replace(mistakes, images=data.test.images[mistakes.indices])
-    chosen = select_mistakes(mistakes, data.classes, sort, label_name, pred_name, limit)
+    chosen = select_mistakes(
+        mistakes, data.classes, plan.sort, plan.label_name, plan.pred_name, plan.limit
+    )
     drawn = {}
-    for method in methods if len(chosen) else ():
-        chunks = explain_chunks(
-            model, chosen, method, layers, cam_batch_size, precision, chunk_size
-        )
+    for method in plan.methods if len(chosen) else ():
+        chunks = stream_mistake_maps(model, chosen, plan, method)
         if not is_writer():  # under torchrun rank 0 alone draws; every rank explains its share
             for _ in chunks:
                 pass
             continue
         drawn[method] = stream_gallery(
-            chunks, chosen, method, data.classes, out, config, progress=progress
+            chunks, chosen, method, data.classes, out, config, progress=plan.progress
         )
     return Galleries(
         chosen,

@@ -5,23 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from camlens.data import Dataset, load_dataset
-from camlens.explain import check_explainable
+from camlens.explain import ExplainPlan
 from camlens.model import ResNet18, load_checkpoint
 from camlens.pipeline.galleries import LAYERS
-from camlens.pipeline.reports import (
-    Outcome,
-    check_compare_limit,
-    describe_run,
-    epochs_section,
-    report,
-)
+from camlens.pipeline.reports import Outcome, describe_run, epochs_section, report
 from camlens.plots import plot_confusion
 from camlens.train import TrainConfig, tensorboard_logger, train, wandb_logger
 
@@ -32,28 +25,25 @@ def run(
     config: TrainConfig,
     data: Dataset,
     out: str | Path,
+    plan: ExplainPlan | None = None,
     *,
     device: str | torch.device = "cpu",
-    methods: Sequence[str] = ("gradcam",),
-    layers: Sequence[str] = LAYERS,
-    limit: int | None = 1000,
-    cam_batch_size: int = 64,
     progress: bool = True,
     tensorboard: bool = False,
     wandb_project: str | None = None,
-    compare_limit: int | None = None,
 ) -> Outcome:
     """Train in `out` (continuing a killed run there), then evaluate into out/eval and
     `explain_model` the checkpoint. Maps are fp32; `config.precision` is the training's.
 
-    `limit` keeps the gallery and the page small after a short run (thousands of mistakes).
-    `compare_limit`: see `explain_model`. `wandb_project`: also log to Weights & Biases
-    (OUT/wandb; offline without an API key): each epoch, then curves, confusion, cards, accuracy.
+    `plan` None: layer3 and layer4, at most 1,000 mistakes (a short run makes thousands: the
+    gallery and the page stay small); see `explain_model`. `wandb_project`: also log to
+    Weights & Biases (OUT/wandb; offline without an API key): each epoch, then curves,
+    confusion, cards, accuracy.
     """
     started, out = time.perf_counter(), Path(out)
     # fail before hours of training, not after: the layers are checked on an untrained twin
-    check_explainable(ResNet18(len(data.classes), config.norm, config.width), methods, layers)
-    check_compare_limit(compare_limit)
+    plan = plan or ExplainPlan(layers=LAYERS, limit=1000, progress=progress)
+    plan.check(ResNet18(len(data.classes), config.norm, config.width))
     loggers = [tensorboard_logger(out)] if tensorboard else []
     if wandb_project is not None:
         loggers.append(wandb_logger(out, wandb_project, dataclasses.asdict(config)))
@@ -83,16 +73,10 @@ def run(
         model,
         data,
         out,
+        plan,
         run_info=run_info,
         history=history,
-        methods=methods,
-        layers=layers,
-        limit=limit,
-        cam_batch_size=cam_batch_size,
-        eval_batch_size=config.eval_batch_size,
-        compare_limit=compare_limit,
-        progress=progress,
-        over_epochs=epochs_section(out, data, methods, layers) if config.keep_every else None,
+        over_epochs=epochs_section(out, data, plan) if config.keep_every else None,
     )
     if wandb_project is not None:
         cards = [p for f in outcome.galleries.folders.values() for p in sorted(f.glob("*.png"))]
@@ -107,14 +91,12 @@ def run(
 
 def demo(
     out: str | Path,
+    plan: ExplainPlan | None = None,
     *,
     device: str | torch.device = "cpu",
-    methods: Sequence[str] = ("gradcam",),
-    layers: Sequence[str] = LAYERS,
-    cam_batch_size: int = 64,
-    precision: str = "fp32",
 ) -> Outcome:
-    """Offline: the shipped model's mistakes on the bundled 1,000-image sample, explained."""
+    """Offline: the shipped model's mistakes on the bundled 1,000-image sample, explained
+    (`plan` None: Grad-CAM at layer3 and layer4)."""
     started = time.perf_counter()
     model, meta = load_checkpoint("shipped", device)
     data = load_dataset("sample", progress=False)
@@ -132,11 +114,8 @@ def demo(
         model,
         data,
         out,
+        plan or ExplainPlan(layers=LAYERS),
         run_info=run_info,
         history=meta.get("history"),
-        methods=methods,
-        layers=layers,
-        cam_batch_size=cam_batch_size,
-        precision=precision,
     )
     return replace(outcome, seconds=time.perf_counter() - started)

@@ -1,10 +1,8 @@
 """One self-contained HTML report of a trained model: where it looks when it gets images wrong.
 
-    build_report(model, split, classes, out, *, run_info, history=None, methods=("gradcam",),
-                 layers=("layer3", "layer4"), batch_size=64, evaluation=None, tta=False,
-                 limit=None, config=None, precision="fp32") -> Path of out/report.html
-    compute_report(model, split, classes, *, ...same..., explained=None) -> ReportData
-                    (tensors, no HTML; `explained` reuses the explain step's maps)
+    compute_report(model, split, classes, plan, *, explained, evaluation, run_info, ...)
+                    -> ReportData (tensors, no HTML): the mistakes shown come with their maps
+                    (`explained`, the gallery's); the pair statistics stream the rest
     render_report(data, out) -> Path;  render_html(data) -> str          (HTML, no model)
     ReportConfig    frozen knobs: pair selection, centre box, overlay size/format, workers
     outside_centre_share(cams, centre=0.5) -> (N,) mass outside the middle box / total
@@ -16,7 +14,6 @@ every misclassified image with its maps for each computed method and layer; with
 (compare.json of `camlens.compare`), "Can these maps be trusted?": the table and sanity curves.
 """
 
-from camlens.report.build import build_report
 from camlens.report.compute import (
     PairMaps,
     ReportConfig,
@@ -32,7 +29,6 @@ __all__ = [
     "PairMaps",
     "ReportConfig",
     "ReportData",
-    "build_report",
     "centre_box",
     "compute_report",
     "mean_maps",

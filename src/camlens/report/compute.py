@@ -10,8 +10,10 @@ e.g. 16x16 of 32x32) over its total mass; for a mean of sum-normalised maps it e
 the per-image shares. A uniform map's share is the area outside the box (0.75 in that example),
 so a pair well above its class's correct images points at a background shortcut.
 
-The maps of the mistakes shown come from the explain step (`camlens.explain`); a caller that
-also draws the gallery passes them in, so both show the same maps computed once.
+Every map comes from the explain step (`camlens.explain`): the mistakes shown arrive with
+their maps (the gallery's, computed once); the pair statistics read those, stream the maps of
+the pairs' other images through `stream_mistake_maps` and get the correct images' maps from
+`compute_cams`. No engine is created here.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from camlens.cam import create
+from camlens.cam.layers import upsample
 from camlens.data import Split
-from camlens.evaluate import Evaluation, Mistakes, as_float_images, evaluate
-from camlens.explain import Explanations, explain_each, select_mistakes
+from camlens.evaluate import Evaluation, Mistakes
+from camlens.explain import ExplainPlan, Explanations, compute_cams, stream_mistake_maps
 
 __all__ = [
     "PairMaps",
@@ -165,60 +167,61 @@ def _pair_maps(
     model: nn.Module,
     split: Split,
     evaluation: Evaluation,
+    plan: ExplainPlan,
     method: str,
-    layers: Sequence[str],
     pairs: list[tuple],
     config: ReportConfig,
-    batch_size: int,
-    precision: str,
+    shown: tuple[Mistakes, Explanations | None],
 ) -> tuple[dict, dict, dict]:
-    """Raw maps of each pair's images and of correct images of each pair's true class."""
-    device = next(model.parameters()).device
-    m = evaluation.mistakes
-    preds = evaluation.logits.argmax(1).cpu()
-    labels = split.labels.long()
-    member = {(t, p): ((m.labels == t) & (m.preds == p)).nonzero().flatten() for t, p, _ in pairs}
-    rows = torch.cat(list(member.values()))
-    bounds, start = {}, 0
-    for key, idx in member.items():  # each pair's rows are one stretch of `rows`
-        bounds[key], start = (start, start + len(idx)), start + len(idx)
+    """Mean maps of each pair's images and of correct images of each pair's true class.
+
+    Only sums of maps stay, chunk by chunk, however many mistakes the pairs hold: the shown
+    mistakes' maps are read from `shown`, the pairs' other images are streamed."""
+    m, size = evaluation.mistakes, tuple(split.images.shape[-2:])
     sums: dict = {}  # (pair, layer, kind) -> [(H, W) sum of sum-normalised maps, count]
-    means, outside, correct = {}, {}, {}
-    with create(
-        method, model, list(layers), batch_size=batch_size, normalize="none", precision=precision
-    ) as cam:
-        # chunk by chunk: only sums of maps stay, however many mistakes the pairs hold
-        step = batch_size * 4
-        for c0 in range(0, len(rows), step):
-            chunk = rows[c0 : c0 + step]
-            x = as_float_images(split.images[m.indices[chunk]].to(device))
-            # explicit targets: with TTA the mistakes' predictions need not be the plain arg-max
-            results = cam.explain_many(x, [m.preds[chunk].to(device), m.labels[chunk].to(device)])
-            for key, (b0, b1) in bounds.items():
-                lo, hi = max(b0, c0) - c0, min(b1, c0 + len(chunk)) - c0
-                if lo >= hi:
-                    continue
-                for kind, result in enumerate(results):
-                    for li, cams in enumerate(result.layer_cams.cpu()):  # (L, n, H, W)
-                        total, n = _mass_sum(cams[lo:hi])
-                        acc = sums.setdefault((key, li, kind), [0.0, 0])
+
+    def add(chunk: Mistakes, expl: Explanations) -> None:
+        for li in range(len(plan.layers)):
+            for kind, low in enumerate((expl.pred_low[li], expl.label_low[li])):
+                cams = upsample(low, size)  # (n, h, w) -> (n, H, W), raw: the scale is moot
+                for t, p, _ in pairs:
+                    rows = ((chunk.labels == t) & (chunk.preds == p)).nonzero().flatten()
+                    if len(rows):
+                        total, n = _mass_sum(cams[rows])
+                        acc = sums.setdefault(((t, p), li, kind), [0.0, 0])
                         acc[0], acc[1] = acc[0] + total, acc[1] + n
-        # correct images of every true class involved, in one batched call
-        picks = {}
-        for t in sorted({t for t, _, _ in pairs}):
-            idx = ((labels == t) & (preds == t)).nonzero().flatten()[: config.correct_per_class]
-            picks[t], correct[t] = idx, len(idx)
-        idx = torch.cat(list(picks.values()))
-        refs = {}
-        if len(idx):
-            x = as_float_images(split.images[idx].to(device))
-            ref = cam.explain(x, targets=labels[idx].to(device)).layer_cams.cpu()  # (L, n, H, W)
-            for t, part in zip(picks, ref.split([len(v) for v in picks.values()], 1), strict=True):
-                refs[t] = part
-    size = tuple(split.images.shape[-2:])
+
+    in_pairs = torch.zeros(len(m), dtype=torch.bool)
+    for t, p, _ in pairs:
+        in_pairs |= (m.labels == t) & (m.preds == p)
+    mistakes, expl = shown
+    if expl is not None:  # the maps the gallery drew, a chunk at a time (upsampling costs)
+        step = plan.cam_batch_size * 4
+        for c0 in range(0, len(mistakes), step):
+            rows = slice(c0, c0 + step)
+            add(mistakes.select(rows), expl.select(rows))
+        in_pairs &= ~torch.isin(m.indices, mistakes.indices)
+    rest = m.select(in_pairs.nonzero().flatten())
+    rest = replace(rest, images=split.images[rest.indices])
+    for chunk, chunk_expl in stream_mistake_maps(model, rest, plan, method):
+        add(chunk, chunk_expl)
+    # correct images of every true class involved, in one batched call
+    preds, labels = evaluation.logits.argmax(1).cpu(), split.labels
+    picks, correct, refs = {}, {}, {}
+    for t in sorted({t for t, _, _ in pairs}):
+        idx = ((labels == t) & (preds == t)).nonzero().flatten()[: config.correct_per_class]
+        picks[t], correct[t] = idx, len(idx)
+    idx = torch.cat(list(picks.values()))
+    if len(idx):
+        (ref,) = compute_cams(
+            model, split.images[idx], [labels[idx]], plan, method, normalize="none"
+        )  # (L, n, H, W)
+        for t, part in zip(picks, ref.split([len(v) for v in picks.values()], 1), strict=True):
+            refs[t] = part
+    means, outside = {}, {}
     for t, p, _ in pairs:
         per_layer = []
-        for li in range(len(layers)):
+        for li in range(len(plan.layers)):
             ref = refs.get(t)
             ref_sum = _mass_sum(ref[li]) if ref is not None else (torch.zeros(size), 0)
             got = [sums.get(((t, p), li, kind), [torch.zeros(size), 0]) for kind in (0, 1)]
@@ -245,25 +248,20 @@ def compute_report(
     model: nn.Module,
     split: Split,
     classes: Sequence[str],
+    plan: ExplainPlan,
     *,
+    explained: tuple[Mistakes, dict[str, Explanations]],
+    evaluation: Evaluation,
     run_info: dict,
     history: list[dict] | None = None,
-    methods: Sequence[str] = ("gradcam",),
-    layers: Sequence[str] = ("layer3", "layer4"),
-    batch_size: int = 64,
-    evaluation: Evaluation | None = None,
-    tta: bool = False,
-    limit: int | None = None,
     config: ReportConfig | None = None,
-    precision: str = "fp32",
-    explained: tuple[Mistakes, dict[str, Explanations]] | None = None,
     trust: dict | None = None,
     over_epochs: dict | None = None,
 ) -> ReportData:
-    """Evaluate (unless given), explain the mistakes shown and average the top pairs' maps.
+    """Everything the report shows of `evaluation` (of `model` on `split`), with the mistakes
+    shown and their maps per method (`explained`: the gallery's), for the plan's methods and
+    layers; the top pairs' maps are averaged over all their images.
 
-    `explained`: the mistakes shown and their maps per method, when the caller has them
-    (`explain_mistakes` of those mistakes); otherwise the `limit` most confident are explained.
     `trust`: the compare.json that `camlens.compare` wrote, for "Can these maps be trusted?".
     `over_epochs`: over-epochs.json of `camlens.epochs` with "png" (its figure, base64), for
     "Maps across training".
@@ -271,20 +269,14 @@ def compute_report(
     config = config or ReportConfig()
     began = time.perf_counter()
     split = Split(split.images, split.labels.long())  # any integer labels; losses want int64
-    if evaluation is None:
-        evaluation = evaluate(model, split, batch_size, tta)
-    if explained is not None:
-        shown, explanations = explained
-    else:
-        shown = select_mistakes(evaluation.mistakes, list(classes), "confidence", limit=limit)
-        shown = replace(shown, images=split.images[shown.indices.cpu()])
-        explanations = explain_each(model, shown, methods, layers, batch_size, precision)
+    shown, explanations = explained
     chosen = _top_pairs(evaluation.confusion, evaluation.mistakes, config)
     per_method = {}
     if chosen:
-        for method in methods:
+        for method in plan.methods:
+            got = (shown, explanations.get(method))
             per_method[method] = _pair_maps(
-                model, split, evaluation, method, layers, chosen, config, batch_size, precision
+                model, split, evaluation, plan, method, chosen, config, got
             )
     pairs = [
         PairMaps(
@@ -305,7 +297,7 @@ def compute_report(
         mistakes=shown,
         explanations=explanations,
         pairs=pairs,
-        layers=tuple(layers),
+        layers=tuple(plan.layers),
         model_info=model_facts(model),
         config=config,
         seconds=time.perf_counter() - began,
