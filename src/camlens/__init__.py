@@ -144,13 +144,13 @@ __all__ = [
     "XGradCAM",
     "create",
     "explain_pair",
-    # issue 13, helper b: Finer-CAM, RefineCAM, FullGrad, Guided Grad-CAM
+    # Finer-CAM, RefineCAM, FullGrad, Guided Grad-CAM
     "FinerCAM",
     "FullGrad",
     "GuidedGradCAM",
     "RefineCAM",
     "Similar",
-    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM (issue 13)
+    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM
     "AblationCAM",
     "ISCAM",
     "KPCACAM",

@@ -115,7 +115,7 @@ __all__ = [
     "explain_pair",
     "find_layer",
     "normalize_cams",
-    # issue 13, helper b
+    # maps refined by other classes or layers, and the input-resolution methods
     "FinerCAM",
     "FullGrad",
     "GuidedGradCAM",
@@ -125,7 +125,7 @@ __all__ = [
     "Similar",
     "pick_layer",
     "token_grid",
-    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM (issue 13)
+    # forward-only, Score-CAM variants, kernel PCA, Hessian
     "AblationCAM",
     "ISCAM",
     "KPCACAM",
@@ -147,12 +147,12 @@ METHODS: dict[str, type[Engine]] = {
         EigenCAM,
         EigenGradCAM,
         CAM,
-        # issue 13, helper b
+        # refined by other classes or layers; input-resolution maps
         FinerCAM,
         RefineCAM,
         FullGrad,
         GuidedGradCAM,
-        # issue 13: forward-only, Score-CAM variants, kernel PCA, Hessian
+        # forward-only, Score-CAM variants, kernel PCA, Hessian
         AblationCAM,
         SSCAM,
         ISCAM,

@@ -459,9 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--top-k",
         type=int,
-        default=32,
         help="Score-CAM keeps each image's K highest-variance channels (Faster Score-CAM): "
-        "all channels cost ~2 s per image per layer on 2 CPU cores; 0: all (default: 32)",
+        "all channels cost ~2 s per image per layer on 2 CPU cores; 0: all; an error when "
+        "no --method reads it (default: 32)",
     )
     _eval_batch_flag(p)
     p.add_argument("--seed", type=int, default=0, help="correct-image sample, baselines, ROAD")
