@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from camlens.cam import METHODS, PRECISIONS, create, find_layer, normalize_cams
 from camlens.cam.layers import upsample
+from camlens.choices import SORTS
 from camlens.distributed import gather, shard_rows, world_size
 from camlens.evaluate import Mistakes, as_float_images
 
@@ -32,8 +33,6 @@ __all__ = [
     "gather_explanations",
     "select_mistakes",
 ]
-
-SORTS = ("confidence", "margin", "index")
 
 
 class ExplainError(ValueError):

@@ -32,7 +32,8 @@ The smallest method, the one to copy:
         def _map(self, acts, grads, target):
             return acts.mean(1)  # (N, C, h, w) -> (N, h, w)
 
-and a line in METHODS (cam/__init__.py) makes it `create("meanactcam", ...)` and a CLI choice.
+and a line in METHODS (cam/__init__.py) makes it `create("meanactcam", ...)`; one in
+camlens/choices.py METHOD_NAMES a --method choice (tests/test_imports.py keeps the two in step).
 
 The steps they share, in the order a call uses them:
     layers.py     find_layer, resolve_layers, eval_mode, capture (hooks), upsample
