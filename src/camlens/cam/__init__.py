@@ -29,7 +29,9 @@ Public API:
     CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k,
                             smooth_samples, smooth_std, smooth_seed, finer_k, finer_gamma,
                             score_samples, score_std, score_seed, kpca_kernel, kpca_gamma,
-                            kpca_coef0, kpca_degree
+                            kpca_coef0, kpca_degree; each method reads normalize,
+                            precision, batch_size and its own `knobs`, and refuses another
+                            knob changed from its default; .for_method(name) drops them
     CamResult, PairResult   results (see base.py for fields)
     Target(indices, versus, weight, signed) target: logit[indices] (None: predicted), minus
                             weight x logit[versus] (versus (N,), (N, k) or Similar(k))
