@@ -7,25 +7,21 @@ Run it from a venv where the anchors import (torch 2.14.1 + torchvision 0.29.1 +
 each method and layer it prints the per-image Pearson and Spearman correlation between
 camlens's map and the anchor's (both min-max scaled at the image's size, the predicted class),
 mean and worst over the images. Nothing is asserted: the README names what each difference
-comes from. Maps that are flat in either library count as agreeing (correlation 1).
+comes from. Flat maps: two agree (1), one against a varied map does not (0), as
+`helpers.pearson` states; the README's table was measured when a flat map in either counted 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import warnings
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from cam_speed import minmax, pearson, spearman  # beside this script: one copy of each
 from camlens.cam import create
 from camlens.model import load_checkpoint
-
-Maps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, targets) -> (N, H, W)
-# a diagnostic, not a method: camlens's Grad-CAM times the plain (unguided) input gradient
-UNGUIDED = "gradcam x grad"
+from helpers import UNGUIDED, finer_refine_pixel_anchors, minmax, pearson, spearman
 
 
 def unguided(model: torch.nn.Module, layer: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -33,98 +29,6 @@ def unguided(model: torch.nn.Module, layer: str, x: torch.Tensor, t: torch.Tenso
     x = x.clone().requires_grad_()
     (grads,) = torch.autograd.grad(model(x).gather(1, t[:, None]).sum(), x)
     return minmax(cam * grads.abs().amax(1))
-
-
-def size_of(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """(N, h, w) -> (N, H, W) bilinear, min-max scaled."""
-    maps = F.interpolate(maps[:, None].float(), images.shape[-2:], mode="bilinear")[:, 0]
-    return minmax(maps)
-
-
-def anchors(model: torch.nn.Module) -> list[tuple[str, str, str, Maps]]:
-    """(method, layers, anchor, the anchor's map function), for the anchors that import."""
-    found: list[tuple[str, str, str, Maps]] = []
-    mod = dict(model.named_modules())
-    try:
-        from pytorch_grad_cam import FinerCAM, FullGrad, GradCAMPlusPlus, RefineCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        def targets_of(t):
-            return [ClassifierOutputTarget(int(c)) for c in t]
-
-        for layer in ("layer4", "layer3"):
-
-            def finer(x, t, layer=layer):
-                cam = FinerCAM(model, [mod[layer]])  # base Grad-CAM, the predicted class
-                maps = cam(x, None, alpha=0.6, comparison_categories=[1, 2, 3])
-                return minmax(torch.from_numpy(maps))
-
-            found.append(("finercam", layer, "pytorch-grad-cam", finer))
-        for layers in (("layer3", "layer4"), ("layer2", "layer3")):
-
-            def refine(x, t, layers=layers):
-                cam = RefineCAM(model, [mod[n] for n in layers], base_method=GradCAMPlusPlus)
-                return minmax(torch.from_numpy(cam(x, targets_of(t))))
-
-            found.append(("refinecam", "+".join(layers), "pytorch-grad-cam", refine))
-
-        def fullgrad(x, t):
-            with FullGrad(model, []) as cam:  # every Conv2d / BatchNorm2d bias
-                return minmax(torch.from_numpy(cam(x, targets_of(t))))
-
-        found.append(("fullgrad", "layer4", "pytorch-grad-cam", fullgrad))
-    except Exception as e:  # it fails in several ways without torchvision / cv2
-        print(f"pytorch-grad-cam: unavailable ({type(e).__name__}: {e})")
-    try:
-        from torchcam.methods import FinerCAM as TcFinerCAM
-        from torchcam.methods import GradCAM as TcGradCAM
-        from torchcam.methods import GradCAMpp as TcGradCAMpp
-        from torchcam.methods import RefineCAM as TcRefineCAM
-
-        for layer in ("layer4", "layer3"):
-
-            def tc_finer(x, t, layer=layer):
-                shape = tuple(x.shape[1:])
-                with TcFinerCAM(model, layer, shape, base_method=TcGradCAM, gamma=0.6) as ex:
-                    maps = ex(t.tolist(), model(x))[0]
-                return size_of(maps.detach(), x)
-
-            found.append(("finercam", layer, "torchcam", tc_finer))
-        for layers in (("layer3", "layer4"), ("layer2", "layer3")):
-
-            def tc_refine(x, t, layers=layers):
-                with TcRefineCAM(model, list(layers), tuple(x.shape[1:])) as ex:
-                    maps = ex(t.tolist(), model(x))[0]
-                return size_of(maps.detach(), x)
-
-            found.append(("refinecam", "+".join(layers), "torchcam", tc_refine))
-        for layer in ("layer4", "layer3"):  # RefineCAM's base alone: where torchcam differs
-
-            def tc_plus(x, t, layer=layer):
-                with TcGradCAMpp(model, layer, tuple(x.shape[1:])) as ex:
-                    maps = ex(t.tolist(), model(x))[0]
-                return size_of(maps.detach(), x)
-
-            found.append(("gradcam++", layer, "torchcam", tc_plus))
-    except Exception as e:
-        print(f"torchcam: unavailable ({type(e).__name__}: {e})")
-    try:
-        from captum.attr import GuidedGradCam
-
-        for layer in ("layer4", "layer3"):
-
-            def guided(x, t, layer=layer):
-                attr = GuidedGradCam(model, mod[layer]).attribute(
-                    x, target=t, interpolate_mode="bilinear"
-                )
-                return minmax(attr.detach().abs().amax(1))  # camlens's max_c |.|
-
-            found.append(("guidedgradcam", layer, "captum", guided))
-            # captum guides nn.ReLU modules only; the ResNet's blocks call F.relu
-            found.append((UNGUIDED, layer, "captum", guided))
-    except Exception as e:
-        print(f"captum: unavailable ({type(e).__name__}: {e})")
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         preds = model(images).argmax(1)
     print(f"torch {torch.__version__}; {args.checkpoint}, first {len(images)} test images")
     print(f"{'method':<14} {'layers':<14} {'anchor':<17} Pearson mean/worst  Spearman mean/worst")
-    for method, layer, anchor, fn in anchors(model):
+    for method, layer, anchor, fn in finer_refine_pixel_anchors(model):
         if args.only and method not in args.only.split(","):
             continue
         layers = layer.split("+")

@@ -12,106 +12,20 @@ Needs the anchors (pytorch-grad-cam, torchcam), which import beside torch 2.14.1
 torchvision 0.29.1 (README, Performance). The Score-CAM variants cost `score_samples` forward
 passes per channel, so they run on the first `--score-images` images only.
 
-Methods (issue 13, first helper): Ablation-CAM, KPCA-CAM, ShapleyCAM (pytorch-grad-cam),
-SS-CAM, IS-CAM (torchcam). Nothing is asserted; the figures go in the README.
+Methods: Ablation-CAM, KPCA-CAM, ShapleyCAM (pytorch-grad-cam), SS-CAM, IS-CAM (torchcam).
+Nothing is asserted; the figures go in the README. Flat maps as `helpers.pearson` states.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from cam_speed import minmax  # beside this script
 from camlens.cam import create
 from camlens.model import ResNet18, load_checkpoint
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) x 2 -> (N,) correlation per map; two flat maps agree, one flat map does not."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    norm = a.norm(dim=1) * b.norm(dim=1)
-    both_flat = (a.norm(dim=1) == 0) & (b.norm(dim=1) == 0)
-    corr = torch.where(norm > 0, (a * b).sum(1) / norm.clamp_min(1e-30), 0.0)
-    return torch.where(both_flat, 1.0, corr)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    def rank(x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1).argsort(1).argsort(1).float()
-
-    return pearson(rank(a), rank(b))
-
-
-def upsampled(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def pgc_maps(cls: type, target_cls: type, model, layer: str, **kwargs) -> Callable:
-    """pytorch-grad-cam's method `cls` as fn(images, targets) -> (N, H, W) tensor."""
-
-    def run(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with cls(model=model, target_layers=[getattr(model, layer)], **kwargs) as cam:
-            maps = cam(images, [target_cls(int(t)) for t in targets])
-        return torch.from_numpy(maps)
-
-    return run
-
-
-def torchcam_maps(cls: type, model, layer: str, **kwargs) -> Callable:
-    def run(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with cls(model, target_layer=layer, input_shape=tuple(images.shape[1:]), **kwargs) as e:
-            scores = model(images)
-            maps = e(class_idx=targets.tolist(), scores=scores)[0]
-        return minmax(upsampled(maps.detach().float(), tuple(images.shape[-2:])))
-
-    return run
-
-
-def anchors(model, layer: str, samples: int) -> dict[str, tuple[Callable, str]]:
-    """method -> (the anchor's fn, its name), for those that import; torchcam's SSCAM noise
-    keeps its default std (2.0, per input pixel: see camlens's SSCAM for why camlens differs)."""
-    std = 2.0
-    found: dict[str, tuple[Callable, str]] = {}
-    try:
-        from pytorch_grad_cam import KPCA_CAM, AblationCAM, ShapleyCAM
-        from pytorch_grad_cam.utils.model_targets import (
-            ClassifierOutputReST,
-            ClassifierOutputTarget,
-        )
-
-        found["ablationcam"] = (
-            pgc_maps(AblationCAM, ClassifierOutputTarget, model, layer, batch_size=64),
-            "pytorch-grad-cam AblationCAM",
-        )
-        found["kpcacam"] = (
-            pgc_maps(KPCA_CAM, ClassifierOutputTarget, model, layer),
-            "pytorch-grad-cam KPCA_CAM",
-        )
-        found["shapleycam"] = (
-            pgc_maps(ShapleyCAM, ClassifierOutputReST, model, layer),
-            "pytorch-grad-cam ShapleyCAM, ClassifierOutputReST",
-        )
-    except Exception as e:  # it fails in several ways without torchvision / ttach / cv2
-        print(f"  pytorch-grad-cam: unavailable ({type(e).__name__}: {e})")
-    try:
-        from torchcam.methods import ISCAM, SSCAM
-
-        found["sscam"] = (
-            torchcam_maps(SSCAM, model, layer, batch_size=64, num_samples=samples, std=std),
-            f"torchcam SSCAM (num_samples={samples}, std={std})",
-        )
-        found["iscam"] = (
-            torchcam_maps(ISCAM, model, layer, batch_size=64, num_samples=samples),
-            f"torchcam ISCAM (num_samples={samples})",
-        )
-    except ImportError as e:
-        print(f"  torchcam: not installed ({e})")
-    return found
+from helpers import ablation_kpca_shapley_ss_is_anchors, minmax, pearson, spearman, upsampled
 
 
 def camlens_variants(method: str, result) -> dict[str, torch.Tensor]:
@@ -161,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n@{layer}")
         for method in args.methods.split(","):
             engine = create(method, model, layer)
-            found = anchors(model, layer, engine.config.score_samples)
+            found = ablation_kpca_shapley_ss_is_anchors(model, layer, engine.config.score_samples)
             if method not in found:
                 continue
             fn, anchor = found[method]

@@ -15,10 +15,10 @@
     so the limit is about (1 + n)x Grad-CAM++'s forward + backward.
 (f) Finer-CAM, RefineCAM (layer3+layer4), FullGrad, Guided Grad-CAM: time per batch against a
     plain forward, and the anchors' same method in the same run where they import (their
-    callables come from benchmarks/anchor_agreement.py).
-(g) issue 13's Ablation-CAM, KPCA-CAM, ShapleyCAM, SS-CAM and IS-CAM at layer4: each one's
-    cost against a plain forward of the same images, and the anchor's (pytorch-grad-cam,
-    torchcam, taken from benchmarks/cam_agreement.py) in the same run where it imports.
+    callables come from benchmarks/helpers.py).
+(g) Ablation-CAM, KPCA-CAM, ShapleyCAM, SS-CAM and IS-CAM at layer4: each one's cost against
+    a plain forward of the same images, and the anchor's (pytorch-grad-cam, torchcam, from
+    benchmarks/helpers.py) in the same run where it imports.
 captum and torchcam are timed beside camlens where importable (`--with-path DIR` adds a
 folder, e.g. one made by `pip install --target DIR --no-deps captum torchcam`). pytorch-grad-cam
 needs torchvision, which does not import beside the CPU torch here: to time all four in one
@@ -44,6 +44,13 @@ import torch
 
 from camlens.cam import GradCAM, GradCAMPlusPlus, ScoreCAM, SmoothGradCAMPlusPlus, create
 from camlens.model import ResNet18, load_checkpoint
+from helpers import (
+    ablation_kpca_shapley_ss_is_anchors,
+    finer_refine_pixel_anchors,
+    minmax,
+    pearson,
+    spearman,
+)
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -59,26 +66,6 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) x 2 -> (N,) correlation per map; flat maps count as agreeing."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    norm = a.norm(dim=1) * b.norm(dim=1)
-    return torch.where(norm > 0, (a * b).sum(1) / norm.clamp_min(1e-30), 1.0)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    def rank(x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1).argsort(1).argsort(1).float()
-
-    return pearson(rank(a), rank(b))
-
-
-def minmax(maps: torch.Tensor) -> torch.Tensor:
-    lo, hi = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
-    return torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(1e-30), 0.0)
 
 
 def load_inputs(args: argparse.Namespace, device: torch.device):
@@ -288,14 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  Grad-CAM++       {plus_time * 1e3:8.1f} ms")
     print(f"  SmoothGrad-CAM++ {smooth_time * 1e3:8.1f} ms   {smooth_time / plus_time:.2f}x")
     finer_refine_fullgrad_guided(model, x, preds, forward, device, repeats)
-    issue13_methods(model, x, z, device, repeats, gpu)
+    ablation_kpca_shapley_ss_is(model, x, z, device, repeats, gpu)
     return 0
 
 
 def finer_refine_fullgrad_guided(model, x, preds, forward, device, repeats) -> None:
-    """(f): issue 13's Finer-CAM, RefineCAM, FullGrad and Guided Grad-CAM, and the anchors'."""
-    from anchor_agreement import anchors  # beside this script
-
+    """(f): Finer-CAM, RefineCAM, FullGrad and Guided Grad-CAM, and the anchors' same methods."""
     print(f"\n(f) per batch of {len(x)}, fp32, plain forward {forward * 1e3:.1f} ms")
     cases = [
         ("finercam", "layer4", "one forward + one backward, as Grad-CAM"),
@@ -303,7 +288,7 @@ def finer_refine_fullgrad_guided(model, x, preds, forward, device, repeats) -> N
         ("fullgrad", "layer4", "one forward + one backward to the image"),
         ("guidedgradcam", "layer4", "one forward + two backwards"),
     ]
-    others = anchors(model)
+    others = finer_refine_pixel_anchors(model)
     for method, layer, limit in cases:
         cam = create(method, model, layer.split("+"))
         t = timed(lambda cam=cam: cam(x, preds), device, repeats)
@@ -317,17 +302,16 @@ def finer_refine_fullgrad_guided(model, x, preds, forward, device, repeats) -> N
                 print(f"    {anchor:<29} {a * 1e3:8.1f} ms   {a / forward:5.2f}x forward")
 
 
-def issue13_methods(model, x, z, device, repeats, gpu) -> None:
-    """(f) cost against a plain forward; the methods with a pass per channel on fewer images."""
-    # run as a script, benchmarks/ is on sys.path: the anchors' wrappers live beside this file
-    from cam_agreement import anchors
-
+def ablation_kpca_shapley_ss_is(model, x, z, device, repeats, gpu) -> None:
+    """(g) cost against a plain forward; the methods with a pass per channel on fewer images."""
     few = x if gpu else x[:8]  # Ablation-CAM: one pass of the tail per channel and image
     cases = [("kpcacam", x), ("shapleycam", x), ("ablationcam", few), ("sscam", z), ("iscam", z)]
-    print("\n(g) issue 13 methods @layer4, fp32, against a plain forward of the same images")
+    print(
+        "\n(g) Ablation-CAM, KPCA-CAM, ShapleyCAM, SS-CAM, IS-CAM @layer4, fp32, vs a plain forward"
+    )
     for method, images in cases:
         cam = create(method, model, "layer4")
-        found = anchors(model, "layer4", cam.config.score_samples)
+        found = ablation_kpca_shapley_ss_is_anchors(model, "layer4", cam.config.score_samples)
         with torch.no_grad():
             targets = model(images).argmax(1)
             forward = timed(partial(model, images), device, repeats)

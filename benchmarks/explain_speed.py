@@ -9,7 +9,7 @@ explaining all its test mistakes, and with `--weak` a weak checkpoint (e.g. one 
 run: the CAM-only time of the same images (the maps without any picture), the whole streamed
 gallery's wall time and its split (maps, overlays and pair pages as wall seconds of the main
 thread; drawing cards, encoding and writing as thread seconds summed over the pool), peak
-RSS, the gallery's size on disk, and the issue's target: total / (CAM-only + encoding /
+RSS, the gallery's size on disk, and the target: total / (CAM-only + encoding /
 cores). `--png` also measures PNG settings on 32 of the shipped model's cards.
 Nothing is asserted: timings depend on the machine and what else runs on it.
 """
@@ -159,7 +159,7 @@ def main() -> None:
     print(
         "maps, overlay, pairs (pair pages): wall seconds of the main thread; * thread seconds\n"
         "  summed over the pool (drawing cards, encoding, writing), which runs beside it;\n"
-        "  target: CAM-only + encoding / cores (the issue asks total within 2x of it)"
+        "  target: CAM-only + encoding / cores (the aim: total within 2x of it)"
     )
     if args.png:
         png_settings(args)

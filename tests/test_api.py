@@ -12,11 +12,15 @@ def test_all_names_exist_and_are_unique():
 
 
 def test_every_public_class_and_function_is_exported():
+    # the root is lazy: each name in __all__ resolves on first use, so resolve them all first
+    for name in camlens.__all__:
+        getattr(camlens, name)
     public = {
         name
         for name, value in vars(camlens).items()
         if not name.startswith("_") and (inspect.isclass(value) or inspect.isfunction(value))
     }
+    assert set(dir(camlens)) >= set(camlens.__all__)
     assert public <= set(camlens.__all__), public - set(camlens.__all__)
 
 

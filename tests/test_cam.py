@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlens.cam import (  # issue 13, helper b
+from camlens.cam import (
     CAM,
     ISCAM,
     KPCACAM,
@@ -47,7 +47,7 @@ from camlens.cam import (  # issue 13, helper b
 from camlens.model import ResNet18
 
 ATOL = 1e-5
-# issue 13, helper b: methods whose maps are at the image's resolution
+# methods whose maps are at the image's resolution
 INPUT_RESOLUTION = {"fullgrad", "guidedgradcam"}
 
 
@@ -959,7 +959,7 @@ def test_cuda_matches_cpu_and_fp16_autocast(method):
     assert (pearson(half.cpu(), cpu) > 0.95).all()
 
 
-# -- issue 13, helper b: Finer-CAM, RefineCAM, FullGrad, Guided Grad-CAM ----------------------
+# -- Finer-CAM, RefineCAM, FullGrad, Guided Grad-CAM ---------------------------------------
 
 
 def trained_like_resnet(seed: int = 20) -> ResNet18:
@@ -1209,7 +1209,7 @@ def test_guided_gradcam_is_gradcam_times_guided_backprop(model_name):
     )
 
 
-# -- issue 13: Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM ---------------------------
+# -- Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM --------------------------------------
 
 
 def logits_with_channel_zeroed(model, image, layer, k):
@@ -1309,7 +1309,8 @@ def test_sscam_and_iscam_equal_per_channel_loops(model_name):
     }
     plain = ScoreCAM(model, layer).explain(images, targets, "none").low_res[0]
     for name, (cls, inputs_of) in variants.items():
-        ours = cls(model, layer, config).explain(images, targets, "none").low_res[0]
+        ours = cls(model, layer, config.for_method(name)).explain(images, targets, "none")
+        ours = ours.low_res[0]
         for i in range(images.shape[0]):
             target = int(targets[i])
             ref = score_variant_reference(model, images[i], acts["a"][i], target, inputs_of)
@@ -1395,3 +1396,32 @@ def test_shapleycam_of_a_logit_is_gradcam_on_a_relu_network():
     # a score callable is differentiated as it is: the logit is piecewise linear, H A = 0
     shapley = ShapleyCAM(model, "layer3")(images, lambda logits: logits[:, 2])
     torch.testing.assert_close(shapley, GradCAM(model, "layer3")(images, 2), atol=ATOL, rtol=0)
+
+
+def test_a_knob_the_method_does_not_read_is_an_error():
+    model = TinyVGG()
+    with pytest.raises(TypeError, match=r"^gradcam does not read smooth_samples=8, only smoothgr"):
+        create("gradcam", model, "features.6", CamConfig(smooth_samples=8))
+    with pytest.raises(TypeError, match=r"top_k=4, only scorecam, sscam, iscam do"):
+        GradCAM(model, "features.6", top_k=4)
+    # a knob left at its default, or one the method reads, passes
+    create("gradcam", model, "features.6", CamConfig(smooth_samples=4, batch_size=2)).close()
+    ScoreCAM(model, "features.6", top_k=4).close()
+    # one config for several methods: each gets only the knobs it reads
+    shared = CamConfig(batch_size=3, top_k=4, smooth_samples=2, finer_k=2)
+    for name in METHODS:
+        with create(name, model, "features.6", shared.for_method(name)) as cam:
+            own = {k for k in shared.changed() if k in cam.knobs} | {"batch_size"}
+            assert set(cam.config.changed()) == own, name
+
+
+def test_every_method_declares_only_knobs_that_exist():
+    fields = set(CamConfig.__dataclass_fields__)
+    declared = set()
+    for name, cls in METHODS.items():
+        assert cls.knobs <= fields, f"{name} declares knobs CamConfig lacks: {cls.knobs - fields}"
+        declared |= cls.knobs
+    # every knob is read by the engine or by some method: none exists for nothing
+    from camlens.cam.config import SHARED_KNOBS
+
+    assert declared | SHARED_KNOBS == fields

@@ -1,6 +1,9 @@
 import csv
 import io
 import json
+import signal
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -120,3 +123,64 @@ def test_joined_png_rows_decode_to_the_stacked_pictures():
     x, y = rng.bytes(70000), rng.bytes(5)
     assert adler32_combine(zlib.adler32(x), zlib.adler32(y), 5) == zlib.adler32(x + y)
     assert adler32_combine(1, zlib.adler32(x), len(x)) == zlib.adler32(x)  # 1: of nothing
+
+
+# a gallery written in a process of its own, which SIGKILLs itself right after the card file
+# numbered argv[2] is renamed into place (0: never); one worker writes the cards in row order
+GALLERY_PROCESS = """
+import os, signal, sys
+import torch
+from camlens.evaluate import find_mistakes, predict
+from camlens.explain import ExplainPlan, stream_mistake_maps
+from camlens.gallery import GalleryConfig, stream_gallery
+from camlens.gallery import write as gallery_write
+from camlens.model import ResNet18
+
+out, kill_after = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = ResNet18(5, width=8).eval()
+images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
+m = find_mistakes(predict(model, images), torch.arange(30) % 5)
+m = type(m)(m.indices, m.labels, m.preds, m.probs, m.margins, images=images[m.indices])
+cards, write = [], gallery_write.atomic_write_bytes
+
+def write_then_die(path, data, **kw):
+    write(path, data, **kw)
+    if path.parent.name == "cards":
+        cards.append(path)
+        if len(cards) == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+gallery_write.atomic_write_bytes = write_then_die
+sizes = []
+plan = ExplainPlan(layers=("layer3", "layer4"), cam_batch_size=3, chunk_size=5)
+chunks = stream_mistake_maps(model, m, plan)
+config = GalleryConfig(per_page=4, per_pair_page=2, size=32)
+stream_gallery(
+    (sizes.append(len(c[0])) or c for c in chunks), m, "gradcam", tuple(f"k{i}" for i in range(5)),
+    out, config, workers=1,
+)
+print(len(m), *sizes)
+"""
+
+
+def _gallery_process(out, kill_after=0):
+    argv = [sys.executable, "-c", GALLERY_PROCESS, str(out), str(kill_after)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+
+def test_a_gallery_sigkilled_inside_a_chunk_resumes_to_the_same_bytes(tmp_path):
+    clean = _gallery_process(tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr
+    total, first, second, *_ = map(int, clean.stdout.split())
+    kill_after = first + second // 2  # halfway through the second chunk's cards
+    killed = _gallery_process(tmp_path / "k", kill_after)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    root = tmp_path / "k" / "gallery" / "gradcam"
+    assert json.loads((root / "gallery.json").read_text())["complete"] is False
+    assert len(list((root / "cards").glob("*.png"))) == kill_after  # some of a chunk, not all
+    resumed = _gallery_process(tmp_path / "k")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _files(root) == _files(tmp_path / "clean" / "gallery" / "gradcam")
+    assert len(list((root / "cards").glob("*.png"))) == total

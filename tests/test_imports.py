@@ -1,12 +1,15 @@
 """Data flows one way: each module imports only camlens modules above it in the pipeline."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import camlens
 
 ORDER = [
     "version",
+    "choices",
     "atomic",
     "distributed",
     "download",
@@ -18,6 +21,7 @@ ORDER = [
     "train",
     "cam",
     "metrics",
+    "plan",
     "explain",
     "overlay",
     "gallery",
@@ -81,3 +85,51 @@ def test_the_root_import_is_seen_in_every_spelling():
 def test_cam_works_on_any_module_without_the_model():
     for path in (PACKAGE / "cam").rglob("*.py"):
         assert "model" not in camlens_imports(path), path
+
+
+# the CLI's --version and every --help, then which heavy modules the process imported
+QUICK_CLI = """
+import contextlib, io, sys
+from camlens.cli import build_parser, main
+commands = build_parser()._subparsers._group_actions[0].choices
+for argv in [["--version"], ["--help"]] + [[c, "--help"] for c in commands]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 0, (argv, e.code)
+print(len(commands), sorted(m for m in ("torch", "matplotlib") if m in sys.modules))
+"""
+
+
+def test_version_and_every_help_import_neither_torch_nor_matplotlib():
+    done = subprocess.run([sys.executable, "-c", QUICK_CLI], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    count, heavy = done.stdout.split(" ", 1)
+    assert int(count) >= 10  # demo, run, train, evaluate, explain, compare, diff, report, ...
+    assert heavy.strip() == "[]", f"imported {heavy.strip()}: import them in the command"
+
+
+def test_import_camlens_is_lazy_and_every_public_name_resolves():
+    # compare, evaluate, overlay, train: functions named like the packages that define them
+    code = (
+        "import sys, camlens; lazy = 'torch' not in sys.modules; "
+        "import camlens.compare, camlens.evaluate, camlens.overlay, camlens.train; "
+        "print(lazy, all(callable(camlens.__dict__.get(n, getattr(camlens, n))) and not "
+        "isinstance(getattr(camlens, n), type(sys)) for n in "
+        "('compare', 'evaluate', 'overlay', 'train')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lazy, functions = done.stdout.split()
+    assert lazy == "True", "import camlens imports torch"
+    assert functions == "True", "importing a package bound it over the function of its name"
+    for name in camlens.__all__:
+        assert getattr(camlens, name) is not None, name
+
+
+def test_flag_words_are_in_step_with_the_modules_that_use_them():
+    from camlens import choices
+    from camlens.cam import METHODS, PRECISIONS
+
+    assert tuple(METHODS) == choices.METHOD_NAMES
+    assert tuple(PRECISIONS) == choices.PRECISION_NAMES

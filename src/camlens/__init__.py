@@ -34,83 +34,135 @@ Glossary (one name per concept, everywhere):
            contrast; pred_name / label_name a class name, pred_index / label_index one index
 """
 
-from camlens.cam import (
-    CAM,
-    ISCAM,
-    KPCACAM,
-    METHODS,
-    SSCAM,
-    AblationCAM,
-    CamConfig,
-    CamResult,
-    EigenCAM,
-    EigenGradCAM,
-    FinerCAM,
-    FullGrad,
-    GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    GuidedGradCAM,
-    HiResCAM,
-    LayerCAM,
-    PairResult,
-    RefineCAM,
-    ScoreCAM,
-    ShapleyCAM,
-    Similar,
-    SmoothGradCAMPlusPlus,
-    Target,
-    XGradCAM,
-    create,
-    explain_pair,
-)
-from camlens.classifier import Classifier, ModelConfig, Opened, load_weights, open_model
-from camlens.compare import CompareResult, compare
-from camlens.data import DataError, Dataset, Split, load_dataset
-from camlens.diff import ModelDiff, diff_models, write_diff
-from camlens.download import DownloadError, fetch_cifar10
-from camlens.epochs import EpochStrips, explain_over_epochs
-from camlens.evaluate import (
-    Evaluation,
-    Mistakes,
-    confusion_matrix,
-    evaluate,
-    find_mistakes,
-    predict,
-    read_mistakes,
-    write_evaluation,
-)
-from camlens.explain import (
-    ExplainError,
-    ExplainPlan,
-    Explanations,
-    compute_cams,
-    mistake_maps,
-    select_mistakes,
-    stream_mistake_maps,
-)
-from camlens.gallery import GalleryConfig, write_gallery
-from camlens.model import (
-    CheckpointError,
-    ResNet18,
-    get_layer,
-    layer_names,
-    load_checkpoint,
-    save_checkpoint,
-    summary,
-)
-from camlens.overlay import colorize, enlarge, heatmap_rgba, overlay
-from camlens.pipeline import (
-    demo,
-    diff_checkpoints,
-    explain_model,
-    load_matching_data,
-    run,
-    write_galleries,
-)
-from camlens.report import ReportConfig, compute_report, render_report
-from camlens.train import RunError, TrainConfig, train
+import importlib
+import sys
+import types
+import typing
+
 from camlens.version import __version__
+
+# where each public name is defined. `import camlens` imports none of these modules (so no torch,
+# no matplotlib: `camlens --version` answers at once); a name's module is imported the first
+# time the name is used, and the name then stays bound here
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "camlens.cam": (
+        "CAM",
+        "ISCAM",
+        "KPCACAM",
+        "METHODS",
+        "SSCAM",
+        "AblationCAM",
+        "CamConfig",
+        "CamResult",
+        "EigenCAM",
+        "EigenGradCAM",
+        "FinerCAM",
+        "FullGrad",
+        "GradCAM",
+        "GradCAMElementWise",
+        "GradCAMPlusPlus",
+        "GuidedGradCAM",
+        "HiResCAM",
+        "LayerCAM",
+        "PairResult",
+        "RefineCAM",
+        "ScoreCAM",
+        "ShapleyCAM",
+        "Similar",
+        "SmoothGradCAMPlusPlus",
+        "Target",
+        "XGradCAM",
+        "create",
+        "explain_pair",
+    ),
+    "camlens.classifier": (
+        "Classifier",
+        "ModelConfig",
+        "Opened",
+        "load_weights",
+        "open_model",
+    ),
+    "camlens.compare": (
+        "CompareResult",
+        "compare",
+    ),
+    "camlens.data": (
+        "DataError",
+        "Dataset",
+        "Split",
+        "load_dataset",
+    ),
+    "camlens.diff": (
+        "ModelDiff",
+        "diff_models",
+        "write_diff",
+    ),
+    "camlens.download": (
+        "DownloadError",
+        "fetch_cifar10",
+    ),
+    "camlens.epochs": (
+        "EpochStrips",
+        "explain_over_epochs",
+    ),
+    "camlens.evaluate": (
+        "Evaluation",
+        "Mistakes",
+        "confusion_matrix",
+        "evaluate",
+        "find_mistakes",
+        "predict",
+        "read_mistakes",
+        "write_evaluation",
+    ),
+    "camlens.explain": (
+        "ExplainError",
+        "ExplainPlan",
+        "Explanations",
+        "compute_cams",
+        "mistake_maps",
+        "select_mistakes",
+        "stream_mistake_maps",
+    ),
+    "camlens.gallery": (
+        "GalleryConfig",
+        "write_gallery",
+    ),
+    "camlens.model": (
+        "CheckpointError",
+        "ResNet18",
+        "get_layer",
+        "layer_names",
+        "load_checkpoint",
+        "save_checkpoint",
+        "summary",
+    ),
+    "camlens.overlay": (
+        "colorize",
+        "enlarge",
+        "heatmap_rgba",
+        "overlay",
+    ),
+    "camlens.pipeline": (
+        "demo",
+        "diff_checkpoints",
+        "explain_model",
+        "load_matching_data",
+        "run",
+        "write_galleries",
+    ),
+    "camlens.report": (
+        "ReportConfig",
+        "compute_report",
+        "render_report",
+    ),
+    "camlens.train": (
+        "RunError",
+        "TrainConfig",
+        "train",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "__version__",
@@ -166,13 +218,13 @@ __all__ = [
     "XGradCAM",
     "create",
     "explain_pair",
-    # issue 13, helper b: Finer-CAM, RefineCAM, FullGrad, Guided Grad-CAM
+    # Finer-CAM, RefineCAM, FullGrad, Guided Grad-CAM
     "FinerCAM",
     "FullGrad",
     "GuidedGradCAM",
     "RefineCAM",
     "Similar",
-    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM (issue 13)
+    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM
     "AblationCAM",
     "ISCAM",
     "KPCACAM",
@@ -214,3 +266,28 @@ __all__ = [
     "run",
     "write_galleries",
 ]
+
+
+def __getattr__(name: str) -> typing.Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value  # later uses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Root(types.ModuleType):
+    """compare, evaluate, overlay and train are functions named like the packages defining them:
+    importing such a package must not bind it here over the function, as a lazy root would."""
+
+    def __setattr__(self, name: str, value: typing.Any) -> None:
+        if name in _MODULE_OF and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Root

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from camlens.choices import BACKENDS
+
 __all__ = [
     "BACKENDS",
     "DistributedError",
@@ -41,8 +43,6 @@ __all__ = [
     "stop",
     "world_size",
 ]
-
-BACKENDS = ("auto", "nccl", "gloo")
 
 
 class DistributedError(RuntimeError):

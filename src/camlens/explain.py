@@ -14,15 +14,17 @@ PNG gallery and the HTML report, so this module draws nothing and imports no pic
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from camlens.cam import METHODS, PRECISIONS, CamConfig, create, find_layer, normalize_cams
+from camlens.cam import create, normalize_cams
 from camlens.cam.layers import upsample
+from camlens.choices import SORTS
 from camlens.distributed import gather, shard_rows, world_size
 from camlens.evaluate import Mistakes, as_float_images
+from camlens.plan import ExplainError, ExplainPlan, check_explainable
 
 __all__ = [
     "SORTS",
@@ -37,71 +39,6 @@ __all__ = [
     "select_mistakes",
     "stream_mistake_maps",
 ]
-
-SORTS = ("confidence", "margin", "index")
-
-
-class ExplainError(ValueError):
-    """A method, layer, class name, sort or precision that cannot be explained as asked."""
-
-
-@dataclass(frozen=True)
-class ExplainPlan:
-    """What a job explains and how: built once (flags or notebook), checked once, passed whole.
-
-    Lists become tuples. Errors are one-line `ExplainError`s that name what is wrong.
-    """
-
-    # CAM methods, names of `camlens.cam.METHODS`; one gallery each
-    methods: tuple[str, ...] = ("gradcam",)
-    # the hooked layers, dotted names; None: the last layer before the global pooling, which
-    # the pipeline resolves before the check (`camlens.pipeline.prepare_plan`)
-    layers: tuple[str, ...] | None = None
-    cam_batch_size: int = 64  # images per CAM pass: one forward, a partial backward per target
-    eval_batch_size: int = 64  # images per inference batch (evaluation, predictions)
-    precision: str = "fp32"  # the CAM forward pass: fp32, or bf16/fp16 autocast; maps stay fp32
-    limit: int | None = None  # explain at most this many mistakes, first in `sort` order
-    sort: str = "confidence"  # order of the mistakes: one of SORTS
-    label_name: str | None = None  # only mistakes of this true class (a class name)
-    pred_name: str | None = None  # only mistakes predicted as this class
-    # mistakes per streamed chunk, rounded up to whole CAM batches; None: one batch. The maps
-    # are the same whatever the chunk: only memory and resuming granularity change
-    chunk_size: int | None = None
-    # also `compare` the methods on this many mistakes (and as many correct images); None: no
-    compare_limit: int | None = None
-    seed: int = 0  # compare's correct-image sample, baselines and ROAD
-    # the methods' own knobs (Score-CAM's top_k, SmoothGrad's samples, ...); its batch_size,
-    # precision and normalize are set by the plan and by each step (`engine_config`)
-    cam: CamConfig = field(default_factory=CamConfig)
-    progress: bool = False  # progress bars for maps, cards and pages
-
-    def __post_init__(self) -> None:
-        # frozen: the sequences become tuples once, here. The numbers are checked now (before
-        # any training); methods, layers and precision with the model, in `check`
-        object.__setattr__(self, "methods", tuple(self.methods))
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
-        if self.sort not in SORTS:
-            raise ExplainError(f"unknown sort {self.sort!r}: choose from {', '.join(SORTS)}")
-        lows = {"cam_batch_size": 1, "eval_batch_size": 1, "limit": 0, "chunk_size": 1}
-        lows["compare_limit"] = 1  # the images scored per subset
-        for name, low in lows.items():
-            value = getattr(self, name)
-            if value is not None and value < low:
-                flag = "--compare" if name == "compare_limit" else "--" + name.replace("_", "-")
-                raise ExplainError(f"{flag} must be >= {low}, got {value}")
-
-    def check(self, model: nn.Module) -> ExplainPlan:
-        """Raise ExplainError unless `model` can be explained as planned; once per job, first."""
-        layers = () if self.layers is None else self.layers  # None is resolved before this
-        check_explainable(model, self.methods or ("",), layers, self.precision)
-        return self
-
-    def engine_config(self, normalize: str) -> CamConfig:
-        """The engine's config: the methods' knobs, the plan's batch and precision."""
-        return replace(
-            self.cam, batch_size=self.cam_batch_size, precision=self.precision, normalize=normalize
-        )
 
 
 @dataclass(frozen=True)
@@ -190,32 +127,6 @@ def concat_explanations(parts: Sequence[Explanations]) -> Explanations:
         label_max=torch.cat([p.label_max for p in parts], 1),
         logits=torch.cat([p.logits for p in parts]),
     )
-
-
-def check_explainable(
-    model: nn.Module,
-    methods: Sequence[str],
-    layers: Sequence[str],
-    precision: str = "fp32",
-) -> None:
-    """Raise ExplainError, naming what is valid, unless `model` can be explained as asked.
-
-    Cheap: callers check before hours of training rather than after.
-    """
-    for method in methods:
-        if method not in METHODS:
-            raise ExplainError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
-    if not layers:
-        raise ExplainError("no layer to explain: name one, e.g. layer4")
-    if len(set(layers)) < len(layers):
-        raise ExplainError(f"a layer is named twice in {', '.join(layers)}: name each once")
-    for layer in layers:
-        try:
-            find_layer(model, layer)
-        except KeyError as e:  # its message lists the model's layer names
-            raise ExplainError(e.args[0]) from None
-    if precision not in PRECISIONS:
-        raise ExplainError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
 
 
 def mistake_maps(

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from camlens.atomic import atomic_write_files
+from camlens.choices import NORMS
 
 __all__ = [
     "NORMS",
@@ -39,7 +40,6 @@ __all__ = [
     "CheckpointError",
 ]
 
-NORMS = ("batch", "layer", "group")
 # the models camlens ships, by the name `--checkpoint` takes: trained by `camlens train` on
 # CIFAR-10 (JPEG q75), fp16 weights; "shipped" is batch norm, "shipped-layer" layer norm
 _ASSETS = Path(__file__).resolve().parent / "assets"

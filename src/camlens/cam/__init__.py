@@ -29,7 +29,9 @@ Public API:
     CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k,
                             smooth_samples, smooth_std, smooth_seed, finer_k, finer_gamma,
                             score_samples, score_std, score_seed, kpca_kernel, kpca_gamma,
-                            kpca_coef0, kpca_degree
+                            kpca_coef0, kpca_degree; each method reads normalize,
+                            precision, batch_size and its own `knobs`, and refuses another
+                            knob changed from its default; .for_method(name) drops them
     CamResult, PairResult   results (see base.py for fields)
     Target(indices, versus, weight, signed) target: logit[indices] (None: predicted), minus
                             weight x logit[versus] (versus (N,), (N, k) or Similar(k))
@@ -115,7 +117,7 @@ __all__ = [
     "explain_pair",
     "find_layer",
     "normalize_cams",
-    # issue 13, helper b
+    # maps refined by other classes or layers, and the input-resolution methods
     "FinerCAM",
     "FullGrad",
     "GuidedGradCAM",
@@ -125,7 +127,7 @@ __all__ = [
     "Similar",
     "pick_layer",
     "token_grid",
-    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM (issue 13)
+    # forward-only, Score-CAM variants, kernel PCA, Hessian
     "AblationCAM",
     "ISCAM",
     "KPCACAM",
@@ -147,12 +149,12 @@ METHODS: dict[str, type[Engine]] = {
         EigenCAM,
         EigenGradCAM,
         CAM,
-        # issue 13, helper b
+        # refined by other classes or layers; input-resolution maps
         FinerCAM,
         RefineCAM,
         FullGrad,
         GuidedGradCAM,
-        # issue 13: forward-only, Score-CAM variants, kernel PCA, Hessian
+        # forward-only, Score-CAM variants, kernel PCA, Hessian
         AblationCAM,
         SSCAM,
         ISCAM,

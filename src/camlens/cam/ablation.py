@@ -49,6 +49,7 @@ class AblationCAM(Engine):
     """
 
     name = "ablationcam"
+    knobs = frozenset({"score_batch"})
     needs_indices = True
 
     def _raw_chunk(self, images: Tensor, specs: list[Any]) -> RawMaps:

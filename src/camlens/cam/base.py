@@ -9,9 +9,31 @@ everything else lives here and in the modules beside it, once:
 - `BaseCAM(Engine)` is the base of the one-forward methods (Grad-CAM and friends, Eigen-CAM,
   CAM): one forward pass with the layers hooked, then, for gradient methods, one partial
   backward per target set with `torch.autograd.grad` w.r.t. the hooked activations only (no
-  parameter `.grad` is written, parameters' `requires_grad` is left alone). A subclass overrides
-  `_map(acts, grads, target) -> (N, h, w)` and nothing else (SmoothGrad-CAM++, whose forward
-  pass also sees noisy copies, overrides `_inputs` and `_maps_from` instead).
+  parameter `.grad` is written, parameters' `requires_grad` is left alone).
+
+How to add a method: the hooks a subclass may override, smallest first. Set `name` (its METHODS
+key), `linear`, `rectify`, `needs_grads`/`needs_indices` as they apply, and `knobs`: the
+`CamConfig` fields it reads beyond SHARED_KNOBS (an engine refuses any other changed knob).
+    _map(acts, grads, target)        BaseCAM: (N, C, h, w) -> (N, h, w). Most methods (Grad-CAM
+                                     and friends, Eigen-CAM, CAM, KPCA-CAM, ShapleyCAM)
+    _inputs(images)                  BaseCAM: what the one forward pass sees (SmoothGrad-CAM++)
+    _maps_from(logits, store, specs) BaseCAM: the forward's outputs -> RawMaps (SmoothGrad-CAM++)
+    _resolve(spec, logits, scores)   what a target means (Finer-CAM: the class minus its nearest)
+    _input_maps(...)                 InputCAM (pixel.py): maps at the image's size (FullGrad,
+                                     Guided Grad-CAM)
+    _raw_chunk(images, specs)        Engine: a chunk -> RawMaps, for extra forward passes
+                                     (Score-CAM family in score.py, Ablation-CAM)
+    _finish(chunks, size, mode)      Engine: the chunks -> CamResults (RefineCAM's product)
+The smallest method, the one to copy:
+
+    class MeanActCAM(BaseCAM):  # each place's mean activation over channels
+        name = "meanactcam"
+        needs_grads = False
+        def _map(self, acts, grads, target):
+            return acts.mean(1)  # (N, C, h, w) -> (N, h, w)
+
+and a line in METHODS (cam/__init__.py) makes it `create("meanactcam", ...)`; one in
+camlens/choices.py METHOD_NAMES a --method choice (tests/test_imports.py keeps the two in step).
 
 The steps they share, in the order a call uses them:
     layers.py     find_layer, resolve_layers, eval_mode, capture (hooks), upsample
@@ -32,7 +54,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from camlens.cam.config import PRECISIONS, CamConfig
+from camlens.cam.config import PRECISIONS, SHARED_KNOBS, CamConfig
 from camlens.cam.layers import capture, eval_mode, find_layer, resolve_layers, upsample
 from camlens.cam.normalize import NORMALIZE, normalize_cams
 from camlens.cam.results import CamResult, PairResult, RawMaps, assemble_results
@@ -57,6 +79,7 @@ __all__ = [
     "RawMaps",
     "Resolved",
     "capture",
+    "check_knobs",
     "eval_mode",
     "find_layer",
     "normalize_cams",
@@ -79,6 +102,7 @@ class Engine:
     linear = False  # map linear in the target score: contrast targets allowed
     rectify = True  # ReLU the raw map (unsigned targets only)
     needs_indices = False  # a method without gradients that reads the class (CAM, Score-CAM)
+    knobs: frozenset[str] = frozenset()  # the CamConfig fields it reads beyond SHARED_KNOBS
 
     def __init__(
         self,
@@ -90,6 +114,7 @@ class Engine:
         self.model = model
         self.layers = resolve_layers(model, layer)
         self.config = replace(config or CamConfig(), **overrides)
+        check_knobs(type(self), self.config)
         self.closed = False
 
     def __enter__(self: E) -> E:
@@ -213,12 +238,26 @@ class Engine:
         return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def check_knobs(engine: type[Engine], config: CamConfig) -> None:
+    """Refuse a knob changed from its default that `engine` never reads: it would be ignored."""
+    for knob, value in config.changed().items():
+        if knob in SHARED_KNOBS or knob in engine.knobs:
+            continue
+        from camlens.cam import METHODS  # the package imports this module first
+
+        readers = [name for name, cls in METHODS.items() if knob in cls.knobs]
+        raise TypeError(
+            f"{engine.name} does not read {knob}={value!r}, only {', '.join(readers)} do: "
+            f"to give one config to several methods, pass config.for_method({engine.name!r})"
+        )
+
+
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
 class BaseCAM(Engine):
-    """Base of the one-forward methods: a subclass overrides `_map` only.
+    """Base of the one-forward methods: a subclass overrides `_map` (other hooks: see above).
 
     Gradient methods (`needs_grads = True`) get `grads` = d(sum of target scores)/d(acts) from
     one `torch.autograd.grad` per target set on the one forward pass; activation-only methods

@@ -1,14 +1,21 @@
-"""`CamConfig`: the knobs shared by every method, one frozen dataclass."""
+"""`CamConfig`: every method's knobs, one frozen dataclass; each method declares those it reads.
+
+`normalize`, `precision` and `batch_size` are read by the engine for every method
+(`SHARED_KNOBS`); the others belong to the methods whose `knobs` name them, and an engine given
+one it does not read (changed from its default) refuses it, so that no knob is silently ignored.
+A caller that hands one config to several methods passes `config.for_method(name)`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
 from camlens.cam.normalize import NORMALIZE
 
-__all__ = ["KPCA_KERNELS", "PRECISIONS", "CamConfig"]
+__all__ = ["KPCA_KERNELS", "PRECISIONS", "SHARED_KNOBS", "CamConfig"]
 
 # autocast dtype of each precision; fp32 runs as called
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -22,10 +29,13 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 # tanh(gamma x.y + coef0)
 KPCA_KERNELS = ("sigmoid", "rbf", "poly", "linear")
 
+# the knobs the engine reads for every method
+SHARED_KNOBS = frozenset({"normalize", "precision", "batch_size"})
+
 
 @dataclass(frozen=True)
 class CamConfig:
-    """Knobs shared by every method; each method reads the ones it needs."""
+    """Every method's knobs; the engine reads `SHARED_KNOBS`, each method its own `knobs`."""
 
     # "minmax" per map, "none" raw; "batch" one scale per call, "pair" one per image across sets,
     # both raw / shared max so that a weak map looks weak (see normalize.py)
@@ -102,3 +112,22 @@ class CamConfig:
             raise ValueError(f"kpca_gamma must be > 0 or None, got {self.kpca_gamma}")
         if self.kpca_degree < 1:
             raise ValueError(f"kpca_degree must be >= 1, got {self.kpca_degree}")
+
+    def changed(self) -> dict[str, Any]:
+        """The knobs that differ from their defaults, by name."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != f.default
+        }
+
+    def for_method(self, method: str) -> CamConfig:
+        """This config with the knobs `method` (a METHODS name) does not read back at their
+        defaults: what a caller that hands one config to several methods passes to each."""
+        from camlens.cam import METHODS  # the package imports this module first
+
+        if method not in METHODS:
+            raise KeyError(f"unknown CAM method {method!r}: choose one of {', '.join(METHODS)}")
+        reads = SHARED_KNOBS | METHODS[method].knobs
+        defaults = {f.name: f.default for f in fields(self) if f.name not in reads}
+        return replace(self, **defaults)

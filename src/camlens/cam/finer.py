@@ -37,6 +37,7 @@ class FinerCAM(GradCAM):
     """
 
     name = "finercam"
+    knobs = frozenset({"finer_k", "finer_gamma"})
     linear = False  # the map is rectified: a signed contrast on top of it would mean nothing
 
     def _resolve(self, spec: Any, logits: Tensor, want_scores: bool) -> Resolved:

@@ -29,6 +29,7 @@ class KPCACAM(BaseCAM):
     """
 
     name = "kpcacam"
+    knobs = frozenset({"kpca_kernel", "kpca_gamma", "kpca_coef0", "kpca_degree"})
     needs_grads = False
     rectify = False  # the projection is the map; kernel_pca_map fixes its sign
 

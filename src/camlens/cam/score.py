@@ -36,6 +36,7 @@ class ScoreCAM(Engine):
     """
 
     name = "scorecam"
+    knobs = frozenset({"score_batch", "top_k"})
     needs_indices = True
 
     def _samples(self) -> int:
@@ -117,6 +118,7 @@ class SSCAM(ScoreCAM):
     """
 
     name = "sscam"
+    knobs = ScoreCAM.knobs | {"score_samples", "score_std", "score_seed"}
 
     def _samples(self) -> int:
         return self.config.score_samples
@@ -143,6 +145,7 @@ class ISCAM(ScoreCAM):
     """
 
     name = "iscam"
+    knobs = ScoreCAM.knobs | {"score_samples"}
 
     def _samples(self) -> int:
         return self.config.score_samples

@@ -48,6 +48,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     """
 
     name = "smoothgradcam++"
+    knobs = frozenset({"smooth_samples", "smooth_std", "smooth_seed"})
 
     def _noise(self, images: Tensor) -> Tensor:
         """(S, C, H, W) noise, the same on every call, chunk and device."""

@@ -12,14 +12,14 @@ import dataclasses
 
 import torch
 
-from camlens.cam import candidate_layers, pick_layer
+from camlens.cam import METHODS, candidate_layers, pick_layer
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
 from camlens.compare import compare
 from camlens.data import DataError, load_dataset
 from camlens.distributed import is_writer, launched, process_group
 from camlens.epochs import explain_over_epochs
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
-from camlens.explain import ExplainPlan
+from camlens.explain import ExplainError, ExplainPlan
 from camlens.model import (
     ResNet18,
     load_checkpoint,
@@ -351,6 +351,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    # --top-k given for methods none of which reads it would be ignored without a word
+    readers = [m for m, cls in METHODS.items() if "top_k" in cls.knobs]
+    if args.top_k is not None and not set(args.method) & set(readers):
+        chosen = ",".join(args.method)
+        raise ExplainError(f"--top-k is read only by {', '.join(readers)}: not by {chosen}")
     # under torchrun each rank scores its share of the (method, layer) sets; rank 0 writes
     with process_group(pick_device(args.device), args.backend) as device:
         opened = _open(args, device)
@@ -361,7 +366,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             methods=args.method,
             layers=_layers(args, opened, ["layer3", "layer4"]),
             limit=args.limit,
-            top_k=args.top_k or None,
+            top_k=32 if args.top_k is None else args.top_k or None,
             cam_batch_size=args.cam_batch_size,
             eval_batch_size=args.eval_batch_size,
             seed=args.seed,

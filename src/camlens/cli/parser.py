@@ -12,24 +12,9 @@ import types
 import typing
 from pathlib import Path
 
-from camlens.cam import METHODS, PRECISIONS
-from camlens.classifier import parse_triple
-from camlens.cli.commands import (
-    DTYPES,
-    cmd_compare,
-    cmd_demo,
-    cmd_diff,
-    cmd_evaluate,
-    cmd_explain,
-    cmd_export,
-    cmd_report,
-    cmd_run,
-    cmd_summary,
-    cmd_train,
-)
-from camlens.distributed import BACKENDS
-from camlens.explain import SORTS, ExplainPlan
-from camlens.train import TrainConfig
+from camlens.choices import BACKENDS, METHOD_NAMES, PRECISION_NAMES, SORTS
+from camlens.plan import ExplainPlan
+from camlens.train.config import TrainConfig
 from camlens.version import __version__
 
 __all__ = [
@@ -100,6 +85,17 @@ SUMMARY_EXAMPLE = """example:
 
 # the same words wherever a flag appears: the same flag means the same thing in every command
 LIMIT_HELP = "explain at most N mistakes, the first in sort order (pair statistics use all)"
+
+
+def _command(name: str) -> typing.Callable[[argparse.Namespace], int]:
+    """`commands.<name>`, imported when the command runs: it imports torch, --help does not."""
+
+    def run(args: argparse.Namespace) -> int:
+        from camlens.cli import commands
+
+        return getattr(commands, name)(args)
+
+    return run
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -207,6 +203,8 @@ def _checkpoint_flag(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 def _triple(flag: str):
     def parse(text: str) -> tuple[float, float, float]:
+        from camlens.classifier import parse_triple  # imports torch: only once a value comes
+
         try:
             return parse_triple(text, flag)
         except ValueError as e:
@@ -279,8 +277,10 @@ def _names(text: str) -> list[str]:
 def _methods(text: str) -> list[str]:
     names = _names(text)
     for name in names:
-        if name not in METHODS:
-            raise argparse.ArgumentTypeError(f"unknown {name!r}: choose from {', '.join(METHODS)}")
+        if name not in METHOD_NAMES:
+            raise argparse.ArgumentTypeError(
+                f"unknown {name!r}: choose from {', '.join(METHOD_NAMES)}"
+            )
     return names
 
 
@@ -295,8 +295,8 @@ def _explain_flags(
         "--method",
         type=_methods,
         default=method.split(","),
-        help=f"CAM method(s), comma-separated, of {', '.join(METHODS)}; one gallery per method "
-        f"in OUT/gallery/METHOD (default: {method})",
+        help=f"CAM method(s), comma-separated, of {', '.join(METHOD_NAMES)}; one gallery per "
+        f"method in OUT/gallery/METHOD (default: {method})",
     )
     parser.add_argument(
         "--layer",
@@ -323,7 +323,7 @@ def _explain_flags(
     if precision:
         parser.add_argument(
             "--precision",
-            choices=tuple(PRECISIONS),
+            choices=PRECISION_NAMES,
             default=plan.precision,
             help=f"bf16: autocast the CAM forward pass, maps stay fp32 (default: {plan.precision})",
         )
@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`camlens diff` does, into OUT/diff/diff.html",
     )
     _device_flag(p)
-    p.set_defaults(run=cmd_demo, progress=True)
+    p.set_defaults(run=_command("cmd_demo"), progress=True)
 
     p = sub.add_parser(
         "run",
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     _explain_flags(p, layer="layer3,layer4", precision=False)
     _device_flag(p, backend=True)
     add_config_flags(p, TrainConfig)
-    p.set_defaults(run=cmd_run)
+    p.set_defaults(run=_command("cmd_run"))
 
     p = sub.add_parser(
         "train",
@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     _wandb_flags(p)
     _device_flag(p, backend=True)
     add_config_flags(p, TrainConfig)
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(run=_command("cmd_train"))
 
     p = sub.add_parser(
         "evaluate",
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     _eval_batch_flag(p)
     _device_flag(p, backend=True)
-    p.set_defaults(run=cmd_evaluate)
+    p.set_defaults(run=_command("cmd_evaluate"))
 
     p = sub.add_parser(
         "explain",
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", metavar="CLASS", help="only images predicted as this class")
     p.add_argument("--misclassified", type=Path, help="misclassified.csv from camlens evaluate")
     _device_flag(p, backend=True)
-    p.set_defaults(run=cmd_explain)
+    p.set_defaults(run=_command("cmd_explain"))
 
     p = sub.add_parser(
         "compare",
@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, image_size=None)
     p.add_argument("--out", required=True, type=Path, help="folder for the four files")
     # default layers: layer3,layer4 for a camlens model (cmd_compare), else the picked one
-    _explain_flags(p, layer=None, precision=False, method=",".join(METHODS))
+    _explain_flags(p, layer=None, precision=False, method=",".join(METHOD_NAMES))
     p.add_argument(
         "--limit",
         type=int,
@@ -464,14 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--top-k",
         type=int,
-        default=32,
         help="Score-CAM keeps each image's K highest-variance channels (Faster Score-CAM): "
-        "all channels cost ~2 s per image per layer on 2 CPU cores; 0: all (default: 32)",
+        "all channels cost ~2 s per image per layer on 2 CPU cores; 0: all; an error when "
+        "no --method reads it (default: 32)",
     )
     _eval_batch_flag(p)
     p.add_argument("--seed", type=int, default=0, help="correct-image sample, baselines, ROAD")
     _device_flag(p, backend=True)
-    p.set_defaults(run=cmd_compare)
+    p.set_defaults(run=_command("cmd_compare"))
 
     p = sub.add_parser(
         "diff",
@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=24, help="cards per group on the page (default: 24)"
     )
     _device_flag(p)
-    p.set_defaults(run=cmd_diff)
+    p.set_defaults(run=_command("cmd_diff"))
 
     p = sub.add_parser(
         "report",
@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compare_flag(p)
     _eval_batch_flag(p)
     _device_flag(p)
-    p.set_defaults(run=cmd_report)
+    p.set_defaults(run=_command("cmd_report"))
 
     p = sub.add_parser(
         "export",
@@ -527,8 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, type=Path, help="the new .safetensors (its .json beside)"
     )
-    p.add_argument("--dtype", default="fp16", choices=sorted(DTYPES), help="default: fp16")
-    p.set_defaults(run=cmd_export)
+    # commands.DTYPES's keys: the names of the precisions
+    p.add_argument("--dtype", default="fp16", choices=sorted(PRECISION_NAMES), help="default: fp16")
+    p.set_defaults(run=_command("cmd_export"))
 
     p = sub.add_parser(
         "summary",
@@ -540,5 +541,5 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", default="batch", choices=("batch", "layer", "group"))
     p.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
     p.add_argument("--image-size", type=int, help="default: what the model states, else 32")
-    p.set_defaults(run=cmd_summary)
+    p.set_defaults(run=_command("cmd_summary"))
     return parser

@@ -113,7 +113,7 @@ def compare(
     for method in methods:
         for layer in layers:
             try:
-                with create(method, model, _parts(layer), cam_config) as engine:
+                with create(method, model, _parts(layer), cam_config.for_method(method)) as engine:
                     engine(probe, logits[:1].argmax(1).to(device))
                 pairs.append((method, layer))
             except ValueError as e:
@@ -149,7 +149,7 @@ def compare(
             engine = baseline_engine(method, torch.Generator(device).manual_seed(seed + 1))
             scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
         else:
-            with create(method, model, _parts(layer), cam_config) as engine:
+            with create(method, model, _parts(layer), cam_config.for_method(method)) as engine:
                 cams = engine(images, targets).detach()  # (n, H, W)
                 scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
         for j, row in enumerate(metric_rows(method, layer, subset, scores.values, seed)):
@@ -225,7 +225,9 @@ def _sanity(model, data, mistakes, logits, methods, layer, count, cam_config, se
             model,
             images,
             targets,
-            lambda m, method=method: create(method, m, _parts(layer), cam_config),
+            lambda m, method=method: create(
+                method, m, _parts(layer), cam_config.for_method(method)
+            ),
             generator=torch.Generator(device).manual_seed(seed),
             keep=1,
         )

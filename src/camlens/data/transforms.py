@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from camlens.choices import PADDINGS
+
 __all__ = [
     "PADDINGS",
     "augment",
@@ -17,9 +19,6 @@ __all__ = [
     "channel_stats",
     "balanced_subset",
 ]
-
-
-PADDINGS = ("zeros", "reflect")
 
 
 def random_crop(

@@ -10,11 +10,22 @@ Under torchrun the loop runs DistributedDataParallel (camlens.distributed): `bat
 the global batch, split across the processes, and only rank 0 (`is_writer()`) logs and saves.
 """
 
-from camlens.distributed import is_writer
-from camlens.train.config import CUTOUT_FROM, ZERO_INIT_BELOW, RunError, TrainConfig
-from camlens.train.loop import train
-from camlens.train.tensorboard import tensorboard_logger
-from camlens.train.wandb_log import WandbLogger, wandb_logger
+from importlib import import_module
+from typing import Any
+
+# each name's module, imported when the name is first used: `config` imports no torch, so the
+# CLI builds TrainConfig's flags (and `camlens train --help` answers) without it
+_MODULE_OF = {
+    "CUTOUT_FROM": "camlens.train.config",
+    "RunError": "camlens.train.config",
+    "TrainConfig": "camlens.train.config",
+    "ZERO_INIT_BELOW": "camlens.train.config",
+    "WandbLogger": "camlens.train.wandb_log",
+    "is_writer": "camlens.distributed",
+    "tensorboard_logger": "camlens.train.tensorboard",
+    "train": "camlens.train.loop",
+    "wandb_logger": "camlens.train.wandb_log",
+}
 
 __all__ = [
     "CUTOUT_FROM",
@@ -27,3 +38,15 @@ __all__ = [
     "train",
     "wandb_logger",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_MODULE_OF[name]), name)
+    globals()[name] = value  # later uses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,6 @@
 """`TrainConfig`, the recipe of a run, and `RunError`, a run folder that cannot be used as asked.
 
-Both sit apart from the loop so the CLI can build its flags without reading how training runs.
+Both sit apart from the loop, importing no torch, so the CLI builds its flags without it.
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from camlens.data.transforms import PADDINGS
-from camlens.model import NORMS
+from camlens.choices import NORMS, PADDINGS
 
 __all__ = ["CUTOUT_FROM", "ZERO_INIT_BELOW", "RunError", "TrainConfig"]
 

@@ -1,0 +1,42 @@
+"""The words a command-line flag may take, in a module that imports nothing.
+
+`camlens --help` builds every flag from these without importing torch; the modules that act on
+them import them from here. `cam/` imports nothing else of camlens, so it keeps METHODS and
+PRECISIONS itself: tests/test_imports.py keeps METHOD_NAMES and PRECISION_NAMES in step with them.
+"""
+
+__all__ = ["BACKENDS", "METHOD_NAMES", "NORMS", "PADDINGS", "PRECISION_NAMES", "SORTS"]
+
+# camlens.cam.METHODS's keys, in its order
+METHOD_NAMES = (
+    "gradcam",
+    "gradcam++",
+    "smoothgradcam++",
+    "xgradcam",
+    "hirescam",
+    "layercam",
+    "gradcam-elementwise",
+    "scorecam",
+    "eigencam",
+    "eigengradcam",
+    "cam",
+    "finercam",
+    "refinecam",
+    "fullgrad",
+    "guidedgradcam",
+    "ablationcam",
+    "sscam",
+    "iscam",
+    "kpcacam",
+    "shapleycam",
+)
+# camlens.cam.PRECISIONS's keys: the CAM forward pass's precision
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+# the ResNet18's normalisation layers (camlens.model)
+NORMS = ("batch", "layer", "group")
+# how a random crop pads the image (camlens.data.transforms)
+PADDINGS = ("zeros", "reflect")
+# the process group's backend under torchrun (camlens.distributed)
+BACKENDS = ("auto", "nccl", "gloo")
+# the order mistakes are explained in (camlens.explain)
+SORTS = ("confidence", "margin", "index")
