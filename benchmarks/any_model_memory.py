@@ -82,6 +82,7 @@ def stages(root: Path, limit: int) -> None:
     """Each step of `camlens report` in this process, with the peak RSS it reached (Linux)."""
     from camlens.classifier import ModelConfig, open_model
     from camlens.evaluate import evaluate
+    from camlens.explain import ExplainPlan
     from camlens.pipeline import write_galleries
     from camlens.report import compute_report
 
@@ -101,14 +102,15 @@ def stages(root: Path, limit: int) -> None:
     ev = evaluate(model, data.test, 64)
     peak("evaluate")
     with tempfile.TemporaryDirectory() as out:
-        g = write_galleries(model, data, out, mistakes=ev.mistakes, limit=limit, layers=["model.4"])
+        plan = ExplainPlan(layers=("model.4",), limit=limit)
+        g = write_galleries(model, data, out, plan, mistakes=ev.mistakes)
         peak(f"write_galleries ({len(g.mistakes)} mistakes)")
         compute_report(
             model,
             data.test,
             data.classes,
+            plan,
             run_info={},
-            layers=["model.4"],
             evaluation=ev,
             explained=(g.mistakes, g.explanations),
         )

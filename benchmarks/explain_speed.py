@@ -33,7 +33,7 @@ import torch
 def case(args: argparse.Namespace) -> dict:
     """One checkpoint's figures, in this process (run by `main` in a subprocess each)."""
     from camlens.evaluate import find_mistakes, predict
-    from camlens.explain import explain_chunks, select_mistakes
+    from camlens.explain import ExplainPlan, select_mistakes, stream_mistake_maps
     from camlens.model import load_checkpoint
     from camlens.pipeline import load_matching_data, write_galleries
 
@@ -47,14 +47,13 @@ def case(args: argparse.Namespace) -> dict:
         images=data.test.images[chosen.indices],
     )
     began = time.perf_counter()
-    for _ in explain_chunks(model, chosen, "gradcam", layers, 64):
+    for _ in stream_mistake_maps(model, chosen, ExplainPlan(layers=layers)):
         pass
     cam_only = time.perf_counter() - began
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
-        galleries = write_galleries(
-            model, data, out, mistakes=chosen, limit=args.limit, layers=layers
-        )
+        plan = ExplainPlan(layers=layers, limit=args.limit)
+        galleries = write_galleries(model, data, out, plan, mistakes=chosen)
         total = time.perf_counter() - began
         folder = galleries.folders["gradcam"]
         disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -73,7 +72,7 @@ def png_settings(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from camlens.evaluate import find_mistakes, predict
-    from camlens.explain import explain_mistakes
+    from camlens.explain import ExplainPlan, mistake_maps
     from camlens.gallery.draw import CardLayout, GalleryConfig, draw_card, draw_panels
     from camlens.gallery.png import deflate_rows, png_of
     from camlens.model import load_checkpoint
@@ -85,7 +84,7 @@ def png_settings(args: argparse.Namespace) -> None:
     m = find_mistakes(predict(model, test.images[:2000], 256), test.labels[:2000])
     m = m.select(torch.arange(min(32, len(m))))
     m = type(m)(m.indices, m.labels, m.preds, m.probs, m.margins, test.images[m.indices])
-    expl = explain_mistakes(model, m.images, m.labels, "gradcam", args.layer.split(","))
+    expl = mistake_maps(model, m.images, m.labels, ExplainPlan(layers=args.layer.split(",")))
     config = GalleryConfig()
     panels, layout = draw_panels(expl, m.images, config), CardLayout.of(expl, data.classes, config)
     cards = [draw_card(i, m, expl, panels, data.classes, layout) for i in range(len(m))]
