@@ -351,7 +351,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     if args.model is None:
-        model, size = ResNet18(args.classes, args.norm), args.image_size or 32
+        model, size = ResNet18(args.classes or 10, args.norm), args.image_size or 32
         print(summary(model, size))
         return 0
     config = config_from_args(args, ModelConfig)
