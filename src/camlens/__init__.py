@@ -71,7 +71,6 @@ from camlens.gallery import GalleryConfig, write_gallery
 from camlens.model import (
     CheckpointError,
     ResNet18,
-    get_layer,
     layer_names,
     load_checkpoint,
     save_checkpoint,
@@ -107,7 +106,6 @@ __all__ = [
     "open_model",
     "CheckpointError",
     "ResNet18",
-    "get_layer",
     "layer_names",
     "load_checkpoint",
     "save_checkpoint",

@@ -31,7 +31,6 @@ __all__ = [
     "ResNet18",
     "build_model",
     "layer_names",
-    "get_layer",
     "summary",
     "save_checkpoint",
     "load_checkpoint",
@@ -152,15 +151,6 @@ def build_model(meta: dict[str, Any]) -> ResNet18:
 def layer_names(model: nn.Module) -> list[str]:
     """Dotted names of every submodule, in definition order (what `layer=` accepts)."""
     return [name for name, _ in model.named_modules() if name]
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule at a dotted name; an unknown name lists the valid ones."""
-    modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
-    valid = ", ".join(layer_names(model))
-    raise KeyError(f"no layer named {name!r} in {type(model).__name__}; valid names: {valid}")
 
 
 def summary(model: nn.Module, image_size: int = 32) -> str:

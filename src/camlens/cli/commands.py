@@ -19,13 +19,7 @@ from camlens.data import DataError, load_dataset
 from camlens.distributed import is_writer, launched, process_group
 from camlens.epochs import explain_over_epochs
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
-from camlens.model import (
-    ResNet18,
-    load_checkpoint,
-    read_checkpoint_meta,
-    save_checkpoint,
-    summary,
-)
+from camlens.model import ResNet18, read_checkpoint_meta, save_checkpoint, summary
 from camlens.pipeline import (
     Outcome,
     choose_layers,
@@ -341,7 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model, meta = load_checkpoint(args.checkpoint)
+    model, meta, _ = build_classifier(ModelConfig(str(args.checkpoint)), None)
     path = save_checkpoint(
         model, args.out, {**meta, "weights_dtype": args.dtype}, DTYPES[args.dtype]
     )
