@@ -16,7 +16,7 @@ from camlens.cam import candidate_layers, pick_layer
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
 from camlens.compare import compare
 from camlens.data import DataError, load_dataset
-from camlens.distributed import is_writer, launched, process_group
+from camlens.distributed import is_writer, process_group
 from camlens.epochs import explain_over_epochs
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
 from camlens.model import ResNet18, read_checkpoint_meta, save_checkpoint, summary
@@ -31,7 +31,7 @@ from camlens.pipeline import (
     run,
     write_galleries,
 )
-from camlens.train import RunError, TrainConfig, tensorboard_logger, train, wandb_logger
+from camlens.train import RunError, TrainConfig, run_training
 
 __all__ = [
     "DTYPES",
@@ -88,25 +88,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
     progress = args.progress and is_writer()
     data = load_dataset(args.data, image_size=args.image_size, progress=progress)
-    loggers = [tensorboard_logger(args.out)] if args.tensorboard and is_writer() else []
-    if args.wandb and is_writer():
-        loggers.append(wandb_logger(args.out, args.wandb_project, dataclasses.asdict(config)))
-    metrics = None
-    with process_group(pick_device(args.device), args.backend) as device:  # under torchrun
-        try:
-            metrics = train(
-                config,
-                data,
-                args.out,
-                device=device,
-                resume=args.resume,
-                progress=progress,
-                on_epoch=(lambda m: [log(m) for log in loggers]) if loggers else None,
-            )
-        finally:  # a killed or failed run closes its W&B run too; --resume reopens the same one
-            if args.wandb and is_writer():
-                accuracy = metrics["test_acc"] if metrics else None
-                loggers[-1].finish(accuracy=accuracy, curves=args.out / "curves.png")
+    run_training(
+        config,
+        data,
+        args.out,
+        device=pick_device(args.device),
+        backend=args.backend,
+        resume=args.resume,
+        progress=progress,
+        tensorboard=args.tensorboard,
+        wandb_project=args.wandb_project if args.wandb else None,
+    )
     if is_writer():
         print(f"checkpoint: {args.out / 'checkpoint.safetensors'}")
     return 0
@@ -294,33 +286,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
     data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
-    if launched():  # torchrun: all ranks train; rank 0 alone then evaluates, explains, reports
-        with process_group(pick_device(args.device), args.backend) as device:
-            loggers = [tensorboard_logger(args.out)] if args.tensorboard and is_writer() else []
-            if args.wandb and is_writer():  # `run` below reopens the same W&B run for pictures
-                loggers.append(
-                    wandb_logger(args.out, args.wandb_project, dataclasses.asdict(config))
-                )
-            try:
-                train(
-                    config,
-                    data,
-                    args.out,
-                    device=device,
-                    resume=True,
-                    on_epoch=(lambda m: [log(m) for log in loggers]) if loggers else None,
-                    progress=args.progress and is_writer(),
-                )
-            finally:
-                if args.wandb and is_writer():
-                    loggers[-1].finish()
-        if not is_writer():
-            return 0
+    # under torchrun all ranks train; rank 0 alone then evaluates, explains and reports
     outcome = run(
         config,
         data,
         args.out,
         device=pick_device(args.device),
+        backend=args.backend,
         methods=args.method,
         layers=args.layer,
         limit=args.limit,
@@ -330,7 +302,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         wandb_project=args.wandb_project if args.wandb else None,
         compare_limit=args.compare,
     )
-    _print_report(outcome, args)
+    if outcome is not None:
+        _print_report(outcome, args)
     return 0
 
 

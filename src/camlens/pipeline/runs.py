@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -11,9 +10,11 @@ from pathlib import Path
 
 import torch
 
-from camlens.data import Dataset, load_dataset
+from camlens.classifier import ModelConfig, open_model
+from camlens.data import Dataset
+from camlens.distributed import is_writer
 from camlens.explain import check_explainable
-from camlens.model import ResNet18, load_checkpoint
+from camlens.model import ResNet18
 from camlens.pipeline.galleries import LAYERS
 from camlens.pipeline.reports import (
     Outcome,
@@ -23,7 +24,7 @@ from camlens.pipeline.reports import (
     report,
 )
 from camlens.plots import plot_confusion
-from camlens.train import TrainConfig, tensorboard_logger, train, wandb_logger
+from camlens.train import TrainConfig, run_training
 
 __all__ = ["demo", "run"]
 
@@ -34,6 +35,7 @@ def run(
     out: str | Path,
     *,
     device: str | torch.device = "cpu",
+    backend: str = "auto",
     methods: Sequence[str] = ("gradcam",),
     layers: Sequence[str] = LAYERS,
     limit: int | None = 1000,
@@ -42,36 +44,35 @@ def run(
     tensorboard: bool = False,
     wandb_project: str | None = None,
     compare_limit: int | None = None,
-) -> Outcome:
+) -> Outcome | None:
     """Train in `out` (continuing a killed run there), then evaluate into out/eval and
     `explain_model` the checkpoint. Maps are fp32; `config.precision` is the training's.
 
     `limit` keeps the gallery and the page small after a short run (thousands of mistakes).
     `compare_limit`: see `explain_model`. `wandb_project`: also log to Weights & Biases
     (OUT/wandb; offline without an API key): each epoch, then curves, confusion, cards, accuracy.
+    Under torchrun every rank trains, then rank 0 alone reports; the others return None.
     """
     started, out = time.perf_counter(), Path(out)
     # fail before hours of training, not after: the layers are checked on an untrained twin
     check_explainable(ResNet18(len(data.classes), config.norm, config.width), methods, layers)
     check_compare_limit(compare_limit)
-    loggers = [tensorboard_logger(out)] if tensorboard else []
-    if wandb_project is not None:
-        loggers.append(wandb_logger(out, wandb_project, dataclasses.asdict(config)))
-    try:
-        train(
-            config,
-            data,
-            out,
-            device=device,
-            resume=True,  # continues the run in `out` when there is one, else starts it
-            progress=progress,
-            on_epoch=(lambda metrics: [log(metrics) for log in loggers]) if loggers else None,
-        )
-    except BaseException:  # a killed run closes its W&B run; the next call reopens the same one
-        if wandb_project is not None:
-            loggers[-1].finish()
-        raise
-    model, meta = load_checkpoint(out / "checkpoint.safetensors", device)
+    _, wandb = run_training(
+        config,
+        data,
+        out,
+        device=device,
+        backend=backend,
+        resume=True,  # continues the run in `out` when there is one, else starts it
+        progress=progress,
+        tensorboard=tensorboard,
+        wandb_project=wandb_project,
+        keep_wandb_open=True,
+    )
+    if not is_writer():
+        return None
+    opened = open_model(ModelConfig(str(out / "checkpoint.safetensors")), data, device)
+    model, meta = opened.model, opened.meta
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     run_info = describe_run(
         meta,
@@ -94,9 +95,9 @@ def run(
         progress=progress,
         over_epochs=epochs_section(out, data, methods, layers) if config.keep_every else None,
     )
-    if wandb_project is not None:
+    if wandb is not None:
         cards = [p for f in outcome.galleries.folders.values() for p in sorted(f.glob("*.png"))]
-        loggers[-1].finish(
+        wandb.finish(
             accuracy=outcome.evaluation.accuracy,
             curves=out / "curves.png",
             confusion_png=plot_confusion(outcome.evaluation.confusion, data.classes),
@@ -116,8 +117,8 @@ def demo(
 ) -> Outcome:
     """Offline: the shipped model's mistakes on the bundled 1,000-image sample, explained."""
     started = time.perf_counter()
-    model, meta = load_checkpoint("shipped", device)
-    data = load_dataset("sample", progress=False)
+    opened = open_model(ModelConfig("shipped"), "sample", device, progress=False)
+    model, meta, data = opened.model, opened.meta, opened.data
     run_info = describe_run(
         meta,
         checkpoint="shipped with camlens (camlens/assets/resnet18-cifar10-jpeg)",

@@ -8,13 +8,14 @@ run that was never stopped.
 
 Under torchrun the loop runs DistributedDataParallel (camlens.distributed): `batch_size` is
 the global batch, split across the processes, and only rank 0 (`is_writer()`) logs and saves.
+`run_training` is the whole run around the loop: process group, TensorBoard and W&B mirrors.
 """
 
 from camlens.distributed import is_writer
 from camlens.train.config import CUTOUT_FROM, ZERO_INIT_BELOW, RunError, TrainConfig
 from camlens.train.loop import train
-from camlens.train.tensorboard import tensorboard_logger
-from camlens.train.wandb_log import WandbLogger, wandb_logger
+from camlens.train.session import run_training
+from camlens.train.wandb_log import WandbLogger
 
 __all__ = [
     "CUTOUT_FROM",
@@ -23,7 +24,6 @@ __all__ = [
     "WandbLogger",
     "ZERO_INIT_BELOW",
     "is_writer",
-    "tensorboard_logger",
+    "run_training",
     "train",
-    "wandb_logger",
 ]
