@@ -29,7 +29,6 @@ __all__ = [
     "SHIPPED_MODELS",
     "BasicBlock",
     "ResNet18",
-    "build_model",
     "layer_names",
     "summary",
     "save_checkpoint",
@@ -133,19 +132,6 @@ class ResNet18(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (N, C, h, w) -> (N, C)
         return self.linear(x)
-
-
-def build_model(meta: dict[str, Any]) -> ResNet18:
-    """Rebuild the architecture a checkpoint's metadata describes (weights not loaded)."""
-    if meta.get("arch", ARCH) != ARCH:
-        raise CheckpointError(f"checkpoint is for architecture {meta.get('arch')!r}, not {ARCH}")
-    return ResNet18(
-        num_classes=len(meta["classes"]),
-        norm=meta["norm"],
-        width=int(meta.get("width", 64)),
-        mean=meta["mean"],
-        std=meta["std"],
-    )
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -269,7 +255,10 @@ def load_checkpoint(
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} not found")
     meta = read_checkpoint_meta(stem)
-    model = build_model(meta)
+    if meta.get("arch", ARCH) != ARCH:
+        raise CheckpointError(f"checkpoint is for architecture {meta.get('arch')!r}, not {ARCH}")
+    width = int(meta.get("width", 64))
+    model = ResNet18(len(meta["classes"]), meta["norm"], width, meta["mean"], meta["std"])
     try:
         tensors = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for damaged files

@@ -147,10 +147,8 @@ def open_model(
         size = config.image_size or int(meta["image_size"])
         data = _data(source, size, progress)
     else:
-        sized = isinstance(source, Dataset)
-        data = _data(
-            source, None if sized else stated_size(config) or native_size(source), progress
-        )
+        size = None if isinstance(source, Dataset) else stated_size(config) or native_size(source)
+        data = _data(source, size, progress)
         model, meta, facts = build_classifier(config, len(data.classes), device)
     if meta:
         if list(data.classes) != list(meta["classes"]):

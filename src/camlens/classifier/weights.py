@@ -22,28 +22,19 @@ SAVE_HOWTO = "save its weights instead: torch.save(model.state_dict(), 'weights.
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file or a .pt/.pth state dict, without DDP's `module.`."""
-    state = _read(path)
-    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
-
-
-def _read(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} not found")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            raise CheckpointError(f"cannot read {path}: {e}") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{path} holds a pickled object, not a state dict, and camlens unpickles nothing: "
             f"{SAVE_HOWTO}"
         ) from None
-    except Exception as e:
+    except Exception as e:  # safetensors and torch raise their own types for damaged files
         raise CheckpointError(f"cannot read {path}: {e}") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):  # common training wrappers
@@ -52,6 +43,8 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a state dict of tensors: {SAVE_HOWTO}")
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
 
 

@@ -8,16 +8,17 @@ killed run closes it too, and `resume` reopens the same one).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from camlens.data import Dataset
 from camlens.distributed import is_writer, process_group
-from camlens.train.config import TrainConfig
+from camlens.train.config import RunError, TrainConfig
 from camlens.train.loop import train
-from camlens.train.tensorboard import tensorboard_logger
-from camlens.train.wandb_log import WandbLogger, wandb_logger
+from camlens.train.wandb_log import WandbLogger
 
 __all__ = ["run_training"]
 
@@ -44,10 +45,12 @@ def run_training(
     finished training hands it back open, for the caller's `finish(...)` with more pictures.
     """
     out, writer = Path(out), is_writer()
-    loggers = [tensorboard_logger(out)] if tensorboard and writer else []
+    loggers = [_tensorboard(out)] if tensorboard and writer else []
     wandb = None
     if wandb_project is not None and writer:
-        wandb = wandb_logger(out, wandb_project, dataclasses.asdict(config))
+        if importlib.util.find_spec("wandb") is None:
+            raise RunError("--wandb needs the wandb package: pip install 'camlens[wandb]'")
+        wandb = WandbLogger(out, wandb_project, dataclasses.asdict(config))
         loggers.append(wandb)
     try:
         with process_group(torch.device(device), backend) as rank_device:
@@ -68,3 +71,30 @@ def run_training(
         wandb.finish(accuracy=metrics.get("test_acc"), curves=out / "curves.png")
         wandb = None
     return metrics, wandb
+
+
+def _tensorboard(out: Path) -> Callable[[dict], None]:
+    """An `on_epoch` callback mirroring each epoch's metrics into OUT/tensorboard event files;
+    metrics.jsonl stays the source of truth. A resumed run purges the events of the epochs it
+    redoes, so the curves never double back."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunError(
+            "--tensorboard needs the tensorboard package: pip install 'camlens[tensorboard]'"
+        ) from None
+    writers: dict[str, SummaryWriter] = {}
+
+    def log_epoch(metrics: dict) -> None:
+        epoch = metrics["epoch"]
+        if "w" not in writers:  # opened at the first epoch this run trains: purged from there
+            writers["w"] = SummaryWriter(str(out / "tensorboard"), purge_step=epoch)
+        w = writers["w"]
+        for split in ("train", "test"):
+            w.add_scalar(f"loss/{split}", metrics[f"{split}_loss"], epoch)
+            w.add_scalar(f"accuracy/{split}", metrics[f"{split}_acc"], epoch)
+        w.add_scalar("lr", metrics["lr"], epoch)
+        w.add_scalar("images_per_s", metrics["images_per_s"], epoch)
+        w.flush()
+
+    return log_epoch
