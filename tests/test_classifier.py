@@ -38,6 +38,12 @@ NET = textwrap.dedent(
 
     def broken(num_classes):
         raise RuntimeError("no GPU here")
+
+    def wide(num_classes=10):  # a hidden layer as wide as the head: its class count is ambiguous
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(8, num_classes), nn.ReLU(), nn.Linear(num_classes, num_classes),
+        )
     """
 )
 
@@ -169,6 +175,32 @@ def test_refusals_are_one_line(user, tmp_path, capsys, spec, weights, extra, nee
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert needle in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_summary_takes_the_class_count_from_the_weights_head_or_names_the_flag(
+    user, tmp_path, capsys
+):
+    root, _ = user
+    make = ("summary", "--model", f"{root}/net.py:make", "--weights")
+    code, out, err = cli(capsys, *make, root / "w.safetensors")  # 4 classes; make's default 10
+    assert code == 0, err
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("model.7 ")] == ["[4]"]
+    code, out, err = cli(capsys, *make, root / "w.safetensors", "--classes", 5)  # the user's word
+    assert code == 2 and "7.bias (4,) (model (5,))" in err and "--classes N" in err, err
+    namespace: dict = {}
+    exec(compile(NET, "net.py", "exec"), namespace)
+    save_file(namespace["wide"](3).state_dict(), tmp_path / "wide.safetensors")
+    wide = ("summary", "--model", f"{root}/net.py:wide", "--weights", tmp_path / "wide.safetensors")
+    code, out, err = cli(capsys, *wide)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "5.weight (3, 3) (model (10, 10))" in err and "--classes N" in err, err
+    code, out, err = cli(capsys, *wide, "--classes", 3)
+    assert code == 0 and "default --layer" in out, err
+    # with data the count is the data's: weights for 3 classes say which count they were built for
+    code, out, err = cli(
+        capsys, "evaluate", *wide[1:], *NORM, "--data", root / "data", "--out", tmp_path / "e"
+    )
+    assert code == 2 and "built for the data's 4 classes" in err, err
 
 
 def test_keys_that_do_not_fit_are_named(user, tmp_path):

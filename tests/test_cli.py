@@ -429,6 +429,35 @@ def test_shipped_checkpoint_evaluates_on_the_bundled_sample(tmp_path, capsys):
     assert metrics["images"] == 1000 and f"{metrics['test_acc']:.2%}" in out
 
 
+def test_export_resaves_a_checkpoint_in_the_precision_asked(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from camlens.model import SHIPPED_MODEL
+
+    code, out, err = run(capsys, "export", "--checkpoint", "shipped", "--out", tmp_path / "m")
+    assert code == 0, err
+    code, out, err = run(capsys, "export", "--checkpoint", tmp_path / "m", "--out", tmp_path / "f")
+    assert code == 0, err
+    code, out, err = run(
+        capsys,
+        "export",
+        "--checkpoint",
+        tmp_path / "f.json",
+        "--out",
+        tmp_path / "s",
+        "--dtype",
+        "fp32",
+    )
+    assert code == 0 and f"wrote {tmp_path / 's.safetensors'}" in out, err
+    shipped = load_file(str(SHIPPED_MODEL.with_suffix(".safetensors")))
+    for name, dtype in (("m", "float16"), ("f", "float16"), ("s", "float32")):
+        weights = load_file(str(tmp_path / f"{name}.safetensors"))
+        assert str(weights["linear.weight"].dtype) == f"torch.{dtype}"
+        assert weights["linear.weight"].half().equal(shipped["linear.weight"].half())
+    meta = json.loads((tmp_path / "s.json").read_text())
+    assert meta["weights_dtype"] == "fp32" and len(meta["classes"]) == 10
+
+
 def test_run_produces_every_artefact_and_resumes(tmp_path, tiny_folder, capsys):
     argv = [
         "run",

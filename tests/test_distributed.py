@@ -88,6 +88,28 @@ def test_two_processes_train_the_weights_of_one(tmp_path, data, two_proc_run):
     assert (meta2["world_size"], meta2["backend"]) == (2, "gloo")
 
 
+def test_run_trains_on_every_rank_then_rank_0_alone_mirrors_and_reports(
+    tmp_path, data, two_proc_run, monkeypatch
+):
+    """`camlens run` under torchrun: the weights of a two-process `train`, one W&B run and one
+    TensorBoard mirror, one report."""
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no key: offline, never the network
+    out = tmp_path / "run"
+    argv = ["run", "--data", str(data), "--out", str(out), *TRAIN, "--layer", "layer4"]
+    log = finish(torchrun(*argv, "--tensorboard", "--wandb", "--no-progress"))
+    a = load_file(str(two_proc_run[0] / "checkpoint.safetensors"))
+    b = load_file(str(out / "checkpoint.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert log.count("epoch 4/4") == 1 and log.count("report:") == 1, log
+    assert (out / "report.html").is_file() and (out / "gallery" / "gradcam" / "index.csv").is_file()
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list((out / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+
+
 def _workers(pid: int) -> dict[int, int]:
     """rank -> pid of the torchrun workers below `pid` (Linux /proc)."""
     children: dict[int, list[int]] = {}

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from camlens.atomic import WriteError
+from camlens.cam import find_layer
 from camlens.model import (
     NORMS,
     CheckpointError,
     ResNet18,
-    get_layer,
     layer_names,
     load_checkpoint,
     save_checkpoint,
@@ -42,7 +42,7 @@ def test_stage_shapes_and_projection_shortcuts():
     model = ResNet18(width=8).eval()
     shapes = {}
     for name in ("layer1", "layer2", "layer3", "layer4"):
-        get_layer(model, name).register_forward_hook(
+        find_layer(model, name).register_forward_hook(
             lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:]))
         )
     model(torch.rand(2, 3, 32, 32))
@@ -71,9 +71,9 @@ def test_model_normalises_its_own_input():
 def test_layers_by_dotted_name_and_a_helpful_error():
     model = ResNet18(width=8)
     assert "layer3.1.conv2" in layer_names(model)
-    assert get_layer(model, "layer4.1.conv2") is model.layer4[1].conv2
+    assert find_layer(model, "layer4.1.conv2") is model.layer4[1].conv2
     with pytest.raises(KeyError, match="layer3.1.conv2") as err:
-        get_layer(model, "layer9")
+        find_layer(model, "layer9")
     assert "layer9" in str(err.value)
 
 

@@ -131,7 +131,6 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "camlens.model": (
         "CheckpointError",
         "ResNet18",
-        "get_layer",
         "layer_names",
         "load_checkpoint",
         "save_checkpoint",
@@ -181,7 +180,6 @@ __all__ = [
     "open_model",
     "CheckpointError",
     "ResNet18",
-    "get_layer",
     "layer_names",
     "load_checkpoint",
     "save_checkpoint",

@@ -30,9 +30,7 @@ __all__ = [
     "SHIPPED_MODELS",
     "BasicBlock",
     "ResNet18",
-    "build_model",
     "layer_names",
-    "get_layer",
     "summary",
     "save_checkpoint",
     "load_checkpoint",
@@ -136,31 +134,9 @@ class ResNet18(nn.Module):
         return self.linear(x)
 
 
-def build_model(meta: dict[str, Any]) -> ResNet18:
-    """Rebuild the architecture a checkpoint's metadata describes (weights not loaded)."""
-    if meta.get("arch", ARCH) != ARCH:
-        raise CheckpointError(f"checkpoint is for architecture {meta.get('arch')!r}, not {ARCH}")
-    return ResNet18(
-        num_classes=len(meta["classes"]),
-        norm=meta["norm"],
-        width=int(meta.get("width", 64)),
-        mean=meta["mean"],
-        std=meta["std"],
-    )
-
-
 def layer_names(model: nn.Module) -> list[str]:
     """Dotted names of every submodule, in definition order (what `layer=` accepts)."""
     return [name for name, _ in model.named_modules() if name]
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule at a dotted name; an unknown name lists the valid ones."""
-    modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
-    valid = ", ".join(layer_names(model))
-    raise KeyError(f"no layer named {name!r} in {type(model).__name__}; valid names: {valid}")
 
 
 def summary(model: nn.Module, image_size: int = 32) -> str:
@@ -279,7 +255,10 @@ def load_checkpoint(
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} not found")
     meta = read_checkpoint_meta(stem)
-    model = build_model(meta)
+    if meta.get("arch", ARCH) != ARCH:
+        raise CheckpointError(f"checkpoint is for architecture {meta.get('arch')!r}, not {ARCH}")
+    width = int(meta.get("width", 64))
+    model = ResNet18(len(meta["classes"]), meta["norm"], width, meta["mean"], meta["std"])
     try:
         tensors = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for damaged files

@@ -21,7 +21,7 @@ from camlens.classifier.spec import (
     is_checkpoint,
     native_size,
 )
-from camlens.classifier.weights import load_weights
+from camlens.classifier.weights import head_classes, load_weights, read_state_dict
 from camlens.data import DataError, Dataset, load_dataset
 from camlens.model import SHIPPED_MODELS, CheckpointError, load_checkpoint, read_checkpoint_meta
 
@@ -77,13 +77,15 @@ def stated_size(config: ModelConfig) -> int | None:
 
 def build_classifier(
     config: ModelConfig,
-    num_classes: int,
+    num_classes: int | None,
     device: str | torch.device = "cpu",
     describe_only: bool = False,
 ) -> tuple[nn.Module, dict, dict[str, str]]:
     """(model taking [0, 1] images in eval mode, a camlens checkpoint's json or {}, facts).
 
-    `describe_only` (camlens summary): no weights or normalisation needed, the layers suffice.
+    `num_classes`: the data's; None (no data yet, camlens summary) takes it from the head of
+    --weights where that is unambiguous, else 10. `describe_only` (camlens summary): no weights
+    or normalisation needed, the layers suffice.
     """
     spec, device = config.model, torch.device(device)
     if is_checkpoint(spec):
@@ -103,9 +105,17 @@ def build_classifier(
             f"--model {spec} needs --weights FILE (.safetensors or a state dict .pt): "
             "camlens never downloads weights"
         )
-    inner, stated = build_architecture(spec, num_classes)
+    inner, stated = build_architecture(spec, num_classes or 10)
     if config.weights is not None:
-        load_weights(inner, config.weights)
+        state = read_state_dict(Path(config.weights))
+        if num_classes is None:
+            num_classes = head_classes(inner, state)
+            if num_classes is not None:
+                inner, stated = build_architecture(spec, num_classes)
+        hint = f"it was built for the data's {num_classes} classes: pass the data it learned"
+        if describe_only:  # no data: the count is the user's or the head's
+            hint = "pass the class count its head was trained for with --classes N"
+        load_weights(inner, config.weights, state, hint)
     mean = config.mean or stated.get("mean") or ((0.0,) * 3 if describe_only else None)
     std = config.std or stated.get("std") or ((1.0,) * 3 if describe_only else None)
     if mean is None or std is None:
@@ -125,19 +135,20 @@ def build_classifier(
 
 def open_model(
     config: ModelConfig,
-    source: str | Path,
+    source: str | Path | Dataset,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> Opened:
-    """Load `source` at the size the model takes, then build and load the model for its
-    classes; a model that does not fit the data is a CheckpointError or DataError."""
+    """Load `source` at the size the model takes (a `Dataset` is taken as it is), then build
+    and load the model for its classes; a model that does not fit the data is a
+    CheckpointError or DataError. Every command opens its model here, camlens or not."""
     if is_checkpoint(config.model):  # a missing or damaged checkpoint says so first
         model, meta, facts = build_classifier(config, 0, device)
         size = config.image_size or int(meta["image_size"])
-        data = load_dataset(source, image_size=size, progress=progress)
+        data = _data(source, size, progress)
     else:
-        size = stated_size(config) or native_size(source)
-        data = load_dataset(source, image_size=size, progress=progress)
+        size = None if isinstance(source, Dataset) else stated_size(config) or native_size(source)
+        data = _data(source, size, progress)
         model, meta, facts = build_classifier(config, len(data.classes), device)
     if meta:
         if list(data.classes) != list(meta["classes"]):
@@ -148,3 +159,9 @@ def open_model(
     else:
         _check_classes(model, data, config.model, torch.device(device))
     return Opened(model, data, meta, {**facts, "input": f"{data.image_size} px"})
+
+
+def _data(source: str | Path | Dataset, size: int | None, progress: bool) -> Dataset:
+    if isinstance(source, Dataset):
+        return source
+    return load_dataset(source, image_size=size, progress=progress)

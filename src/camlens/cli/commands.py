@@ -16,17 +16,11 @@ from camlens.cam import METHODS, candidate_layers, pick_layer
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
 from camlens.compare import compare
 from camlens.data import DataError, load_dataset
-from camlens.distributed import is_writer, launched, process_group
+from camlens.distributed import is_writer, process_group
 from camlens.epochs import explain_over_epochs
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
 from camlens.explain import ExplainError, ExplainPlan
-from camlens.model import (
-    ResNet18,
-    load_checkpoint,
-    read_checkpoint_meta,
-    save_checkpoint,
-    summary,
-)
+from camlens.model import ResNet18, read_checkpoint_meta, save_checkpoint, summary
 from camlens.pipeline import (
     Outcome,
     choose_layers,
@@ -38,7 +32,7 @@ from camlens.pipeline import (
     run,
     write_galleries,
 )
-from camlens.train import RunError, TrainConfig, tensorboard_logger, train, wandb_logger
+from camlens.train import RunError, TrainConfig, run_training
 
 __all__ = [
     "DTYPES",
@@ -108,25 +102,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
     progress = args.progress and is_writer()
     data = load_dataset(args.data, image_size=args.image_size, progress=progress)
-    loggers = [tensorboard_logger(args.out)] if args.tensorboard and is_writer() else []
-    if args.wandb and is_writer():
-        loggers.append(wandb_logger(args.out, args.wandb_project, dataclasses.asdict(config)))
-    metrics = None
-    with process_group(pick_device(args.device), args.backend) as device:  # under torchrun
-        try:
-            metrics = train(
-                config,
-                data,
-                args.out,
-                device=device,
-                resume=args.resume,
-                progress=progress,
-                on_epoch=(lambda m: [log(m) for log in loggers]) if loggers else None,
-            )
-        finally:  # a killed or failed run closes its W&B run too; --resume reopens the same one
-            if args.wandb and is_writer():
-                accuracy = metrics["test_acc"] if metrics else None
-                loggers[-1].finish(accuracy=accuracy, curves=args.out / "curves.png")
+    run_training(
+        config,
+        data,
+        args.out,
+        device=pick_device(args.device),
+        backend=args.backend,
+        resume=args.resume,
+        progress=progress,
+        tensorboard=args.tensorboard,
+        wandb_project=args.wandb_project if args.wandb else None,
+    )
     if is_writer():
         print(f"checkpoint: {args.out / 'checkpoint.safetensors'}")
     return 0
@@ -284,44 +270,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
     plan = plan_from_args(args, precision="fp32")  # --precision is the training's: maps fp32
     data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
-    if launched():  # torchrun: all ranks train; rank 0 alone then evaluates, explains, reports
-        with process_group(pick_device(args.device), args.backend) as device:
-            loggers = [tensorboard_logger(args.out)] if args.tensorboard and is_writer() else []
-            if args.wandb and is_writer():  # `run` below reopens the same W&B run for pictures
-                loggers.append(
-                    wandb_logger(args.out, args.wandb_project, dataclasses.asdict(config))
-                )
-            try:
-                train(
-                    config,
-                    data,
-                    args.out,
-                    device=device,
-                    resume=True,
-                    on_epoch=(lambda m: [log(m) for log in loggers]) if loggers else None,
-                    progress=args.progress and is_writer(),
-                )
-            finally:
-                if args.wandb and is_writer():
-                    loggers[-1].finish()
-        if not is_writer():
-            return 0
+    # under torchrun all ranks train; rank 0 alone then evaluates, explains and reports
     outcome = run(
         config,
         data,
         args.out,
         plan,
         device=pick_device(args.device),
+        backend=args.backend,
         progress=args.progress,
         tensorboard=args.tensorboard,
         wandb_project=args.wandb_project if args.wandb else None,
     )
-    _print_report(outcome, args)
+    if outcome is not None:
+        _print_report(outcome, args)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model, meta = load_checkpoint(args.checkpoint)
+    model, meta, _ = build_classifier(ModelConfig(str(args.checkpoint)), None)
     path = save_checkpoint(
         model, args.out, {**meta, "weights_dtype": args.dtype}, DTYPES[args.dtype]
     )
@@ -331,7 +298,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     if args.model is None:
-        model, size = ResNet18(args.classes, args.norm), args.image_size or 32
+        model, size = ResNet18(args.classes or 10, args.norm), args.image_size or 32
         print(summary(model, size))
         return 0
     config = config_from_args(args, ModelConfig)

@@ -539,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _checkpoint_flag(p, required=False)
     p.add_argument("--norm", default="batch", choices=("batch", "layer", "group"))
-    p.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
+    p.add_argument("--classes", type=int, help="default: the --weights' head's count, else 10")
     p.add_argument("--image-size", type=int, help="default: what the model states, else 32")
     p.set_defaults(run=_command("cmd_summary"))
     return parser

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import replace
@@ -10,13 +9,15 @@ from pathlib import Path
 
 import torch
 
-from camlens.data import Dataset, load_dataset
+from camlens.classifier import ModelConfig, open_model
+from camlens.data import Dataset
+from camlens.distributed import is_writer
 from camlens.explain import ExplainPlan
-from camlens.model import ResNet18, load_checkpoint
+from camlens.model import ResNet18
 from camlens.pipeline.galleries import LAYERS
 from camlens.pipeline.reports import Outcome, describe_run, epochs_section, report
 from camlens.plots import plot_confusion
-from camlens.train import TrainConfig, tensorboard_logger, train, wandb_logger
+from camlens.train import TrainConfig, run_training
 
 __all__ = ["demo", "run"]
 
@@ -28,40 +29,40 @@ def run(
     plan: ExplainPlan | None = None,
     *,
     device: str | torch.device = "cpu",
+    backend: str = "auto",
     progress: bool = True,
     tensorboard: bool = False,
     wandb_project: str | None = None,
-) -> Outcome:
+) -> Outcome | None:
     """Train in `out` (continuing a killed run there), then evaluate into out/eval and
     `explain_model` the checkpoint. Maps are fp32; `config.precision` is the training's.
 
     `plan` None: layer3 and layer4, at most 1,000 mistakes (a short run makes thousands: the
     gallery and the page stay small); see `explain_model`. `wandb_project`: also log to
     Weights & Biases (OUT/wandb; offline without an API key): each epoch, then curves,
-    confusion, cards, accuracy.
+    confusion, cards, accuracy. Under torchrun every rank trains, then rank 0 alone reports;
+    the others return None.
     """
     started, out = time.perf_counter(), Path(out)
     # fail before hours of training, not after: the layers are checked on an untrained twin
     plan = plan or ExplainPlan(layers=LAYERS, limit=1000, progress=progress)
     plan.check(ResNet18(len(data.classes), config.norm, config.width))
-    loggers = [tensorboard_logger(out)] if tensorboard else []
-    if wandb_project is not None:
-        loggers.append(wandb_logger(out, wandb_project, dataclasses.asdict(config)))
-    try:
-        train(
-            config,
-            data,
-            out,
-            device=device,
-            resume=True,  # continues the run in `out` when there is one, else starts it
-            progress=progress,
-            on_epoch=(lambda metrics: [log(metrics) for log in loggers]) if loggers else None,
-        )
-    except BaseException:  # a killed run closes its W&B run; the next call reopens the same one
-        if wandb_project is not None:
-            loggers[-1].finish()
-        raise
-    model, meta = load_checkpoint(out / "checkpoint.safetensors", device)
+    _, wandb = run_training(
+        config,
+        data,
+        out,
+        device=device,
+        backend=backend,
+        resume=True,  # continues the run in `out` when there is one, else starts it
+        progress=progress,
+        tensorboard=tensorboard,
+        wandb_project=wandb_project,
+        keep_wandb_open=True,
+    )
+    if not is_writer():
+        return None
+    opened = open_model(ModelConfig(str(out / "checkpoint.safetensors")), data, device)
+    model, meta = opened.model, opened.meta
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     run_info = describe_run(
         meta,
@@ -78,9 +79,9 @@ def run(
         history=history,
         over_epochs=epochs_section(out, data, plan) if config.keep_every else None,
     )
-    if wandb_project is not None:
+    if wandb is not None:
         cards = [p for f in outcome.galleries.folders.values() for p in sorted(f.glob("*.png"))]
-        loggers[-1].finish(
+        wandb.finish(
             accuracy=outcome.evaluation.accuracy,
             curves=out / "curves.png",
             confusion_png=plot_confusion(outcome.evaluation.confusion, data.classes),
@@ -98,8 +99,8 @@ def demo(
     """Offline: the shipped model's mistakes on the bundled 1,000-image sample, explained
     (`plan` None: Grad-CAM at layer3 and layer4)."""
     started = time.perf_counter()
-    model, meta = load_checkpoint("shipped", device)
-    data = load_dataset("sample", progress=False)
+    opened = open_model(ModelConfig("shipped"), "sample", device, progress=False)
+    model, meta, data = opened.model, opened.meta, opened.data
     run_info = describe_run(
         meta,
         checkpoint="shipped with camlens (camlens/assets/resnet18-cifar10-jpeg)",

@@ -8,6 +8,7 @@ run that was never stopped.
 
 Under torchrun the loop runs DistributedDataParallel (camlens.distributed): `batch_size` is
 the global batch, split across the processes, and only rank 0 (`is_writer()`) logs and saves.
+`run_training` is the whole run around the loop: process group, TensorBoard and W&B mirrors.
 """
 
 from importlib import import_module
@@ -22,9 +23,8 @@ _MODULE_OF = {
     "ZERO_INIT_BELOW": "camlens.train.config",
     "WandbLogger": "camlens.train.wandb_log",
     "is_writer": "camlens.distributed",
-    "tensorboard_logger": "camlens.train.tensorboard",
+    "run_training": "camlens.train.session",
     "train": "camlens.train.loop",
-    "wandb_logger": "camlens.train.wandb_log",
 }
 
 __all__ = [
@@ -34,9 +34,8 @@ __all__ = [
     "WandbLogger",
     "ZERO_INIT_BELOW",
     "is_writer",
-    "tensorboard_logger",
+    "run_training",
     "train",
-    "wandb_logger",
 ]
 
 

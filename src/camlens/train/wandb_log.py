@@ -9,7 +9,6 @@ A resumed run continues the same W&B run: its id is kept in OUT/wandb/run-id.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import netrc
 import os
@@ -19,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from camlens.atomic import atomic_write_bytes
-from camlens.train.config import RunError
 
-__all__ = ["WandbLogger", "wandb_logger"]
+__all__ = ["WandbLogger"]
 
 
 def _has_api_key() -> bool:
@@ -39,7 +37,7 @@ class WandbLogger:
     def __init__(
         self, out: Path, project: str, config: dict, log: Callable[[str], None] = print
     ) -> None:
-        import wandb  # checked importable by wandb_logger
+        import wandb  # checked importable by run_training
 
         self._wandb, self._log, self._run = wandb, log, None
         folder = out / "wandb"
@@ -124,15 +122,3 @@ class WandbLogger:
         self._safely(images)
         self._safely(lambda: self._run.finish())
         self._run = None
-
-
-def wandb_logger(
-    out: str | Path,
-    project: str = "camlens",
-    config: dict | None = None,
-    log: Callable[[str], None] = print,
-) -> WandbLogger:
-    """The --wandb logger for the run in `out`; a one-line error when wandb is not installed."""
-    if importlib.util.find_spec("wandb") is None:
-        raise RunError("--wandb needs the wandb package: pip install 'camlens[wandb]'")
-    return WandbLogger(Path(out), project, dict(config or {}), log)
