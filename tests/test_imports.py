@@ -22,6 +22,7 @@ ORDER = [
     "overlay",
     "gallery",
     "epochs",
+    "watch",
     "report",
     "compare",
     "diff",
