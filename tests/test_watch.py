@@ -210,3 +210,22 @@ def test_lightning_callback_leaves_training_bit_identical(tmp_path):
         assert torch.equal(a, b), name
     got = json.loads((tmp_path / "over-epochs.json").read_text())
     assert got["epochs"] == [1, 2, 3]
+
+
+def test_cards_and_strips_reach_a_wandb_run_offline(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _, _, tx, ty = data()
+    run = wandb.init(
+        project="camlens-test", dir=str(tmp_path), settings=wandb.Settings(console="off")
+    )
+    try:
+        model, watch = train(
+            lambda m: Watch(m, (tx, ty), tmp_path, every=2, classes=3, logger=run), epochs=2
+        )
+        watch.finish()
+    finally:
+        run.finish()
+    media = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "wandb").rglob("*.png"))
+    assert len(media) == 2 and [m for m in media if "cards" in m], media  # cards, strips
