@@ -108,7 +108,8 @@ class Watch:
         """The model as camlens calls it: [0, 1] images in, normalised on the way."""
         if self.data.mean is None:
             return model
-        return Classifier(model, self.data.mean, self.data.std)
+        device = next(model.parameters()).device
+        return Classifier(model, self.data.mean, self.data.std).to(device)  # mean/std too
 
     def _choose_layer(self) -> str:
         wrapped = self._wrapped(self.model)
