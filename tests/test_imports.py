@@ -26,6 +26,7 @@ ORDER = [
     "overlay",
     "gallery",
     "epochs",
+    "watch",
     "report",
     "compare",
     "diff",

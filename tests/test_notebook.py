@@ -1,5 +1,6 @@
 """The quickstart notebook runs top to bottom unattended (on a small subset, as CI does)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,30 @@ def test_notebook_runs_unattended(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "brief" / "curves.png").is_file()
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # samples, curves, the Grad-CAM grid
+
+
+OWN_MODEL = NOTEBOOK.parent / "your_own_model.ipynb"
+
+
+def test_your_own_model_notebook_runs_unattended_and_is_committed_without_outputs(
+    tmp_path, monkeypatch
+):
+    """A plain loop on the bundled sample with the Watch, then the report: no data needed."""
+    nb = nbformat.read(OWN_MODEL, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None
+    monkeypatch.setenv("CAMLENS_OUT", str(tmp_path / "out"))
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(OWN_MODEL.parent)}},
+    )
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert (tmp_path / "out" / "report" / "report.html").is_file()
+    strips = tmp_path / "out" / "watch" / "over-epochs.json"
+    assert json.loads(strips.read_text())["epochs"] == [2, 4, 6]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the strips, shown

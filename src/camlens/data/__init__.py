@@ -16,8 +16,10 @@ the image size, so the second load of 60,000 images reads two .npy files.
     cache.py       the decoded-pixel cache and the fingerprints that key it
     dataset.py     Split, Dataset          sample.py  the bundled sample file
     transforms.py  batched augmentation, channel statistics, balanced subsets
+    adapt.py       the user's own data (DataLoader, torch Dataset, arrays) -> [0, 1] batches
 """
 
+from camlens.data.adapt import UserData, as_dataset, from_user_data, read_normalization
 from camlens.data.dataset import Dataset, Split
 from camlens.data.load import load_dataset
 from camlens.data.sample import SAMPLE_PATH, save_sample
@@ -36,4 +38,8 @@ __all__ = [
     "default_home",
     "save_sample",
     "SAMPLE_PATH",
+    "UserData",
+    "as_dataset",
+    "from_user_data",
+    "read_normalization",
 ]
