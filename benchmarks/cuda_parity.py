@@ -1,0 +1,100 @@
+"""Every CAM method and every faithfulness metric on CUDA against the same call on the CPU.
+
+    python benchmarks/cuda_parity.py [--checkpoint shipped] [--data sample] [--images 16]
+
+Prints one row per method (max |CUDA - CPU| over the maps, the lowest per-map Pearson) and per
+metric (max |CUDA - CPU| over the per-image scores), each with its verdict against the stated
+tolerance, and exits 1 if any row fails. Without a CUDA device it says so and exits 0, so a CPU
+rehearsal of benchmarks/gpu_session.sh runs it too.
+
+Tolerance: TF32 is switched off so both devices compute in fp32; what is left is the order of
+floating-point sums in cuDNN's convolutions against oneDNN's (relative ~1e-6 per layer, ~1e-5
+through a ResNet18). Maps are in [0, 1] after min-max normalisation, so 1e-3 absolute is 100x
+that floor while a wrong map (a missed ReLU, a wrong sign, another class) is off by > 0.1.
+Methods with random draws (SmoothGrad-CAM++'s noise, the metrics' ROAD noise) draw on the CPU
+in both runs, so the draws are the same; a metric's score is compared to 2e-3 absolute (a
+deletion curve is a mean of K softmax outputs, each within ~1e-5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+MAP_TOLERANCE = 1e-3
+SCORE_TOLERANCE = 2e-3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="shipped")
+    parser.add_argument("--data", default="sample", help="camlens data source (test split)")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--layer", default="layer4")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("SKIP cuda_parity: no CUDA device (nothing compared)")
+        return 0
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    from camlens.cam import METHODS, CamConfig, create
+    from camlens.classifier import ModelConfig, open_model
+    from camlens.evaluate import as_float_images
+    from camlens.metrics import METRICS, MetricConfig, score_maps
+
+    opened = open_model(ModelConfig(args.checkpoint), args.data, "cpu", progress=False)
+    cpu_model = opened.model.eval()
+    gpu_model = open_model(ModelConfig(args.checkpoint), opened.data, "cuda").model.eval()
+    images = as_float_images(opened.data.test.images[: args.images])  # (N, 3, H, W)
+    with torch.no_grad():
+        targets = cpu_model(images).argmax(1)
+    failed = 0
+    print(f"{'method':22} {'max |diff|':>11} {'min pearson':>12}  verdict (tol {MAP_TOLERANCE})")
+    for method in METHODS:
+        layers = ["layer3", "layer4"] if method == "refinecam" else [args.layer]
+        config = CamConfig().for_method(method)
+        maps = []
+        for model, device in ((cpu_model, "cpu"), (gpu_model, "cuda")):
+            torch.manual_seed(0)  # stochastic methods draw the same noise on both runs
+            try:
+                with create(method, model, layers, config) as engine:
+                    maps.append(engine(images.to(device), targets.to(device)).float().cpu())
+            except ValueError as e:  # e.g. CAM needs the layer feeding GAP -> fc
+                maps.append(None)
+                print(f"{method:22} skipped: {e}")
+                break
+        if maps[-1] is None:
+            continue
+        diff = (maps[0] - maps[1]).abs().max().item()
+        a, b = (m.flatten(1) - m.flatten(1).mean(1, keepdim=True) for m in maps)
+        pearson = ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).min()
+        ok = diff <= MAP_TOLERANCE
+        failed += not ok
+        print(f"{method:22} {diff:11.2e} {pearson.item():12.6f}  {'ok' if ok else 'FAIL'}")
+
+    with create("gradcam", cpu_model, [args.layer]) as engine:
+        cams = engine(images, targets).detach()
+    config = MetricConfig(seed=0)
+    scores = []
+    for model, device in ((cpu_model, "cpu"), (gpu_model, "cuda")):
+        with create("gradcam", model, [args.layer]) as engine:
+            s = score_maps(
+                model, images.to(device), cams.to(device), targets.to(device), engine=engine,
+                config=config,
+            )
+        scores.append({k: v.double().cpu() for k, v in s.values.items()})
+    print(f"\n{'metric':22} {'max |diff|':>11}  verdict (tol {SCORE_TOLERANCE})")
+    for name in scores[0]:
+        diff = (scores[0][name] - scores[1][name]).abs().max().item()
+        ok = diff <= SCORE_TOLERANCE
+        failed += not ok
+        print(f"{name:22} {diff:11.2e}  {'ok' if ok else 'FAIL'}")
+    print(f"\n{failed} row(s) outside tolerance; metrics scored: {', '.join(METRICS)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
