@@ -33,16 +33,18 @@ from camlens.metrics.perturb import drop_increase, perturbation_curves, replacem
 from camlens.metrics.road import neighbour_sum, noisy_linear_impute, road_curves, road_score
 from camlens.metrics.sanity import (
     SanityResult,
-    SanityVerdict,
     cascade_order,
+    is_flat,
+    map_entropy,
     reinitialise,
     sanity_check,
-    sanity_verdict,
+    similarity,
     spearman,
     ssim,
 )
 from camlens.metrics.score import HIGHER_IS_BETTER, METRICS, Scores, score_maps
 from camlens.metrics.stats import bootstrap_ci
+from camlens.metrics.verdicts import VERDICTS, SanityRules, SanityVerdict, sanity_verdict
 
 __all__ = [
     "BASELINES",
@@ -51,8 +53,10 @@ __all__ = [
     "REPLACEMENTS",
     "MetricConfig",
     "SanityResult",
+    "SanityRules",
     "SanityVerdict",
     "Scores",
+    "VERDICTS",
     "arcc",
     "baseline_engine",
     "baseline_maps",
@@ -61,6 +65,8 @@ __all__ = [
     "coherency",
     "complexity",
     "drop_increase",
+    "is_flat",
+    "map_entropy",
     "neighbour_sum",
     "noisy_linear_impute",
     "perturbation_curves",
@@ -71,6 +77,7 @@ __all__ = [
     "sanity_check",
     "sanity_verdict",
     "score_maps",
+    "similarity",
     "spearman",
     "ssim",
 ]
