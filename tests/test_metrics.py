@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import camlens.metrics
@@ -196,8 +197,8 @@ def test_ties_are_broken_by_pixel_index():
 
 def test_baselines():
     g = torch.Generator().manual_seed(3)
-    first = baseline_maps((5, 3, 9, 7), "random", g)
-    again = baseline_maps((5, 9, 7), "random", torch.Generator().manual_seed(3))
+    first = baseline_maps((5, 3, 9, 7), "random-pixel", g)
+    again = baseline_maps((5, 9, 7), "random-pixel", torch.Generator().manual_seed(3))
     assert first.shape == (5, 9, 7) and torch.equal(first, again)
     assert first.min() >= 0 and first.max() <= 1
     centre = baseline_maps((2, 9, 7), "centre")
@@ -211,6 +212,22 @@ def test_baselines():
     assert not torch.equal(maps, baseline_engine("random", g)(torch.zeros(2, 3, 9, 7), None))
     with pytest.raises(ValueError, match="unknown baseline 'middle'"):
         baseline_maps((1, 4, 4), "middle")
+
+
+def test_the_random_baseline_is_drawn_at_the_layers_grid_and_upsampled_like_a_cam():
+    """Known answer: uniform draws on the (4, 4) grid, bilinear to 32 px, min-max per map."""
+    maps = baseline_maps((3, 3, 32, 32), "random", torch.Generator().manual_seed(5), grid=(4, 4))
+    low = torch.rand((3, 4, 4), generator=torch.Generator().manual_seed(5))
+    up = F.interpolate(low[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
+    assert torch.allclose(maps, (up - lo) / (hi - lo), atol=1e-6)
+    assert torch.equal(baseline_maps((3, 32, 32), "random", torch.Generator().manual_seed(5)), maps)
+    eight = baseline_maps((1, 32, 32), "random", grid=(8, 8))
+    # a 4x4 grid's map is smooth: neighbouring pixels differ by far less than i.i.d. ones
+    step = (maps[:, 1:] - maps[:, :-1]).abs().mean()
+    pixel = baseline_maps((3, 32, 32), "random-pixel")
+    assert step < 0.1 < (pixel[:, 1:] - pixel[:, :-1]).abs().mean()
+    assert (eight[:, 1:] - eight[:, :-1]).abs().mean() > step  # a finer grid, a rougher map
 
 
 def test_bootstrap_interval():

@@ -19,15 +19,24 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
     road_curves(model, images, cams, targets, fractions, config, generator), road_score,
     noisy_linear_impute(images, removed, noise, tol, max_iter), neighbour_sum       ROAD
     arcc(coherency, complexity, road), coherency(engine, images, cams, targets), complexity
-    baseline_maps(shape, kind, generator, device), baseline_engine(kind, generator), BASELINES
-    sanity_check(model, images, targets, make_engine, layers, generator, keep) -> SanityResult
-    sanity_verdict(result, max_spearman=0.5) -> SanityVerdict; cascade_order, reinitialise,
-    spearman, ssim
+    baseline_maps(shape, kind, generator, device, grid), baseline_engine(kind, generator, grid),
+    BASELINES ("random": smooth, at the layer's grid; "centre"), BASELINE_KINDS (+ "random-pixel")
+    sanity_check(model, images, targets, make_engine, layers, generator, keep, make_twin)
+        -> SanityResult (cascade similarity, self-agreement, Random Logit, entropy, flat maps)
+    sanity_verdict(result, rules=SanityRules()) -> SanityVerdict: state in VERDICTS (passes,
+    class-blind, model-blind, uninformative) and reasons; cascade_order, reinitialise,
+    similarity, spearman, ssim, map_entropy, is_flat
     bootstrap_ci(values, n_boot, level, generator) -> (mean, low, high)
 """
 
 from camlens.metrics.arcc import arcc, coherency, complexity
-from camlens.metrics.baselines import BASELINES, baseline_engine, baseline_maps
+from camlens.metrics.baselines import (
+    BASELINE_KINDS,
+    BASELINES,
+    baseline_engine,
+    baseline_maps,
+    default_grid,
+)
 from camlens.metrics.config import REPLACEMENTS, MetricConfig
 from camlens.metrics.perturb import drop_increase, perturbation_curves, replacement_images
 from camlens.metrics.road import neighbour_sum, noisy_linear_impute, road_curves, road_score
@@ -48,6 +57,7 @@ from camlens.metrics.verdicts import VERDICTS, SanityRules, SanityVerdict, sanit
 
 __all__ = [
     "BASELINES",
+    "BASELINE_KINDS",
     "HIGHER_IS_BETTER",
     "METRICS",
     "REPLACEMENTS",
@@ -64,6 +74,7 @@ __all__ = [
     "cascade_order",
     "coherency",
     "complexity",
+    "default_grid",
     "drop_increase",
     "is_flat",
     "map_entropy",
