@@ -22,7 +22,10 @@ from camlens.metrics import (
     baseline_engine,
     baseline_maps,
     bootstrap_ci,
+    holm,
     noisy_linear_impute,
+    paired_bootstrap,
+    paired_decision,
     replacement_images,
     score_maps,
 )
@@ -298,3 +301,33 @@ def test_the_public_surface_exists_and_is_documented():
         value = getattr(camlens.metrics, name)
         if callable(value):
             assert value.__doc__, name
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.9])
+def test_paired_verdicts_hold_false_wins_at_or_below_nominal(rho):
+    """Simulated compares whose 12 cells all tie their baseline (equal means, per-image scores
+    correlated rho): the chance that a compare shows any win stays at or below alpha / 2."""
+    reps, cells, n = 200, 12, 32
+    g = torch.Generator().manual_seed(int(rho * 10))
+    z1, z2 = torch.randn(2, reps * cells, n, generator=g)
+    method, baseline = z1, rho * z1 + (1 - rho**2) ** 0.5 * z2
+    paired = paired_bootstrap(method - baseline, n_boot=600, generator=g)
+    p_holm = holm(paired.p.view(reps, cells))  # one Holm family per simulated compare
+    wins = (p_holm < 0.05) & (paired.diff.view(reps, cells) > 0)
+    rate = float(wins.any(1).float().mean())
+    assert rate <= 0.025 + 2 * (0.025 * 0.975 / reps) ** 0.5, rate
+
+
+def test_paired_bootstrap_finds_a_real_difference_and_holm_by_hand():
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(2, 40, generator=g)
+    diffs = torch.stack([base[0] - base[1] + 0.5, base[0] - base[1]])  # a real shift, none
+    paired = paired_bootstrap(diffs, generator=g)
+    assert paired.p[0] < 0.001 and paired.low[0] > 0 and paired.n.tolist() == [40, 40]
+    assert paired_decision(float(paired.diff[0]), float(paired.p_holm[0]), True, 0.05) == "better"
+    assert paired_decision(float(paired.diff[0]), float(paired.p_holm[0]), False, 0.05) == "worse"
+    p = torch.tensor([0.01, 0.04, 0.03, 0.5])
+    assert torch.allclose(holm(p), torch.tensor([0.04, 0.09, 0.09, 0.5]))
+    with_nan = diffs.clone()
+    with_nan[0, :10] = torch.nan  # an undefined score leaves that image out of its row only
+    assert paired_bootstrap(with_nan).n.tolist() == [30, 40]

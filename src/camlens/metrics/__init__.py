@@ -27,6 +27,9 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
     class-blind, model-blind, uninformative) and reasons; cascade_order, reinitialise,
     similarity, spearman, ssim, map_entropy, is_flat
     bootstrap_ci(values, n_boot, level, generator) -> (mean, low, high)
+    paired_bootstrap(diffs (R, N), n_boot, level, generator) -> Paired(diff, low, high, p,
+        p_holm, n): images resampled jointly for every row, Holm over the rows; holm(p);
+        paired_decision(diff, p_holm, higher_is_better, alpha) -> better/worse/indistinguishable
 """
 
 from camlens.metrics.arcc import arcc, coherency, complexity
@@ -52,7 +55,7 @@ from camlens.metrics.sanity import (
     ssim,
 )
 from camlens.metrics.score import HIGHER_IS_BETTER, METRICS, Scores, score_maps
-from camlens.metrics.stats import bootstrap_ci
+from camlens.metrics.stats import Paired, bootstrap_ci, holm, paired_bootstrap, paired_decision
 from camlens.metrics.verdicts import VERDICTS, SanityRules, SanityVerdict, sanity_verdict
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "METRICS",
     "REPLACEMENTS",
     "MetricConfig",
+    "Paired",
     "SanityResult",
     "SanityRules",
     "SanityVerdict",
@@ -76,10 +80,13 @@ __all__ = [
     "complexity",
     "default_grid",
     "drop_increase",
+    "holm",
     "is_flat",
     "map_entropy",
     "neighbour_sum",
     "noisy_linear_impute",
+    "paired_bootstrap",
+    "paired_decision",
     "perturbation_curves",
     "reinitialise",
     "replacement_images",
