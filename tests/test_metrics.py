@@ -22,6 +22,7 @@ from camlens.metrics import (
     baseline_engine,
     baseline_maps,
     bootstrap_ci,
+    deletion_variant,
     holm,
     noisy_linear_impute,
     paired_bootstrap,
@@ -84,6 +85,27 @@ def test_deletion_and_insertion_curves_by_hand():
     assert s.values["insertion"].item() == pytest.approx(quarter_auc(insertion), abs=1e-6)
 
 
+def test_rise_deletes_to_the_models_zero_input_and_inserts_from_blur():
+    """RISE's substrates by hand: a model normalising by its `mean` buffer (0.3) sees deleted
+    pixels as 0; insertion's first point is the blurred image, as with replacement="blur"."""
+    model, images, cams = hand_case()
+    model.register_buffer("mean", torch.tensor([0.3]))
+    s = score_maps(model, images, cams, 0, ["deletion", "insertion"], steps=4)
+    m = 0.3  # the substrate: a deleted row contributes w_row * 0.3
+    expected = sig(2.5, 2 * m + 0.5, 3 * m - 0.3, 2 * m + 0.1, 2.5 * m)
+    assert torch.allclose(s.curves["deletion"][1][0], expected, atol=1e-6)
+    blur = score_maps(model, images, cams, 0, ["insertion"], steps=4, replacement="blur")
+    assert torch.allclose(s.curves["insertion"][1], blur.curves["insertion"][1], atol=1e-6)
+    alone = score_maps(model, images, cams, 0, ["deletion"], steps=4)
+    assert torch.allclose(alone.curves["deletion"][1][0], expected, atol=1e-6)
+    del model.mean  # no normalisation: the model's zero input is black
+    black = score_maps(model, images, cams, 0, ["deletion"], steps=4)
+    zeros = score_maps(model, images, cams, 0, ["deletion"], steps=4, replacement="zeros")
+    assert torch.allclose(black.curves["deletion"][1], zeros.curves["deletion"][1])
+    assert deletion_variant(MetricConfig()).startswith("RISE")
+    assert "not RISE" in deletion_variant(MetricConfig(replacement="blur"))
+
+
 def test_mean_replacement_by_hand():
     model, images, cams = hand_case()
     s = score_maps(model, images, cams, 0, ["deletion"], steps=4, replacement="mean")
@@ -95,12 +117,14 @@ def test_mean_replacement_by_hand():
 def test_blur_is_a_normalised_gaussian_with_replicate_borders():
     delta = torch.zeros(1, 2, 11, 11)
     delta[:, :, 5, 5] = 1
-    out = replacement_images(delta, MetricConfig())
+    out = replacement_images(delta, MetricConfig(replacement="blur"))
     g0 = 1 / sum(math.exp(-(k**2) / 50) for k in range(-5, 6))  # sigma 5, 11 taps
     assert out[0, 0, 5, 5].item() == pytest.approx(g0**2, rel=1e-5)
     assert out[0, 0, 5, 0].item() == pytest.approx(g0**2 * math.exp(-25 / 50), rel=1e-5)
     flat = torch.full((1, 3, 6, 6), 0.3)  # zero padding would darken the borders
-    assert torch.allclose(replacement_images(flat, MetricConfig()), flat, atol=1e-6)
+    assert torch.allclose(
+        replacement_images(flat, MetricConfig(replacement="blur")), flat, atol=1e-6
+    )
 
 
 def test_average_drop_and_increase_by_hand():

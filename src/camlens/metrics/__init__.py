@@ -15,6 +15,7 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
                generator=None, **overrides) -> Scores(values, curves, probs)
     METRICS, HIGHER_IS_BETTER, MetricConfig, REPLACEMENTS
     perturbation_curves(model, images, cams, targets, config, probs, which)  deletion, insertion
+        (default RISE's substrates; deletion_variant(config) names the one used)
     drop_increase(model, images, cams, targets, config, probs)   Average Drop, Increase
     road_curves(model, images, cams, targets, fractions, config, generator), road_score,
     noisy_linear_impute(images, removed, noise, tol, max_iter), neighbour_sum       ROAD
@@ -41,7 +42,12 @@ from camlens.metrics.baselines import (
     default_grid,
 )
 from camlens.metrics.config import REPLACEMENTS, MetricConfig
-from camlens.metrics.perturb import drop_increase, perturbation_curves, replacement_images
+from camlens.metrics.perturb import (
+    deletion_variant,
+    drop_increase,
+    perturbation_curves,
+    replacement_images,
+)
 from camlens.metrics.road import neighbour_sum, noisy_linear_impute, road_curves, road_score
 from camlens.metrics.sanity import (
     SanityResult,
@@ -79,6 +85,7 @@ __all__ = [
     "coherency",
     "complexity",
     "default_grid",
+    "deletion_variant",
     "drop_increase",
     "holm",
     "is_flat",
