@@ -27,6 +27,9 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
     sanity_verdict(result, rules=SanityRules()) -> SanityVerdict: state in VERDICTS (passes,
     class-blind, model-blind, uninformative) and reasons; cascade_order, reinitialise,
     similarity, spearman, ssim, map_entropy, is_flat
+    counterfactual(model, images, cams, preds, labels, config, metric_config, generator)
+        -> Counterfactual: the top 5/10/20% of each contrast map removed by ROAD's imputation,
+        against a smooth random map; .rows(), .verdicts(classes); confusion_summary(result)
     bootstrap_ci(values, n_boot, level, generator) -> (mean, low, high)
     paired_bootstrap(diffs (R, N), n_boot, level, generator) -> Paired(diff, low, high, p,
         p_holm, n): images resampled jointly for every row, Holm over the rows; holm(p);
@@ -42,6 +45,12 @@ from camlens.metrics.baselines import (
     default_grid,
 )
 from camlens.metrics.config import REPLACEMENTS, MetricConfig
+from camlens.metrics.counterfactual import (
+    Counterfactual,
+    CounterfactualConfig,
+    confusion_summary,
+    counterfactual,
+)
 from camlens.metrics.perturb import (
     deletion_variant,
     drop_increase,
@@ -67,6 +76,8 @@ from camlens.metrics.verdicts import VERDICTS, SanityRules, SanityVerdict, sanit
 __all__ = [
     "BASELINES",
     "BASELINE_KINDS",
+    "Counterfactual",
+    "CounterfactualConfig",
     "HIGHER_IS_BETTER",
     "METRICS",
     "REPLACEMENTS",
@@ -84,6 +95,8 @@ __all__ = [
     "cascade_order",
     "coherency",
     "complexity",
+    "confusion_summary",
+    "counterfactual",
     "default_grid",
     "deletion_variant",
     "drop_increase",
