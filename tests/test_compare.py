@@ -11,7 +11,7 @@ from camlens.cli import main
 from camlens.compare import COLUMNS, compare, select_subsets
 from camlens.data import load_dataset
 from camlens.evaluate import as_float_images, predict
-from camlens.metrics import BASELINES, METRICS, baseline_maps, score_maps
+from camlens.metrics import METRICS, baseline_maps, score_maps
 from camlens.model import ResNet18, save_checkpoint
 
 LAYERS = ("layer3", "layer4")
@@ -35,7 +35,10 @@ def tiny(tmp_path_factory, tiny_folder):
 def compared(tiny, tmp_path_factory, one_thread):
     model, data, _ = tiny
     out = tmp_path_factory.mktemp("cmp") / "out"
-    return compare(model, data, out, layers=LAYERS, limit=3, sanity_images=2), out
+    result = compare(
+        model, data, out, methods=tuple(METHODS), layers=LAYERS, limit=3, sanity_images=2
+    )
+    return result, out
 
 
 def test_every_method_layer_subset_metric_and_both_baselines(compared):
@@ -43,7 +46,8 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
     with open(out / "compare.csv") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == COLUMNS
-        rows = list(reader)
+        lines = list(reader)
+    rows = [r for r in lines if r["vs"] == ""]
     cells = {(r["method"], r["layer"], r["subset"], r["metric"]) for r in rows}
     expected = {
         (m, layer, s, metric)
@@ -54,9 +58,10 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
         if (m, layer) != ("cam", "layer3")  # CAM needs the layer feeding GAP -> fc
     }
     assert list(result.skipped) == [("cam", "layer3")]
+    methods = {m for m, *_ in expected}
     expected |= {
-        (b, "-", s, metric)
-        for b in BASELINES
+        (b, layer, s, metric)
+        for b, layer in [("random", "layer3"), ("random", "layer4"), ("centre", "-")]
         for s in ("mistakes", "correct")
         for metric in METRICS
     }
@@ -68,6 +73,19 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
     payload = json.loads((out / "compare.json").read_text())
     assert payload["columns"] == list(COLUMNS) and len(payload["rows"]) == len(expected)
     assert set(payload["sanity"]) == set(METHODS)
+    # every method cell against each baseline: the random map at its own layer and the centre
+    paired = [r for r in lines if r["vs"] != ""]
+    got = {(r["method"], r["layer"], r["subset"], r["metric"], r["vs"]) for r in paired}
+    want = {(*cell, vs) for cell in expected if cell[0] in methods for vs in ("random", "centre")}
+    assert got == want and len(paired) == len(want) == len(payload["paired"])
+    assert {r["decision"] for r in paired} <= {"better", "worse", "indistinguishable"}
+    for r in payload["paired"]:
+        if r["metric"] != "arcc":
+            assert r["diff_low"] <= r["diff"] <= r["diff_high"] and 0 <= r["p_holm"] <= 1
+    assert {s["state"] for s in payload["sanity"].values()} <= set(payload["verdicts"])
+    assert payload["sanity"]["eigencam"]["state"] != "passes"
+    assert payload["settings"]["deletion"].startswith("RISE")
+    assert "forwards" in payload["settings"]["estimate"]["summary"]
     for name in FILES:
         assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"meth", b'{\n "')
 

@@ -27,6 +27,7 @@ from camlens.cli.commands import (
     cmd_summary,
     cmd_train,
 )
+from camlens.compare import COMPARE_METHODS
 from camlens.distributed import BACKENDS
 from camlens.explain import SORTS
 from camlens.train import TrainConfig
@@ -448,13 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, image_size=None)
     p.add_argument("--out", required=True, type=Path, help="folder for the four files")
     # default layers: layer3,layer4 for a camlens model (cmd_compare), else the picked one
-    _explain_flags(p, layer=None, precision=False, method=",".join(METHODS))
+    # default methods: those that fit minutes on 2 CPU cores; the costly ones on request
+    _explain_flags(p, layer=None, precision=False, method=",".join(COMPARE_METHODS))
     p.add_argument(
         "--limit",
         type=int,
-        default=256,
+        default=64,
         help="score at most N mistakes (the most confident) and as many correct images "
-        "(a seeded sample) per method and layer (default: 256)",
+        "(a seeded sample) per method and layer (default: 64; the estimate is printed first)",
     )
     p.add_argument(
         "--top-k",

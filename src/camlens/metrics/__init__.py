@@ -25,7 +25,8 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
     sanity_check(model, images, targets, make_engine, layers, generator, keep, make_twin)
         -> SanityResult (cascade similarity, self-agreement, Random Logit, entropy, flat maps)
     sanity_verdict(result, rules=SanityRules()) -> SanityVerdict: state in VERDICTS (passes,
-    class-blind, model-blind, uninformative) and reasons; cascade_order, reinitialise,
+    class-blind, model-blind, uninformative) and reasons; judge_sanity(means...) the same
+    verdict from image means; cascade_order, reinitialise,
     similarity, spearman, ssim, map_entropy, is_flat
     counterfactual(model, images, cams, preds, labels, config, metric_config, generator)
         -> Counterfactual: the top 5/10/20% of each contrast map removed by ROAD's imputation,
@@ -71,7 +72,13 @@ from camlens.metrics.sanity import (
 )
 from camlens.metrics.score import HIGHER_IS_BETTER, METRICS, Scores, score_maps
 from camlens.metrics.stats import Paired, bootstrap_ci, holm, paired_bootstrap, paired_decision
-from camlens.metrics.verdicts import VERDICTS, SanityRules, SanityVerdict, sanity_verdict
+from camlens.metrics.verdicts import (
+    VERDICTS,
+    SanityRules,
+    SanityVerdict,
+    judge_sanity,
+    sanity_verdict,
+)
 
 __all__ = [
     "BASELINES",
@@ -102,6 +109,7 @@ __all__ = [
     "drop_increase",
     "holm",
     "is_flat",
+    "judge_sanity",
     "map_entropy",
     "neighbour_sum",
     "noisy_linear_impute",

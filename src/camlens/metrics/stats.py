@@ -107,11 +107,20 @@ def paired_bootstrap(
     q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
     t_low, t_high = torch.nanquantile(t_boot, q, dim=0)  # (2, R) -> (R,) each
     low, high = diff - t_high * se, diff - t_low * se
+    # too few distinct values to studentise (a 0/1 metric on 3 images): the percentile interval
+    p_low, p_high = torch.nanquantile(means, q, dim=0)
+    low, high = (
+        torch.where(torch.isnan(low), p_low, low),
+        torch.where(torch.isnan(high), p_high, high),
+    )
+    low, high = torch.minimum(low, diff), torch.maximum(high, diff)
     t = diff / se.clamp_min(1e-300)
     beyond = (t_boot.abs() >= t.abs()).sum(0)  # NaN compares False
     valid = (~torch.isnan(t_boot)).sum(0)
     p = ((beyond + 1) / (valid + 1)).double()
-    p = torch.where(se > tiny, p, torch.where(diff.abs() > 0, 0.0, 1.0))
+    # every image differs by the same amount: nothing to resample; the exact sign test's p
+    sign_p = (2 * 0.5 ** n_known.double()).clamp_max(1.0)
+    p = torch.where(se > tiny, p, torch.where(diff.abs() > 0, sign_p, 1.0))
     p = torch.where(n_known > 1, p, 1.0)
     return Paired(diff, low, high, p, holm(p), n_known)
 

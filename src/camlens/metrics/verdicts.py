@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from camlens.metrics.sanity import SanityResult
 
-__all__ = ["VERDICTS", "SanityRules", "SanityVerdict", "sanity_verdict"]
+__all__ = ["VERDICTS", "SanityRules", "SanityVerdict", "judge_sanity", "sanity_verdict"]
 
 # state -> what it means, in one line (compare.json carries these for the report and the CLI)
 VERDICTS = {
@@ -93,16 +93,35 @@ class SanityVerdict:
 
 def sanity_verdict(result: SanityResult, rules: SanityRules | None = None) -> SanityVerdict:
     """Judge a `SanityResult` by `rules` (module docstring): a state and the failed rules."""
+    return judge_sanity(
+        steps=result.steps,
+        step_similarity=[float(v) for v in result.spearman.mean(1)],  # (S, N) -> S
+        floor=float(result.self_agreement.mean()),
+        random_logit=float(result.random_logit.mean()),
+        entropy=(float(result.entropy[0].mean()), float(result.entropy[-1].mean())),
+        flat_fraction=float(result.flat[0].float().mean()),
+        rules=rules,
+    )
+
+
+def judge_sanity(
+    steps: tuple[str, ...] | list[str],
+    step_similarity: list[float],
+    floor: float,
+    random_logit: float,
+    entropy: tuple[float, float],
+    flat_fraction: float,
+    rules: SanityRules | None = None,
+) -> SanityVerdict:
+    """The verdict from the image means alone (what a distributed compare sums over ranks):
+    per-step similarity, self-agreement, Random Logit, mean entropy (trained, fully random)."""
     rules = rules or SanityRules()
-    floor = float(result.self_agreement.mean())
-    flat_fraction = float(result.flat[0].float().mean())
-    means = [float(v) for v in result.spearman.mean(1)]  # (S, N) -> S
+    means = list(step_similarity)
     line = rules.max_similarity * max(floor, 0.0)
     decorrelated = tuple(m < line for m in means)
-    first = next((name for name, d in zip(result.steps, decorrelated, strict=True) if d), None)
-    before, after = float(result.entropy[0].mean()), float(result.entropy[-1].mean())
+    first = next((name for name, d in zip(steps, decorrelated, strict=True) if d), None)
+    before, after = entropy
     rise = after / before - 1 if before > 0 else 0.0
-    random_logit = float(result.random_logit.mean())
     failed: dict[str, list[str]] = {"uninformative": [], "model-blind": [], "class-blind": []}
     if flat_fraction > rules.max_flat_fraction:
         failed["uninformative"].append(f"{flat_fraction:.0%} of the maps are flat")
@@ -116,7 +135,7 @@ def sanity_verdict(result: SanityResult, rules: SanityRules | None = None) -> Sa
         failed["model-blind"].append(f"entropy moves {rise:+.1%} on a random model (eMPRT)")
     if means[0] >= rules.max_class_similarity * max(floor, 0.0):
         failed["class-blind"].append(
-            f"still {means[0]:.2f} alike with {result.steps[0]} randomised (floor {floor:.2f})"
+            f"still {means[0]:.2f} alike with {steps[0]} randomised (floor {floor:.2f})"
         )
     if random_logit >= rules.max_class_similarity * max(floor, 0.0):
         failed["class-blind"].append(f"another class's map is {random_logit:.2f} alike")
