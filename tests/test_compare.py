@@ -8,7 +8,13 @@ import torch
 
 from camlens.cam import METHODS
 from camlens.cli import main
-from camlens.compare import COLUMNS, compare, select_subsets
+from camlens.compare import (
+    COLUMNS,
+    beats_baselines,
+    compare,
+    indistinguishable_from,
+    select_subsets,
+)
 from camlens.data import load_dataset
 from camlens.evaluate import as_float_images, predict
 from camlens.metrics import METRICS, baseline_maps, score_maps
@@ -86,6 +92,7 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
     assert payload["sanity"]["eigencam"]["state"] != "passes"
     assert payload["settings"]["deletion"].startswith("RISE")
     assert "forwards" in payload["settings"]["estimate"]["summary"]
+    assert payload["lead_metrics"] == ["deletion", "insertion", "road"]
     for name in FILES:
         assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"meth", b'{\n "')
 
@@ -256,3 +263,37 @@ def test_a_plus_b_layer_is_one_engine_on_both(tiny, tmp_path, one_thread):
         if r["method"] == "refinecam" and r["metric"] == "deletion" and r["subset"] == "mistakes"
     }
     assert deletion["layer4"] != deletion["layer3+layer4"]
+
+
+def test_a_win_needs_the_corrected_paired_test_against_every_baseline():
+    """Hand-made rows: a cell whose own interval lies beyond both baselines' means but whose
+    paired test ties the centre map is not a win; one better than both is."""
+    plain = [
+        {"method": "gradcam", "layer": "layer4", "subset": "mistakes", "metric": m}
+        for m in ("deletion", "insertion")
+    ]
+
+    def paired(metric, vs, decision):
+        return {**plain[0], "metric": metric, "vs": vs, "decision": decision}
+
+    rows = plain + [
+        paired("deletion", "random", "better"),
+        paired("deletion", "centre", "indistinguishable"),
+        paired("insertion", "random", "better"),
+        paired("insertion", "centre", "better"),
+    ]
+    wins = beats_baselines(rows)
+    assert wins == {
+        ("gradcam", "layer4", "mistakes", "deletion"): False,
+        ("gradcam", "layer4", "mistakes", "insertion"): True,
+    }
+    rows += [
+        paired("road", "centre", "indistinguishable"),
+        paired("insertion", "centre", "indistinguishable"),
+    ]
+    assert indistinguishable_from(rows, "centre") == []  # insertion was told apart once
+    tied = [paired(m, "centre", "indistinguishable") for m in ("deletion", "insertion", "road")]
+    assert indistinguishable_from(tied, "centre") == [
+        "gradcam layer4 (mistakes) cannot be told apart from the centre map on "
+        "deletion, insertion, road"
+    ]

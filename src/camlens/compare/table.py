@@ -94,15 +94,17 @@ def beats_baselines(rows: list[dict]) -> dict[tuple[str, str, str, str], bool]:
 def indistinguishable_from(rows: list[dict], baseline: str = "centre") -> list[str]:
     """One sentence per (method, layer, subset) that the paired test cannot tell apart from
     `baseline` on any of deletion, insertion and ROAD."""
-    found: dict[tuple[str, str, str], list[str]] = {}
+    found: dict[tuple[str, str, str], dict[str, list[str]]] = {}
     for r in rows:
         if r.get("vs") == baseline and r["metric"] in FAITHFUL:
-            found.setdefault((r["method"], r["layer"], r["subset"]), []).append(r["decision"])
+            cell = found.setdefault((r["method"], r["layer"], r["subset"]), {})
+            cell.setdefault(r["metric"], []).append(r["decision"])
     return [
         f"{method} {layer} ({subset}) cannot be told apart from the {baseline} map on "
         f"{', '.join(FAITHFUL)}"
-        for (method, layer, subset), ds in found.items()
-        if len(ds) == len(FAITHFUL) and all(d == "indistinguishable" for d in ds)
+        for (method, layer, subset), by_metric in found.items()
+        if set(by_metric) == set(FAITHFUL)
+        and all(d == "indistinguishable" for ds in by_metric.values() for d in ds)
     ]
 
 
