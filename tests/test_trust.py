@@ -13,7 +13,6 @@ from camlens.cam import create
 from camlens.metrics import (
     HIGHER_IS_BETTER,
     SanityResult,
-    SanityRules,
     baseline_maps,
     confusion_summary,
     counterfactual,
@@ -272,7 +271,7 @@ def test_a_hand_made_passing_result_passes():
             "flat",
         ),
         ({"self_agreement": torch.full((4,), 0.3)}, "uninformative", "agree only"),
-        ({"spearman": torch.tensor([[0.1] * 4, [0.6] * 4])}, "model-blind", "whole model"),
+        ({"spearman": torch.tensor([[0.6] * 4, [0.6] * 4])}, "model-blind", "every cascade step"),
         ({"entropy": torch.ones(3, 4)}, "model-blind", "entropy"),
         ({"spearman": torch.tensor([[0.85] * 4, [0.0] * 4])}, "class-blind", "linear randomised"),
         ({"random_logit": torch.full((4,), 0.9)}, "class-blind", "another class"),
@@ -285,12 +284,22 @@ def test_each_rule_alone_fails_its_state(changes, state, words):
 
 
 def test_a_stochastic_methods_similarity_is_read_against_its_floor():
-    """Floor 0.6: a last step at 0.35 is above half the floor, so nothing decorrelated."""
+    """Floor 0.6: steps at 0.45 and 0.35 stay above half the floor, so nothing decorrelated
+    (read against 1 they would have); 0.45 is below 0.8 x 0.6, so not class-blind."""
     result = hand_result(
-        self_agreement=torch.full((4,), 0.6), spearman=torch.tensor([[0.1] * 4, [0.35] * 4])
+        self_agreement=torch.full((4,), 0.6), spearman=torch.tensor([[0.45] * 4, [0.35] * 4])
     )
-    assert sanity_verdict(result).state == "model-blind"
-    assert sanity_verdict(result, SanityRules(max_similarity=0.5)).decorrelated == (True, False)
+    verdict = sanity_verdict(result)
+    assert verdict.state == "model-blind" and verdict.failed == ("model-blind",)
+    assert verdict.decorrelated == (False, False)
+
+
+def test_decorrelating_at_any_step_is_enough():
+    """Grad-CAM of a random ResNet drifts back towards edges: decorrelated at the output layer,
+    0.59 alike at the last step, it is not model-blind."""
+    result = hand_result(spearman=torch.tensor([[0.1] * 4, [0.59] * 4]))
+    verdict = sanity_verdict(result)
+    assert verdict.state == "passes" and verdict.decorrelated == (True, False)
 
 
 def test_two_flat_maps_are_unchanged_not_decorrelated():

@@ -454,9 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit",
         type=int,
-        default=64,
+        default=32,
         help="score at most N mistakes (the most confident) and as many correct images "
-        "(a seeded sample) per method and layer (default: 64; the estimate is printed first)",
+        "(a seeded sample) per method and layer (default: 32; the estimate is printed first)",
     )
     p.add_argument(
         "--top-k",

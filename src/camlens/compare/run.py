@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,8 +35,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from camlens.atomic import atomic_write_files
-from camlens.cam import CamConfig, create, eval_mode
+from camlens.cam import CamConfig, create
 from camlens.compare.figures import sanity_figure, table_figure
+from camlens.compare.plan import forward_seconds, score_forwards
+from camlens.compare.plan import plan as make_plan
+from camlens.compare.sanity import run_sanity
 from camlens.compare.table import (
     COLUMNS,
     FAITHFUL,
@@ -45,6 +48,7 @@ from camlens.compare.table import (
     csv_bytes,
     indistinguishable_from,
     metric_rows,
+    paired_rows,
     select_subsets,
 )
 from camlens.data import Dataset
@@ -62,11 +66,6 @@ from camlens.metrics import (
     baseline_maps,
     cascade_order,
     deletion_variant,
-    holm,
-    judge_sanity,
-    paired_bootstrap,
-    paired_decision,
-    sanity_check,
     score_maps,
 )
 from camlens.plots import figure_png
@@ -99,7 +98,7 @@ def compare(
     *,
     methods: Sequence[str] = COMPARE_METHODS,
     layers: Sequence[str] = ("layer3", "layer4"),
-    limit: int = 64,
+    limit: int = 32,
     top_k: int | None = 32,
     sanity_images: int = 16,
     cam_batch_size: int = 64,
@@ -155,7 +154,7 @@ def compare(
     # scoring runs cfg.batch_size images per forward; a small batch costs more per image, so
     # the forward is timed on up to 64 (the probe repeated): close to the real rate, cheap
     batch = probe.repeat(-(-min(64, cfg.batch_size) // probe.shape[0]), 1, 1, 1)
-    forward_s = _forward_seconds(model, batch[: min(64, cfg.batch_size)])
+    forward_s = forward_seconds(model, batch[: min(64, cfg.batch_size)])
     pairs, skipped, map_cost, grids = [], {}, {}, {}
     for method in methods:
         for layer in layers:
@@ -184,7 +183,7 @@ def compare(
     # each rank scores every world-th task and the tables are summed over the ranks. Each task
     # seeds its own generators, so every score equals the one a single process computes.
     tasks = [(subset, method, layer) for subset in subsets for method, layer in pairs + reference]
-    per_image = _score_forwards(cfg)
+    per_image = score_forwards(cfg)
     steps = len(cascade_order(model))
     cost = {
         task: subsets[task[0]].numel()
@@ -195,7 +194,7 @@ def compare(
     sanity_cost = {
         m: sanity_count * (steps + 3) * map_cost[(m, sanity_layer)] for m in sanity_methods
     }
-    plan = _plan(
+    plan = make_plan(
         pairs, reference, subsets, sanity_methods, sanity_count, cost, sanity_cost, forward_s
     )
     say = announce or ((lambda line: tqdm.write(line)) if progress else (lambda line: None))
@@ -247,8 +246,8 @@ def compare(
         ]
         for i, task in enumerate(tasks)
     }
-    paired = _paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed)
-    sanity, sanity_maps = _sanity(
+    paired = paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed)
+    sanity, sanity_maps = run_sanity(
         model,
         data,
         subsets["mistakes"],
@@ -314,167 +313,6 @@ def compare(
         }
     )
     return CompareResult(rows, skipped, sanity, files, paired, plan)
-
-
-def _forward_seconds(model: nn.Module, images: torch.Tensor) -> float:
-    """Seconds of one forward per image, measured on `images` after a warm-up call."""
-    with torch.no_grad(), eval_mode(model):
-        model(images)
-        start = time.perf_counter()
-        model(images)
-        return max((time.perf_counter() - start) / images.shape[0], 1e-7)
-
-
-def _score_forwards(cfg: MetricConfig) -> float:
-    """Forwards per image that `score_maps` spends on every metric (ARCC's re-run aside)."""
-    road = set(cfg.road_fractions) | set(cfg.arcc_fractions)
-    curves = 2 * cfg.steps - 1 + (1 if cfg.replacement == "rise" else 0)
-    return 1 + curves + 1 + 2 * len(road)  # the image, deletion + insertion, drop, ROAD
-
-
-def _plan(pairs, reference, subsets, sanity_methods, sanity_count, cost, sanity_cost, forward_s):
-    """What compare will score and what it should cost, as numbers and one paragraph."""
-    forwards = sum(cost.values()) + sum(sanity_cost.values())
-    seconds = forwards * forward_s
-    methods = list(dict.fromkeys(m for m, _ in pairs))
-    layers = list(dict.fromkeys(la for _, la in pairs))
-    names = ", ".join(f"{k} {la}" if la != "-" else k for k, la in reference)
-    summary = (
-        f"compare: {len(methods)} methods ({', '.join(methods)}) at {', '.join(layers)}, "
-        f"baselines {names}, on {subsets['mistakes'].numel()} mistakes and "
-        f"{subsets['correct'].numel()} correct images; sanity checks of {len(sanity_methods)} "
-        f"methods on {sanity_count} mistakes. About {forwards:,.0f} forwards at "
-        f"{forward_s * 1e3:.2f} ms per image: roughly {_duration(seconds)} here"
-    )
-    return {
-        "forwards": round(forwards),
-        "seconds_per_forward": forward_s,
-        "seconds": round(seconds, 1),
-        "summary": summary,
-    }
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed) -> list[dict]:
-    """Every (method, layer, subset, metric) against each baseline on the same images."""
-    mean_of = {(r["method"], r["layer"], r["subset"], r["metric"]): r for r in rows}
-    out, p_all = [], []
-    for subset in subsets:
-        cells, diffs = [], []
-        for method, layer in pairs:
-            for kind, base_layer in reference:
-                if kind == "random" and base_layer != layer:
-                    continue
-                mine, base = per_task[(subset, method, layer)], per_task[(subset, kind, base_layer)]
-                for j, metric in enumerate(METRICS):
-                    cells.append((method, layer, metric, kind))
-                    diffs.append(mine[j] - base[j])  # (n,)
-        if not cells:
-            continue
-        # one generator per subset: every row of a subset is resampled with the same draws
-        result = paired_bootstrap(torch.stack(diffs), generator=torch.Generator().manual_seed(seed))
-        for k, (method, layer, metric, kind) in enumerate(cells):
-            plain = mean_of[(method, layer, subset, metric)]
-            out.append(
-                {
-                    **plain,
-                    "vs": kind,
-                    "diff": float(result.diff[k]),
-                    "diff_low": float(result.low[k]),
-                    "diff_high": float(result.high[k]),
-                }
-            )
-            p_all.append(float(result.p[k]))
-    adjusted = holm(torch.tensor(p_all, dtype=torch.float64)) if p_all else torch.zeros(0)
-    for row, p in zip(out, adjusted.tolist(), strict=True):
-        row["p_holm"] = p
-        row["decision"] = paired_decision(row["diff"], p, HIGHER_IS_BETTER[row["metric"]], alpha)
-    return out
-
-
-def _sanity(
-    model, data, mistakes, logits, methods, layer, count, cam_config, seed, device, bar, cost
-):
-    """Each method's checks; under torchrun each rank runs every world-th method and the image
-    means and first-image maps are summed over the ranks, as the score table is; the verdict is
-    judged from the means."""
-    idx = mistakes[:count]
-    images = as_float_images(data.test.images[idx]).to(device)
-    targets = logits[idx].argmax(1).to(device)
-    steps = len(cascade_order(model))
-    h, w = images.shape[-2:]
-    curves = torch.zeros(len(methods), 3, steps, dtype=torch.float64)  # spearman, std, ssim
-    scalars = torch.zeros(len(methods), 5, dtype=torch.float64)  # floor, rl, H0, H1, flat
-    maps = torch.zeros(len(methods), steps + 1, h, w)
-    for i in range(rank(), len(methods), world_size()):
-        method = methods[i]
-        bar.set_postfix_str(f"sanity: {method} {layer}")
-        result = sanity_check(
-            model,
-            images,
-            targets,
-            lambda m, method=method: create(method, m, _parts(layer), cam_config),
-            generator=torch.Generator(device).manual_seed(seed),
-            keep=1,
-            make_twin=lambda m, method=method: create(
-                method,
-                m,
-                _parts(layer),
-                replace(cam_config, smooth_seed=seed + 1, score_seed=seed + 1),
-            ),
-        )
-        curves[i, 0] = result.spearman.mean(1).double().cpu()
-        curves[i, 1] = result.spearman.std(1, unbiased=False).double().cpu()
-        curves[i, 2] = result.ssim.mean(1).double().cpu()
-        scalars[i] = torch.tensor(
-            [
-                float(result.self_agreement.mean()),
-                float(result.random_logit.mean()),
-                float(result.entropy[0].mean()),
-                float(result.entropy[-1].mean()),
-                float(result.flat[0].float().mean()),
-            ],
-            dtype=torch.float64,
-        )
-        maps[i] = result.maps[:, 0].cpu()  # (S + 1, H, W) of the first image
-        bar.update(round(cost[method]))
-    all_sum(curves)
-    all_sum(scalars)
-    all_sum(maps)
-    names = cascade_order(model)
-    sanity = {}
-    for i, method in enumerate(methods):
-        floor, random_logit, before, after, flat = scalars[i].tolist()
-        verdict = judge_sanity(
-            names, curves[i, 0].tolist(), floor, random_logit, (before, after), flat
-        )
-        sanity[method] = {
-            "layer": layer,
-            "steps": names,
-            "spearman": [float(v) for v in curves[i, 0]],
-            "spearman_std": [float(v) for v in curves[i, 1]],
-            "ssim": [float(v) for v in curves[i, 2]],
-            "state": verdict.state,
-            "explanation": verdict.explanation,
-            "reasons": list(verdict.reasons),
-            "failed": list(verdict.failed),
-            "passed": verdict.passed,
-            "floor": verdict.floor,
-            "decorrelated": list(verdict.decorrelated),
-            "decorrelated_at": verdict.decorrelated_at,
-            "random_logit": verdict.random_logit,
-            "entropy_rise": verdict.entropy_rise,
-            "flat_fraction": verdict.flat_fraction,
-            "final_spearman": verdict.final_spearman,
-        }
-    return sanity, {method: maps[i] for i, method in enumerate(methods)}
 
 
 def _cells(v: torch.Tensor) -> tuple:

@@ -16,7 +16,15 @@ import io
 import torch
 from torch import Tensor
 
-from camlens.metrics import BASELINE_KINDS, METRICS, bootstrap_ci
+from camlens.metrics import (
+    BASELINE_KINDS,
+    HIGHER_IS_BETTER,
+    METRICS,
+    bootstrap_ci,
+    holm,
+    paired_bootstrap,
+    paired_decision,
+)
 
 __all__ = [
     "COLUMNS",
@@ -28,6 +36,7 @@ __all__ = [
     "csv_bytes",
     "indistinguishable_from",
     "metric_rows",
+    "paired_rows",
     "select_subsets",
 ]
 
@@ -111,3 +120,40 @@ def indistinguishable_from(rows: list[dict], baseline: str = "centre") -> list[s
 # the metrics that ranked maps as the known evidence does (tests/test_trust.py); Average Drop
 # and Increase reward maps that cover more, and ARCC mixes in coherency and complexity
 FAITHFUL = ("deletion", "insertion", "road")
+
+
+def paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed) -> list[dict]:
+    """Every (method, layer, subset, metric) against each baseline on the same images."""
+    mean_of = {(r["method"], r["layer"], r["subset"], r["metric"]): r for r in rows}
+    out, p_all = [], []
+    for subset in subsets:
+        cells, diffs = [], []
+        for method, layer in pairs:
+            for kind, base_layer in reference:
+                if kind == "random" and base_layer != layer:
+                    continue
+                mine, base = per_task[(subset, method, layer)], per_task[(subset, kind, base_layer)]
+                for j, metric in enumerate(METRICS):
+                    cells.append((method, layer, metric, kind))
+                    diffs.append(mine[j] - base[j])  # (n,)
+        if not cells:
+            continue
+        # one generator per subset: every row of a subset is resampled with the same draws
+        result = paired_bootstrap(torch.stack(diffs), generator=torch.Generator().manual_seed(seed))
+        for k, (method, layer, metric, kind) in enumerate(cells):
+            plain = mean_of[(method, layer, subset, metric)]
+            out.append(
+                {
+                    **plain,
+                    "vs": kind,
+                    "diff": float(result.diff[k]),
+                    "diff_low": float(result.low[k]),
+                    "diff_high": float(result.high[k]),
+                }
+            )
+            p_all.append(float(result.p[k]))
+    adjusted = holm(torch.tensor(p_all, dtype=torch.float64)) if p_all else torch.zeros(0)
+    for row, p in zip(out, adjusted.tolist(), strict=True):
+        row["p_holm"] = p
+        row["decision"] = paired_decision(row["diff"], p, HIGHER_IS_BETTER[row["metric"]], alpha)
+    return out

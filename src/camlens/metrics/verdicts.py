@@ -4,12 +4,15 @@ Rules, read in this order (the first that fails names the state; every failed ru
 - "uninformative": most maps on the trained model are flat, or the method disagrees with
   itself run twice on the same model (mean self-agreement below `min_self_agreement`): a fresh
   random map per call, a constant map.
-- "model-blind": the maps never decorrelate, even with the whole model randomised (mean
-  similarity at the last step at or above `max_similarity` x the floor), or their entropy does
-  not move (eMPRT: |relative change| below `min_entropy_change`): an edge map of the input, a
-  fixed centre blob. eMPRT asks for a *rise*; camlens reads it both ways, because rectified maps
+- "model-blind": the maps decorrelate at no step of the cascade (mean similarity at or above
+  `max_similarity` x the floor after every step), or their entropy does not move (eMPRT:
+  |relative change| below `min_entropy_change`): an edge map of the input, a fixed centre blob.
+  Any step counts, not only the last: a fully random ResNet still sees edges, and Grad-CAM's
+  maps drift back to 0.59 on 4 shipped-model mistakes after decorrelating to 0.00 at the
+  output layer. eMPRT asks for a *rise*; camlens reads it both ways, because rectified maps
   (Grad-CAM) of a random model get sparser, not noisier (-60% on the known-evidence model),
-  while a map that ignores the model does not move at all.
+  and its line is low (0.2%): a map that ignores the model moves exactly 0, while real
+  methods on the shipped model move 1-35%.
 - "class-blind": the maps survive randomising the output layer (mean similarity after the first
   cascade step at or above `max_class_similarity` x the floor: still the same map), or the map
   of another class is the same map (Random Logit, the same line): Eigen-CAM, which never reads
@@ -56,7 +59,7 @@ class SanityRules:
     # more than this fraction of flat maps on the trained model: nothing is shown
     max_flat_fraction: float = 0.5
     # eMPRT: |relative change| of mean map entropy from the trained to the random model
-    min_entropy_change: float = 0.01
+    min_entropy_change: float = 0.002
 
     def __post_init__(self) -> None:
         for name in ("max_similarity", "max_class_similarity", "min_self_agreement"):
@@ -75,7 +78,7 @@ class SanityVerdict:
     reasons: tuple[str, ...]  # every rule that failed, in words (empty when it passes)
     floor: float  # mean self-agreement: the similarity of the method with itself
     step_similarity: tuple[float, ...]  # mean similarity to the original maps after each step
-    decorrelated: tuple[bool, ...]  # per step: below max_similarity x floor
+    decorrelated: tuple[bool, ...]  # per step: below max_similarity x floor (any one will do)
     decorrelated_at: str | None  # first block after which the maps had decorrelated
     final_spearman: float  # mean similarity after the last step
     random_logit: float  # mean similarity of another class's maps
@@ -127,9 +130,10 @@ def judge_sanity(
         failed["uninformative"].append(f"{flat_fraction:.0%} of the maps are flat")
     if floor < rules.min_self_agreement:
         failed["uninformative"].append(f"two runs agree only {floor:.2f} (Spearman)")
-    if not decorrelated[-1]:
+    if not any(decorrelated):
         failed["model-blind"].append(
-            f"still {means[-1]:.2f} alike with the whole model randomised (floor {floor:.2f})"
+            f"at least {min(means):.2f} alike at every cascade step, {means[-1]:.2f} with the "
+            f"whole model randomised (floor {floor:.2f})"
         )
     if abs(rise) < rules.min_entropy_change:
         failed["model-blind"].append(f"entropy moves {rise:+.1%} on a random model (eMPRT)")
