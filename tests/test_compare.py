@@ -93,6 +93,8 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
     assert payload["settings"]["deletion"].startswith("RISE")
     assert "forwards" in payload["settings"]["estimate"]["summary"]
     assert payload["lead_metrics"] == ["deletion", "insertion", "road"]
+    # the random baseline is drawn at each layer's own grid (32 px: layer3 8x8, layer4 4x4)
+    assert payload["settings"]["baselines"]["random"].endswith("layer3 8x8, layer4 4x4")
     for name in FILES:
         assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"meth", b'{\n "')
 
@@ -120,6 +122,17 @@ def test_baselines_are_scored_on_the_same_images_and_targets(tiny, compared):
         r["metric"]: r["mean"]
         for r in result.rows
         if (r["method"], r["subset"]) == ("centre", "mistakes") and r["metric"] in metrics
+    }
+    assert got == pytest.approx({m: float(want[m].mean()) for m in metrics}, abs=1e-6)
+    # the random baseline at layer3 is drawn on layer3's 8x8 grid, seeded as compare seeds it
+    g = torch.Generator().manual_seed(0)
+    cams = baseline_maps(images.shape, "random", g, grid=(8, 8))
+    want = score_maps(model, images, cams, targets, metrics=metrics).values
+    got = {
+        r["metric"]: r["mean"]
+        for r in result.rows
+        if (r["method"], r["layer"], r["subset"]) == ("random", "layer3", "mistakes")
+        and r["metric"] in metrics
     }
     assert got == pytest.approx({m: float(want[m].mean()) for m in metrics}, abs=1e-6)
 
