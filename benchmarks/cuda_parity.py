@@ -82,7 +82,11 @@ def main() -> int:
     for model, device in ((cpu_model, "cpu"), (gpu_model, "cuda")):
         with create("gradcam", model, [args.layer]) as engine:
             s = score_maps(
-                model, images.to(device), cams.to(device), targets.to(device), engine=engine,
+                model,
+                images.to(device),
+                cams.to(device),
+                targets.to(device),
+                engine=engine,
                 config=config,
             )
         scores.append({k: v.double().cpu() for k, v in s.values.items()})

@@ -44,6 +44,7 @@ from camlens.cam import (
     find_layer,
     normalize_cams,
 )
+from camlens.cam.methods import score_share_component_map
 from camlens.model import ResNet18
 
 ATOL = 1e-5
@@ -509,10 +510,25 @@ def test_eigengradcam_equals_first_singular_vector_of_grads_times_acts(layer):
         _, singular, vt = np.linalg.svd(product, full_matrices=False)
         assert singular[0] > 1.05 * singular[1], "the test needs a clear first component"
         proj = product @ vt[0]
-        proj = proj if proj.sum() >= 0 else -proj  # Eigen-CAM's sign: a mostly positive map
+        proj = proj if vt[0].sum() >= 0 else -proj  # the sign of the component's score share
         ref = torch.tensor(proj.reshape(h, w), dtype=torch.float32)
         assert (ref - eigen[i]).abs().amax() > 0.1 * ref.abs().amax(), "Eigen-CAM's map differs"
         torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
+
+
+def test_eigengradcam_shows_where_the_component_raises_the_score_under_a_negative_share():
+    """Planted: grads x acts = u v^T with 1'u > 0 but 1'v < 0, so the component's share of the
+    score s1 (1'u)(1'v) is negative and each place's share is u_p (1'v): bright must be there,
+    where u < 0. A map oriented to sum >= 0 would light up u > 0, where the score falls."""
+    u = torch.tensor([3.0, 1.0, -1.0, 0.5])  # places (h, w) = (2, 2)
+    v = torch.tensor([-1.0, -1.0, 0.5])  # channels
+    product = (u[:, None] * v[None, :]).T.reshape(1, 3, 2, 2)  # (hw, C) -> (1, C, h, w)
+    place_share = (u * v.sum()).view(2, 2)  # what each place adds to sum(grads x acts)
+    ours = score_share_component_map(product)[0]
+    expected = place_share * v.norm() / v.sum().abs()  # s1 u1 = u |v|, oriented by the share
+    torch.testing.assert_close(ours, expected)
+    assert ours.argmax() == place_share.argmax() and ours.sum() < 0
+    torch.testing.assert_close(score_share_component_map(-product)[0], -expected)
 
 
 def test_eigencam_equals_first_singular_vector_projection():

@@ -8,10 +8,16 @@ import torch
 
 from camlens.cam import METHODS
 from camlens.cli import main
-from camlens.compare import COLUMNS, compare, select_subsets
+from camlens.compare import (
+    COLUMNS,
+    beats_baselines,
+    compare,
+    indistinguishable_from,
+    select_subsets,
+)
 from camlens.data import load_dataset
 from camlens.evaluate import as_float_images, predict
-from camlens.metrics import BASELINES, METRICS, baseline_maps, score_maps
+from camlens.metrics import METRICS, baseline_maps, score_maps
 from camlens.model import ResNet18, save_checkpoint
 
 LAYERS = ("layer3", "layer4")
@@ -35,7 +41,10 @@ def tiny(tmp_path_factory, tiny_folder):
 def compared(tiny, tmp_path_factory, one_thread):
     model, data, _ = tiny
     out = tmp_path_factory.mktemp("cmp") / "out"
-    return compare(model, data, out, layers=LAYERS, limit=3, sanity_images=2), out
+    result = compare(
+        model, data, out, methods=tuple(METHODS), layers=LAYERS, limit=3, sanity_images=2
+    )
+    return result, out
 
 
 def test_every_method_layer_subset_metric_and_both_baselines(compared):
@@ -43,7 +52,8 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
     with open(out / "compare.csv") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == COLUMNS
-        rows = list(reader)
+        lines = list(reader)
+    rows = [r for r in lines if r["vs"] == ""]
     cells = {(r["method"], r["layer"], r["subset"], r["metric"]) for r in rows}
     expected = {
         (m, layer, s, metric)
@@ -54,9 +64,10 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
         if (m, layer) != ("cam", "layer3")  # CAM needs the layer feeding GAP -> fc
     }
     assert list(result.skipped) == [("cam", "layer3")]
+    methods = {m for m, *_ in expected}
     expected |= {
-        (b, "-", s, metric)
-        for b in BASELINES
+        (b, layer, s, metric)
+        for b, layer in [("random", "layer3"), ("random", "layer4"), ("centre", "-")]
         for s in ("mistakes", "correct")
         for metric in METRICS
     }
@@ -68,6 +79,22 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
     payload = json.loads((out / "compare.json").read_text())
     assert payload["columns"] == list(COLUMNS) and len(payload["rows"]) == len(expected)
     assert set(payload["sanity"]) == set(METHODS)
+    # every method cell against each baseline: the random map at its own layer and the centre
+    paired = [r for r in lines if r["vs"] != ""]
+    got = {(r["method"], r["layer"], r["subset"], r["metric"], r["vs"]) for r in paired}
+    want = {(*cell, vs) for cell in expected if cell[0] in methods for vs in ("random", "centre")}
+    assert got == want and len(paired) == len(want) == len(payload["paired"])
+    assert {r["decision"] for r in paired} <= {"better", "worse", "indistinguishable"}
+    for r in payload["paired"]:
+        if r["metric"] != "arcc":
+            assert r["diff_low"] <= r["diff"] <= r["diff_high"] and 0 <= r["p_holm"] <= 1
+    assert {s["state"] for s in payload["sanity"].values()} <= set(payload["verdicts"])
+    assert payload["sanity"]["eigencam"]["state"] != "passes"
+    assert payload["settings"]["deletion"].startswith("RISE")
+    assert "forwards" in payload["settings"]["estimate"]["summary"]
+    assert payload["lead_metrics"] == ["deletion", "insertion", "road"]
+    # the random baseline is drawn at each layer's own grid (32 px: layer3 8x8, layer4 4x4)
+    assert payload["settings"]["baselines"]["random"].endswith("layer3 8x8, layer4 4x4")
     for name in FILES:
         assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"meth", b'{\n "')
 
@@ -95,6 +122,17 @@ def test_baselines_are_scored_on_the_same_images_and_targets(tiny, compared):
         r["metric"]: r["mean"]
         for r in result.rows
         if (r["method"], r["subset"]) == ("centre", "mistakes") and r["metric"] in metrics
+    }
+    assert got == pytest.approx({m: float(want[m].mean()) for m in metrics}, abs=1e-6)
+    # the random baseline at layer3 is drawn on layer3's 8x8 grid, seeded as compare seeds it
+    g = torch.Generator().manual_seed(0)
+    cams = baseline_maps(images.shape, "random", g, grid=(8, 8))
+    want = score_maps(model, images, cams, targets, metrics=metrics).values
+    got = {
+        r["metric"]: r["mean"]
+        for r in result.rows
+        if (r["method"], r["layer"], r["subset"]) == ("random", "layer3", "mistakes")
+        and r["metric"] in metrics
     }
     assert got == pytest.approx({m: float(want[m].mean()) for m in metrics}, abs=1e-6)
 
@@ -238,3 +276,37 @@ def test_a_plus_b_layer_is_one_engine_on_both(tiny, tmp_path, one_thread):
         if r["method"] == "refinecam" and r["metric"] == "deletion" and r["subset"] == "mistakes"
     }
     assert deletion["layer4"] != deletion["layer3+layer4"]
+
+
+def test_a_win_needs_the_corrected_paired_test_against_every_baseline():
+    """Hand-made rows: a cell whose own interval lies beyond both baselines' means but whose
+    paired test ties the centre map is not a win; one better than both is."""
+    plain = [
+        {"method": "gradcam", "layer": "layer4", "subset": "mistakes", "metric": m}
+        for m in ("deletion", "insertion")
+    ]
+
+    def paired(metric, vs, decision):
+        return {**plain[0], "metric": metric, "vs": vs, "decision": decision}
+
+    rows = plain + [
+        paired("deletion", "random", "better"),
+        paired("deletion", "centre", "indistinguishable"),
+        paired("insertion", "random", "better"),
+        paired("insertion", "centre", "better"),
+    ]
+    wins = beats_baselines(rows)
+    assert wins == {
+        ("gradcam", "layer4", "mistakes", "deletion"): False,
+        ("gradcam", "layer4", "mistakes", "insertion"): True,
+    }
+    rows += [
+        paired("road", "centre", "indistinguishable"),
+        paired("insertion", "centre", "indistinguishable"),
+    ]
+    assert indistinguishable_from(rows, "centre") == []  # insertion was told apart once
+    tied = [paired(m, "centre", "indistinguishable") for m in ("deletion", "insertion", "road")]
+    assert indistinguishable_from(tied, "centre") == [
+        "gradcam layer4 (mistakes) cannot be told apart from the centre map on "
+        "deletion, insertion, road"
+    ]

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import camlens.metrics
@@ -21,7 +22,11 @@ from camlens.metrics import (
     baseline_engine,
     baseline_maps,
     bootstrap_ci,
+    deletion_variant,
+    holm,
     noisy_linear_impute,
+    paired_bootstrap,
+    paired_decision,
     replacement_images,
     score_maps,
 )
@@ -80,6 +85,27 @@ def test_deletion_and_insertion_curves_by_hand():
     assert s.values["insertion"].item() == pytest.approx(quarter_auc(insertion), abs=1e-6)
 
 
+def test_rise_deletes_to_the_models_zero_input_and_inserts_from_blur():
+    """RISE's substrates by hand: a model normalising by its `mean` buffer (0.3) sees deleted
+    pixels as 0; insertion's first point is the blurred image, as with replacement="blur"."""
+    model, images, cams = hand_case()
+    model.register_buffer("mean", torch.tensor([0.3]))
+    s = score_maps(model, images, cams, 0, ["deletion", "insertion"], steps=4)
+    m = 0.3  # the substrate: a deleted row contributes w_row * 0.3
+    expected = sig(2.5, 2 * m + 0.5, 3 * m - 0.3, 2 * m + 0.1, 2.5 * m)
+    assert torch.allclose(s.curves["deletion"][1][0], expected, atol=1e-6)
+    blur = score_maps(model, images, cams, 0, ["insertion"], steps=4, replacement="blur")
+    assert torch.allclose(s.curves["insertion"][1], blur.curves["insertion"][1], atol=1e-6)
+    alone = score_maps(model, images, cams, 0, ["deletion"], steps=4)
+    assert torch.allclose(alone.curves["deletion"][1][0], expected, atol=1e-6)
+    del model.mean  # no normalisation: the model's zero input is black
+    black = score_maps(model, images, cams, 0, ["deletion"], steps=4)
+    zeros = score_maps(model, images, cams, 0, ["deletion"], steps=4, replacement="zeros")
+    assert torch.allclose(black.curves["deletion"][1], zeros.curves["deletion"][1])
+    assert deletion_variant(MetricConfig()).startswith("RISE")
+    assert "not RISE" in deletion_variant(MetricConfig(replacement="blur"))
+
+
 def test_mean_replacement_by_hand():
     model, images, cams = hand_case()
     s = score_maps(model, images, cams, 0, ["deletion"], steps=4, replacement="mean")
@@ -91,12 +117,14 @@ def test_mean_replacement_by_hand():
 def test_blur_is_a_normalised_gaussian_with_replicate_borders():
     delta = torch.zeros(1, 2, 11, 11)
     delta[:, :, 5, 5] = 1
-    out = replacement_images(delta, MetricConfig())
+    out = replacement_images(delta, MetricConfig(replacement="blur"))
     g0 = 1 / sum(math.exp(-(k**2) / 50) for k in range(-5, 6))  # sigma 5, 11 taps
     assert out[0, 0, 5, 5].item() == pytest.approx(g0**2, rel=1e-5)
     assert out[0, 0, 5, 0].item() == pytest.approx(g0**2 * math.exp(-25 / 50), rel=1e-5)
     flat = torch.full((1, 3, 6, 6), 0.3)  # zero padding would darken the borders
-    assert torch.allclose(replacement_images(flat, MetricConfig()), flat, atol=1e-6)
+    assert torch.allclose(
+        replacement_images(flat, MetricConfig(replacement="blur")), flat, atol=1e-6
+    )
 
 
 def test_average_drop_and_increase_by_hand():
@@ -196,8 +224,8 @@ def test_ties_are_broken_by_pixel_index():
 
 def test_baselines():
     g = torch.Generator().manual_seed(3)
-    first = baseline_maps((5, 3, 9, 7), "random", g)
-    again = baseline_maps((5, 9, 7), "random", torch.Generator().manual_seed(3))
+    first = baseline_maps((5, 3, 9, 7), "random-pixel", g)
+    again = baseline_maps((5, 9, 7), "random-pixel", torch.Generator().manual_seed(3))
     assert first.shape == (5, 9, 7) and torch.equal(first, again)
     assert first.min() >= 0 and first.max() <= 1
     centre = baseline_maps((2, 9, 7), "centre")
@@ -211,6 +239,22 @@ def test_baselines():
     assert not torch.equal(maps, baseline_engine("random", g)(torch.zeros(2, 3, 9, 7), None))
     with pytest.raises(ValueError, match="unknown baseline 'middle'"):
         baseline_maps((1, 4, 4), "middle")
+
+
+def test_the_random_baseline_is_drawn_at_the_layers_grid_and_upsampled_like_a_cam():
+    """Known answer: uniform draws on the (4, 4) grid, bilinear to 32 px, min-max per map."""
+    maps = baseline_maps((3, 3, 32, 32), "random", torch.Generator().manual_seed(5), grid=(4, 4))
+    low = torch.rand((3, 4, 4), generator=torch.Generator().manual_seed(5))
+    up = F.interpolate(low[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
+    assert torch.allclose(maps, (up - lo) / (hi - lo), atol=1e-6)
+    assert torch.equal(baseline_maps((3, 32, 32), "random", torch.Generator().manual_seed(5)), maps)
+    eight = baseline_maps((1, 32, 32), "random", grid=(8, 8))
+    # a 4x4 grid's map is smooth: neighbouring pixels differ by far less than i.i.d. ones
+    step = (maps[:, 1:] - maps[:, :-1]).abs().mean()
+    pixel = baseline_maps((3, 32, 32), "random-pixel")
+    assert step < 0.1 < (pixel[:, 1:] - pixel[:, :-1]).abs().mean()
+    assert (eight[:, 1:] - eight[:, :-1]).abs().mean() > step  # a finer grid, a rougher map
 
 
 def test_bootstrap_interval():
@@ -281,3 +325,33 @@ def test_the_public_surface_exists_and_is_documented():
         value = getattr(camlens.metrics, name)
         if callable(value):
             assert value.__doc__, name
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.9])
+def test_paired_verdicts_hold_false_wins_at_or_below_nominal(rho):
+    """Simulated compares whose 12 cells all tie their baseline (equal means, per-image scores
+    correlated rho): the chance that a compare shows any win stays at or below alpha / 2."""
+    reps, cells, n = 200, 12, 32
+    g = torch.Generator().manual_seed(int(rho * 10))
+    z1, z2 = torch.randn(2, reps * cells, n, generator=g)
+    method, baseline = z1, rho * z1 + (1 - rho**2) ** 0.5 * z2
+    paired = paired_bootstrap(method - baseline, n_boot=600, generator=g)
+    p_holm = holm(paired.p.view(reps, cells))  # one Holm family per simulated compare
+    wins = (p_holm < 0.05) & (paired.diff.view(reps, cells) > 0)
+    rate = float(wins.any(1).float().mean())
+    assert rate <= 0.025 + 2 * (0.025 * 0.975 / reps) ** 0.5, rate
+
+
+def test_paired_bootstrap_finds_a_real_difference_and_holm_by_hand():
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(2, 40, generator=g)
+    diffs = torch.stack([base[0] - base[1] + 0.5, base[0] - base[1]])  # a real shift, none
+    paired = paired_bootstrap(diffs, generator=g)
+    assert paired.p[0] < 0.001 and paired.low[0] > 0 and paired.n.tolist() == [40, 40]
+    assert paired_decision(float(paired.diff[0]), float(paired.p_holm[0]), True, 0.05) == "better"
+    assert paired_decision(float(paired.diff[0]), float(paired.p_holm[0]), False, 0.05) == "worse"
+    p = torch.tensor([0.01, 0.04, 0.03, 0.5])
+    assert torch.allclose(holm(p), torch.tensor([0.04, 0.09, 0.09, 0.5]))
+    with_nan = diffs.clone()
+    with_nan[0, :10] = torch.nan  # an undefined score leaves that image out of its row only
+    assert paired_bootstrap(with_nan).n.tolist() == [30, 40]

@@ -5,7 +5,15 @@ them import them from here. `cam/` imports nothing else of camlens, so it keeps 
 PRECISIONS itself: tests/test_imports.py keeps METHOD_NAMES and PRECISION_NAMES in step with them.
 """
 
-__all__ = ["BACKENDS", "METHOD_NAMES", "NORMS", "PADDINGS", "PRECISION_NAMES", "SORTS"]
+__all__ = [
+    "BACKENDS",
+    "COMPARE_METHODS",
+    "METHOD_NAMES",
+    "NORMS",
+    "PADDINGS",
+    "PRECISION_NAMES",
+    "SORTS",
+]
 
 # camlens.cam.METHODS's keys, in its order
 METHOD_NAMES = (
@@ -40,3 +48,6 @@ PADDINGS = ("zeros", "reflect")
 BACKENDS = ("auto", "nccl", "gloo")
 # the order mistakes are explained in (camlens.explain)
 SORTS = ("confidence", "margin", "index")
+# compare's default methods: those that score in minutes on 2 CPU cores (camlens.compare);
+# the costly ones (SS-CAM, IS-CAM, Ablation-CAM, full Score-CAM, ...) on request
+COMPARE_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam", "scorecam")

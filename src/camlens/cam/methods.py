@@ -172,19 +172,39 @@ class EigenCAM(BaseCAM):
 class EigenGradCAM(BaseCAM):
     """Eigen-Grad-CAM, pytorch-grad-cam's class-specific variant of Eigen-CAM (no paper).
 
-    L = (G o A) v1, v1 the first right singular vector of the (hw, C) matrix of grads x acts.
+    L = (G o A) v1, v1 the first right singular vector of the (hw, C) matrix M = G o A.
 
-    As camlens's Eigen-CAM: no centring and no ReLU; the sign makes the map's sum >= 0, which
-    for grads x acts means the component's first-order share of the score, sum_ijk g A v1_k,
-    is positive. pytorch-grad-cam centres each channel over places first, which makes every
-    map sum to 0, and leaves the sign to the SVD before its ReLU.
+    No centring and no ReLU. The sign follows the component's share of the score: with
+    M = sum_i s_i u_i v_i^T, the first-order score sum(M) gets s1 (1'u1)(1'v1) from the first
+    component, and place p gets s1 u1_p (1'v1) = L_p (1'v1). So L is oriented by the sign of
+    1'v1 and its bright places are where the component raises the score. Making the map's sum
+    >= 0 instead (Eigen-CAM's rule) shows where it *lowers* the score whenever 1'v1 < 0, common
+    for a class with a negative logit. pytorch-grad-cam centres each channel over places first,
+    which makes every map sum to 0, and leaves the sign to the SVD before its ReLU.
     """
 
     name = "eigengradcam"
     rectify = False  # the projection is the map; first_component_map fixes its sign
 
     def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
-        return first_component_map(grads * acts)
+        return score_share_component_map(grads * acts)
+
+
+def score_share_component_map(x: Tensor) -> Tensor:
+    """(N, C, h, w) grads x acts -> (N, h, w): the first component, oriented by its score share.
+
+    Each place's share of the component's first-order score is map_p (1'v1): the map times
+    sign(1'v1) is positive where the component raises the score, whatever sign the SVD picked.
+    Where 1'v1 is 0 the component adds nothing to the score and the map's sum decides.
+    """
+    n, c, h, w = x.shape
+    flat = x.flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, hw, C)
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)  # vh: (N, min(hw, C), C)
+    proj = torch.einsum("npc,nc->np", flat, vh[:, 0])  # (N, hw, C) -> (N, hw)
+    share = vh[:, 0].sum(1, keepdim=True)  # (N, 1): 1'v1
+    tie = torch.where(proj.sum(1, keepdim=True) < 0, -1.0, 1.0)
+    sign = torch.where(share < 0, -1.0, torch.where(share > 0, 1.0, tie))
+    return (proj * sign).view(n, h, w)  # (N, hw) -> (N, h, w)
 
 
 def first_component_map(x: Tensor) -> Tensor:

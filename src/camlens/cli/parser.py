@@ -12,7 +12,7 @@ import types
 import typing
 from pathlib import Path
 
-from camlens.choices import BACKENDS, METHOD_NAMES, PRECISION_NAMES, SORTS
+from camlens.choices import BACKENDS, COMPARE_METHODS, METHOD_NAMES, PRECISION_NAMES, SORTS
 from camlens.plan import ExplainPlan
 from camlens.train.config import TrainConfig
 from camlens.version import __version__
@@ -453,13 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, image_size=None)
     p.add_argument("--out", required=True, type=Path, help="folder for the four files")
     # default layers: layer3,layer4 for a camlens model (cmd_compare), else the picked one
-    _explain_flags(p, layer=None, precision=False, method=",".join(METHOD_NAMES))
+    # default methods: those that fit minutes on 2 CPU cores; the costly ones on request
+    _explain_flags(p, layer=None, precision=False, method=",".join(COMPARE_METHODS))
     p.add_argument(
         "--limit",
         type=int,
-        default=256,
+        default=32,
         help="score at most N mistakes (the most confident) and as many correct images "
-        "(a seeded sample) per method and layer (default: 256)",
+        "(a seeded sample) per method and layer (default: 32; the estimate is printed first)",
     )
     p.add_argument(
         "--top-k",

@@ -15,44 +15,86 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
                generator=None, **overrides) -> Scores(values, curves, probs)
     METRICS, HIGHER_IS_BETTER, MetricConfig, REPLACEMENTS
     perturbation_curves(model, images, cams, targets, config, probs, which)  deletion, insertion
+        (default RISE's substrates; deletion_variant(config) names the one used)
     drop_increase(model, images, cams, targets, config, probs)   Average Drop, Increase
     road_curves(model, images, cams, targets, fractions, config, generator), road_score,
     noisy_linear_impute(images, removed, noise, tol, max_iter), neighbour_sum       ROAD
     arcc(coherency, complexity, road), coherency(engine, images, cams, targets), complexity
-    baseline_maps(shape, kind, generator, device), baseline_engine(kind, generator), BASELINES
-    sanity_check(model, images, targets, make_engine, layers, generator, keep) -> SanityResult
-    sanity_verdict(result, max_spearman=0.5) -> SanityVerdict; cascade_order, reinitialise,
-    spearman, ssim
+    baseline_maps(shape, kind, generator, device, grid), baseline_engine(kind, generator, grid),
+    BASELINES ("random": smooth, at the layer's grid; "centre"), BASELINE_KINDS (+ "random-pixel")
+    sanity_check(model, images, targets, make_engine, layers, generator, keep, make_twin)
+        -> SanityResult (cascade similarity, self-agreement, Random Logit, entropy, flat maps)
+    sanity_verdict(result, rules=SanityRules()) -> SanityVerdict: state in VERDICTS (passes,
+    class-blind, model-blind, uninformative) and reasons; judge_sanity(means...) the same
+    verdict from image means; cascade_order, reinitialise,
+    similarity, spearman, ssim, map_entropy, is_flat
+    counterfactual(model, images, cams, preds, labels, config, metric_config, generator)
+        -> Counterfactual: the top 5/10/20% of each contrast map removed by ROAD's imputation,
+        against a smooth random map; .rows(), .verdicts(classes); confusion_summary(result)
     bootstrap_ci(values, n_boot, level, generator) -> (mean, low, high)
+    paired_bootstrap(diffs (R, N), n_boot, level, generator) -> Paired(diff, low, high, p,
+        p_holm, n): images resampled jointly for every row, Holm over the rows; holm(p);
+        paired_decision(diff, p_holm, higher_is_better, alpha) -> better/worse/indistinguishable
 """
 
 from camlens.metrics.arcc import arcc, coherency, complexity
-from camlens.metrics.baselines import BASELINES, baseline_engine, baseline_maps
+from camlens.metrics.baselines import (
+    BASELINE_KINDS,
+    BASELINES,
+    baseline_engine,
+    baseline_maps,
+    default_grid,
+)
 from camlens.metrics.config import REPLACEMENTS, MetricConfig
-from camlens.metrics.perturb import drop_increase, perturbation_curves, replacement_images
+from camlens.metrics.counterfactual import (
+    Counterfactual,
+    CounterfactualConfig,
+    confusion_summary,
+    counterfactual,
+)
+from camlens.metrics.perturb import (
+    deletion_variant,
+    drop_increase,
+    perturbation_curves,
+    replacement_images,
+)
 from camlens.metrics.road import neighbour_sum, noisy_linear_impute, road_curves, road_score
 from camlens.metrics.sanity import (
     SanityResult,
-    SanityVerdict,
     cascade_order,
+    is_flat,
+    map_entropy,
     reinitialise,
     sanity_check,
-    sanity_verdict,
+    similarity,
     spearman,
     ssim,
 )
 from camlens.metrics.score import HIGHER_IS_BETTER, METRICS, Scores, score_maps
-from camlens.metrics.stats import bootstrap_ci
+from camlens.metrics.stats import Paired, bootstrap_ci, holm, paired_bootstrap, paired_decision
+from camlens.metrics.verdicts import (
+    VERDICTS,
+    SanityRules,
+    SanityVerdict,
+    judge_sanity,
+    sanity_verdict,
+)
 
 __all__ = [
     "BASELINES",
+    "BASELINE_KINDS",
+    "Counterfactual",
+    "CounterfactualConfig",
     "HIGHER_IS_BETTER",
     "METRICS",
     "REPLACEMENTS",
     "MetricConfig",
+    "Paired",
     "SanityResult",
+    "SanityRules",
     "SanityVerdict",
     "Scores",
+    "VERDICTS",
     "arcc",
     "baseline_engine",
     "baseline_maps",
@@ -60,9 +102,19 @@ __all__ = [
     "cascade_order",
     "coherency",
     "complexity",
+    "confusion_summary",
+    "counterfactual",
+    "default_grid",
+    "deletion_variant",
     "drop_increase",
+    "holm",
+    "is_flat",
+    "judge_sanity",
+    "map_entropy",
     "neighbour_sum",
     "noisy_linear_impute",
+    "paired_bootstrap",
+    "paired_decision",
     "perturbation_curves",
     "reinitialise",
     "replacement_images",
@@ -71,6 +123,7 @@ __all__ = [
     "sanity_check",
     "sanity_verdict",
     "score_maps",
+    "similarity",
     "spearman",
     "ssim",
 ]

@@ -1,10 +1,13 @@
 """Deletion and insertion curves (RISE) and Average Drop / Increase in Confidence (Grad-CAM++).
 
-Deletion (Petsiuk et al. 2018): remove pixels in order of map value, most important first,
-replacing them (blur / channel mean / zeros); the target probability should fall fast: lower
-AUC is better. Insertion starts from the fully replaced image and reveals pixels in the same
-order: higher AUC is better. Each curve has K + 1 points; both share their end points (the
-image, the replaced image), so both curves cost 2K forwards per image, not 2(K + 1).
+Deletion (Petsiuk et al. 2018): remove pixels in order of map value, most important first;
+the target probability should fall fast: lower AUC is better. Insertion starts from the fully
+replaced image and reveals pixels in the same order: higher AUC is better. RISE's substrates
+(the default, "rise"): deletion sets pixels to zero in the model's input space (its mean
+colour), insertion starts from a blur; "blur", "mean" and "zeros" use one substrate both ways
+and are named as such (`deletion_variant`), as their scores are not RISE's. Each curve has
+K + 1 points; both share the unperturbed image, and with one substrate the fully replaced one
+too, so both curves cost 2K forwards per image (2K + 1 with RISE's two substrates).
 
 Average Drop and Increase in Confidence (Chattopadhay et al. 2018, sec. 5.2): with Y the
 probability on the image and O the one on image * map (the map broadcast over channels),
@@ -20,11 +23,45 @@ from torch import Tensor, nn
 from camlens.metrics.config import MetricConfig
 from camlens.metrics.core import checked, pixel_ranks, target_probs
 
-__all__ = ["drop_increase", "perturbation_curves", "replacement_images"]
+__all__ = ["deletion_variant", "drop_increase", "perturbation_curves", "replacement_images"]
 
 
-def replacement_images(images: Tensor, config: MetricConfig) -> Tensor:
-    """(N, C, H, W) -> what every pixel becomes once removed: blurred, channel mean or zeros."""
+VARIANTS = {
+    "rise": "RISE: deletion to the model's zero input (its mean colour), insertion from blur",
+    "blur": "blur: deletion to and insertion from a Gaussian blur (not RISE's deletion)",
+    "mean": "mean: deletion to and insertion from each image's mean colour",
+    "zeros": "zeros: deletion to and insertion from black (image units)",
+}
+
+
+def deletion_variant(config: MetricConfig) -> str:
+    """What deletion and insertion replace pixels with under `config`, in words."""
+    return VARIANTS[config.replacement]
+
+
+def substrate_images(images: Tensor, config: MetricConfig, model: nn.Module | None) -> Tensor:
+    """(N, C, H, W) -> RISE's deletion substrate: the colour that is zero in the model's input."""
+    c = images.shape[1]
+    colour = config.substrate
+    if colour is None:
+        mean = getattr(model, "mean", None)
+        colour = mean.flatten().tolist() if isinstance(mean, Tensor) and mean.numel() == c else 0
+    value = torch.as_tensor(colour, dtype=images.dtype, device=images.device).flatten()
+    if value.numel() not in (1, c):
+        raise ValueError(f"substrate must give 1 or {c} channel values, got {value.numel()}")
+    return value.view(1, -1, 1, 1).expand_as(images).clone()
+
+
+def replacement_images(
+    images: Tensor, config: MetricConfig, which: str = "insertion", model: nn.Module | None = None
+) -> Tensor:
+    """(N, C, H, W) -> what every pixel becomes once removed for curve `which`.
+
+    "rise": the model's zero input for deletion (`model` gives its mean colour), the blur for
+    insertion; the other replacements are the same both ways: blurred, channel mean or zeros.
+    """
+    if config.replacement == "rise" and which == "deletion":
+        return substrate_images(images, config, model)
     if config.replacement == "zeros":
         return torch.zeros_like(images)
     if config.replacement == "mean":
@@ -73,7 +110,22 @@ def perturbation_curves(
     reveal = torch.tensor([r[1] for r in rows], device=images.device)
     m = len(rows)
     ranks = pixel_ranks(cams)  # (N, H*W)
-    replaced = replacement_images(images, config)
+    deleted = replacement_images(images, config, "deletion", model)
+    inserted = replacement_images(images, config, "insertion", model)
+    # the fully replaced row (0) is deletion's last point and insertion's first: under RISE's
+    # two substrates each curve needs its own, so row 0 is insertion's and deletion ends on a
+    # row of its own
+    both = "deletion" in which and "insertion" in which and config.replacement == "rise"
+    if both:
+        rows.append((hw, False))
+        moved = torch.tensor([r[0] for r in rows], device=images.device)
+        reveal = torch.tensor([r[1] for r in rows], device=images.device)
+        m = len(rows)
+    use_deleted = torch.zeros(m, dtype=torch.bool, device=images.device)
+    use_deleted[1:] = ~reveal[1:]
+    if config.replacement == "rise" and "insertion" not in which:
+        use_deleted[0] = True
+    last = m - 1 if both else 0
 
     def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
         flat = torch.arange(start, stop, device=images.device)
@@ -81,7 +133,8 @@ def perturbation_curves(
         chosen = ranks[i] < moved[row, None]  # (B, H*W): the pixels moved so far
         # deletion replaces the chosen pixels; insertion keeps only them
         replace = (chosen != reveal[row, None]).view(-1, 1, h, w)
-        return torch.where(replace, replaced[i], images[i]), targets[i]
+        substrate = torch.where(use_deleted[row, None, None, None], deleted[i], inserted[i])
+        return torch.where(replace, substrate, images[i]), targets[i]
 
     got = target_probs(model, n * m, build, config.batch_size).view(n, m)  # (N*M,) -> (N, M)
     x = torch.tensor(counts, dtype=torch.float32, device=images.device) / hw
@@ -89,7 +142,7 @@ def perturbation_curves(
     if "deletion" in which:
         curves["deletion"] = (
             x,
-            torch.cat([probs[:, None], got[:, col : col + k - 1], got[:, :1]], 1),
+            torch.cat([probs[:, None], got[:, col : col + k - 1], got[:, last : last + 1]], 1),
         )
         col += k - 1
     if "insertion" in which:

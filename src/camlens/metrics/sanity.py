@@ -1,4 +1,5 @@
-"""Sanity check by cascading model parameter randomisation (Adebayo et al. 2018, sec. 3).
+"""Sanity checks: cascading model parameter randomisation (Adebayo et al. 2018, sec. 3), Random
+Logit (Sixt et al. 2020) and eMPRT's rise in map entropy (Hedstrom et al. 2023), in one pass.
 
 On a deep copy of the model (the caller's model is never touched), blocks are re-initialised
 from the output back towards the input, one at a time and cumulatively; after each step the
@@ -8,6 +9,16 @@ sigma 1.5, C1 = 0.01^2, C2 = 0.03^2, valid region). As Adebayo et al. do, the ma
 compared as |map| min-max scaled to [0, 1] (camlens maps already are). A map that depends on
 the model must decorrelate as the layers producing it are randomised; one that stays
 correlated (an edge detector of the input) explains the image, not the model.
+
+Three more measurements make the cascade hard to fool (`sanity_verdict` in verdicts.py judges):
+- self-agreement: the method run twice on the unrandomised model (`make_twin`, other seeds where
+  it is stochastic) gives the noise floor every similarity is read against;
+- Random Logit: the map of the explained class against the map of a random other class on the
+  same image and model, so a method that never reads the class is caught;
+- entropy: the discrete entropy of each map's values (100 bins in [0, 1], as Quantus's eMPRT),
+  on the trained model and after every step; a map of the model should get noisier.
+A flat map carries no information: a pair of flat maps counts as unchanged (similarity 1),
+never as decorrelated (a raw Spearman of a constant is 0).
 
 Re-initialisation calls each submodule's `reset_parameters()` (the layer's default init,
 which also resets batch-norm running statistics) under a seed drawn from the generator;
@@ -24,16 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camlens.cam import find_layer
+from camlens.cam import eval_mode, find_layer
 from camlens.metrics.core import make_generator, pearson
 
 __all__ = [
     "SanityResult",
-    "SanityVerdict",
     "cascade_order",
+    "is_flat",
+    "map_entropy",
     "reinitialise",
     "sanity_check",
-    "sanity_verdict",
+    "similarity",
     "spearman",
     "ssim",
 ]
@@ -46,9 +58,13 @@ class SanityResult:
     """Per cascade step, how similar each image's map still is to its original map."""
 
     steps: tuple[str, ...]  # the block randomised at each step (all earlier ones stay random)
-    spearman: Tensor  # (S, N) rank correlation of each step's maps with the original maps
+    spearman: Tensor  # (S, N) rank correlation with the original maps; 1 where both are flat
     ssim: Tensor  # (S, N) SSIM of the same pairs
     maps: Tensor  # (S + 1, n_keep, H, W) the compared maps, original first: for a figure
+    self_agreement: Tensor  # (N,) similarity of two runs on the trained model: the noise floor
+    random_logit: Tensor  # (N,) similarity of the explained class's map and another class's
+    entropy: Tensor  # (S + 1, N) discrete entropy of each map (nats), original first
+    flat: Tensor  # (S + 1, N) bool: the map is flat (no place stands out), original first
 
     def summary(self) -> list[tuple[str, float, float, float, float]]:
         """Per step: (block, Spearman mean, Spearman std, SSIM mean, SSIM std) over images."""
@@ -62,15 +78,6 @@ class SanityResult:
             )
             for name, r, s in zip(self.steps, self.spearman, self.ssim, strict=True)
         ]
-
-
-@dataclass(frozen=True)
-class SanityVerdict:
-    """Whether the maps depend on the model: they must decorrelate as it is randomised."""
-
-    passed: bool  # the maps decorrelated once the whole cascade was randomised
-    final_spearman: float  # mean Spearman over images after the last step
-    decorrelated_at: str | None  # first block after which the mean fell below the threshold
 
 
 def cascade_order(model: nn.Module) -> list[str]:
@@ -136,6 +143,36 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return pearson(average_ranks(a.abs().flatten(1)), average_ranks(b.abs().flatten(1)))
 
 
+def is_flat(maps: Tensor) -> Tensor:
+    """(N, H, W) -> (N,) bool: the map's range is rounding noise (camlens makes those zeros)."""
+    a = maps.abs().flatten(1).double()
+    lo, hi = a.amin(1), a.amax(1)
+    return hi - lo <= 1e-6 * hi.clamp_min(1.0)
+
+
+def similarity(a: Tensor, b: Tensor) -> Tensor:
+    """(N, H, W) x 2 -> (N,) Spearman of |a| and |b|, but 1 where both maps are flat.
+
+    Two flat maps are the same (no information, unchanged); Spearman's convention of 0 for a
+    constant would count a method that returns a constant for every model as decorrelated.
+    """
+    return torch.where(is_flat(a) & is_flat(b), 1.0, spearman(a, b))
+
+
+def map_entropy(maps: Tensor, bins: int = 100) -> Tensor:
+    """(N, H, W) -> (N,) entropy (nats) of the histogram of |map| min-max scaled into [0, 1].
+
+    eMPRT's complexity (Quantus `discrete_entropy`): a peaked map has most places in few bins,
+    a noisy one spreads over many. A flat map has entropy 0.
+    """
+    scaled = _scaled(maps).flatten(1)  # (N, H*W) in [0, 1]
+    index = (scaled * bins).long().clamp_max(bins - 1)
+    counts = torch.zeros(scaled.shape[0], bins, dtype=torch.float64, device=maps.device)
+    counts.scatter_add_(1, index, torch.ones_like(scaled))
+    p = counts / counts.sum(1, keepdim=True)  # (N, bins)
+    return -(p * p.clamp_min(1e-300).log()).sum(1).float()
+
+
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """(N, H, W) x 2 -> (N,) mean SSIM of the |.| min-max scaled maps (Wang et al. 2004)."""
     a, b = _scaled(a)[:, None], _scaled(b)[:, None]  # (N, 1, H, W)
@@ -176,12 +213,14 @@ def sanity_check(
     layers: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
     keep: int = 8,
+    make_twin: Callable[[nn.Module], Explainer] | None = None,
 ) -> SanityResult:
     """Randomise `layers` (default `cascade_order(model)`) of a copy, one more per step.
 
     `make_engine(model)` returns the method under test for a model, e.g.
     `lambda m: camlens.cam.create("gradcam", m, "layer4")`; maps explain `targets` throughout.
-    The first `keep` images' maps are kept for a figure.
+    `make_twin(model)`: the same method with other seeds, for the self-agreement floor of a
+    stochastic method; None runs `make_engine` again. The first `keep` images' maps are kept.
     """
     names = list(cascade_order(model) if layers is None else layers)
     if not names:
@@ -189,20 +228,32 @@ def sanity_check(
     victim = copy.deepcopy(model)
     blocks = [find_layer(victim, name) for name in names]  # unknown names fail before any work
     g = make_generator(generator, 0)
+    targets = torch.as_tensor(targets, device=images.device).long().expand(images.shape[0])
     original = _maps(make_engine, model, images, targets)  # (N, H, W)
+    twin = _maps(make_twin or make_engine, model, images, targets)
+    with torch.no_grad(), eval_mode(model):
+        classes = model(images).shape[1]
+    # Random Logit: any class but the explained one, drawn per image
+    shift = torch.randint(1, max(classes, 2), targets.shape, generator=g, device=g.device)
+    others = (targets + shift.to(targets.device)) % max(classes, 2)
+    other = _maps(make_engine, model, images, others)
     kept, rho, sim = [_scaled(original[:keep]).float()], [], []
+    entropy, flat = [map_entropy(original)], [is_flat(original)]
     for block in blocks:
         reinitialise(block, g)
         maps = _maps(make_engine, victim, images, targets)
-        rho.append(spearman(original, maps))
+        rho.append(similarity(original, maps))
         sim.append(ssim(original, maps))
+        entropy.append(map_entropy(maps))
+        flat.append(is_flat(maps))
         kept.append(_scaled(maps[:keep]).float())
-    return SanityResult(tuple(names), torch.stack(rho), torch.stack(sim), torch.stack(kept))
-
-
-def sanity_verdict(result: SanityResult, max_spearman: float = 0.5) -> SanityVerdict:
-    """Passed when the mean Spearman over images falls below `max_spearman` by the last step."""
-    means = result.spearman.mean(1)  # (S, N) -> (S,)
-    below = [name for name, m in zip(result.steps, means, strict=True) if float(m) < max_spearman]
-    final = float(means[-1])
-    return SanityVerdict(final < max_spearman, final, below[0] if below else None)
+    return SanityResult(
+        steps=tuple(names),
+        spearman=torch.stack(rho),
+        ssim=torch.stack(sim),
+        maps=torch.stack(kept),
+        self_agreement=similarity(original, twin),
+        random_logit=similarity(original, other),
+        entropy=torch.stack(entropy),
+        flat=torch.stack(flat),
+    )
