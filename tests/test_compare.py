@@ -17,6 +17,7 @@ from camlens.compare import (
 )
 from camlens.data import load_dataset
 from camlens.evaluate import as_float_images, predict
+from camlens.explain import ExplainPlan
 from camlens.metrics import METRICS, baseline_maps, score_maps
 from camlens.model import ResNet18, save_checkpoint
 
@@ -41,9 +42,8 @@ def tiny(tmp_path_factory, tiny_folder):
 def compared(tiny, tmp_path_factory, one_thread):
     model, data, _ = tiny
     out = tmp_path_factory.mktemp("cmp") / "out"
-    result = compare(
-        model, data, out, methods=tuple(METHODS), layers=LAYERS, limit=3, sanity_images=2
-    )
+    plan = ExplainPlan(methods=tuple(METHODS), layers=LAYERS, compare_limit=3)
+    result = compare(model, data, out, plan, sanity_images=2)
     return result, out
 
 
@@ -261,9 +261,7 @@ def test_a_plus_b_layer_is_one_engine_on_both(tiny, tmp_path, one_thread):
         model,
         data,
         tmp_path / "out",
-        methods=("refinecam",),
-        layers=("layer4", "layer3+layer4"),
-        limit=2,
+        ExplainPlan(methods=("refinecam",), layers=("layer4", "layer3+layer4"), compare_limit=2),
         sanity_images=1,
     )
     layers = {r["layer"] for r in result.rows if r["method"] == "refinecam"}
