@@ -15,11 +15,12 @@ from camlens.compare import (
     indistinguishable_from,
     select_subsets,
 )
-from camlens.data import load_dataset
+from camlens.data import Dataset, Split, load_dataset
 from camlens.evaluate import as_float_images, predict
 from camlens.explain import ExplainPlan
 from camlens.metrics import METRICS, baseline_maps, score_maps
 from camlens.model import ResNet18, save_checkpoint
+from test_trust import CLASSES, FAKES, train_known
 
 LAYERS = ("layer3", "layer4")
 FILES = ("compare.csv", "compare.json", "compare.png", "sanity.png")
@@ -308,3 +309,82 @@ def test_a_win_needs_the_corrected_paired_test_against_every_baseline():
         "gradcam layer4 (mistakes) cannot be told apart from the centre map on "
         "deletion, insertion, road"
     ]
+
+
+# ---- end to end on the known-evidence model: compare fails what it should --------------------
+
+
+def known_data(known) -> Dataset:
+    """The known-evidence images as a test split in which every other label is moved to the
+    next class: the model (which reads the square) gets those "wrong", so compare has mistakes
+    whose predicted class is the true evidence."""
+    _, images, labels, _ = known
+    moved = labels.clone()
+    moved[::2] = (labels[::2] + 1) % CLASSES
+    pixels = (images * 255).round().to(torch.uint8)
+    empty = Split(pixels[:0], moved[:0])
+    return Dataset(empty, Split(pixels, moved), ("rows", "columns", "checks"), "known", "")
+
+
+@pytest.fixture(scope="module")
+def known(one_thread):
+    return train_known()
+
+
+# the first failing state; Eigen-CAM fails model-blind first and class-blind as well
+EXPECTED = {
+    "gradcam": "passes",
+    "eigencam": "model-blind",
+    "constant": "uninformative",
+    "fresh random": "uninformative",
+    "input edges": "model-blind",
+    "centre": "model-blind",
+}
+
+
+@pytest.fixture(scope="module")
+def known_compared(known, tmp_path_factory, one_thread):
+    model = known[0]
+    # the fakes ignore the layers they are given: (model, layers) -> engine
+    engines = {name: (lambda m, layers, f=make: f(m)) for name, make in FAKES.items()}
+    engines["centre map"] = engines.pop("centre")  # "centre" names the baseline
+    plan = ExplainPlan(
+        methods=("gradcam", "eigencam", "constant", "fresh random", "input edges", "centre map"),
+        layers=("conv3",),
+        compare_limit=8,
+    )
+    out = tmp_path_factory.mktemp("known") / "out"
+    return compare(model, known_data(known), out, plan, sanity_images=12, engines=engines), out
+
+
+@pytest.mark.parametrize("method", list(EXPECTED))
+def test_compare_passes_gradcam_and_fails_what_explains_nothing(known_compared, method):
+    """Planted: the state read as the old `passed` flag of the last cascade step alone."""
+    result, _ = known_compared
+    name = "centre map" if method == "centre" else method
+    state = result.sanity[name]["state"]
+    assert state == EXPECTED[method], (method, result.sanity[name]["reasons"])
+    if method == "eigencam":  # it never reads the class
+        assert "class-blind" in result.sanity[name]["failed"]
+    line = next(line for line in result.summary if line.startswith(f"{name} conv3: "))
+    if state == "passes":
+        assert line == "gradcam conv3: passes"
+    else:
+        assert line.startswith(f"{name} conv3: {state} — ") and len(line) > len(name) + 30
+
+
+def test_callers_methods_are_scored_and_paired_as_any_other(known_compared):
+    result, out = known_compared
+    payload = json.loads((out / "compare.json").read_text())
+    assert payload["summary"] == result.summary
+    methods = {r["method"] for r in result.paired}
+    assert methods == {
+        "gradcam",
+        "eigencam",
+        "constant",
+        "fresh random",
+        "input edges",
+        "centre map",
+    }
+    # the random baseline is drawn on conv3's 4x4 grid, learnt from Grad-CAM's probe
+    assert payload["settings"]["baselines"]["random"].endswith("conv3 4x4")
