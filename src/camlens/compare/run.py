@@ -300,7 +300,8 @@ def compare(
         sanity_cost,
     )
     bar.close()
-    summary = sanity_lines(sanity) + headline(rows + paired, alpha)
+    said = headline(rows + paired, alpha)
+    summary = sanity_lines(sanity) + said
     if not is_writer():
         return CompareResult(rows, skipped, sanity, {}, paired, estimate, summary)
     files = {name: out / name for name in FILES}
@@ -313,7 +314,8 @@ def compare(
         "higher_is_better": {m: HIGHER_IS_BETTER[m] for m in METRICS},
         "beats_baselines": [list(k) for k, win in beats_baselines(rows + paired).items() if win],
         "indistinguishable_from_centre": indistinguishable_from(paired, "centre"),
-        "summary": summary,
+        "summary": summary,  # each method's state, then `headline`
+        "headline": said,  # the paired verdicts in words
         # the metrics that rank maps as known evidence does lead; the others last, with why
         "lead_metrics": list(FAITHFUL),
         "shown_last": {
