@@ -12,13 +12,15 @@ from camlens.compare import (
     COLUMNS,
     beats_baselines,
     compare,
+    headline,
     indistinguishable_from,
+    sanity_lines,
     select_subsets,
 )
 from camlens.data import Dataset, Split, load_dataset
 from camlens.evaluate import as_float_images, predict
 from camlens.explain import ExplainPlan
-from camlens.metrics import METRICS, baseline_maps, score_maps
+from camlens.metrics import METRICS, VERDICTS, baseline_maps, score_maps
 from camlens.model import ResNet18, save_checkpoint
 from test_trust import CLASSES, FAKES, train_known
 
@@ -230,6 +232,10 @@ def test_run_compare_writes_the_table_and_the_report_section(tmp_path, tiny_fold
     assert {r["method"] for r in rows} == {"gradcam", "random", "centre"}
     assert "Can these maps be trusted?" in (out / "report.html").read_text()
     assert "compare:" in stdout
+    # run --compare prints the verdicts compare.json carries, as `camlens compare` does
+    summary = json.loads((out / "compare.json").read_text())["summary"]
+    assert summary[0].startswith("gradcam layer4: ")
+    assert "\n".join(f"  {line}" for line in summary) in stdout
 
 
 def test_run_refuses_compare_0_before_training(tmp_path, tiny_folder, capsys):
@@ -388,3 +394,46 @@ def test_callers_methods_are_scored_and_paired_as_any_other(known_compared):
     }
     # the random baseline is drawn on conv3's 4x4 grid, learnt from Grad-CAM's probe
     assert payload["settings"]["baselines"]["random"].endswith("conv3 4x4")
+
+
+def test_the_summary_names_each_state_and_its_first_reason():
+    sanity = {
+        "gradcam": {"layer": "layer4", "state": "passes", "reasons": [], "passed": True},
+        "eigencam": {
+            "layer": "layer4",
+            "state": "class-blind",
+            "reasons": ["still 1.00 alike with linear randomised (floor 1.00)", "another"],
+            "passed": False,
+        },
+        "flat": {
+            "layer": "layer4",
+            "state": "uninformative",
+            "reasons": ["90% of the maps are flat"],
+            "passed": False,
+        },
+        "edges": {"layer": "layer3", "state": "model-blind", "reasons": [], "passed": False},
+    }
+    assert sanity_lines(sanity) == [
+        "gradcam layer4: passes",
+        "eigencam layer4: class-blind — still 1.00 alike with linear randomised (floor 1.00)",
+        "flat layer4: uninformative — 90% of the maps are flat",
+        f"edges layer3: model-blind — {VERDICTS['model-blind']}",
+    ]
+    plain = {"method": "gradcam", "layer": "layer4", "subset": "mistakes"}
+    rows = [{**plain, "metric": m} for m in ("deletion", "insertion")] + [
+        {**plain, "metric": m, "vs": vs, "decision": "better"}
+        for m in ("deletion", "insertion")
+        for vs in ("random", "centre")
+    ]
+    assert headline(rows, 0.05) == [
+        "gradcam layer4 (mistakes) beats every baseline on deletion, insertion "
+        "(paired, Holm-corrected at alpha 0.05)"
+    ]
+    rows[-1]["decision"] = "indistinguishable"  # insertion ties the centre map
+    assert headline(rows, 0.05)[0].startswith(
+        "gradcam layer4 (mistakes) beats every baseline on deletion ("
+    )
+    assert headline(rows[:2], 0.05) == [
+        "no method beats every baseline on deletion, insertion, road "
+        "(paired, Holm-corrected at alpha 0.05)"
+    ]
