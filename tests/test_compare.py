@@ -19,7 +19,7 @@ from camlens.compare import (
 )
 from camlens.data import Dataset, Split, load_dataset
 from camlens.evaluate import as_float_images, predict
-from camlens.explain import ExplainPlan
+from camlens.explain import ExplainError, ExplainPlan
 from camlens.metrics import METRICS, VERDICTS, baseline_maps, score_maps
 from camlens.model import ResNet18, save_checkpoint
 from test_trust import CLASSES, FAKES, train_known
@@ -437,3 +437,12 @@ def test_the_summary_names_each_state_and_its_first_reason():
         "no method beats every baseline on deletion, insertion, road "
         "(paired, Holm-corrected at alpha 0.05)"
     ]
+
+
+def test_a_method_of_ones_own_cannot_take_a_baselines_name(tiny, tmp_path):
+    model, data, _ = tiny
+    plan = ExplainPlan(methods=("centre",), layers=("layer4",), compare_limit=2)
+    engines = {"centre": lambda m, layers: lambda images, targets: images.mean(1)}
+    with pytest.raises(ExplainError, match="names a baseline"):
+        compare(model, data, tmp_path / "out", plan, engines=engines)
+    assert not (tmp_path / "out").exists()

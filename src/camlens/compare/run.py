@@ -148,6 +148,11 @@ def compare(
     seed, progress = plan.seed, plan.progress
     # "layer3+layer4": one engine on both layers, scored as one map (the layers' mean, or
     # RefineCAM's product)
+    taken = [name for name in engines if name in BASELINE_KINDS]
+    if taken:  # its rows would be read as the baseline's
+        raise ExplainError(
+            f"engines= names a baseline ({', '.join(taken)}): call your method something else"
+        )
     named = [m for m in methods if m not in engines]
     hooked = list(dict.fromkeys(p for la in layers for p in _parts(la)))
     check_explainable(model, named or ("gradcam",), hooked, plan.precision)
