@@ -146,14 +146,14 @@ def compare(
     methods, layers = plan.methods, plan.layers or COMPARE_PLAN.layers
     limit = COMPARE_LIMIT if plan.compare_limit is None else plan.compare_limit
     seed, progress = plan.seed, plan.progress
-    # "layer3+layer4": one engine on both layers, scored as one map (the layers' mean, or
-    # RefineCAM's product)
     taken = [name for name in engines if name in BASELINE_KINDS]
     if taken:  # its rows would be read as the baseline's
         raise ExplainError(
             f"engines= names a baseline ({', '.join(taken)}): call your method something else"
         )
     named = [m for m in methods if m not in engines]
+    # "layer3+layer4": one engine on both layers, scored as one map (the layers' mean, or
+    # RefineCAM's product)
     hooked = list(dict.fromkeys(p for la in layers for p in _parts(la)))
     check_explainable(model, named or ("gradcam",), hooked, plan.precision)
     if sanity_images < 1:
