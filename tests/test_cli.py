@@ -515,3 +515,43 @@ def test_demo_reports_what_evaluate_says(tmp_path, capsys):
     accuracy = json.loads((tmp_path / "ev" / "metrics.json").read_text())["test_acc"]
     assert f"{accuracy:.2%}" in out and f"{accuracy:.2%}" in html
     assert len(rows) == round((1 - accuracy) * 1000)
+
+
+def test_compare_prints_each_methods_sanity_state_and_the_paired_verdicts(
+    tmp_path, tiny_folder, trained, capsys
+):
+    code, out, err = run(
+        capsys,
+        "compare",
+        "--checkpoint",
+        trained,
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "cmp",
+        "--method",
+        "gradcam,eigencam",
+        "--layer",
+        "layer4",
+        "--limit",
+        2,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    start = lines.index("sanity and paired verdicts:")
+    states = dict(
+        re.match(r"  (\w+) layer4: ([\w-]+)", line).groups() for line in lines[start + 1 :][:2]
+    )
+    assert set(states) == {"gradcam", "eigencam"}
+    payload = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert states == {m: s["state"] for m, s in payload["sanity"].items()}
+    assert states["eigencam"] != "passes"  # it never reads the class
+    failing = next(line for line in lines if line.startswith("  eigencam layer4: "))
+    assert (
+        " — " in failing and failing.split(" — ")[1] == payload["sanity"]["eigencam"]["reasons"][0]
+    )
+    said = lines[start + 3 :]
+    assert said[0].strip() == payload["headline"][0] and "Holm" in out

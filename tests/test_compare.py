@@ -12,13 +12,17 @@ from camlens.compare import (
     COLUMNS,
     beats_baselines,
     compare,
+    headline,
     indistinguishable_from,
+    sanity_lines,
     select_subsets,
 )
-from camlens.data import load_dataset
+from camlens.data import Dataset, Split, load_dataset
 from camlens.evaluate import as_float_images, predict
-from camlens.metrics import METRICS, baseline_maps, score_maps
+from camlens.explain import ExplainError, ExplainPlan
+from camlens.metrics import METRICS, VERDICTS, baseline_maps, score_maps
 from camlens.model import ResNet18, save_checkpoint
+from test_trust import CLASSES, FAKES, train_known
 
 LAYERS = ("layer3", "layer4")
 FILES = ("compare.csv", "compare.json", "compare.png", "sanity.png")
@@ -41,9 +45,8 @@ def tiny(tmp_path_factory, tiny_folder):
 def compared(tiny, tmp_path_factory, one_thread):
     model, data, _ = tiny
     out = tmp_path_factory.mktemp("cmp") / "out"
-    result = compare(
-        model, data, out, methods=tuple(METHODS), layers=LAYERS, limit=3, sanity_images=2
-    )
+    plan = ExplainPlan(methods=tuple(METHODS), layers=LAYERS, compare_limit=3)
+    result = compare(model, data, out, plan, sanity_images=2)
     return result, out
 
 
@@ -229,6 +232,10 @@ def test_run_compare_writes_the_table_and_the_report_section(tmp_path, tiny_fold
     assert {r["method"] for r in rows} == {"gradcam", "random", "centre"}
     assert "Can these maps be trusted?" in (out / "report.html").read_text()
     assert "compare:" in stdout
+    # run --compare prints the verdicts compare.json carries, as `camlens compare` does
+    summary = json.loads((out / "compare.json").read_text())["summary"]
+    assert summary[0].startswith("gradcam layer4: ")
+    assert "\n".join(f"  {line}" for line in summary) in stdout
 
 
 def test_run_refuses_compare_0_before_training(tmp_path, tiny_folder, capsys):
@@ -261,9 +268,7 @@ def test_a_plus_b_layer_is_one_engine_on_both(tiny, tmp_path, one_thread):
         model,
         data,
         tmp_path / "out",
-        methods=("refinecam",),
-        layers=("layer4", "layer3+layer4"),
-        limit=2,
+        ExplainPlan(methods=("refinecam",), layers=("layer4", "layer3+layer4"), compare_limit=2),
         sanity_images=1,
     )
     layers = {r["layer"] for r in result.rows if r["method"] == "refinecam"}
@@ -310,3 +315,134 @@ def test_a_win_needs_the_corrected_paired_test_against_every_baseline():
         "gradcam layer4 (mistakes) cannot be told apart from the centre map on "
         "deletion, insertion, road"
     ]
+
+
+# ---- end to end on the known-evidence model: compare fails what it should --------------------
+
+
+def known_data(known) -> Dataset:
+    """The known-evidence images as a test split in which every other label is moved to the
+    next class: the model (which reads the square) gets those "wrong", so compare has mistakes
+    whose predicted class is the true evidence."""
+    _, images, labels, _ = known
+    moved = labels.clone()
+    moved[::2] = (labels[::2] + 1) % CLASSES
+    pixels = (images * 255).round().to(torch.uint8)
+    empty = Split(pixels[:0], moved[:0])
+    return Dataset(empty, Split(pixels, moved), ("rows", "columns", "checks"), "known", "")
+
+
+@pytest.fixture(scope="module")
+def known(one_thread):
+    return train_known()
+
+
+# the first failing state; Eigen-CAM fails model-blind first and class-blind as well
+EXPECTED = {
+    "gradcam": "passes",
+    "eigencam": "model-blind",
+    "constant": "uninformative",
+    "fresh random": "uninformative",
+    "input edges": "model-blind",
+    "centre": "model-blind",
+}
+
+
+@pytest.fixture(scope="module")
+def known_compared(known, tmp_path_factory, one_thread):
+    model = known[0]
+    # the fakes ignore the layers they are given: (model, layers) -> engine
+    engines = {name: (lambda m, layers, f=make: f(m)) for name, make in FAKES.items()}
+    engines["centre map"] = engines.pop("centre")  # "centre" names the baseline
+    plan = ExplainPlan(
+        methods=("gradcam", "eigencam", "constant", "fresh random", "input edges", "centre map"),
+        layers=("conv3",),
+        compare_limit=8,
+    )
+    out = tmp_path_factory.mktemp("known") / "out"
+    return compare(model, known_data(known), out, plan, sanity_images=12, engines=engines), out
+
+
+@pytest.mark.parametrize("method", list(EXPECTED))
+def test_compare_passes_gradcam_and_fails_what_explains_nothing(known_compared, method):
+    """Planted: the state read as the old `passed` flag of the last cascade step alone."""
+    result, _ = known_compared
+    name = "centre map" if method == "centre" else method
+    state = result.sanity[name]["state"]
+    assert state == EXPECTED[method], (method, result.sanity[name]["reasons"])
+    if method == "eigencam":  # it never reads the class
+        assert "class-blind" in result.sanity[name]["failed"]
+    line = next(line for line in result.summary if line.startswith(f"{name} conv3: "))
+    if state == "passes":
+        assert line == "gradcam conv3: passes"
+    else:
+        assert line.startswith(f"{name} conv3: {state} — ") and len(line) > len(name) + 30
+
+
+def test_callers_methods_are_scored_and_paired_as_any_other(known_compared):
+    result, out = known_compared
+    payload = json.loads((out / "compare.json").read_text())
+    assert payload["summary"] == result.summary
+    methods = {r["method"] for r in result.paired}
+    assert methods == {
+        "gradcam",
+        "eigencam",
+        "constant",
+        "fresh random",
+        "input edges",
+        "centre map",
+    }
+    # the random baseline is drawn on conv3's 4x4 grid, learnt from Grad-CAM's probe
+    assert payload["settings"]["baselines"]["random"].endswith("conv3 4x4")
+
+
+def test_the_summary_names_each_state_and_its_first_reason():
+    sanity = {
+        "gradcam": {"layer": "layer4", "state": "passes", "reasons": [], "passed": True},
+        "eigencam": {
+            "layer": "layer4",
+            "state": "class-blind",
+            "reasons": ["still 1.00 alike with linear randomised (floor 1.00)", "another"],
+            "passed": False,
+        },
+        "flat": {
+            "layer": "layer4",
+            "state": "uninformative",
+            "reasons": ["90% of the maps are flat"],
+            "passed": False,
+        },
+        "edges": {"layer": "layer3", "state": "model-blind", "reasons": [], "passed": False},
+    }
+    assert sanity_lines(sanity) == [
+        "gradcam layer4: passes",
+        "eigencam layer4: class-blind — still 1.00 alike with linear randomised (floor 1.00)",
+        "flat layer4: uninformative — 90% of the maps are flat",
+        f"edges layer3: model-blind — {VERDICTS['model-blind']}",
+    ]
+    plain = {"method": "gradcam", "layer": "layer4", "subset": "mistakes"}
+    rows = [{**plain, "metric": m} for m in ("deletion", "insertion")] + [
+        {**plain, "metric": m, "vs": vs, "decision": "better"}
+        for m in ("deletion", "insertion")
+        for vs in ("random", "centre")
+    ]
+    assert headline(rows, 0.05) == [
+        "gradcam layer4 (mistakes) beats every baseline on deletion, insertion "
+        "(paired, Holm-corrected at alpha 0.05)"
+    ]
+    rows[-1]["decision"] = "indistinguishable"  # insertion ties the centre map
+    assert headline(rows, 0.05)[0].startswith(
+        "gradcam layer4 (mistakes) beats every baseline on deletion ("
+    )
+    assert headline(rows[:2], 0.05) == [
+        "no method beats every baseline on deletion, insertion, road "
+        "(paired, Holm-corrected at alpha 0.05)"
+    ]
+
+
+def test_a_method_of_ones_own_cannot_take_a_baselines_name(tiny, tmp_path):
+    model, data, _ = tiny
+    plan = ExplainPlan(methods=("centre",), layers=("layer4",), compare_limit=2)
+    engines = {"centre": lambda m, layers: lambda images, targets: images.mean(1)}
+    with pytest.raises(ExplainError, match="names a baseline"):
+        compare(model, data, tmp_path / "out", plan, engines=engines)
+    assert not (tmp_path / "out").exists()

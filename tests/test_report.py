@@ -16,6 +16,7 @@ from camlens.cam import GradCAM
 from camlens.data import Split
 from camlens.evaluate import evaluate
 from camlens.explain import ExplainPlan, mistake_maps, select_mistakes
+from camlens.metrics import VERDICTS
 from camlens.model import ResNet18
 from camlens.report import (
     ReportConfig,
@@ -320,6 +321,12 @@ def test_webp_and_png_overlays(case, tmp_path):
     assert re.search(r'class="map" data-k="0" src="data:image/webp;base64,', text)
 
 
+SANITY = {  # each named state once, with the reasons compare writes
+    "gradcam": ("passes", []),
+    "eigencam": ("class-blind", ["still 1.00 alike with linear randomised (floor 1.00)"]),
+    "constant": ("uninformative", ["90% of the maps are flat"]),
+    "edges": ("model-blind", ["entropy moves +0.0% on a random model (eMPRT)"]),
+}
 TRUST = {
     "rows": [
         {
@@ -335,20 +342,28 @@ TRUST = {
         for m, layer, mean in (
             ("gradcam", "layer4", 0.123),
             ("eigencam", "layer4", 0.456),
-            ("random", "-", 0.3),
+            ("random", "layer4", 0.3),  # drawn at layer4's grid: still a baseline
             ("centre", "-", 0.35),
         )
     ],
     "higher_is_better": {"deletion": False},
     "beats_baselines": [["gradcam", "layer4", "mistakes", "deletion"]],
     "sanity": {
-        "gradcam": {
+        method: {
             "layer": "layer4",
             "steps": ["linear", "layer4"],
             "spearman": [0.9, 0.1],
-            "passed": True,
+            "state": state,
+            "reasons": reasons,
+            "passed": state == "passes",
         }
+        for method, (state, reasons) in SANITY.items()
     },
+    "verdicts": VERDICTS,
+    "headline": [
+        "gradcam layer4 (mistakes) cannot be told apart from the centre map on "
+        "deletion, insertion, road"
+    ],
 }
 
 
@@ -361,5 +376,18 @@ def test_trust_section_only_with_compare_results(case):
     page.feed(html)
     assert "Can these maps be trusted?" in html and 'href="#trust"' in html
     assert [len(page.with_class("td", c)) for c in ("win", "lose", "base")] == [1, 1, 2]
-    assert html.index("0.123") < html.index("0.456") < html.index("baseline: random")
+    assert html.index("0.123") < html.index("0.456") < html.index("baseline: random layer4")
     assert 'class="win">0.123' in html and 'class="lose">0.456' in html
+
+
+def test_trust_section_names_each_sanity_state_and_why(case):
+    model, split, ev, _, _, _ = case
+    html = render_html(_report(model, split, ev, limit=0, trust=TRUST))
+    for method, (state, reasons) in SANITY.items():
+        cls = "state-pass" if state == "passes" else "state-fail"
+        why = reasons[0] if reasons else VERDICTS["passes"]
+        row = f'<th>{method} layer4</th><td class="{cls}">{state}</td><td>{why}</td>'
+        assert row in html, method
+    for state, line in VERDICTS.items():  # what each state means
+        assert f"<b>{state}</b>: {line}" in html
+    assert "cannot be told apart from the centre map" in html

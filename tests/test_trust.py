@@ -67,6 +67,10 @@ def evidence_images(n: int, g: torch.Generator):
 
 @pytest.fixture(scope="module")
 def known():
+    return train_known()
+
+
+def train_known():
     """The trained model (about 2 s on one core) and 48 held-out images it classifies."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

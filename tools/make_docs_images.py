@@ -24,6 +24,7 @@ from PIL import Image
 
 from camlens.compare import compare
 from camlens.data import load_dataset
+from camlens.explain import ExplainPlan
 from camlens.model import load_checkpoint
 from camlens.pipeline import demo
 
@@ -88,11 +89,8 @@ def main() -> None:
         model,
         load_dataset("sample", progress=False),
         work / "compare",
-        methods=("gradcam", "layercam"),
-        layers=("layer4",),
-        limit=8,
+        ExplainPlan(methods=("gradcam", "layercam"), layers=("layer4",), compare_limit=8),
         sanity_images=4,
-        progress=False,
     )
     for name in ("compare.png", "sanity.png"):
         print(name, small_png(compared.files[name], args.out / name), "bytes")

@@ -7,6 +7,7 @@ PRECISIONS itself: tests/test_imports.py keeps METHOD_NAMES and PRECISION_NAMES 
 
 __all__ = [
     "BACKENDS",
+    "COMPARE_LIMIT",
     "COMPARE_METHODS",
     "METHOD_NAMES",
     "NORMS",
@@ -51,3 +52,6 @@ SORTS = ("confidence", "margin", "index")
 # compare's default methods: those that score in minutes on 2 CPU cores (camlens.compare);
 # the costly ones (SS-CAM, IS-CAM, Ablation-CAM, full Score-CAM, ...) on request
 COMPARE_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam", "scorecam")
+# mistakes (and as many correct images) a compare scores unless told: the default methods at
+# two layers then fit minutes on 2 CPU cores (`camlens compare --limit`, `run --compare`)
+COMPARE_LIMIT = 32

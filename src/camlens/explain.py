@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from camlens.cam import create, normalize_cams
+from camlens.cam import Engine, create, normalize_cams
 from camlens.cam.layers import upsample
 from camlens.choices import SORTS
 from camlens.distributed import gather, shard_rows, world_size
@@ -34,6 +34,7 @@ __all__ = [
     "check_explainable",
     "compute_cams",
     "concat_explanations",
+    "engine_for",
     "gather_explanations",
     "mistake_maps",
     "select_mistakes",
@@ -211,6 +212,25 @@ def compute_cams(
     with create(method or plan.methods[0], model, layers, plan.engine_config(normalize)) as cam:
         results = cam.explain_many(x, [t.to(device) for t in target_sets])
     return [r.layer_cams.cpu() for r in results]
+
+
+def engine_for(
+    method: str,
+    model: nn.Module,
+    layers: Sequence[str],
+    plan: ExplainPlan,
+    normalize: str = "minmax",
+    seed: int | None = None,
+) -> Engine:
+    """The plan's engine for `method` at `layers`, for a step that needs the engine itself
+    (ARCC re-runs it; the sanity checks build one per randomised copy); close it, or use it
+    in a `with`. Knobs `method` does not read are left at their defaults. `seed`: another draw
+    of a stochastic method's noise (SmoothGrad's, Score-CAM variants'), e.g. for its floor.
+    """
+    config = plan.engine_config(normalize)
+    if seed is not None:
+        config = replace(config, smooth_seed=seed, score_seed=seed)
+    return create(method, model, list(layers), config.for_method(method))
 
 
 def select_mistakes(

@@ -12,9 +12,9 @@ import dataclasses
 
 import torch
 
-from camlens.cam import METHODS, candidate_layers, pick_layer
+from camlens.cam import METHODS, CamConfig, candidate_layers, pick_layer
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
-from camlens.compare import compare
+from camlens.compare import compare, summary_of
 from camlens.data import DataError, load_dataset
 from camlens.distributed import is_writer, process_group
 from camlens.epochs import explain_over_epochs
@@ -234,6 +234,7 @@ def _print_report(outcome: Outcome, args: argparse.Namespace) -> None:
     print(f"evaluation: {args.out / 'eval'}")
     if args.compare_limit is not None:
         print(f"compare: {args.out / 'compare.csv'}, compare.png, sanity.png")
+        _print_verdicts(summary_of(args.out))
     _print_outcome(outcome)
 
 
@@ -323,31 +324,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.top_k is not None and not set(args.method) & set(readers):
         chosen = ",".join(args.method)
         raise ExplainError(f"--top-k is read only by {', '.join(readers)}: not by {chosen}")
+    if args.limit < 1:
+        raise ExplainError(f"--limit must be >= 1, got {args.limit}: the images scored per subset")
     # under torchrun each rank scores its share of the (method, layer) sets; rank 0 writes
     with process_group(pick_device(args.device), args.backend) as device:
         opened = _open(args, device)
-        result = compare(
-            opened.model,
-            opened.data,
-            args.out,
-            methods=args.method,
+        plan = plan_from_args(
+            args,
             layers=_layers(args, opened, ["layer3", "layer4"]),
-            limit=args.limit,
-            top_k=32 if args.top_k is None else args.top_k or None,
-            cam_batch_size=args.cam_batch_size,
-            eval_batch_size=args.eval_batch_size,
+            limit=None,  # --limit here is the compare's
+            compare_limit=args.limit,
+            cam=CamConfig(top_k=32 if args.top_k is None else args.top_k or None),
             seed=args.seed,
             progress=args.progress and is_writer(),
         )
+        result = compare(opened.model, opened.data, args.out, plan)
     if not is_writer():
         return 0
-    failed = [m for m, s in result.sanity.items() if not s["passed"]]
     for (method, layer), why in result.skipped.items():
         print(f"left out {method} at {layer}: {why}")
     print(f"scored {len(result.rows)} (method, layer, subset, metric) cells")
-    print("sanity check: " + (f"FAILED by {', '.join(failed)}" if failed else "all pass"))
+    _print_verdicts(result.summary)
     print("wrote " + ", ".join(str(p) for p in result.files.values()))
     return 0
+
+
+def _print_verdicts(summary: list[str]) -> None:
+    """Each method's sanity state, then the paired headline (what compare.json "summary" says)."""
+    print("sanity and paired verdicts:")
+    for line in summary:
+        print(f"  {line}")
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -12,7 +12,14 @@ import types
 import typing
 from pathlib import Path
 
-from camlens.choices import BACKENDS, COMPARE_METHODS, METHOD_NAMES, PRECISION_NAMES, SORTS
+from camlens.choices import (
+    BACKENDS,
+    COMPARE_LIMIT,
+    COMPARE_METHODS,
+    METHOD_NAMES,
+    PRECISION_NAMES,
+    SORTS,
+)
 from camlens.plan import ExplainPlan
 from camlens.train.config import TrainConfig
 from camlens.version import __version__
@@ -246,10 +253,11 @@ def _compare_flag(parser: argparse.ArgumentParser) -> None:
         dest="compare_limit",
         type=int,
         nargs="?",
-        const=256,
+        const=COMPARE_LIMIT,
         metavar="N",
-        help="also score the methods' faithfulness on N mistakes and N correct images, as "
-        "`camlens compare` does, into OUT/compare.* and the report (N default: 256)",
+        help="also score the methods' faithfulness on N mistakes and N correct images and run "
+        "their sanity checks, as `camlens compare` does, into OUT/compare.* and the report, "
+        f"and print each method's verdict (N default: {COMPARE_LIMIT}, as compare's --limit)",
     )
 
 
@@ -458,9 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit",
         type=int,
-        default=32,
+        default=COMPARE_LIMIT,
         help="score at most N mistakes (the most confident) and as many correct images "
-        "(a seeded sample) per method and layer (default: 32; the estimate is printed first)",
+        f"(a seeded sample) per method and layer (default: {COMPARE_LIMIT}; the estimate is "
+        "printed first, each method's sanity state and the paired verdicts last)",
     )
     p.add_argument(
         "--top-k",

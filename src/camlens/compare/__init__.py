@@ -1,16 +1,30 @@
 """Can these maps be trusted? Every method and layer scored on the mistakes and on correct images.
 
-    result = compare(model, data, out, methods=("gradcam", "scorecam"), layers=("layer4",))
+    plan = ExplainPlan(methods=("gradcam", "scorecam"), layers=("layer4",), compare_limit=32)
+    result = compare(model, data, out, plan)
     result.rows          # one dict per (method, layer, subset, metric): mean, ci_low, ci_high, n
     result.paired        # each against each baseline: diff, interval, Holm-corrected decision
     result.sanity        # method -> the sanity checks' numbers and a named state (VERDICTS)
 
+    result.summary       # each method's state and the paired headline, in words
+
 `table` picks the images and builds the rows, `figures` draws them, `run` does the scoring
-and writes compare.csv, compare.json (what the report reads), compare.png and sanity.png.
+and writes compare.csv, compare.json (what the report reads), compare.png and sanity.png;
+`summary` words the verdicts. Maps and engines come from `camlens.explain` (`engine_for`);
+`engines=` adds methods of your own, `(model, layers) -> engine`, by name.
 """
 
 from camlens.compare.figures import sanity_figure, table_figure
-from camlens.compare.run import COMPARE_METHODS, FILES, CompareResult, compare
+from camlens.compare.run import (
+    COMPARE_LIMIT,
+    COMPARE_METHODS,
+    COMPARE_PLAN,
+    FILES,
+    CompareResult,
+    EngineMaker,
+    compare,
+)
+from camlens.compare.summary import headline, sanity_lines, summary_of
 from camlens.compare.table import (
     COLUMNS,
     SUBSETS,
@@ -21,14 +35,20 @@ from camlens.compare.table import (
 
 __all__ = [
     "COLUMNS",
+    "COMPARE_LIMIT",
     "COMPARE_METHODS",
+    "COMPARE_PLAN",
     "FILES",
     "SUBSETS",
     "CompareResult",
+    "EngineMaker",
     "beats_baselines",
     "compare",
+    "headline",
     "indistinguishable_from",
     "sanity_figure",
+    "sanity_lines",
     "select_subsets",
+    "summary_of",
     "table_figure",
 ]

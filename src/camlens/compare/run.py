@@ -1,9 +1,11 @@
 """Can these maps be trusted? Every method and layer scored on the mistakes and on correct images.
 
-    result = compare(model, data, out, methods=("gradcam", "scorecam"), layers=("layer4",))
+    plan = ExplainPlan(methods=("gradcam", "scorecam"), layers=("layer4",), compare_limit=32)
+    result = compare(model, data, out, plan)
     result.rows          # one dict per (method, layer, subset, metric): mean, ci_low, ci_high, n
     result.paired        # each of those against each baseline: diff, interval, Holm decision
     result.sanity        # method -> the checks' numbers and a named state (VERDICTS)
+    result.summary       # each method's state and the paired headline, in words
 
 Each (method, layer) explains the `limit` most confident mistakes (maps of the predicted class:
 what drove the mistake) and as many correctly classified images (a seeded sample, maps of their
@@ -26,8 +28,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,12 +38,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from camlens.atomic import atomic_write_files
-from camlens.cam import CamConfig, create
-from camlens.choices import COMPARE_METHODS
+from camlens.cam import CamConfig
+from camlens.choices import COMPARE_LIMIT, COMPARE_METHODS
 from camlens.compare.budget import forward_seconds, score_forwards
-from camlens.compare.budget import plan as make_plan
+from camlens.compare.budget import plan as make_estimate
 from camlens.compare.figures import sanity_figure, table_figure
 from camlens.compare.sanity import run_sanity
+from camlens.compare.summary import headline, sanity_lines
 from camlens.compare.table import (
     COLUMNS,
     FAITHFUL,
@@ -55,7 +59,7 @@ from camlens.compare.table import (
 from camlens.data import Dataset
 from camlens.distributed import all_sum, is_writer, rank, world_size
 from camlens.evaluate import as_float_images, predict
-from camlens.explain import ExplainError, check_explainable
+from camlens.explain import ExplainError, ExplainPlan, check_explainable, engine_for
 from camlens.metrics import (
     BASELINE_KINDS,
     BASELINES,
@@ -71,9 +75,25 @@ from camlens.metrics import (
 )
 from camlens.plots import figure_png
 
-__all__ = ["COMPARE_METHODS", "FILES", "CompareResult", "compare"]
+__all__ = [
+    "COMPARE_LIMIT",
+    "COMPARE_METHODS",
+    "COMPARE_PLAN",
+    "FILES",
+    "CompareResult",
+    "EngineMaker",
+    "compare",
+]
 
 FILES = ("compare.csv", "compare.json", "compare.png", "sanity.png")
+# what `compare` scores when given no plan: the methods that fit the budget at layer3 and layer4
+COMPARE_PLAN = ExplainPlan(
+    methods=COMPARE_METHODS, layers=("layer3", "layer4"), compare_limit=COMPARE_LIMIT
+)
+# a method of the caller's own: (model, layers) -> engine, `(images, targets) -> (N, H, W)`
+EngineMaker = Callable[
+    [nn.Module, Sequence[str]], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+]
 
 
 @dataclass(frozen=True)
@@ -86,41 +106,56 @@ class CompareResult:
     files: dict[str, Path]  # name -> out/name for each of FILES
     paired: list[dict] = field(default_factory=list)  # COLUMNS: each cell against each baseline
     plan: dict = field(default_factory=dict)  # what was scored and the forwards it was to cost
+    # each method's sanity state, then the paired headline, in words (compare.json "summary")
+    summary: list[str] = field(default_factory=list)
 
 
 def compare(
     model: nn.Module,
     data: Dataset,
     out: str | Path,
+    plan: ExplainPlan | None = None,
     *,
-    methods: Sequence[str] = COMPARE_METHODS,
-    layers: Sequence[str] = ("layer3", "layer4"),
-    limit: int = 32,
-    top_k: int | None = 32,
     sanity_images: int = 16,
-    cam_batch_size: int = 64,
-    eval_batch_size: int = 256,
-    seed: int = 0,
     metric_config: MetricConfig | None = None,
-    progress: bool = True,
     baselines: Sequence[str] = BASELINES,
     alpha: float = 0.05,
     announce: Callable[[str], None] | None = None,
+    engines: Mapping[str, EngineMaker] | None = None,
 ) -> CompareResult:
-    """Score every (method, layer) and the baselines on `data.test`; write FILES into `out`.
+    """Score every (method, layer) of `plan` and the baselines on `data.test`; write FILES.
 
-    `top_k`: Score-CAM keeps each image's k highest-variance channels (Faster Score-CAM), as
-    full Score-CAM costs ~2 s per image per layer on a laptop CPU; None: all channels.
-    `baselines`: BASELINES by default; "random-pixel" (i.i.d. pixels) on request. `alpha`: the
-    family-wise error rate of the paired decisions (Holm over every paired cell). `announce`
-    receives the plan and the time estimate before scoring (default: the progress bar's
-    stream when `progress`, else nothing).
+    `plan` (default `COMPARE_PLAN`): the methods and layers compared, `compare_limit` mistakes
+    (and as many correct images; None: 32, what fits minutes on 2 CPU cores), the batch sizes
+    (`eval_batch_size` for every inference and scoring forward), precision, `seed`, the
+    methods' knobs (`cam`; None: Score-CAM's top_k 32, Faster Score-CAM, as full Score-CAM
+    costs ~2 s per image per layer on a laptop CPU) and `progress`.
+    `sanity_images`: mistakes the sanity checks run on. `baselines`: BASELINES by default;
+    "random-pixel" (i.i.d. pixels) on request. `alpha`: the family-wise error rate of the
+    paired decisions (Holm over every paired cell). `announce` receives the plan and the time
+    estimate before scoring (default: the progress bar's stream when `progress`, else nothing).
+    `engines`: methods of your own by name, `(model, layers) -> engine`, an engine being any
+    `(images, targets) -> (N, H, W)` maps in [0, 1] (with `close()` if it holds hooks); name
+    them in `plan.methods` beside METHODS names. A fixed or random "method" gets the same
+    table and sanity verdict as a real one, so this is also how the checks are tested.
     """
+    plan = plan or COMPARE_PLAN
+    engines = dict(engines or {})
+    if plan.cam is None:  # Score-CAM on all channels would not fit the budget
+        plan = replace(plan, cam=CamConfig(top_k=32))
+    methods, layers = plan.methods, plan.layers or COMPARE_PLAN.layers
+    limit = COMPARE_LIMIT if plan.compare_limit is None else plan.compare_limit
+    seed, progress = plan.seed, plan.progress
+    taken = [name for name in engines if name in BASELINE_KINDS]
+    if taken:  # its rows would be read as the baseline's
+        raise ExplainError(
+            f"engines= names a baseline ({', '.join(taken)}): call your method something else"
+        )
+    named = [m for m in methods if m not in engines]
     # "layer3+layer4": one engine on both layers, scored as one map (the layers' mean, or
     # RefineCAM's product)
-    check_explainable(model, methods, list(dict.fromkeys(p for la in layers for p in _parts(la))))
-    if limit < 1:
-        raise ExplainError(f"--limit must be >= 1, got {limit}: the images scored per subset")
+    hooked = list(dict.fromkeys(p for la in layers for p in _parts(la)))
+    check_explainable(model, named or ("gradcam",), hooked, plan.precision)
     if sanity_images < 1:
         raise ExplainError(f"sanity_images must be >= 1, got {sanity_images}")
     unknown = [b for b in baselines if b not in BASELINE_KINDS]
@@ -133,7 +168,7 @@ def compare(
         raise ExplainError(f"--out {out} is a file: name a folder")
     device = next(model.parameters()).device
     labels = data.test.labels
-    logits = predict(model, data.test.images, eval_batch_size).cpu()
+    logits = predict(model, data.test.images, plan.eval_batch_size).cpu()
     if logits.shape[1] != len(data.classes):
         raise ExplainError(
             f"the model has {logits.shape[1]} classes but the data {len(data.classes)}: "
@@ -142,8 +177,14 @@ def compare(
     subsets = select_subsets(logits, labels, limit, seed)
     if subsets["mistakes"].numel() == 0:
         raise ExplainError("the model makes no mistakes on this test split: nothing to compare")
-    cam_config = CamConfig(batch_size=cam_batch_size, top_k=top_k)
-    cfg = metric_config or MetricConfig(seed=seed)
+    cfg = metric_config or MetricConfig(seed=seed, batch_size=plan.eval_batch_size)
+
+    def opened(method: str, model: nn.Module, layer: str, seed: int | None = None):
+        """The engine of `method` at `layer`: the caller's own, or the plan's (explain.py)."""
+        if method in engines:
+            return engines[method](model, _parts(layer))
+        return engine_for(method, model, _parts(layer), plan, seed=seed)
+
     # the forward's cost, then each (method, layer) once on a few images: CAM needs the layer
     # that feeds GAP -> fc, so this also finds the pairs a method cannot explain
     probe = as_float_images(data.test.images[: min(8, len(data.test.images))]).to(device)
@@ -156,14 +197,19 @@ def compare(
     for method in methods:
         for layer in layers:
             try:
-                with create(method, model, _parts(layer), cam_config.for_method(method)) as engine:
+                with _closed(opened(method, model, layer)) as engine:
                     start = time.perf_counter()
-                    result = engine.explain(probe, probe_targets)
+                    # an engine of camlens says its layers' grids; one of the caller's does not
+                    explain = getattr(engine, "explain", None)
+                    result = (explain or engine)(probe, probe_targets)
                     took = time.perf_counter() - start
                 pairs.append((method, layer))
                 # map cost in forward equivalents per image (at least the one forward it needs)
                 map_cost[(method, layer)] = max(1.0, took / probe.shape[0] / forward_s)
-                grids[layer] = max(tuple(m.shape[-2:]) for m in result.low_res)
+                if explain is not None:
+                    grid = max(tuple(m.shape[-2:]) for m in result.low_res)
+                    # the layer's own grid: input-resolution methods (FullGrad) map at 32x32
+                    grids[layer] = min(grids.get(layer, grid), grid)
             except ValueError as e:
                 skipped[(method, layer)] = str(e)
     if not pairs:
@@ -191,12 +237,12 @@ def compare(
     sanity_cost = {
         m: sanity_count * (steps + 3) * map_cost[(m, sanity_layer)] for m in sanity_methods
     }
-    plan = make_plan(
+    estimate = make_estimate(
         pairs, reference, subsets, sanity_methods, sanity_count, cost, sanity_cost, forward_s
     )
     say = announce or ((lambda line: tqdm.write(line)) if progress else (lambda line: None))
     if is_writer():
-        say(plan["summary"])
+        say(estimate["summary"])
     n_max = max(int(v.numel()) for v in subsets.values())
     values = torch.zeros(len(tasks), len(METRICS), 4, dtype=torch.float64)  # mean, lo, hi, n
     images_values = torch.zeros(len(tasks), len(METRICS), n_max, dtype=torch.float64)
@@ -218,7 +264,7 @@ def compare(
             engine = baseline_engine(method, torch.Generator(device).manual_seed(seed + 1), grid)
             scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
         else:
-            with create(method, model, _parts(layer), cam_config.for_method(method)) as engine:
+            with _closed(opened(method, model, layer)) as engine:
                 cams = engine(images, targets).detach()  # (n, H, W)
                 scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
         for j, row in enumerate(metric_rows(method, layer, subset, scores.values, seed)):
@@ -252,15 +298,17 @@ def compare(
         sanity_methods,
         sanity_layer,
         sanity_count,
-        cam_config,
+        opened,
         seed,
         device,
         bar,
         sanity_cost,
     )
     bar.close()
+    said = headline(rows + paired, alpha)
+    summary = sanity_lines(sanity) + said
     if not is_writer():
-        return CompareResult(rows, skipped, sanity, {}, paired, plan)
+        return CompareResult(rows, skipped, sanity, {}, paired, estimate, summary)
     files = {name: out / name for name in FILES}
     payload = {
         "columns": list(COLUMNS),
@@ -271,6 +319,8 @@ def compare(
         "higher_is_better": {m: HIGHER_IS_BETTER[m] for m in METRICS},
         "beats_baselines": [list(k) for k, win in beats_baselines(rows + paired).items() if win],
         "indistinguishable_from_centre": indistinguishable_from(paired, "centre"),
+        "summary": summary,  # each method's state, then `headline`
+        "headline": said,  # the paired verdicts in words
         # the metrics that rank maps as known evidence does lead; the others last, with why
         "lead_metrics": list(FAITHFUL),
         "shown_last": {
@@ -281,7 +331,7 @@ def compare(
         },
         "settings": {
             "limit": limit,
-            "top_k": top_k,
+            "top_k": plan.cam.top_k,
             "seed": seed,
             "methods": list(methods),
             "layers": list(layers),
@@ -297,7 +347,7 @@ def compare(
             "paired": f"per-image differences, bootstrap-t (images resampled jointly per "
             f"subset), Holm over all {len(paired)} paired cells at alpha {alpha}",
             "alpha": alpha,
-            "estimate": plan,
+            "estimate": estimate,
         },
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +359,7 @@ def compare(
             files["sanity.png"]: figure_png(sanity_figure(sanity, sanity_maps)),
         }
     )
-    return CompareResult(rows, skipped, sanity, files, paired, plan)
+    return CompareResult(rows, skipped, sanity, files, paired, estimate, summary)
 
 
 def _cells(v: torch.Tensor) -> tuple:
@@ -320,3 +370,14 @@ def _cells(v: torch.Tensor) -> tuple:
 def _parts(layer: str) -> list[str]:
     """The layers of one compared entry: "layer3+layer4" is one engine on both."""
     return layer.split("+")
+
+
+@contextmanager
+def _closed(engine):
+    """Close an engine after use if it has `close` (camlens engines do; a function need not)."""
+    try:
+        yield engine
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()

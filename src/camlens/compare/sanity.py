@@ -7,11 +7,8 @@ rank's share reads the same as one process's.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
-from camlens.cam import create
 from camlens.distributed import all_sum, rank, world_size
 from camlens.evaluate import as_float_images
 from camlens.metrics import cascade_order, judge_sanity, sanity_check
@@ -20,11 +17,12 @@ __all__ = ["run_sanity"]
 
 
 def run_sanity(
-    model, data, mistakes, logits, methods, layer, count, cam_config, seed, device, bar, cost
+    model, data, mistakes, logits, methods, layer, count, opened, seed, device, bar, cost
 ):
     """Each method's checks; under torchrun each rank runs every world-th method and the image
     means and first-image maps are summed over the ranks, as the score table is; the verdict is
-    judged from the means."""
+    judged from the means. `opened(method, model, layer, seed)` makes the method's engine on
+    the model or a randomised copy (`seed`: another draw of a stochastic method's noise)."""
     idx = mistakes[:count]
     images = as_float_images(data.test.images[idx]).to(device)
     targets = logits[idx].argmax(1).to(device)
@@ -40,18 +38,11 @@ def run_sanity(
             model,
             images,
             targets,
-            lambda m, method=method: create(
-                method, m, layer.split("+"), cam_config.for_method(method)
-            ),
+            lambda m, method=method: opened(method, m, layer),
             generator=torch.Generator(device).manual_seed(seed),
             keep=1,
-            make_twin=lambda m, method=method: create(
-                method,
-                m,
-                layer.split("+"),
-                # another draw of the noise for the stochastic methods; the rest read no seed
-                replace(cam_config, smooth_seed=seed + 1, score_seed=seed + 1).for_method(method),
-            ),
+            # another draw of the noise for the stochastic methods; the rest read no seed
+            make_twin=lambda m, method=method: opened(method, m, layer, seed + 1),
         )
         curves[i, 0] = result.spearman.mean(1).double().cpu()
         curves[i, 1] = result.spearman.std(1, unbiased=False).double().cpu()

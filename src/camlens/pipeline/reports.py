@@ -74,16 +74,7 @@ def explain_model(
     galleries = write_galleries(model, data, out, plan, mistakes=evaluation.mistakes, checked=True)
     trust = None
     if plan.compare_limit is not None:
-        compared = compare(
-            model,
-            data,
-            out,
-            methods=plan.methods,
-            layers=plan.layers,
-            limit=plan.compare_limit,
-            cam_batch_size=plan.cam_batch_size,
-            eval_batch_size=plan.eval_batch_size,
-        )
+        compared = compare(model, data, out, plan)
         trust = json.loads(compared.files["compare.json"].read_text())
     report = compute_report(
         model,

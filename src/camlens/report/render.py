@@ -27,6 +27,7 @@ from PIL import Image
 
 from camlens.atomic import atomic_write_bytes
 from camlens.evaluate import as_float_images
+from camlens.metrics import BASELINE_KINDS
 from camlens.overlay import colorize, overlay
 from camlens.plots import figure_png, plot_curves
 from camlens.report.compute import ReportData, centre_box
@@ -441,7 +442,8 @@ def _toolbar(data: ReportData) -> str:
 
 
 def _trust(data: ReportData) -> str:
-    """The compare table (method, layer rows; metric columns; per subset) and sanity curves."""
+    """The compare table (method, layer rows; metric columns; per subset), the paired verdicts
+    in words, each method's sanity state with its reasons, and the sanity curves."""
     t = data.trust
     if t is None:
         return ""
@@ -455,7 +457,8 @@ def _trust(data: ReportData) -> str:
         head = "".join(f"<th>{esc(m)} {'↑' if better[m] else '↓'}</th>" for m in metrics)
         body = []
         for method, layer in keys:
-            base = layer == "-"
+            # every baseline row, the random map at a layer's grid included, is a reference
+            base = method in BASELINE_KINDS
             tds = []
             for m in metrics:
                 r = cell[(method, layer, subset, m)]
@@ -464,34 +467,54 @@ def _trust(data: ReportData) -> str:
                     f'<td class="{cls}">{r["mean"]:.3f} <small>[{r["ci_low"]:.3f}, '
                     f"{r['ci_high']:.3f}]</small></td>"
                 )
-            name = f"baseline: {method}" if base else f"{method} {layer}"
+            where = "" if layer == "-" else f" {layer}"
+            name = f"baseline: {method}{where}" if base else f"{method} {layer}"
             body.append(f"<tr><th>{esc(name)}</th>{''.join(tds)}</tr>")
         tables.append(
             f'<h3>{esc(subset)} ({n} images)</h3><table class="trust"><tr><th></th>{head}</tr>'
             f"{''.join(body)}</table>"
         )
+    # the paired verdicts in words; an older compare.json says only which tie the centre map
+    said = t.get("headline", t.get("indistinguishable_from_centre", []))
+    headline = "".join(f"<li>{esc(line)}</li>" for line in said)
+    verdicts = t.get("verdicts", {})
+    states = []
+    for method, s in t["sanity"].items():
+        state = s["state"]
+        why = "; ".join(s["reasons"]) if s["reasons"] else verdicts.get(state, "")
+        cls = "state-pass" if state == "passes" else "state-fail"
+        states.append(
+            f'<tr><th>{esc(method)} {esc(s["layer"])}</th><td class="{cls}">{esc(state)}</td>'
+            f"<td>{esc(why)}</td></tr>"
+        )
+    meaning = "".join(
+        f"<li><b>{esc(state)}</b>: {esc(line)}</li>" for state, line in verdicts.items()
+    )
     fig = Figure(figsize=(6, 3.2))
     ax = fig.add_subplot()
     for method, s in t["sanity"].items():
-        verdict = "passes" if s["passed"] else "FAILS"
-        ax.plot(s["spearman"], marker="o", ms=3, label=f"{method} ({verdict})")
+        ax.plot(s["spearman"], marker="o", ms=3, label=f"{method} ({s['state']})")
         steps, layer = s["steps"], s["layer"]
     ax.axhline(0.5, color="grey", ls="--", lw=0.8)
     ax.set_xticks(range(len(steps)), steps, rotation=60, fontsize=6)
     ax.set_ylabel(f"mean Spearman with original ({layer})", fontsize=7)
     ax.legend(fontsize=6)
     curve = base64.b64encode(figure_png(fig)).decode()
-    failed = [m for m, s in t["sanity"].items() if not s["passed"]]
-    verdict = f"fail: {', '.join(failed)}" if failed else "every method passes"
+    paired = esc(t.get("settings", {}).get("paired", "paired bootstrap, Holm-corrected"))
     return (
         '<section id="trust"><h2>Can these maps be trusted?</h2><p class="note">Each map scored '
         "by deletion and insertion (Petsiuk 2018), Average Drop and Increase (Chattopadhay 2018), "
-        "ROAD (Rong 2022) and ARCC (Domeniconi 2026), beside a random and a centred map scored "
-        "the same way on the same images. Green: the 95% interval lies beyond both baselines "
-        "in the arrow's direction; red: it does not.</p>"
-        f"{''.join(tables)}<h3>Sanity check: cascading randomisation (Adebayo 2018)</h3>"
-        f'<p class="note">Layers re-initialised from the output back; a map that keeps its '
-        f"rank correlation with the original does not depend on the model ({verdict}).</p>"
+        "ROAD (Rong 2022) and ARCC (Domeniconi 2026), beside the baselines (a smooth random map "
+        "at each layer's grid, a centred map) scored the same way on the same images. Green: "
+        "better than every baseline by the paired test on the same images "
+        f"({paired}); red: not told apart from some baseline, or worse.</p>"
+        f'<ul class="headline">{headline}</ul>{"".join(tables)}'
+        "<h3>Sanity checks: cascading randomisation (Adebayo 2018), Random Logit (Sixt 2020), "
+        "eMPRT (Hedström 2023)</h3>"
+        f'<table class="trust"><tr><th></th><th>state</th><th>why</th></tr>{"".join(states)}'
+        f'</table><ul class="note">{meaning}</ul>'
+        '<p class="note">Layers re-initialised from the output back; a map that keeps its rank '
+        "correlation with the original does not depend on what the model learned.</p>"
         f'<img alt="sanity curves" src="data:image/png;base64,{curve}"></section>'
     )
 
