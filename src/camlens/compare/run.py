@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from camlens.atomic import atomic_write_files
 from camlens.cam import METHODS, CamConfig, create
+from camlens.classifier import adapt_user_input, own_layer_names
 from camlens.compare.figures import sanity_figure, table_figure
 from camlens.compare.table import COLUMNS, beats_baselines, csv_bytes, metric_rows, select_subsets
 from camlens.data import Dataset
@@ -84,7 +85,10 @@ def compare(
 
     `top_k`: Score-CAM keeps each image's k highest-variance channels (Faster Score-CAM), as
     full Score-CAM costs ~2 s per image per layer on a laptop CPU; None: all channels.
+    `data`: a camlens `Dataset` or the user's own test data as it is (see adapt_user_input).
     """
+    model, data = adapt_user_input(model, data)  # a DataLoader, arrays: a Dataset, once
+    layers = own_layer_names(model, layers)  # a wrapped model's own layer names work too
     # "layer3+layer4": one engine on both layers, scored as one map (the layers' mean, or
     # RefineCAM's product)
     check_explainable(model, methods, list(dict.fromkeys(p for la in layers for p in _parts(la))))
