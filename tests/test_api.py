@@ -29,3 +29,10 @@ def test_public_functions_have_docstrings_or_are_classes_with_them():
         value = getattr(camlens, name)
         if callable(value):
             assert inspect.getdoc(value), name
+
+
+def test_every_lazy_name_is_in_all_and_back():
+    """A name the root resolves lazily but leaves out of `__all__` (or the reverse) is a public
+    name the surface does not say; WatchCallback stays out: it would import Lightning."""
+    assert set(camlens._MODULE_OF) == set(camlens.__all__) - {"__version__"}
+    assert "WatchCallback" not in camlens.__all__
