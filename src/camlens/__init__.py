@@ -35,6 +35,7 @@ Glossary (one name per concept, everywhere):
 """
 
 import importlib
+import importlib.util
 import sys
 import types
 import typing
@@ -285,6 +286,10 @@ __all__ = [
 
 def __getattr__(name: str) -> typing.Any:
     if name not in _MODULE_OF:
+        # a subpackage, as an eager root would have bound it: `camlens.pipeline.report(...)`
+        # after a bare `import camlens` (importing it binds it here, so this runs once)
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_MODULE_OF[name]), name)
     globals()[name] = value  # later uses skip this function
