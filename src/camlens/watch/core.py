@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from camlens.atomic import atomic_write_bytes
 from camlens.cam import pick_layer
-from camlens.classifier import Classifier
+from camlens.classifier import Classifier, own_layer_names
 from camlens.data import UserData, from_user_data
 from camlens.epochs import EpochStrips, epoch_strips, write_strips
 from camlens.evaluate import Mistakes, find_mistakes, predict
@@ -118,17 +118,13 @@ class Watch:
 
     def _choose_layer(self) -> str:
         wrapped = self._wrapped(self.model)
-        names = dict(wrapped.named_modules())
-        layer = self.config.layer
-        if layer is None:
+        if self.config.layer is None:
             size = int(next(iter(self.data))[0].shape[-1])
             try:
                 return pick_layer(wrapped, size).name
             except ValueError as e:
                 raise WatchError(str(e).replace("--layer", "layer=")) from None
-        if layer not in names and f"model.{layer}" in names:  # the model's own name
-            return f"model.{layer}"
-        return layer
+        return own_layer_names(wrapped, [self.config.layer])[0]  # the model's own name too
 
     def epoch(self, epoch: int) -> None:
         """Call after epoch `epoch` (any numbering); keeps the weights when `every` divides it."""
