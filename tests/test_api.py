@@ -1,6 +1,8 @@
 """The public surface is `camlens.__all__`: every name in it exists, none is missed."""
 
 import inspect
+import subprocess
+import sys
 
 import camlens
 
@@ -29,3 +31,22 @@ def test_public_functions_have_docstrings_or_are_classes_with_them():
         value = getattr(camlens, name)
         if callable(value):
             assert inspect.getdoc(value), name
+
+
+def test_every_lazy_name_is_in_all_and_back():
+    """A name the root resolves lazily but leaves out of `__all__` (or the reverse) is a public
+    name the surface does not say; WatchCallback stays out: it would import Lightning."""
+    assert set(camlens._MODULE_OF) == set(camlens.__all__) - {"__version__"}
+    assert "WatchCallback" not in camlens.__all__
+
+
+def test_a_subpackage_is_reached_from_a_bare_import():
+    """The lazy root still reaches its subpackages as attributes (the report of any model is
+    `camlens.pipeline.report`); an unknown name is an AttributeError, not an import."""
+    code = (
+        "import camlens, sys\n"
+        "assert callable(camlens.pipeline.report) and camlens.watch.Watch is camlens.Watch\n"
+        "assert not hasattr(camlens, 'nope') and not hasattr(camlens, '_nope')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

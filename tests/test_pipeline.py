@@ -5,13 +5,17 @@ import os
 import re
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 import camlens
+from camlens.classifier import Classifier
 from camlens.cli import main
 from camlens.data import Dataset, Split, load_dataset
 from camlens.explain import ExplainError, ExplainPlan
@@ -107,3 +111,99 @@ def test_a_job_checks_its_plan_once(tmp_path, monkeypatch):
     assert len(calls) == 1
     write_galleries(model, data, tmp_path / "galleries", plan)
     assert len(calls) == 2
+
+
+# the user's side of the next test: a plain PyTorch script's dataset, transform and model
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+class ToTensor:  # torchvision's: HWC uint8 -> CHW float in [0, 1]
+    def __call__(self, pixels):
+        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+
+
+class Normalize:  # torchvision's: per-channel (x - mean) / std, with .mean and .std
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
+
+    def __call__(self, x):
+        return (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+
+
+class Compose:
+    def __init__(self, transforms):
+        self.transforms = transforms
+
+    def __call__(self, x):
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+
+class TinyCIFAR(torch.utils.data.Dataset):
+    """torchvision.datasets.CIFAR10's shape: .data (N, H, W, 3) uint8, .targets, .classes."""
+
+    classes = ["cat", "dog", "ship"]
+
+    def __init__(self, transform=None):
+        rng = np.random.default_rng(0)
+        self.data = rng.integers(0, 256, (24, 8, 8, 3), dtype=np.uint8)
+        self.targets = rng.integers(0, 3, 24).tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.transform(self.data[i]), self.targets[i]
+
+
+def user_net(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3)),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flat=nn.Flatten(),
+            fc=nn.Linear(8, 3),
+        )
+    ).eval()
+
+
+def test_a_plain_pytorch_model_and_dataloader_need_no_conversion(tmp_path):
+    """The user's model (trained on normalised images) and DataLoader go straight into
+    explain_model, compare and diff_models, with the user's own layer names; the maps are
+    those of the same pixels given as a camlens Dataset to the model wrapped by hand."""
+    transform = Compose([ToTensor(), Normalize(MEAN, STD)])
+    loader = torch.utils.data.DataLoader(TinyCIFAR(transform), batch_size=5)
+    model = user_net(0)
+    raw = TinyCIFAR()
+    images = torch.from_numpy(raw.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+    test = Split(images, torch.tensor(raw.targets))
+    data = Dataset(Split(test.images[:0], test.labels[:0]), test, tuple(raw.classes), "-", "-")
+    wrapped = Classifier(model, MEAN, STD)
+    plan = ExplainPlan(layers=["features.2"], limit=6, cam_batch_size=4)
+
+    mine = camlens.explain_model(model, loader, tmp_path / "mine", plan)
+    ref = camlens.explain_model(wrapped, data, tmp_path / "ref", plan)
+    got, want = mine.galleries.explanations["gradcam"], ref.galleries.explanations["gradcam"]
+    assert torch.equal(mine.galleries.mistakes.indices, ref.galleries.mistakes.indices)
+    assert torch.equal(got.pred_cams, want.pred_cams) and torch.equal(got.logits, want.logits)
+    assert got.layers == ("model.features.2",) and len(got) > 0
+    assert got.pred_cams.amax() > 0  # maps with something in them, or equality proves little
+    assert "DataLoader over TinyCIFAR" in (tmp_path / "mine" / "report.html").read_text()
+
+    scored = ExplainPlan(layers=["features.2"], compare_limit=3)
+    mine = camlens.compare(model, loader, tmp_path / "cmp-mine", scored, sanity_images=2)
+    ref = camlens.compare(wrapped, data, tmp_path / "cmp-ref", scored, sanity_images=2)
+    assert mine.rows == ref.rows and mine.sanity == ref.sanity
+
+    other = user_net(1)
+    mine = camlens.diff_models(model, other, loader, plan=plan)
+    ref = camlens.diff_models(wrapped, Classifier(other, MEAN, STD), data, plan=plan)
+    assert mine.layers == ("model.features.2",)
+    for g in mine.groups:
+        assert torch.equal(mine.groups[g], ref.groups[g])
+        assert all(torch.equal(a, b) for a, b in zip(mine.cams[g], ref.cams[g], strict=True))
+    assert len(mine.groups["shared"]) > 0 and mine.cams["shared"][0].amax() > 0

@@ -2,8 +2,8 @@
 
 Pipeline, one module per step (each imports only those above it):
   download -> data -> model -> classifier -> plots -> evaluate -> train
-  -> cam -> metrics -> explain -> overlay -> gallery -> epochs -> report -> compare -> diff
-  -> pipeline -> cli
+  -> cam -> metrics -> explain -> overlay -> gallery -> epochs -> watch -> report -> compare
+  -> diff -> pipeline -> cli
 `explain` computes every map of a job; the gallery, the report, diff and epochs read them.
 `pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls;
 its `report` (any trained classifier's report) stays `camlens.pipeline.report`, as
@@ -35,6 +35,7 @@ Glossary (one name per concept, everywhere):
 """
 
 import importlib
+import importlib.util
 import sys
 import types
 import typing
@@ -90,6 +91,9 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "DataError",
         "Dataset",
         "Split",
+        "UserData",
+        "as_dataset",
+        "from_user_data",
         "load_dataset",
     ),
     "camlens.diff": (
@@ -160,6 +164,12 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "TrainConfig",
         "train",
     ),
+    # not WatchCallback: it imports Lightning (camlens.watch.WatchCallback, on first use)
+    "camlens.watch": (
+        "Watch",
+        "WatchConfig",
+        "WatchError",
+    ),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
@@ -171,6 +181,10 @@ __all__ = [
     "Split",
     "load_dataset",
     "DownloadError",
+    # the user's own test data (a DataLoader, a torch Dataset, arrays), adapted
+    "UserData",
+    "as_dataset",
+    "from_user_data",
     "fetch_cifar10",
     # model
     "Classifier",
@@ -249,6 +263,10 @@ __all__ = [
     # maps across training (train --keep-every, explain --over-epochs)
     "EpochStrips",
     "explain_over_epochs",
+    # maps across training in any loop (camlens.watch; the Lightning callback stays there)
+    "Watch",
+    "WatchConfig",
+    "WatchError",
     # can the maps be trusted? every method and layer scored against baselines (camlens.compare)
     "CompareResult",
     "compare",
@@ -268,6 +286,10 @@ __all__ = [
 
 def __getattr__(name: str) -> typing.Any:
     if name not in _MODULE_OF:
+        # a subpackage, as an eager root would have bound it: `camlens.pipeline.report(...)`
+        # after a bare `import camlens` (importing it binds it here, so this runs once)
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_MODULE_OF[name]), name)
     globals()[name] = value  # later uses skip this function

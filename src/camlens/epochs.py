@@ -14,23 +14,31 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor
+from torch import Tensor, nn
 
 from camlens.atomic import atomic_write_files
 from camlens.data import Dataset
-from camlens.evaluate import find_mistakes, predict
+from camlens.evaluate import Mistakes, find_mistakes, predict
 from camlens.explain import ExplainError, ExplainPlan, mistake_maps
 from camlens.model import load_checkpoint
 from camlens.overlay import overlay
 from camlens.plots import figure_png
 
-__all__ = ["FILES", "EpochStrips", "explain_over_epochs", "kept_epochs", "strips_figure"]
+__all__ = [
+    "FILES",
+    "EpochStrips",
+    "epoch_strips",
+    "explain_over_epochs",
+    "kept_epochs",
+    "strips_figure",
+    "write_strips",
+]
 
 FILES = ("over-epochs.png", "over-epochs.json")
 
@@ -101,40 +109,62 @@ def explain_over_epochs(
     images = data.test.images[chosen.indices]
     checkpoints = [p for _, p in kept] + ([] if kept[-1][0] == meta["epoch"] else [final])
     epochs = [e for e, _ in kept] + ([] if kept[-1][0] == meta["epoch"] else [meta["epoch"]])
-    pred_cams, label_cams, pred_probs, label_probs, raw_max = [], [], [], [], []
-    for path in checkpoints:
-        m, _ = load_checkpoint(path, device)
-        expl = mistake_maps(m, images, chosen.labels, plan, preds=chosen.preds)
+    models = ((e, load_checkpoint(p, device)[0]) for e, p in zip(epochs, checkpoints, strict=True))
+    strips = epoch_strips(models, replace(chosen, images=images), plan)
+    return strips, write_strips(strips, data.classes, method, layer, out)
+
+
+def epoch_strips(
+    models: Iterable[tuple[int, nn.Module]], mistakes: Mistakes, plan: ExplainPlan
+) -> EpochStrips:
+    """The strips of `mistakes` (with their images; `preds` the final model's): for each
+    (epoch, model) in order, the maps of the final prediction and of the truth, and both
+    probabilities. The plan's first method at its last layer; the plan is trusted (checked
+    once by the caller). `models` is read one at a time, so a generator that loads each
+    epoch's weights holds one model at once."""
+    if mistakes.images is None:
+        raise ExplainError("mistakes carry no images: select them with their images")
+    plan = replace(plan, methods=plan.methods[:1], layers=(plan.layers or ("layer4",))[-1:])
+    epochs, pred_cams, label_cams, pred_probs, label_probs, raw_max = [], [], [], [], [], []
+    for epoch, model in models:
+        expl = mistake_maps(model, mistakes.images, mistakes.labels, plan, preds=mistakes.preds)
         probs = expl.logits.float().softmax(1)  # (M, K)
         pred, label, _ = expl.layer_maps(0)  # one layer: (M, H, W) each, one scale per image
+        epochs.append(int(epoch))
         pred_cams.append(pred)
         label_cams.append(label)
-        pred_probs.append(probs.gather(1, chosen.preds[:, None]).squeeze(1))
-        label_probs.append(probs.gather(1, chosen.labels[:, None]).squeeze(1))
+        pred_probs.append(probs.gather(1, mistakes.preds[:, None]).squeeze(1))
+        label_probs.append(probs.gather(1, mistakes.labels[:, None]).squeeze(1))
         raw_max.append(torch.maximum(expl.pred_max[0], expl.label_max[0]))
-    strips = EpochStrips(
+    return EpochStrips(
         epochs=epochs,
-        indices=chosen.indices,
-        labels=chosen.labels,
-        preds=chosen.preds,
-        images=images,
-        pred_cams=torch.stack(pred_cams),
+        indices=mistakes.indices,
+        labels=mistakes.labels,
+        preds=mistakes.preds,
+        images=mistakes.images,
+        pred_cams=torch.stack(pred_cams),  # E x (M, H, W) -> (E, M, H, W)
         label_cams=torch.stack(label_cams),
-        pred_probs=torch.stack(pred_probs),
+        pred_probs=torch.stack(pred_probs),  # E x (M,) -> (E, M)
         label_probs=torch.stack(label_probs),
         raw_max=torch.stack(raw_max),
     )
+
+
+def write_strips(
+    strips: EpochStrips, classes: Sequence[str], method: str, layer: str, out: str | Path
+) -> dict[str, Path]:
+    """OUT/over-epochs.png (`strips_figure`) and OUT/over-epochs.json (the probabilities and
+    each map pair's raw maximum), written atomically; their paths by file name."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in FILES}
     atomic_write_files(
         {
-            files["over-epochs.png"]: figure_png(
-                strips_figure(strips, data.classes, method, layer)
-            ),
-            files["over-epochs.json"]: _json(strips, data.classes, method, layer),
+            files["over-epochs.png"]: figure_png(strips_figure(strips, classes, method, layer)),
+            files["over-epochs.json"]: _json(strips, classes, method, layer),
         }
     )
-    return strips, files
+    return files
 
 
 def _json(s: EpochStrips, classes: Sequence[str], method: str, layer: str) -> bytes:

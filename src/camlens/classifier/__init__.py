@@ -16,8 +16,11 @@ first (camlens checkpoints normalise inside the model and need no wrapper).
     spec.py     ModelConfig, Classifier (the [0, 1] wrapper), build_architecture, native_size
     weights.py  load_weights, read_state_dict: .safetensors or a state dict, never a pickle
     load.py     open_model (data + model, checked against each other), build_classifier
+    inputs.py   adapt_user_input: the user's model and data (DataLoader, arrays) as camlens
+                takes them, at the entry of each job; own_layer_names
 """
 
+from camlens.classifier.inputs import adapt_user_input, own_layer_names
 from camlens.classifier.load import Opened, build_classifier, open_model, stated_size
 from camlens.classifier.spec import Classifier, ModelConfig, native_size, parse_triple
 from camlens.classifier.weights import load_weights, read_state_dict
@@ -26,10 +29,12 @@ __all__ = [
     "Classifier",
     "ModelConfig",
     "Opened",
+    "adapt_user_input",
     "build_classifier",
     "load_weights",
     "native_size",
     "open_model",
+    "own_layer_names",
     "parse_triple",
     "read_state_dict",
     "stated_size",

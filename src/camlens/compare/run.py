@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from camlens.atomic import atomic_write_files
 from camlens.cam import CamConfig
 from camlens.choices import COMPARE_LIMIT, COMPARE_METHODS
+from camlens.classifier import adapt_user_input, own_layer_names
 from camlens.compare.budget import forward_seconds, score_forwards
 from camlens.compare.budget import plan as make_estimate
 from camlens.compare.figures import sanity_figure, table_figure
@@ -138,12 +139,16 @@ def compare(
     `(images, targets) -> (N, H, W)` maps in [0, 1] (with `close()` if it holds hooks); name
     them in `plan.methods` beside METHODS names. A fixed or random "method" gets the same
     table and sanity verdict as a real one, so this is also how the checks are tested.
+    `data`: a camlens `Dataset` or the user's own test data as it is (see adapt_user_input).
     """
+    model, data = adapt_user_input(model, data)  # a DataLoader, arrays: a Dataset, once
     plan = plan or COMPARE_PLAN
     engines = dict(engines or {})
     if plan.cam is None:  # Score-CAM on all channels would not fit the budget
         plan = replace(plan, cam=CamConfig(top_k=32))
-    methods, layers = plan.methods, plan.layers or COMPARE_PLAN.layers
+    methods = plan.methods
+    # a wrapped model's own layer names work too
+    layers = tuple(own_layer_names(model, plan.layers or COMPARE_PLAN.layers))
     limit = COMPARE_LIMIT if plan.compare_limit is None else plan.compare_limit
     seed, progress = plan.seed, plan.progress
     taken = [name for name in engines if name in BASELINE_KINDS]

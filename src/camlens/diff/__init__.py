@@ -1,6 +1,6 @@
 """Two models side by side on one test split (e.g. batch norm vs layer norm).
 
-    d = diff_models(model_a, model_b, split, classes, names=("batch norm", "layer norm"))
+    d = diff_models(model_a, model_b, data, names=("batch norm", "layer norm"))
     files = write_diff(d, "out")      # out/diff.html (self-contained) and out/diff.json
 
 `compute` evaluates both models, groups their mistakes (shared, only A, only B; counts per

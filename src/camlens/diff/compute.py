@@ -1,6 +1,6 @@
 """Two models on one test split: where their mistakes overlap, and whether their maps agree.
 
-    d = diff_models(model_a, model_b, split, classes, names=("batch norm", "layer norm"))
+    d = diff_models(model_a, model_b, data, names=("batch norm", "layer norm"))
     d.groups["shared"]            # indices of the images both get wrong, most confident first
     d.agreement["layer4"]["pred"]["spearman"]   # (S,) per shared mistake
 
@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from camlens.data import Split
+from camlens.classifier import adapt_user_input, own_layer_names
 from camlens.evaluate import Evaluation, evaluate
 from camlens.explain import ExplainError, ExplainPlan, compute_cams
 from camlens.metrics import spearman
@@ -72,20 +73,26 @@ def _flat(cams: Tensor) -> Tensor:
 def diff_models(
     model_a: nn.Module,
     model_b: nn.Module,
-    split: Split,
-    classes: Sequence[str],
+    data: Any,
+    classes: Sequence[str] | None = None,
     plan: ExplainPlan | None = None,
     *,
     names: tuple[str, str] = ("A", "B"),
     top: float = 0.2,
 ) -> ModelDiff:
-    """Evaluate both models on `split`, group their mistakes, compare their maps.
+    """Evaluate both models on `data`'s test images, group their mistakes, compare their maps.
 
-    `plan`: its first method at its layers (None: layer3 and layer4); `limit` images kept per
-    group for the page's galleries (None: 24; the statistics use all of them).
+    `data`: a camlens `Dataset` or `Split`, or the user's own test data as it is (a
+    DataLoader or torch Dataset yielding (image, label), `(images, labels)` arrays), both
+    models taking it as it comes (see `adapt_user_input`). `classes`: the class names; None:
+    the data's own. `plan`: its first method at its layers (None: layer3 and layer4); `limit`
+    images kept per group for the page's galleries (None: 24; the statistics use all of them).
     """
+    (model_a, model_b), data = adapt_user_input((model_a, model_b), data, classes)
+    split, classes = data.test, data.classes
     plan = plan or ExplainPlan()
-    method, layers = plan.methods[0], plan.layers or ("layer3", "layer4")
+    method = plan.methods[0]
+    layers = tuple(own_layer_names(model_a, plan.layers or ("layer3", "layer4")))
     limit = 24 if plan.limit is None else plan.limit
     batch = plan.eval_batch_size
     evs = (evaluate(model_a, split, batch), evaluate(model_b, split, batch))

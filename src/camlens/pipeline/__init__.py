@@ -23,6 +23,9 @@ report), `runs` (run, demo), `diffs` (diff_checkpoints).
 The maps are computed by the explain step only: the gallery draws its stream, the report's
 pair statistics read the same maps and stream the pairs' other images through it.
 Errors a user can cause are raised as the package's own error types, with one-line messages.
+`report` and `explain_model` (as `compare` and `diff_models`) take the user's own test data
+as it is (a DataLoader, a torch Dataset, arrays) besides a camlens `Dataset`: adapted once, at
+the entry, by `camlens.classifier.adapt_user_input`.
 """
 
 from camlens.pipeline.diffs import diff_checkpoints

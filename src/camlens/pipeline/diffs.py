@@ -51,5 +51,5 @@ def diff_checkpoints(
     if names is None:
         norms = (f"{meta_a['norm']} norm", f"{meta_b['norm']} norm")
         names = norms if norms[0] != norms[1] else (str(checkpoint_a), str(checkpoint_b))
-    d = diff_models(model_a, model_b, data.test, data.classes, plan, names=names)
+    d = diff_models(model_a, model_b, data, plan=plan, names=names)
     return write_diff(d, out)

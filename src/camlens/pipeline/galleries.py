@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from camlens.cam import candidate_layers, pick_layer
-from camlens.classifier import Classifier
+from camlens.classifier import own_layer_names
 from camlens.data import DataError, Dataset, load_dataset
 from camlens.distributed import is_writer
 from camlens.evaluate import Mistakes, find_mistakes, predict
@@ -129,8 +129,7 @@ def choose_layers(
         except ValueError as e:
             raise ExplainError(str(e)) from None
     names = dict(model.named_modules())
-    if isinstance(model, Classifier):  # the model's own names work too: `layer4`, not only
-        layers = [f"model.{n}" if n not in names and f"model.{n}" in names else n for n in layers]
+    layers = own_layer_names(model, layers)  # a Classifier's model's own names: `layer4` too
     unknown = [layer for layer in layers if not layer or layer not in names]
     if unknown:
         listed = "; ".join(c.describe() for c in candidate_layers(model, image_size))

@@ -12,10 +12,11 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from camlens.classifier import Opened
+from camlens.classifier import Opened, adapt_user_input
 from camlens.compare import compare
 from camlens.data import Dataset
 from camlens.epochs import explain_over_epochs, kept_epochs
@@ -46,11 +47,11 @@ class Outcome:
 
 def explain_model(
     model: nn.Module,
-    data: Dataset,
+    data: Any,
     out: str | Path,
     plan: ExplainPlan | None = None,
     *,
-    run_info: dict,
+    run_info: dict | None = None,
     history: list[dict] | None = None,
     evaluation: Evaluation | None = None,
     report_config: ReportConfig | None = None,
@@ -61,6 +62,11 @@ def explain_model(
     first), write out/gallery/<method>/ for each method and out/report.html (pair statistics
     use all mistakes; their maps come from the same explain step as the gallery's).
 
+    `data`: a camlens `Dataset`, or the user's own test data as it is (a DataLoader or torch
+    Dataset yielding (image, label), `(images, labels)` arrays; to name its classes or its
+    normalisation, `from_user_data(data, classes=, mean=, std=)`): see `adapt_user_input`.
+    `run_info`: facts the report's summary shows as given; None: the data's description.
+
     `evaluation` saves a pass when the caller has one of this model on this split.
     `plan.compare_limit`: also `compare` the methods and layers on that many mistakes (and as
     many correct images) into out/compare.*, and give the report "Can these maps be trusted?".
@@ -68,6 +74,8 @@ def explain_model(
     `checked`: the caller ran `prepare_plan` (the plan is checked once per job).
     """
     started = time.perf_counter()
+    model, data = adapt_user_input(model, data)
+    run_info = {"data": data.source} if run_info is None else run_info
     plan = plan if checked else prepare_plan(model, plan or ExplainPlan(), data.image_size)
     if evaluation is None:
         evaluation = evaluate(model, data.test, plan.eval_batch_size)
@@ -95,11 +103,11 @@ def explain_model(
 
 def report(
     model: nn.Module,
-    data: Dataset,
+    data: Any,
     out: str | Path,
     plan: ExplainPlan | None = None,
     *,
-    run_info: dict,
+    run_info: dict | None = None,
     history: list[dict] | None = None,
     over_epochs: dict | None = None,
 ) -> Outcome:
@@ -108,9 +116,11 @@ def report(
     out/gallery/<method>/ and out/report.html.
 
     `plan` None: `ExplainPlan()`; its `layers` None: the last layer before the global pooling.
-    `over_epochs`: see `explain_model`.
+    `data`, `run_info` and `over_epochs`: see `explain_model`.
     """
     started, out = time.perf_counter(), Path(out)
+    model, data = adapt_user_input(model, data)
+    run_info = {"data": data.source} if run_info is None else run_info
     plan = prepare_plan(model, plan or ExplainPlan(), data.image_size)
     evaluation = evaluate(model, data.test, plan.eval_batch_size)
     facts = {k: str(run_info[k]) for k in ("checkpoint", "model", "data") if k in run_info}

@@ -4,17 +4,17 @@ model's most confident mistakes with each of them (the strips of `camlens explai
 During training a kept epoch costs a copy of the weights to OUT/epochs/epoch-NNN.safetensors
 (fp16, as `camlens train --keep-every`), plus, with a logger, one prediction pass over the test
 data and the maps of `cards` mistakes, logged as cards. All the maps across training are
-computed once, in `finish`, when the final mistakes are known. Nothing of the training run
-changes: see `untouched`.
+computed once, in `finish`, when the final mistakes are known, by `camlens.epochs` (the same
+strips and files as `explain --over-epochs`) through `camlens.explain`. Nothing of the
+training run changes: see `untouched`.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,14 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from camlens.atomic import atomic_write_bytes, atomic_write_files
-from camlens.cam import CamConfig, create, pick_layer
-from camlens.classifier import Classifier
+from camlens.atomic import atomic_write_bytes
+from camlens.cam import pick_layer
+from camlens.classifier import Classifier, own_layer_names
 from camlens.data import UserData, from_user_data
-from camlens.epochs import FILES, EpochStrips, strips_figure
+from camlens.epochs import EpochStrips, epoch_strips, write_strips
 from camlens.evaluate import Mistakes, find_mistakes, predict
-from camlens.explain import check_explainable, explain_mistakes
+from camlens.explain import ExplainPlan, mistake_maps
 from camlens.gallery.draw import CardLayout, GalleryConfig, draw_card, draw_panels
-from camlens.plots import figure_png
 from camlens.watch.guard import untouched
 
 __all__ = ["Watch", "WatchConfig", "WatchError"]
@@ -102,7 +101,13 @@ class Watch:
         self._loggers = [_image_logger(lg) for lg in ([] if logger is None else [logger])]
         with untouched(model):
             self.layer = self._choose_layer()
-            check_explainable(self._wrapped(model), [self.config.method], [self.layer])
+            # the strips' and cards' maps come from camlens.explain with this plan, checked once
+            self.plan = ExplainPlan(
+                methods=(self.config.method,),
+                layers=(self.layer,),
+                cam_batch_size=self.config.batch_size,
+                eval_batch_size=self.config.batch_size,
+            ).check(self._wrapped(model))
 
     def _wrapped(self, model: nn.Module) -> nn.Module:
         """The model as camlens calls it: [0, 1] images in, normalised on the way."""
@@ -113,17 +118,13 @@ class Watch:
 
     def _choose_layer(self) -> str:
         wrapped = self._wrapped(self.model)
-        names = dict(wrapped.named_modules())
-        layer = self.config.layer
-        if layer is None:
+        if self.config.layer is None:
             size = int(next(iter(self.data))[0].shape[-1])
             try:
                 return pick_layer(wrapped, size).name
             except ValueError as e:
                 raise WatchError(str(e).replace("--layer", "layer=")) from None
-        if layer not in names and f"model.{layer}" in names:  # the model's own name
-            return f"model.{layer}"
-        return layer
+        return own_layer_names(wrapped, [self.config.layer])[0]  # the model's own name too
 
     def epoch(self, epoch: int) -> None:
         """Call after epoch `epoch` (any numbering); keeps the weights when `every` divides it."""
@@ -151,19 +152,14 @@ class Watch:
             raise WatchError("no epoch was watched: call watch.epoch(n) after each epoch")
         with untouched(self.model):
             strips = self._strips()
-            classes, method, layer = self.data.classes, self.config.method, self.layer
-            png = figure_png(strips_figure(strips, classes, method, layer))
-            files = {name: self.out / name for name in FILES}
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_files(
-                {
-                    files["over-epochs.png"]: png,
-                    files["over-epochs.json"]: strips_json(strips, classes, method, layer),
-                }
+            files = write_strips(
+                strips, self.data.classes, self.config.method, self.layer, self.out
             )
-            picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-            for log in self._loggers:
-                log("camlens/over-epochs", picture, self.last_epoch)
+            if self._loggers:
+                png = files["over-epochs.png"].read_bytes()
+                picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+                for log in self._loggers:
+                    log("camlens/over-epochs", picture, self.last_epoch)
         return files
 
     def __enter__(self) -> Watch:
@@ -197,51 +193,24 @@ class Watch:
         logits, labels = self._predict(model)
         mistakes = find_mistakes(logits, labels)
         chosen = mistakes.select(torch.arange(min(limit, len(mistakes))))
-        images = self._images(chosen.indices) if len(chosen) else None
-        return Mistakes(
-            chosen.indices, chosen.labels, chosen.preds, chosen.probs, chosen.margins, images
-        )
+        return replace(chosen, images=self._images(chosen.indices) if len(chosen) else None)
 
     def _strips(self) -> EpochStrips:
-        final = self._wrapped(self.model)
-        chosen = self._mistakes(final, self.config.limit)
+        """The final model's mistakes explained by each kept epoch's weights, then the final."""
+        chosen = self._mistakes(self._wrapped(self.model), self.config.limit)
         if len(chosen) == 0:
             raise WatchError("the final model makes no mistakes on the test data: nothing to show")
-        device = next(self.model.parameters()).device
-        x = chosen.images.float().div(255).to(device)  # (M, 3, H, W) in [0, 1]
-        labels, preds = chosen.labels.to(device), chosen.preds.to(device)
-        kept = dict(self.kept)
-        epochs = [e for e, _ in self.kept]
-        if not epochs or epochs[-1] != self.last_epoch:
-            epochs.append(self.last_epoch)  # the final weights, not kept at this epoch
-        snapshot = copy.deepcopy(self.model) if kept else None  # one copy, reloaded per epoch
-        pred_cams, label_cams, pred_probs, label_probs, raw_max = [], [], [], [], []
-        config = CamConfig(batch_size=self.config.batch_size, normalize="pair")
-        for e in epochs:
-            model = final
-            if e in kept and e != self.last_epoch:  # the final epoch: the live weights
-                snapshot.load_state_dict(safetensors.torch.load(kept[e].read_bytes()))
-                model = self._wrapped(snapshot)
-            with create(self.config.method, model, self.layer, config) as engine:
-                pair = engine.explain_pair(x, labels, preds=preds)
-            probs = pair.pred.logits.float().softmax(1).cpu()  # (M, K)
-            pred_cams.append(pair.pred.cams.cpu())
-            label_cams.append(pair.label.cams.cpu())
-            pred_probs.append(probs.gather(1, chosen.preds[:, None]).squeeze(1))
-            label_probs.append(probs.gather(1, chosen.labels[:, None]).squeeze(1))
-            raw_max.append(torch.maximum(pair.pred.raw_max[0], pair.label.raw_max[0]).cpu())
-        return EpochStrips(
-            epochs=epochs,
-            indices=chosen.indices,
-            labels=chosen.labels,
-            preds=chosen.preds,
-            images=chosen.images,
-            pred_cams=torch.stack(pred_cams),
-            label_cams=torch.stack(label_cams),
-            pred_probs=torch.stack(pred_probs),
-            label_probs=torch.stack(label_probs),
-            raw_max=torch.stack(raw_max),
-        )
+        return epoch_strips(self._epoch_models(), chosen, self.plan)
+
+    def _epoch_models(self) -> Iterator[tuple[int, nn.Module]]:
+        """(epoch, model as camlens calls it) for each kept epoch, then the live final weights;
+        one copy of the model, reloaded per epoch, so that one model is held at a time."""
+        snapshot = copy.deepcopy(self.model) if self.kept else None
+        for epoch, path in self.kept:
+            if epoch != self.last_epoch:  # the final epoch: the live weights, below
+                snapshot.load_state_dict(safetensors.torch.load(path.read_bytes()))
+                yield epoch, self._wrapped(snapshot)
+        yield self.last_epoch, self._wrapped(self.model)
 
     def _log_cards(self, epoch: int) -> None:
         """The current model's `cards` most confident mistakes, as gallery cards, one image."""
@@ -249,15 +218,7 @@ class Watch:
         chosen = self._mistakes(model, self.config.cards)
         if len(chosen) == 0:
             return
-        expl = explain_mistakes(
-            model,
-            chosen.images,
-            chosen.labels,
-            self.config.method,
-            [self.layer],
-            self.config.batch_size,
-            preds=chosen.preds,
-        )
+        expl = mistake_maps(model, chosen.images, chosen.labels, self.plan, preds=chosen.preds)
         config = GalleryConfig(size=96)
         panels = draw_panels(expl, chosen.images, config)
         layout = CardLayout.of(expl, self.data.classes, config)
@@ -268,23 +229,6 @@ class Watch:
         picture = np.concatenate(cards, axis=0)  # (H * cards, W, 3) uint8
         for log in self._loggers:
             log("camlens/cards", picture, epoch)
-
-
-def strips_json(s: EpochStrips, classes: Sequence[str], method: str, layer: str) -> bytes:
-    """over-epochs.json as `camlens explain --over-epochs` writes it."""
-    images = [
-        {
-            "index": int(s.indices[i]),
-            "label": classes[int(s.labels[i])],
-            "pred": classes[int(s.preds[i])],
-            "pred_prob": [round(float(v), 5) for v in s.pred_probs[:, i]],
-            "label_prob": [round(float(v), 5) for v in s.label_probs[:, i]],
-            "raw_max": [float(v) for v in s.raw_max[:, i]],
-        }
-        for i in range(len(s.indices))
-    ]
-    payload = {"method": method, "layer": layer, "epochs": s.epochs, "images": images}
-    return (json.dumps(payload, indent=1) + "\n").encode()
 
 
 def _image_logger(logger: Any):
