@@ -42,246 +42,43 @@ import typing
 
 from camlens.version import __version__
 
-# where each public name is defined. `import camlens` imports none of these modules (so no torch,
-# no matplotlib: `camlens --version` answers at once); a name's module is imported the first
-# time the name is used, and the name then stays bound here
-_SOURCES: dict[str, tuple[str, ...]] = {
+# where each public name is defined, a space-separated list per module. `import camlens`
+# imports none of these modules (so no torch, no matplotlib: `camlens --version` answers at
+# once); a name's module is imported the first time the name is used, and then stays bound
+_SOURCES: dict[str, str] = {
     "camlens.cam": (
-        "CAM",
-        "ISCAM",
-        "KPCACAM",
-        "METHODS",
-        "SSCAM",
-        "AblationCAM",
-        "CamConfig",
-        "CamResult",
-        "EigenCAM",
-        "EigenGradCAM",
-        "FinerCAM",
-        "FullGrad",
-        "GradCAM",
-        "GradCAMElementWise",
-        "GradCAMPlusPlus",
-        "GuidedGradCAM",
-        "HiResCAM",
-        "LayerCAM",
-        "PairResult",
-        "RefineCAM",
-        "ScoreCAM",
-        "ShapleyCAM",
-        "Similar",
-        "SmoothGradCAMPlusPlus",
-        "Target",
-        "XGradCAM",
-        "create",
-        "explain_pair",
+        "CAM ISCAM KPCACAM METHODS SSCAM AblationCAM CamConfig CamResult EigenCAM EigenGradCAM "
+        "FinerCAM FullGrad GradCAM GradCAMElementWise GradCAMPlusPlus GuidedGradCAM HiResCAM "
+        "LayerCAM PairResult RefineCAM ScoreCAM ShapleyCAM Similar SmoothGradCAMPlusPlus Target "
+        "XGradCAM create explain_pair"
     ),
-    "camlens.classifier": (
-        "Classifier",
-        "ModelConfig",
-        "Opened",
-        "load_weights",
-        "open_model",
-    ),
-    "camlens.compare": (
-        "CompareResult",
-        "compare",
-    ),
-    "camlens.data": (
-        "DataError",
-        "Dataset",
-        "Split",
-        "UserData",
-        "as_dataset",
-        "from_user_data",
-        "load_dataset",
-    ),
-    "camlens.diff": (
-        "ModelDiff",
-        "diff_models",
-        "write_diff",
-    ),
-    "camlens.download": (
-        "DownloadError",
-        "fetch_cifar10",
-    ),
-    "camlens.epochs": (
-        "EpochStrips",
-        "explain_over_epochs",
-    ),
+    "camlens.classifier": "Classifier ModelConfig Opened load_weights open_model",
+    "camlens.compare": "CompareResult compare",
+    "camlens.data": "DataError Dataset Split UserData as_dataset from_user_data load_dataset",
+    "camlens.diff": "ModelDiff diff_models write_diff",
+    "camlens.download": "DownloadError fetch_cifar10",
+    "camlens.epochs": "EpochStrips explain_over_epochs",
     "camlens.evaluate": (
-        "Evaluation",
-        "Mistakes",
-        "confusion_matrix",
-        "evaluate",
-        "find_mistakes",
-        "predict",
-        "read_mistakes",
-        "write_evaluation",
+        "Evaluation Mistakes confusion_matrix evaluate find_mistakes predict read_mistakes "
+        "write_evaluation"
     ),
     "camlens.explain": (
-        "ExplainError",
-        "ExplainPlan",
-        "Explanations",
-        "compute_cams",
-        "mistake_maps",
-        "select_mistakes",
-        "stream_mistake_maps",
+        "ExplainError ExplainPlan Explanations compute_cams mistake_maps select_mistakes "
+        "stream_mistake_maps"
     ),
-    "camlens.gallery": (
-        "GalleryConfig",
-        "write_gallery",
-    ),
-    "camlens.model": (
-        "CheckpointError",
-        "ResNet18",
-        "layer_names",
-        "load_checkpoint",
-        "save_checkpoint",
-        "summary",
-    ),
-    "camlens.overlay": (
-        "colorize",
-        "enlarge",
-        "heatmap_rgba",
-        "overlay",
-    ),
+    "camlens.gallery": "GalleryConfig write_gallery",
+    "camlens.model": "CheckpointError ResNet18 layer_names load_checkpoint save_checkpoint summary",
+    "camlens.overlay": "colorize enlarge heatmap_rgba overlay",
     "camlens.pipeline": (
-        "demo",
-        "diff_checkpoints",
-        "explain_model",
-        "load_matching_data",
-        "run",
-        "write_galleries",
+        "demo diff_checkpoints explain_model load_matching_data run write_galleries"
     ),
-    "camlens.report": (
-        "ReportConfig",
-        "compute_report",
-        "render_report",
-    ),
-    "camlens.train": (
-        "RunError",
-        "TrainConfig",
-        "train",
-    ),
-    # not WatchCallback: it imports Lightning (camlens.watch.WatchCallback, on first use)
-    "camlens.watch": (
-        "Watch",
-        "WatchConfig",
-        "WatchError",
-    ),
+    "camlens.report": "ReportConfig compute_report render_report",
+    "camlens.train": "RunError TrainConfig train",
+    "camlens.watch": "Watch WatchConfig WatchError",
 }
-_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names.split()}
 
-__all__ = [
-    "__version__",
-    # data
-    "DataError",
-    "Dataset",
-    "Split",
-    "load_dataset",
-    "DownloadError",
-    # the user's own test data (a DataLoader, a torch Dataset, arrays), adapted
-    "UserData",
-    "as_dataset",
-    "from_user_data",
-    "fetch_cifar10",
-    # model
-    "Classifier",
-    "ModelConfig",
-    "Opened",
-    "load_weights",
-    "open_model",
-    "CheckpointError",
-    "ResNet18",
-    "layer_names",
-    "load_checkpoint",
-    "save_checkpoint",
-    "summary",
-    # evaluation
-    "Evaluation",
-    "Mistakes",
-    "confusion_matrix",
-    "evaluate",
-    "find_mistakes",
-    "predict",
-    "read_mistakes",
-    "write_evaluation",
-    # training
-    "RunError",
-    "TrainConfig",
-    "train",
-    # CAM engine
-    "METHODS",
-    "CAM",
-    "CamConfig",
-    "CamResult",
-    "Target",
-    "EigenCAM",
-    "EigenGradCAM",
-    "GradCAMElementWise",
-    "SmoothGradCAMPlusPlus",
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "HiResCAM",
-    "LayerCAM",
-    "PairResult",
-    "ScoreCAM",
-    "XGradCAM",
-    "create",
-    "explain_pair",
-    # Finer-CAM, RefineCAM, FullGrad, Guided Grad-CAM
-    "FinerCAM",
-    "FullGrad",
-    "GuidedGradCAM",
-    "RefineCAM",
-    "Similar",
-    # Ablation-CAM, SS-CAM, IS-CAM, KPCA-CAM, ShapleyCAM
-    "AblationCAM",
-    "ISCAM",
-    "KPCACAM",
-    "SSCAM",
-    "ShapleyCAM",
-    # explaining the mistakes
-    "ExplainError",
-    "ExplainPlan",
-    "Explanations",
-    "compute_cams",
-    "mistake_maps",
-    "select_mistakes",
-    "stream_mistake_maps",
-    # overlays, gallery, report
-    "colorize",
-    "enlarge",
-    "heatmap_rgba",
-    "overlay",
-    "GalleryConfig",
-    "write_gallery",
-    "ReportConfig",
-    "compute_report",
-    "render_report",
-    # maps across training (train --keep-every, explain --over-epochs)
-    "EpochStrips",
-    "explain_over_epochs",
-    # maps across training in any loop (camlens.watch; the Lightning callback stays there)
-    "Watch",
-    "WatchConfig",
-    "WatchError",
-    # can the maps be trusted? every method and layer scored against baselines (camlens.compare)
-    "CompareResult",
-    "compare",
-    # two models side by side: shared and own mistakes, map agreement (camlens.diff)
-    "ModelDiff",
-    "diff_models",
-    "write_diff",
-    # the whole job (camlens.pipeline: its Outcome and Galleries results)
-    "demo",
-    "diff_checkpoints",
-    "explain_model",
-    "load_matching_data",
-    "run",
-    "write_galleries",
-]
+__all__ = ["__version__", *_MODULE_OF]  # every public name, in _SOURCES's order
 
 
 def __getattr__(name: str) -> typing.Any:
