@@ -17,8 +17,27 @@ __all__ = [
 ]
 
 # camlens.cam.METHODS's keys, in its order
-METHOD_NAMES = tuple(
-    ["gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "hirescam", "layercam", "gradcam-elementwise", "scorecam", "eigencam", "eigengradcam", "cam", "finercam", "refinecam", "fullgrad", "guidedgradcam", "ablationcam", "sscam", "iscam", "kpcacam", "shapleycam"]
+METHOD_NAMES = (
+    "gradcam",
+    "gradcam++",
+    "smoothgradcam++",
+    "xgradcam",
+    "hirescam",
+    "layercam",
+    "gradcam-elementwise",
+    "scorecam",
+    "eigencam",
+    "eigengradcam",
+    "cam",
+    "finercam",
+    "refinecam",
+    "fullgrad",
+    "guidedgradcam",
+    "ablationcam",
+    "sscam",
+    "iscam",
+    "kpcacam",
+    "shapleycam",
 )
 # camlens.cam.PRECISIONS's keys: the CAM forward pass's precision
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
