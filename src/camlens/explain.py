@@ -7,6 +7,8 @@ the misclassified images; `mistake_maps` computes their maps (predicted class, t
 contrast, per layer), `stream_mistake_maps` the same a chunk at a time, which the gallery draws
 and the report's pair statistics read; `compute_cams` turns images and targets into maps for
 the steps that explain other images (correct ones, another model's, another epoch's).
+With `plan.counterfactual` each streamed chunk also carries the counterfactual test of its
+mistakes (`explain_counterfactual`), computed while their images are on hand.
 Its `Explanations` (maps at native resolution, a few hundred bytes per image) feed both the
 PNG gallery and the HTML report, so this module draws nothing and imports no picture code.
 """

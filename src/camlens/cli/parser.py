@@ -316,18 +316,14 @@ def _explain_flags(
         "(guidedgradcam)",
     )
     plan = ExplainPlan()  # the defaults live in the plan
-    # one flag, the opposite of the plan's default: --counterfactual turns the test on
-    on = plan.counterfactual
     if counterfactual:
         parser.add_argument(
-            "--no-counterfactual" if on else "--counterfactual",
-            dest="counterfactual",
-            action="store_false" if on else "store_true",
-            default=on,
-            help=("skip" if on else "run")
-            + " the counterfactual test of each mistake (remove the top of its contrast map "
+            "--counterfactual",
+            action=argparse.BooleanOptionalAction,
+            default=plan.counterfactual,
+            help="the counterfactual test of each mistake: remove the top of its contrast map "
             "and of a random map, ask the model again; index.csv's cf* columns, a verdict line "
-            "on each card and in the report)",
+            f"on each card and in the report (default: {'on' if plan.counterfactual else 'off'})",
         )
     parser.add_argument(
         "--cam-batch-size",
