@@ -494,13 +494,17 @@ def test_run_produces_every_artefact_and_resumes(tmp_path, tiny_folder, capsys):
 
 @pytest.mark.slow
 def test_demo_reports_what_evaluate_says(tmp_path, capsys):
-    code, out, err = run(capsys, "demo", "--out", tmp_path / "demo", "--layer", "layer4")
+    argv = ("demo", "--out", tmp_path / "demo", "--layer", "layer4", "--counterfactual")
+    code, out, err = run(capsys, *argv)
     assert code == 0, err
     assert f"report: {tmp_path / 'demo' / 'report.html'}" in out.splitlines()[-1]
     html = (tmp_path / "demo" / "report.html").read_text()
     index = tmp_path / "demo" / "gallery" / "gradcam" / "index.csv"
     rows = list(csv.DictReader(index.read_text().splitlines()))
     assert len(rows) > 0 and html.count('class="item') >= len(rows)
+    # --counterfactual: its columns and verdicts in index.csv, its per-pair sums in the report
+    assert all(r["cf_region"] == "contrast" and r["cf_verdict"] for r in rows)
+    assert 'id="cf-pairs"' in html and "of the contrast region turns" in html
     run(
         capsys,
         "evaluate",

@@ -1,4 +1,5 @@
 import ast
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,34 @@ def test_maps_kept_at_native_resolution_give_the_engines_pixels(tiny_mistakes):
     assert torch.equal(expl.contrast_cams, pair.contrast.layer_cams)
     some = torch.tensor([3, 0])
     assert torch.equal(expl.select(some).label_cams, pair.label.layer_cams[:, some])
+
+
+def _counterfactuals(model, m, plan, monkeypatch, world, rank):
+    """Every chunk's counterfactual test as rank `rank` of `world` computes and contributes it
+    (the gather's collective replaced by this rank's own rows)."""
+    from camlens import distributed
+    from camlens import explain as explain_module
+
+    for mod in (distributed, explain_module):
+        monkeypatch.setattr(mod, "world_size", lambda: world)
+    monkeypatch.setattr(distributed, "rank", lambda: rank)
+    monkeypatch.setattr(explain_module, "gather", lambda t, dim=0: t)
+    return [e.counterfactual for _, e in explain_module.stream_mistake_maps(model, m, plan)]
+
+
+def test_counterfactual_under_torchrun_equals_one_process(tiny_mistakes, monkeypatch):
+    """Each rank tests its own rows of a chunk; in rank order they are one process's test,
+    whatever the chunks (per-image seeds), so the gathered columns are the same."""
+    from camlens.explain import concat_explanations, stream_mistake_maps
+
+    model, m = tiny_mistakes
+    plan = ExplainPlan(layers=["layer4"], cam_batch_size=3, chunk_size=4, counterfactual=True)
+    # one process in chunks of one batch (3), two ranks in chunks of 2 x 6
+    chunks = [e for _, e in stream_mistake_maps(model, m, replace(plan, chunk_size=None))]
+    one = concat_explanations(chunks)
+    ranks = [_counterfactuals(model, m, plan, monkeypatch, 2, r) for r in range(2)]
+    assert len(ranks[0]) < len(chunks) / 2  # cut otherwise
+    for name in ("margin", "margin_map", "margin_random", "preds_map", "preds_random"):
+        parts = [getattr(cf, name) for chunk in zip(*ranks, strict=True) for cf in chunk]
+        assert torch.allclose(torch.cat(parts), getattr(one.counterfactual, name), atol=1e-5)
+    assert one.counterfactual.preds.tolist() == m.preds.tolist()

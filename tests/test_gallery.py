@@ -5,15 +5,24 @@ import signal
 import subprocess
 import sys
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from camlens.explain import ExplainPlan, mistake_maps, stream_mistake_maps
+from camlens.evaluate import as_float_images
+from camlens.explain import (
+    ExplainPlan,
+    explain_counterfactual,
+    mistake_maps,
+    stream_mistake_maps,
+)
 from camlens.gallery import GalleryConfig, stream_gallery, write_gallery
 from camlens.gallery import write as gallery_write
+from camlens.gallery.draw import GAP, CardLayout, render_text
 from camlens.gallery.png import adler32_combine, deflate_rows, png_of
+from camlens.metrics.counterfactual import CounterfactualConfig, counterfactual
 
 CLASSES = tuple(f"k{i}" for i in range(5))
 
@@ -49,7 +58,8 @@ def test_gallery_needs_images(tmp_path, tiny_mistakes):
 
 
 LAYERS = ["layer3", "layer4"]
-PLAN = ExplainPlan(layers=LAYERS, cam_batch_size=3, chunk_size=5)  # chunks of 6 maps
+# chunks of 6 maps; with the counterfactual test, so resuming covers its columns and lines
+PLAN = ExplainPlan(layers=LAYERS, cam_batch_size=3, chunk_size=5, counterfactual=True)
 SMALL = GalleryConfig(per_page=4, per_pair_page=2, size=32)  # pages straddle chunks of 6
 
 
@@ -68,6 +78,8 @@ def _chunks(model, m, stop=None):
 def test_streamed_gallery_equals_the_one_drawn_at_once(tmp_path, tiny_mistakes):
     model, m = tiny_mistakes
     expl = mistake_maps(model, m.images, m.labels, PLAN, preds=m.preds)
+    # the test of all rows at once equals the chunks' (per-image seeds)
+    expl = replace(expl, counterfactual=explain_counterfactual(model, m, expl, PLAN))
     at_once = write_gallery(expl, m, CLASSES, tmp_path / "once", SMALL)
     streamed = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "s", SMALL)
     assert len(m) > 2 * 6  # three chunks or more
@@ -154,7 +166,7 @@ def write_then_die(path, data, **kw):
 
 gallery_write.atomic_write_bytes = write_then_die
 sizes = []
-plan = ExplainPlan(layers=("layer3", "layer4"), cam_batch_size=3, chunk_size=5)
+plan = ExplainPlan(layers=("layer3", "layer4"), cam_batch_size=3, chunk_size=5, counterfactual=True)
 chunks = stream_mistake_maps(model, m, plan)
 config = GalleryConfig(per_page=4, per_pair_page=2, size=32)
 stream_gallery(
@@ -184,3 +196,55 @@ def test_a_gallery_sigkilled_inside_a_chunk_resumes_to_the_same_bytes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert _files(root) == _files(tmp_path / "clean" / "gallery" / "gradcam")
     assert len(list((root / "cards").glob("*.png"))) == total
+
+
+def test_index_and_cards_carry_the_counterfactual_of_the_contrast_map(tmp_path, tiny_mistakes):
+    """index.csv's cf* columns and each card's verdict line are `counterfactual(...)` called
+    directly on the same images, the deepest layer's contrast map and a paired random map."""
+    model, m = tiny_mistakes
+    g = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path, SMALL)
+    expl = g.explanations
+    contrast = expl.contrast_cams[-1]  # (N, H, W): layer4's, in [-1, 1]
+    config = CounterfactualConfig(grid=expl.resolutions[-1], seed=PLAN.seed)
+    seeds = PLAN.seed * 1_000_003 + m.indices
+    x = as_float_images(m.images)
+    want = counterfactual(model, x, contrast, m.preds, m.labels, config, seeds=seeds)
+    rows = list(csv.DictReader((g.folder / "index.csv").read_text().splitlines()))
+    assert {r["cf_region"] for r in rows} == {"contrast"}
+    for r, w, line in zip(rows, want.rows(), want.verdicts(CLASSES), strict=True):
+        for key in ("cf_margin", "cf10_drop", "cf10_drop_random", "cf20_drop", "cf5_drop"):
+            assert float(r[key]) == pytest.approx(w[key], abs=2e-4), key
+        for key in ("cf10_left", "cf10_to_true", "cf10_beat_random", "cf20_beat_random"):
+            assert r[key] == str(w[key]), key
+        assert r["cf10_pred"] == CLASSES[w["cf10_pred"]]
+        assert r["cf_verdict"] == line
+    # the test is not vacuous: on this untrained model the map beats random on some, not all
+    beat = [r["cf10_beat_random"] for r in rows]
+    assert "True" in beat and "False" in beat
+    # each card's last line is its verdict, pixel for pixel
+    layout = CardLayout.of(expl, CLASSES, SMALL)
+    for r, line in list(zip(rows, want.verdicts(CLASSES), strict=True))[:3]:
+        card = np.asarray(Image.open(g.folder / r["card"]).convert("L"))
+        stamp = render_text(line, 10)
+        h, w = stamp.shape[0], min(stamp.shape[1], card.shape[1] - GAP)
+        y = layout.verdict_y
+        assert np.array_equal(card[y : y + h, GAP : GAP + w], stamp[:, :w])
+
+
+def test_a_method_without_contrast_map_tests_its_predicted_class_map(tmp_path, tiny_mistakes):
+    model, m = tiny_mistakes
+    plan = ExplainPlan(layers=["layer4"], methods=("layercam",), counterfactual=True)
+    chunks = stream_mistake_maps(model, m, plan)
+    g = stream_gallery(chunks, m, "layercam", CLASSES, tmp_path, SMALL)
+    assert g.explanations.contrast_low is None
+    rows = list(csv.DictReader((g.folder / "index.csv").read_text().splitlines()))
+    assert {r["cf_region"] for r in rows} == {"predicted-class"}
+    assert all("of the predicted-class region" in r["cf_verdict"] for r in rows)
+
+
+def test_without_the_counterfactual_index_has_no_cf_columns(tmp_path, tiny_mistakes):
+    model, m = tiny_mistakes
+    plan = replace(PLAN, counterfactual=False)
+    g = stream_gallery(stream_mistake_maps(model, m, plan), m, "gradcam", CLASSES, tmp_path, SMALL)
+    header = (g.folder / "index.csv").read_text().splitlines()[0]
+    assert "cf_" not in header and g.explanations.counterfactual is None

@@ -1,4 +1,5 @@
 import base64
+import html as html_lib
 import io
 import json
 import math
@@ -391,3 +392,37 @@ def test_trust_section_names_each_sanity_state_and_why(case):
     for state, line in VERDICTS.items():  # what each state means
         assert f"<b>{state}</b>: {line}" in html
     assert "cannot be told apart from the centre map" in html
+
+
+def test_mistakes_carry_the_counterfactual_verdict_and_pairs_its_sums(case, tmp_path):
+    """With the gallery's counterfactual test: a verdict and data-cf* per item (sort, filter)
+    and one line per confusion pair, as `confusion_summary` of the same test says."""
+    from camlens.explain import explain_counterfactual
+    from camlens.metrics.counterfactual import confusion_summary
+
+    model, split, ev, _, _, _ = case
+    plan = ExplainPlan(layers=("layer3", "layer4"), counterfactual=True)
+    data = _report(model, split, ev, plan=plan, limit=12)
+    expl = data.explanations["gradcam"]
+    cf = explain_counterfactual(model, data.mistakes, expl, plan)
+    data = replace(data, explanations={"gradcam": replace(expl, counterfactual=cf)})
+    text = render_report(data, tmp_path).read_text()
+    page = Page()
+    page.feed(text)
+    items = page.with_class("article", "item")
+    assert len(items) == 12
+    j = cf.fractions.index(cf.headline)
+    for i, item in enumerate(items):
+        assert float(item["data-cfdrop"]) == pytest.approx(float(cf.drop_map[i, j]), abs=1e-4)
+        kinds = item["data-cf"].split()
+        assert ("beat" in kinds) == bool(cf.beat_random[i, j])
+        assert ("true" in kinds) == bool(cf.to_true_map[i, j])
+        assert ("left" in kinds or "true" in kinds) == bool(cf.left_map[i, j])
+    lines = re.findall(r'<div id="cf-pairs">.*?<ul>(.*?)</ul>', text, re.S)[0]
+    shown = [html_lib.unescape(x) for x in re.findall(r"<li>(.*?)</li>", lines)]
+    assert shown == confusion_summary(cf, list(CLASSES)) and len(shown) >= 2
+    for verdict in cf.verdicts(list(CLASSES)):
+        assert html_lib.escape(verdict, quote=False) in text or html_lib.escape(verdict) in text
+    assert 'value="cfdrop"' in text and 'id="cf"' in text  # sort by it, filter by it
+    plain = render_report(_report(model, split, ev, limit=12), tmp_path / "plain").read_text()
+    assert 'id="cf-pairs"' not in plain and 'id="cf"' not in plain

@@ -297,8 +297,10 @@ def _explain_flags(
     layer: str | None,
     precision: bool = True,
     method: str = "gradcam",
+    counterfactual: bool = True,
 ) -> None:
-    """The CAM flags, the same in every command that explains."""
+    """The CAM flags, the same in every command that explains; `counterfactual`: the command
+    explains mistakes for a gallery or report, which may carry the counterfactual test."""
     parser.add_argument(
         "--method",
         type=_methods,
@@ -322,6 +324,15 @@ def _explain_flags(
         "(guidedgradcam)",
     )
     plan = ExplainPlan()  # the defaults live in the plan
+    if counterfactual:
+        parser.add_argument(
+            "--counterfactual",
+            action=argparse.BooleanOptionalAction,
+            default=plan.counterfactual,
+            help="the counterfactual test of each mistake: remove the top of its contrast map "
+            "and of a random map, ask the model again; index.csv's cf* columns, a verdict line "
+            f"on each card and in the report (default: {'on' if plan.counterfactual else 'off'})",
+        )
     parser.add_argument(
         "--cam-batch-size",
         type=int,
@@ -462,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="folder for the four files")
     # default layers: layer3,layer4 for a camlens model (cmd_compare), else the picked one
     # default methods: those that fit minutes on 2 CPU cores; the costly ones on request
-    _explain_flags(p, layer=None, precision=False, method=",".join(COMPARE_METHODS))
+    _explain_flags(
+        p, layer=None, precision=False, method=",".join(COMPARE_METHODS), counterfactual=False
+    )
     p.add_argument(
         "--limit",
         type=int,
@@ -504,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the two models' names on the page, e.g. BN,LN "
         "(default: their norms when they differ, else the checkpoints)",
     )
-    _explain_flags(p, layer="layer3,layer4", precision=False)
+    _explain_flags(p, layer="layer3,layer4", precision=False, counterfactual=False)
     p.add_argument(
         "--limit", type=int, default=24, help="cards per group on the page (default: 24)"
     )

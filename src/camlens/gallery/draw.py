@@ -34,6 +34,7 @@ __all__ = [
 
 GREEN, RED, GREY, INK, PAPER = (46, 160, 67), (214, 39, 40), (170, 170, 170), 20, 255
 GAP, CAPTION, HEADER, BARS_W, TEXT_W = 6, 16, 22, 220, 70  # card layout, pixels
+VERDICT = 16  # the counterfactual verdict line under the panels, pixels
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class CardLayout:
     rows: int  # layers
     bars_x: int
     bars_h: int
+    verdict_y: int | None  # where the counterfactual verdict line goes; None: no test
     template: np.ndarray  # (H, W, 3) uint8: paper, layer captions, class names of the bars
 
     @classmethod
@@ -132,7 +134,10 @@ class CardLayout:
         columns = 4 if expl.contrast_low is not None else 3
         bars_x = GAP + columns * (s + GAP)
         width = bars_x + BARS_W + GAP
-        template = np.full((HEADER + (s + CAPTION + GAP) * len(expl.layers), width, 3), PAPER)
+        height = HEADER + (s + CAPTION + GAP) * len(expl.layers)
+        verdict_y = height if expl.counterfactual is not None else None
+        height += VERDICT if verdict_y is not None else 0
+        template = np.full((height, width, 3), PAPER)
         template = template.astype(np.uint8)
         for li, (layer, (h, w)) in enumerate(zip(expl.layers, expl.resolutions, strict=True)):
             put_text(
@@ -145,7 +150,7 @@ class CardLayout:
         row = bars_h / len(classes)
         for k, name in enumerate(classes):
             put_text(template, (bars_x + 2, HEADER + int(k * row + row / 2) - 6), name[:11], 11)
-        return cls(s, columns, len(expl.layers), bars_x, bars_h, template)
+        return cls(s, columns, len(expl.layers), bars_x, bars_h, verdict_y, template)
 
 
 def draw_card(
@@ -181,6 +186,9 @@ def draw_card(
         right = x0 + TEXT_W + max(bar, 1) + 1
         card[y + 2 : HEADER + int(k * row + row) - 1, x0 + TEXT_W : right] = colour
         put_text(card, (x0 + TEXT_W + bar + 3, HEADER + int(k * row + row / 2) - 6), f"{p:.0%}", 11)
+    if layout.verdict_y is not None and expl.counterfactual is not None:
+        verdict = expl.select(slice(i, i + 1)).counterfactual.verdicts(list(classes))[0]
+        put_text(card, (GAP, layout.verdict_y), verdict, 10, cache=False)
     return card
 
 

@@ -36,7 +36,10 @@ def card_names(mistakes: Mistakes, classes: Sequence[str]) -> list[str]:
 
 def job_digest(method: str, expl: Explanations, m: Mistakes, classes, config) -> str:
     """What a gallery shows, in 16 hex digits: equal digests, equal pictures."""
-    h = hashlib.sha256(json.dumps([method, expl.layers, list(classes), asdict(config)]).encode())
+    shown = [method, expl.layers, list(classes), asdict(config)]
+    if expl.counterfactual is not None:  # the cards carry its verdict line
+        shown.append(f"counterfactual of the {expl.counterfactual.region} region")
+    h = hashlib.sha256(json.dumps(shown).encode())
     for t in (m.indices, m.labels, m.preds, m.probs, m.margins, m.images):
         h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -77,10 +80,16 @@ def prepare_folder(root: Path, digest: str) -> bool:
 
 
 def write_index(root, expl, mistakes, classes, names, config) -> None:
-    """index.csv: a row per card, with its page and each layer's raw map maxima."""
+    """index.csv: a row per card, with its page and each layer's raw map maxima; with the
+    counterfactual test, its numbers (`Counterfactual.rows`), region and verdict."""
     header = ["index", "label", "pred", "confidence", "margin", "card", "page"]
     for layer in expl.layers:
         header += [f"{layer}_pred_max", f"{layer}_label_max"]
+    cf = expl.counterfactual
+    cf_rows = cf.rows() if cf is not None else []
+    verdicts = cf.verdicts(list(classes)) if cf is not None else []
+    if cf_rows:
+        header += ["cf_region", *cf_rows[0], "cf_verdict"]
     rows = [header]
     for i in range(len(mistakes)):
         row = [
@@ -97,6 +106,10 @@ def write_index(root, expl, mistakes, classes, names, config) -> None:
                 f"{float(expl.pred_max[layer_idx, i]):.6g}",
                 f"{float(expl.label_max[layer_idx, i]):.6g}",
             ]
+        if cf_rows:
+            # predictions after a removal by name, as the label and pred columns
+            named = [classes[v] if k.endswith("_pred") else v for k, v in cf_rows[i].items()]
+            row += [cf.region, *named, verdicts[i]]
         rows.append(row)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)

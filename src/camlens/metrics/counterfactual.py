@@ -65,6 +65,9 @@ class Counterfactual:
     margin_random: Tensor  # (N, F) ... with a smooth random map's top pixels removed
     preds_map: Tensor  # (N, F) the prediction after the map's removal
     preds_random: Tensor  # (N, F) the prediction after the random removal
+    # what the removed region is the top of: "contrast" (why pred rather than true), or
+    # "predicted-class" where a method has no contrast map and that map stands in
+    region: str = "contrast"
 
     @property
     def drop_map(self) -> Tensor:
@@ -127,7 +130,7 @@ class Counterfactual:
                 outcome = f"still {name(pred)}"
             better = "beats" if bool(self.beat_random[i, j]) else "does not beat"
             lines.append(
-                f"removing {self.headline:.0%} of the contrast region: margin "
+                f"removing {self.headline:.0%} of the {self.region} region: margin "
                 f"{float(self.margin[i]):.2f} -> {float(self.margin_map[i, j]):.2f} (random region:"
                 f" {float(self.margin_random[i, j]):.2f}, {better} it), {outcome}"
             )
@@ -143,6 +146,9 @@ def counterfactual(
     config: CounterfactualConfig | None = None,
     metric_config: MetricConfig | None = None,
     generator: torch.Generator | None = None,
+    *,
+    seeds: Tensor | None = None,
+    region: str = "contrast",
 ) -> Counterfactual:
     """Remove the top of each image's contrast map `cams` (N, H, W), and as much of a smooth
     random map, by noisy linear imputation; the margins and predictions after each removal.
@@ -150,6 +156,10 @@ def counterfactual(
     `images` (N, C, H, W) in [0, 1]; `preds` and `labels` (N,); the maps may be signed (the
     largest values go first). Items (image, map or random, fraction) are flat: each chunk of
     `metric_config.batch_size` is imputed in one batched solve and scored in one forward.
+
+    `seeds` (N,): each image's random map and noise drawn from a generator of its own seed
+    (`generator` unused), so an image's result does not depend on which images share the call:
+    the same in any chunk, on any number of ranks. `region` names the map in the verdicts.
     """
     config = config or CounterfactualConfig()
     mc = metric_config or MetricConfig()
@@ -163,15 +173,25 @@ def counterfactual(
     labels = torch.as_tensor(labels, device=images.device).long()
     if preds.shape != (n,) or labels.shape != (n,):
         raise ValueError(f"preds and labels must be ({n},) class indices like images")
-    g = make_generator(generator, config.seed)
     fractions, nf = config.fractions, len(config.fractions)
     hw = h * w
     counts = torch.tensor([round(f * hw) for f in fractions], device=images.device)
-    random = baseline_maps(images.shape, "random", g, images.device, config.grid)
+    if seeds is None:
+        random, noise = _random_and_noise(
+            (n, c, h, w), make_generator(generator, config.seed), config, mc, images.device
+        )
+    else:
+        if tuple(seeds.shape) != (n,):
+            raise ValueError(f"seeds must be ({n},) like images, got {tuple(seeds.shape)}")
+        drawn = [
+            _random_and_noise(
+                (1, c, h, w), torch.Generator().manual_seed(int(s)), config, mc, images.device
+            )
+            for s in seeds.tolist()
+        ]
+        random = torch.cat([r for r, _ in drawn]) if n else torch.zeros(0, h, w)
+        noise = torch.cat([z for _, z in drawn]) if n and mc.road_noise > 0 else None
     ranks = torch.stack([pixel_ranks(cams.float()), pixel_ranks(random)], 1)  # (N, 2, H*W)
-    noise = None
-    if mc.road_noise > 0:  # one field per image, shared by both maps and every fraction
-        noise = mc.road_noise * normal_noise((n, c, h, w), g, images.device)
     m = 2 * nf  # items per image: (map, random) x fractions
 
     def margin_of(logits: Tensor, rows: Tensor) -> Tensor:
@@ -205,7 +225,23 @@ def counterfactual(
         margin_random=got[:, 1],
         preds_map=after[:, 0],
         preds_random=after[:, 1],
+        region=region,
     )
+
+
+def _random_and_noise(
+    shape: tuple[int, int, int, int],
+    g: torch.Generator,
+    config: CounterfactualConfig,
+    mc: MetricConfig,
+    device: torch.device,
+) -> tuple[Tensor, Tensor | None]:
+    """The smooth random maps (N, H, W) and the imputation noise (N, C, H, W) of `shape`."""
+    random = baseline_maps(shape, "random", g, device, config.grid)
+    noise = None
+    if mc.road_noise > 0:  # one field per image, shared by both maps and every fraction
+        noise = mc.road_noise * normal_noise(shape, g, device)
+    return random, noise
 
 
 def confusion_summary(
@@ -226,7 +262,8 @@ def confusion_summary(
         by_map = int(result.to_true_map[idx, j].sum())
         by_random = int(result.to_true_random[idx, j].sum())
         lines.append(
-            f"{name(label)} -> {name(pred)}: removing {result.headline:.0%} of the contrast region "
+            f"{name(label)} -> {name(pred)}: removing {result.headline:.0%} of the "
+            f"{result.region} region "
             f"turns {by_map} of {len(members)} into {name(label)}; random regions turn {by_random}"
         )
     return lines

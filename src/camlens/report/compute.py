@@ -203,7 +203,7 @@ def _pair_maps(
         in_pairs &= ~torch.isin(m.indices, mistakes.indices)
     rest = m.select(in_pairs.nonzero().flatten())
     rest = replace(rest, images=split.images[rest.indices])
-    for chunk, chunk_expl in stream_mistake_maps(model, rest, plan, method):
+    for chunk, chunk_expl in stream_mistake_maps(model, rest, plan, method, counterfactual=False):
         add(chunk, chunk_expl)
     # correct images of every true class involved, in one batched call
     preds, labels = evaluation.logits.argmax(1).cpu(), split.labels

@@ -28,6 +28,7 @@ from PIL import Image
 from camlens.atomic import atomic_write_bytes
 from camlens.evaluate import as_float_images
 from camlens.metrics import BASELINE_KINDS
+from camlens.metrics.counterfactual import confusion_summary
 from camlens.overlay import colorize, overlay
 from camlens.plots import figure_png, plot_curves
 from camlens.report.compute import ReportData, centre_box
@@ -365,6 +366,11 @@ def _gallery(data: ReportData) -> tuple[str, dict]:
     label = variants[key]["label"]
     items = []
     probs = m.probs.tolist()
+    # the counterfactual test of the first method (the default view): a verdict per item,
+    # data-cf* to sort and filter by, and its sums per confusion pair
+    cf = next(iter(data.explanations.values())).counterfactual
+    verdicts = cf.verdicts(list(classes)) if cf is not None else []
+    j = cf.fractions.index(cf.headline) if cf is not None else 0
     for i in range(len(m)):
         t, p = int(m.labels[i]), int(m.preds[i])
         ln, pn = esc(classes[t]), esc(classes[p])
@@ -381,14 +387,21 @@ def _gallery(data: ReportData) -> tuple[str, dict]:
                 f'alt="{KINDS[k]} map"><figcaption>{caption}</figcaption></figure>'
             )
         conf, margin = float(m.confidence[i]), float(m.margins[i])
+        cf_data = cf_line = ""
+        if cf is not None:
+            cf_data = (
+                f' data-cfdrop="{float(cf.drop_map[i, j]):.5f}" '
+                f'data-cf="{_cf_outcome(cf, i, j)} {"beat" if cf.beat_random[i, j] else "nobeat"}"'
+            )
+            cf_line = f'<br><span class="cf">{esc(verdicts[i])}</span>'
         items.append(
             f'<article class="item" id="item-{i}" data-i="{i}" data-index="{int(m.indices[i])}" '
             f'data-label="{t}" data-pred="{p}" data-lname="{ln}" data-pname="{pn}" '
-            f'data-conf="{conf:.5f}" data-margin="{margin:.5f}">'
+            f'data-conf="{conf:.5f}" data-margin="{margin:.5f}"{cf_data}>'
             f'<div class="tiles">{"".join(tiles)}</div>'
             f'<p class="facts"><b class="l">{ln}</b> → <b class="p">{pn}</b> · '
             f"confidence {conf:.0%} · margin {margin:.2f}<br>"
-            f'<span class="res">{esc(label)}</span></p>'
+            f'<span class="res">{esc(label)}</span>{cf_line}</p>'
             f"{_probs(probs[i], t, p, classes)}</article>"
         )
     limited = len(m) < len(data.evaluation.mistakes)
@@ -401,8 +414,27 @@ def _gallery(data: ReportData) -> tuple[str, dict]:
         "truth; linear methods only). Bars: class probabilities, true class green, prediction "
         "red. Margin: logit of the prediction minus logit of the truth. Maps are computed at "
         "the layer's native resolution (stated on each card) and upsampled.</p>"
+        f"{_cf_pairs(cf, classes)}"
         f'<div id="grid" class="grid">{"".join(items)}</div></section>'
     ), payload
+
+
+def _cf_outcome(cf, i: int, j: int) -> str:
+    """What removing the region did to mistake `i` at fraction `j`: "true", "left" or "kept"."""
+    return "true" if cf.to_true_map[i, j] else "left" if cf.left_map[i, j] else "kept"
+
+
+def _cf_pairs(cf, classes: tuple[str, ...]) -> str:
+    """The counterfactual test summed per confusion pair of the mistakes shown."""
+    if cf is None:
+        return ""
+    lines = "".join(f"<li>{esc(line)}</li>" for line in confusion_summary(cf, list(classes)))
+    return (
+        '<div id="cf-pairs"><h3>Counterfactual test per confusion pair</h3>'
+        f'<p class="note">Removing the top {cf.headline:.0%} of each mistake\'s {cf.region} map '
+        "(ROAD's noisy linear imputation) and as much of a smooth random map: how many become "
+        f"their true class (mistakes shown, {esc(cf.region)} region).</p><ul>{lines}</ul></div>"
+    )
 
 
 def _methods(data: ReportData) -> list[str]:
@@ -434,8 +466,19 @@ def _toolbar(data: ReportData) -> str:
         f'<div class="group"><span class="lbl">layer</span>{layer_radios}</div>'
         '<div class="group"><label><span class="lbl">sort</span> <select id="sort">'
         '<option value="conf">confidence</option><option value="margin">margin</option>'
-        '<option value="index">index</option></select></label></div>'
-        '<div class="group"><input id="search" type="search" placeholder="class name…" '
+        '<option value="index">index</option>'
+        + (
+            '<option value="cfdrop">counterfactual margin drop</option></select></label></div>'
+            '<div class="group"><label><span class="lbl">counterfactual</span> <select id="cf">'
+            '<option value="">all</option><option value="true">became the true class</option>'
+            '<option value="left">left the prediction</option>'
+            '<option value="kept">kept the prediction</option>'
+            '<option value="beat">beat random</option>'
+            '<option value="nobeat">did not beat random</option></select></label></div>'
+            if expl is not None and expl.counterfactual is not None
+            else "</select></label></div>"
+        )
+        + '<div class="group"><input id="search" type="search" placeholder="class name…" '
         'aria-label="filter by class name"><button id="show-all" type="button">show all'
         '</button></div><div class="group status" id="status"></div></div>'
     )
