@@ -100,6 +100,10 @@ def test_maps_are_finite_in_range_and_leave_no_trace(case):
         # only a flat raw map (e.g. all zero: nothing for the target here) may show as zeros;
         # every other one reaches 1 ("minmax", "pair" of one set) or at least shows ("batch")
         signals = [low.amax((1, 2)) > low.amin((1, 2)) for low in result.low_res]  # L x (N,)
+        if normalize != "minmax":  # raw / shared max, floored at 0: a map below 0 shows nothing
+            # (Eigen-Grad-CAM, oriented by its share of the score, is below 0 where it lowers it)
+            peaks = [low.amax((1, 2)) > 0 for low in result.low_res]
+            signals = [s & p for s, p in zip(signals, peaks, strict=True)]
         shown = [*result.layer_cams, result.cams]
         # the combined map shows if any layer's does; RefineCAM's is its first layer's
         combined = signals[0] if method == "refinecam" else torch.stack(signals).any(0)

@@ -217,8 +217,11 @@ def test_cards_and_strips_reach_a_wandb_run_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     _, _, tx, ty = data()
-    run = wandb.init(
-        project="camlens-test", dir=str(tmp_path), settings=wandb.Settings(console="off")
+    run = wandb.init(  # mode named: an earlier test's wandb settings may outlive its env
+        project="camlens-test",
+        dir=str(tmp_path),
+        mode="offline",
+        settings=wandb.Settings(console="off"),
     )
     try:
         model, watch = train(
