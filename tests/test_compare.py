@@ -259,7 +259,7 @@ def test_run_refuses_compare_0_before_training(tmp_path, tiny_folder, capsys):
     assert not (out / "checkpoint.safetensors").exists()
 
 
-# -- issue 13, helper b: one engine on several layers ------------------------------------------
+# -- one engine on several layers (a layer "layer3+layer4") ----------------------------------------
 
 
 def test_a_plus_b_layer_is_one_engine_on_both(tiny, tmp_path, one_thread):
