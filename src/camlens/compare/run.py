@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,6 @@ from camlens.compare.table import (
     paired_rows,
     select_subsets,
 )
-from camlens.data import Dataset
 from camlens.distributed import all_sum, is_writer, rank, world_size
 from camlens.evaluate import as_float_images, predict
 from camlens.explain import ExplainError, ExplainPlan, check_explainable, engine_for
@@ -113,7 +113,7 @@ class CompareResult:
 
 def compare(
     model: nn.Module,
-    data: Dataset,
+    data: Any,  # a camlens Dataset or the user's own data (adapt_user_input)
     out: str | Path,
     plan: ExplainPlan | None = None,
     *,
