@@ -105,3 +105,28 @@ def tiny_mistakes():
     )
     assert len(mistakes) >= 10
     return model, mistakes
+
+
+# torchvision's transforms as a user's script has them, without torchvision (it does not import
+# beside the CPU torch here): what camlens must read a normalisation from by duck typing
+class ToTensor:  # torchvision's: HWC uint8 -> CHW float in [0, 1]
+    def __call__(self, pixels):
+        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+
+
+class Normalize:  # torchvision's: per-channel (x - mean) / std, with .mean and .std
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
+
+    def __call__(self, x):
+        return (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+
+
+class Compose:
+    def __init__(self, transforms):
+        self.transforms = transforms
+
+    def __call__(self, x):
+        for t in self.transforms:
+            x = t(x)
+        return x

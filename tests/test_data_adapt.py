@@ -7,32 +7,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from camlens.data import DataError, Dataset, Split, as_dataset, from_user_data, read_normalization
+from conftest import Compose, Normalize, ToTensor
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 CLASSES = ["cat", "dog", "ship"]
-
-
-class ToTensor:  # torchvision's: HWC uint8 -> CHW float in [0, 1]
-    def __call__(self, pixels):
-        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
-
-
-class Normalize:  # torchvision's: per-channel (x - mean) / std, with .mean and .std
-    def __init__(self, mean, std):
-        self.mean, self.std = mean, std
-
-    def __call__(self, x):
-        return (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
-
-
-class Compose:
-    def __init__(self, transforms):
-        self.transforms = transforms
-
-    def __call__(self, x):
-        for t in self.transforms:
-            x = t(x)
-        return x
 
 
 class TinyCIFAR(torch.utils.data.Dataset):

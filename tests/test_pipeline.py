@@ -22,6 +22,7 @@ from camlens.explain import ExplainError, ExplainPlan
 from camlens.model import ResNet18
 from camlens.pipeline import report, run, write_galleries
 from camlens.train import TrainConfig
+from conftest import Compose, Normalize, ToTensor
 
 
 def test_run_writes_what_the_cli_writes(tmp_path, tiny_folder, capsys):
@@ -115,29 +116,6 @@ def test_a_job_checks_its_plan_once(tmp_path, monkeypatch):
 
 # the user's side of the next test: a plain PyTorch script's dataset, transform and model
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-
-
-class ToTensor:  # torchvision's: HWC uint8 -> CHW float in [0, 1]
-    def __call__(self, pixels):
-        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
-
-
-class Normalize:  # torchvision's: per-channel (x - mean) / std, with .mean and .std
-    def __init__(self, mean, std):
-        self.mean, self.std = mean, std
-
-    def __call__(self, x):
-        return (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
-
-
-class Compose:
-    def __init__(self, transforms):
-        self.transforms = transforms
-
-    def __call__(self, x):
-        for t in self.transforms:
-            x = t(x)
-        return x
 
 
 class TinyCIFAR(torch.utils.data.Dataset):
