@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from camlens.cam import create
 from camlens.metrics import (
@@ -17,6 +16,7 @@ from camlens.metrics import (
     ssim,
 )
 from camlens.model import ResNet18
+from conftest import edge_engine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,19 +31,6 @@ def images_and_targets(n: int = 6):
     images = torch.rand(n, 3, 16, 16, generator=g)
     images[:, :, 4:10, 5:12] += 0.5  # some structure for an edge detector to find
     return images.clamp(0, 1), torch.arange(n) % 3
-
-
-def edge_engine(model):
-    """A "method" that ignores the model: the Sobel magnitude of the grey image."""
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3)
-
-    def engine(images, targets):
-        grey = images.mean(1, keepdim=True)
-        mag = torch.hypot(F.conv2d(grey, kx, padding=1), F.conv2d(grey, kx.mT, padding=1))[:, 0]
-        lo, hi = mag.amin((1, 2), keepdim=True), mag.amax((1, 2), keepdim=True)
-        return (mag - lo) / (hi - lo)
-
-    return engine
 
 
 def gradcam(model):

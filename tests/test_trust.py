@@ -24,6 +24,7 @@ from camlens.metrics import (
     similarity,
     spearman,
 )
+from conftest import edge_engine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -187,19 +188,6 @@ def test_removing_the_oracle_region_undoes_the_prediction_and_beats_random(known
     assert result.verdicts(["red", "green", "blue"])[0].startswith("removing 10% of the contrast")
     lines = confusion_summary(result, ["red", "green", "blue"])
     assert len(lines) == 3 and " -> " in lines[0] and "random regions turn" in lines[0]
-
-
-def edge_engine(model):
-    """A "method" that ignores the model: the Sobel magnitude of the grey image."""
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3)
-
-    def engine(images, targets):
-        grey = images.mean(1, keepdim=True)
-        mag = torch.hypot(F.conv2d(grey, kx, padding=1), F.conv2d(grey, kx.mT, padding=1))[:, 0]
-        lo, hi = mag.amin((1, 2), keepdim=True), mag.amax((1, 2), keepdim=True)
-        return (mag - lo) / (hi - lo)
-
-    return engine
 
 
 FAKES = {
