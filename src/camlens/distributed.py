@@ -127,6 +127,8 @@ def process_group(device: torch.device, name: str = "auto") -> Iterator[torch.de
     device = start(device, name)
     try:
         yield device
+        if running():  # ranks leave together: one tearing gloo down first can abort a peer
+            dist.barrier()  # ("terminate called without an active exception", seen once here)
     finally:
         stop()
 
