@@ -327,19 +327,31 @@ def test_the_public_surface_exists_and_is_documented():
             assert value.__doc__, name
 
 
-@pytest.mark.parametrize("rho", [0.0, 0.5, 0.9])
-def test_paired_verdicts_hold_false_wins_at_or_below_nominal(rho):
+@pytest.mark.parametrize(
+    ("shape", "rho"), [("normal", 0.0), *[("bounded", r) for r in (0.0, 0.5, 0.9)]]
+)
+def test_paired_verdicts_hold_false_wins_at_or_below_nominal(shape, rho):
     """Simulated compares whose 12 cells all tie their baseline (equal means, per-image scores
-    correlated rho): the chance that a compare shows any win stays at or below alpha / 2."""
-    reps, cells, n = 200, 12, 32
-    g = torch.Generator().manual_seed(int(rho * 10))
-    z1, z2 = torch.randn(2, reps * cells, n, generator=g)
+    correlated rho): the share of compares that show any win stays at or below alpha / 2.
+
+    For normal scores the difference is normal whatever rho is, so one rho is enough; bounded,
+    skewed scores (a probability-like Phi(z)^4, as deletion and ROAD give) are where the pairing
+    changes the shape of the differences. 1,000 compares: one standard error of the rate is 0.5
+    points, and every case measured 0.4-1.8% with 2,000 compares (nominal 2.5%).
+    """
+    reps, cells, n = 1000, 12, 32
+    g = torch.Generator().manual_seed(1 + int(rho * 10))
+    z1, z2 = torch.randn(2, reps * cells, n, generator=g, dtype=torch.float64)
     method, baseline = z1, rho * z1 + (1 - rho**2) ** 0.5 * z2
-    paired = paired_bootstrap(method - baseline, n_boot=600, generator=g)
-    p_holm = holm(paired.p.view(reps, cells))  # one Holm family per simulated compare
-    wins = (p_holm < 0.05) & (paired.diff.view(reps, cells) > 0)
-    rate = float(wins.any(1).float().mean())
-    assert rate <= 0.025 + 2 * (0.025 * 0.975 / reps) ** 0.5, rate
+    if shape == "bounded":
+        method, baseline = torch.special.ndtr(method) ** 4, torch.special.ndtr(baseline) ** 4
+    wins = []
+    for rows in (method - baseline).split(200 * cells):  # bounds the (B, rows) tables
+        paired = paired_bootstrap(rows, n_boot=600, generator=g)
+        p_holm = holm(paired.p.view(-1, cells))  # one Holm family per simulated compare
+        wins.append(((p_holm < 0.05) & (paired.diff.view(-1, cells) > 0)).any(1))
+    rate = float(torch.cat(wins).double().mean())
+    assert rate <= 0.025, rate
 
 
 def test_paired_bootstrap_finds_a_real_difference_and_holm_by_hand():
