@@ -125,7 +125,7 @@ FAITHFUL = ("deletion", "insertion", "road")
 def paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed) -> list[dict]:
     """Every (method, layer, subset, metric) against each baseline on the same images."""
     mean_of = {(r["method"], r["layer"], r["subset"], r["metric"]): r for r in rows}
-    out, p_all = [], []
+    families = {}  # subset -> (cells, per-image differences): one Holm family across subsets
     for subset in subsets:
         cells, diffs = [], []
         for method, layer in pairs:
@@ -136,10 +136,18 @@ def paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed) -> list[
                 for j, metric in enumerate(METRICS):
                     cells.append((method, layer, metric, kind))
                     diffs.append(mine[j] - base[j])  # (n,)
-        if not cells:
-            continue
-        # one generator per subset: every row of a subset is resampled with the same draws
-        result = paired_bootstrap(torch.stack(diffs), generator=torch.Generator().manual_seed(seed))
+        if cells:
+            families[subset] = (cells, diffs)
+    total = sum(len(cells) for cells, _ in families.values())
+    out, p_all = [], []
+    for subset, (cells, diffs) in families.items():
+        # one generator per subset: every row of a subset is resampled with the same draws;
+        # enough resamples that a p-value can pass Holm's first threshold over every cell
+        result = paired_bootstrap(
+            torch.stack(diffs),
+            generator=torch.Generator().manual_seed(seed),
+            threshold=alpha / total,
+        )
         for k, (method, layer, metric, kind) in enumerate(cells):
             plain = mean_of[(method, layer, subset, metric)]
             out.append(

@@ -65,6 +65,7 @@ def paired_bootstrap(
     n_boot: int = 4000,
     level: float = 0.95,
     generator: torch.Generator | None = None,
+    threshold: float | None = None,
 ) -> Paired:
     """(R, N) per-image differences of R rows on the same N images -> `Paired`.
 
@@ -74,6 +75,12 @@ def paired_bootstrap(
     is studentised by its own standard error, and p is the share of resampled |t| at least the
     observed |t| (+1 over B + 1, a Monte Carlo test's, so never 0). Holm's adjustment makes
     "adjusted p < alpha" hold the chance of any false decision among the R rows to alpha.
+
+    `threshold`: the smallest level a p-value will be compared with, Holm's first, alpha over
+    the number of tests in the family (None: (1 - level) / R). A Monte Carlo p-value cannot
+    fall below 1 / (B + 1), so the test draws max(n_boot, 20 / threshold) resamples, in blocks
+    (the interval reads the first `n_boot`): with 4,000 alone, Holm over 240 cells could never
+    go below 240 / 4,001 = 0.06, and no difference, however large, was ever "better".
     """
     if n_boot < 1 or not 0 < level < 1:
         raise ValueError(f"n_boot must be >= 1 and level in (0, 1), got {n_boot} and {level}")
@@ -83,26 +90,24 @@ def paired_bootstrap(
     known = ~torch.isnan(d)
     d = torch.where(known, d, 0.0)
     r, n = d.shape
+    threshold = (1 - level) / r if threshold is None else threshold
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    n_test = max(n_boot, math.ceil(20 / threshold))
     g = make_generator(generator, 0)
-    draws = torch.randint(n, (n_boot, n), generator=g, device=g.device).cpu()
-    weight = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
-        1, draws, torch.ones(n_boot, n, dtype=torch.float64)
-    )  # (B, N): how often each image is drawn
-    count = weight @ known.double().T  # (B, N) x (N, R) -> (B, R)
-    means = (weight @ d.T) / count.clamp_min(1)  # (B, R) resampled mean differences
-    squares = (weight @ (d * d).T) / count.clamp_min(1)
-    # the standard error of each resampled mean: studentising makes the test accurate at the
-    # small n and far tails Holm asks for (the percentile bootstrap is too narrow there)
-    se_boot = (
-        (squares - means**2).clamp_min(0) * count / (count - 1).clamp_min(1) / count.clamp_min(1)
-    ).sqrt()
     n_known = known.sum(1)
     diff = torch.where(n_known > 0, d.sum(1) / n_known.clamp_min(1), torch.nan)
     var = ((d - diff[:, None]) ** 2 * known).sum(1) / (n_known - 1).clamp_min(1)
     se = (var / n_known.clamp_min(1)).sqrt()  # (R,)
     tiny = 1e-12 * (d.abs().amax(1) + 1e-30)
-    t_boot = (means - diff) / se_boot.clamp_min(1e-300)  # (B, R): what t looks like under H0
-    t_boot = torch.where((count > 1) & (se_boot > tiny), t_boot, torch.nan)
+    t = diff / se.clamp_min(1e-300)
+    means, t_boot = _resampled(d, known, diff, tiny, n_boot, g)  # (B, R) x 2: the interval's
+    beyond = (t_boot.abs() >= t.abs()).sum(0)  # NaN compares False
+    valid = (~torch.isnan(t_boot)).sum(0)
+    for start in range(n_boot, n_test, _BLOCK):  # more resamples for the p-value alone
+        _, more = _resampled(d, known, diff, tiny, min(_BLOCK, n_test - start), g)
+        beyond += (more.abs() >= t.abs()).sum(0)
+        valid += (~torch.isnan(more)).sum(0)
     tail = (1 - level) / 2
     q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
     t_low, t_high = torch.nanquantile(t_boot, q, dim=0)  # (2, R) -> (R,) each
@@ -114,15 +119,37 @@ def paired_bootstrap(
         torch.where(torch.isnan(high), p_high, high),
     )
     low, high = torch.minimum(low, diff), torch.maximum(high, diff)
-    t = diff / se.clamp_min(1e-300)
-    beyond = (t_boot.abs() >= t.abs()).sum(0)  # NaN compares False
-    valid = (~torch.isnan(t_boot)).sum(0)
     p = ((beyond + 1) / (valid + 1)).double()
     # every image differs by the same amount: nothing to resample; the exact sign test's p
     sign_p = (2 * 0.5 ** n_known.double()).clamp_max(1.0)
     p = torch.where(se > tiny, p, torch.where(diff.abs() > 0, sign_p, 1.0))
     p = torch.where(n_known > 1, p, 1.0)
     return Paired(diff, low, high, p, holm(p), n_known)
+
+
+_BLOCK = 4000  # resamples per block beyond the interval's: bounds the (B, N), (B, R) tables
+
+
+def _resampled(
+    d: Tensor, known: Tensor, diff: Tensor, tiny: Tensor, b: int, g: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """`b` joint resamples of the images -> (b, R) resampled means and their studentised
+    t (NaN where a resample has too few distinct values to studentise)."""
+    n = d.shape[1]
+    draws = torch.randint(n, (b, n), generator=g, device=g.device).cpu()
+    weight = torch.zeros(b, n, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(b, n, dtype=torch.float64)
+    )  # (B, N): how often each image is drawn
+    count = weight @ known.double().T  # (B, N) x (N, R) -> (B, R)
+    means = (weight @ d.T) / count.clamp_min(1)  # (B, R) resampled mean differences
+    squares = (weight @ (d * d).T) / count.clamp_min(1)
+    # the standard error of each resampled mean: studentising makes the test accurate at the
+    # small n and far tails Holm asks for (the percentile bootstrap is too narrow there)
+    se_boot = (
+        (squares - means**2).clamp_min(0) * count / (count - 1).clamp_min(1) / count.clamp_min(1)
+    ).sqrt()
+    t_boot = (means - diff) / se_boot.clamp_min(1e-300)  # (B, R): what t looks like under H0
+    return means, torch.where((count > 1) & (se_boot > tiny), t_boot, torch.nan)
 
 
 def holm(p: Tensor) -> Tensor:
