@@ -32,8 +32,9 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
         -> Counterfactual: the top 5/10/20% of each contrast map removed by ROAD's imputation,
         against a smooth random map; .rows(), .verdicts(classes); confusion_summary(result)
     bootstrap_ci(values, n_boot, level, generator) -> (mean, low, high)
-    paired_bootstrap(diffs (R, N), n_boot, level, generator) -> Paired(diff, low, high, p,
-        p_holm, n): images resampled jointly for every row, Holm over the rows; holm(p);
+    paired_bootstrap(diffs (R, N), n_boot, level, generator, threshold) -> Paired(diff, low,
+        high, p, p_holm, n): images resampled jointly for every row, Holm over the rows, enough
+        resamples for p to pass Holm's first threshold (alpha / family size); holm(p);
         paired_decision(diff, p_holm, higher_is_better, alpha) -> better/worse/indistinguishable
 """
 
