@@ -2,6 +2,9 @@
 
 import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +103,25 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
     assert payload["settings"]["baselines"]["random"].endswith("layer3 8x8, layer4 4x4")
     for name in FILES:
         assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"meth", b'{\n "')
+
+
+def test_the_docs_trust_table_is_printed_from_compare_json(compared):
+    """tools/trust_table.py, which prints docs/trust.md's table: a row per scored (method,
+    layer, subset) with its decisions against both baselines, then the baselines' means."""
+    _, out = compared
+    tool = Path(__file__).parents[1] / "tools" / "trust_table.py"
+    printed = subprocess.run(
+        [sys.executable, str(tool), str(out)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    payload = json.loads((out / "compare.json").read_text())
+    cells = {(r["method"], r["layer"], r["subset"]) for r in payload["paired"]}
+    rows = [line.split(" | ") for line in printed if line.count("; centre ") == 3]
+    assert {(r[1], r[2], r[0].lstrip("| ")) for r in rows} == cells and len(rows) == len(cells)
+    for r in rows:
+        assert r[3] == payload["sanity"][r[1]]["state"]
+    assert (
+        sum(line.startswith(("| mistakes | centre", "| correct | centre")) for line in printed) == 2
+    )
 
 
 def test_subsets_are_the_most_confident_mistakes_and_as_many_correct_images():
