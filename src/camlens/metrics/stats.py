@@ -106,8 +106,9 @@ def paired_bootstrap(
     beyond = (t_boot.abs() >= t.abs()).sum(0)  # NaN compares False
     valid = (~torch.isnan(t_boot)).sum(0)
     # more resamples for the p-values alone, of the rows near the floor: a row with _SETTLED
-    # exceedances already has p >= 51 / 4,001 = 0.013, known to about 14%, so the floor does
-    # not bind; stopping there only ever keeps a p-value larger (the test stays valid)
+    # exceedances already has p >= 51 / 4,001 = 0.013 (default n_boot), known to about 14%, so
+    # the floor does not bind; it keeps the p of its first n_boot resamples, itself a valid
+    # Monte Carlo p-value
     near = (beyond < _SETTLED).nonzero().flatten()
     for start in range(n_boot, n_test if near.numel() else n_boot, _BLOCK):
         rows = (d[near], known[near], diff[near], tiny[near])
