@@ -505,6 +505,15 @@ def test_demo_reports_what_evaluate_says(tmp_path, capsys):
     # --counterfactual: its columns and verdicts in index.csv, its per-pair sums in the report
     assert all(r["cf_region"] == "contrast" and r["cf_verdict"] for r in rows)
     assert 'id="cf-pairs"' in html and "of the contrast region turns" in html
+    # the report's total over all mistakes: index.csv's own flags, and the per-pair lines summed
+    pairs = re.findall(r"turns (\d+) of (\d+) into \w+; random regions turn (\d+)", html)
+    by_map = sum(r["cf10_to_true"] == "True" for r in rows)
+    assert by_map == sum(int(m) for m, _, _ in pairs)
+    by_random = sum(int(r) for _, _, r in pairs)
+    assert (
+        f"All {len(rows)} mistakes shown: the map turns {by_map} into their true class; "
+        f"random regions turn {by_random}." in html
+    )
     run(
         capsys,
         "evaluate",

@@ -421,6 +421,11 @@ def test_mistakes_carry_the_counterfactual_verdict_and_pairs_its_sums(case, tmp_
     lines = re.findall(r'<div id="cf-pairs">.*?<ul>(.*?)</ul>', text, re.S)[0]
     shown = [html_lib.unescape(x) for x in re.findall(r"<li>(.*?)</li>", lines)]
     assert shown == confusion_summary(cf, list(CLASSES)) and len(shown) >= 2
+    # the total over all mistakes shown: each mistake's own "became its true class", summed
+    to_true = [int(cf.preds_map[i, j] == cf.labels[i]) for i in range(len(items))]
+    to_true_random = [int(cf.preds_random[i, j] == cf.labels[i]) for i in range(len(items))]
+    total = f"All 12 mistakes shown: the map turns {sum(to_true)} into their true class; "
+    assert total + f"random regions turn {sum(to_true_random)}." in text
     for verdict in cf.verdicts(list(CLASSES)):
         assert html_lib.escape(verdict, quote=False) in text or html_lib.escape(verdict) in text
     assert 'value="cfdrop"' in text and 'id="cf"' in text  # sort by it, filter by it

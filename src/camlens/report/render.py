@@ -429,11 +429,15 @@ def _cf_pairs(cf, classes: tuple[str, ...]) -> str:
     if cf is None:
         return ""
     lines = "".join(f"<li>{esc(line)}</li>" for line in confusion_summary(cf, list(classes)))
+    j = cf.fractions.index(cf.headline)
+    by_map, by_random = int(cf.to_true_map[:, j].sum()), int(cf.to_true_random[:, j].sum())
     return (
         '<div id="cf-pairs"><h3>Counterfactual test per confusion pair</h3>'
         f'<p class="note">Removing the top {cf.headline:.0%} of each mistake\'s {cf.region} map '
         "(ROAD's noisy linear imputation) and as much of a smooth random map: how many become "
-        f"their true class (mistakes shown, {esc(cf.region)} region).</p><ul>{lines}</ul></div>"
+        f"their true class (mistakes shown, {esc(cf.region)} region).</p>"
+        f'<p id="cf-total">All {len(cf.preds)} mistakes shown: the map turns {by_map} into their '
+        f"true class; random regions turn {by_random}.</p><ul>{lines}</ul></div>"
     )
 
 
