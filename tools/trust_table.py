@@ -14,15 +14,17 @@ import json
 from pathlib import Path
 
 METRICS = ("deletion", "insertion", "road")
-MARK = {"better": "**better**", "worse": "worse", "indistinguishable": "~"}
+MARK = {"better": "**better**", "worse": "worse", "indistinguishable": "~", "too few images": "?"}
 
 
 def cell(plain: dict, paired: dict) -> str:
     centre, random = paired["centre"], paired["random"]
+    # a cell on too few images has no interval (compare's PAIRED_MIN_IMAGES)
+    low, high = centre["diff_low"], centre["diff_high"]
+    interval = "" if low is None else f"[{low:+.3f}, {high:+.3f}] "
     return (
-        f"{plain['mean']:.3f}; centre {centre['diff']:+.3f} "
-        f"[{centre['diff_low']:+.3f}, {centre['diff_high']:+.3f}] {MARK[centre['decision']]}; "
-        f"random {random['diff']:+.3f} {MARK[random['decision']]}"
+        f"{plain['mean']:.3f}; centre {centre['diff']:+.3f} {interval}"
+        f"{MARK[centre['decision']]}; random {random['diff']:+.3f} {MARK[random['decision']]}"
     )
 
 

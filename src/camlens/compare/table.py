@@ -5,7 +5,9 @@ them. A baseline's row has its name as method: "centre" (layer "-"), "random" at
 grid it was drawn at. Paired rows add `vs` (the baseline: "random layer4", "centre"), `diff`
 (mean per-image method - baseline), `diff_low`, `diff_high` (its 95% bootstrap-t interval),
 `p_holm` (Holm-adjusted over every paired row of the compare) and `decision` ("better",
-"worse" or "indistinguishable" in the metric's direction at the family-wise alpha).
+"worse" or "indistinguishable" in the metric's direction at the family-wise alpha). A cell on
+fewer than PAIRED_MIN_IMAGES images is not tested: its interval and `p_holm` are empty (None)
+and its decision is TOO_FEW ("too few images").
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from camlens.metrics import (
     BASELINE_KINDS,
     HIGHER_IS_BETTER,
     METRICS,
+    PAIRED_MIN_IMAGES,
+    TOO_FEW,
     bootstrap_ci,
     holm,
     paired_bootstrap,
@@ -138,30 +142,45 @@ def paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed) -> list[
                     diffs.append(mine[j] - base[j])  # (n,)
         if cells:
             families[subset] = (cells, diffs)
-    total = sum(len(cells) for cells, _ in families.values())
+    # a cell on fewer than PAIRED_MIN_IMAGES images is not tested: no interval, no p, and
+    # it is not counted in the Holm family of the cells that are
+    tested = {
+        subset: (~torch.isnan(torch.stack(diffs))).sum(1) >= PAIRED_MIN_IMAGES
+        for subset, (_, diffs) in families.items()
+    }  # subset -> (cells,) bool
+    total = sum(int(t.sum()) for t in tested.values())
     out, p_all = [], []
     for subset, (cells, diffs) in families.items():
-        # one generator per subset: every row of a subset is resampled with the same draws;
-        # enough resamples that a p-value can pass Holm's first threshold over every cell
-        result = paired_bootstrap(
-            torch.stack(diffs),
-            generator=torch.Generator().manual_seed(seed),
-            threshold=alpha / total,
-        )
-        for k, (method, layer, metric, kind) in enumerate(cells):
-            plain = mean_of[(method, layer, subset, metric)]
-            out.append(
-                {
-                    **plain,
-                    "vs": kind,
-                    "diff": float(result.diff[k]),
-                    "diff_low": float(result.low[k]),
-                    "diff_high": float(result.high[k]),
-                }
+        stacked = torch.stack(diffs)  # (cells, n)
+        known = ~torch.isnan(stacked)
+        diff = torch.where(known, stacked, 0.0).sum(1) / known.sum(1).clamp_min(1)
+        result = None
+        if bool(tested[subset].any()):
+            # one generator per subset: every row of a subset is resampled with the same
+            # draws; enough resamples that a p-value can pass Holm's first threshold over
+            # every tested cell
+            result = paired_bootstrap(
+                stacked[tested[subset]],
+                generator=torch.Generator().manual_seed(seed),
+                threshold=alpha / total,
             )
-            p_all.append(float(result.p[k]))
+        k = 0  # the cell's row in `result`
+        for c, (method, layer, metric, kind) in enumerate(cells):
+            plain = mean_of[(method, layer, subset, metric)]
+            row = {**plain, "vs": kind, "diff": float(diff[c]) if known[c].any() else _NAN}
+            if tested[subset][c]:
+                row.update(diff_low=float(result.low[k]), diff_high=float(result.high[k]))
+                p_all.append(float(result.p[k]))
+                k += 1
+            else:
+                row.update(diff_low=None, diff_high=None, p_holm=None, decision=TOO_FEW)
+            out.append(row)
     adjusted = holm(torch.tensor(p_all, dtype=torch.float64)) if p_all else torch.zeros(0)
-    for row, p in zip(out, adjusted.tolist(), strict=True):
+    judged = [row for row in out if row.get("decision") != TOO_FEW]
+    for row, p in zip(judged, adjusted.tolist(), strict=True):
         row["p_holm"] = p
         row["decision"] = paired_decision(row["diff"], p, HIGHER_IS_BETTER[row["metric"]], alpha)
     return out
+
+
+_NAN = float("nan")

@@ -35,7 +35,8 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
     paired_bootstrap(diffs (R, N), n_boot, level, generator, threshold) -> Paired(diff, low,
         high, p, p_holm, n): images resampled jointly for every row, Holm over the rows, enough
         resamples for p to pass Holm's first threshold (alpha / family size); holm(p);
-        paired_decision(diff, p_holm, higher_is_better, alpha) -> better/worse/indistinguishable
+        paired_decision(diff, p_holm, higher_is_better, alpha) -> better/worse/indistinguishable;
+        PAIRED_MIN_IMAGES: fewer images get no interval and the decision TOO_FEW
 """
 
 from camlens.metrics.arcc import arcc, coherency, complexity
@@ -72,7 +73,15 @@ from camlens.metrics.sanity import (
     ssim,
 )
 from camlens.metrics.score import HIGHER_IS_BETTER, METRICS, Scores, score_maps
-from camlens.metrics.stats import Paired, bootstrap_ci, holm, paired_bootstrap, paired_decision
+from camlens.metrics.stats import (
+    PAIRED_MIN_IMAGES,
+    TOO_FEW,
+    Paired,
+    bootstrap_ci,
+    holm,
+    paired_bootstrap,
+    paired_decision,
+)
 from camlens.metrics.verdicts import (
     VERDICTS,
     SanityRules,
@@ -90,11 +99,13 @@ __all__ = [
     "METRICS",
     "REPLACEMENTS",
     "MetricConfig",
+    "PAIRED_MIN_IMAGES",
     "Paired",
     "SanityResult",
     "SanityRules",
     "SanityVerdict",
     "Scores",
+    "TOO_FEW",
     "VERDICTS",
     "arcc",
     "baseline_engine",

@@ -15,7 +15,15 @@ from torch import Tensor
 
 from camlens.metrics.core import make_generator
 
-__all__ = ["Paired", "bootstrap_ci", "holm", "paired_bootstrap", "paired_decision"]
+__all__ = [
+    "PAIRED_MIN_IMAGES",
+    "TOO_FEW",
+    "Paired",
+    "bootstrap_ci",
+    "holm",
+    "paired_bootstrap",
+    "paired_decision",
+]
 
 
 def bootstrap_ci(
@@ -171,6 +179,15 @@ def holm(p: Tensor) -> Tensor:
     ranked = p.gather(-1, order) * torch.arange(m, 0, -1, dtype=p.dtype, device=p.device)
     adjusted = ranked.cummax(-1).values.clamp_max(1.0)
     return torch.empty_like(adjusted).scatter_(-1, order, adjusted)
+
+
+# Below this many images a paired difference gets no interval and no verdict, TOO_FEW: on 3
+# images the bootstrap-t studentises many resamples by a standard error near 0, so a bound
+# swung from 11,825 to 0.012 when one score moved by 3e-7 (fp32 rounding of another thread
+# count), and the sign-test floor 2 / 2^n keeps a decision out of reach anyway. At 10 that
+# floor is 0.002 and the resamples have 92,378 distinct draws, not 10.
+PAIRED_MIN_IMAGES = 10
+TOO_FEW = "too few images"
 
 
 def paired_decision(diff: float, p_holm: float, higher_is_better: bool, alpha: float) -> str:
