@@ -150,3 +150,24 @@ def test_counterfactual_under_torchrun_equals_one_process(tiny_mistakes, monkeyp
         parts = [getattr(cf, name) for chunk in zip(*ranks, strict=True) for cf in chunk]
         assert torch.allclose(torch.cat(parts), getattr(one.counterfactual, name), atol=1e-5)
     assert one.counterfactual.preds.tolist() == m.preds.tolist()
+
+
+def test_maps_and_counterfactual_in_chunks_are_those_of_one_call_bit_for_bit(tiny_mistakes):
+    """Exact by construction, on any CPU: a chunk is whole CAM batches and the counterfactual
+    runs a CAM batch at a time, so each image goes through the same ops in the same batch in
+    the same process. Planted: seeds by row of the call, not test index: red. (All rows in one
+    call, flat across the batches, stays green on a Xeon whose kernels do not depend on the
+    batch; another CPU's do, which is why the test runs a batch at a time.)"""
+    from camlens.explain import concat_explanations, explain_counterfactual, stream_mistake_maps
+
+    model, m = tiny_mistakes
+    plan = ExplainPlan(layers=["layer3", "layer4"], cam_batch_size=3, chunk_size=4)
+    whole = mistake_maps(model, m.images, m.labels, plan, preds=m.preds)
+    whole_cf = explain_counterfactual(model, m, whole, plan)
+    chunks = [e for _, e in stream_mistake_maps(model, m, plan)]
+    assert len(chunks) > 2
+    joined = concat_explanations(chunks)
+    maps = whole.pred_low + whole.contrast_low, joined.pred_low + joined.contrast_low
+    assert all(torch.equal(a, b) for a, b in zip(*maps, strict=True))
+    for name in ("margin", "margin_map", "margin_random", "preds_map", "preds_random"):
+        assert torch.equal(getattr(whole_cf, name), getattr(joined.counterfactual, name)), name

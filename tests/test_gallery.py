@@ -63,6 +63,11 @@ PLAN = ExplainPlan(layers=LAYERS, cam_batch_size=3, chunk_size=5, counterfactual
 SMALL = GalleryConfig(per_page=4, per_pair_page=2, size=32)  # pages straddle chunks of 6
 
 
+# Exact by construction, on any CPU: one process at one thread count, chunks of whole CAM
+# batches (stream_mistake_maps), the counterfactual a CAM batch at a time
+# (explain_counterfactual), so each card is drawn from the same floats however the run was cut
+# or resumed. Across thread counts or processes, the same holds to fp32 rounding
+# (test_distributed, conftest.assert_same_folders).
 def _files(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -194,6 +199,7 @@ def test_a_gallery_sigkilled_inside_a_chunk_resumes_to_the_same_bytes(tmp_path):
     assert len(list((root / "cards").glob("*.png"))) == kill_after  # some of a chunk, not all
     resumed = _gallery_process(tmp_path / "k")
     assert resumed.returncode == 0, resumed.stderr
+    # exact: the three processes run at one thread on the same batches (GALLERY_PROCESS)
     assert _files(root) == _files(tmp_path / "clean" / "gallery" / "gradcam")
     assert len(list((root / "cards").glob("*.png"))) == total
 

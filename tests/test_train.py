@@ -233,6 +233,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     full = load_file(str(tmp_path / "full" / "resume.safetensors"))
     resumed = load_file(str(tmp_path / "killed" / "resume.safetensors"))
     assert full.keys() == resumed.keys()
+    # exact by construction: the resumed epochs run the same ops on the same batches, from the
+    # saved weights and RNG state, in a process like the first (same machine, same threads)
     for key in full:  # weights, momentum buffers and the RNG state
         assert torch.equal(full[key], resumed[key]), key
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()

@@ -147,13 +147,7 @@ def concat_explanations(parts: Sequence[Explanations]) -> Explanations:
         logits=torch.cat([p.logits for p in parts]),
         counterfactual=None
         if first.counterfactual is None
-        else replace(
-            first.counterfactual,
-            **{
-                f.name: torch.cat([getattr(p.counterfactual, f.name) for p in parts])
-                for f in _cf_tensors()
-            },
-        ),
+        else _join_cf([p.counterfactual for p in parts]),
     )
 
 
@@ -239,6 +233,12 @@ def explain_counterfactual(
     "predicted-class", which the verdicts and index.csv's `cf_region` say). The random maps are
     drawn at that layer's grid; each image's random map and noise come from `plan.seed` and its
     test index, so a result is the same in any chunk, on any number of ranks, on a resumed run.
+
+    The test runs a CAM batch (`plan.cam_batch_size` rows from the first) at a time, as the
+    maps do: the stream's chunks and ranks' shares start at whole batches, so an image is
+    imputed and scored in the same batch however the work is cut. That makes a resumed or
+    chunked result the same bit for bit (oneDNN's kernels and the batched solve's stopping
+    step depend on the batch), not only to fp32 rounding.
     """
     device = next(model.parameters()).device
     last = len(expl.layers) - 1
@@ -246,17 +246,29 @@ def explain_counterfactual(
     cams, region = (contrast, "contrast") if contrast is not None else (pred, "predicted-class")
     config = CounterfactualConfig(grid=expl.resolutions[last], seed=plan.seed)
     seeds = plan.seed * 1_000_003 + mistakes.indices.long()
-    cf = counterfactual(
-        model,
-        as_float_images(mistakes.images.to(device)),
-        cams.to(device),
-        mistakes.preds,
-        mistakes.labels,
-        config,
-        seeds=seeds,
-        region=region,
-    )
-    return _each_cf(cf, lambda t: t.cpu())
+    parts = []
+    for start in range(0, max(len(mistakes), 1), plan.cam_batch_size):
+        rows = slice(start, start + plan.cam_batch_size)
+        cf = counterfactual(
+            model,
+            as_float_images(mistakes.images[rows].to(device)),
+            cams[rows].to(device),
+            mistakes.preds[rows],
+            mistakes.labels[rows],
+            config,
+            seeds=seeds[rows],
+            region=region,
+        )
+        parts.append(_each_cf(cf, lambda t: t.cpu()))
+    return _join_cf(parts)
+
+
+def _join_cf(parts: Sequence[Counterfactual]) -> Counterfactual:
+    """Counterfactual tests of consecutive rows, as one."""
+    if len(parts) == 1:
+        return parts[0]
+    fields_of = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in _cf_tensors()}
+    return replace(parts[0], **fields_of)
 
 
 def compute_cams(
