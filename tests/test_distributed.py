@@ -214,7 +214,15 @@ def test_two_processes_compare_as_one(tmp_path, data, two_proc_run):
     # two in one process (conftest); every decision exactly. The time estimate is timed on the
     # machine of the moment (its forward and map costs), so it is the one thing left out
     one, two = (json.loads((tmp_path / d / "compare.json").read_text()) for d in ("one", "two"))
-    assert one["settings"].pop("estimate") and two["settings"].pop("estimate")
+    solo, pair = one["settings"].pop("estimate"), two["settings"].pop("estimate")
+    # the estimate counts the whole job's forwards and times the busiest rank's share
+    assert (solo["ranks"], pair["ranks"]) == (1, 2)
+    assert solo["forwards_per_rank"] == solo["forwards"]
+    assert pair["forwards"] / 2 <= pair["forwards_per_rank"] < pair["forwards"]
+    assert "on the busiest of 2 ranks" in pair["summary"]
+    assert pair["seconds"] == pytest.approx(
+        pair["forwards_per_rank"] * pair["seconds_per_forward"], rel=1e-2, abs=0.1
+    )
     assert_same_results(one, two)
     assert [r.get("decision") for r in one["paired"]] == [r.get("decision") for r in two["paired"]]
     csv_one, csv_two = ((tmp_path / d / "compare.csv").read_text() for d in ("one", "two"))

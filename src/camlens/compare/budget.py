@@ -34,10 +34,27 @@ def score_forwards(cfg: MetricConfig) -> float:
     return 1 + curves + 1 + 2 * len(road)  # the image, deletion + insertion, drop, ROAD
 
 
-def plan(pairs, reference, subsets, sanity_methods, sanity_count, cost, sanity_cost, forward_s):
-    """What compare will score and what it should cost, as numbers and one paragraph."""
+def plan(
+    pairs,
+    reference,
+    subsets,
+    sanity_methods,
+    sanity_count,
+    cost,
+    sanity_cost,
+    forward_s,
+    *,
+    share: float | None = None,
+    world: int = 1,
+):
+    """What compare will score and what it should cost, as numbers and one paragraph.
+
+    `forwards` counts the whole job's; under torchrun (`world` ranks side by side) the time is
+    that of `share`, the forwards of the rank with the most (None: all of them)."""
     forwards = sum(cost.values()) + sum(sanity_cost.values())
-    seconds = forwards * forward_s
+    share = forwards if share is None else share
+    seconds = share * forward_s
+    ranks = f", {share:,.0f} on the busiest of {world} ranks," if world > 1 else ""
     methods = list(dict.fromkeys(m for m, _ in pairs))
     layers = list(dict.fromkeys(la for _, la in pairs))
     names = ", ".join(f"{k} {la}" if la != "-" else k for k, la in reference)
@@ -45,11 +62,13 @@ def plan(pairs, reference, subsets, sanity_methods, sanity_count, cost, sanity_c
         f"compare: {len(methods)} methods ({', '.join(methods)}) at {', '.join(layers)}, "
         f"baselines {names}, on {subsets['mistakes'].numel()} mistakes and "
         f"{subsets['correct'].numel()} correct images; sanity checks of {len(sanity_methods)} "
-        f"methods on {sanity_count} mistakes. About {forwards:,.0f} forwards at "
+        f"methods on {sanity_count} mistakes. About {forwards:,.0f} forwards in all{ranks} at "
         f"{forward_s * 1e3:.2f} ms per image: roughly {duration(seconds)} here"
     )
     return {
         "forwards": round(forwards),
+        "forwards_per_rank": round(share),
+        "ranks": world,
         "seconds_per_forward": forward_s,
         "seconds": round(seconds, 1),
         "summary": summary,

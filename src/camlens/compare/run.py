@@ -219,6 +219,11 @@ def compare(
                 skipped[(method, layer)] = str(e)
     if not pairs:
         raise ExplainError(f"no method can explain these layers: {next(iter(skipped.values()))}")
+    # under torchrun every rank timed its own probe; their mean is the one every rank uses, so
+    # the ranks agree on the estimate and on the tasks' costs
+    timed = all_sum(torch.tensor([forward_s, *(map_cost[p] for p in pairs)], dtype=torch.float64))
+    forward_s, *costs = (timed / world_size()).tolist()
+    map_cost = dict(zip(pairs, costs, strict=True))
     sanity_layer = layers[-1]
     sanity_methods = [m for m in methods if (m, sanity_layer) in pairs]
     scored_layers = list(dict.fromkeys(layer for _, layer in pairs))
@@ -242,8 +247,24 @@ def compare(
     sanity_cost = {
         m: sanity_count * (steps + 3) * map_cost[(m, sanity_layer)] for m in sanity_methods
     }
+    # the whole job's forwards; its time is that of the rank with the largest share (one
+    # process: all of it), as the ranks work side by side
+    share = max(
+        sum(cost[t] for t in tasks[r :: world_size()])
+        + sum(sanity_cost[m] for m in sanity_methods[r :: world_size()])
+        for r in range(world_size())
+    )
     estimate = make_estimate(
-        pairs, reference, subsets, sanity_methods, sanity_count, cost, sanity_cost, forward_s
+        pairs,
+        reference,
+        subsets,
+        sanity_methods,
+        sanity_count,
+        cost,
+        sanity_cost,
+        forward_s,
+        share=share,
+        world=world_size(),
     )
     say = announce or ((lambda line: tqdm.write(line)) if progress else (lambda line: None))
     if is_writer():
