@@ -653,6 +653,7 @@ def test_method_contract(method, model_name):
     assert all(p.grad is None for p in model.parameters()), "no parameter .grad may be written"
 
 
+@pytest.mark.layout
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("norm", ["batch", "layer"])
 def test_batch_invariance(method, norm):

@@ -458,6 +458,7 @@ def test_export_resaves_a_checkpoint_in_the_precision_asked(tmp_path, capsys):
     assert meta["weights_dtype"] == "fp32" and len(meta["classes"]) == 10
 
 
+@pytest.mark.layout
 def test_run_produces_every_artefact_and_resumes(tmp_path, tiny_folder, capsys):
     argv = [
         "run",

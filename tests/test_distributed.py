@@ -25,10 +25,13 @@ from camlens.data import load_dataset
 from camlens.train import RunError, TrainConfig, train
 from conftest import assert_same_folders, assert_same_results, assert_same_text, write_image_folder
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="this torch build has no gloo backend",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+        reason="this torch build has no gloo backend",
+    ),
+    pytest.mark.layout,
+]
 
 # 64 training images, 8 steps an epoch of a global batch of 8: 4 images a rank
 TRAIN = ["--epochs", "4", "--width", "8", "--batch-size", "8", "--eval-batch-size", "8"]

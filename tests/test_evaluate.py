@@ -40,6 +40,7 @@ def test_find_mistakes_lists_every_wrong_image_most_confident_first():
     assert m.confidence[0] > m.confidence[1] > m.confidence[2]
 
 
+@pytest.mark.layout
 def test_predict_does_not_depend_on_batch_size_and_restores_mode():
     model = ResNet18(3, width=8).train()
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)

@@ -134,6 +134,7 @@ def _counterfactuals(model, m, plan, monkeypatch, world, rank):
     return [e.counterfactual for _, e in explain_module.stream_mistake_maps(model, m, plan)]
 
 
+@pytest.mark.layout
 def test_counterfactual_under_torchrun_equals_one_process(tiny_mistakes, monkeypatch):
     """Each rank tests its own rows of a chunk; in rank order they are one process's test,
     whatever the chunks (per-image seeds), so the gathered columns are the same."""
@@ -152,6 +153,7 @@ def test_counterfactual_under_torchrun_equals_one_process(tiny_mistakes, monkeyp
     assert one.counterfactual.preds.tolist() == m.preds.tolist()
 
 
+@pytest.mark.layout
 def test_maps_and_counterfactual_in_chunks_are_those_of_one_call_bit_for_bit(tiny_mistakes):
     """Exact by construction, on any CPU: a chunk is whole CAM batches and the counterfactual
     runs a CAM batch at a time, so each image goes through the same ops in the same batch in

@@ -80,6 +80,7 @@ def _chunks(model, m, stop=None):
         yield chunk
 
 
+@pytest.mark.layout
 def test_streamed_gallery_equals_the_one_drawn_at_once(tmp_path, tiny_mistakes):
     model, m = tiny_mistakes
     expl = mistake_maps(model, m.images, m.labels, PLAN, preds=m.preds)
@@ -94,6 +95,7 @@ def test_streamed_gallery_equals_the_one_drawn_at_once(tmp_path, tiny_mistakes):
     )  # a pair larger than per_pair_page went over several pages
 
 
+@pytest.mark.layout
 def test_a_killed_gallery_run_again_is_complete_and_keeps_its_cards(
     tmp_path, tiny_mistakes, monkeypatch
 ):
@@ -187,6 +189,7 @@ def _gallery_process(out, kill_after=0):
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.layout
 def test_a_gallery_sigkilled_inside_a_chunk_resumes_to_the_same_bytes(tmp_path):
     clean = _gallery_process(tmp_path / "clean")
     assert clean.returncode == 0, clean.stderr

@@ -279,6 +279,7 @@ def small_case(n: int = 7):
     return model, images, cams, torch.arange(n) % 5
 
 
+@pytest.mark.layout
 def test_batch_size_does_not_change_results_and_the_seed_repeats_them():
     model, images, cams, targets = small_case()
 

@@ -208,6 +208,7 @@ def test_pair_statistics_follow_the_definition(case):
         assert torch.allclose(outside[0], outside_centre_share(means[0]), equal_nan=True)
 
 
+@pytest.mark.layout
 @pytest.mark.parametrize("limit", [0, 7])
 def test_pair_means_summed_in_chunks_equal_the_means_of_all_maps(case, limit):
     """The pairs' maps are summed chunk by chunk: the shown mistakes' maps (the gallery's),

@@ -204,6 +204,7 @@ def _cli(out, data, *extra):
     ]
 
 
+@pytest.mark.layout
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     """The acceptance test of resume: kill -9 mid-run, resume, compare every weight exactly."""

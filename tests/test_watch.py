@@ -68,6 +68,7 @@ def train(make_watch=None, epochs=3, snapshots=None, between=True):
     return model, watch
 
 
+@pytest.mark.layout
 def test_training_is_bit_identical_with_and_without_the_watch(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -169,6 +170,7 @@ def test_bad_settings_are_one_line(tmp_path):
         Watch(model, (tx, ty), tmp_path, classes=3).finish()
 
 
+@pytest.mark.layout
 def test_lightning_callback_leaves_training_bit_identical(tmp_path):
     pl = pytest.importorskip("lightning.pytorch")
     from camlens.watch import WatchCallback
