@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import json
-import math
 import pickle
-import re
 import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +77,8 @@ def write_cifar_batches(folder: Path, per_batch: int = 4, seed: int = 0) -> dict
 @pytest.fixture(scope="module")
 def one_thread():
     """For tests on tiny tensors: thread start-up and barriers cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -151,77 +146,12 @@ def edge_engine(model):
     return engine
 
 
-# Results of one job computed in two layouts (processes, thread counts, chunks, batch shapes)
-# agree only to fp32 rounding unless the two ran the same ops on the same batches: oneDNN's
-# kernels are not bit-identical across batch shapes and thread counts on every CPU (an AMD EPYC
-# differs where a Xeon does not). These compare such results as the docs promise them:
-# decisions (strings, bools, ints: predictions, verdicts, file names, order) exactly, numbers
-# to fp32 rounding, pictures to one grey level.
-RTOL, ATOL = 1e-5, 1e-6  # fp32 carries ~7 digits; a score summed over a few thousand pixels ~6
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _printed_step(text: str) -> float:
-    """One unit in the last digit `text` prints: how far a rounding step can move it."""
-    mantissa, _, exponent = text.lower().partition("e")
-    decimals = len(mantissa.partition(".")[2])
-    return 10.0 ** (int(exponent or 0) - decimals)
-
-
-def assert_same_results(a, b, where: str = "", rtol: float = RTOL, atol: float = ATOL) -> None:
-    """Nested JSON-like results: floats to fp32 rounding (NaN equals NaN), all else exactly."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert isinstance(a, (int, float)) and isinstance(b, (int, float)), (where, a, b)
-        assert not (isinstance(a, bool) or isinstance(b, bool)), (where, a, b)
-        if math.isnan(a) or math.isnan(b):
-            assert math.isnan(a) and math.isnan(b), (where, a, b)
-        else:
-            assert a == pytest.approx(b, rel=rtol, abs=atol), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), (where, list(a), list(b))
-        for k in a:
-            assert_same_results(a[k], b[k], f"{where}.{k}", rtol, atol)
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), (where, a, b)
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_results(x, y, f"{where}[{i}]", rtol, atol)
-    else:
-        assert a == b, (where, a, b)
-
-
-def assert_same_text(a: str, b: str, where: str = "", rtol: float = RTOL, atol: float = ATOL):
-    """Text (csv, lines) with its numbers to fp32 rounding, one printed digit's step allowed
-    (0.1235 against 0.1234 where the value was 0.12345), and every other character exact."""
-    assert _NUMBER.sub("#", a) == _NUMBER.sub("#", b), where  # the words, exactly
-    for x, y in zip(_NUMBER.finditer(a), _NUMBER.finditer(b), strict=True):
-        u, v = x.group(), y.group()
-        if u != v:
-            step = max(_printed_step(u), _printed_step(v))
-            assert float(u) == pytest.approx(float(v), rel=rtol, abs=atol + step), (where, u, v)
-
-
-def assert_same_picture(a: bytes, b: bytes, where: str = "", grey_levels: int = 1) -> None:
-    """Two PNGs of the same size whose pixels differ by at most `grey_levels` of 255."""
-    x = np.asarray(Image.open(io.BytesIO(a))).astype(np.int16)
-    y = np.asarray(Image.open(io.BytesIO(b))).astype(np.int16)
-    assert x.shape == y.shape, (where, x.shape, y.shape)
-    worst = int(np.abs(x - y).max()) if x.size else 0
-    assert worst <= grey_levels, f"{where}: pixels differ by {worst} grey levels"
-
-
-def assert_same_folders(one: Path, two: Path) -> list[Path]:
-    """Two output folders of one job in two layouts: the same files, each the same to rounding
-    (json and csv numbers to fp32 rounding, text exactly, PNGs to one grey level). -> the files."""
-    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
-    for rel in files:
-        a, b = (one / rel).read_bytes(), (two / rel).read_bytes()
-        if a == b:
-            continue
-        if rel.suffix == ".png":
-            assert_same_picture(a, b, str(rel))
-        elif rel.suffix == ".json":
-            assert_same_results(json.loads(a), json.loads(b), str(rel))
-        else:
-            assert_same_text(a.decode(), b.decode(), str(rel))
-    return files
+@contextmanager
+def threads(n: int):
+    """torch at `n` threads inside the block: one job at two thread counts, side by side."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
