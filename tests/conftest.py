@@ -132,6 +132,54 @@ class Compose:
         return x
 
 
+# torchvision.transforms.v2's: each an nn.Module, Compose's transforms a plain list, the
+# Normalize's mean and std lists
+class NormalizeV2(torch.nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.mean, self.std = list(mean), list(std)
+
+    def forward(self, x):
+        return Normalize(self.mean, self.std)(x)
+
+
+class ComposeV2(torch.nn.Module):
+    def __init__(self, transforms):
+        super().__init__()
+        self.transforms = transforms
+
+    def forward(self, x):
+        return Compose(self.transforms)(x)
+
+
+class StandardTransform:  # torchvision's: a VisionDataset's (transform, target_transform)
+    def __init__(self, transform=None, target_transform=None):
+        self.transform, self.target_transform = transform, target_transform
+
+    def __call__(self, x, y):
+        x = x if self.transform is None else self.transform(x)
+        return x, (y if self.target_transform is None else self.target_transform(y))
+
+
+class CIFAR10(torch.utils.data.Dataset):
+    """torchvision.datasets.CIFAR10 as a VisionDataset holds it: .data (N, 32, 32, 3) uint8,
+    .targets, .classes, and .transform beside .transforms (its StandardTransform), or only
+    .transforms when built with transforms= (a callable on (image, target))."""
+
+    def __init__(self, data, targets, classes, transform=None, transforms=None):
+        self.data, self.targets, self.classes = data, list(targets), list(classes)
+        self.transform, self.target_transform = transform, None
+        self.transforms = StandardTransform(transform) if transform is not None else transforms
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        if self.transforms is None:
+            return self.data[i], self.targets[i]
+        return self.transforms(self.data[i], self.targets[i])
+
+
 # a map that ignores the model, for the checks that must fail it (sanity, compare)
 def edge_engine(model):
     """A "method" that ignores the model: the Sobel magnitude of the grey image."""

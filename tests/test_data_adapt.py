@@ -4,10 +4,10 @@ own transform), DataLoaders, numpy arrays, a camlens Dataset; and every bad inpu
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Subset, TensorDataset
 
 from camlens.data import DataError, Dataset, Split, as_dataset, from_user_data, read_normalization
-from conftest import Compose, Normalize, ToTensor
+from conftest import CIFAR10, Compose, ComposeV2, Normalize, NormalizeV2, ToTensor
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 CLASSES = ["cat", "dog", "ship"]
@@ -74,6 +74,89 @@ def test_normalised_torchvision_style_data_comes_back_as_its_pixels(wrap):
     assert held.classes == tuple(CLASSES) and len(held.train) == 0 and held.image_size == 8
 
 
+class ApplyTransform(torch.utils.data.Dataset):
+    """The wrapper users write to give a Subset its own transform: the dataset inside has none."""
+
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return self.transform(x), y
+
+
+class Joint:  # what a VisionDataset's transforms= takes: a callable on (image, target)
+    def __init__(self, transforms):
+        self.transforms = transforms
+
+    def __call__(self, x, y):
+        return Compose(self.transforms)(x), y
+
+
+def cifar(**transform):
+    ds = TinyCIFAR()
+    return CIFAR10(ds.data, ds.targets, CLASSES, **transform)
+
+
+def steps():
+    return [ToTensor(), Normalize(MEAN, STD)]
+
+
+@pytest.mark.parametrize(
+    "make, where",
+    [
+        (lambda: cifar(transform=Compose(steps())), "CIFAR10.transform"),
+        (lambda: Subset(cifar(transform=Compose(steps())), range(23)), "CIFAR10.transform"),
+        (
+            lambda: ConcatDataset(
+                [Subset(cifar(transform=Compose(steps())), r) for r in (range(9), range(9, 23))]
+            ),
+            "CIFAR10.transform",
+        ),
+        (  # torchvision.transforms.v2
+            lambda: cifar(transform=ComposeV2([ToTensor(), NormalizeV2(MEAN, STD)])),
+            "CIFAR10.transform",
+        ),
+        (  # the scriptable form torchvision suggests
+            lambda: cifar(
+                transform=Compose([ToTensor(), torch.nn.Sequential(NormalizeV2(MEAN, STD))])
+            ),
+            "CIFAR10.transform",
+        ),
+        (lambda: cifar(transforms=Joint(steps())), "CIFAR10.transforms"),
+        (
+            lambda: ApplyTransform(Subset(cifar(), range(23)), Compose(steps())),
+            "ApplyTransform.transform",
+        ),
+    ],
+    ids=["cifar", "subset", "concat", "v2", "sequential", "transforms=", "wrapper"],
+)
+def test_the_normalize_of_a_real_users_loader_is_found_and_said_in_one_line(make, where, capsys):
+    data = from_user_data(DataLoader(make(), batch_size=5))
+    said = capsys.readouterr().out
+    assert data.mean == MEAN and data.std == STD and data.classes == tuple(CLASSES)
+    assert said.count("\n") == 1 and f"read from the Normalize in {where}:" in said
+    assert "mean (0.49, 0.48, 0.45) and std (0.25, 0.24, 0.26)" in said
+    images, labels, _ = gather(data)
+    pixels, want = truth(TinyCIFAR())
+    torch.testing.assert_close(images, pixels.float() / 255, atol=1e-5, rtol=0)
+    assert labels.equal(want)
+
+
+def test_images_normalised_elsewhere_name_the_call_that_fixes_them():
+    ds = normalised()
+    images = torch.stack([ds[i][0] for i in range(len(ds))])  # (N, 3, H, W), normalised
+    loader = DataLoader(TensorDataset(images, torch.tensor(ds.targets)), batch_size=5)
+    with pytest.raises(DataError, match=r"pass camlens.from_user_data\(data, mean=") as excinfo:
+        from_user_data(loader, classes=CLASSES)
+    one_line(excinfo)
+    data = from_user_data(loader, classes=CLASSES, mean=MEAN, std=STD)  # the fix it names
+    torch.testing.assert_close(gather(data)[0], truth(ds)[0].float() / 255, atol=1e-5, rtol=0)
+
+
 def test_only_the_first_batch_is_read_up_front():
     ds = normalised()
     data = from_user_data(ds, batch_size=4)
@@ -81,12 +164,13 @@ def test_only_the_first_batch_is_read_up_front():
     assert len(data) == 23
 
 
-def test_given_normalisation_and_classes_win():
+def test_given_normalisation_and_classes_win(capsys):
     ds = TinyCIFAR(transform=Compose([ToTensor(), Normalize((0.5,) * 3, (0.5,) * 3)]))
     ds.transform.transforms[1] = Normalize(MEAN, STD)
     data = from_user_data(ds, mean=MEAN, std=STD, classes=["a", "b", "c"])
     assert data.classes == ("a", "b", "c")
     torch.testing.assert_close(gather(data)[0], truth(ds)[0].float() / 255, atol=1e-5, rtol=0)
+    assert capsys.readouterr().out == ""  # named by the user: nothing to say
 
 
 def test_plain_data_numpy_arrays_and_camlens_datasets():
@@ -170,11 +254,20 @@ def one_line(excinfo):
             lambda: from_user_data(
                 torch.randn(4, 3, 8, 8) * 2, torch.zeros(4, dtype=torch.long), classes=3
             ),
-            r"look normalised; pass mean= and std=",
+            r"look normalised, but not by a Normalize in the dataset's transform; pass "
+            r"camlens.from_user_data\(data, mean=\(r, g, b\), std=\(r, g, b\)\) in place",
         ),
         (
             lambda: from_user_data(normalised(), mean=(0.0,) * 3, std=(10.0,) * 3),
-            r"after undoing mean .* pass the mean= and std= the images were normalised with",
+            r"after undoing mean .* pass camlens.from_user_data\(data, mean=.* with the mean",
+        ),
+        (
+            lambda: from_user_data(
+                ConcatDataset(
+                    [normalised(), TinyCIFAR(transform=Compose([ToTensor(), Normalize(0.5, 0.5)]))]
+                )
+            ),
+            r"the 2 datasets joined in the ConcatDataset are normalised differently",
         ),
         (lambda: from_user_data(DataLoader(normalised(), shuffle=True)), r"shuffle=False"),
         (

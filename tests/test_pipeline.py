@@ -18,11 +18,12 @@ import camlens
 from camlens.classifier import Classifier
 from camlens.cli import main
 from camlens.data import Dataset, Split, load_dataset
+from camlens.data.sample import load_sample
 from camlens.explain import ExplainError, ExplainPlan
 from camlens.model import ResNet18
 from camlens.pipeline import report, run, write_galleries
 from camlens.train import TrainConfig
-from conftest import Compose, Normalize, ToTensor
+from conftest import CIFAR10, Compose, Normalize, ToTensor
 
 
 def test_run_writes_what_the_cli_writes(tmp_path, tiny_folder, capsys):
@@ -185,3 +186,51 @@ def test_a_plain_pytorch_model_and_dataloader_need_no_conversion(tmp_path):
         assert torch.equal(mine.groups[g], ref.groups[g])
         assert all(torch.equal(a, b) for a, b in zip(mine.cams[g], ref.cams[g], strict=True))
     assert len(mine.groups["shared"]) > 0 and mine.cams["shared"][0].amax() > 0
+
+
+def readme_python() -> str:
+    """The README's Python example, as the reader copies it."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.search(r"```python\n(import camlens\n.*?)```", text, re.S).group(1)
+
+
+def test_the_readme_python_example_runs_as_written_on_a_normalised_cifar_loader(
+    tmp_path, monkeypatch, capsys, one_thread
+):
+    """The README's example, run as it is, on a torchvision-style CIFAR-10 DataLoader
+    normalised with CIFAR's mean/std and a model trained on such images: each of its three
+    calls finds the Normalize and says so, and the model is fed the images it was trained on."""
+    cifar_mean, cifar_std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    torch.manual_seed(0)
+    model = ResNet18(10, width=8, mean=(0, 0, 0), std=(1, 1, 1)).eval()  # normalised input
+    sample = load_sample()
+    pixels = sample.test.images[:6]  # (6, 3, 32, 32) uint8
+    shift = torch.tensor(cifar_mean)[:, None, None], torch.tensor(cifar_std)[:, None, None]
+    normalised = (pixels / 255 - shift[0]) / shift[1]
+    with torch.no_grad():
+        logits = model(normalised)
+    # three right and three wrong: compare scores both
+    labels = torch.where(torch.arange(6) % 2 == 0, logits.argmax(1), (logits.argmax(1) + 1) % 10)
+    dataset = CIFAR10(
+        pixels.permute(0, 2, 3, 1).numpy(),
+        labels.tolist(),
+        sample.classes,
+        transform=Compose([ToTensor(), Normalize(cifar_mean, cifar_std)]),
+    )
+    test_loader = torch.utils.data.DataLoader(dataset, batch_size=4)
+    monkeypatch.chdir(tmp_path)
+    scope = {"model": model, "test_loader": test_loader}
+    exec(readme_python(), scope)
+
+    said = capsys.readouterr().out
+    assert said.count("read from the Normalize in CIFAR10.transform") == 3  # one per call
+    outcome, trust, watch = scope["outcome"], scope["trust"], scope["watch"]
+    torch.testing.assert_close(outcome.evaluation.logits, logits, atol=1e-4, rtol=1e-4)
+    assert len(outcome.evaluation.mistakes) == 3 and outcome.report.is_file()
+    assert {r["subset"] for r in trust.rows} == {"mistakes", "correct"}
+    watch.epoch(5)
+    watch.finish()
+    strips = json.loads((tmp_path / "runs" / "mine" / "over-epochs.json").read_text())
+    for row in strips["images"]:
+        i = row["index"]
+        assert row["pred_prob"][-1] == pytest.approx(float(logits[i].softmax(0).max()), abs=1e-3)

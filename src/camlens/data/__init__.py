@@ -19,7 +19,13 @@ the image size, so the second load of 60,000 images reads two .npy files.
     adapt.py       the user's own data (DataLoader, torch Dataset, arrays) -> [0, 1] batches
 """
 
-from camlens.data.adapt import UserData, as_dataset, from_user_data, read_normalization
+from camlens.data.adapt import (
+    UserData,
+    as_dataset,
+    dataset_normalization,
+    from_user_data,
+    read_normalization,
+)
 from camlens.data.dataset import Dataset, Split
 from camlens.data.load import load_dataset
 from camlens.data.sample import SAMPLE_PATH, save_sample
@@ -40,6 +46,7 @@ __all__ = [
     "SAMPLE_PATH",
     "UserData",
     "as_dataset",
+    "dataset_normalization",
     "from_user_data",
     "read_normalization",
 ]

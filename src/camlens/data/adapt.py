@@ -6,9 +6,10 @@
 
 What comes in: a torch `Dataset` (items `(image, label)`) or `DataLoader` (batches of them),
 images normalised or not; numpy arrays or tensors `(images, labels)`; a camlens `Dataset` or
-`Split`. The normalisation is `mean=`/`std=` when given, else read from a torchvision-style
-`Normalize` in the dataset's `transform` (duck-typed: anything with `.mean` and `.std`, inside
-anything with `.transforms`), so camlens never imports torchvision. Class names are
+`Split`. The normalisation is `mean=`/`std=` when given, else the torchvision-style `Normalize`
+the dataset applies itself (see `dataset_normalization`; duck-typed, so camlens never imports
+torchvision), said in one printed line; images normalised anywhere else (a `TensorDataset` of
+normalised tensors, a `collate_fn`) are an error naming `mean=`/`std=`. Class names are
 `classes=` when given, else the dataset's own `classes`.
 
 Nothing is held whole: each pass reads the source again batch by batch, and each batch is
@@ -25,13 +26,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
+from tqdm.auto import tqdm
 
 from camlens.data.dataset import Dataset, Split
 from camlens.data.sources import DataError
+from camlens.distributed import is_writer
 
-__all__ = ["UserData", "as_dataset", "from_user_data", "read_normalization"]
+__all__ = [
+    "UserData",
+    "as_dataset",
+    "dataset_normalization",
+    "from_user_data",
+    "read_normalization",
+]
 
 # after undoing the normalisation, pixels may stray this far outside [0, 1] (float rounding,
 # a JPEG's ringing) before the mean/std are taken to be wrong
@@ -148,12 +157,15 @@ class UserData:
         if lo < -_SLACK or hi > 1 + _SLACK:
             if self.mean is None:
                 raise DataError(
-                    f"images range over [{lo:.2f}, {hi:.2f}], not [0, 1]: they look normalised; "
-                    "pass mean= and std= (the normalisation they carry)"
+                    f"images range over [{lo:.2f}, {hi:.2f}], not [0, 1]: they look normalised, "
+                    "but not by a Normalize in the dataset's transform; pass "
+                    "camlens.from_user_data(data, mean=(r, g, b), std=(r, g, b)) in place of the "
+                    "data (the mean and std they were normalised with)"
                 )
             raise DataError(
                 f"images range over [{lo:.2f}, {hi:.2f}] after undoing mean {self.mean} and std "
-                f"{self.std}: pass the mean= and std= the images were normalised with"
+                f"{self.std}: pass camlens.from_user_data(data, mean=(r, g, b), std=(r, g, b)) "
+                "with the mean and std the images were normalised with"
             )
         return images.clamp_(0, 1)
 
@@ -163,8 +175,9 @@ def read_normalization(
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
     """(mean, std) of the last `Normalize` in a torchvision-style transform, else None.
 
-    Duck-typed: a transform with `.mean` and `.std`, or one holding such in `.transforms`
-    (a `Compose`), nested; a single value stands for all three channels.
+    Duck-typed: a transform with `.mean` and `.std` values, or one holding such, nested: in
+    `.transforms` (a `Compose`, v1 or v2) or as its modules (an `nn.Sequential`, which
+    torchvision suggests for scripting); a single value stands for all three channels.
     """
     found = None
     stack = [transform]
@@ -172,12 +185,45 @@ def read_normalization(
         t = stack.pop(0)
         if t is None:
             continue
-        if hasattr(t, "mean") and hasattr(t, "std"):
+        # a tensor has .mean() and .std() too: a Normalize holds values, not methods
+        if hasattr(t, "mean") and hasattr(t, "std") and not callable(t.mean):
             found = (_triple(t.mean), _triple(t.std))
         inner = getattr(t, "transforms", None)
-        if isinstance(inner, (list, tuple)):
+        if isinstance(inner, (list, tuple, nn.ModuleList)):
             stack[:0] = list(inner)
+        elif isinstance(t, nn.Module):
+            stack[:0] = list(t.children())
     return found
+
+
+def dataset_normalization(
+    data: Any,
+) -> tuple[tuple[float, float, float], tuple[float, float, float], str] | None:
+    """(mean, std, where) of the `Normalize` a torch dataset applies itself, else None.
+
+    Looked for in each dataset `data` wraps, from the outside in, as its items pass through
+    them: its `transform`, then its `transforms` (a VisionDataset built with `transforms=`),
+    then the dataset inside (a `Subset`'s, a wrapper's `.dataset`), or those joined in a
+    `ConcatDataset` (which must agree). `where` names it: "CIFAR10.transform".
+    """
+    for _ in range(8):  # a dataset wrapping itself must not hang the call
+        for name in ("transform", "transforms"):
+            found = read_normalization(getattr(data, name, None))
+            if found is not None:
+                return (*found, f"{type(data).__name__}.{name}")
+        parts = getattr(data, "datasets", None)
+        if isinstance(parts, (list, tuple)) and parts:
+            each = [dataset_normalization(part) for part in parts]
+            if len({None if f is None else f[:2] for f in each}) > 1:
+                raise DataError(
+                    f"the {len(parts)} datasets joined in the {type(data).__name__} are "
+                    "normalised differently: join test datasets built with one transform"
+                )
+            return each[0]
+        data = getattr(data, "dataset", None)
+        if data is None:
+            return None
+    return None
 
 
 def from_user_data(
@@ -198,7 +244,8 @@ def from_user_data(
     `Dataset` (its test split) or `Split`.
     `classes`: the class names, or their number K (names "0".."K-1"); None: the dataset's
     `classes` attribute, else an error. `mean`/`std`: the normalisation the images carry;
-    None: read from the dataset's `transform` (see `read_normalization`), else none.
+    None: the `Normalize` the dataset applies (see `dataset_normalization`; one printed line
+    says which), else none.
     `keys`: where image and label sit in each item or batch: `("image", "label")` for dicts,
     `(0, 1)` (the default) for tuples. The first batch is read and checked here, so a source
     that cannot work fails at this call; each later batch is checked as it is read.
@@ -255,8 +302,17 @@ def from_user_data(
     if (mean is None) != (std is None):
         raise DataError("pass mean= and std= together (the normalisation of the images)")
     if mean is None:
-        found = read_normalization(getattr(inner, "transform", None))
-        mean, std = found if found is not None else (None, None)
+        found = None
+        if not isinstance(data, (tuple, Split)):
+            found = dataset_normalization(data.dataset if isinstance(data, DataLoader) else data)
+        mean, std = (None, None) if found is None else found[:2]
+        if found is not None and is_writer():
+            # said, as the user never named it: a wrong guess shows before any map is made
+            tqdm.write(
+                f"data: images normalised with mean {_rounded(mean)} and std {_rounded(std)}, "
+                f"read from the Normalize in {found[2]}: the model is fed them normalised so, "
+                "the gallery shows them un-normalised"
+            )
     else:
         mean, std = _triple(mean), _triple(std)
     if std is not None and min(std) <= 0:
@@ -302,10 +358,18 @@ def as_dataset(data: Any, **kwargs: Any) -> Dataset:
 
 
 def _innermost(data: Any) -> Any:
-    """A `Subset`'s dataset (and a Subset's Subset's): where `classes` and `transform` live."""
+    """A `Subset`'s dataset (and a Subset's Subset's), a `ConcatDataset`'s first: where
+    `classes` live."""
     seen = 0
-    while not hasattr(data, "classes") and hasattr(data, "dataset") and seen < 8:
-        data, seen = data.dataset, seen + 1
+    while not hasattr(data, "classes") and seen < 8:
+        parts = getattr(data, "datasets", None)
+        if isinstance(parts, (list, tuple)) and parts:
+            data = parts[0]
+        elif hasattr(data, "dataset"):
+            data = data.dataset
+        else:
+            break
+        seen += 1
     return data
 
 
@@ -371,6 +435,10 @@ def _nchw(images: Tensor) -> Tensor:
         f"images of shape {tuple(images.shape)} have no axis of 3 colour channels: expected "
         "(B, 3, H, W) or (B, H, W, 3); repeat a grey channel 3 times"
     )
+
+
+def _rounded(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def _triple(values: Any) -> tuple[float, float, float]:
