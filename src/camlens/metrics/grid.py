@@ -99,9 +99,8 @@ def tile_masks(size: tuple[int, int], n: int) -> Tensor:
     def overlap(length: int) -> Tensor:  # (n, length): tile k's share of each pixel's extent
         edges = torch.arange(n + 1, dtype=torch.float64) * length / n
         lo = torch.arange(length, dtype=torch.float64)[None]
-        return (torch.minimum(lo + 1, edges[1:, None]) - torch.maximum(lo, edges[:-1, None])).clamp(
-            0
-        )
+        inside = torch.minimum(lo + 1, edges[1:, None]) - torch.maximum(lo, edges[:-1, None])
+        return inside.clamp_min(0)
 
     rows, cols = overlap(size[0]), overlap(size[1])
     return (rows[:, None, :, None] * cols[None, :, None, :]).reshape(n * n, *size)  # (n^2, h, w)
