@@ -1,6 +1,8 @@
 """The grid localisation test (camlens.metrics.grid, camlens.compare.grid): known answers on a
 colour model whose Grad-CAM is exactly the tile of its class."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -210,3 +212,46 @@ def test_gradcam_beats_the_centre_and_the_wrong_tile_and_centre_blob_lose():
     line = result["line"]
     assert "believe gradcam relu: 1.000" in line and "worse than chance: wrong tile relu" in line
     assert "12 of 12 grids kept" in line and "pooled 16x16 input" in line
+
+
+def colour_dataset(per_class=16, classes=5):
+    """The colour images as a camlens test split, four of them mislabelled (compare needs
+    mistakes)."""
+    from camlens.data import Dataset, Split
+
+    images, labels = colour_data(per_class, classes)
+    moved = labels.clone()
+    moved[:4] = (labels[:4] + 1) % classes
+    pixels = (images * 255).round().to(torch.uint8)
+    split = Split(pixels, moved)
+    return Dataset(Split(pixels[:0], moved[:0]), split, tuple("abcde"), "colours", "")
+
+
+@pytest.mark.parametrize("classes", [5, 3])
+def test_compare_leads_with_the_grid_line_and_carries_it(classes, tmp_path, one_thread):
+    """Through compare: Grad-CAM is believed, Eigen-CAM ties chance, the line leads the summary
+    and compare.json; with 3 classes it says too few images and the rest still runs.
+    Planted: the summary built without the grid line (red)."""
+    from camlens.compare import compare
+    from camlens.explain import ExplainPlan
+
+    plan = ExplainPlan(methods=("gradcam", "eigencam"), layers=("relu",), compare_limit=4)
+    config = GridConfig(count=16)
+    result = compare(
+        Colours(), colour_dataset(classes=classes), tmp_path, plan, sanity_images=2, grid=config
+    )
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["summary"][0] == result.summary[0] == saved["grid"]["line"]
+    if classes == 3:
+        assert result.summary[0] == (
+            f"grid test: {TOO_FEW}: 3 classes have confident (softmax > 0.9), correct test "
+            "images; a 2x2 grid needs 4 distinct classes"
+        )
+        assert result.rows and (tmp_path / "compare.csv").is_file()
+        return
+    line = result.summary[0]
+    assert "believe gradcam relu: 1.000" in line and "16 of 16 grids kept" in line
+    assert "not told apart from chance: eigencam relu" in line
+    assert (
+        saved["grid"]["settings"]["path"] == "pooled" and saved["grid"]["settings"]["dropped"] == 0
+    )

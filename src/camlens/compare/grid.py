@@ -177,7 +177,7 @@ def grid_line(result: dict, alpha: float = 0.05) -> str:
         )
     losses = [k for k, ds in decisions.items() if "worse" in ds]
     if ties:
-        line += "; at chance: " + ", ".join(f"{m} {la}" for m, la in ties)
+        line += "; not told apart from chance: " + ", ".join(f"{m} {la}" for m, la in ties)
     if losses:
         line += "; worse than chance: " + ", ".join(f"{m} {la}" for m, la in losses)
     return line
