@@ -252,6 +252,34 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, capsys, flags,
     assert not out.exists()
 
 
+def test_compare_prints_the_grid_line_first_and_finishes_without_enough_images(
+    tiny, tmp_path, capsys
+):
+    """The untrained model has too few confident correct images for a 2x2 grid: compare says
+    so first and still writes its table. Planted: GridError left to stop compare (red)."""
+    _, data, ckpt = tiny
+    out = tmp_path / "out"
+    flags = ("--method", "gradcam", "--layer", "layer4", "--limit", 2, "--device", "cpu")
+    code, stdout, err = _cli(
+        capsys, "compare", "--checkpoint", ckpt, "--data", data.source, "--out", out, *flags,
+        "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    # after the layers it explains (printed as the model opens), the grid line comes first
+    said = [line for line in stdout.splitlines() if not line.startswith("layer ")]
+    first = said[0]
+    assert first.startswith("grid test: too few images for the grid test: "), stdout
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["grid"]["line"] == first == saved["summary"][0]
+    assert all((out / name).is_file() for name in FILES)
+    assert stdout.count(first) == 1  # not repeated among the verdicts
+    code, _, err = _cli(
+        capsys, "compare", "--checkpoint", ckpt, "--data", data.source, "--out", out, *flags,
+        "--no-progress", "--no-grid",
+    )  # fmt: skip
+    assert code == 0 and "grid" not in json.loads((out / "compare.json").read_text())["summary"][0]
+
+
 def test_a_checkpoint_for_other_classes_is_refused(tmp_path, tiny_folder, capsys):
     ckpt = tmp_path / "other.safetensors"
     meta = {"classes": ["a", "b", "c", "d"], "image_size": 32, "epoch": 0}
@@ -306,7 +334,9 @@ def test_run_compare_writes_the_table_and_the_report_section(tmp_path, tiny_fold
     assert "compare:" in stdout
     # run --compare prints the verdicts compare.json carries, as `camlens compare` does
     summary = json.loads((out / "compare.json").read_text())["summary"]
-    assert summary[0].startswith("gradcam layer4: ")
+    # the grid test leads; a 1-epoch width-8 model has too few confident images for it
+    assert summary[0].startswith("grid test: too few images for the grid test: ")
+    assert summary[1].startswith("gradcam layer4: ")
     assert "\n".join(f"  {line}" for line in summary) in stdout
 
 

@@ -20,8 +20,8 @@ ORDER = [
     "evaluate",
     "train",
     "cam",
+    "plan",  # torch-free, needing only cam (lazily): metrics reads GridConfig from it
     "metrics",
-    "plan",
     "explain",
     "overlay",
     "gallery",

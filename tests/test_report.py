@@ -432,3 +432,30 @@ def test_mistakes_carry_the_counterfactual_verdict_and_pairs_its_sums(case, tmp_
     assert 'value="cfdrop"' in text and 'id="cf"' in text  # sort by it, filter by it
     plain = render_report(_report(model, split, ev, limit=12), tmp_path / "plain").read_text()
     assert 'id="cf-pairs"' not in plain and 'id="cf"' not in plain
+
+
+def test_trust_section_leads_with_the_grid_line_and_its_table(case):
+    """The grid test's line is the first verdict of the section, its table beside it.
+    Planted: the headline read without compare.json's "grid" (red)."""
+    from camlens.compare.grid import grid_test
+    from camlens.metrics import GridConfig
+    from test_grid import Colours, _maps_of, colour_data
+
+    colours = Colours()
+    images, labels = colour_data(per_class=12)
+    pairs = [("gradcam", "relu"), ("wrong tile", "relu")]
+    grid = grid_test(
+        colours,
+        images,
+        labels,
+        colours(images),
+        pairs,
+        _maps_of(colours),
+        GridConfig(count=12, min_grids=4),
+    )
+    model, split, ev, _, _, _ = case
+    html = render_html(_report(model, split, ev, limit=0, trust={**TRUST, "grid": grid}))
+    first = html.index('<ul class="headline"><li>') + len('<ul class="headline"><li>')
+    assert html[first:].startswith("grid test (2x2 confident correct images")
+    assert "believe gradcam relu" in html and "worse than chance: wrong tile relu" in html
+    assert "<th>baseline: oracle</th>" in html and "<th>wrong tile relu</th>" in html

@@ -7,7 +7,7 @@ defaults from `ExplainPlan` without importing torch (`camlens --help` answers at
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from camlens.choices import SORTS
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from camlens.cam import CamConfig
 
-__all__ = ["ExplainError", "ExplainPlan", "check_explainable"]
+__all__ = ["ExplainError", "ExplainPlan", "GridConfig", "check_explainable"]
 
 
 class ExplainError(ValueError):
@@ -93,6 +93,42 @@ class ExplainPlan:
             precision=self.precision,
             normalize=normalize,
         )
+
+
+def _opt(default, help: str):
+    """A field with its --help line (the CLI's flags are built from the fields)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The grid localisation test (`camlens.metrics.grid`): n x n tiles of confident, correct
+    test images of distinct classes in one input; the map of each tile's class should fall in
+    its tile. Torch-free, beside the plan, so that compare's --grid-* flags come from here.
+    """
+
+    # tiles per side: n x n images of n^2 distinct classes per grid; chance is 1/n^2
+    n: int = _opt(2, "tiles per side of a grid (2 or 3): n x n images of distinct classes")
+    # grids at most: each image is used once, so a test split bounds it too
+    count: int = _opt(64, "grids at most (each test image in one grid at most)")
+    # a tile's image must be correct with this softmax or more: the model surely sees its class
+    confidence: float = _opt(0.9, "a tile's image is correctly classified with softmax > this")
+    # fewer grids than this (after the leakage control) and the test says it has too few images:
+    # with G grids no paired test can be surer than the sign test's 2 / 2^G, so 16 lets a map
+    # that wins on every grid pass Holm over compare's 60 grid cells (2 / 2^16 x 60 < 0.05)
+    min_grids: int = _opt(16, "fewer grids than this: too few images for the grid test")
+    seed: int = _opt(0, "which images go into which grid, and at which tile")
+
+    def __post_init__(self) -> None:
+        if self.n not in (2, 3):
+            raise ExplainError(f"--grid-n must be 2 or 3, got {self.n}")
+        if not 0 <= self.confidence < 1:
+            raise ExplainError(f"--grid-confidence must be in [0, 1), got {self.confidence}")
+        if self.count < 1 or self.min_grids < 1:
+            raise ExplainError(
+                f"--grid-count and --grid-min-grids must be >= 1, got {self.count}, "
+                f"{self.min_grids}"
+            )
 
 
 def check_explainable(

@@ -32,6 +32,7 @@ from camlens.pipeline import (
     run,
     write_galleries,
 )
+from camlens.plan import GridConfig
 from camlens.train import RunError, TrainConfig, run_training
 
 __all__ = [
@@ -338,13 +339,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=args.progress and is_writer(),
         )
-        result = compare(opened.model, opened.data, args.out, plan)
+        grid = None
+        if args.grid:
+            names = [f.name for f in dataclasses.fields(GridConfig)]
+            grid = GridConfig(**{n: getattr(args, "grid_" + n) for n in names})
+        result = compare(opened.model, opened.data, args.out, plan, grid=grid)
     if not is_writer():
         return 0
+    # first: which method and layer finds the class (the summary's first line, not repeated)
+    summary = result.summary
+    if result.grid:
+        print(result.grid["line"])
+        summary = summary[1:]
     for (method, layer), why in result.skipped.items():
         print(f"left out {method} at {layer}: {why}")
     print(f"scored {len(result.rows)} (method, layer, subset, metric) cells")
-    _print_verdicts(result.summary)
+    _print_verdicts(summary)
     print("wrote " + ", ".join(str(p) for p in result.files.values()))
     return 0
 

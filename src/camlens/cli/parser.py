@@ -20,7 +20,7 @@ from camlens.choices import (
     PRECISION_NAMES,
     SORTS,
 )
-from camlens.plan import ExplainPlan
+from camlens.plan import ExplainPlan, GridConfig
 from camlens.train.config import TrainConfig
 from camlens.version import __version__
 
@@ -120,11 +120,13 @@ def _field_type(tp) -> type:
     return tp
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_type) -> None:
-    """One flag per dataclass field: the defaults and help live only in the dataclass."""
+def add_config_flags(parser: argparse.ArgumentParser, config_type, prefix: str = "") -> None:
+    """One flag per dataclass field: the defaults and help live only in the dataclass.
+
+    `prefix` goes before each flag and its dest: GridConfig's `n` is compare's --grid-n."""
     hints = typing.get_type_hints(config_type)
     for f in dataclasses.fields(config_type):
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + (prefix + f.name).replace("_", "-")
         tp = _field_type(hints[f.name])
         default = f.metadata.get("auto", f.default)  # a rule in words where None means auto
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
@@ -493,6 +495,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _eval_batch_flag(p)
     p.add_argument("--seed", type=int, default=0, help="correct-image sample, baselines, ROAD")
+    g = p.add_argument_group(
+        "grid test",
+        "n x n confident correct images of distinct classes in one input: does "
+        "each class's map fall in its tile? (camlens.metrics.grid; its line is printed first)",
+    )
+    g.add_argument(
+        "--grid",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the grid localisation test (default: on)",
+    )
+    add_config_flags(g, GridConfig, prefix="grid_")
     _device_flag(p, backend=True)
     p.set_defaults(run=_command("cmd_compare"))
 

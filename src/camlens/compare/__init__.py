@@ -6,15 +6,19 @@
     result.paired        # each against each baseline: diff, interval, Holm-corrected decision
     result.sanity        # method -> the sanity checks' numbers and a named state (VERDICTS)
 
-    result.summary       # each method's state and the paired headline, in words
+    result.summary       # the grid test's line, each method's state, the paired headline
+    result.grid          # the grid localisation test (`grid`): which map finds its class
 
 `table` picks the images and builds the rows, `figures` draws them, `run` does the scoring
 and writes compare.csv, compare.json (what the report reads), compare.png and sanity.png;
-`summary` words the verdicts. Maps and engines come from `camlens.explain` (`engine_for`);
+`summary` words the verdicts; `grid` runs the grid localisation test (camlens.metrics.grid)
+on every compared (method, layer) and words it in the line that leads the summary. Maps and
+engines come from `camlens.explain` (`engine_for`);
 `engines=` adds methods of your own, `(model, layers) -> engine`, by name.
 """
 
 from camlens.compare.figures import sanity_figure, table_figure
+from camlens.compare.grid import grid_line, grid_test
 from camlens.compare.run import (
     COMPARE_LIMIT,
     COMPARE_METHODS,
@@ -44,6 +48,8 @@ __all__ = [
     "EngineMaker",
     "beats_baselines",
     "compare",
+    "grid_line",
+    "grid_test",
     "headline",
     "indistinguishable_from",
     "sanity_figure",

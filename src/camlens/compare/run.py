@@ -5,7 +5,8 @@
     result.rows          # one dict per (method, layer, subset, metric): mean, ci_low, ci_high, n
     result.paired        # each of those against each baseline: diff, interval, Holm decision
     result.sanity        # method -> the checks' numbers and a named state (VERDICTS)
-    result.summary       # each method's state and the paired headline, in words
+    result.summary       # the grid test's line, each method's state, the paired headline
+    result.grid          # the grid localisation test: which map finds its class's tile
 
 Each (method, layer) explains the `limit` most confident mistakes (maps of the predicted class:
 what drove the mistake) and as many correctly classified images (a seeded sample, maps of their
@@ -15,6 +16,9 @@ reference: the centre map, and a smooth random map drawn at each layer's own gri
 (paired bootstrap, images resampled jointly, Holm over every paired cell of the compare). The
 sanity checks (cascading randomisation judged at every step, Random Logit, eMPRT, the method's
 self-agreement) run per method at the last layer on a few mistakes and end in a named state.
+First in the summary, the grid localisation test (compare.grid, camlens.metrics.grid): n x n
+confident, correct images of distinct classes in one input, the map of each class judged by the
+share of its mass in its own tile, where the centre map scores exactly 1/n^2.
 A (method, layer) the method cannot explain (CAM needs the layer feeding GAP -> fc) is left
 out and listed in `skipped`. A layer "layer3+layer4" is one engine
 on both layers, scored as its one combined map (RefineCAM's product, other methods' mean).
@@ -45,6 +49,7 @@ from camlens.classifier import adapt_user_input, own_layer_names
 from camlens.compare.budget import forward_seconds, score_forwards
 from camlens.compare.budget import plan as make_estimate
 from camlens.compare.figures import sanity_figure, table_figure
+from camlens.compare.grid import grid_test
 from camlens.compare.sanity import run_sanity
 from camlens.compare.summary import headline, sanity_lines
 from camlens.compare.table import (
@@ -74,6 +79,7 @@ from camlens.metrics import (
     deletion_variant,
     score_maps,
 )
+from camlens.metrics.grid import GridConfig, grid_maps
 from camlens.plots import figure_png
 
 __all__ = [
@@ -91,6 +97,8 @@ FILES = ("compare.csv", "compare.json", "compare.png", "sanity.png")
 COMPARE_PLAN = ExplainPlan(
     methods=COMPARE_METHODS, layers=("layer3", "layer4"), compare_limit=COMPARE_LIMIT
 )
+# compare's grid localisation test unless told: 2x2 grids, at most 64 (GridConfig's defaults)
+GRID_TEST = GridConfig()
 # a method of the caller's own: (model, layers) -> engine, `(images, targets) -> (N, H, W)`
 EngineMaker = Callable[
     [nn.Module, Sequence[str]], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -107,8 +115,11 @@ class CompareResult:
     files: dict[str, Path]  # name -> out/name for each of FILES
     paired: list[dict] = field(default_factory=list)  # COLUMNS: each cell against each baseline
     plan: dict = field(default_factory=dict)  # what was scored and the forwards it was to cost
-    # each method's sanity state, then the paired headline, in words (compare.json "summary")
+    # the grid test's line, each method's sanity state, then the paired headline, in words
+    # (compare.json "summary")
     summary: list[str] = field(default_factory=list)
+    # the grid localisation test (compare.grid): settings, rows, paired, line; {}: not asked
+    grid: dict = field(default_factory=dict)
 
 
 def compare(
@@ -123,6 +134,7 @@ def compare(
     alpha: float = 0.05,
     announce: Callable[[str], None] | None = None,
     engines: Mapping[str, EngineMaker] | None = None,
+    grid: GridConfig | None = GRID_TEST,
 ) -> CompareResult:
     """Score every (method, layer) of `plan` and the baselines on `data.test`; write FILES.
 
@@ -140,6 +152,9 @@ def compare(
     them in `plan.methods` beside METHODS names. A fixed or random "method" gets the same
     table and sanity verdict as a real one, so this is also how the checks are tested.
     `data`: a camlens `Dataset` or the user's own test data as it is (see adapt_user_input).
+    `grid`: the grid localisation test (camlens.metrics.grid) of every scored (method, layer)
+    on n x n grids of confident, correct test images, which leads the summary; None: not run.
+    Too few images for it is said in its line, and the rest of compare runs.
     """
     model, data = adapt_user_input(model, data)  # a DataLoader, arrays: a Dataset, once
     plan = plan or COMPARE_PLAN
@@ -212,9 +227,9 @@ def compare(
                 # map cost in forward equivalents per image (at least the one forward it needs)
                 map_cost[(method, layer)] = max(1.0, took / probe.shape[0] / forward_s)
                 if explain is not None:
-                    grid = max(tuple(m.shape[-2:]) for m in result.low_res)
+                    own = max(tuple(m.shape[-2:]) for m in result.low_res)
                     # the layer's own grid: input-resolution methods (FullGrad) map at 32x32
-                    grids[layer] = min(grids.get(layer, grid), grid)
+                    grids[layer] = min(grids.get(layer, own), own)
             except ValueError as e:
                 skipped[(method, layer)] = str(e)
     if not pairs:
@@ -284,10 +299,10 @@ def compare(
         images = as_float_images(data.test.images[idx]).to(device)  # (n, 3, H, W)
         targets = logits[idx].argmax(1).to(device)  # the predicted class; the label when correct
         if method in BASELINE_KINDS:  # one map per image; "random" at its layer's grid
-            grid = grids.get(layer)
+            own = grids.get(layer)
             g = torch.Generator(device).manual_seed(seed)
-            cams = baseline_maps(images.shape, method, g, device, grid)
-            engine = baseline_engine(method, torch.Generator(device).manual_seed(seed + 1), grid)
+            cams = baseline_maps(images.shape, method, g, device, own)
+            engine = baseline_engine(method, torch.Generator(device).manual_seed(seed + 1), own)
             scores = score_maps(model, images, cams, targets, engine=engine, config=cfg)
         else:
             with _closed(opened(method, model, layer)) as engine:
@@ -330,11 +345,32 @@ def compare(
         bar,
         sanity_cost,
     )
+    grid_result = {}
+    if grid is not None:
+        # every rank runs the same seeded test (cheap beside the scoring): each has its line
+
+        def maps_of(method: str, layer: str, grids):
+            with _closed(opened(method, model, layer)) as engine:
+                return grid_maps(engine, grids)
+
+        bar.set_postfix_str("grid test")
+        grid_result = grid_test(
+            model,
+            data.test.images,
+            labels,
+            logits,
+            pairs,
+            maps_of,
+            grid,
+            alpha,
+            seed,
+            plan.eval_batch_size,
+        )
     bar.close()
     said = headline(rows + paired, alpha)
-    summary = sanity_lines(sanity) + said
+    summary = ([grid_result["line"]] if grid_result else []) + sanity_lines(sanity) + said
     if not is_writer():
-        return CompareResult(rows, skipped, sanity, {}, paired, estimate, summary)
+        return CompareResult(rows, skipped, sanity, {}, paired, estimate, summary, grid_result)
     files = {name: out / name for name in FILES}
     payload = {
         "columns": list(COLUMNS),
@@ -345,7 +381,8 @@ def compare(
         "higher_is_better": {m: HIGHER_IS_BETTER[m] for m in METRICS},
         "beats_baselines": [list(k) for k, win in beats_baselines(rows + paired).items() if win],
         "indistinguishable_from_centre": indistinguishable_from(paired, "centre"),
-        "summary": summary,  # each method's state, then `headline`
+        "summary": summary,  # the grid test's line, each method's state, then `headline`
+        "grid": grid_result,  # the grid localisation test; {}: not run
         "headline": said,  # the paired verdicts in words
         # the metrics that rank maps as known evidence does lead; the others last, with why
         "lead_metrics": list(FAITHFUL),
@@ -385,7 +422,7 @@ def compare(
             files["sanity.png"]: figure_png(sanity_figure(sanity, sanity_maps)),
         }
     )
-    return CompareResult(rows, skipped, sanity, files, paired, estimate, summary)
+    return CompareResult(rows, skipped, sanity, files, paired, estimate, summary, grid_result)
 
 
 def _cells(v: torch.Tensor) -> tuple:

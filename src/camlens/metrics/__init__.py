@@ -31,6 +31,14 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
     counterfactual(model, images, cams, preds, labels, config, metric_config, generator)
         -> Counterfactual: the top 5/10/20% of each contrast map removed by ROAD's imputation,
         against a smooth random map; .rows(), .verdicts(classes); confusion_summary(result)
+    make_grids(model, images, labels, logits, GridConfig(n, count, confidence, min_grids, seed))
+        -> Grids: n x n confident correct images of distinct classes in one input ("pooled"
+        n·H x n·W, or "resized" to H x W), kept when the top-n^2 logits are their classes;
+        GridError ("too few images for the grid test") otherwise; grid_maps(engine, grids),
+        grid_scores(native, inputs, n) -> GRID_METRICS per grid (share in the class's tile,
+        at native and input resolution, pointing); grid_baseline_maps(kind, grids, size) for
+        GRID_BASELINES (centre and random: exactly 1/n^2 by construction; oracle: the tile);
+        tile_masks, tile_scores (Böhle 2022, Rao 2022's grid pointing game)
     bootstrap_ci(values, n_boot, level, generator) -> (mean, low, high)
     paired_bootstrap(diffs (R, N), n_boot, level, generator, threshold) -> Paired(diff, low,
         high, p, p_holm, n): images resampled jointly for every row, Holm over the rows, enough
@@ -53,6 +61,20 @@ from camlens.metrics.counterfactual import (
     CounterfactualConfig,
     confusion_summary,
     counterfactual,
+)
+from camlens.metrics.grid import (
+    GRID_BASELINES,
+    GRID_METRICS,
+    TOO_FEW,
+    GridConfig,
+    GridError,
+    Grids,
+    grid_baseline_maps,
+    grid_maps,
+    grid_scores,
+    make_grids,
+    tile_masks,
+    tile_scores,
 )
 from camlens.metrics.perturb import (
     deletion_variant,
@@ -95,12 +117,17 @@ __all__ = [
     "BASELINE_KINDS",
     "Counterfactual",
     "CounterfactualConfig",
+    "GRID_BASELINES",
+    "GRID_METRICS",
+    "GridConfig",
+    "GridError",
+    "Grids",
     "HIGHER_IS_BETTER",
     "METRICS",
-    "REPLACEMENTS",
     "MetricConfig",
     "PAIRED_MIN_IMAGES",
     "Paired",
+    "REPLACEMENTS",
     "SanityResult",
     "SanityRules",
     "SanityVerdict",
@@ -119,9 +146,13 @@ __all__ = [
     "default_grid",
     "deletion_variant",
     "drop_increase",
+    "grid_baseline_maps",
+    "grid_maps",
+    "grid_scores",
     "holm",
     "is_flat",
     "judge_sanity",
+    "make_grids",
     "map_entropy",
     "neighbour_sum",
     "noisy_linear_impute",
@@ -138,4 +169,6 @@ __all__ = [
     "similarity",
     "spearman",
     "ssim",
+    "tile_masks",
+    "tile_scores",
 ]

@@ -27,7 +27,7 @@ from PIL import Image
 
 from camlens.atomic import atomic_write_bytes
 from camlens.evaluate import as_float_images
-from camlens.metrics import BASELINE_KINDS
+from camlens.metrics import BASELINE_KINDS, GRID_BASELINES
 from camlens.metrics.counterfactual import confusion_summary
 from camlens.overlay import colorize, overlay
 from camlens.plots import figure_png, plot_curves
@@ -523,6 +523,8 @@ def _trust(data: ReportData) -> str:
         )
     # the paired verdicts in words; an older compare.json says only which tie the centre map
     said = t.get("headline", t.get("indistinguishable_from_centre", []))
+    grid = t.get("grid") or {}  # the grid test leads: which method and layer to believe
+    said = ([grid["line"]] if grid.get("line") else []) + list(said)
     headline = "".join(f"<li>{esc(line)}</li>" for line in said)
     verdicts = t.get("verdicts", {})
     states = []
@@ -555,7 +557,7 @@ def _trust(data: ReportData) -> str:
         "at each layer's grid, a centred map) scored the same way on the same images. Green: "
         "better than every baseline by the paired test on the same images "
         f"({paired}); red: not told apart from some baseline, or worse.</p>"
-        f'<ul class="headline">{headline}</ul>{"".join(tables)}'
+        f'<ul class="headline">{headline}</ul>{_grid_table(grid)}{"".join(tables)}'
         "<h3>Sanity checks: cascading randomisation (Adebayo 2018), Random Logit (Sixt 2020), "
         "eMPRT (Hedström 2023)</h3>"
         f'<table class="trust"><tr><th></th><th>state</th><th>why</th></tr>{"".join(states)}'
@@ -563,6 +565,38 @@ def _trust(data: ReportData) -> str:
         '<p class="note">Layers re-initialised from the output back; a map that keeps its rank '
         "correlation with the original does not depend on what the model learned.</p>"
         f'<img alt="sanity curves" src="data:image/png;base64,{curve}"></section>'
+    )
+
+
+def _grid_table(grid: dict) -> str:
+    """The grid test's table: each (method, layer) and baseline, share in its class's tile at
+    the layer's grid and at the input's size, pointing; green where it beats centre and random."""
+    if not grid.get("rows"):
+        return ""
+    decided: dict[tuple[str, str, str], list[str]] = {}
+    for r in grid["paired"]:
+        decided.setdefault((r["method"], r["layer"], r["metric"]), []).append(r["decision"])
+    cell = {(r["method"], r["layer"], r["metric"]): r for r in grid["rows"]}
+    metrics = list(dict.fromkeys(r["metric"] for r in grid["rows"]))
+    body = []
+    for method, layer in dict.fromkeys((r["method"], r["layer"]) for r in grid["rows"]):
+        base = method in GRID_BASELINES
+        tds = []
+        for m in metrics:
+            r, ds = cell[(method, layer, m)], decided.get((method, layer, m), [])
+            cls = "base" if base else ("win" if ds and all(d == "better" for d in ds) else "lose")
+            tds.append(
+                f'<td class="{cls}">{r["mean"]:.3f} <small>[{r["ci_low"]:.3f}, '
+                f"{r['ci_high']:.3f}]</small></td>"
+            )
+        name = f"baseline: {method}" + ("" if layer == "-" else f" {layer}") if base else ""
+        body.append(f"<tr><th>{esc(name or f'{method} {layer}')}</th>{''.join(tds)}</tr>")
+    s = grid["settings"]
+    head = "".join(f"<th>{esc(m)} ↑</th>" for m in metrics)
+    return (
+        f"<h3>grid test ({s['n']}x{s['n']}, {s['kept']} grids; chance {s['chance']:.3f})</h3>"
+        f'<p class="note">{esc(s["leakage"])}; {esc(s["paired"])}</p>'
+        f'<table class="trust"><tr><th></th>{head}</tr>{"".join(body)}</table>'
     )
 
 
