@@ -10,7 +10,7 @@ from torch import nn
 from camlens.cam import create
 from camlens.compare.grid import grid_test
 from camlens.metrics.grid import (
-    TOO_FEW,
+    GRID_TOO_FEW,
     GridConfig,
     Grids,
     grid_baseline_maps,
@@ -170,7 +170,7 @@ def test_too_few_images_is_said_and_not_raised_by_the_compare_step(classes, conf
     model = Colours()
     images, labels = colour_data(classes=classes)
     result = grid_test(model, images, labels, model(images), [("gradcam", "relu")], None, config)
-    assert result["line"].startswith(f"grid test: {TOO_FEW}: ") and words in result["line"]
+    assert result["line"].startswith(f"grid test: {GRID_TOO_FEW}: ") and words in result["line"]
     assert "rows" not in result
 
 
@@ -244,7 +244,7 @@ def test_compare_leads_with_the_grid_line_and_carries_it(classes, tmp_path, one_
     assert saved["summary"][0] == result.summary[0] == saved["grid"]["line"]
     if classes == 3:
         assert result.summary[0] == (
-            f"grid test: {TOO_FEW}: 3 classes have confident (softmax > 0.9), correct test "
+            f"grid test: {GRID_TOO_FEW}: 3 classes have confident (softmax > 0.9), correct test "
             "images; a 2x2 grid needs 4 distinct classes"
         )
         assert result.rows and (tmp_path / "compare.csv").is_file()

@@ -65,7 +65,7 @@ from camlens.metrics.counterfactual import (
 from camlens.metrics.grid import (
     GRID_BASELINES,
     GRID_METRICS,
-    TOO_FEW,
+    GRID_TOO_FEW,
     GridConfig,
     GridError,
     Grids,
@@ -119,6 +119,7 @@ __all__ = [
     "CounterfactualConfig",
     "GRID_BASELINES",
     "GRID_METRICS",
+    "GRID_TOO_FEW",
     "GridConfig",
     "GridError",
     "Grids",

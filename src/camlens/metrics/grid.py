@@ -48,7 +48,7 @@ from camlens.plan import GridConfig
 __all__ = [
     "GRID_BASELINES",
     "GRID_METRICS",
-    "TOO_FEW",
+    "GRID_TOO_FEW",
     "GridConfig",
     "GridError",
     "Grids",
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 # the start of every message of a test that could not run
-TOO_FEW = "too few images for the grid test"
+GRID_TOO_FEW = "too few images for the grid test"
 # per grid, the mean over its tiles: share at the layer's native grid and at the input's size
 # (the min-max normalised, upsampled map a user sees), pointing at the native grid
 GRID_METRICS = ("share", "share_input", "pointing")
@@ -71,7 +71,7 @@ GRID_BASELINES = ("centre", "random", "oracle")
 
 
 class GridError(ValueError):
-    """Too few confident, correct images of distinct classes for the grid test (`TOO_FEW`)."""
+    """Too few confident, correct images of distinct classes for the grid test (`GRID_TOO_FEW`)."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def make_grids(
 
     Each image goes into one grid at most; each grid takes one image of each of the n^2
     classes with the most images left (ties in a seeded order) and places them at seeded
-    tiles, so a class is not tied to a position. GridError (`TOO_FEW`) when fewer than n^2
+    tiles, so a class is not tied to a position. GridError (`GRID_TOO_FEW`) when fewer than n^2
     classes have such images, or fewer than `config.min_grids` grids are left.
     """
     config = config or GridConfig()
@@ -232,7 +232,7 @@ def make_grids(
     said = f"softmax > {config.confidence:g}"
     if len(pools) < t:
         raise GridError(
-            f"{TOO_FEW}: {len(pools)} classes have confident ({said}), correct test images; "
+            f"{GRID_TOO_FEW}: {len(pools)} classes have confident ({said}), correct test images; "
             f"a {n}x{n} grid needs {t} distinct classes"
         )
     chosen: list[list[int]] = []
@@ -246,7 +246,7 @@ def make_grids(
         chosen.append([pools[ready[i]].pop() for i in torch.randperm(t, generator=g).tolist()])
     if len(chosen) < config.min_grids:
         raise GridError(
-            f"{TOO_FEW}: {len(chosen)} grids of {t} distinct classes from {sure.numel()} "
+            f"{GRID_TOO_FEW}: {len(chosen)} grids of {t} distinct classes from {sure.numel()} "
             f"confident ({said}), correct images; at least {config.min_grids} needed"
         )
     device = next(model.parameters()).device
@@ -270,7 +270,7 @@ def make_grids(
     kept = int(keep.sum())
     if kept < config.min_grids:
         raise GridError(
-            f"{TOO_FEW}: {kept} of {len(chosen)} grids have their {t} classes as the model's "
+            f"{GRID_TOO_FEW}: {kept} of {len(chosen)} grids have their {t} classes as the model's "
             f"top {t}; at least {config.min_grids} needed"
         )
     return Grids(
