@@ -255,3 +255,17 @@ def test_compare_leads_with_the_grid_line_and_carries_it(classes, tmp_path, one_
     assert (
         saved["grid"]["settings"]["path"] == "pooled" and saved["grid"]["settings"]["dropped"] == 0
     )
+
+
+def test_fewer_grids_than_a_paired_test_needs_get_no_verdict():
+    """--grid-min-grids below compare's PAIRED_MIN_IMAGES: the cells say "too few images", as
+    compare's do, however clear the difference. Planted: the rule left out (red)."""
+    from camlens.metrics import PAIRED_MIN_IMAGES, TOO_FEW
+
+    model = Colours()
+    images, labels = colour_data(per_class=12)
+    pairs = [("gradcam", "relu")]
+    config = GridConfig(count=PAIRED_MIN_IMAGES - 1, min_grids=4)
+    result = grid_test(model, images, labels, model(images), pairs, _maps_of(model), config)
+    assert {r["decision"] for r in result["paired"]} == {TOO_FEW}
+    assert all(r["diff_low"] is r["p_holm"] is None for r in result["paired"])

@@ -15,7 +15,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from camlens.metrics import bootstrap_ci, holm, paired_bootstrap, paired_decision
+from camlens.metrics import (
+    PAIRED_MIN_IMAGES,
+    TOO_FEW,
+    bootstrap_ci,
+    holm,
+    paired_bootstrap,
+    paired_decision,
+)
 from camlens.metrics.grid import (
     GRID_BASELINES,
     GRID_METRICS,
@@ -127,6 +134,15 @@ def _paired(rows, values, pairs, alpha, seed) -> list[dict]:
             for metric in GRID_METRICS:
                 cells.append((method, layer, metric, kind))
                 diffs.append(values[(method, layer)][metric] - values[(kind, layer)][metric])
+    # compare's rule (a --grid-min-grids below it): too few grids to test, so no interval,
+    # no p and no verdict
+    if diffs[0].numel() < PAIRED_MIN_IMAGES:
+        return [
+            mean_of[(method, layer, metric)]
+            | {"vs": kind, "diff": float(d.mean()), "diff_low": None, "diff_high": None}
+            | {"p_holm": None, "decision": TOO_FEW}
+            for (method, layer, metric, kind), d in zip(cells, diffs, strict=True)
+        ]
     result = paired_bootstrap(
         torch.stack(diffs),  # (R, G)
         generator=torch.Generator().manual_seed(seed),
