@@ -133,11 +133,21 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    def rank(x):
-        return x.flatten(1).argsort(1).argsort(1).float()
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """(N, ...) -> (N, P) ranks per row, tied values sharing their average rank: ranking ties
+    by position would give two all-zero maps a perfect Spearman."""
+    x = x.flatten(1)
+    out = torch.empty(x.shape, dtype=torch.float64)
+    for i, row in enumerate(x):
+        _, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
+        ends = counts.cumsum(0).double()  # the last rank of each group of tied values
+        out[i] = (ends - (counts.double() - 1) / 2)[inverse]
+    return out
 
-    return pearson(rank(a), rank(b))
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row Spearman; NaN where a map is constant (it has no order to agree with)."""
+    return pearson(average_ranks(a), average_ranks(b))
 
 
 def resnet(norm: str = "batch", width: int = 8, seed: int = 0) -> ResNet18:
@@ -379,9 +389,7 @@ class _GivenNoise:
 
 
 def _spearman(a, b):
-    ra = a.flatten().argsort().argsort().float()
-    rb = b.flatten().argsort().argsort().float()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+    return float(spearman(a[None], b[None])[0])
 
 
 @pytest.mark.parametrize("noisy", [False, True], ids=["no-noise", "default-noise"])
