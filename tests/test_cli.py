@@ -2,6 +2,7 @@ import argparse
 import csv
 import json
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,41 @@ def test_every_command_shows_an_example_in_its_help():
         assert "shared/data" not in text and "cifar10-jpeg" not in text, name
 
 
+def _example_lines(text: str) -> list[str]:
+    """The `camlens ...` command lines of a text, continuation lines joined, comments cut;
+    lines with placeholders ([optional] flags, `...`) are usage sketches, not examples."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    lines = []
+    for line in joined.splitlines():
+        m = re.match(r"^\s*(?:torchrun .*?-m |torchrun .*?--no-python )?camlens ([a-z].*)$", line)
+        if not m:
+            continue
+        command = m.group(1).split("  #")[0].split(" # ")[0].strip()
+        if "[" in command or "..." in command or command.split()[0] not in _commands():
+            continue
+        lines.append(command)
+    return lines
+
+
+def test_every_example_in_help_and_docs_parses_with_todays_flags():
+    """Each example in a command's --help, the README and docs/ is accepted by the parser as
+    written (a renamed or removed flag turns this red)."""
+    texts = {name: sub.format_help() for name, sub in _commands().items()}
+    root = Path(__file__).parents[1]
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        fences = re.findall(r"```(?:bash|console|sh)?\n(.*?)```", doc.read_text(), re.S)
+        texts[doc.name] = "\n".join(fences)
+    parsed = 0
+    for where, text in texts.items():
+        for command in _example_lines(text):
+            try:
+                build_parser().parse_args(shlex.split(command))
+            except SystemExit:
+                raise AssertionError(f"{where}: `camlens {command}` does not parse") from None
+            parsed += 1
+    assert parsed >= 25, parsed  # every --help has one or more, the docs many
+
+
 def test_a_flag_means_the_same_in_every_command():
     helps: dict[str, dict[str, str]] = {}
     for name, sub in _commands().items():
@@ -198,7 +234,8 @@ def test_a_flag_means_the_same_in_every_command():
                 meaning = re.sub(r"\(default: [^)]*\)", "", action.help or "").strip()
                 helps.setdefault(flag, {})[name] = meaning
     helps["--limit"].pop("compare")  # caps each compared subset, mistakes and correct images
-    helps["--limit"].pop("diff")  # cards per group on the page
+    assert "diff" not in helps["--limit"] or helps["--cards"]["diff"] == helps["--limit"]["diff"]
+    helps["--limit"].pop("diff", None)  # --cards's old name: cards per group on the page
     for flag in ("--method", "--layer", "--cam-batch-size", "--eval-batch-size", "--limit"):
         assert len(set(helps[flag].values())) == 1, (flag, helps[flag])
     assert set(helps["--batch-size"]) == {"train", "run"}  # the training batch only

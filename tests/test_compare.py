@@ -13,6 +13,7 @@ from camlens.cam import METHODS
 from camlens.cli import main
 from camlens.compare import (
     COLUMNS,
+    CompareConfig,
     beats_baselines,
     compare,
     headline,
@@ -59,7 +60,7 @@ def compared(tiny, tmp_path_factory, one_thread):
     model, data, _ = tiny
     out = tmp_path_factory.mktemp("cmp") / "out"
     plan = ExplainPlan(methods=tuple(METHODS), layers=LAYERS, compare_limit=3)
-    result = compare(model, data, out, plan, sanity_images=2)
+    result = compare(model, data, out, plan, CompareConfig(sanity_images=2))
     return result, out
 
 
@@ -371,7 +372,7 @@ def test_a_plus_b_layer_is_one_engine_on_both(tiny, tmp_path, one_thread):
         data,
         tmp_path / "out",
         ExplainPlan(methods=("refinecam",), layers=("layer4", "layer3+layer4"), compare_limit=2),
-        sanity_images=1,
+        CompareConfig(sanity_images=1),
     )
     layers = {r["layer"] for r in result.rows if r["method"] == "refinecam"}
     assert layers == {"layer4", "layer3+layer4"} and not result.skipped
@@ -462,7 +463,9 @@ def known_compared(known, tmp_path_factory, one_thread):
         compare_limit=8,
     )
     out = tmp_path_factory.mktemp("known") / "out"
-    return compare(model, known_data(known), out, plan, sanity_images=12, engines=engines), out
+    return compare(
+        model, known_data(known), out, plan, CompareConfig(sanity_images=12), engines=engines
+    ), out
 
 
 @pytest.mark.parametrize("method", list(EXPECTED))

@@ -35,7 +35,7 @@ def split():
 @pytest.fixture(scope="module")
 def two(split, one_thread):
     a, b = _model(0), _model(1)
-    return a, b, diff_models(a, b, split, CLASSES, ExplainPlan(layers=LAYERS, limit=5))
+    return a, b, diff_models(a, b, split, CLASSES, ExplainPlan(layers=LAYERS), cards=5)
 
 
 def test_groups_match_sets_computed_from_the_predictions(split, two):
@@ -59,7 +59,7 @@ def test_groups_match_sets_computed_from_the_predictions(split, two):
 
 def test_a_model_against_itself_agrees_everywhere(split, one_thread):
     a = _model(0)
-    d = diff_models(a, _model(0), split, CLASSES, ExplainPlan(layers=LAYERS, limit=3))
+    d = diff_models(a, _model(0), split, CLASSES, ExplainPlan(layers=LAYERS), cards=3)
     assert d.groups["only_a"].numel() == d.groups["only_b"].numel() == 0
     assert d.groups["shared"].numel() > 0 and bool(d.same_wrong_class.all())
     for layer in LAYERS:

@@ -113,7 +113,6 @@ def test_a_run_that_keeps_epochs_reports_the_strips(tmp_path, tiny_folder, one_t
         data,
         tmp_path,
         ExplainPlan(layers=("layer4",), limit=4),
-        progress=False,
     )
     page = outcome.report.read_text()
     assert "Maps across training" in page and 'href="#epochs"' in page

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from camlens.cam import create
+from camlens.compare import CompareConfig
 from camlens.compare.grid import grid_test
+from camlens.data import Split
 from camlens.metrics.grid import (
     GRID_TOO_FEW,
     GridConfig,
@@ -169,7 +171,9 @@ def test_too_few_images_is_said_and_not_raised_by_the_compare_step(classes, conf
     """Planted: the GridError raised out of grid_test: compare stopped (red)."""
     model = Colours()
     images, labels = colour_data(classes=classes)
-    result = grid_test(model, images, labels, model(images), [("gradcam", "relu")], None, config)
+    result = grid_test(
+        model, Split(images, labels), model(images), [("gradcam", "relu")], None, config
+    )
     assert result["line"].startswith(f"grid test: {GRID_TOO_FEW}: ") and words in result["line"]
     assert "rows" not in result
 
@@ -196,7 +200,7 @@ def test_gradcam_beats_the_centre_and_the_wrong_tile_and_centre_blob_lose():
     images, labels = colour_data(per_class=12)
     pairs = [("gradcam", "relu"), ("wrong tile", "relu"), ("centre blob", "relu")]
     config = GridConfig(count=12, min_grids=4)
-    result = grid_test(model, images, labels, model(images), pairs, _maps_of(model), config)
+    result = grid_test(model, Split(images, labels), model(images), pairs, _maps_of(model), config)
     mean = {(r["method"], r["metric"]): r["mean"] for r in result["rows"]}
     assert mean[("gradcam", "share")] == pytest.approx(1.0)
     assert mean[("gradcam", "pointing")] == pytest.approx(1.0)
@@ -238,7 +242,11 @@ def test_compare_leads_with_the_grid_line_and_carries_it(classes, tmp_path, one_
     plan = ExplainPlan(methods=("gradcam", "eigencam"), layers=("relu",), compare_limit=4)
     config = GridConfig(count=16)
     result = compare(
-        Colours(), colour_dataset(classes=classes), tmp_path, plan, sanity_images=2, grid=config
+        Colours(),
+        colour_dataset(classes=classes),
+        tmp_path,
+        plan,
+        CompareConfig(sanity_images=2, grid=config),
     )
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["summary"][0] == result.summary[0] == saved["grid"]["line"]
@@ -266,6 +274,6 @@ def test_fewer_grids_than_a_paired_test_needs_get_no_verdict():
     images, labels = colour_data(per_class=12)
     pairs = [("gradcam", "relu")]
     config = GridConfig(count=PAIRED_MIN_IMAGES - 1, min_grids=4)
-    result = grid_test(model, images, labels, model(images), pairs, _maps_of(model), config)
+    result = grid_test(model, Split(images, labels), model(images), pairs, _maps_of(model), config)
     assert {r["decision"] for r in result["paired"]} == {TOO_FEW}
     assert all(r["diff_low"] is r["p_holm"] is None for r in result["paired"])

@@ -77,6 +77,37 @@ def test_imports_only_flow_downstream():
             assert ORDER.index(other) < me, f"{rel} imports camlens.{other}"
 
 
+def _documented_order(text: str) -> list[str]:
+    """The arrow chain of a layout block: `src/camlens/  version -> choices -> ...`."""
+    start = text.index("src/camlens/  ")
+    chain = text[start + len("src/camlens/") : text.index("(each imports", start)]
+    return [name.strip() for name in chain.replace("\n", " ").split("->")]
+
+
+def test_the_documented_order_is_the_checked_one():
+    """README.md and docs/layout.md list the packages in the order this file enforces."""
+    root = PACKAGE.parents[1]
+    for doc in ("README.md", "docs/layout.md"):
+        assert _documented_order((root / doc).read_text()) == ORDER[:-1], doc
+
+
+def test_no_package_imports_itself_at_call_time():
+    """A module inside a subpackage never imports that subpackage's `__init__` in a function
+    (a sign of a cycle worked around, e.g. cam/config.py reaching for cam.METHODS)."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent == PACKAGE or path.name == "__init__.py":
+            continue
+        own = f"{ROOT}.{top_module(path)}"
+        for func in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, ast.ImportFrom) and node.module == own:
+                    raise AssertionError(
+                        f"{path.relative_to(PACKAGE)} imports {own} in {func.name}"
+                    )
+
+
 def test_the_root_import_is_seen_in_every_spelling():
     for line in ("import camlens", "from camlens import train", "from .. import train"):
         assert camlens_imports(PACKAGE / "data" / "m.py", line) == {ROOT}, line

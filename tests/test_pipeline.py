@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch import nn
 import camlens
 from camlens.classifier import Classifier
 from camlens.cli import main
+from camlens.compare import CompareConfig
 from camlens.data import Dataset, Split, load_dataset
 from camlens.data.sample import load_sample
 from camlens.explain import ExplainError, ExplainPlan
@@ -30,7 +32,7 @@ def test_run_writes_what_the_cli_writes(tmp_path, tiny_folder, capsys):
     config = TrainConfig(epochs=1, width=8, batch_size=8)
     data = load_dataset(tiny_folder, progress=False)
     plan = ExplainPlan(layers=["layer4"], limit=5)
-    outcome = run(config, data, tmp_path / "lib", plan, progress=False)
+    outcome = run(config, data, tmp_path / "lib", plan)
     argv = ["run", "--data", tiny_folder, "--out", tmp_path / "cli", "--epochs", 1, "--width", 8]
     argv += ["--batch-size", 8, "--layer", "layer4", "--limit", 5, "--no-progress"]
     assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
@@ -111,8 +113,12 @@ def test_a_job_checks_its_plan_once(tmp_path, monkeypatch):
     plan = ExplainPlan(layers=["layer4"], limit=6, cam_batch_size=2)  # three chunks
     report(model, data, tmp_path / "report", plan, run_info={})
     assert len(calls) == 1
-    write_galleries(model, data, tmp_path / "galleries", plan)
+    # with a compare inside: its plan is the job's, checked already
+    compared = replace(plan, compare_limit=2, counterfactual=False)
+    report(model, data, tmp_path / "compared", compared, run_info={})
     assert len(calls) == 2
+    write_galleries(model, data, tmp_path / "galleries", plan)
+    assert len(calls) == 3
 
 
 # the user's side of the next test: a plain PyTorch script's dataset, transform and model
@@ -174,8 +180,12 @@ def test_a_plain_pytorch_model_and_dataloader_need_no_conversion(tmp_path):
     assert "DataLoader over TinyCIFAR" in (tmp_path / "mine" / "report.html").read_text()
 
     scored = ExplainPlan(layers=["features.2"], compare_limit=3)
-    mine = camlens.compare(model, loader, tmp_path / "cmp-mine", scored, sanity_images=2)
-    ref = camlens.compare(wrapped, data, tmp_path / "cmp-ref", scored, sanity_images=2)
+    mine = camlens.compare(
+        model, loader, tmp_path / "cmp-mine", scored, CompareConfig(sanity_images=2)
+    )
+    ref = camlens.compare(
+        wrapped, data, tmp_path / "cmp-ref", scored, CompareConfig(sanity_images=2)
+    )
     assert mine.rows == ref.rows and mine.sanity == ref.sanity
 
     other = user_net(1)

@@ -446,8 +446,7 @@ def test_trust_section_leads_with_the_grid_line_and_its_table(case):
     pairs = [("gradcam", "relu"), ("wrong tile", "relu")]
     grid = grid_test(
         colours,
-        images,
-        labels,
+        Split(images, labels),
         colours(images),
         pairs,
         _maps_of(colours),

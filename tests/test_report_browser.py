@@ -187,7 +187,7 @@ def test_diff_page_renders_every_picture_without_script_errors(tmp_path):
     models = [ResNet18(len(CLASSES), norm, width=8).eval() for norm in ("batch", "layer")]
     images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
     split = Split(images, torch.arange(30) % len(CLASSES))
-    d = diff_models(*models, split, CLASSES, ExplainPlan(limit=4), names=("BN", "LN"))
+    d = diff_models(*models, split, CLASSES, names=("BN", "LN"), cards=4)
     page, end = write_diff(d, tmp_path / "diff")["diff.html"].read_text().rsplit("</body>", 1)
     copy = tmp_path / "driven.html"
     copy.write_text(page + DIFF_DRIVER + "</body>" + end)

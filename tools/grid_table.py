@@ -96,7 +96,7 @@ def main() -> None:
         return maps
 
     config = GridConfig(count=args.count)
-    result = grid_test(model, data.test.images, data.test.labels, logits, pairs, maps_of, config)
+    result = grid_test(model, data.test, logits, pairs, maps_of, config)
     wall = time.perf_counter() - start
     print(table(result))
     print(result["settings"].get("leakage", ""))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from camlens.compare import compare
+from camlens.compare import CompareConfig, compare
 from camlens.data import load_dataset
 from camlens.explain import ExplainPlan
 from camlens.model import load_checkpoint
@@ -90,7 +90,7 @@ def main() -> None:
         load_dataset("sample", progress=False),
         work / "compare",
         ExplainPlan(methods=("gradcam", "layercam"), layers=("layer4",), compare_limit=8),
-        sanity_images=4,
+        CompareConfig(sanity_images=4),
     )
     for name in ("compare.png", "sanity.png"):
         print(name, small_png(compared.files[name], args.out / name), "bytes")

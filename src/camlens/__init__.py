@@ -53,7 +53,7 @@ _SOURCES: dict[str, str] = {
         "XGradCAM create explain_pair"
     ),
     "camlens.classifier": "Classifier ModelConfig Opened load_weights open_model",
-    "camlens.compare": "CompareResult compare",
+    "camlens.compare": "CompareConfig CompareResult compare",
     "camlens.data": "DataError Dataset Split UserData as_dataset from_user_data load_dataset",
     "camlens.diff": "ModelDiff diff_models write_diff",
     "camlens.download": "DownloadError fetch_cifar10",

@@ -7,6 +7,9 @@ PRECISIONS itself: tests/test_imports.py keeps METHOD_NAMES and PRECISION_NAMES 
 
 __all__ = [
     "BACKENDS",
+    "BASELINES",
+    "BASELINE_KINDS",
+    "DEFAULT_LAYERS",
     "COMPARE_LIMIT",
     "COMPARE_METHODS",
     "METHOD_NAMES",
@@ -47,8 +50,15 @@ NORMS = ("batch", "layer", "group")
 PADDINGS = ("zeros", "reflect")
 # the process group's backend under torchrun (camlens.distributed)
 BACKENDS = ("auto", "nccl", "gloo")
+# the layers of a camlens ResNet18 explained unless told (every command; another model's
+# default is the last layer before its global pooling, camlens.cam.pick_layer)
+DEFAULT_LAYERS = ("layer3", "layer4")
 # the order mistakes are explained in (camlens.explain)
 SORTS = ("confidence", "margin", "index")
+# the baselines every compared score is judged against (camlens.metrics.baselines)
+BASELINES = ("random", "centre")
+# every kind of baseline map (camlens.metrics.baselines): "random-pixel" on request
+BASELINE_KINDS = ("random", "centre", "random-pixel")
 # compare's default methods: those that score in minutes on 2 CPU cores (camlens.compare);
 # the costly ones (SS-CAM, IS-CAM, Ablation-CAM, full Score-CAM, ...) on request
 COMPARE_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam", "scorecam")

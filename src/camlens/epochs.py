@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from camlens.atomic import atomic_write_files
+from camlens.choices import DEFAULT_LAYERS
 from camlens.data import Dataset
 from camlens.evaluate import Mistakes, find_mistakes, predict
 from camlens.explain import ExplainError, ExplainPlan, mistake_maps
@@ -78,10 +79,13 @@ def explain_over_epochs(
     device: str | torch.device = "cpu",
 ) -> tuple[EpochStrips, dict[str, Path]]:
     """Explain the final model's `plan.limit` (None: 16) most confident mistakes at every kept
-    epoch of `run`, with the plan's first method at its last layer (None: layer4)."""
+    epoch of `run`, with the plan's one method at its last layer (None: layer4)."""
     run, out = Path(run), Path(out)
     plan = plan or ExplainPlan()
-    method, layer = plan.methods[0], (plan.layers or ("layer4",))[-1]
+    method, layer = (
+        plan.only_method("explain --over-epochs"),
+        (plan.hooked_layers or DEFAULT_LAYERS)[-1],
+    )
     plan = replace(plan, methods=(method,), layers=(layer,))
     limit = 16 if plan.limit is None else plan.limit
     final = run / "checkpoint.safetensors"
@@ -119,12 +123,13 @@ def epoch_strips(
 ) -> EpochStrips:
     """The strips of `mistakes` (with their images; `preds` the final model's): for each
     (epoch, model) in order, the maps of the final prediction and of the truth, and both
-    probabilities. The plan's first method at its last layer; the plan is trusted (checked
+    probabilities. The plan's one method at its last layer; the plan is trusted (checked
     once by the caller). `models` is read one at a time, so a generator that loads each
     epoch's weights holds one model at once."""
     if mistakes.images is None:
         raise ExplainError("mistakes carry no images: select them with their images")
-    plan = replace(plan, methods=plan.methods[:1], layers=(plan.layers or ("layer4",))[-1:])
+    plan = replace(plan, methods=(plan.only_method("explain --over-epochs"),))
+    plan = replace(plan, layers=(plan.hooked_layers or DEFAULT_LAYERS)[-1:])
     epochs, pred_cams, label_cams, pred_probs, label_probs, raw_max = [], [], [], [], [], []
     for epoch, model in models:
         expl = mistake_maps(model, mistakes.images, mistakes.labels, plan, preds=mistakes.preds)

@@ -159,7 +159,7 @@ def mistake_maps(
     method: str | None = None,
     preds: Tensor | None = None,
 ) -> Explanations:
-    """Maps of `images` (uint8 or [0, 1]) at `plan.layers`: one forward and one partial
+    """Maps of `images` (uint8 or [0, 1]) at `plan.hooked_layers`: one forward and one partial
     backward per target set for each CAM batch. `method` None: the plan's first.
 
     `preds` are the classes the predicted-class maps explain; None: the model's arg-max.
@@ -168,7 +168,7 @@ def mistake_maps(
     method = method or plan.methods[0]
     device = next(model.parameters()).device
     x = as_float_images(images.to(device))
-    with create(method, model, list(plan.layers), plan.engine_config("pair")) as cam:
+    with engine_for(method, model, plan.hooked_layers, plan, "pair") as cam:
         pair = cam.explain_pair(
             x, labels.to(device), preds=None if preds is None else preds.to(device)
         )
@@ -286,12 +286,12 @@ def compute_cams(
     `method` None: the plan's first; `layers` None: the plan's. `normalize` as in CamConfig
     ("none": the raw rectified maps). The plan is trusted, as in `mistake_maps`.
     """
-    layers = list(layers or plan.layers)
+    layers = list(layers or plan.hooked_layers)
     if images.shape[0] == 0:
         return [torch.zeros(len(layers), 0, *images.shape[-2:]) for _ in target_sets]
     device = next(model.parameters()).device
     x = as_float_images(images.to(device))
-    with create(method or plan.methods[0], model, layers, plan.engine_config(normalize)) as cam:
+    with engine_for(method or plan.methods[0], model, layers, plan, normalize) as cam:
         results = cam.explain_many(x, [t.to(device) for t in target_sets])
     return [r.layer_cams.cpu() for r in results]
 
@@ -304,10 +304,12 @@ def engine_for(
     normalize: str = "minmax",
     seed: int | None = None,
 ) -> Engine:
-    """The plan's engine for `method` at `layers`, for a step that needs the engine itself
-    (ARCC re-runs it; the sanity checks build one per randomised copy); close it, or use it
-    in a `with`. Knobs `method` does not read are left at their defaults. `seed`: another draw
-    of a stochastic method's noise (SmoothGrad's, Score-CAM variants'), e.g. for its floor.
+    """The plan's engine for `method` at `layers`: the one place a job's engines are built
+    (the gallery's, the report's, compare's, diff's, the epochs' and the watch's); close it,
+    or use it in a `with`. The plan's knobs that `method` does not read are left at their
+    defaults, so one plan carries each of its methods' knobs (`check_explainable` refuses a
+    knob that none of them reads). `seed`: another draw of a stochastic method's noise
+    (SmoothGrad's, Score-CAM variants'), e.g. for its floor.
     """
     config = plan.engine_config(normalize)
     if seed is not None:

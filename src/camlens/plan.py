@@ -17,7 +17,13 @@ if TYPE_CHECKING:
 
     from camlens.cam import CamConfig
 
-__all__ = ["ExplainError", "ExplainPlan", "GridConfig", "check_explainable"]
+__all__ = [
+    "ExplainError",
+    "ExplainPlan",
+    "GridConfig",
+    "check_explainable",
+    "layer_parts",
+]
 
 
 class ExplainError(ValueError):
@@ -33,8 +39,9 @@ class ExplainPlan:
 
     # CAM methods, names of `camlens.cam.METHODS`; one gallery each
     methods: tuple[str, ...] = ("gradcam",)
-    # the hooked layers, dotted names; None: the last layer before the global pooling, which
-    # the pipeline resolves before the check (`camlens.pipeline.prepare_plan`)
+    # the explained layers, dotted names; "layer3+layer4" is one engine on both, which compare
+    # scores as one combined map and a gallery shows layer by layer (`hooked_layers`); None:
+    # the last layer before the global pooling, resolved before the check (`prepare_plan`)
     layers: tuple[str, ...] | None = None
     cam_batch_size: int = 64  # images per CAM pass: one forward, a partial backward per target
     eval_batch_size: int = 64  # images per inference batch (evaluation, predictions)
@@ -76,12 +83,39 @@ class ExplainPlan:
             if value is not None and value < low:
                 flag = "--compare" if name == "compare_limit" else "--" + name.replace("_", "-")
                 raise ExplainError(f"{flag} must be >= {low}, got {value}")
+        # the batch size, precision and normalisation of the maps have one home each: the
+        # plan's fields and each step's normalisation, which `engine_config` sets on `cam`
+        changed = self.cam.changed() if self.cam is not None else {}
+        shared = sorted(changed.keys() & {"batch_size", "precision", "normalize"})
+        if shared:
+            home = {"batch_size": "cam_batch_size", "precision": "precision"}.get(shared[0])
+            fix = f"set ExplainPlan({home}=...)" if home else "each step sets it"
+            raise ExplainError(f"cam.{shared[0]} is not the plan's knob to set: {fix}")
+
+    @property
+    def hooked_layers(self) -> tuple[str, ...]:
+        """The layers an engine hooks: each part of each entry of `layers`, once, in order."""
+        return tuple(dict.fromkeys(p for entry in self.layers or () for p in layer_parts(entry)))
 
     def check(self, model: nn.Module) -> ExplainPlan:
         """Raise ExplainError unless `model` can be explained as planned; once per job, first."""
-        layers = () if self.layers is None else self.layers  # None is resolved before this
-        check_explainable(model, self.methods or ("",), layers, self.precision)
+        if self.layers is not None and len(set(self.layers)) < len(self.layers):
+            raise ExplainError(
+                f"a layer is named twice in {', '.join(self.layers)}: name each once"
+            )
+        check_explainable(
+            model, self.methods or ("",), self.hooked_layers, self.precision, self.cam
+        )
         return self
+
+    def only_method(self, job: str) -> str:
+        """The plan's one method, for a `job` that compares one method's maps (diff, the
+        maps across epochs); ExplainError when it names more, rather than a silent cut."""
+        if len(self.methods) != 1:
+            raise ExplainError(
+                f"{job} compares one method's maps: name one, got {','.join(self.methods)}"
+            )
+        return self.methods[0]
 
     def engine_config(self, normalize: str) -> CamConfig:
         """The engine's config: the methods' knobs, the plan's batch and precision."""
@@ -131,21 +165,37 @@ class GridConfig:
             )
 
 
+def layer_parts(entry: str) -> list[str]:
+    """The layers of one `layers` entry: "layer3+layer4" is one engine on both."""
+    return entry.split("+")
+
+
 def check_explainable(
     model: nn.Module,
     methods: Sequence[str],
     layers: Sequence[str],
     precision: str = "fp32",
+    cam: CamConfig | None = None,
 ) -> None:
     """Raise ExplainError, naming what is valid, unless `model` can be explained as asked.
 
+    `cam`: the methods' knobs; each changed knob must be read by one of `methods` (each method
+    gets its own knobs, `engine_for`), so that none is silently ignored.
     Cheap: callers check before hours of training rather than after.
     """
     from camlens.cam import METHODS, PRECISIONS, find_layer  # torch: imported when a job runs
+    from camlens.cam.config import KNOBS, SHARED_KNOBS
 
     for method in methods:
         if method not in METHODS:
             raise ExplainError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+    for knob in (cam.changed() if cam is not None else {}).keys() - SHARED_KNOBS:
+        if not any(knob in KNOBS[m] for m in methods):
+            readers = [name for name, knobs in KNOBS.items() if knob in knobs]
+            raise ExplainError(
+                f"{knob} is read only by {', '.join(readers)}, and none is among the methods "
+                f"({', '.join(methods)}): add one, or leave {knob} at its default"
+            )
     if not layers:
         raise ExplainError("no layer to explain: name one, e.g. layer4")
     if len(set(layers)) < len(layers):

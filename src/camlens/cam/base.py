@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from camlens.cam.config import PRECISIONS, SHARED_KNOBS, CamConfig
+from camlens.cam.config import KNOBS, PRECISIONS, SHARED_KNOBS, CamConfig
 from camlens.cam.layers import capture, eval_mode, find_layer, resolve_layers, upsample
 from camlens.cam.normalize import NORMALIZE, normalize_cams
 from camlens.cam.results import CamResult, PairResult, RawMaps, assemble_results
@@ -116,6 +116,11 @@ class Engine:
         self.config = replace(config or CamConfig(), **overrides)
         check_knobs(type(self), self.config)
         self.closed = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in vars(cls):  # a method (bases share their parent's name)
+            KNOBS[cls.name] = cls.knobs
 
     def __enter__(self: E) -> E:
         return self
@@ -243,9 +248,7 @@ def check_knobs(engine: type[Engine], config: CamConfig) -> None:
     for knob, value in config.changed().items():
         if knob in SHARED_KNOBS or knob in engine.knobs:
             continue
-        from camlens.cam import METHODS  # the package imports this module first
-
-        readers = [name for name, cls in METHODS.items() if knob in cls.knobs]
+        readers = [name for name, knobs in KNOBS.items() if knob in knobs]
         raise TypeError(
             f"{engine.name} does not read {knob}={value!r}, only {', '.join(readers)} do: "
             f"to give one config to several methods, pass config.for_method({engine.name!r})"

@@ -15,7 +15,7 @@ import torch
 
 from camlens.cam.normalize import NORMALIZE
 
-__all__ = ["KPCA_KERNELS", "PRECISIONS", "SHARED_KNOBS", "CamConfig"]
+__all__ = ["KNOBS", "KPCA_KERNELS", "PRECISIONS", "SHARED_KNOBS", "CamConfig"]
 
 # autocast dtype of each precision; fp32 runs as called
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -31,6 +31,10 @@ KPCA_KERNELS = ("sigmoid", "rbf", "poly", "linear")
 
 # the knobs the engine reads for every method
 SHARED_KNOBS = frozenset({"normalize", "precision", "batch_size"})
+# method name -> the knobs it reads beyond SHARED_KNOBS: each engine class puts its own here
+# when it is defined (`Engine.__init_subclass__`), so this module and the engine's check read
+# them without importing the package that lists the methods (METHODS)
+KNOBS: dict[str, frozenset[str]] = {}
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,8 @@ class CamConfig:
     def for_method(self, method: str) -> CamConfig:
         """This config with the knobs `method` (a METHODS name) does not read back at their
         defaults: what a caller that hands one config to several methods passes to each."""
-        from camlens.cam import METHODS  # the package imports this module first
-
-        if method not in METHODS:
-            raise KeyError(f"unknown CAM method {method!r}: choose one of {', '.join(METHODS)}")
-        reads = SHARED_KNOBS | METHODS[method].knobs
+        if method not in KNOBS:
+            raise KeyError(f"unknown CAM method {method!r}: choose one of {', '.join(KNOBS)}")
+        reads = SHARED_KNOBS | KNOBS[method]
         defaults = {f.name: f.default for f in fields(self) if f.name not in reads}
         return replace(self, **defaults)

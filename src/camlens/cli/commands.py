@@ -12,9 +12,10 @@ import dataclasses
 
 import torch
 
-from camlens.cam import METHODS, CamConfig, candidate_layers, pick_layer
+from camlens.cam import CamConfig, candidate_layers, pick_layer
+from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
-from camlens.compare import compare, summary_of
+from camlens.compare import CompareConfig, compare, summary_of
 from camlens.data import DataError, load_dataset
 from camlens.distributed import is_writer, process_group
 from camlens.epochs import explain_over_epochs
@@ -26,8 +27,8 @@ from camlens.pipeline import (
     choose_layers,
     demo,
     diff_checkpoints,
+    explain_model,
     load_matching_data,
-    report,
     report_facts,
     run,
     write_galleries,
@@ -126,12 +127,12 @@ def _open(args: argparse.Namespace, device: torch.device | None = None) -> Opene
     return open_model(config, args.data, device, args.progress and is_writer())
 
 
-def _layers(args: argparse.Namespace, opened: Opened, camlens_default: list[str]) -> list[str]:
-    """--layer checked, or the default: `camlens_default` for a camlens model, else the last
+def _layers(args: argparse.Namespace, opened: Opened) -> list[str]:
+    """--layer checked, or the default: DEFAULT_LAYERS for a camlens model, else the last
     layer before the global pooling; each printed with its output (tokens: how they map)."""
     model, size = opened.model, opened.data.image_size
     if args.layer is None and opened.meta:
-        return camlens_default
+        return list(DEFAULT_LAYERS)
     layers = list(choose_layers(model, args.layer, size))
     described = {c.name: c.describe() for c in candidate_layers(model, size)}
     how = "" if args.layer else " (the last before the global pooling; --layer to choose)"
@@ -169,7 +170,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     with process_group(pick_device(args.device), args.backend) as device:
         opened = _open(args, device)
         model, data = opened.model, opened.data
-        layers = _layers(args, opened, ["layer4"])
+        layers = _layers(args, opened)
         mistakes = None
         if args.misclassified is not None:
             mistakes = read_mistakes(args.misclassified, data.test)
@@ -211,8 +212,8 @@ def _explain_over_epochs(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     opened = _open(args)
-    plan = plan_from_args(args, layers=_layers(args, opened, ["layer3", "layer4"]))
-    outcome = report(
+    plan = plan_from_args(args, layers=_layers(args, opened))
+    outcome = explain_model(
         opened.model,
         opened.data,
         args.out,
@@ -280,7 +281,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan,
         device=pick_device(args.device),
         backend=args.backend,
-        progress=args.progress,
         tensorboard=args.tensorboard,
         wandb_project=args.wandb_project if args.wandb else None,
     )
@@ -320,11 +320,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    # --top-k given for methods none of which reads it would be ignored without a word
-    readers = [m for m, cls in METHODS.items() if "top_k" in cls.knobs]
-    if args.top_k is not None and not set(args.method) & set(readers):
-        chosen = ",".join(args.method)
-        raise ExplainError(f"--top-k is read only by {', '.join(readers)}: not by {chosen}")
     if args.limit < 1:
         raise ExplainError(f"--limit must be >= 1, got {args.limit}: the images scored per subset")
     # under torchrun each rank scores its share of the (method, layer) sets; rank 0 writes
@@ -332,10 +327,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         opened = _open(args, device)
         plan = plan_from_args(
             args,
-            layers=_layers(args, opened, ["layer3", "layer4"]),
+            layers=_layers(args, opened),
             limit=None,  # --limit here is the compare's
             compare_limit=args.limit,
-            cam=CamConfig(top_k=32 if args.top_k is None else args.top_k or None),
+            # None: compare's own 32 where a method reads it; 0: all channels
+            cam=None if args.top_k is None else CamConfig(top_k=args.top_k or None),
             seed=args.seed,
             progress=args.progress and is_writer(),
         )
@@ -343,7 +339,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if args.grid:
             names = [f.name for f in dataclasses.fields(GridConfig)]
             grid = GridConfig(**{n: getattr(args, "grid_" + n) for n in names})
-        result = compare(opened.model, opened.data, args.out, plan, grid=grid)
+        result = compare(opened.model, opened.data, args.out, plan, CompareConfig(grid=grid))
     if not is_writer():
         return 0
     # first: which method and layer finds the class (the summary's first line, not repeated)
@@ -371,8 +367,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
         raise DataError(
             f"diff compares two models: give --checkpoint twice, got {len(args.checkpoint)}"
         )
-    if len(args.method) != 1:
-        raise DataError(f"diff compares one method's maps: name one, got {','.join(args.method)}")
     if args.names is not None and len(args.names) != 2:
         raise DataError(f"--names takes two names, A,B; got {','.join(args.names)}")
     files = diff_checkpoints(
@@ -383,6 +377,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         plan_from_args(args),
         names=tuple(args.names) if args.names else None,
         device=pick_device(args.device),
+        cards=args.cards,
     )
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0

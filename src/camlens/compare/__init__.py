@@ -9,23 +9,26 @@
     result.summary       # the grid test's line, each method's state, the paired headline
     result.grid          # the grid localisation test (`grid`): which map finds its class
 
-`table` picks the images and builds the rows, `figures` draws them, `run` does the scoring
-and writes compare.csv, compare.json (what the report reads), compare.png and sanity.png;
-`summary` words the verdicts; `grid` runs the grid localisation test (camlens.metrics.grid)
-on every compared (method, layer) and words it in the line that leads the summary. Maps and
-engines come from `camlens.explain` (`engine_for`);
-`engines=` adds methods of your own, `(model, layers) -> engine`, by name.
+`run` builds one `CompareJob` (job.py: what every step reads) and runs the steps in order:
+`budget` (probe each method, estimate the cost), `scoring` (every task's scores, the table),
+`table` (the images, the rows, the paired cells), `sanity`, `grid` (the grid localisation test,
+camlens.metrics.grid, whose line leads the summary), writing compare.csv, compare.json (what the
+report reads), compare.png and sanity.png as each step ends; `figures` draws them and `summary`
+words the verdicts. Engines come from `camlens.explain` (`engine_for`), and inside a report
+the mistakes' maps from its explain stream; `engines=` adds methods of your own,
+`(model, layers) -> engine`, by name.
 """
 
 from camlens.compare.figures import sanity_figure, table_figure
 from camlens.compare.grid import grid_line, grid_test
+from camlens.compare.job import CompareJob, EngineMaker
 from camlens.compare.run import (
     COMPARE_LIMIT,
     COMPARE_METHODS,
     COMPARE_PLAN,
     FILES,
+    CompareConfig,
     CompareResult,
-    EngineMaker,
     compare,
 )
 from camlens.compare.summary import headline, sanity_lines, summary_of
@@ -44,6 +47,8 @@ __all__ = [
     "COMPARE_PLAN",
     "FILES",
     "SUBSETS",
+    "CompareConfig",
+    "CompareJob",
     "CompareResult",
     "EngineMaker",
     "beats_baselines",

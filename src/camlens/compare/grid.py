@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from camlens.data import Split
 from camlens.metrics import (
     PAIRED_MIN_IMAGES,
     TOO_FEW,
@@ -49,22 +50,22 @@ MEANING = {
 
 def grid_test(
     model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
+    split: Split,
     logits: Tensor,
     pairs: Sequence[tuple[str, str]],
     maps_of: MapsOf,
     config: GridConfig,
     alpha: float = 0.05,
-    seed: int = 0,
     batch_size: int = 64,
 ) -> dict:
-    """The grid test of every (method, layer) of `pairs` on `images` (N, C, H, W) with their
-    `labels` and the model's `logits` (N, K): settings, rows, paired rows and `line`.
+    """The grid test of every (method, layer) of `pairs` on a test `split` (its images and
+    labels) with the model's `logits` (N, K): settings, rows, paired rows and `line`.
+    `config.seed` draws the grids, the random baseline and the bootstrap's resamples.
 
     Too few images (GridError) is not an error of the compare: the dict then has `error` and
     a `line` that says so, no rows, and compare goes on.
     """
+    images, labels, seed = split.images, split.labels, config.seed
     chance = 1 / config.n**2
     settings = {
         "n": config.n,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from camlens.compare.budget import Budget
+from camlens.compare.job import CompareJob
 from camlens.distributed import all_sum, rank, world_size
 from camlens.evaluate import as_float_images
 from camlens.metrics import cascade_order, judge_sanity, sanity_check
@@ -16,16 +18,18 @@ from camlens.metrics import cascade_order, judge_sanity, sanity_check
 __all__ = ["run_sanity"]
 
 
-def run_sanity(
-    model, data, mistakes, logits, methods, layer, count, opened, seed, device, bar, cost
-):
-    """Each method's checks; under torchrun each rank runs every world-th method and the image
-    means and first-image maps are summed over the ranks, as the score table is; the verdict is
-    judged from the means. `opened(method, model, layer, seed)` makes the method's engine on
-    the model or a randomised copy (`seed`: another draw of a stochastic method's noise)."""
-    idx = mistakes[:count]
-    images = as_float_images(data.test.images[idx]).to(device)
-    targets = logits[idx].argmax(1).to(device)
+def run_sanity(job: CompareJob, plan: Budget, bar) -> tuple[dict, dict]:
+    """Each of `plan.sanity_methods`' checks at `plan.sanity_layer` on the first
+    `plan.sanity_count` mistakes: method -> its numbers and named state, and method -> the
+    first image's maps along the cascade. Under torchrun each rank runs every world-th method
+    and the image means and first-image maps are summed over the ranks, as the score table is;
+    the verdict is judged from the means. The engines are the job's, on the model or a
+    randomised copy (seed + 1: another draw of a stochastic method's noise)."""
+    model, methods, layer, seed = job.model, plan.sanity_methods, plan.sanity_layer, job.plan.seed
+    count = plan.sanity_count
+    images = as_float_images(job.data.test.images[job.subsets["mistakes"][:count]])
+    images = images.to(job.device)  # (S, 3, H, W)
+    targets = job.targets["mistakes"][:count].to(job.device)
     steps = len(cascade_order(model))
     h, w = images.shape[-2:]
     curves = torch.zeros(len(methods), 3, steps, dtype=torch.float64)  # spearman, std, ssim
@@ -38,11 +42,11 @@ def run_sanity(
             model,
             images,
             targets,
-            lambda m, method=method: opened(method, m, layer),
-            generator=torch.Generator(device).manual_seed(seed),
+            lambda m, method=method: job.engine(method, m, layer),
+            generator=torch.Generator(job.device).manual_seed(seed),
             keep=1,
             # another draw of the noise for the stochastic methods; the rest read no seed
-            make_twin=lambda m, method=method: opened(method, m, layer, seed + 1),
+            make_twin=lambda m, method=method: job.engine(method, m, layer, seed + 1),
         )
         curves[i, 0] = result.spearman.mean(1).double().cpu()
         curves[i, 1] = result.spearman.std(1, unbiased=False).double().cpu()
@@ -58,7 +62,7 @@ def run_sanity(
             dtype=torch.float64,
         )
         maps[i] = result.maps[:, 0].cpu()  # (S + 1, H, W) of the first image
-        bar.update(round(cost[method]))
+        bar.update(round(plan.sanity_cost[method]))
     all_sum(curves)
     all_sum(scalars)
     all_sum(maps)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import adapt_user_input, own_layer_names
 from camlens.evaluate import Evaluation, evaluate
 from camlens.explain import ExplainError, ExplainPlan, compute_cams
@@ -49,7 +50,7 @@ class ModelDiff:
     # layer -> TARGETS -> metric -> (S,) per shared mistake; NaN where a map is flat
     agreement: dict[str, dict[str, dict[str, Tensor]]]
     cams: dict[str, tuple[Tensor, Tensor]]  # GROUPS -> (A, B) maps of their predictions (G, H, W)
-    images: dict[str, Tensor]  # GROUPS -> (G, 3, H, W) uint8: the first `limit` of each group
+    images: dict[str, Tensor]  # GROUPS -> (G, 3, H, W) uint8: the first `cards` of each group
 
 
 def top_iou(a: Tensor, b: Tensor, top: float = 0.2) -> Tensor:
@@ -79,21 +80,24 @@ def diff_models(
     *,
     names: tuple[str, str] = ("A", "B"),
     top: float = 0.2,
+    cards: int = 24,
 ) -> ModelDiff:
     """Evaluate both models on `data`'s test images, group their mistakes, compare their maps.
 
     `data`: a camlens `Dataset` or `Split`, or the user's own test data as it is (a
     DataLoader or torch Dataset yielding (image, label), `(images, labels)` arrays), both
     models taking it as it comes (see `adapt_user_input`). `classes`: the class names; None:
-    the data's own. `plan`: its first method at its layers (None: layer3 and layer4); `limit`
-    images kept per group for the page's galleries (None: 24; the statistics use all of them).
+    the data's own. `plan`: its one method at its layers (None: layer3 and layer4). `cards`:
+    images kept per group for the page's galleries (the statistics use all of them).
+    Each map is computed once: the shared mistakes' cards reuse the statistics' maps.
     """
     (model_a, model_b), data = adapt_user_input((model_a, model_b), data, classes)
     split, classes = data.test, data.classes
     plan = plan or ExplainPlan()
-    method = plan.methods[0]
-    layers = tuple(own_layer_names(model_a, plan.layers or ("layer3", "layer4")))
-    limit = 24 if plan.limit is None else plan.limit
+    method = plan.only_method("diff")
+    layers = tuple(own_layer_names(model_a, plan.layers or DEFAULT_LAYERS))
+    if cards < 1:
+        raise ExplainError(f"--cards must be >= 1, got {cards}: the cards shown per group")
     batch = plan.eval_batch_size
     evs = (evaluate(model_a, split, batch), evaluate(model_b, split, batch))
     for name, ev in zip(names, evs, strict=True):
@@ -138,8 +142,11 @@ def diff_models(
                 agreement[layer][t]["iou"] = torch.where(flat, nan, top_iou(ma, mb, top))
     cams, kept = {}, {}
     for g, idx in groups.items():
-        idx = idx[:limit]
+        idx = idx[:cards]
         kept[g] = split.images[idx]
+        if g == "shared" and shared.numel():  # the statistics' pred maps, last layer: (G, H, W)
+            cams[g] = (a[0][-1][: len(idx)], b[0][-1][: len(idx)])
+            continue
         pa = compute_cams(model_a, kept[g], [preds[0][idx]], plan, method, layers[-1:])[0][0]
         pb = compute_cams(model_b, kept[g], [preds[1][idx]], plan, method, layers[-1:])[0][0]
         cams[g] = (pa, pb)

@@ -3,7 +3,7 @@
     scores = score_maps(model, images, cams, targets, engine=cam)   # Scores: values, curves
     scores.values["deletion"]                     # (N,) per image; see HIGHER_IS_BETTER
     random = baseline_maps(images.shape, "random", generator)      # scored the same way
-    result = sanity_check(model, images, targets, lambda m: create("gradcam", m, "layer4"))
+    result = sanity_check(model, images, targets, lambda m: GradCAM(m, "layer4"))
     sanity_verdict(result).passed
     mean, low, high = bootstrap_ci(scores.values["insertion"])
 

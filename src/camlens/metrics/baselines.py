@@ -24,14 +24,10 @@ from torch import Tensor
 
 from camlens.cam import normalize_cams
 from camlens.cam.layers import upsample
+from camlens.choices import BASELINE_KINDS, BASELINES
 from camlens.metrics.core import make_generator
 
 __all__ = ["BASELINES", "BASELINE_KINDS", "baseline_engine", "baseline_maps", "default_grid"]
-
-# the baselines every score is judged against
-BASELINES = ("random", "centre")
-# every kind `baseline_maps` draws
-BASELINE_KINDS = ("random", "centre", "random-pixel")
 
 
 def default_grid(height: int, width: int) -> tuple[int, int]:

@@ -218,7 +218,8 @@ def sanity_check(
     """Randomise `layers` (default `cascade_order(model)`) of a copy, one more per step.
 
     `make_engine(model)` returns the method under test for a model, e.g.
-    `lambda m: camlens.cam.create("gradcam", m, "layer4")`; maps explain `targets` throughout.
+    `lambda m: camlens.cam.GradCAM(m, "layer4")` (a job passes `explain.engine_for`); maps
+    explain `targets` throughout.
     `make_twin(model)`: the same method with other seeds, for the self-agreement floor of a
     stochastic method; None runs `make_engine` again. The first `keep` images' maps are kept.
     """

@@ -9,7 +9,7 @@ import torch
 
 from camlens.data import DataError
 from camlens.diff import diff_models, write_diff
-from camlens.explain import ExplainError, ExplainPlan
+from camlens.explain import ExplainPlan
 from camlens.model import load_checkpoint
 from camlens.pipeline.galleries import LAYERS, load_matching_data
 
@@ -25,19 +25,16 @@ def diff_checkpoints(
     *,
     names: tuple[str, str] | None = None,
     device: str | torch.device = "cpu",
+    cards: int = 24,
 ) -> dict[str, Path]:
     """Two checkpoints on `source`'s test split, side by side: out/diff.html and out/diff.json.
 
-    `plan`: its first method, its layers (None: layer3 and layer4), `limit` cards per group in
-    the page's galleries (None: 24). `names` default to each checkpoint's norm ("batch norm",
+    `plan`: its one method, its layers (None: layer3 and layer4). `cards`: per group in the
+    page's galleries. `names` default to each checkpoint's norm ("batch norm",
     "layer norm") when they differ, else to the checkpoints as given.
     """
     plan = plan or ExplainPlan(progress=True)
-    plan = replace(
-        plan, layers=plan.layers or LAYERS, limit=24 if plan.limit is None else plan.limit
-    )
-    if plan.limit < 1:
-        raise ExplainError(f"--limit must be >= 1, got {plan.limit}: the cards shown per group")
+    plan = replace(plan, layers=plan.layers or LAYERS)
     model_a, meta_a = load_checkpoint(checkpoint_a, device)
     model_b, meta_b = load_checkpoint(checkpoint_b, device)
     if list(meta_a["classes"]) != list(meta_b["classes"]):
@@ -51,5 +48,5 @@ def diff_checkpoints(
     if names is None:
         norms = (f"{meta_a['norm']} norm", f"{meta_b['norm']} norm")
         names = norms if norms[0] != norms[1] else (str(checkpoint_a), str(checkpoint_b))
-    d = diff_models(model_a, model_b, data, plan=plan, names=names)
+    d = diff_models(model_a, model_b, data, plan=plan, names=names, cards=cards)
     return write_diff(d, out)

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from camlens.cam import candidate_layers, pick_layer
+from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import own_layer_names
 from camlens.data import DataError, Dataset, load_dataset
 from camlens.distributed import is_writer
@@ -27,6 +28,7 @@ from camlens.explain import (
     stream_mistake_maps,
 )
 from camlens.gallery import GalleryConfig, stream_gallery
+from camlens.plan import layer_parts
 
 __all__ = [
     "LAYERS",
@@ -37,7 +39,7 @@ __all__ = [
     "write_galleries",
 ]
 
-LAYERS = ("layer3", "layer4")
+LAYERS = DEFAULT_LAYERS  # the name the pipeline has exported
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def choose_layers(
             raise ExplainError(str(e)) from None
     names = dict(model.named_modules())
     layers = own_layer_names(model, layers)  # a Classifier's model's own names: `layer4` too
-    unknown = [layer for layer in layers if not layer or layer not in names]
+    parts = [p for layer in layers for p in layer_parts(layer)]  # "layer3+layer4": each
+    unknown = [p for p in parts if not p or p not in names]
     if unknown:
         listed = "; ".join(c.describe() for c in candidate_layers(model, image_size))
         arch = getattr(model, "arch", type(model).__name__)

@@ -53,43 +53,45 @@ def explain_model(
     *,
     run_info: dict | None = None,
     history: list[dict] | None = None,
-    evaluation: Evaluation | None = None,
-    report_config: ReportConfig | None = None,
     over_epochs: dict | None = None,
-    checked: bool = False,
+    report_config: ReportConfig | None = None,
 ) -> Outcome:
-    """Evaluate `model` on `data.test`, explain the plan's mistakes (its limit, most confident
-    first), write out/gallery/<method>/ for each method and out/report.html (pair statistics
-    use all mistakes; their maps come from the same explain step as the gallery's).
+    """The report of a trained classifier (camlens's or any other): evaluate it on `data.test`
+    into out/eval, explain the plan's mistakes (its filter, sort and limit) into
+    out/gallery/<method>/ for each method, [compare them], and write out/report.html (pair
+    statistics use all mistakes; their maps come from the same explain stream as the gallery's).
 
     `data`: a camlens `Dataset`, or the user's own test data as it is (a DataLoader or torch
     Dataset yielding (image, label), `(images, labels)` arrays; to name its classes or its
     normalisation, `from_user_data(data, classes=, mean=, std=)`): see `adapt_user_input`.
+    `plan` None: `ExplainPlan()`; its `layers` None: the last layer before the global pooling.
+    `plan.compare_limit`: also `compare` the methods and layers on that many of the gallery's
+    mistakes (on the gallery's maps) and as many correct images into out/compare.*, and give
+    the report "Can these maps be trusted?".
     `run_info`: facts the report's summary shows as given; None: the data's description.
-
-    `evaluation` saves a pass when the caller has one of this model on this split.
-    `plan.compare_limit`: also `compare` the methods and layers on that many mistakes (and as
-    many correct images) into out/compare.*, and give the report "Can these maps be trusted?".
-    `over_epochs`: what `epochs_section` read, for the report's "Maps across training".
-    `checked`: the caller ran `prepare_plan` (the plan is checked once per job).
+    `history`: the training's metrics.jsonl rows (the curves); `over_epochs`: what
+    `epochs_section` read, for "Maps across training".
     """
-    started = time.perf_counter()
+    started, out = time.perf_counter(), Path(out)
     model, data = adapt_user_input(model, data)
     run_info = {"data": data.source} if run_info is None else run_info
-    plan = plan if checked else prepare_plan(model, plan or ExplainPlan(), data.image_size)
-    if evaluation is None:
-        evaluation = evaluate(model, data.test, plan.eval_batch_size)
+    plan = prepare_plan(model, plan or ExplainPlan(), data.image_size)  # once per job
+    evaluation = evaluate(model, data.test, plan.eval_batch_size)
+    facts = {k: str(run_info[k]) for k in ("checkpoint", "model", "data") if k in run_info}
+    write_evaluation(evaluation, data.classes, out / "eval", facts)
     galleries = write_galleries(model, data, out, plan, mistakes=evaluation.mistakes, checked=True)
+    explained = (galleries.mistakes, galleries.explanations)
     trust = None
     if plan.compare_limit is not None:
-        compared = compare(model, data, out, plan)
+        # the gallery's mistakes on the gallery's maps: the verdict is about what is shown
+        compared = compare(model, data, out, plan, explained=explained)
         trust = json.loads(compared.files["compare.json"].read_text())
     report = compute_report(
         model,
         data.test,
         data.classes,
         plan,
-        explained=(galleries.mistakes, galleries.explanations),
+        explained=explained,
         evaluation=evaluation,
         run_info=run_info,
         history=history,
@@ -101,51 +103,18 @@ def explain_model(
     return Outcome(evaluation, galleries, path, time.perf_counter() - started)
 
 
-def report(
-    model: nn.Module,
-    data: Any,
-    out: str | Path,
-    plan: ExplainPlan | None = None,
-    *,
-    run_info: dict | None = None,
-    history: list[dict] | None = None,
-    over_epochs: dict | None = None,
-) -> Outcome:
-    """The report of a trained classifier (camlens's or any other taking [0, 1] images):
-    evaluate it on `data.test` into out/eval, then `explain_model` its mistakes into
-    out/gallery/<method>/ and out/report.html.
-
-    `plan` None: `ExplainPlan()`; its `layers` None: the last layer before the global pooling.
-    `data`, `run_info` and `over_epochs`: see `explain_model`.
-    """
-    started, out = time.perf_counter(), Path(out)
-    model, data = adapt_user_input(model, data)
-    run_info = {"data": data.source} if run_info is None else run_info
-    plan = prepare_plan(model, plan or ExplainPlan(), data.image_size)
-    evaluation = evaluate(model, data.test, plan.eval_batch_size)
-    facts = {k: str(run_info[k]) for k in ("checkpoint", "model", "data") if k in run_info}
-    write_evaluation(evaluation, data.classes, out / "eval", facts)
-    outcome = explain_model(
-        model,
-        data,
-        out,
-        plan,
-        run_info=run_info,
-        history=history,
-        evaluation=evaluation,
-        over_epochs=over_epochs,
-        checked=True,
-    )
-    return replace(outcome, seconds=time.perf_counter() - started)
+# `camlens report` and the notebooks' older name: the same job, the same function
+report = explain_model
 
 
 def epochs_section(run: Path, data: Dataset, plan: ExplainPlan) -> dict | None:
     """`explain_over_epochs` of a run that kept epochs (into run/over-epochs.*), read back for
-    the report (the plan's first method and last layer, its own 16 mistakes); None when it
-    kept none."""
+    the report; None when it kept none. Its strips show one method: the plan's first, named
+    in the section's title, at the last layer, on its own 16 mistakes."""
     if not kept_epochs(run):
         return None
-    _, files = explain_over_epochs(run, data, run, replace(plan, limit=None))
+    first = replace(plan, methods=plan.methods[:1], limit=None)
+    _, files = explain_over_epochs(run, data, run, first)
     section = json.loads(files["over-epochs.json"].read_text())
     section["png"] = base64.b64encode(files["over-epochs.png"].read_bytes()).decode("ascii")
     return section

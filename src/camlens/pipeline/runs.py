@@ -14,8 +14,8 @@ from camlens.data import Dataset
 from camlens.distributed import is_writer
 from camlens.explain import ExplainPlan
 from camlens.model import ResNet18
-from camlens.pipeline.galleries import LAYERS
-from camlens.pipeline.reports import Outcome, describe_run, epochs_section, report
+from camlens.pipeline.galleries import LAYERS, prepare_plan
+from camlens.pipeline.reports import Outcome, describe_run, epochs_section, explain_model
 from camlens.plots import plot_confusion
 from camlens.train import TrainConfig, run_training
 
@@ -30,7 +30,6 @@ def run(
     *,
     device: str | torch.device = "cpu",
     backend: str = "auto",
-    progress: bool = True,
     tensorboard: bool = False,
     wandb_project: str | None = None,
 ) -> Outcome | None:
@@ -38,15 +37,19 @@ def run(
     `explain_model` the checkpoint. Maps are fp32; `config.precision` is the training's.
 
     `plan` None: layer3 and layer4, at most 1,000 mistakes (a short run makes thousands: the
-    gallery and the page stay small); see `explain_model`. `wandb_project`: also log to
+    gallery and the page stay small), progress bars; see `explain_model`. `plan.progress`
+    also shows the training's bars. `wandb_project`: also log to
     Weights & Biases (OUT/wandb; offline without an API key): each epoch, then curves,
     confusion, cards, accuracy. Under torchrun every rank trains, then rank 0 alone reports;
     the others return None.
     """
     started, out = time.perf_counter(), Path(out)
-    # fail before hours of training, not after: the layers are checked on an untrained twin
-    plan = plan or ExplainPlan(layers=LAYERS, limit=1000, progress=progress)
-    plan.check(ResNet18(len(data.classes), config.norm, config.width))
+    # fail before hours of training, not after: the plan is resolved ("auto" layers) and
+    # checked on an untrained twin, as every other command does on its model
+    twin = ResNet18(len(data.classes), config.norm, config.width)
+    plan = prepare_plan(
+        twin, plan or ExplainPlan(layers=LAYERS, limit=1000, progress=True), data.image_size
+    )
     _, wandb = run_training(
         config,
         data,
@@ -54,7 +57,7 @@ def run(
         device=device,
         backend=backend,
         resume=True,  # continues the run in `out` when there is one, else starts it
-        progress=progress,
+        progress=plan.progress,
         tensorboard=tensorboard,
         wandb_project=wandb_project,
         keep_wandb_open=True,
@@ -70,7 +73,7 @@ def run(
         data=data.source,
         data_label=data.label,
     )
-    outcome = report(
+    outcome = explain_model(
         model,
         data,
         out,
@@ -111,7 +114,7 @@ def demo(
             "full test accuracy": f"{meta['evaluation']['test_acc']:.2%} (10,000 images)",
         },
     )
-    outcome = report(
+    outcome = explain_model(
         model,
         data,
         out,

@@ -181,7 +181,7 @@ def _pair_maps(
     sums: dict = {}  # (pair, layer, kind) -> [(H, W) sum of sum-normalised maps, count]
 
     def add(chunk: Mistakes, expl: Explanations) -> None:
-        for li in range(len(plan.layers)):
+        for li in range(len(plan.hooked_layers)):
             for kind, low in enumerate((expl.pred_low[li], expl.label_low[li])):
                 cams = upsample(low, size)  # (n, h, w) -> (n, H, W), raw: the scale is moot
                 for t, p, _ in pairs:
@@ -221,7 +221,7 @@ def _pair_maps(
     means, outside = {}, {}
     for t, p, _ in pairs:
         per_layer = []
-        for li in range(len(plan.layers)):
+        for li in range(len(plan.hooked_layers)):
             ref = refs.get(t)
             ref_sum = _mass_sum(ref[li]) if ref is not None else (torch.zeros(size), 0)
             got = [sums.get(((t, p), li, kind), [torch.zeros(size), 0]) for kind in (0, 1)]
@@ -297,7 +297,7 @@ def compute_report(
         mistakes=shown,
         explanations=explanations,
         pairs=pairs,
-        layers=tuple(plan.layers),
+        layers=plan.hooked_layers,
         model_info=model_facts(model),
         config=config,
         seconds=time.perf_counter() - began,
