@@ -161,3 +161,24 @@ def test_diff_computes_each_map_once(untrained, monkeypatch):
     assert shared > 0
     # each model explains each image once: shared ones for both models, own ones for both
     assert len(seen) == 2 * explained
+
+
+def test_compare_keeps_what_it_measured_when_a_late_step_fails(untrained, tmp_path, monkeypatch):
+    """A failure inside the sanity or grid step (a ViT's AssertionError on a grid, say) is
+    said in one line, and the table measured before it is on disk (before: nothing written)."""
+    compare_run = importlib.import_module("camlens.compare.run")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("Input image size (64*64) doesn't match model (32*32).")
+
+    monkeypatch.setattr(compare_run, "run_sanity", boom)
+    monkeypatch.setattr(compare_run, "grid_test", boom)
+    model, data = untrained
+    plan = ExplainPlan(methods=("gradcam",), layers=("layer4",), compare_limit=2)
+    result = camlens.compare(model, data, tmp_path, plan)
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["rows"] == result.rows and len(result.rows) > 0
+    why = "AssertionError: Input image size (64*64) doesn't match model (32*32)."
+    assert saved["errors"] == {"sanity": why, "grid test": why}
+    assert f"grid test failed: {why}" in result.summary
+    assert (tmp_path / "compare.csv").exists() and not (tmp_path / "sanity.png").exists()
