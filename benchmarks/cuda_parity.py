@@ -7,10 +7,13 @@ metric (max |CUDA - CPU| over the per-image scores), each with its verdict again
 tolerance, and exits 1 if any row fails. Without a CUDA device it says so and exits 0, so a CPU
 rehearsal of benchmarks/gpu_session.sh runs it too.
 
-Tolerance: TF32 is switched off so both devices compute in fp32; what is left is the order of
-floating-point sums in cuDNN's convolutions against oneDNN's (relative ~1e-6 per layer, ~1e-5
-through a ResNet18). Maps are in [0, 1] after min-max normalisation, so 1e-3 absolute is 100x
-that floor while a wrong map (a missed ReLU, a wrong sign, another class) is off by > 0.1.
+TF32 as the CLI runs it: this script leaves PyTorch's flags at their defaults (cuDNN's TF32 on)
+and prints them; camlens turns TF32 off inside every CAM, metric and counterfactual call
+(camlens/cam/precision.py), so both devices compute in fp32. Tolerance: what is left is the
+order of floating-point sums in cuDNN's convolutions against oneDNN's (relative ~1e-6 per
+layer, ~1e-5 through a ResNet18). Maps are in [0, 1] after min-max normalisation, so 1e-3
+absolute is 100x that floor while a wrong map (a missed ReLU, a wrong sign, another class) is
+off by > 0.1.
 Methods with random draws (SmoothGrad-CAM++'s noise, the metrics' ROAD noise) draw on the CPU
 in both runs, so the draws are the same; a metric's score is compared to 2e-3 absolute (a
 deletion curve is a mean of K softmax outputs, each within ~1e-5).
@@ -37,8 +40,11 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("SKIP cuda_parity: no CUDA device (nothing compared)")
         return 0
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    print(
+        "TF32 flags as the CLI leaves them: cuda.matmul.allow_tf32="
+        f"{torch.backends.cuda.matmul.allow_tf32}, cudnn.allow_tf32="
+        f"{torch.backends.cudnn.allow_tf32} (camlens turns both off inside its calls)"
+    )
 
     from camlens.cam import METHODS, CamConfig, create
     from camlens.classifier import ModelConfig, open_model
