@@ -470,3 +470,18 @@ def test_sync_bn_in_one_process_says_it_does_nothing_and_the_recipe_says_false(
     ]
     recipe = json.loads((tmp_path / "run" / "checkpoint.json").read_text())["recipe"]
     assert recipe["sync_bn"] is False
+
+
+def test_auto_precision_picks_bf16_only_where_a_gpu_computes_it_natively(monkeypatch):
+    """A T4 or V100 "supports" bf16 by emulation only. Planted: fast_bf16 asking
+    torch.cuda.is_bf16_supported() with its default (emulation counts): red."""
+    from camlens.evaluate import fast_bf16, resolve_precision
+
+    def supported(including_emulation=True):
+        return including_emulation  # emulated only: a pre-Ampere GPU
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    cuda = torch.device("cuda", 0)
+    assert fast_bf16(cuda) is False and resolve_precision("auto", cuda) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto", cuda) == "bf16"  # an A100, H100: native
