@@ -191,10 +191,8 @@ def test_the_grid_test_follows_its_inputs_device():
     assert got[2] and all(m == m for m in got[2])
 
 
-def test_a_watch_epoch_follows_its_inputs_device(tmp_path):
-    """Watch.epoch and finish with meta as the default device: the strips of the CPU's."""
-    from camlens.watch import Watch
-
+def watched() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small classifier and 16 test images of 3 classes for a Watch."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -204,7 +202,14 @@ def test_a_watch_epoch_follows_its_inputs_device(tmp_path):
         nn.Linear(8, 3),
     )
     g = torch.Generator().manual_seed(5)
-    x, y = torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    return model, torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+
+
+def test_a_watch_epoch_follows_its_inputs_device(tmp_path):
+    """Watch.epoch and finish with meta as the default device: the strips of the CPU's."""
+    from camlens.watch import Watch
+
+    model, x, y = watched()
     files = {}
     for name, context in (("meta", default_meta), ("cpu", _nothing)):
         with context():
@@ -275,16 +280,7 @@ def test_a_watch_with_a_loader_on_another_device_moves_its_images_to_the_cpu(tmp
     Planted: Watch._images without .cpu(): red (the images reach the overlay and .numpy())."""
     from camlens.watch import Watch
 
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 3),
-    )
-    g = torch.Generator().manual_seed(5)
-    x, y = torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    model, x, y = watched()
 
     def collate(items):  # batches as a GPU loop keeps them: on its device
         images, labels = default_collate(items)
@@ -485,3 +481,77 @@ def test_auto_precision_picks_bf16_only_where_a_gpu_computes_it_natively(monkeyp
     assert fast_bf16(cuda) is False and resolve_precision("auto", cuda) == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert resolve_precision("auto", cuda) == "bf16"  # an A100, H100: native
+
+
+# -- on a GPU (CAMLENS_TEST_CUDA=1 -k cuda; benchmarks/gpu_session.sh runs them) -------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_as_the_default_device_runs_every_method_metric_and_check(model, images):
+    """A notebook's torch.set_default_device("cuda"), the model and images built after it:
+    every method, the metrics, a sanity step, the counterfactual and the samplers run, and
+    agree with the CPU's (TF32 off inside: fp32 on both, to the order of sums)."""
+    targets = torch.tensor([1, 2, 3])
+    want = {}
+    for method in sorted(METHODS):
+        layer = "layer4" if method == "cam" else "layer3"
+        with create(method, model, layer) as cam:
+            want[method] = cam(images, targets)
+    cams = want["gradcam"]
+    cpu_scores = score_maps(model, images, cams, targets, steps=4, metrics=("deletion", "road"))
+    gpu_model = ResNet18(num_classes=10, width=4).eval()
+    torch.set_default_device("cuda")
+    try:
+        gpu_model.load_state_dict(model.state_dict())
+        x, t = images.cuda(), targets.cuda()
+        for method in sorted(METHODS):
+            layer = "layer4" if method == "cam" else "layer3"
+            with create(method, gpu_model, layer) as cam:
+                got = cam(x, t)
+            assert got.device.type == "cuda"
+            torch.testing.assert_close(got.cpu(), want[method], atol=1e-3, rtol=0, msg=method)
+        scores = score_maps(gpu_model, x, cams.cuda(), t, steps=4, metrics=("deletion", "road"))
+        for name, v in cpu_scores.values.items():
+            torch.testing.assert_close(scores.values[name].cpu(), v, atol=2e-3, rtol=0)
+        counterfactual(gpu_model, x, cams.cuda() * 2 - 1, t, torch.tensor([0, 0, 1]))
+        sanity_check(gpu_model, x, t, lambda m: create("gradcam", m, "layer4"), ["linear"])
+        assert "layer4" in [c.name for c in candidate_layers(gpu_model, 32)]
+        assert torch.equal(default_sampler(torch.arange(30), 0)(3).cpu(), _sampled())
+    finally:
+        torch.set_default_device(None)
+
+
+def _sampled() -> torch.Tensor:
+    return default_sampler(torch.arange(30), 0)(3)
+
+
+@needs_cuda
+def test_cuda_maps_with_tf32_left_on_by_the_caller_are_the_fp32_maps(model, images):
+    """PyTorch's default on CUDA is cuDNN TF32 on: camlens's maps must not see it."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    gpu_model, x = ResNet18(num_classes=10, width=4).cuda().eval(), images.cuda()
+    gpu_model.load_state_dict(model.state_dict())
+    maps = []
+    try:
+        for flag in (False, True):
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = flag
+            with create("gradcam", gpu_model, "layer3") as cam:
+                maps.append(cam(x))
+        assert torch.equal(maps[0], maps[1])
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@needs_cuda
+def test_cuda_watch_with_a_cuda_loader_and_model(tmp_path):
+    """A fast CIFAR loop's data kept on the GPU: the strips are drawn on the CPU."""
+    from camlens.watch import Watch
+
+    model, x, y = watched()
+    model, x, y = model.cuda(), x.cuda(), y.cuda()
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    watch = Watch(model, loader, tmp_path, every=1, classes=3, limit=4)
+    watch.epoch(1)
+    assert watch.finish()["over-epochs.png"].stat().st_size > 0
