@@ -501,9 +501,10 @@ def test_cuda_as_the_default_device_runs_every_method_metric_and_check(model, im
             want[method] = cam(images, targets)
     cams = want["gradcam"]
     cpu_scores = score_maps(model, images, cams, targets, steps=4, metrics=("deletion", "road"))
-    gpu_model = ResNet18(num_classes=10, width=4).eval()
+    sampled = default_sampler(torch.arange(30), 0)(3)
     torch.set_default_device("cuda")
     try:
+        gpu_model = ResNet18(num_classes=10, width=4).eval()  # on the default device
         gpu_model.load_state_dict(model.state_dict())
         x, t = images.cuda(), targets.cuda()
         for method in sorted(METHODS):
@@ -518,13 +519,9 @@ def test_cuda_as_the_default_device_runs_every_method_metric_and_check(model, im
         counterfactual(gpu_model, x, cams.cuda() * 2 - 1, t, torch.tensor([0, 0, 1]))
         sanity_check(gpu_model, x, t, lambda m: create("gradcam", m, "layer4"), ["linear"])
         assert "layer4" in [c.name for c in candidate_layers(gpu_model, 32)]
-        assert torch.equal(default_sampler(torch.arange(30), 0)(3).cpu(), _sampled())
+        assert torch.equal(default_sampler(torch.arange(30), 0)(3).cpu(), sampled)
     finally:
         torch.set_default_device(None)
-
-
-def _sampled() -> torch.Tensor:
-    return default_sampler(torch.arange(30), 0)(3)
 
 
 @needs_cuda
@@ -555,3 +552,27 @@ def test_cuda_watch_with_a_cuda_loader_and_model(tmp_path):
     watch = Watch(model, loader, tmp_path, every=1, classes=3, limit=4)
     watch.epoch(1)
     assert watch.finish()["over-epochs.png"].stat().st_size > 0
+
+
+# -- the GPU session fits one device call ----------------------------------------------------
+
+
+def test_the_gpu_session_fits_one_device_call():
+    """`gpu_session.sh --dry`: at most 2,000 characters of command, under 64 MiB sent, at most
+    8 files back and 540 s of commands. Planted: a seventh step of 60 s (570 s): red."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        ["bash", "benchmarks/gpu_session.sh", "--dry"], cwd=root, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    said = out.stdout
+    command = re.search(r"^command \((\d+) characters, at most 2000\): (.*)$", said, re.M)
+    assert command and int(command[1]) == len(command[2]) <= 2000
+    assert int(re.search(r"^sent: (\d+) bytes", said, re.M)[1]) < 64 * 2**20
+    assert int(re.search(r"^time: (\d+) s of commands", said, re.M)[1]) <= 540
+    files = re.findall(r"^  \$OUT/([A-Za-z0-9._-]+)$", said, re.M)
+    assert 1 <= len(files) <= 8 and int(re.search(r"^files: (\d+)", said, re.M)[1]) == len(files)
+    assert "carry: .gpu/carry" in said
