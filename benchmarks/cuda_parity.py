@@ -7,13 +7,21 @@ metric (max |CUDA - CPU| over the per-image scores), each with its verdict again
 tolerance, and exits 1 if any row fails. Without a CUDA device it says so and exits 0, so a CPU
 rehearsal of benchmarks/gpu_session.sh runs it too.
 
-Tolerance: TF32 is switched off so both devices compute in fp32; what is left is the order of
-floating-point sums in cuDNN's convolutions against oneDNN's (relative ~1e-6 per layer, ~1e-5
-through a ResNet18). Maps are in [0, 1] after min-max normalisation, so 1e-3 absolute is 100x
-that floor while a wrong map (a missed ReLU, a wrong sign, another class) is off by > 0.1.
+TF32 as the CLI runs it: this script leaves PyTorch's flags at their defaults (cuDNN's TF32 on)
+and prints them; camlens turns TF32 off inside every CAM, metric and counterfactual call
+(camlens/cam/precision.py), so both devices compute in fp32. Tolerance: what is left is the
+order of floating-point sums in cuDNN's convolutions against oneDNN's (relative ~1e-6 per
+layer, ~1e-5 through a ResNet18). Maps are in [0, 1] after min-max normalisation, so 1e-3
+absolute is 100x that floor while a wrong map (a missed ReLU, a wrong sign, another class) is
+off by > 0.1.
 Methods with random draws (SmoothGrad-CAM++'s noise, the metrics' ROAD noise) draw on the CPU
 in both runs, so the draws are the same; a metric's score is compared to 2e-3 absolute (a
 deletion curve is a mean of K softmax outputs, each within ~1e-5).
+
+Last, TF32 measured where tests/rounding only emulates it: Grad-CAM at layer3 of the first
+`--tf32-images` images on CUDA, under camlens's policy and with TF32 turned back on inside the
+model's forward (what the maps would be without the policy), each against the CPU's fp32 maps:
+how many maps moved by more than 0.01 and 0.1 (docs/performance.md has the emulated figures).
 """
 
 from __future__ import annotations
@@ -33,12 +41,16 @@ def main() -> int:
     parser.add_argument("--data", default="sample", help="camlens data source (test split)")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--layer", default="layer4")
+    parser.add_argument("--tf32-images", type=int, default=256)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("SKIP cuda_parity: no CUDA device (nothing compared)")
         return 0
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    print(
+        "TF32 flags as the CLI leaves them: cuda.matmul.allow_tf32="
+        f"{torch.backends.cuda.matmul.allow_tf32}, cudnn.allow_tf32="
+        f"{torch.backends.cudnn.allow_tf32} (camlens turns both off inside its calls)"
+    )
 
     from camlens.cam import METHODS, CamConfig, create
     from camlens.classifier import ModelConfig, open_model
@@ -96,8 +108,35 @@ def main() -> int:
         ok = diff <= SCORE_TOLERANCE
         failed += not ok
         print(f"{name:22} {diff:11.2e}  {'ok' if ok else 'FAIL'}")
+    tf32_rows(cpu_model, gpu_model, opened.data, args.tf32_images)
     print(f"\n{failed} row(s) outside tolerance; metrics scored: {', '.join(METRICS)}")
     return 1 if failed else 0
+
+
+def tf32_rows(cpu_model, gpu_model, data, count: int) -> None:
+    """Layer3 Grad-CAM on CUDA, with the policy and with TF32 forced on, against the CPU."""
+    from camlens.cam import create
+    from camlens.evaluate import as_float_images
+
+    images = as_float_images(data.test.images[:count])  # (N, 3, H, W)
+    with create("gradcam", cpu_model, "layer3", batch_size=64) as engine:
+        want = engine(images)
+
+    def tf32_on(module, args):  # runs inside the engine's call, after the policy's switch
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+
+    print(f"\nGrad-CAM layer3, {len(images)} images, CUDA against the CPU's fp32 maps")
+    for label, forced in (("camlens's policy (TF32 off)", False), ("TF32 forced on", True)):
+        hook = gpu_model.register_forward_pre_hook(tf32_on) if forced else None
+        with create("gradcam", gpu_model, "layer3", batch_size=64) as engine:
+            got = engine(images.cuda()).cpu()
+        if hook is not None:
+            hook.remove()
+        diff = (got - want).abs().flatten(1).amax(1)  # (N,)
+        print(
+            f"{label:28} > 0.01: {int((diff > 0.01).sum())}/{len(images)}  "
+            f"> 0.1: {int((diff > 0.1).sum())}/{len(images)}  max {diff.max().item():.2e}"
+        )
 
 
 if __name__ == "__main__":

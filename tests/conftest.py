@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import tarfile
 from contextlib import contextmanager
@@ -14,6 +15,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 CLASSES = ("cat", "dog", "frog", "ship")
+
+# The CUDA tests' switch: without it the suite runs on the CPU (see pytest_configure)
+CUDA_SWITCH = "CAMLENS_TEST_CUDA"
+
+
+def pytest_configure(config) -> None:
+    """Pin the suite to the CPU, subprocesses included (torchrun's workers, the CLI's): on a
+    GPU machine `--device auto` would pick CUDA, and two ranks on one GPU would ask for cuda:0
+    and cuda:1. Before any CUDA call, so torch never sees a GPU. CAMLENS_TEST_CUDA=1 leaves the
+    GPUs visible, for the CUDA tests (`-k cuda`, benchmarks/gpu_session.sh)."""
+    if not os.environ.get(CUDA_SWITCH):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.fixture(autouse=True)

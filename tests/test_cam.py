@@ -969,7 +969,7 @@ def test_memory_stays_flat_across_batches():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_cuda_matches_cpu_and_fp16_autocast(method):
+def test_cuda_matches_cpu_and_bf16_autocast(method):
     model = resnet(width=8)
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(16))
     layer = "layer4" if method == "cam" else "layer3"
@@ -977,9 +977,10 @@ def test_cuda_matches_cpu_and_fp16_autocast(method):
     model.cuda()
     gpu = create(method, model, layer)(images.cuda())
     assert gpu.device.type == "cuda"
-    # cuDNN convolutions run in TF32 by default: agreement to about 1e-3, not 1e-6
-    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-2, rtol=0)
-    half = create(method, model, layer, precision="fp16")(images.cuda())
+    # TF32 is off inside the engine (cam/precision.py), whatever PyTorch's default: what is
+    # left is the order of fp32 sums in cuDNN against oneDNN (benchmarks/cuda_parity.py)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=0)
+    half = create(method, model, layer, precision="bf16")(images.cuda())
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
     assert (pearson(half.cpu(), cpu) > 0.95).all()
 

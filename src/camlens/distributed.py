@@ -37,6 +37,7 @@ __all__ = [
     "launched",
     "process_group",
     "rank",
+    "rank_device",
     "shard",
     "shard_rows",
     "start",
@@ -82,20 +83,19 @@ def is_writer() -> bool:
 def start(device: torch.device, name: str = "auto") -> torch.device:
     """Join torchrun's process group when launched by it; returns the device this rank uses.
 
-    `auto`: NCCL for CUDA, gloo for the CPU. With CUDA each rank takes the GPU of its
-    LOCAL_RANK, since NCCL refuses two ranks on one GPU.
+    `auto`: NCCL for CUDA, gloo for the CPU. See `rank_device` for the GPU each rank takes.
     """
     if name not in BACKENDS:
         raise DistributedError(f"unknown --backend {name!r}: choose from {', '.join(BACKENDS)}")
     if not launched() or running():
         return device
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
     if name == "auto":
         name = "nccl" if device.type == "cuda" else "gloo"
     if name == "nccl" and device.type != "cuda":
         raise DistributedError("--backend nccl needs CUDA GPUs: use --backend gloo on the CPU")
+    device = rank_device(device, name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     available = {"nccl": dist.is_nccl_available, "gloo": dist.is_gloo_available}[name]
     if not available():
         raise DistributedError(f"this torch build has no {name} backend: try another --backend")
@@ -113,6 +113,24 @@ def start(device: torch.device, name: str = "auto") -> torch.device:
     else:
         dist.init_process_group(name, timeout=timeout)
     return device
+
+
+def rank_device(device: torch.device, name: str) -> torch.device:
+    """The device of this torchrun rank: with CUDA, the GPU of its LOCAL_RANK (NCCL refuses two
+    ranks on one GPU, and `cuda:0` would put them all there); one line when this machine has
+    fewer GPUs than ranks. An explicit `cuda:N` stays only with gloo, which lets ranks share
+    a GPU (two ranks on one GPU exercise DDP and SyncBatchNorm: benchmarks/gpu_session.sh)."""
+    if device.type != "cuda" or (name == "gloo" and device.index is not None):
+        return device
+    local, ranks = int(os.environ.get("LOCAL_RANK", "0")), os.environ.get("LOCAL_WORLD_SIZE")
+    count = torch.cuda.device_count()
+    if local >= count:
+        many = f"{ranks} processes" if ranks else f"process {local}"
+        raise DistributedError(
+            f"{many} on this machine but {count} CUDA GPU(s): one GPU per process, so pass "
+            f"--nproc-per-node {count} or less (or --backend gloo --device cuda:0 to share one)"
+        )
+    return torch.device("cuda", local)
 
 
 def stop() -> None:

@@ -109,7 +109,7 @@ def explain_over_epochs(
     mistakes = find_mistakes(logits, data.test.labels)
     if len(mistakes) == 0:
         raise ExplainError("the final model makes no mistakes on this test split")
-    chosen = mistakes.select(torch.arange(min(limit, len(mistakes))))
+    chosen = mistakes.select(torch.arange(min(limit, len(mistakes)), device="cpu"))
     images = data.test.images[chosen.indices]
     checkpoints = [p for _, p in kept] + ([] if kept[-1][0] == meta["epoch"] else [final])
     epochs = [e for e, _ in kept] + ([] if kept[-1][0] == meta["epoch"] else [meta["epoch"]])
@@ -209,7 +209,7 @@ def strips_figure(s: EpochStrips, classes: Sequence[str], method: str, layer: st
             ("true", s.labels[i], s.label_cams, s.label_probs),
         )
         ax = fig.add_subplot(grid[2 * i : 2 * i + 2, 0])
-        ax.imshow(s.images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.imshow(s.images[i].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(
             f"#{int(s.indices[i])}\ntrue {classes[int(s.labels[i])]}\n"
@@ -220,7 +220,7 @@ def strips_figure(s: EpochStrips, classes: Sequence[str], method: str, layer: st
             tiles = overlay(s.images[i : i + 1].expand(e, -1, -1, -1), cams[:, i], size=64)
             for j in range(e):
                 ax = fig.add_subplot(grid[2 * i + r, j + 1])
-                ax.imshow(tiles[j].numpy())
+                ax.imshow(tiles[j].cpu().numpy())
                 ax.set_xticks([])
                 ax.set_yticks([])
                 colour = "#d62728" if kind == "pred" else "#2ea043"

@@ -33,6 +33,7 @@ __all__ = [
     "read_mistakes",
     "autocast",
     "fast_bf16",
+    "native_bf16",
     "resolve_precision",
 ]
 
@@ -40,12 +41,13 @@ __all__ = [
 def fast_bf16(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether bf16 autocast is the faster choice on `device`.
 
-    On a GPU: where it supports bf16. On the CPU: only with AMX (the `amx_bf16` flag), where
-    the bare ResNet18 step ran at 192 img/s in bf16 against 102 in fp32; on a Xeon with
-    AVX512-BF16 but no AMX it ran at 50 against 69 (`benchmarks/train_speed.py --formats`).
+    On a GPU: where it computes bf16 natively (`native_bf16`). On the CPU: only with AMX (the
+    `amx_bf16` flag), where the bare ResNet18 step ran at 192 img/s in bf16 against 102 in
+    fp32; on a Xeon with AVX512-BF16 but no AMX it ran at 50 against 69
+    (`benchmarks/train_speed.py --formats`).
     """
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return native_bf16(device)
     if device.type != "cpu":
         return False
     try:
@@ -53,6 +55,16 @@ def fast_bf16(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> bool:
             return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
     except OSError:  # not Linux: no way to tell here, and fp32 is never wrong
         return False
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA `device` computes bf16 in hardware (compute capability 8.0, Ampere, or
+    later). `torch.cuda.is_bf16_supported()` alone counts emulation, so a T4 or V100 would
+    train "auto" in an emulated bf16 slower than fp32."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without including_emulation: the compute capability says it
+        return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -37,7 +37,7 @@ def colormap_table(name: str) -> Tensor:
     if name not in colormaps:
         raise ValueError(f"unknown colormap {name!r}; camlens uses {', '.join(COLORMAPS)}")
     rgba = colormaps[name].resampled(LEVELS)(range(LEVELS))  # (256, 4) numpy float64
-    return torch.tensor(rgba[:, :3], dtype=torch.float32)
+    return torch.tensor(rgba[:, :3], dtype=torch.float32, device="cpu")  # cached: never meta, cuda
 
 
 def _size(size: int | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:

@@ -53,7 +53,7 @@ def plot_confusion(
     k = len(classes)
     fig = Figure(figsize=(1.0 + 0.62 * k, 0.8 + 0.55 * k))
     ax = fig.subplots()
-    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.imshow(rates.cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
             colour = "white" if rates[i, j] > 0.5 else "black"

@@ -14,11 +14,74 @@ there, and the tests must still pass:
 (It imports torch at every start-up, so the tests of a lazy `import camlens` fail under it: it
 is for the layout tests. The whole suite under it, 2026-12-07: those 2 and one layout test the
 audit had missed, test_explain_filters_by_label_and_pred, now toleranced.)
+
+With CAMLENS_TEST_ROUNDING=tf32 it emulates a CUDA GPU's TF32 instead: each convolution's
+input and weight are rounded to TF32's 10-bit mantissa (to nearest, ties away from zero, as
+`cvt.rna.tf32.f32`), and so is the gradient that flows back into it, whenever
+`torch.backends.cudnn.allow_tf32` is on (PyTorch's default, on a GPU as here); linear layers
+likewise under `torch.backends.cuda.matmul.allow_tf32` (off by default). The sums stay fp32,
+as on the tensor cores. CAMLENS_TEST_ROUNDING=tf32-always rounds whatever the flags say: what
+a CUDA run would give if camlens did not turn TF32 off (cam/precision.py). Measured with
+`python benchmarks/tf32_effect.py` (docs/performance.md), tested in tests/test_precision.py.
 """
 
 import os
 
-if os.environ.get("CAMLENS_TEST_ROUNDING"):
+MODE = os.environ.get("CAMLENS_TEST_ROUNDING", "")
+
+if MODE.startswith("tf32"):
+    import torch
+    import torch.nn.functional as F
+
+    _conv2d, _linear = F.conv2d, F.linear
+
+    def tf32(x: torch.Tensor) -> torch.Tensor:
+        """fp32 -> the nearest TF32 value (10 mantissa bits; ties away from zero), as fp32."""
+        if x.dtype != torch.float32:
+            return x
+        bits = x.detach().contiguous().view(torch.int32)
+        return ((bits + 0x1000) & -0x2000).view(torch.float32).view(x.shape)
+
+    class Operand(torch.autograd.Function):
+        """An operand of the tensor cores: rounded going in, its gradient passed as it is."""
+
+        @staticmethod
+        def forward(ctx, x):
+            return tf32(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad
+
+    class Result(torch.autograd.Function):
+        """A product's output: unchanged, but the gradient into it is an operand of the
+        backward products (grad_input, grad_weight), so it is rounded."""
+
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return tf32(grad)
+
+    def _on(flag: bool) -> bool:
+        return MODE == "tf32-always" or flag
+
+    def conv2d(input, weight, *args, **kwargs):
+        if not _on(torch.backends.cudnn.allow_tf32):
+            return _conv2d(input, weight, *args, **kwargs)
+        out = _conv2d(Operand.apply(input), Operand.apply(weight), *args, **kwargs)
+        return Result.apply(out)
+
+    def linear(input, weight, *args, **kwargs):
+        if not _on(torch.backends.cuda.matmul.allow_tf32):
+            return _linear(input, weight, *args, **kwargs)
+        return Result.apply(_linear(Operand.apply(input), Operand.apply(weight), *args, **kwargs))
+
+    F.conv2d, F.linear = conv2d, linear
+
+elif MODE:
     import torch
     import torch.nn.functional as F
 

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from camlens.cam.config import KNOBS, PRECISIONS, SHARED_KNOBS, CamConfig
 from camlens.cam.layers import capture, eval_mode, find_layer, resolve_layers, upsample
 from camlens.cam.normalize import NORMALIZE, normalize_cams
+from camlens.cam.precision import check_precision, full_fp32
 from camlens.cam.results import CamResult, PairResult, RawMaps, assemble_results
 from camlens.cam.targets import (
     Resolved,
@@ -115,6 +116,7 @@ class Engine:
         self.layers = resolve_layers(model, layer)
         self.config = replace(config or CamConfig(), **overrides)
         check_knobs(type(self), self.config)
+        check_precision(self.config.precision)  # fp16: refused in one line (cam/precision.py)
         self.closed = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -145,6 +147,7 @@ class Engine:
         """Maps of one target set, with logits, raw maps and layer details."""
         return self.explain_many(images, [targets], normalize)[0]
 
+    @full_fp32()  # TF32 off for the maps, the caller's flags restored (cam/precision.py)
     def explain_many(
         self, images: Tensor, target_sets: Sequence[TargetSpec], normalize: str | None = None
     ) -> list[CamResult]:

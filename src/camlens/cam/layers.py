@@ -192,7 +192,8 @@ def candidate_layers(model: nn.Module, image_size: int) -> list[Candidate]:
     """Every layer whose output is a spatial map (N, C, h, w), h*w > 1, or tokens (N, T, C),
     in the order their outputs are finished; one forward and one backward of a dummy batch."""
     device = next(model.parameters()).device
-    images = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)  # drawn on the CPU, then moved: the same on any device
+    images = torch.rand(2, 3, image_size, image_size, generator=g, device="cpu")
     found: dict[str, tuple[Tensor, tuple[int, int, int] | None]] = {}
     misfits: dict[str, str] = {}
 

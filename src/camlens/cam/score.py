@@ -125,7 +125,8 @@ class SSCAM(ScoreCAM):
 
     def _masked(self, images: Tensor, masks: Tensor, low: tuple[int, int]) -> Tensor:
         gen = torch.Generator().manual_seed(self.config.score_seed)
-        noise = torch.randn((self._samples(), *low), generator=gen) * self.config.score_std
+        noise = torch.randn((self._samples(), *low), generator=gen, device="cpu")
+        noise = noise * self.config.score_std
         # (S, h, w) -> (S, H, W): the noise of the feature map, upsampled as the map is
         noise = upsample(noise, tuple(masks.shape[1:])).to(masks.device, masks.dtype)
         # (S, 1, H, W) + (1, B, H, W) -> (S, B, 1, H, W), times (B, 3, H, W) images

@@ -53,7 +53,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     def _noise(self, images: Tensor) -> Tensor:
         """(S, C, H, W) noise, the same on every call, chunk and device."""
         gen = torch.Generator().manual_seed(self.config.smooth_seed)
-        noise = torch.randn((self.config.smooth_samples, *images.shape[1:]), generator=gen)
+        noise = torch.randn(
+            (self.config.smooth_samples, *images.shape[1:]), generator=gen, device="cpu"
+        )
         return (noise * self.config.smooth_std).to(images.device, images.dtype)
 
     def _inputs(self, images: Tensor) -> Tensor:

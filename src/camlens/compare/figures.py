@@ -91,7 +91,7 @@ def sanity_figure(sanity: dict[str, dict], maps: dict[str, Tensor]) -> Figure:
     for i, method in enumerate(methods):
         for j in range(steps):
             ax = fig.add_subplot(grid[i, j])
-            ax.imshow(maps[method][j].numpy(), cmap="jet", vmin=0, vmax=1)
+            ax.imshow(maps[method][j].cpu().numpy(), cmap="jet", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:

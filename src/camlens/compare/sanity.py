@@ -43,7 +43,7 @@ def run_sanity(job: CompareJob, plan: Budget, bar) -> tuple[dict, dict]:
             images,
             targets,
             lambda m, method=method: job.engine(method, m, layer),
-            generator=torch.Generator(job.device).manual_seed(seed),
+            generator=torch.Generator().manual_seed(seed),  # the CPU's draw on any device
             keep=1,
             # another draw of the noise for the stochastic methods; the rest read no seed
             make_twin=lambda m, method=method: job.engine(method, m, layer, seed + 1),

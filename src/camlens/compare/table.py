@@ -58,7 +58,8 @@ def select_subsets(logits: Tensor, labels: Tensor, limit: int, seed: int = 0) ->
     mistakes = wrong[conf[wrong].argsort(descending=True, stable=True)][:limit]
     right = (preds == labels).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
-    correct = right[torch.randperm(right.numel(), generator=g)][: mistakes.numel()]
+    order = torch.randperm(right.numel(), generator=g, device="cpu").to(right.device)
+    correct = right[order][: mistakes.numel()]
     return {"mistakes": mistakes, "correct": correct}
 
 

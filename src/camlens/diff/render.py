@@ -88,7 +88,7 @@ def agreement_figure(d: ModelDiff) -> Figure:
                 if v is not None and v.numel():
                     name = "predicted class" if t == "pred" else "true class"
                     ax.hist(
-                        v.numpy(),
+                        v.cpu().numpy(),
                         bins=20,
                         range=(-1 if metric == "spearman" else 0, 1),
                         alpha=0.55,
@@ -187,9 +187,9 @@ def _gallery_section(d: ModelDiff) -> str:
             parts.append(f"<h3>{_esc(titles[g])}: none</h3>")
             continue
         idx = d.groups[g][:n]
-        origs = enlarge(images, TILE).numpy()
-        over_a = overlay(images, d.cams[g][0], size=TILE).numpy()
-        over_b = overlay(images, d.cams[g][1], size=TILE).numpy()
+        origs = enlarge(images, TILE).cpu().numpy()
+        over_a = overlay(images, d.cams[g][0], size=TILE).cpu().numpy()
+        over_b = overlay(images, d.cams[g][1], size=TILE).cpu().numpy()
         preds = [ev.logits.argmax(1).cpu()[idx] for ev in d.evaluations]
         labels = d.labels[idx]
         items = []

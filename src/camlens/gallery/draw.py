@@ -109,11 +109,11 @@ def draw_panels(
     pred, label, contrast = [], [], []
     for li in range(len(expl.layers)) if layers is None else layers:
         p, t, c = expl.layer_maps(li)  # (M, H, W) each
-        pred.append(overlay(x, p, alpha, cmap, size).numpy())
-        label.append(overlay(x, t, alpha, cmap, size).numpy())
+        pred.append(overlay(x, p, alpha, cmap, size).cpu().numpy())
+        label.append(overlay(x, t, alpha, cmap, size).cpu().numpy())
         if c is not None and contrast_maps:
-            contrast.append(overlay(x, c, alpha, None, size, signed=True).numpy())
-    return Panels(plain.numpy(), pred, label, contrast or None)
+            contrast.append(overlay(x, c, alpha, None, size, signed=True).cpu().numpy())
+    return Panels(plain.cpu().numpy(), pred, label, contrast or None)
 
 
 @dataclass(frozen=True)

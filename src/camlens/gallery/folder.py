@@ -41,7 +41,7 @@ def job_digest(method: str, expl: Explanations, m: Mistakes, classes, config) ->
         shown.append(f"counterfactual of the {expl.counterfactual.region} region")
     h = hashlib.sha256(json.dumps(shown).encode())
     for t in (m.indices, m.labels, m.preds, m.probs, m.margins, m.images):
-        h.update(t.contiguous().numpy().tobytes())
+        h.update(t.contiguous().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -45,7 +45,9 @@ def baseline_maps(
     """(N, H, W) baseline maps in [0, 1]; `shape` may be the images' (N, C, H, W).
 
     `grid`: the explained layer's (h, w) for "random" (default `default_grid(H, W)`).
+    `device` None: the CPU (not torch's default device, which a notebook may have set).
     """
+    device = torch.device("cpu") if device is None else device
     if kind not in BASELINE_KINDS:
         raise ValueError(f"unknown baseline {kind!r}: choose one of {', '.join(BASELINE_KINDS)}")
     if len(shape) not in (3, 4):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from camlens.cam import eval_mode
+from camlens.cam.precision import full_fp32
 from camlens.metrics.baselines import baseline_maps
 from camlens.metrics.config import MetricConfig
 from camlens.metrics.core import make_generator, normal_noise, pixel_ranks
@@ -137,6 +138,7 @@ class Counterfactual:
         return lines
 
 
+@full_fp32()  # TF32 off, restored after (camlens.cam.precision)
 def counterfactual(
     model: nn.Module,
     images: Tensor,
@@ -189,7 +191,7 @@ def counterfactual(
             )
             for s in seeds.tolist()
         ]
-        random = torch.cat([r for r, _ in drawn]) if n else torch.zeros(0, h, w)
+        random = torch.cat([r for r, _ in drawn]) if n else cams.new_zeros(0, h, w)
         noise = torch.cat([z for _, z in drawn]) if n and mc.road_noise > 0 else None
     ranks = torch.stack([pixel_ranks(cams.float()), pixel_ranks(random)], 1)  # (N, 2, H*W)
     m = 2 * nf  # items per image: (map, random) x fractions

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from camlens.cam import eval_mode, normalize_cams
 from camlens.cam.layers import upsample
+from camlens.cam.precision import full_fp32
 from camlens.metrics.baselines import baseline_maps
 from camlens.metrics.core import make_generator
 from camlens.plan import GridConfig
@@ -97,8 +98,8 @@ def tile_masks(size: tuple[int, int], n: int) -> Tensor:
     """
 
     def overlap(length: int) -> Tensor:  # (n, length): tile k's share of each pixel's extent
-        edges = torch.arange(n + 1, dtype=torch.float64) * length / n
-        lo = torch.arange(length, dtype=torch.float64)[None]
+        edges = torch.arange(n + 1, dtype=torch.float64, device="cpu") * length / n
+        lo = torch.arange(length, dtype=torch.float64, device="cpu")[None]
         inside = torch.minimum(lo + 1, edges[1:, None]) - torch.maximum(lo, edges[:-1, None])
         return inside.clamp_min(0)
 
@@ -200,6 +201,7 @@ def grid_baseline_maps(
     return native.reshape(g_count, t, *size).cpu(), inputs.reshape(g_count, t, *big).cpu()
 
 
+@full_fp32()  # TF32 off, restored after (camlens.cam.precision)
 def make_grids(
     model: nn.Module,
     images: Tensor,
@@ -225,7 +227,7 @@ def make_grids(
     g = torch.Generator().manual_seed(config.seed)
     pools = {
         c: sure[labels[sure] == c][
-            torch.randperm(int((labels[sure] == c).sum()), generator=g)
+            torch.randperm(int((labels[sure] == c).sum()), generator=g, device="cpu")
         ].tolist()
         for c in labels[sure].unique().tolist()
     }
@@ -241,16 +243,18 @@ def make_grids(
         if len(ready) < t:
             break
         # the classes with the most images left first: the most grids from the images there are
-        ready = [ready[i] for i in torch.randperm(len(ready), generator=g).tolist()]
+        ready = [ready[i] for i in torch.randperm(len(ready), generator=g, device="cpu").tolist()]
         ready = sorted(ready, key=lambda c: -len(pools[c]))[:t]
-        chosen.append([pools[ready[i]].pop() for i in torch.randperm(t, generator=g).tolist()])
+        chosen.append(
+            [pools[ready[i]].pop() for i in torch.randperm(t, generator=g, device="cpu").tolist()]
+        )
     if len(chosen) < config.min_grids:
         raise GridError(
             f"{GRID_TOO_FEW}: {len(chosen)} grids of {t} distinct classes from {sure.numel()} "
             f"confident ({said}), correct images; at least {config.min_grids} needed"
         )
     device = next(model.parameters()).device
-    indices = torch.tensor(chosen)  # (G, n^2)
+    indices = torch.tensor(chosen, dtype=torch.long, device="cpu")  # (G, n^2)
     tiles = images[indices.flatten()].to(device)
     tiles = tiles.float() if tiles.is_floating_point() else tiles.float() / 255
     c, h, w = tiles.shape[1:]

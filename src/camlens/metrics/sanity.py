@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camlens.cam import eval_mode, find_layer
+from camlens.cam.precision import full_fp32
 from camlens.metrics.core import make_generator, pearson
 
 __all__ = [
@@ -102,18 +103,27 @@ def cascade_order(model: nn.Module) -> list[str]:
 
 
 def reinitialise(module: nn.Module, generator: torch.Generator) -> None:
-    """Default init for every parameter of `module`, reproducible from `generator`."""
+    """Default init for every parameter of `module`, reproducible from `generator`.
+
+    The fresh values are drawn on a CPU copy and copied back: the same randomised model, hence
+    the same sanity figures, whatever device the module is on (a GPU's stream differs)."""
     seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-    cuda = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+    fresh = copy.deepcopy(module).cpu()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
-        for m in module.modules():
+        for m in fresh.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
             else:
                 for p in m.parameters(recurse=False):
                     std = float(p.std()) if p.numel() > 1 else 1.0
-                    p.normal_(0.0, std if std > 0 else 1.0)
+                    p.normal_(0.0, std if std > 0 else 1.0, generator=torch.default_generator)
+        for mine, new in zip(
+            [*module.parameters(), *module.buffers()],
+            [*fresh.parameters(), *fresh.buffers()],
+            strict=True,
+        ):
+            mine.copy_(new)
 
 
 def _scaled(maps: Tensor) -> Tensor:
@@ -205,6 +215,7 @@ def _maps(make_engine: Callable[[nn.Module], Explainer], model: nn.Module, image
             close()
 
 
+@full_fp32()  # TF32 off, restored after (camlens.cam.precision)
 def sanity_check(
     model: nn.Module,
     images: Tensor,

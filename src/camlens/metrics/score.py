@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from camlens.cam.precision import full_fp32
 from camlens.metrics.arcc import Explainer, arcc, coherency, complexity
 from camlens.metrics.config import MetricConfig
 from camlens.metrics.core import check_inputs, make_generator, target_probs, trapezoid_auc
@@ -48,6 +49,7 @@ class Scores:
     probs: Tensor | None = None  # (N,) target probability on the unperturbed images
 
 
+@full_fp32()  # TF32 off, restored after (camlens.cam.precision)
 def score_maps(
     model: nn.Module,
     images: Tensor,

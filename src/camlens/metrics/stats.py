@@ -52,7 +52,8 @@ def bootstrap_ci(
         means.append(values[draws.cpu()].mean(1))  # (B, n) -> (B,)
     means = torch.cat(means)
     tail = (1 - level) / 2
-    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    q = torch.tensor([tail, 1 - tail], dtype=torch.float64, device=means.device)
+    low, high = torch.quantile(means, q)
     return (float(values.mean()), float(low), float(high))
 
 
@@ -124,7 +125,7 @@ def paired_bootstrap(
         beyond[near] += (more.abs() >= t[near].abs()).sum(0)
         valid[near] += (~torch.isnan(more)).sum(0)
     tail = (1 - level) / 2
-    q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+    q = torch.tensor([tail, 1 - tail], dtype=torch.float64, device=t_boot.device)
     t_low, t_high = torch.nanquantile(t_boot, q, dim=0)  # (2, R) -> (R,) each
     low, high = diff - t_high * se, diff - t_low * se
     # too few distinct values to studentise (a 0/1 metric on 3 images): the percentile interval
@@ -157,8 +158,8 @@ def _resampled(
     t (NaN where a resample has too few distinct values to studentise)."""
     n = d.shape[1]
     draws = torch.randint(n, (b, n), generator=g, device=g.device).cpu()
-    weight = torch.zeros(b, n, dtype=torch.float64).scatter_add_(
-        1, draws, torch.ones(b, n, dtype=torch.float64)
+    weight = torch.zeros(b, n, dtype=torch.float64, device=d.device).scatter_add_(
+        1, draws.to(d.device), torch.ones(b, n, dtype=torch.float64, device=d.device)
     )  # (B, N): how often each image is drawn
     count = weight @ known.double().T  # (B, N) x (N, R) -> (B, R)
     means = (weight @ d.T) / count.clamp_min(1)  # (B, R) resampled mean differences

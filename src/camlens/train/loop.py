@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,7 +47,8 @@ def default_sampler(pool: torch.Tensor, seed: int) -> Callable[[int], torch.Tens
     """A fresh permutation of `pool` each epoch, fixed by (seed, epoch)."""
 
     def sample(epoch: int) -> torch.Tensor:
-        return pool[torch.randperm(len(pool), generator=_seeded(seed, epoch))]
+        # drawn on the CPU whatever the default device: the same order on any machine
+        return pool[torch.randperm(len(pool), generator=_seeded(seed, epoch), device="cpu")]
 
     return sample
 
@@ -92,6 +94,9 @@ def train(
     # the budget's rules decided (a resumed run keeps its own); the checkpoint records them
     config = config.decided(config.epochs * steps, saved_config(resume_path) if resuming else None)
     world = world_size()
+    if config.sync_bn and world == 1:  # nothing to share: the recipe must not claim it
+        log("--sync-bn does nothing in one process (it shares batch statistics between processes)")
+        config = replace(config, sync_bn=False)
     if batch_size % world:
         raise RunError(
             f"a batch of {batch_size} images does not split across {world} processes: "
@@ -106,9 +111,11 @@ def train(
 
     mean, std = channel_stats(data.train.images[pool])
     torch.manual_seed(config.seed)
-    model = ResNet18(
-        len(data.classes), config.norm, config.width, mean, std, config.zero_init_residual
-    ).to(device)
+    with torch.device("cpu"):  # initial weights from the CPU's stream, whatever the default
+        model = ResNet18(
+            len(data.classes), config.norm, config.width, mean, std, config.zero_init_residual
+        )
+    model = model.to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     if config.sync_bn and world > 1:  # batch statistics over the global batch, as one process
@@ -248,7 +255,7 @@ def train(
 def _every_rank_sees(path: Path) -> bool:
     """Whether `path` exists; under torchrun every rank reads the resume state itself, so the
     run folder must be one every machine sees."""
-    seen = all_sum(torch.tensor([float(path.exists())]))
+    seen = all_sum(torch.tensor([float(path.exists())], device="cpu"))
     if 0 < seen.item() < world_size():
         raise RunError(
             f"only some processes see {path}: put --out on a filesystem every machine shares"

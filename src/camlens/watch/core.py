@@ -170,29 +170,31 @@ class Watch:
             self.finish()
 
     def _predict(self, model: nn.Module) -> tuple[Tensor, Tensor]:
-        """logits (N, K) and labels (N,) of the whole test data, streamed batch by batch."""
+        """logits (N, K) and labels (N,) of the whole test data, streamed batch by batch, on the
+        CPU whatever device the loader keeps its batches on (a fast CIFAR loop's GPU)."""
         logits, labels = [], []
         for images, y in self.data:
-            logits.append(predict(model, images, self.config.batch_size))
-            labels.append(y)
+            logits.append(predict(model, images, self.config.batch_size).cpu())
+            labels.append(y.cpu())
         return torch.cat(logits), torch.cat(labels)
 
     def _images(self, indices: Tensor) -> Tensor:
-        """uint8 (M, 3, H, W) of the test images at `indices`, in that order: one more pass."""
+        """uint8 (M, 3, H, W) of the test images at `indices`, in that order: one more pass.
+        On the CPU, as every Mistakes' images: the strips draw them next to CPU maps."""
         wanted = {int(i): row for row, i in enumerate(indices.tolist())}
         found: list[Tensor | None] = [None] * len(wanted)
         start = 0
         for images, _ in self.data:
             for i in range(images.shape[0]):
                 if start + i in wanted:
-                    found[wanted[start + i]] = images[i].mul(255).round().to(torch.uint8)
+                    found[wanted[start + i]] = images[i].cpu().mul(255).round().to(torch.uint8)
             start += images.shape[0]
         return torch.stack(found)  # type: ignore[arg-type]
 
     def _mistakes(self, model: nn.Module, limit: int) -> Mistakes:
         logits, labels = self._predict(model)
         mistakes = find_mistakes(logits, labels)
-        chosen = mistakes.select(torch.arange(min(limit, len(mistakes))))
+        chosen = mistakes.select(torch.arange(min(limit, len(mistakes)), device="cpu"))
         return replace(chosen, images=self._images(chosen.indices) if len(chosen) else None)
 
     def _strips(self) -> EpochStrips:
