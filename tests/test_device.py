@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 from camlens.cam import METHODS, candidate_layers, create
 from camlens.compare.grid import grid_test
 from camlens.compare.table import select_subsets
+from camlens.data import Split
 from camlens.metrics import baseline_engine, baseline_maps, sanity_check, score_maps
 from camlens.metrics.counterfactual import counterfactual
 from camlens.metrics.grid import GridConfig, grid_baseline_maps, grid_maps, make_grids
@@ -184,7 +185,8 @@ def test_the_grid_test_follows_its_inputs_device():
     def run():
         grids = make_grids(model, images, labels, logits, config)
         random = grid_baseline_maps("random", grids, (8, 8), torch.Generator().manual_seed(0))
-        result = grid_test(model, images, labels, logits, [("gradcam", "relu")], maps_of, config)
+        split = Split(images, labels)
+        result = grid_test(model, split, logits, [("gradcam", "relu")], maps_of, config)
         return grids.images, random, [r["mean"] for r in result["rows"]]
 
     got = on_meta_and_cpu(run)
@@ -313,7 +315,6 @@ NUMPY_KNOWN = {
     "data/adapt.py": "pixels moved to the CPU on the line above; data/ is another session's",
 }
 GENERATOR_KNOWN = {
-    "compare/run.py": "the baselines' generators: torch.Generator(device), to become CPU ones",
     # data/transforms.py's augment draws on the images' device with the generator it is given
     "train/loop.py": "the augmentation's generator, on the training device (docs/many-gpus.md)",
 }
