@@ -27,21 +27,17 @@ the model's input as it was evaluated: short side resized, centre crop (`Preproc
     normalize.py   the Normalize a user's dataset applies, read from its transform
 """
 
-from camlens.data.adapt import (
-    UserData,
-    as_dataset,
-    dataset_normalization,
-    from_user_data,
-    read_normalization,
-)
+from camlens.data.adapt import as_dataset, from_user_data
 from camlens.data.dataset import Dataset, Split
 from camlens.data.decode import Preprocess
 from camlens.data.load import load_dataset
 from camlens.data.names import class_names
+from camlens.data.normalize import dataset_normalization, read_normalization
 from camlens.data.sample import SAMPLE_PATH, save_sample
 from camlens.data.sources import DataError
 from camlens.data.store import ImageStore
 from camlens.data.transforms import augment, balanced_subset, channel_stats
+from camlens.data.user import UserData
 from camlens.download import default_home
 
 __all__ = [

@@ -84,8 +84,9 @@ class ImageStore:
     device = torch.device("cpu")
     ndim = 4
 
-    def __init__(self, n: int, size: int) -> None:
-        self.shape = torch.Size((n, 3, size, size))
+    def __init__(self, n: int, size: int | tuple[int, int]) -> None:
+        h, w = (size, size) if isinstance(size, int) else size
+        self.shape = torch.Size((n, 3, h, w))
 
     def read(self, rows: np.ndarray) -> Tensor:
         """(B, 3, S, S) uint8 of rows `rows` (B,) int64."""
@@ -161,7 +162,7 @@ class _Batches(torch.utils.data.Dataset):
 
 class _Subset(ImageStore):
     def __init__(self, store: ImageStore, rows: np.ndarray) -> None:
-        super().__init__(len(rows), store.shape[-1])
+        super().__init__(len(rows), tuple(store.shape[-2:]))
         self.store, self.rows = store, rows
 
     def read(self, rows: np.ndarray) -> Tensor:
@@ -214,14 +215,21 @@ class FileImages(ImageStore):
 
 
 class MappedImages(ImageStore):
-    """Raw (N, 3, S, S) uint8 rows at `offset` in `path`, memory-mapped per read.
+    """Raw (N, 3, H, W) uint8 rows at `offset` in `path`, memory-mapped per read.
 
     The map lives for one read, so the pages a pass touches are not kept resident: a pass
     over 50,000 cached 224-px images (7.5 GB) leaves the process at the size of a batch.
     `owned`: the file is deleted with the last store that reads it (the user's spilled data).
     """
 
-    def __init__(self, path: str | Path, n: int, size: int, offset: int = 0, owned: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        n: int,
+        size: int | tuple[int, int],
+        offset: int = 0,
+        owned: bool = False,
+    ) -> None:
         super().__init__(n, size)
         self.path, self.offset = str(path), offset
         if owned:
