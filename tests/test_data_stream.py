@@ -281,3 +281,53 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
     small = _peak_growth_kib(tmp_path / "n", 40)  # N = 160 images
     large = _peak_growth_kib(tmp_path / "4n", 160)  # 4N = 640 images
     assert (large - small) / 1024 < GROWTH_BOUND_MB, f"peak growth {small} KiB at N, {large} at 4N"
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+NET = """
+from torch import nn
+
+def make(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+"""
+
+
+def test_evaluate_a_val_folder_of_photos_with_names_and_the_eval_crop(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from camlens.cli import main
+
+    rng = np.random.default_rng(0)
+    wnids = ("n01", "n02", "n03")
+    for k, wnid in enumerate(wnids):
+        (tmp_path / "imgs" / "val" / wnid).mkdir(parents=True)
+        for i, (w, h) in enumerate([(80, 60), (60, 90)]):  # photos of every shape
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / "imgs" / "val" / wnid / f"{k}{i}.JPEG")
+    (tmp_path / "names.json").write_text(
+        json.dumps({"n01": "tench", "n02": "goldfish", "n03": "shark"})
+    )
+    (tmp_path / "net.py").write_text(NET)
+    namespace: dict = {}
+    exec(compile(NET, "net.py", "exec"), namespace)
+    save_file(namespace["make"](3).state_dict(), tmp_path / "w.safetensors")
+    argv = [
+        "evaluate",
+        "--model",
+        f"{tmp_path}/net.py:make",
+        "--weights",
+        tmp_path / "w.safetensors",
+    ]
+    argv += ["--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--data", tmp_path / "imgs"]
+    argv += ["--classes", tmp_path / "names.json", "--resize", "40", "--crop", "32"]
+    argv += ["--out", tmp_path / "eval", "--no-progress"]
+    assert main([str(a) for a in argv]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["images"] == 6 and set(metrics["per_class_acc"]) == {
+        "tench",
+        "goldfish",
+        "shark",
+    }
+    assert "evaluating on val/" in capsys.readouterr().err

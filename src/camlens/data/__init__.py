@@ -29,7 +29,7 @@ the model's input as it was evaluated: short side resized, centre crop (`Preproc
 
 from camlens.data.adapt import as_dataset, from_user_data
 from camlens.data.dataset import Dataset, Split
-from camlens.data.decode import Preprocess
+from camlens.data.decode import DataConfig, Preprocess
 from camlens.data.load import load_dataset
 from camlens.data.names import class_names
 from camlens.data.normalize import dataset_normalization, read_normalization
@@ -41,6 +41,7 @@ from camlens.data.user import UserData
 from camlens.download import default_home
 
 __all__ = [
+    "DataConfig",
     "DataError",
     "Dataset",
     "ImageStore",

@@ -192,5 +192,5 @@ def as_dataset(data: Any, **kwargs: Any) -> Dataset:
         os.unlink(path)
         raise DataError(f"{adapted.description} yields no images")
     test = Split(MappedImages(path, n, shape[1:], owned=True), torch.cat(labels))
-    train = Split(torch.empty(0, *shape, dtype=torch.uint8), test.labels[:0])
+    train = Split(torch.empty(0, *shape, dtype=torch.uint8, device="cpu"), test.labels[:0])
     return Dataset(train, test, adapted.classes, adapted.description, digest.hexdigest())

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from camlens.data.sources import DataError
 
-__all__ = ["INTERPOLATIONS", "Preprocess", "decode_image", "open_rgb"]
+__all__ = ["INTERPOLATIONS", "DataConfig", "Preprocess", "decode_image", "open_rgb"]
 
 INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,  # timm's default
@@ -82,6 +82,24 @@ class Preprocess:
             left = int(round((w - self.crop) / 2.0))
             img = img.crop((left, top, left + self.crop, top + self.crop))
         return img
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How `--data` is read for a model, beyond its size: the names and the eval transform."""
+
+    classes: str | None = None  # a .txt/.json of class names (names.py); None: the folders'
+    resize: int | None = None  # the short side before the crop; None: the model's, else the crop
+    interpolation: str | None = None  # the resize's; None: the model's (timm), else bicubic
+
+    def preprocess(self, crop: int, stated: dict | None = None) -> Preprocess:
+        """The transform at `crop` px: these settings, else what the model `stated` (timm's
+        pretrained_cfg as {"crop_pct": 0.875, "interpolation": "bicubic"}), else crop_pct 1."""
+        stated = stated or {}
+        interpolation = self.interpolation or stated.get("interpolation") or "bicubic"
+        if self.resize is None and stated.get("crop_pct"):
+            return Preprocess.from_crop_pct(crop, float(stated["crop_pct"]), interpolation)
+        return Preprocess(crop, self.resize, interpolation)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 from camlens.data.cache import cache_dir, folder_fingerprint, load_cache, save_cache
 from camlens.data.dataset import Dataset, Split
 from camlens.data.decode import Preprocess
-from camlens.data.index import SourceIndex, SplitIndex, index_folder, index_tar, tar_members
+from camlens.data.index import (
+    SourceIndex,
+    SplitIndex,
+    index_folder,
+    index_tar,
+    is_image,
+    tar_members,
+)
 from camlens.data.names import class_names
 from camlens.data.sample import SAMPLE_PATH, load_sample
 from camlens.data.sources import (
@@ -44,7 +51,7 @@ from camlens.data.store import FileImages
 from camlens.distributed import is_writer
 from camlens.download import default_home, fetch_cifar10, file_digest
 
-__all__ = ["load_dataset", "resolve"]
+__all__ = ["first_image", "load_dataset", "resolve"]
 
 INDEX_VERSION = "2"
 SKIPPED_SHOWN = 10  # lines naming skipped files; the rest are counted in one more
@@ -124,6 +131,21 @@ def resolve(source: str | Path, home: Path) -> tuple[str, Path]:
     return "folder", path  # index_folder says what is missing, if anything
 
 
+def first_image(root: Path) -> Path | None:
+    """The first image of a folder's evaluated split (test/, val/, top-level class folders),
+    by the index's order; None where `root` is no image folder. Nothing else is listed."""
+    if not root.is_dir():
+        return None
+    for split in (root / "test", root / "val", root):
+        if not split.is_dir():
+            continue
+        for cls in sorted(p for p in split.iterdir() if p.is_dir() and p.name != "train"):
+            images = sorted(str(f) for f in cls.iterdir() if f.is_file() and is_image(f.name))
+            if images:
+                return Path(images[0])
+    return None
+
+
 def _cached_index(where: Path, build) -> SourceIndex:
     """The index at `where`, else `build()` written there (atomically, like the pixel cache)."""
     try:
@@ -145,7 +167,10 @@ def _store(split: SplitIndex, prep: Preprocess, tar: Path | None) -> Split:
 
 
 def _empty(size: int) -> Split:
-    return Split(torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.long))
+    return Split(
+        torch.empty(0, 3, size, size, dtype=torch.uint8, device="cpu"),
+        torch.empty(0, dtype=torch.long, device="cpu"),
+    )
 
 
 def _from_index(index: SourceIndex, prep: Preprocess, tar: Path | None) -> tuple[Split, Split]:

@@ -97,7 +97,11 @@ class ImageStore:
 
     def __getitem__(self, key: Any) -> Tensor:
         rows, one = _rows(key, len(self))
-        images = self.read(rows) if rows.size else torch.empty(0, *self.shape[1:], dtype=self.dtype)
+        images = (
+            self.read(rows)
+            if rows.size
+            else torch.empty(0, *self.shape[1:], dtype=self.dtype, device="cpu")
+        )
         return images[0] if one else images
 
     def dim(self) -> int:
