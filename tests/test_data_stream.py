@@ -227,6 +227,20 @@ def test_predict_over_a_store_in_workers_equals_predict_over_the_tensor(tmp_path
     assert torch.equal(d.test.images[-1], whole[-1]) and torch.equal(d.test.images[2:7], whole[2:7])
 
 
+def test_a_small_split_is_decoded_once_then_mapped(tmp_path, monkeypatch):
+    pixels = _val_folder(tmp_path / "d", per_class=2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, len(CLASSES)))
+    first = predict(model, load_dataset(tmp_path / "d", progress=False).test.images, workers=0)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr("camlens.data.store.decode_image", no_decoding)
+    again = load_dataset(tmp_path / "d", progress=False).test.images  # a later job's load
+    assert torch.equal(predict(model, again, workers=0), first)
+    assert torch.equal(again[torch.tensor([3, 1])], pixels[[3, 1]])
+
+
 _MEMORY = textwrap.dedent(
     """
     import sys

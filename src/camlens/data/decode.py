@@ -64,6 +64,10 @@ class Preprocess:
     def short_side(self) -> int:
         return self.crop if self.resize is None else self.resize
 
+    def key(self) -> str:
+        """A file-name-safe key of these settings: "224c-256r-bilinear"."""
+        return f"{self.crop}c-{self.short_side}r-{self.interpolation}"
+
     def describe(self) -> str:
         """One phrase for the report: "resize 256 bilinear, centre crop 224"."""
         return f"resize {self.short_side} {self.interpolation}, centre crop {self.crop}"

@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,6 +54,8 @@ __all__ = ["first_image", "load_dataset", "resolve"]
 
 INDEX_VERSION = "2"
 SKIPPED_SHOWN = 10  # lines naming skipped files; the rest are counted in one more
+# a split whose pixels fit in this is decoded once and kept (CIFAR-10's 60,000: 184 MB)
+KEEP_BYTES = 512 << 20
 _OPENERS = {b"\x1f\x8b": gzip.open, b"BZ": bz2.open, b"\xfd7zXZ": lzma.open}
 
 
@@ -146,23 +147,26 @@ def first_image(root: Path) -> Path | None:
     return None
 
 
-def _cached_index(where: Path, build) -> SourceIndex:
-    """The index at `where`, else `build()` written there (atomically, like the pixel cache)."""
+def _read_index(where: Path) -> SourceIndex | None:
     try:
         return SourceIndex.from_json(json.loads(where.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    index = build()
+        return None
+
+
+def _write_index(where: Path, index: SourceIndex) -> None:
+    """Written to a temporary file then renamed, so a killed run never leaves half an index."""
     where.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=where.parent, prefix=f".{where.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(index.to_json(), f)
     os.replace(tmp, where)
-    return index
 
 
-def _store(split: SplitIndex, prep: Preprocess, tar: Path | None) -> Split:
-    images = FileImages(split.names, prep, tar, split.offsets, split.sizes)
+def _store(split: SplitIndex, prep: Preprocess, tar: Path | None, keep: Path | None) -> Split:
+    if keep is not None and len(split) * 3 * prep.crop**2 > KEEP_BYTES:
+        keep = None  # ImageNet's 50,000 at 224 px (7.5 GB): decoded per pass, never kept
+    images = FileImages(split.names, prep, tar, split.offsets, split.sizes, keep)
     return Split(images, torch.from_numpy(split.labels))
 
 
@@ -173,7 +177,11 @@ def _empty(size: int) -> Split:
     )
 
 
-def _from_index(index: SourceIndex, prep: Preprocess, tar: Path | None) -> tuple[Split, Split]:
+def _from_index(
+    index: SourceIndex, prep: Preprocess, tar: Path | None, keep: Path | None
+) -> tuple[Split, Split]:
+    """The splits of `index` as stores; `keep`: the folder where small splits keep their
+    pixels after a first whole pass (None: never)."""
     for line in index.skipped[:SKIPPED_SHOWN]:
         _say(line)
     if len(index.skipped) > SKIPPED_SHOWN:
@@ -182,8 +190,13 @@ def _from_index(index: SourceIndex, prep: Preprocess, tar: Path | None) -> tuple
         _say(index.said())
     if len(index.test) == 0:
         raise DataError(f"{index.root}: no readable image to evaluate on")
-    train = _store(index.train, prep, tar) if index.train is not None else _empty(prep.crop)
-    return train, _store(index.test, prep, tar)
+
+    def kept(split: str) -> Path | None:
+        return None if keep is None else keep / f"{split}-{prep.key()}.u8"
+
+    train = index.train
+    train = _store(train, prep, tar, kept("train")) if train is not None else _empty(prep.crop)
+    return train, _store(index.test, prep, tar, kept("test"))
 
 
 def _official(kind: str, path: Path, tar: Path | None, members, size: int, home, key, cache):
@@ -244,25 +257,23 @@ def load_dataset(
     kind, path = resolve(source, home)
     checksum = file_digest(path) if path.is_file() else folder_fingerprint(path)
     tar = plain_tar(path, checksum, home) if kind == "archive" else None
+    key = hashlib.sha256(f"{checksum}\0{path}\0{tar}".encode()).hexdigest()
+    where = home / "cache" / f"index-{key[:20]}-v{INDEX_VERSION}.json"
+    index = _read_index(where) if cache and kind != "batches" else None
     members = {}
-    if tar is not None:
+    if index is None and tar is not None:  # an image tree, or the official batches?
         listed = tar_members(tar)
         members = _official_in_tar(tar, listed)
-        if not members:
-            kind = "tar"
-    if kind in ("batches", "archive"):
+    if kind == "batches" or members:
         splits, folders = _official(kind, path, tar, members, prep.crop, home, checksum, cache)
         train, test = splits["train"], splits["test"]
     else:
-        key = hashlib.sha256(f"{checksum}\0{path}\0{tar}".encode()).hexdigest()
-        where = home / "cache" / f"index-{kind}-{key[:20]}-v{INDEX_VERSION}.json"
-        if kind == "tar":
-            build = partial(index_tar, listed, tar, str(path))
-        else:
-            build = partial(index_folder, path)
-        with tqdm(total=0, desc=f"indexing {path.name}", disable=not progress, leave=False):
-            index = _cached_index(where, build) if cache else build()
-        train, test = _from_index(index, prep, tar)
+        if index is None:
+            with tqdm(total=0, desc=f"indexing {path.name}", disable=not progress, leave=False):
+                index = index_tar(listed, tar, str(path)) if tar else index_folder(path)
+            if cache:
+                _write_index(where, index)
+        train, test = _from_index(index, prep, tar, where.with_suffix("") if cache else None)
         folders = index.classes
     names = class_names(classes, folders) if classes is not None else tuple(folders)
     return Dataset(train, test, tuple(names), str(path), checksum)

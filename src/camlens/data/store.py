@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,9 @@ from camlens.data.decode import Preprocess, decode_image
 from camlens.data.sources import DataError
 
 __all__ = ["FileImages", "ImageStore", "MappedImages", "loader_workers", "rows_of"]
+
+
+PARALLEL_ROWS = 4096  # an index asking this many rows is read in DataLoader workers
 
 
 def loader_workers() -> int:
@@ -97,6 +101,10 @@ class ImageStore:
 
     def __getitem__(self, key: Any) -> Tensor:
         rows, one = _rows(key, len(self))
+        if rows.size >= PARALLEL_ROWS:  # many rows (training reads its split whole): workers
+            whole = rows.size == len(self) and np.array_equal(rows, np.arange(len(self)))
+            store = self if whole else _Subset(self, rows)
+            return torch.cat(list(store.batches(PARALLEL_ROWS // 4)))
         images = (
             self.read(rows)
             if rows.size
@@ -187,12 +195,44 @@ class FileImages(ImageStore):
         tar: str | Path | None = None,
         offsets: np.ndarray | None = None,
         sizes: np.ndarray | None = None,
+        keep: str | Path | None = None,
     ) -> None:
         super().__init__(len(names), prep.crop)
         self.names, self.prep = list(names), prep
         self.tar, self.offsets, self.sizes = (str(tar) if tar else None), offsets, sizes
+        self.keep = None if keep is None else str(keep)
         self._fd: int | None = None
         self._pid = -1
+
+    def kept(self) -> MappedImages | None:
+        """The rows as a first whole pass wrote them to `keep`, else None."""
+        if self.keep is None or not os.path.isfile(self.keep):
+            return None
+        if os.path.getsize(self.keep) != self.numel():  # a pass cut short, another size
+            return None
+        return MappedImages(self.keep, len(self), self.prep.crop)
+
+    def batches(self, batch_size: int, workers: int | None = None) -> Iterator[Tensor]:
+        """As ImageStore's; a small split (CIFAR's) with a `keep` path is decoded once: the
+        first whole pass writes its pixels there as they pass, later ones map them."""
+        kept = self.kept()
+        if kept is not None:
+            yield from kept.batches(batch_size, workers)
+            return
+        if self.keep is None:
+            yield from super().batches(batch_size, workers)
+            return
+        Path(self.keep).parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=Path(self.keep).parent, prefix=".pixels.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for batch in super().batches(batch_size, workers):
+                    f.write(batch.numpy().tobytes())
+                    yield batch
+            os.replace(tmp, self.keep)  # whole: a pass cut short leaves nothing behind
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fd": None, "_pid": -1}  # a worker opens the tar itself
@@ -207,6 +247,9 @@ class FileImages(ImageStore):
         return os.pread(self._fd, int(self.sizes[i]), int(self.offsets[i]))
 
     def read(self, rows: np.ndarray) -> Tensor:
+        kept = self.kept()
+        if kept is not None:
+            return kept.read(rows)
         s = self.prep.crop
         out = np.zeros((len(rows), s, s, 3), dtype=np.uint8)
         for j, i in enumerate(rows.tolist()):
