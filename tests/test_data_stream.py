@@ -345,3 +345,15 @@ def test_evaluate_a_val_folder_of_photos_with_names_and_the_eval_crop(tmp_path, 
         "shark",
     }
     assert "evaluating on val/" in capsys.readouterr().err
+
+
+def test_every_tensor_a_store_hands_back_is_on_the_cpu_whatever_the_default_device(tmp_path):
+    _val_folder(tmp_path / "d", per_class=1)
+    with torch.device("meta"):  # what a GPU default would do: nothing may follow it
+        d = load_dataset(tmp_path / "d", progress=False)
+        picked = d.test.images[torch.tensor([0, 2], device="cpu")]
+        empty = d.test.images[torch.zeros(len(d.test), dtype=torch.bool, device="cpu")]
+        batches = list(d.test.images.batches(2, workers=0))
+    assert {t.device.type for t in (picked, empty, d.train.images, d.test.labels, *batches)} == {
+        "cpu"
+    }

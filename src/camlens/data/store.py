@@ -139,7 +139,9 @@ class ImageStore:
             num_workers=max(workers, 0),
             prefetch_factor=2 if workers > 0 else None,
         )
-        yield from loader
+        with torch.device("cpu"):  # the loader's seed is a tensor: not on a meta/GPU default
+            batches = iter(loader)
+        yield from batches
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={tuple(self.shape)}, dtype=torch.uint8)"
