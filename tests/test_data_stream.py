@@ -357,3 +357,20 @@ def test_every_tensor_a_store_hands_back_is_on_the_cpu_whatever_the_default_devi
     assert {t.device.type for t in (picked, empty, d.train.images, d.test.labels, *batches)} == {
         "cpu"
     }
+
+
+def test_a_timm_model_states_its_eval_transform_and_flags_override_it(monkeypatch):
+    import types
+
+    from camlens.classifier.load import stated_eval
+    from camlens.classifier.spec import ModelConfig
+    from camlens.data import DataConfig
+
+    cfg = types.SimpleNamespace(crop_pct=0.875, interpolation="bicubic", input_size=(3, 224, 224))
+    fake = types.SimpleNamespace(get_pretrained_cfg=lambda name: cfg)
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    stated = stated_eval(ModelConfig("timm:resnet50"))
+    assert DataConfig().preprocess(224, stated) == Preprocess(224, 256, "bicubic")
+    flags = DataConfig(resize=232, interpolation="bilinear")
+    assert flags.preprocess(224, stated) == Preprocess(224, 232, "bilinear")
+    assert DataConfig().preprocess(32, {}) == Preprocess(32, None, "bicubic")  # CIFAR: as ever
