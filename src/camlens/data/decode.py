@@ -122,7 +122,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         )
     if img.mode in ("P", "PA") and "transparency" in img.info:
         img = img.convert("RGBA")  # palette transparency only survives via RGBA
-    return img.convert("RGB")  # a copy even when RGB: the file is closed after this
+    return img if img.mode == "RGB" else img.convert("RGB")  # no copy of a plain RGB photo
 
 
 def _why(e: Exception) -> str:
@@ -134,10 +134,10 @@ def _why(e: Exception) -> str:
 def open_rgb(data: bytes, name: str) -> Image.Image:
     """Encoded bytes -> an upright RGB image (EXIF orientation applied), or a one-line DataError."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            upright = ImageOps.exif_transpose(img)  # a phone photo stored sideways
-            return _to_rgb(upright)
+        img = Image.open(io.BytesIO(data))  # in memory: no file to close
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # a phone photo stored sideways
+        return _to_rgb(img)
     except _UNREADABLE as e:
         raise DataError(f"cannot read image {name}: {_why(e)}; delete or replace it") from None
 
