@@ -62,17 +62,22 @@ def test_batches_never_unpickle_code(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
+def test_second_load_comes_from_the_caches(tmp_path, monkeypatch):
     write_image_folder(tmp_path / "d", n_train=2, n_test=1)
+    write_cifar_batches(tmp_path / "b" / "cifar-10-batches-py")
     first = load_dataset(tmp_path / "d", progress=False)
+    first_batches = load_dataset(tmp_path / "b", progress=False)
 
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("decoded again despite the cache")
+    def no_reading(*args, **kwargs):
+        raise AssertionError("read again despite the cache")
 
-    monkeypatch.setattr("camlens.data.load.read_source", no_decoding)
+    monkeypatch.setattr("camlens.data.load.index_folder", no_reading)
+    monkeypatch.setattr("camlens.data.load._read_official", no_reading)
     second = load_dataset(tmp_path / "d", progress=False)
     assert torch.equal(first.train.images, second.train.images)
     assert second.checksum == first.checksum
+    batches = load_dataset(tmp_path / "b", progress=False)
+    assert torch.equal(batches.test.images, first_batches.test.images)
 
 
 def test_cache_key_follows_content_and_size(tmp_path):
@@ -101,15 +106,6 @@ def test_odd_modes_and_sizes_become_rgb_at_the_configured_size(tmp_path):
     assert torch.all(by_name["gray"] == 128)
     assert by_name["rgba"][:, 5, 5].tolist() == [10, 200, 30]
     assert by_name["wide"][0].float().mean() > 240 and by_name["wide"][1].float().mean() < 15
-
-
-def test_corrupt_image_is_named(tmp_path):
-    write_image_folder(tmp_path / "d", n_train=1, n_test=1)
-    bad = tmp_path / "d" / "test" / "dog" / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8 this is not a jpeg")
-    with pytest.raises(DataError, match=r"broken\.jpg") as err:
-        load_dataset(tmp_path / "d", progress=False)
-    assert "\n" not in str(err.value)
 
 
 def test_empty_class_folder_is_named(tmp_path):
@@ -277,7 +273,7 @@ def test_balanced_subset_takes_the_first_of_each_class():
 
 
 def test_decode_rejects_non_images_with_the_name():
-    from camlens.data.sources import decode_image
+    from camlens.data.decode import decode_image
 
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, format="PNG")

@@ -304,3 +304,16 @@ def test_a_later_batch_is_checked_as_it_is_read():
     mixed = [(torch.rand(3, 8, 8), 0)] * 3 + [(torch.rand(3, 9, 9), 0)]
     with pytest.raises(DataError, match=r"images of \(9, 9\) after images of \(8, 8\)"):
         list(from_user_data(DataLoader(mixed, batch_size=3), classes=2))
+
+
+def test_a_users_loader_is_written_to_disk_as_it_passes_never_joined():
+    from camlens.data import ImageStore
+
+    pixels = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(pixels.float() / 255, torch.arange(10) % 2), batch_size=4
+    )
+    held = as_dataset(loader, classes=2)
+    # a memory-mapped store, not one tensor of every batch (the 30 GB of 50,000 photos)
+    assert isinstance(held.test.images, ImageStore) and held.test.images.shape == (10, 3, 8, 8)
+    assert torch.equal(held.test.images[torch.tensor([9, 0])], pixels[[9, 0]])

@@ -19,6 +19,7 @@ from torch import nn
 
 from camlens.atomic import atomic_write_bytes
 from camlens.data import DataError, Split
+from camlens.data.store import ImageStore, rows_of
 from camlens.distributed import gather, shard_rows
 from camlens.plots import plot_confusion
 
@@ -85,26 +86,37 @@ def as_float_images(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
+def _batches(images: torch.Tensor | ImageStore, batch_size: int, workers: int | None):
+    if isinstance(images, ImageStore):  # decoded in DataLoader workers while the model runs
+        yield from images.batches(batch_size, workers)
+        return
+    for start in range(0, images.shape[0], batch_size):
+        yield images[start : start + batch_size]
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStore,
     batch_size: int = 64,
     tta: bool = False,
     precision: str = "fp32",
+    workers: int | None = None,
 ) -> torch.Tensor:
     """`logits` (N, K) in fp32 for `images` (uint8 or float in [0, 1]), on the images' device.
 
     Batches go to the model's device; `tta` averages the logits of each image and its mirror.
-    Batch 64 is the fastest per image on 2 CPU cores (it stays in cache).
+    Batch 64 is the fastest per image on 2 CPU cores (it stays in cache). An `ImageStore` is
+    read batch by batch in `workers` DataLoader processes (None: `loader_workers()`), so
+    memory holds a few batches and the logits, whatever N.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
     try:
-        for start in range(0, images.shape[0], batch_size):
-            x = as_float_images(images[start : start + batch_size].to(device))
+        for batch in _batches(images, batch_size, workers):
+            x = as_float_images(batch.to(device))
             with autocast(device, precision):
                 logits = model(x).float()
                 if tta:
@@ -194,7 +206,8 @@ def evaluate(
     logit is the one a single process computes), and every rank gets the whole Evaluation.
     """
     rows, count = shard_rows(len(split), batch_size)
-    logits = gather(predict(model, split.images[rows], batch_size, tta, precision)[:count])
+    mine = rows_of(split.images, rows)  # a store's rows stay unread until predict walks them
+    logits = gather(predict(model, mine, batch_size, tta, precision)[:count])
     labels = split.labels.to(logits.device)
     k = logits.shape[1]
     confusion = confusion_matrix(labels, logits.argmax(1), k)

@@ -22,7 +22,7 @@ from camlens.classifier.spec import (
     native_size,
 )
 from camlens.classifier.weights import head_classes, load_weights, read_state_dict
-from camlens.data import DataError, Dataset, load_dataset
+from camlens.data import DataConfig, DataError, Dataset, load_dataset
 from camlens.model import SHIPPED_MODELS, CheckpointError, load_checkpoint, read_checkpoint_meta
 
 __all__ = ["Opened", "build_classifier", "open_model", "stated_size"]
@@ -133,22 +133,48 @@ def build_classifier(
     return model.to(device).eval(), {}, facts
 
 
+def stated_eval(config: ModelConfig) -> dict:
+    """What a timm: or torchvision: model states of its eval transform and classes, where its
+    library is installed: {"crop_pct", "interpolation", "categories"}; {} otherwise."""
+    kind, _, name = config.model.partition(":")
+    try:
+        if kind == "timm":
+            cfg = importlib.import_module("timm").get_pretrained_cfg(name)
+            return {"crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation} if cfg else {}
+        if kind == "torchvision":
+            weights = importlib.import_module("torchvision.models").get_model_weights(name)
+            default = weights.DEFAULT
+            t = default.transforms()
+            return {
+                "crop_pct": t.crop_size[0] / t.resize_size[0],
+                "interpolation": t.interpolation.value,
+                "categories": default.meta.get("categories"),
+            }
+    except Exception:  # no such library or name: the build says so, with a clear message
+        return {}
+    return {}
+
+
 def open_model(
     config: ModelConfig,
     source: str | Path | Dataset,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    data_config: DataConfig | None = None,
 ) -> Opened:
     """Load `source` at the size the model takes (a `Dataset` is taken as it is), then build
     and load the model for its classes; a model that does not fit the data is a
-    CheckpointError or DataError. Every command opens its model here, camlens or not."""
+    CheckpointError or DataError. Every command opens its model here, camlens or not.
+    `data_config`: class names and eval transform (--classes, --resize, --interpolation);
+    None: what a timm:/torchvision: model states, else the folders' names and crop_pct 1."""
+    data_config = data_config or DataConfig()
     if is_checkpoint(config.model):  # a missing or damaged checkpoint says so first
         model, meta, facts = build_classifier(config, 0, device)
         size = config.image_size or int(meta["image_size"])
-        data = _data(source, size, progress)
+        data = _data(source, size, progress, data_config, {})
     else:
         size = None if isinstance(source, Dataset) else stated_size(config) or native_size(source)
-        data = _data(source, size, progress)
+        data = _data(source, size, progress, data_config, stated_eval(config))
         model, meta, facts = build_classifier(config, len(data.classes), device)
     if meta:
         if list(data.classes) != list(meta["classes"]):
@@ -161,7 +187,15 @@ def open_model(
     return Opened(model, data, meta, {**facts, "input": f"{data.image_size} px"})
 
 
-def _data(source: str | Path | Dataset, size: int | None, progress: bool) -> Dataset:
+def _data(source, size: int | None, progress: bool, config: DataConfig, stated: dict) -> Dataset:
     if isinstance(source, Dataset):
         return source
-    return load_dataset(source, image_size=size, progress=progress)
+    prep = config.preprocess(size or 32, stated)
+    # the model's own names (torchvision's meta["categories"]) when no file says them
+    names = config.classes or stated.get("categories")
+    try:
+        return load_dataset(source, progress=progress, preprocess=prep, classes=names)
+    except DataError:
+        if config.classes is None and names is not None:  # not ImageNet's 1,000: the folders'
+            return load_dataset(source, progress=progress, preprocess=prep)
+        raise

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from camlens.data.load import first_image
 from camlens.model import SHIPPED_MODELS, CheckpointError
 
 __all__ = [
@@ -95,15 +96,12 @@ def is_checkpoint(spec: str) -> bool:
 
 
 def native_size(source: str | Path) -> int:
-    """The side of the first test image of an image folder; 32 for anything else."""
-    test = Path(source) / "test"
-    if test.is_dir():
-        for cls in sorted(test.iterdir()):
-            for path in sorted(cls.iterdir()) if cls.is_dir() else []:
-                if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                    with Image.open(path) as img:
-                        return max(img.size)  # the loader makes it square at this side
-    return 32
+    """The side of the first image of an image folder's evaluated split; 32 for anything else."""
+    path = first_image(Path(source))
+    if path is None:
+        return 32
+    with Image.open(path) as img:
+        return min(img.size)  # the loader keeps the short side at this size and crops it
 
 
 def _factory(spec: str) -> Any:

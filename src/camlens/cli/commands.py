@@ -16,7 +16,7 @@ from camlens.cam import CamConfig, candidate_layers, pick_layer
 from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
 from camlens.compare import CompareConfig, compare, summary_of
-from camlens.data import DataError, load_dataset
+from camlens.data import DataConfig, DataError, load_dataset
 from camlens.distributed import is_writer, process_group
 from camlens.epochs import explain_over_epochs
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
@@ -124,7 +124,8 @@ def _open(args: argparse.Namespace, device: torch.device | None = None) -> Opene
     """The --model and its --data, as the model flags say (on `device`, else --device's)."""
     config = config_from_args(args, ModelConfig)
     device = pick_device(args.device) if device is None else device
-    return open_model(config, args.data, device, args.progress and is_writer())
+    data = DataConfig(args.class_names, args.resize, args.interpolation)
+    return open_model(config, args.data, device, args.progress and is_writer(), data)
 
 
 def _layers(args: argparse.Namespace, opened: Opened) -> list[str]:

@@ -77,7 +77,8 @@ def add_data_flags(parser: argparse.ArgumentParser, image_size: bool | None = Tr
     parser.add_argument(
         "--data",
         required=True,
-        help="cifar10 | a folder with train/ and test/ | cifar-10-batches-py | a .tar.gz of either",
+        help="cifar10 | a folder with test/ or val/ (train/ to train) or of class folders | "
+        "cifar-10-batches-py | a .tar(.gz) of either",
     )
     if image_size:
         parser.add_argument(
@@ -86,9 +87,30 @@ def add_data_flags(parser: argparse.ArgumentParser, image_size: bool | None = Tr
     elif image_size is None:
         parser.add_argument(
             "--image-size",
+            "--crop",
+            dest="image_size",
             type=int,
-            help="images are resized to this (default: what the model states, else the size "
-            "of the data's first test image)",
+            help="the side of the centre crop the model sees (default: what the model states, "
+            "else the short side of the data's first test image)",
+        )
+        # issue 33's data flags: camlens.data.DataConfig's fields
+        parser.add_argument(
+            "--classes",
+            dest="class_names",
+            metavar="FILE",
+            help="class names: a .txt (one per line, in the sorted folders' order) or a .json "
+            "(a list, index->name, or folder->name such as ImageNet's wnid->name)",
+        )
+        parser.add_argument(
+            "--resize",
+            type=int,
+            help="resize the short side to this, then centre-crop (default: the model's "
+            "crop_pct for timm:/torchvision:, else the crop size: a square image is kept whole)",
+        )
+        parser.add_argument(
+            "--interpolation",
+            help="the resize's: bicubic, bilinear, nearest, lanczos, box, hamming (default: "
+            "the model's, else bicubic)",
         )
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bars"

@@ -1,7 +1,8 @@
 """The decoded-pixel cache: keyed by the source's fingerprint, so a changed source misses it.
 
-A source is decoded once; later loads read one .npy file per split and field instead of
-decoding 60,000 images again.
+The CIFAR batches are decoded once; later loads map one .npy file per split (np.load's
+mmap_mode: the header is read, the pixels only as rows are asked for) instead of unpickling
+60,000 images again. Image folders are not cached as pixels: they are indexed (load.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from camlens.data.dataset import Split
 from camlens.data.sources import RawSplit
+from camlens.data.store import MappedImages
 
 __all__ = [
     "CACHE_VERSION",
@@ -27,7 +29,7 @@ __all__ = [
     "save_cache",
 ]
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -80,13 +82,13 @@ def load_cache(where: Path) -> tuple[dict[str, Split], list[str]] | None:
     """The splits and classes `save_cache` wrote, or None where there is no complete cache."""
     try:
         meta = json.loads((where / "meta.json").read_text())
-        splits = {
-            s: Split(
-                torch.from_numpy(np.load(where / f"{s}_images.npy")),
-                torch.from_numpy(np.load(where / f"{s}_labels.npy")),
-            )
-            for s in ("train", "test")
-        }
+        splits = {}
+        for s in ("train", "test"):
+            mapped = np.load(where / f"{s}_images.npy", mmap_mode="r")  # header only: no pixels
+            n, _, size, _ = mapped.shape
+            images = MappedImages(where / f"{s}_images.npy", n, size, mapped.offset)
+            del mapped
+            splits[s] = Split(images, torch.from_numpy(np.load(where / f"{s}_labels.npy")))
     except (OSError, ValueError):
         return None
     return splits, meta["classes"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from camlens.data.sources import BATCHES_DIR
+from camlens.data.store import ImageStore
 from camlens.download import ARCHIVE_NAME
 
 __all__ = ["KNOWN_SOURCES", "Dataset", "Split"]
@@ -20,9 +21,14 @@ KNOWN_SOURCES = {
 
 @dataclass(frozen=True)
 class Split:
-    """`images` (N, 3, S, S) uint8 and `labels` (N,) int64 of one split."""
+    """`images` (N, 3, S, S) uint8 and `labels` (N,) int64 of one split.
 
-    images: torch.Tensor
+    `images` is a tensor, or an `ImageStore` that reads only the rows indexed (an image folder,
+    a tar, the memory-mapped cache): index it, take its len and shape, and walk a whole split
+    with `evaluate.predict` (or `images.batches`), never with `.float()` on all of it.
+    """
+
+    images: torch.Tensor | ImageStore
     labels: torch.Tensor
 
     def __len__(self) -> int:
