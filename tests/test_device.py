@@ -316,7 +316,7 @@ NUMPY_KNOWN = {
 }
 GENERATOR_KNOWN = {
     # data/transforms.py's augment draws on the images' device with the generator it is given
-    "train/loop.py": "the augmentation's generator, on the training device (docs/many-gpus.md)",
+    "train/steps.py": "the augmentation's generator, on the training device (docs/many-gpus.md)",
 }
 
 
@@ -450,7 +450,7 @@ def test_fewer_gpus_than_ranks_is_one_line(torchrun_rank):
 
 
 def test_sync_bn_in_one_process_says_it_does_nothing_and_the_recipe_says_false(
-    tmp_path, tiny_folder
+    tmp_path, tiny_folder, capsys
 ):
     """Planted: the one-process --sync-bn dropped silently, as on main: red."""
     import json
@@ -459,9 +459,9 @@ def test_sync_bn_in_one_process_says_it_does_nothing_and_the_recipe_says_false(
     from camlens.train import TrainConfig, train
 
     data = load_dataset(tiny_folder, progress=False)
-    said = []
     config = TrainConfig(epochs=1, width=8, batch_size=8, eval_batch_size=32, sync_bn=True)
-    train(config, data, tmp_path / "run", progress=False, log=said.append)
+    train(config, data, tmp_path / "run", progress=False)
+    said = capsys.readouterr().out.splitlines()
     assert [line for line in said if "--sync-bn" in line] == [
         "--sync-bn does nothing in one process (it shares batch statistics between processes)"
     ]

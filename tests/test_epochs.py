@@ -23,7 +23,7 @@ def kept_run(tmp_path_factory, tiny_folder, one_thread):
     out = tmp_path_factory.mktemp("run")
     data = load_dataset(tiny_folder, progress=False)
     config = TrainConfig(epochs=3, keep_every=2, **TINY)
-    train(config, data, out, progress=False, log=lambda _: None)
+    train(config, data, out, progress=False)
     return out, data
 
 

@@ -29,7 +29,7 @@ def quiet(_line: str) -> None:
 def test_a_short_run_writes_every_artefact(tmp_path, tiny_folder):
     data = load_dataset(tiny_folder, progress=False)
     config = TrainConfig(epochs=2, **TINY)
-    last = train(config, data, tmp_path / "run", progress=False, log=quiet)
+    last = train(config, data, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2] and history[-1] == last
@@ -57,21 +57,21 @@ def test_a_short_run_writes_every_artefact(tmp_path, tiny_folder):
 
 def test_a_run_folder_is_never_overwritten(tmp_path, tiny_folder):
     data = load_dataset(tiny_folder, progress=False)
-    train(TrainConfig(epochs=1, **TINY), data, tmp_path, progress=False, log=quiet)
+    train(TrainConfig(epochs=1, **TINY), data, tmp_path, progress=False)
     with pytest.raises(RunError, match="--resume"):
-        train(TrainConfig(epochs=1, **TINY), data, tmp_path, progress=False, log=quiet)
+        train(TrainConfig(epochs=1, **TINY), data, tmp_path, progress=False)
     with pytest.raises(RunError, match="other settings.*lr"):
-        train(TrainConfig(epochs=1, lr=0.5, **TINY), data, tmp_path, resume=True, log=quiet)
+        train(TrainConfig(epochs=1, lr=0.5, **TINY), data, tmp_path, resume=True)
     other = replace(data, checksum="0" * 64)
     with pytest.raises(RunError, match="other data"):
-        train(TrainConfig(epochs=1, **TINY), other, tmp_path, resume=True, log=quiet)
+        train(TrainConfig(epochs=1, **TINY), other, tmp_path, resume=True)
 
 
 def test_one_cycle_swings_momentum_around_the_configured_value(tmp_path, tiny_folder):
     from safetensors import safe_open
 
     data = load_dataset(tiny_folder, progress=False)
-    train(TrainConfig(epochs=1, momentum=0.8, **TINY), data, tmp_path, progress=False, log=quiet)
+    train(TrainConfig(epochs=1, momentum=0.8, **TINY), data, tmp_path, progress=False)
     with safe_open(str(tmp_path / "resume.safetensors"), "pt") as f:
         groups = json.loads(f.metadata()["param_groups"])
     assert groups[0]["max_momentum"] == pytest.approx(0.85)
@@ -80,7 +80,7 @@ def test_one_cycle_swings_momentum_around_the_configured_value(tmp_path, tiny_fo
 
 def test_subset_is_balanced_and_counted(tmp_path, tiny_folder):
     data = load_dataset(tiny_folder, progress=False)
-    train(TrainConfig(epochs=1, subset=16, **TINY), data, tmp_path, progress=False, log=quiet)
+    train(TrainConfig(epochs=1, subset=16, **TINY), data, tmp_path, progress=False)
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
     assert meta["train_images"] == 16
     assert meta["metrics"]["images_per_s"] > 0
@@ -103,7 +103,7 @@ def test_training_learns_a_learnable_task(tmp_path, one_thread):
     data = Dataset(blobs(384, seed=0), blobs(192, seed=1), ("r", "g", "b", "y"), "blobs", "0" * 64)
     config = TrainConfig(epochs=6, width=8, batch_size=32, eval_batch_size=192)
     history: list[dict] = []
-    train(config, data, tmp_path, progress=False, log=quiet, on_epoch=history.append)
+    train(config, data, tmp_path, progress=False, on_epoch=history.append)
     first, last = history[0], history[-1]
     assert last["train_loss"] < 0.75 * first["train_loss"], (first, last)
     assert last["test_acc"] > 0.6, last  # chance is 0.25
@@ -157,7 +157,7 @@ def test_every_artefact_is_synced_before_its_rename_and_its_folder_after(
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real(fd)))
     data = load_dataset(tiny_folder, progress=False)
-    train(TrainConfig(epochs=1, **TINY), data, tmp_path, progress=False, log=quiet)
+    train(TrainConfig(epochs=1, **TINY), data, tmp_path, progress=False)
     folder = tmp_path.stat().st_ino
     names = ["resume.safetensors", "checkpoint.safetensors", "checkpoint.json"]
     for name in [*names, "metrics.jsonl", "curves.png"]:
@@ -270,7 +270,7 @@ def test_the_budget_decides_cutout_and_zero_init_unless_asked(capsys):
 
 def test_the_checkpoint_records_what_the_budget_decided(tmp_path, tiny_folder):
     data = load_dataset(tiny_folder, progress=False)
-    train(TrainConfig(epochs=1, **TINY), data, tmp_path / "run", progress=False, log=quiet)
+    train(TrainConfig(epochs=1, **TINY), data, tmp_path / "run", progress=False)
     recipe = json.loads((tmp_path / "run" / "checkpoint.json").read_text())["recipe"]
     assert recipe["cutout"] is False and recipe["zero_init_residual"] is True  # a few steps
     assert "cutout" not in recipe["augmentation"]

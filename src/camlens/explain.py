@@ -210,7 +210,7 @@ def stream_mistake_maps(
     # under torchrun a chunk holds a whole batch for each rank, which explains its own batch
     step = -(-(plan.chunk_size or batch) // batch) * batch * world_size()
     for start in range(0, len(mistakes), step):
-        chunk = mistakes.select(torch.arange(start, min(start + step, len(mistakes))))
+        chunk = mistakes.select(torch.arange(start, min(start + step, len(mistakes)), device="cpu"))
         rows, count = shard_rows(len(chunk), batch)
         mine = chunk.select(rows)
         expl = mistake_maps(model, mine.images, mine.labels, plan, method, mine.preds)

@@ -185,6 +185,7 @@ def check_explainable(
     """
     from camlens.cam import METHODS, PRECISIONS, find_layer  # torch: imported when a job runs
     from camlens.cam.config import KNOBS, SHARED_KNOBS
+    from camlens.cam.precision import FP16_REFUSED
 
     for method in methods:
         if method not in METHODS:
@@ -207,3 +208,5 @@ def check_explainable(
             raise ExplainError(e.args[0]) from None
     if precision not in PRECISIONS:
         raise ExplainError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "fp16":
+        raise ExplainError(FP16_REFUSED)

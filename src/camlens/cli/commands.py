@@ -34,7 +34,7 @@ from camlens.pipeline import (
     write_galleries,
 )
 from camlens.plan import GridConfig
-from camlens.train import RunError, TrainConfig, run_training
+from camlens.train import Logs, RunError, TrainConfig, run_training
 
 __all__ = [
     "DTYPES",
@@ -112,8 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         backend=args.backend,
         resume=args.resume,
         progress=progress,
-        tensorboard=args.tensorboard,
-        wandb_project=args.wandb_project if args.wandb else None,
+        logs=Logs(args.tensorboard, args.wandb_project if args.wandb else None),
     )
     if is_writer():
         print(f"checkpoint: {args.out / 'checkpoint.safetensors'}")

@@ -156,7 +156,8 @@ class ImageStore:
         return func(*_whole(args), **_whole(kwargs or {}))
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return self[:].numpy() if dtype is None else self[:].numpy().astype(dtype)
+        pixels = self[:].cpu().numpy()  # decoded on the CPU: .cpu() is free
+        return pixels if dtype is None else pixels.astype(dtype)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # pickling, copying and hasattr probes: not the tensor's
@@ -241,7 +242,7 @@ class FileImages(ImageStore):
         try:
             with os.fdopen(fd, "wb") as f:
                 for batch in super().batches(batch_size, workers):
-                    f.write(batch.numpy().tobytes())
+                    f.write(batch.cpu().numpy().tobytes())
                     yield batch
             os.replace(tmp, self.keep)  # whole: a pass cut short leaves nothing behind
         finally:

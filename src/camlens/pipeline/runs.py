@@ -17,7 +17,7 @@ from camlens.model import ResNet18
 from camlens.pipeline.galleries import LAYERS, prepare_plan
 from camlens.pipeline.reports import Outcome, describe_run, epochs_section, explain_model
 from camlens.plots import plot_confusion
-from camlens.train import TrainConfig, run_training
+from camlens.train import Logs, TrainConfig, run_training
 
 __all__ = ["demo", "run"]
 
@@ -58,9 +58,7 @@ def run(
         backend=backend,
         resume=True,  # continues the run in `out` when there is one, else starts it
         progress=plan.progress,
-        tensorboard=tensorboard,
-        wandb_project=wandb_project,
-        keep_wandb_open=True,
+        logs=Logs(tensorboard, wandb_project, keep_wandb_open=True),
     )
     if not is_writer():
         return None

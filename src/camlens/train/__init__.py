@@ -18,6 +18,7 @@ from typing import Any
 # CLI builds TrainConfig's flags (and `camlens train --help` answers) without it
 _MODULE_OF = {
     "CUTOUT_FROM": "camlens.train.config",
+    "Logs": "camlens.train.session",
     "RunError": "camlens.train.config",
     "TrainConfig": "camlens.train.config",
     "ZERO_INIT_BELOW": "camlens.train.config",
@@ -29,6 +30,7 @@ _MODULE_OF = {
 
 __all__ = [
     "CUTOUT_FROM",
+    "Logs",
     "RunError",
     "TrainConfig",
     "WandbLogger",

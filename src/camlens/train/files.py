@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,7 @@ from camlens.evaluate import resolve_precision
 from camlens.model import save_checkpoint
 from camlens.plots import plot_curves
 from camlens.train.state import RESUME_FILE, save_resume
+from camlens.train.steps import Training
 from camlens.version import __version__
 
 __all__ = ["EPOCHS_DIR", "write_epoch"]
@@ -23,9 +25,10 @@ __all__ = ["EPOCHS_DIR", "write_epoch"]
 EPOCHS_DIR = "epochs"  # --keep-every: OUT/epochs/epoch-007.safetensors + .json
 
 
-def write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device) -> None:
+def write_epoch(out: Path, training: Training, history: list[dict], elapsed: float) -> None:
     """The checkpoint pair, the logs, and last the resume state: a run stopped (killed, or out
     of disk space) before the resume file is renamed redoes this epoch whole, and none after."""
+    config, data, device, model = training.config, training.data, training.device, training.model
     epoch = history[-1]["epoch"]
     meta = {
         "classes": list(data.classes),
@@ -59,9 +62,7 @@ def write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write_bytes(out / "metrics.jsonl", lines.encode())  # rewritten whole: never a torn line
     plot_curves(history, out / "curves.png")
-    state = (model, optimizer, scheduler, epoch, history, config, elapsed, data.checksum)
-    state += (world_size(),)
-    save_resume(out / RESUME_FILE, *state)
+    save_resume(out / RESUME_FILE, training, history, elapsed)
 
 
 def _augmentation(config) -> str:

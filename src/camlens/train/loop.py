@@ -17,30 +17,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from camlens.atomic import WriteError
-from camlens.data import DataError, Dataset, augment, balanced_subset, channel_stats
+from camlens.data import DataError, Dataset, balanced_subset, channel_stats
 from camlens.distributed import (
     all_sum,
     broadcast_buffers,
     is_writer,
-    rank,
     shard,
     world_size,
 )
-from camlens.evaluate import as_float_images, autocast, predict
-from camlens.model import ResNet18
 from camlens.train.config import RunError, TrainConfig
 from camlens.train.files import write_epoch
 from camlens.train.state import RESUME_FILE, check_resumable, load_resume, saved_config
+from camlens.train.steps import Training, seeded
 
 __all__ = ["default_sampler", "train"]
-
-
-def _seeded(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
 def default_sampler(pool: torch.Tensor, seed: int) -> Callable[[int], torch.Tensor]:
@@ -48,7 +41,7 @@ def default_sampler(pool: torch.Tensor, seed: int) -> Callable[[int], torch.Tens
 
     def sample(epoch: int) -> torch.Tensor:
         # drawn on the CPU whatever the default device: the same order on any machine
-        return pool[torch.randperm(len(pool), generator=_seeded(seed, epoch), device="cpu")]
+        return pool[torch.randperm(len(pool), generator=seeded(seed, epoch), device="cpu")]
 
     return sample
 
@@ -62,15 +55,67 @@ def train(
     resume: bool = False,
     progress: bool = True,
     sampler: Callable[[int], torch.Tensor] | None = None,
-    log: Callable[[str], None] = tqdm.write,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train a ResNet18 on `data.train`, test each epoch on `data.test`, checkpoint in `out`.
 
     Returns the last epoch's metrics. `resume=True` continues the run in `out`; without it a
-    folder that already holds a run is refused rather than overwritten.
+    folder that already holds a run is refused rather than overwritten. `sampler(epoch)`: the
+    epoch's order of training images (default: a seeded permutation of the pool);
+    `on_epoch(metrics)`: called on rank 0 after each epoch is written.
     """
     out, device = Path(out), torch.device(device)
+    resume_path = _check_out(data, out, resume)
+    pool = torch.arange(len(data.train))
+    if config.subset is not None:
+        pool = balanced_subset(data.train.labels, min(config.subset, len(data.train)))
+    sampler = sampler or default_sampler(pool, config.seed)
+    batch_size = min(config.batch_size, len(pool))  # the global batch, over all ranks
+    steps = len(pool) // batch_size  # a ragged last batch would change BatchNorm statistics
+    resuming = resume and _every_rank_sees(resume_path)
+    # the budget's rules decided (a resumed run keeps its own); the checkpoint records them
+    config = config.decided(config.epochs * steps, saved_config(resume_path) if resuming else None)
+    config = _check_launch(config, batch_size, device)
+    run = Training(config, data, device, batch_size, steps, progress)
+    run.build(channel_stats(data.train.images[pool]))
+    start, history, elapsed = 0, [], 0.0
+    if resuming:
+        start, history, elapsed = _resume(run, resume_path, out)
+    run.distribute()
+    # each rank tests its share, cut at whole batches; the sums are added over the ranks
+    mine = shard(len(data.test), config.eval_batch_size)
+    test = (data.test.images[mine].to(device), data.test.labels[mine].to(device))
+    metrics: dict = history[-1] if history else {}
+    for epoch in range(start + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        train_sums, train_seconds = run.epoch(epoch, sampler(epoch).to(device))
+        broadcast_buffers(run.model)  # each rank tests the model rank 0 saves (BN running stats)
+        metrics = _metrics(run, epoch, train_sums, run.test_sums(*test), t0, train_seconds)
+        history.append(metrics)
+        elapsed += metrics["seconds"]
+        if not is_writer():
+            continue  # only rank 0 logs and writes
+        tqdm.write(
+            f"epoch {epoch}/{config.epochs}  lr {metrics['lr']:.4f}  "
+            f"train loss {metrics['train_loss']:.3f} acc {metrics['train_acc']:.2%}  "
+            f"test loss {metrics['test_loss']:.3f} acc {metrics['test_acc']:.2%}  "
+            f"{metrics['images_per_s']:.0f} img/s  {metrics['seconds']:.0f}s"
+        )
+        try:
+            write_epoch(out, run, history, elapsed)
+        except WriteError as e:  # a full disk: each file still holds an earlier epoch whole
+            raise RunError(
+                f"{e}; the run is saved up to epoch {epoch - 1}: "
+                "continue it with --resume once that file can be written"
+            ) from None
+        if on_epoch is not None:
+            on_epoch(metrics)
+    return metrics
+
+
+def _check_out(data: Dataset, out: Path, resume: bool) -> Path:
+    """The run's resume file, after the checks that need no training: data to train on, and
+    no run in `out` overwritten without --resume."""
     if len(data.train) == 0:
         raise DataError(
             f"{data.source} has no training images: train on cifar10, a folder with train/ and "
@@ -83,19 +128,16 @@ def train(
         )
     if is_writer():
         out.mkdir(parents=True, exist_ok=True)
+    return resume_path
 
-    pool = torch.arange(len(data.train))
-    if config.subset is not None:
-        pool = balanced_subset(data.train.labels, min(config.subset, len(data.train)))
-    sampler = sampler or default_sampler(pool, config.seed)
-    batch_size = min(config.batch_size, len(pool))  # the global batch, over all ranks
-    steps = len(pool) // batch_size  # a ragged last batch would change BatchNorm statistics
-    resuming = resume and _every_rank_sees(resume_path)
-    # the budget's rules decided (a resumed run keeps its own); the checkpoint records them
-    config = config.decided(config.epochs * steps, saved_config(resume_path) if resuming else None)
+
+def _check_launch(config: TrainConfig, batch_size: int, device: torch.device) -> TrainConfig:
+    """The config as the processes can run it: one-line errors for what they cannot."""
     world = world_size()
     if config.sync_bn and world == 1:  # nothing to share: the recipe must not claim it
-        log("--sync-bn does nothing in one process (it shares batch statistics between processes)")
+        tqdm.write(
+            "--sync-bn does nothing in one process (it shares batch statistics between processes)"
+        )
         config = replace(config, sync_bn=False)
     if batch_size % world:
         raise RunError(
@@ -107,149 +149,44 @@ def train(
             "--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU): "
             "drop it, or train with --norm layer or group, which have no batch statistics"
         )
-    local = slice(rank() * batch_size // world, (rank() + 1) * batch_size // world)
+    return config
 
-    mean, std = channel_stats(data.train.images[pool])
-    torch.manual_seed(config.seed)
-    with torch.device("cpu"):  # initial weights from the CPU's stream, whatever the default
-        model = ResNet18(
-            len(data.classes), config.norm, config.width, mean, std, config.zero_init_residual
-        )
-    model = model.to(device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    if config.sync_bn and world > 1:  # batch statistics over the global batch, as one process
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # norm scales/shifts and biases are 1-d; scale-invariant layers need no decay on them
-    decayed = [p for p in model.parameters() if config.decay_norms or p.ndim > 1]
-    groups = [{"params": decayed}]
-    if not config.decay_norms:
-        flat = [p for p in model.parameters() if p.ndim <= 1]
-        groups.append({"params": flat, "weight_decay": 0.0})
-    optimizer = torch.optim.SGD(
-        groups,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=True,
-        weight_decay=config.weight_decay,
+
+def _resume(run: Training, path: Path, out: Path) -> tuple[int, list, float]:
+    """The saved run's epoch, history and seconds, its state loaded into `run`."""
+    config, world = run.config, world_size()
+    check_resumable(path, config, run.data)
+    start, history, elapsed, saved_world = load_resume(
+        path, run.model, run.optimizer, run.scheduler
     )
-    # OneCycleLR needs at least a step in each phase; tiny runs get a slightly longer warm-up
-    total = max(config.epochs * steps, 4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=config.lr,
-        total_steps=total,
-        pct_start=max(config.warmup, 1.5 / total),
-        # momentum falls as the learning rate rises (Smith 2018), around the configured value
-        base_momentum=config.momentum - 0.05,
-        max_momentum=config.momentum + 0.05,
-    )
-
-    start, history, elapsed = 0, [], 0.0
-    if resuming:
-        check_resumable(resume_path, config, data)
-        start, history, elapsed, saved_world = load_resume(resume_path, model, optimizer, scheduler)
-        note = ""
-        if saved_world != world and start < config.epochs:  # a finished run trains nothing
-            note = (
-                f" (trained so far by {saved_world} processes, now {world}: same global batch "
-                "and schedule; weights equal to float tolerance, not bit for bit)"
-            )
-        if is_writer():
-            log(f"resuming {out} after epoch {start}/{config.epochs}{note}")
-    # DDP starts by copying rank 0's weights to every rank, and averages gradients each step
-    stepper = model
-    if world > 1:
-        ids = [device] if device.type == "cuda" else None
-        stepper = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    train_images = data.train.images.to(device)  # uint8 on the device: 4x less to move than fp32
-    train_labels = data.train.labels.to(device)
-    # each rank tests its share, cut at whole batches; the sums are added over the ranks
-    mine = shard(len(data.test), config.eval_batch_size)
-    test_images, test_labels = data.test.images[mine].to(device), data.test.labels[mine].to(device)
-    metrics: dict = history[-1] if history else {}
-    for epoch in range(start + 1, config.epochs + 1):
-        t0 = time.perf_counter()
-        order = sampler(epoch).to(device)
-        generator = _seeded(config.seed, epoch, device)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(
-            range(steps),
-            desc=f"epoch {epoch}/{config.epochs}",
-            leave=False,
-            disable=not (progress and is_writer()),
-            unit="step",
+    note = ""
+    if saved_world != world and start < config.epochs:  # a finished run trains nothing
+        note = (
+            f" (trained so far by {saved_world} processes, now {world}: same global batch "
+            "and schedule; weights equal to float tolerance, not bit for bit)"
         )
-        for step in bar:
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            images = as_float_images(train_images[idx])
-            # the whole global batch is augmented on every rank, so that each image gets the
-            # random crop, flip and hole it gets in one process (cheap next to the step)
-            images = augment(
-                images, generator, config.crop, config.flip, config.cutout, padding=config.padding
-            )
-            images = images[local].contiguous(memory_format=memory_format)
-            labels = train_labels[idx][local]
-            with autocast(device, config.precision):
-                logits = stepper(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(1) == labels).sum()
-            if step % 10 == 0 or step == steps - 1:  # .item() syncs a GPU: not every step
-                seen = (step + 1) * len(labels)  # this rank's share
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}"
-                )
-        train_seconds = time.perf_counter() - t0
-        seen = steps * batch_size
-        broadcast_buffers(model)  # each rank tests the model rank 0 saves (BN running stats)
-        logits = predict(model, test_images, config.eval_batch_size, precision=config.precision)
-        # (loss sum, correct) of this rank's images, then of all: double keeps counts exact
-        test_sums = torch.zeros(2, dtype=torch.float64, device=device)
-        if len(test_labels):
-            test_sums[0] = F.cross_entropy(logits, test_labels, reduction="sum")
-            test_sums[1] = (logits.argmax(1) == test_labels).sum()
-        train_sums = torch.stack([loss_sum.double(), correct.double()])
-        train_loss, train_correct, test_loss, test_correct = all_sum(
-            torch.cat([train_sums, test_sums])
-        ).tolist()
-        metrics = {
-            "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss / seen,
-            "train_acc": train_correct / seen,
-            "test_loss": test_loss / len(data.test),
-            "test_acc": test_correct / len(data.test),
-            "seconds": time.perf_counter() - t0,
-            "images_per_s": seen / train_seconds,
-        }
-        history.append(metrics)
-        elapsed += metrics["seconds"]
-        if not is_writer():
-            continue  # only rank 0 logs and writes
-        log(
-            f"epoch {epoch}/{config.epochs}  lr {metrics['lr']:.4f}  "
-            f"train loss {metrics['train_loss']:.3f} acc {metrics['train_acc']:.2%}  "
-            f"test loss {metrics['test_loss']:.3f} acc {metrics['test_acc']:.2%}  "
-            f"{metrics['images_per_s']:.0f} img/s  {metrics['seconds']:.0f}s"
-        )
-        try:
-            write_epoch(out, model, optimizer, scheduler, config, data, history, elapsed, device)
-        except WriteError as e:  # a full disk: each file still holds an earlier epoch whole
-            raise RunError(
-                f"{e}; the run is saved up to epoch {epoch - 1}: "
-                "continue it with --resume once that file can be written"
-            ) from None
-        if on_epoch is not None:
-            on_epoch(metrics)
-    return metrics
+    if is_writer():
+        tqdm.write(f"resuming {out} after epoch {start}/{config.epochs}{note}")
+    return start, history, elapsed
+
+
+def _metrics(run: Training, epoch: int, train_sums, test_sums, t0: float, train_seconds) -> dict:
+    """An epoch's metrics over every rank's images: sums added, then divided once."""
+    # (loss sum, correct) of train then test; double keeps counts exact
+    train_loss, train_correct, test_loss, test_correct = all_sum(
+        torch.cat([train_sums, test_sums])
+    ).tolist()
+    seen, tested = run.steps * run.batch_size, len(run.data.test)
+    return {
+        "epoch": epoch,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": train_loss / seen,
+        "train_acc": train_correct / seen,
+        "test_loss": test_loss / tested,
+        "test_acc": test_correct / tested,
+        "seconds": time.perf_counter() - t0,
+        "images_per_s": seen / train_seconds,
+    }
 
 
 def _every_rank_sees(path: Path) -> bool:

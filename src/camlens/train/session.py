@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,19 @@ from camlens.train.config import RunError, TrainConfig
 from camlens.train.loop import train
 from camlens.train.wandb_log import WandbLogger
 
-__all__ = ["run_training"]
+__all__ = ["Logs", "run_training"]
+
+
+@dataclass(frozen=True)
+class Logs:
+    """Where a training run mirrors its epochs besides OUT/metrics.jsonl."""
+
+    tensorboard: bool = False  # into OUT/tensorboard
+    # into Weights & Biases (OUT/wandb; offline without an API key); None: not
+    wandb_project: str | None = None
+    # a finished run's W&B logger is handed back open, for the caller's `finish(...)` with more
+    # pictures; else it is finished with the accuracy and the curves
+    keep_wandb_open: bool = False
 
 
 def run_training(
@@ -32,19 +45,15 @@ def run_training(
     backend: str = "auto",
     resume: bool = False,
     progress: bool = True,
-    tensorboard: bool = False,
-    wandb_project: str | None = None,
-    keep_wandb_open: bool = False,
+    logs: Logs | None = None,
 ) -> tuple[dict, WandbLogger | None]:
     """Train in `out` (see `train`) and return (the last epoch's metrics, the W&B logger).
 
     Under torchrun every rank trains in one process group, left before this returns; only
-    rank 0 logs, mirrors and writes. `tensorboard`: mirror each epoch into OUT/tensorboard;
-    `wandb_project`: into Weights & Biases (OUT/wandb; offline without an API key). The W&B
-    run is finished with the accuracy and the curves, unless `keep_wandb_open`: then a
-    finished training hands it back open, for the caller's `finish(...)` with more pictures.
+    rank 0 logs, mirrors and writes. `logs`: where else each epoch is mirrored (`Logs`).
     """
-    out, writer = Path(out), is_writer()
+    out, writer, logs = Path(out), is_writer(), logs or Logs()
+    tensorboard, wandb_project = logs.tensorboard, logs.wandb_project
     loggers = [_tensorboard(out)] if tensorboard and writer else []
     wandb = None
     if wandb_project is not None and writer:
@@ -67,7 +76,7 @@ def run_training(
         if wandb is not None:
             wandb.finish(curves=out / "curves.png")
         raise
-    if wandb is not None and not keep_wandb_open:
+    if wandb is not None and not logs.keep_wandb_open:
         wandb.finish(accuracy=metrics.get("test_acc"), curves=out / "curves.png")
         wandb = None
     return metrics, wandb

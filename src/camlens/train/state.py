@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from camlens.atomic import atomic_save_tensors
 from camlens.data import Dataset
+from camlens.distributed import world_size
 from camlens.train.config import RunError, TrainConfig
 
 __all__ = ["RESUME_FILE", "check_resumable", "load_resume", "save_resume", "saved_config"]
@@ -22,19 +23,11 @@ __all__ = ["RESUME_FILE", "check_resumable", "load_resume", "save_resume", "save
 RESUME_FILE = "resume.safetensors"
 
 
-def save_resume(
-    path: Path,
-    model,
-    optimizer,
-    scheduler,
-    epoch: int,
-    history,
-    config,
-    elapsed,
-    checksum: str,
-    world_size: int = 1,
-) -> None:
-    """Write the whole state after `epoch` to `path` in one atomic, synced rename."""
+def save_resume(path: Path, training, history: list[dict], elapsed: float) -> None:
+    """Write the whole state of `training` (a `steps.Training`) after its last epoch in
+    `history` to `path` in one atomic, synced rename."""
+    model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
+    config, epoch = training.config, history[-1]["epoch"]
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
@@ -56,8 +49,8 @@ def save_resume(
         "scheduler": json.dumps(scheduler.state_dict()),
         "history": json.dumps(history),
         "elapsed": repr(elapsed),
-        "data_checksum": checksum,
-        "world_size": str(world_size),
+        "data_checksum": training.data.checksum,
+        "world_size": str(world_size()),
     }
     atomic_save_tensors(path, tensors, metadata)
 
