@@ -125,7 +125,7 @@ def predict(
     finally:
         model.train(was_training)
     if not out:
-        return torch.empty(0, 0)
+        return torch.empty(0, 0, device=images.device)
     return torch.cat(out)
 
 

@@ -109,8 +109,9 @@ def reinitialise(module: nn.Module, generator: torch.Generator) -> None:
     the same sanity figures, whatever device the module is on (a GPU's stream differs)."""
     seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
     fresh = copy.deepcopy(module).cpu()
+    # the CPU's stream alone, restored after: the caller's CPU and CUDA streams stay untouched
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         for m in fresh.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
