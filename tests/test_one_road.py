@@ -182,3 +182,11 @@ def test_compare_keeps_what_it_measured_when_a_late_step_fails(untrained, tmp_pa
     assert saved["errors"] == {"sanity": why, "grid test": why}
     assert f"grid test failed: {why}" in result.summary
     assert (tmp_path / "compare.csv").exists() and not (tmp_path / "sanity.png").exists()
+
+
+def test_fp16_maps_are_refused_at_plan_time_in_one_line(untrained):
+    """A user error, so the CLI prints one line (before: the engine's ValueError, a traceback)."""
+    model, _ = untrained
+    with pytest.raises(ExplainError, match="fp16 maps are refused") as e:
+        ExplainPlan(layers=("layer4",), precision="fp16").check(model)
+    assert "\n" not in str(e.value)
