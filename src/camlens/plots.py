@@ -50,11 +50,12 @@ TOP_PAIRS = 30  # confused pairs in the figure beside the heat map of a large K
 
 def top_confusions(confusion: torch.Tensor, n: int) -> list[tuple[int, int, int]]:
     """The `n` largest off-diagonal counts as (true, predicted, count), largest first, ties by
-    position; zero counts are left out. One top-k over the K x K counts, no loop over cells."""
+    position; zero counts are left out. One sort of the K x K counts, no loop over cells."""
     off = confusion.long().clone()
     off.fill_diagonal_(0)
-    counts, flat = off.flatten().topk(min(n, off.numel()))  # (K*K,) -> (n,)
+    flat = off.flatten().argsort(descending=True, stable=True)[:n]  # (K*K,) -> (n,)
     k = off.shape[1]
+    counts = off.flatten()[flat]
     return [(f // k, f % k, c) for c, f in zip(counts.tolist(), flat.tolist(), strict=True) if c]
 
 

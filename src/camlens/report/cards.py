@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
+
 from camlens.evaluate import as_float_images
 from camlens.metrics.counterfactual import confusion_summary
 from camlens.overlay import overlay
@@ -95,6 +97,11 @@ def gallery_parts(data: ReportData, payload: dict) -> Iterator[str]:
             variants[key]["maps"] += maps
         start_maps = per_key[default_key]
         chunk = m.select(rows)
+        # each card's bar classes' probabilities in one gather: (M, K) -> (M, up to 6)
+        shown_rows = bars[rows]
+        width = max(len(b) for b in shown_rows)
+        padded = torch.tensor([b + b[-1:] * (width - len(b)) for b in shown_rows])
+        bar_probs = chunk.probs.gather(1, padded).tolist()
         columns = (chunk.indices, chunk.labels, chunk.preds, chunk.confidence, chunk.margins)
         items = []
         for n, (index, t, p, conf, margin) in enumerate(
@@ -102,7 +109,7 @@ def gallery_parts(data: ReportData, payload: dict) -> Iterator[str]:
         ):
             i = start + n
             shown = bars[i]
-            probs = chunk.probs[n, shown].tolist()
+            probs = bar_probs[n][: len(shown)]
             cf_facts = None
             if cf_columns is not None:
                 drop, to_true, left, beat = (c[i] for c in cf_columns)
