@@ -208,7 +208,7 @@ def fake_mistakes(n: int, k: int = 20) -> tuple[Mistakes, Explanations]:
     ["counterfactual rows", "verdicts", "confusion_summary", "index.csv", "report cards"],
 )
 def test_no_torch_call_per_row(step, tmp_path):
-    """Each step makes as many torch calls for 48 rows as for 12: none per row. Planted: the
+    """Each step makes about as many torch calls for 48 rows as for 12: none per row. Planted: the
     counterfactual's properties read per row in `rows` (and `confusion_summary` masking per
     pair, `write_index` indexing per row, the report reading `probs[n, shown]`): red."""
     classes = [f"c{i}" for i in range(20)]
@@ -227,7 +227,8 @@ def test_no_torch_call_per_row(step, tmp_path):
         }[step]
         return calls(fn)
 
-    assert run(48) == run(12)
+    # a call per row adds 36; a branch that depends on the data may add one or two
+    assert run(48) - run(12) < 12
 
 
 def _report_data(m: Mistakes, expl: Explanations, classes):
