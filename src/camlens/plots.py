@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from camlens.atomic import atomic_write_bytes
@@ -46,6 +47,7 @@ def plot_curves(history: Sequence[dict], path: str | Path | None = None) -> byte
 
 CELL_NUMBERS_UP_TO = 30  # classes: beyond this a K x K grid of numbers is unreadable (and huge)
 TOP_PAIRS = 30  # confused pairs in the figure beside the heat map of a large K
+HEAT_PIXELS = 500  # the heat map's cells a side at most: about its pixels in the figure
 
 
 def top_confusions(confusion: torch.Tensor, n: int) -> list[tuple[int, int, int]]:
@@ -99,12 +101,23 @@ def _plot_large_confusion(confusion: torch.Tensor, rates: torch.Tensor, classes)
     fig = Figure(figsize=(15, 7.5))
     ax, bars = fig.subplots(1, 2, width_ratios=(1, 1.1))
     # a square root brings the few-percent confusions out of the white beside the diagonal;
-    # "nearest" at 110 dpi shows about a pixel per cell up to K ~ 700 and subsamples beyond
-    ax.imshow(rates.sqrt().numpy(), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    # blocks of cells pooled by their maximum to at most HEAT_PIXELS a side, so that no
+    # confusion falls between the figure's pixels: (K, K) -> (<= HEAT_PIXELS, <= HEAT_PIXELS)
+    block = -(-k // HEAT_PIXELS)
+    heat = F.max_pool2d(rates.float()[None, None], block, block, ceil_mode=True)[0, 0]
+    ax.imshow(
+        heat.sqrt().numpy(),
+        cmap="Blues",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+        extent=(0, k, k, 0),
+    )
     ax.set(
         xlabel="predicted class index",
         ylabel="true class index",
-        title=f"confusion of {k} classes (colour: sqrt of the row share)",
+        title=f"confusion of {k} classes (colour: sqrt of the row share"
+        + (f", max of {block}x{block} cells)" if block > 1 else ")"),
     )
     top = top_confusions(confusion, TOP_PAIRS)
     names = [f"{classes[t][:24]} -> {classes[p][:24]}" for t, p, _ in top]
