@@ -71,7 +71,7 @@ def classes_section(data: ReportData) -> str:
     """Per-class accuracy and the confusion: as a K x K table, or its largest pairs."""
     if len(data.classes) > CELL_NUMBERS_UP_TO:
         return (
-            '<section id="confusion" class="two wide">'
+            '<section id="confusion" class="two">'
             f"{_class_table(data)}{_top_pairs_table(data)}</section>"
         )
     return (
