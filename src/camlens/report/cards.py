@@ -94,7 +94,8 @@ def gallery_parts(data: ReportData, payload: dict) -> Iterator[str]:
         rows = slice(start, start + CHUNK)
         originals, per_key = _encode_chunk(data, keys, rows)
         for key, maps in per_key.items():
-            variants[key]["maps"] += maps
+            if key != default_key:  # the default view's maps go into the <img> tags only
+                variants[key]["maps"] += maps
         start_maps = per_key[default_key]
         chunk = m.select(rows)
         # each card's bar classes' probabilities in one gather: (M, K) -> (M, up to 6)
