@@ -53,7 +53,7 @@ class ReportConfig:
     # a pair's mean maps are over at most this many of its mistakes, the most confident: their
     # cost stays bounded however many mistakes a pair holds (the page says so)
     pair_images: int = 256
-    # beyond CELL_NUMBERS_UP_TO classes the page lists the this many most confused pairs
+    # beyond CELL_NUMBERS_UP_TO (30) classes, the page lists this many most confused pairs
     top_pairs: int = 50
     centre: float = 0.5  # side of the centre box as a fraction of the image side (16 of 32 px)
     size: int = 64  # pixels of an encoded overlay (shown at 96 px): 2 per pixel of a 32 px image
