@@ -3,6 +3,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from camlens.data import DataError, Split
 from camlens.evaluate import (
@@ -74,9 +75,15 @@ def test_evaluate_and_the_written_files_agree(tmp_path):
     assert {int(r["index"]) for r in rows} == set(
         (preds != split.labels).nonzero().flatten().tolist()
     )
-    for r in rows:
+    probs = load_file(tmp_path / "misclassified.safetensors")["probs"]  # the full (M, K)
+    assert probs.shape == (len(rows), len(CLASSES))
+    assert torch.allclose(probs.sum(1), torch.ones(len(rows)), atol=1e-5)
+    for r, p in zip(rows, probs, strict=True):
         assert r["label"] != r["pred"]
-        assert sum(float(r[f"p_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-4)
+        # the likeliest classes (here all 3 < 5) by name, likeliest first
+        order = p.argsort(descending=True).tolist()
+        assert [r[f"top{j + 1}"] for j in range(3)] == [CLASSES[k] for k in order]
+        assert float(r["p_top1"]) == pytest.approx(float(p.max()), abs=1e-6)
     assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

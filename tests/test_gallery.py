@@ -257,3 +257,18 @@ def test_without_the_counterfactual_index_has_no_cf_columns(tmp_path, tiny_mista
     g = stream_gallery(stream_mistake_maps(model, m, plan), m, "gradcam", CLASSES, tmp_path, SMALL)
     header = (g.folder / "index.csv").read_text().splitlines()[0]
     assert "cf_" not in header and g.explanations.counterfactual is None
+
+
+def test_pair_pages_drawn_in_batches_equal_a_batch_per_page(tmp_path, tiny_mistakes, monkeypatch):
+    """Pair pages' overlays are made many pages to a batch (at 1,000 classes most pairs hold an
+    image or two): the pages are the same bytes as with a batch per page."""
+    model, m = tiny_mistakes
+    expl = mistake_maps(model, m.images, m.labels, PLAN, preds=m.preds)
+    batched = write_gallery(expl, m, CLASSES, tmp_path / "batched", SMALL)
+    monkeypatch.setattr(gallery_write, "PAIR_BATCH", 1)  # each page its own batch
+    alone = write_gallery(expl, m, CLASSES, tmp_path / "alone", SMALL)
+    pages = {k: v for k, v in _files(batched).items() if k.parts[0] == "pairs"}
+    assert len(pages) > 2 and pages == {
+        k: v for k, v in _files(alone).items() if k.parts[0] == "pairs"
+    }
+    assert len(gallery_write._batches([("a", [0] * 3)] * 5, 7)) == 3  # 3 + 3 | 3 + 3 | 3

@@ -458,3 +458,32 @@ def test_trust_section_leads_with_the_grid_line_and_its_table(case):
     assert html[first:].startswith("grid test (2x2 confident correct images")
     assert "believe gradcam relu" in html and "worse than chance: wrong tile relu" in html
     assert "<th>baseline: oracle</th>" in html and "<th>wrong tile relu</th>" in html
+
+
+def test_the_page_is_written_as_it_is_made(case, tmp_path, monkeypatch):
+    """report.html is streamed to disk a chunk of cards at a time: the Python memory it takes at
+    its peak is well under the page's size. Planted: render_report writing render_html(data)
+    (the page whole in memory, as before): red."""
+    import tracemalloc
+
+    import camlens.report.cards as cards
+
+    model, split, ev, _, _, _ = case
+    data = _report(
+        model, split, ev, ExplainPlan(layers=("layer4",)), config=ReportConfig(workers=1)
+    )
+    many = 8  # the mistakes repeated: a page of 8x the cards, written 4 cards at a time
+    m = data.mistakes
+    m = replace(m.select(torch.arange(len(m)).repeat(many)))
+    expl = data.explanations["gradcam"].select(torch.arange(len(data.mistakes)).repeat(many))
+    data = replace(data, mistakes=m, explanations={"gradcam": expl}, pairs=[])
+    monkeypatch.setattr(cards, "CHUNK", 4)
+    render_report(data, tmp_path)  # warm: imports, fonts, the template
+    tracemalloc.start()
+    try:
+        path = render_report(data, tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = path.stat().st_size
+    assert size > 1_000_000 and peak < size / 3, (peak, size)

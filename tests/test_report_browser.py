@@ -7,6 +7,7 @@ writes what is visible after each step into data-test-* attributes of <html>, wh
 `chromium --dump-dom` prints.
 """
 
+import html
 import json
 import os
 import re
@@ -202,3 +203,57 @@ def test_diff_page_renders_every_picture_without_script_errors(tmp_path):
     # three pictures per card, plus the agreement figure when there are shared mistakes
     assert int(attrs["data-test-images"]) >= 3 * items
     assert attrs["data-test-decoded"] == attrs["data-test-images"]
+
+
+PAIR_DRIVER = """<script>
+window.addEventListener("load", () => {
+  const started = performance.now();
+  const [t, p] = PAIR;
+  const visible = () => Array.from(document.querySelectorAll("#grid .item"))
+    .filter((it) => it.getClientRects().length > 0);
+  const before = visible().length;
+  document.querySelector(`tr.top-pair[data-label="${t}"][data-pred="${p}"] a.pair-link`).click();
+  const after = visible();
+  const row = document.querySelector(`tr.top-pair[data-label="${t}"][data-pred="${p}"]`);
+  const heads = document.querySelectorAll("#class-table th[data-sort]");
+  const firstClass = () => document.querySelector("#class-table tbody tr th").dataset.v;
+  heads[1].click();  // sort the classes by accuracy, lowest first
+  heads[1].click();  // and again: highest first
+  const first = firstClass();
+  const root = document.documentElement;
+  root.dataset.testBefore = before;
+  root.dataset.testAfter = after.map((it) => `${it.dataset.label},${it.dataset.pred}`).join(" ");
+  root.dataset.testSelected = row.classList.contains("selected");
+  root.dataset.testDecoded = after.every((it) => Array.from(it.querySelectorAll(
+    "figure:not([hidden]) img")).every((im) => im.complete && im.naturalWidth > 0));
+  root.dataset.testFirst = first;
+  root.dataset.testMs = Math.round(performance.now() - started);
+});
+</script>"""
+
+
+def test_a_1000_class_report_opens_and_a_confused_pair_shows_its_cards(tmp_path):
+    """The page of a 1,000-class model (no K x K table): clicking a pair among the most
+    confused shows exactly its cards, decoded, and the class table sorts by accuracy."""
+    from camlens import from_user_data
+    from camlens.pipeline import report
+    from test_report_kscale import BRIGHT, PREDICTED, TinyNet, tiny_data
+
+    images, labels, classes = tiny_data()
+    data = from_user_data((images.float() / 255, labels), classes=classes)
+    plan = ExplainPlan(layers=("features",), limit=2 * BRIGHT)
+    path = report(TinyNet().eval(), data, tmp_path / "out", plan).report
+    page, end = path.read_text().rsplit("</body>", 1)
+    pair = (3, PREDICTED)
+    copy = tmp_path / "driven.html"
+    copy.write_text(page + PAIR_DRIVER.replace("PAIR", json.dumps(pair)) + "</body>" + end)
+    run = chromium(tmp_path / "profile", "--dump-dom", copy.as_uri())
+    root = re.search(r"<html[^>]*>", run.stdout)
+    assert root, f"no DOM from chromium (rc {run.returncode}): {run.stderr[-2000:]}"
+    attrs = dict(re.findall(r'(data-test-[\w-]+)="([^"]*)"', root.group(0)))
+    assert "data-test-before" in attrs, f"the driver did not run: {root.group(0)[:300]}"
+    assert int(attrs["data-test-before"]) == 2 * BRIGHT
+    assert attrs["data-test-after"] == f"3,{PREDICTED} 3,{PREDICTED}"  # its 2 cards, no other
+    assert attrs["data-test-selected"] == "true" and attrs["data-test-decoded"] == "true"
+    # sorted by accuracy, highest first: the one class the model gets right
+    assert html.unescape(attrs["data-test-first"]) == classes[PREDICTED]

@@ -11,13 +11,16 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 
-from camlens.atomic import atomic_write_bytes
+from camlens.atomic import atomic_write_bytes, atomic_write_files
 from camlens.data import DataError, Split
 from camlens.data.store import ImageStore, rows_of
 from camlens.distributed import gather, shard_rows
@@ -32,6 +35,7 @@ __all__ = [
     "evaluate",
     "write_evaluation",
     "read_mistakes",
+    "write_mistakes",
     "autocast",
     "fast_bf16",
     "native_bf16",
@@ -135,6 +139,10 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
     return torch.bincount(flat.cpu(), minlength=num_classes**2).view(num_classes, num_classes)
 
 
+ALL_BARS_UP_TO = 12  # classes: up to this many a card draws every probability bar
+TOP_BARS = 5  # beyond, the likeliest this many classes, and the truth if it is not among them
+
+
 @dataclass(frozen=True)
 class Mistakes:
     """The misclassified images of a split: where they are and what the model thought."""
@@ -149,9 +157,22 @@ class Mistakes:
     def __len__(self) -> int:
         return self.indices.shape[0]
 
-    @property
+    @cached_property
     def confidence(self) -> torch.Tensor:
+        """(M,) probability of the prediction; computed once, since callers read it per row."""
         return self.probs.gather(1, self.preds[:, None]).squeeze(1)
+
+    def bar_classes(self) -> list[list[int]]:
+        """The classes each mistake's probability bars show, in class order: all of them up to
+        `ALL_BARS_UP_TO` classes, else the `TOP_BARS` likeliest plus the truth (one top-k)."""
+        k = self.probs.shape[1] if self.probs.ndim == 2 else 0
+        if k <= ALL_BARS_UP_TO:
+            return [list(range(k))] * len(self)
+        top = self.probs.topk(TOP_BARS, dim=1).indices  # (M, K) -> (M, TOP_BARS)
+        return [
+            sorted({*row, label})
+            for row, label in zip(top.tolist(), self.labels.tolist(), strict=True)
+        ]
 
     def select(self, keep: torch.Tensor) -> Mistakes:
         """A subset or reordering, by index tensor or boolean mask."""
@@ -229,7 +250,7 @@ def _csv_bytes(rows: list[list]) -> bytes:
 
 
 def write_evaluation(ev: Evaluation, classes: Sequence[str], out: str | Path, meta: dict) -> dict:
-    """metrics.json, confusion.csv, confusion.png and misclassified.csv in `out`."""
+    """metrics.json, confusion.csv, confusion.png, misclassified.csv and .safetensors in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {**meta, **ev.summary(classes)}
@@ -238,38 +259,60 @@ def write_evaluation(ev: Evaluation, classes: Sequence[str], out: str | Path, me
     rows += [[c, *ev.confusion[i].tolist()] for i, c in enumerate(classes)]
     atomic_write_bytes(out / "confusion.csv", _csv_bytes(rows))
     plot_confusion(ev.confusion, classes, out / "confusion.png")
-    m = ev.mistakes
-    rows = [["index", "label", "pred", "confidence", "margin", *(f"p_{c}" for c in classes)]]
-    for i in range(len(m)):
-        rows.append(
-            [
-                int(m.indices[i]),
-                classes[m.labels[i]],
-                classes[m.preds[i]],
-                f"{m.confidence[i].item():.6f}",
-                f"{m.margins[i].item():.6f}",
-                *(f"{p:.6f}" for p in m.probs[i].tolist()),
-            ]
-        )
-    atomic_write_bytes(out / "misclassified.csv", _csv_bytes(rows))
+    write_mistakes(ev.mistakes, classes, out / "misclassified.csv")
     return summary
 
 
+def write_mistakes(m: Mistakes, classes: Sequence[str], path: Path) -> None:
+    """`path` (misclassified.csv): a row per mistake with its `TOP_BARS` likeliest classes; and
+    beside it `path`.safetensors with every class's probability, (M, K) float32: at K = 1,000 a
+    column per class would make a 100 MB csv, written and parsed in Python."""
+    top = min(TOP_BARS, m.probs.shape[1]) if m.probs.ndim == 2 else 0
+    values, ids = m.probs.topk(top, dim=1) if len(m) else (m.probs[:, :0], m.probs[:, :0].long())
+    header = ["index", "label", "pred", "confidence", "margin"]
+    header += [f"{kind}{r + 1}" for r in range(top) for kind in ("top", "p_top")]
+    rows = [header]
+    columns = (m.indices, m.labels, m.preds, m.confidence, m.margins, ids, values)
+    for index, t, p, conf, margin, ks, ps in zip(*(c.tolist() for c in columns), strict=True):
+        row = [index, classes[t], classes[p], f"{conf:.6f}", f"{margin:.6f}"]
+        row += [x for k, v in zip(ks, ps, strict=True) for x in (classes[k], f"{v:.6f}")]
+        rows.append(row)
+    tensors = {"indices": m.indices.long().contiguous(), "probs": m.probs.float().contiguous()}
+    meta = {"classes": json.dumps(list(classes)), "rows": "the rows of " + path.name}
+    atomic_write_files(
+        {path: _csv_bytes(rows), path.with_suffix(".safetensors"): save(tensors, metadata=meta)}
+    )
+
+
 def read_mistakes(path: str | Path, split: Split | None = None) -> Mistakes:
-    """Read misclassified.csv back; with the test `split`, the images come along."""
+    """Read misclassified.csv and its .safetensors (the probabilities) back; with the test
+    `split`, the images come along. A csv of camlens 0.1.0, with a p_<class> column per class,
+    reads alone."""
+    path = Path(path)
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader)
-        classes = [h[2:] for h in header if h.startswith("p_")]
-        ids = {c: i for i, c in enumerate(classes)}
         rows = list(reader)
-    p0 = header.index(f"p_{classes[0]}")
     indices = torch.tensor([int(r[0]) for r in rows], dtype=torch.long)
+    if any(h.startswith("p_") and not h.startswith("p_top") for h in header):  # the old csv
+        classes = [h[2:] for h in header if h.startswith("p_")]
+        p0 = header.index(f"p_{classes[0]}")
+        probs = torch.tensor([[float(x) for x in r[p0:]] for r in rows]).view(-1, len(classes))
+    else:
+        beside = path.with_suffix(".safetensors")
+        if not beside.is_file():
+            raise DataError(f"{path} needs {beside.name} beside it: it holds the probabilities")
+        with safe_open(beside, "pt") as f:
+            classes = json.loads(f.metadata()["classes"])
+            probs = f.get_tensor("probs")
+            if not torch.equal(f.get_tensor("indices"), indices):
+                raise DataError(f"{beside.name} does not hold the rows of {path.name}")
+    ids = {c: i for i, c in enumerate(classes)}
     mistakes = Mistakes(
         indices=indices,
         labels=torch.tensor([ids[r[1]] for r in rows], dtype=torch.long),
         preds=torch.tensor([ids[r[2]] for r in rows], dtype=torch.long),
-        probs=torch.tensor([[float(x) for x in r[p0:]] for r in rows]).view(-1, len(classes)),
+        probs=probs,
         margins=torch.tensor([float(r[4]) for r in rows]),
     )
     if split is None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import re
 from importlib import resources
@@ -12,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
 
 from camlens.atomic import atomic_write_files
 from camlens.diff.compute import GROUPS, TARGETS, ModelDiff
 from camlens.explain import ExplainError
 from camlens.overlay import enlarge, overlay
 from camlens.plots import figure_png
+from camlens.report.markup import b64, encode_image, esc
 
 __all__ = ["FILES", "agreement_figure", "diff_json", "render_html", "write_diff"]
 
@@ -26,14 +23,8 @@ FILES = ("diff.html", "diff.json")
 TILE = 96  # px: cards show 32 px images enlarged with sharp pixels, maps upsampled
 
 
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _png(pixels: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=6)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/png;base64," + encode_image(pixels, "png")
 
 
 def _group_titles(d: ModelDiff) -> dict[str, str]:
@@ -107,7 +98,7 @@ def _accuracy_section(d: ModelDiff) -> str:
     a, b = d.names
     ev_a, ev_b = d.evaluations
     rows = "".join(
-        f"<tr><th>{_esc(c)}</th><td class=num>{pa:.1%}</td><td class=num>{pb:.1%}</td>"
+        f"<tr><th>{esc(c)}</th><td class=num>{pa:.1%}</td><td class=num>{pb:.1%}</td>"
         f"<td class=num>{pb - pa:+.1%}</td>"
         + "".join(f"<td class=num>{int(d.per_class[g][k])}</td>" for g in GROUPS)
         + "</tr>"
@@ -115,8 +106,8 @@ def _accuracy_section(d: ModelDiff) -> str:
     )
     titles = _group_titles(d)
     head = (
-        f"<tr><th>class</th><th>{_esc(a)}</th><th>{_esc(b)}</th><th>{_esc(b)} − "
-        f"{_esc(a)}</th>" + "".join(f"<th>{_esc(titles[g])}</th>" for g in GROUPS) + "</tr>"
+        f"<tr><th>class</th><th>{esc(a)}</th><th>{esc(b)}</th><th>{esc(b)} − "
+        f"{esc(a)}</th>" + "".join(f"<th>{esc(titles[g])}</th>" for g in GROUPS) + "</tr>"
     )
     total = (
         f"<tr><th>all</th><td class=num><b>{ev_a.accuracy:.2%}</b></td><td class=num>"
@@ -153,18 +144,18 @@ def _agreement_section(d: ModelDiff) -> str:
         )
 
     rows = "".join(
-        f"<tr><th>{_esc(layer)}</th><th>{'predicted class' if t == 'pred' else 'true class'}"
+        f"<tr><th>{esc(layer)}</th><th>{'predicted class' if t == 'pred' else 'true class'}"
         "</th>"
         + "".join(cell(f"{layer} {t} {m}") for m in ("spearman", "iou"))
         + f"<td class=num>{stats[f'{layer} {t} spearman']['n']}</td></tr>"
         for layer in d.layers
         for t in TARGETS
     )
-    png = base64.b64encode(figure_png(agreement_figure(d))).decode("ascii")
+    png = b64(figure_png(agreement_figure(d)))
     return (
         '<section id="agreement"><h2>Shared mistakes: the same error, the same evidence?</h2>'
         f'<p class="note">{shared} images are misclassified by both; on {same} '
-        f"({same / shared:.0%}) they predict the same wrong class. Each model's {_esc(d.method)} "
+        f"({same / shared:.0%}) they predict the same wrong class. Each model's {esc(d.method)} "
         "map is compared with the other's, per image: Spearman rank correlation, and the IoU of "
         f'the top {d.top:.0%} of pixels. "Predicted class" compares the maps of what each '
         'model predicted; "true class" the maps of the same class in both. A pair where '
@@ -184,7 +175,7 @@ def _gallery_section(d: ModelDiff) -> str:
         images = d.images[g]
         n = images.shape[0]
         if not n:
-            parts.append(f"<h3>{_esc(titles[g])}: none</h3>")
+            parts.append(f"<h3>{esc(titles[g])}: none</h3>")
             continue
         idx = d.groups[g][:n]
         origs = enlarge(images, TILE).cpu().numpy()
@@ -197,24 +188,24 @@ def _gallery_section(d: ModelDiff) -> str:
             pa, pb, y = int(preds[0][i]), int(preds[1][i]), int(labels[i])
             items.append(
                 f'<div class="item"><div class="facts">#{int(idx[i])} · true '
-                f"<span class=l>{_esc(d.classes[y])}</span> · {_esc(a)}: "
-                f"<span class={'p' if pa != y else 'l'}>{_esc(d.classes[pa])}</span> · "
-                f"{_esc(b)}: <span class={'p' if pb != y else 'l'}>{_esc(d.classes[pb])}</span>"
+                f"<span class=l>{esc(d.classes[y])}</span> · {esc(a)}: "
+                f"<span class={'p' if pa != y else 'l'}>{esc(d.classes[pa])}</span> · "
+                f"{esc(b)}: <span class={'p' if pb != y else 'l'}>{esc(d.classes[pb])}</span>"
                 '</div><div class="tiles">'
                 f'<figure><img class="orig" alt="image" src="{_png(origs[i])}">'
                 "<figcaption>image</figcaption></figure>"
-                f'<figure><img class="map" alt="{_esc(a)} map" src="{_png(over_a[i])}">'
-                f"<figcaption>{_esc(a)}</figcaption></figure>"
-                f'<figure><img class="map" alt="{_esc(b)} map" src="{_png(over_b[i])}">'
-                f"<figcaption>{_esc(b)}</figcaption></figure></div></div>"
+                f'<figure><img class="map" alt="{esc(a)} map" src="{_png(over_a[i])}">'
+                f"<figcaption>{esc(a)}</figcaption></figure>"
+                f'<figure><img class="map" alt="{esc(b)} map" src="{_png(over_b[i])}">'
+                f"<figcaption>{esc(b)}</figcaption></figure></div></div>"
             )
         shown = f"the {n} most confident of {d.groups[g].numel()}"
         parts.append(
-            f'<h3>{_esc(titles[g])} ({shown})</h3><div class="grid">' + "".join(items) + "</div>"
+            f'<h3>{esc(titles[g])} ({shown})</h3><div class="grid">' + "".join(items) + "</div>"
         )
     return (
         '<section id="galleries"><h2>Galleries</h2><p class="note">Each model\'s '
-        f"{_esc(d.method)} map of the class it predicted, at {_esc(d.layers[-1])}.</p>"
+        f"{esc(d.method)} map of the class it predicted, at {esc(d.layers[-1])}.</p>"
         + "".join(parts)
         + "</section>"
     )
@@ -226,17 +217,17 @@ def render_html(d: ModelDiff) -> str:
     ev_a, ev_b = d.evaluations
     images = int(ev_a.logits.shape[0])
     body = (
-        f'<header class="top"><h1>camlens diff: {_esc(a)} vs {_esc(b)}</h1><p class="sub">'
-        f"{images} test images · {_esc(a)} <b>{ev_a.accuracy:.2%}</b> · {_esc(b)} "
+        f'<header class="top"><h1>camlens diff: {esc(a)} vs {esc(b)}</h1><p class="sub">'
+        f"{images} test images · {esc(a)} <b>{ev_a.accuracy:.2%}</b> · {esc(b)} "
         f"<b>{ev_b.accuracy:.2%}</b> · {d.groups['shared'].numel()} shared mistakes, "
-        f"{d.groups['only_a'].numel()} only {_esc(a)}, {d.groups['only_b'].numel()} only "
-        f'{_esc(b)}</p><nav><a href="#accuracy">accuracy</a><a href="#agreement">shared '
+        f"{d.groups['only_a'].numel()} only {esc(a)}, {d.groups['only_b'].numel()} only "
+        f'{esc(b)}</p><nav><a href="#accuracy">accuracy</a><a href="#agreement">shared '
         'mistakes</a><a href="#galleries">galleries</a></nav></header>'
         f"<main>{_accuracy_section(d)}{_agreement_section(d)}{_gallery_section(d)}</main>"
     )
     payload = json.dumps({"classes": list(d.classes)}).replace("</", "<\\/")
     template = (resources.files("camlens") / "assets" / "report_template.html").read_text()
-    parts = {"title": _esc(f"camlens diff · {a} vs {b}"), "body": body, "payload": payload}
+    parts = {"title": esc(f"camlens diff · {a} vs {b}"), "body": body, "payload": payload}
     return re.sub(r"\{\{(\w+)\}\}", lambda mt: parts[mt.group(1)], template)
 
 

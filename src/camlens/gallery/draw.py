@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from camlens.evaluate import Mistakes, as_float_images
+from camlens.evaluate import ALL_BARS_UP_TO, TOP_BARS, Mistakes, as_float_images
 from camlens.explain import Explanations
 from camlens.overlay import enlarge, overlay
 
@@ -125,6 +125,8 @@ class CardLayout:
     rows: int  # layers
     bars_x: int
     bars_h: int
+    slots: int  # rows of probability bars: K, or TOP_BARS + 1 (the truth outside the top)
+    all_bars: bool  # a bar per class, named in the template
     verdict_y: int | None  # where the counterfactual verdict line goes; None: no test
     template: np.ndarray  # (H, W, 3) uint8: paper, layer captions, class names of the bars
 
@@ -146,11 +148,17 @@ class CardLayout:
                 f"{layer} ({h}x{w} map)",
                 10,
             )
-        bars_h = min(s, 18 * len(classes))
-        row = bars_h / len(classes)
-        for k, name in enumerate(classes):
+        # a bar per class up to ALL_BARS_UP_TO classes, named once here; beyond, the likeliest
+        # TOP_BARS and the truth, named on each card (which classes differs from card to card)
+        all_bars = len(classes) <= ALL_BARS_UP_TO
+        slots = len(classes) if all_bars else TOP_BARS + 1
+        bars_h = min(s, 18 * slots)
+        row = bars_h / slots
+        for k, name in enumerate(classes if all_bars else ()):
             put_text(template, (bars_x + 2, HEADER + int(k * row + row / 2) - 6), name[:11], 11)
-        return cls(s, columns, len(expl.layers), bars_x, bars_h, verdict_y, template)
+        return cls(
+            s, columns, len(expl.layers), bars_x, bars_h, slots, all_bars, verdict_y, template
+        )
 
 
 def draw_card(
@@ -178,14 +186,20 @@ def draw_card(
             card[y : y + s, x : x + s] = pixels
             if text is not None:  # the first column's caption is in the template
                 put_text(card, (x, y + s + 2), text, 10)
-    row, x0 = layout.bars_h / len(classes), layout.bars_x
-    for k, p in enumerate(m.probs[i].tolist()):
-        y = HEADER + int(k * row)
+    row, x0 = layout.bars_h / layout.slots, layout.bars_x
+    # (1, K) -> the classes this card shows: O(K) per card, never O(M)
+    shown = m.select(slice(i, i + 1)).bar_classes()[0]
+    probs = m.probs[i, shown].tolist()
+    for slot, (k, p) in enumerate(zip(shown, probs, strict=True)):
+        y = HEADER + int(slot * row)
+        middle = HEADER + int(slot * row + row / 2) - 6
+        if not layout.all_bars:
+            put_text(card, (x0 + 2, middle), classes[k][:11], 11)
         bar = int((BARS_W - TEXT_W - 40) * p)
         colour = GREEN if k == label else RED if k == pred else GREY
         right = x0 + TEXT_W + max(bar, 1) + 1
-        card[y + 2 : HEADER + int(k * row + row) - 1, x0 + TEXT_W : right] = colour
-        put_text(card, (x0 + TEXT_W + bar + 3, HEADER + int(k * row + row / 2) - 6), f"{p:.0%}", 11)
+        card[y + 2 : HEADER + int(slot * row + row) - 1, x0 + TEXT_W : right] = colour
+        put_text(card, (x0 + TEXT_W + bar + 3, middle), f"{p:.0%}", 11)
     if layout.verdict_y is not None and expl.counterfactual is not None:
         verdict = expl.select(slice(i, i + 1)).counterfactual.verdicts(list(classes))[0]
         put_text(card, (GAP, layout.verdict_y), verdict, 10, cache=False)

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from camlens.atomic import atomic_write_bytes
 from camlens.evaluate import Mistakes
 from camlens.explain import Explanations
@@ -26,11 +28,10 @@ FOLDERS = ("cards", "pages", "pairs")
 
 def card_names(mistakes: Mistakes, classes: Sequence[str]) -> list[str]:
     """cards/<position>_<test index>_<true>-as-<predicted>.png, in gallery order."""
+    columns = (mistakes.indices, mistakes.labels, mistakes.preds)
     return [
-        f"{i + 1:04d}_{int(index):05d}_{classes[int(t)]}-as-{classes[int(p)]}.png"
-        for i, (index, t, p) in enumerate(
-            zip(mistakes.indices, mistakes.labels, mistakes.preds, strict=True)
-        )
+        f"{i + 1:04d}_{index:05d}_{classes[t]}-as-{classes[p]}.png"
+        for i, (index, t, p) in enumerate(zip(*(c.tolist() for c in columns), strict=True))
     ]
 
 
@@ -91,21 +92,23 @@ def write_index(root, expl, mistakes, classes, names, config) -> None:
     if cf_rows:
         header += ["cf_region", *cf_rows[0], "cf_verdict"]
     rows = [header]
-    for i in range(len(mistakes)):
+    # every column as Python lists once: a tensor indexed per row is a call per cell
+    maxima = torch.stack([expl.pred_max, expl.label_max], 2)  # 2 x (L, M) -> (L, M, 2)
+    maxima = maxima.transpose(0, 1).flatten(1).tolist()  # -> (M, 2L): per layer pred, label
+    columns = (mistakes.indices, mistakes.labels, mistakes.preds, mistakes.confidence)
+    for i, (index, t, p, conf, margin) in enumerate(
+        zip(*(c.tolist() for c in columns), mistakes.margins.tolist(), strict=True)
+    ):
         row = [
-            int(mistakes.indices[i]),
-            classes[int(mistakes.labels[i])],
-            classes[int(mistakes.preds[i])],
-            f"{float(mistakes.confidence[i]):.6f}",
-            f"{float(mistakes.margins[i]):.6f}",
+            index,
+            classes[t],
+            classes[p],
+            f"{conf:.6f}",
+            f"{margin:.6f}",
             f"cards/{names[i]}",
             f"pages/page-{i // config.per_page + 1:03d}.png",
         ]
-        for layer_idx in range(len(expl.layers)):
-            row += [
-                f"{float(expl.pred_max[layer_idx, i]):.6g}",
-                f"{float(expl.label_max[layer_idx, i]):.6g}",
-            ]
+        row += [f"{v:.6g}" for v in maxima[i]]
         if cf_rows:
             # predictions after a removal by name, as the label and pred columns
             named = [classes[v] if k.endswith("_pred") else v for k, v in cf_rows[i].items()]

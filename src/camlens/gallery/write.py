@@ -34,6 +34,7 @@ from camlens.gallery.draw import (
     GREY,
     CardLayout,
     GalleryConfig,
+    Panels,
     draw_card,
     draw_pair_page,
     draw_panels,
@@ -50,6 +51,7 @@ from camlens.gallery.png import Deflated, deflate_rows, png_of
 __all__ = ["Gallery", "stream_gallery", "write_gallery"]
 
 PAGE_GAP = 8  # pixel rows between two cards of a grid page
+PAIR_BATCH = 256  # pair-page images whose overlays are made in one batch
 
 
 @dataclass(frozen=True)
@@ -219,22 +221,30 @@ class _Job:
                 if not (self.reuse and (self.root / "pairs" / name).exists()):
                     jobs.append((name, rows[first : first + per], len(rows), t, p))
         last = len(expl.layers) - 1
-        for name, rows, count, t, p in tqdm(
-            jobs, desc=f"{expl.method}: pair pages", unit="page", disable=not progress
-        ):
+        bar = tqdm(
+            total=len(jobs), desc=f"{expl.method}: pair pages", unit="page", disable=not progress
+        )
+        # the overlays of many pages in one batch: at 1,000 classes most pairs hold an image or
+        # two, and a batch per page cost ~0.4 s of fixed overheads per page
+        for batch in _batches(jobs, PAIR_BATCH):
             began = time.perf_counter()
-            idx = torch.tensor(rows)
+            idx = torch.tensor([r for job in batch for r in job[1]])
             panels = draw_panels(
                 expl.select(idx), m.images[idx], config, layers=[last], contrast_maps=False
             )
-            title = (
-                f"true {classes[t]} predicted {classes[p]}: {count} images ({expl.method} at "
-                f"{expl.layers[-1]}; image | predicted-class map | true-class map)"
-            )
-            page = draw_pair_page(rows, m, panels, title, config)
+            start = 0
+            for name, rows, count, t, p in batch:
+                title = (
+                    f"true {classes[t]} predicted {classes[p]}: {count} images ({expl.method} at "
+                    f"{expl.layers[-1]}; image | predicted-class map | true-class map)"
+                )
+                page = draw_pair_page(rows, m, _rows_of(panels, start, len(rows)), title, config)
+                start += len(rows)
+                wait(self.inflight[:-2])  # at most a few pages in memory
+                self.inflight = self.inflight[-2:] + [pool.submit(self.pair_page, name, page)]
+                bar.update()
             self.add(pair_pages=time.perf_counter() - began)
-            wait(self.inflight[:-2])  # at most a few pages in memory
-            self.inflight = self.inflight[-2:] + [pool.submit(self.pair_page, name, page)]
+        bar.close()
         wait(self.inflight)
 
     def pair_page(self, name: str, page: np.ndarray) -> None:
@@ -246,6 +256,31 @@ class _Job:
     def finish(self, expl: Explanations) -> None:
         write_index(self.root, expl, self.mistakes, self.classes, self.names, self.config)
         write_meta(self.root, expl, len(self.mistakes), self.digest, complete=True)
+
+
+def _batches(jobs: list[tuple], rows: int) -> list[list[tuple]]:
+    """Consecutive pair-page jobs grouped so that a group holds about `rows` images (a page
+    holds at most `per_pair_page`, so a group holds at least one page)."""
+    out: list[list[tuple]] = []
+    held = rows
+    for job in jobs:
+        if held + len(job[1]) > rows:
+            out.append([])
+            held = 0
+        out[-1].append(job)
+        held += len(job[1])
+    return out
+
+
+def _rows_of(panels: Panels, start: int, n: int) -> Panels:
+    """Rows start .. start + n of `panels`, every layer's."""
+    cut = slice(start, start + n)
+    return Panels(
+        panels.images[cut],
+        [x[cut] for x in panels.pred],
+        [x[cut] for x in panels.label],
+        None if panels.contrast is None else [x[cut] for x in panels.contrast],
+    )
 
 
 def wait(futures: list[Future]) -> None:

@@ -19,6 +19,7 @@ the random one did.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -70,48 +71,59 @@ class Counterfactual:
     # "predicted-class" where a method has no contrast map and that map stands in
     region: str = "contrast"
 
-    @property
+    # Derived per-image tensors, each computed once: the gallery, index.csv and the report read
+    # them per row, and a property rebuilt on every read made those loops O(N^2).
+    @cached_property
     def drop_map(self) -> Tensor:
         """(N, F) how much the margin fell when the map's region was removed."""
         return self.margin[:, None] - self.margin_map
 
-    @property
+    @cached_property
     def drop_random(self) -> Tensor:
         """(N, F) how much it fell when the random region was removed."""
         return self.margin[:, None] - self.margin_random
 
-    @property
+    @cached_property
     def left_map(self) -> Tensor:
         """(N, F) bool: the prediction left the predicted class."""
         return self.preds_map != self.preds[:, None]
 
-    @property
+    @cached_property
     def to_true_map(self) -> Tensor:
         """(N, F) bool: the prediction became the true class."""
         return self.preds_map == self.labels[:, None]
 
-    @property
+    @cached_property
     def to_true_random(self) -> Tensor:
         return self.preds_random == self.labels[:, None]
 
-    @property
+    @cached_property
     def beat_random(self) -> Tensor:
         """(N, F) bool: the map's removal dropped the margin more than the random one's."""
         return self.drop_map > self.drop_random
 
     def rows(self) -> list[dict[str, float | int | bool]]:
         """One dict per image, flat columns named by fraction (e.g. "cf10_drop"), for a csv."""
+        tags = [f"cf{round(f * 100)}" for f in self.fractions]
+        # every column as Python lists once: indexing tensors per row costs a call per cell
+        margin = self.margin.tolist()
+        columns = [
+            (kind, cast, t.tolist())
+            for kind, cast, t in (
+                ("drop", lambda v: round(v, 4), self.drop_map),
+                ("drop_random", lambda v: round(v, 4), self.drop_random),
+                ("pred", int, self.preds_map),
+                ("left", bool, self.left_map),
+                ("to_true", bool, self.to_true_map),
+                ("beat_random", bool, self.beat_random),
+            )
+        ]
         out = []
-        for i in range(self.margin.shape[0]):
-            row: dict[str, float | int | bool] = {"cf_margin": round(float(self.margin[i]), 4)}
-            for j, f in enumerate(self.fractions):
-                tag = f"cf{round(f * 100)}"
-                row[f"{tag}_drop"] = round(float(self.drop_map[i, j]), 4)
-                row[f"{tag}_drop_random"] = round(float(self.drop_random[i, j]), 4)
-                row[f"{tag}_pred"] = int(self.preds_map[i, j])
-                row[f"{tag}_left"] = bool(self.left_map[i, j])
-                row[f"{tag}_to_true"] = bool(self.to_true_map[i, j])
-                row[f"{tag}_beat_random"] = bool(self.beat_random[i, j])
+        for i in range(len(margin)):
+            row: dict[str, float | int | bool] = {"cf_margin": round(margin[i], 4)}
+            for j, tag in enumerate(tags):
+                for kind, cast, values in columns:
+                    row[f"{tag}_{kind}"] = cast(values[i][j])
             out.append(row)
         return out
 
@@ -121,19 +133,29 @@ class Counterfactual:
         j = self.fractions.index(self.headline)
         name = (lambda c: classes[c]) if classes is not None else str
         lines = []
-        for i in range(self.margin.shape[0]):
-            pred, now = int(self.preds[i]), int(self.preds_map[i, j])
-            if now == int(self.labels[i]):
+        columns = (
+            self.preds,
+            self.labels,
+            self.preds_map[:, j],
+            self.beat_random[:, j],
+            self.margin,
+            self.margin_map[:, j],
+            self.margin_random[:, j],
+        )
+        for pred, label, now, beat, before, after, random in zip(
+            *(c.tolist() for c in columns), strict=True
+        ):
+            if now == label:
                 outcome = f"now {name(now)}, the true class"
             elif now != pred:
                 outcome = f"now {name(now)}, neither predicted nor true"
             else:
                 outcome = f"still {name(pred)}"
-            better = "beats" if bool(self.beat_random[i, j]) else "does not beat"
+            better = "beats" if beat else "does not beat"
             lines.append(
                 f"removing {self.headline:.0%} of the {self.region} region: margin "
-                f"{float(self.margin[i]):.2f} -> {float(self.margin_map[i, j]):.2f} (random region:"
-                f" {float(self.margin_random[i, j]):.2f}, {better} it), {outcome}"
+                f"{before:.2f} -> {after:.2f} (random region:"
+                f" {random:.2f}, {better} it), {outcome}"
             )
         return lines
 
@@ -253,19 +275,21 @@ def confusion_summary(
     "cat -> dog: removing 10% of the contrast region turns 5 of 7 into cat; random regions 1"."""
     j = result.fractions.index(result.headline)
     name = (lambda c: classes[c]) if classes is not None else str
-    pairs: dict[tuple[int, int], list[int]] = {}
-    for i, (label, pred) in enumerate(
-        zip(result.labels.tolist(), result.preds.tolist(), strict=True)
+    to_true_map = result.to_true_map[:, j].tolist()
+    to_true_random = result.to_true_random[:, j].tolist()
+    pairs: dict[tuple[int, int], list[int]] = {}  # (label, pred) -> [members, by map, by random]
+    for label, pred, by_map, by_random in zip(
+        result.labels.tolist(), result.preds.tolist(), to_true_map, to_true_random, strict=True
     ):
-        pairs.setdefault((label, pred), []).append(i)
+        acc = pairs.setdefault((label, pred), [0, 0, 0])
+        acc[0], acc[1], acc[2] = acc[0] + 1, acc[1] + by_map, acc[2] + by_random
     lines = []
-    for (label, pred), members in sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        idx = torch.tensor(members, device=result.margin.device)
-        by_map = int(result.to_true_map[idx, j].sum())
-        by_random = int(result.to_true_random[idx, j].sum())
+    for (label, pred), (members, by_map, by_random) in sorted(
+        pairs.items(), key=lambda kv: (-kv[1][0], kv[0])
+    ):
         lines.append(
             f"{name(label)} -> {name(pred)}: removing {result.headline:.0%} of the "
             f"{result.region} region "
-            f"turns {by_map} of {len(members)} into {name(label)}; random regions turn {by_random}"
+            f"turns {by_map} of {members} into {name(label)}; random regions turn {by_random}"
         )
     return lines

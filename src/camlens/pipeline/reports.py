@@ -7,7 +7,6 @@ describe_run(meta, **facts), report_facts(opened)  what the report's summary say
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from camlens.evaluate import Evaluation, evaluate, write_evaluation
 from camlens.explain import ExplainPlan
 from camlens.pipeline.galleries import Galleries, prepare_plan, write_galleries
 from camlens.report import ReportConfig, compute_report, render_report
+from camlens.report.markup import b64
 
 __all__ = [
     "Outcome",
@@ -98,6 +98,7 @@ def explain_model(
         config=report_config,
         trust=trust,
         over_epochs=over_epochs,
+        cap=plan.limit,  # the page states the cap that chose the cards
     )
     path = render_report(report, out)
     return Outcome(evaluation, galleries, path, time.perf_counter() - started)
@@ -116,7 +117,7 @@ def epochs_section(run: Path, data: Dataset, plan: ExplainPlan) -> dict | None:
     first = replace(plan, methods=plan.methods[:1], limit=None)
     _, files = explain_over_epochs(run, data, run, first)
     section = json.loads(files["over-epochs.json"].read_text())
-    section["png"] = base64.b64encode(files["over-epochs.png"].read_bytes()).decode("ascii")
+    section["png"] = b64(files["over-epochs.png"].read_bytes())
     return section
 
 

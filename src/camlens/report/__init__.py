@@ -3,14 +3,16 @@
     compute_report(model, split, classes, plan, *, explained, evaluation, run_info, ...)
                     -> ReportData (tensors, no HTML): the mistakes shown come with their maps
                     (`explained`, the gallery's); the pair statistics stream the rest
-    render_report(data, out) -> Path;  render_html(data) -> str          (HTML, no model)
-    ReportConfig    frozen knobs: pair selection, centre box, overlay size/format, workers
+    render_report(data, out) -> Path   (HTML, no model, streamed to disk); render_html -> str
+    ReportConfig    frozen knobs: pair selection and bound, centre box, overlay size/format,
+                    thumbnails, the top pairs listed beyond 30 classes, workers
     outside_centre_share(cams, centre=0.5) -> (N,) mass outside the middle box / total
     mean_maps(groups) -> (G, H, W) means of sum-normalised maps on one shared scale
 
 The page: run summary and curves, per-class accuracy, a clickable confusion matrix that
-filters the gallery, mean maps per confusion pair against correctly classified images, and
-every misclassified image with its maps for each computed method and layer; with `trust=`
+filters the gallery (beyond 30 classes a sortable class table and the most confused pairs),
+mean maps per confusion pair against correctly classified images, and every misclassified
+image shown with its maps for each computed method and layer; with `trust=`
 (compare.json of `camlens.compare`), "Can these maps be trusted?": the table and sanity curves.
 """
 

@@ -50,8 +50,16 @@ class ReportConfig:
     # correctly classified images per true class behind the reference mean map: the first ones
     # by index, enough for a stable mean without a pass over the whole class
     correct_per_class: int = 256
+    # a pair's mean maps are over at most this many of its mistakes, the most confident: their
+    # cost stays bounded however many mistakes a pair holds (the page says so)
+    pair_images: int = 256
+    # beyond CELL_NUMBERS_UP_TO (30) classes, the page lists this many most confused pairs
+    top_pairs: int = 50
     centre: float = 0.5  # side of the centre box as a fraction of the image side (16 of 32 px)
     size: int = 64  # pixels of an encoded overlay (shown at 96 px): 2 per pixel of a 32 px image
+    # originals larger than this (longer side, px) are embedded as JPEG thumbnails of this size
+    # (a 224 px photo as PNG is ~100 KB a card); smaller ones stay lossless PNG at native size
+    thumbnail: int = 96
     # overlays: "jpeg" (any browser, a third of PNG), "png" (lossless) or "webp" (half of jpeg)
     image_format: str = "jpeg"
     quality: int = 85  # jpeg/webp quality
@@ -73,6 +81,7 @@ class PairMaps:
     label_index: int  # the true class
     pred_index: int  # the predicted class
     count: int  # misclassified images of the pair (all of them, not only those shown)
+    used: int  # of them, those behind the mean maps: at most `ReportConfig.pair_images`
     correct: int  # correctly classified images of the true class behind the reference map
     # method -> (L, 3, H, W): pair predicted-class, pair label-class, correct label-class mean
     # maps; the three of a layer on one scale (the largest of them reaches 1)
@@ -95,6 +104,9 @@ class ReportData:
     model_info: dict  # architecture facts read off the model
     config: ReportConfig
     seconds: float  # time spent computing
+    # the cap on the mistakes explained that chose `mistakes` (the plan's), stated on the page;
+    # None: no cap
+    cap: int | None = None
     # compare.json of `camlens.compare` (table, sanity curves, verdicts), None: no such section
     trust: dict | None = None
     # over-epochs.json of `camlens.epochs` plus "png": its figure, base64; None: no section
@@ -151,16 +163,44 @@ def mean_maps(groups: Sequence[Tensor]) -> Tensor:
     return _scaled_means(sums, counts)
 
 
+def pair_codes(mistakes: Mistakes, k: int) -> Tensor:
+    """(M,) each mistake's pair as one number, label * K + pred: pairs by bincount, not masks."""
+    return mistakes.labels.long() * k + mistakes.preds.long()
+
+
 def _top_pairs(confusion: Tensor, mistakes: Mistakes, config: ReportConfig) -> list[tuple]:
-    off = confusion.clone()
-    off.fill_diagonal_(0)
-    pairs = []
-    for flat in off.flatten().argsort(descending=True, stable=True).tolist():
-        t, p = divmod(flat, off.shape[1])
-        count = int(((mistakes.labels == t) & (mistakes.preds == p)).sum())
-        if count >= config.min_pair and len(pairs) < config.max_pairs:
-            pairs.append((t, p, count))
-    return pairs
+    """The `max_pairs` most frequent (true, predicted) pairs with `min_pair` mistakes or more,
+    most frequent first (ties: by true, then predicted class): one bincount over the mistakes."""
+    k = confusion.shape[0]
+    counts = pair_codes(mistakes, k).bincount(minlength=k * k)  # (M,) -> (K*K,)
+    frequent = (counts >= config.min_pair).nonzero().flatten()  # ascending codes
+    order = counts[frequent].argsort(descending=True, stable=True)[: config.max_pairs]
+    return [
+        (c // k, c % k, n)
+        for c, n in zip(
+            *(t.tolist() for t in (frequent[order], counts[frequent[order]])), strict=True
+        )
+    ]
+
+
+def _slots(pairs: list[tuple], k: int) -> Tensor:
+    """(K*K,) each pair code's place in `pairs`, -1 for the pairs not chosen."""
+    slot = torch.full((k * k,), -1, dtype=torch.long)
+    codes = torch.tensor([t * k + p for t, p, _ in pairs], dtype=torch.long)
+    slot[codes] = torch.arange(len(pairs))
+    return slot
+
+
+def _pair_rows(m: Mistakes, pairs: list[tuple], k: int, cap: int) -> tuple[Tensor, Tensor]:
+    """(M,) each mistake's pair (its place in `pairs`, -1: none or beyond the pair's first
+    `cap`), and (P,) how many each pair keeps. `m` is most confident first."""
+    which = _slots(pairs, k)[pair_codes(m, k)]  # (M,)
+    kept = torch.zeros(len(pairs), dtype=torch.long)
+    for j in range(len(pairs)):  # P <= max_pairs passes over M
+        rows = (which == j).nonzero().flatten()
+        which[rows[cap:]] = -1
+        kept[j] = min(len(rows), cap)
+    return which, kept
 
 
 def _pair_maps(
@@ -178,52 +218,53 @@ def _pair_maps(
     Only sums of maps stay, chunk by chunk, however many mistakes the pairs hold: the shown
     mistakes' maps are read from `shown`, the pairs' other images are streamed."""
     m, size = evaluation.mistakes, tuple(split.images.shape[-2:])
+    k = evaluation.confusion.shape[0]
+    which, kept = _pair_rows(m, pairs, k, config.pair_images)
+    used = m.indices[which >= 0]  # the split's images behind the pairs' means
+    slot = _slots(pairs, k)
     sums: dict = {}  # (pair, layer, kind) -> [(H, W) sum of sum-normalised maps, count]
 
-    def add(chunk: Mistakes, expl: Explanations) -> None:
+    def add(chunk: Mistakes, expl: Explanations, keep: Tensor) -> None:
+        at = torch.where(keep, slot[pair_codes(chunk, k)], -1)  # (n,) each row's pair or -1
+        present = [(j, (at == j).nonzero().flatten()) for j in at[at >= 0].unique().tolist()]
         for li in range(len(plan.hooked_layers)):
             for kind, low in enumerate((expl.pred_low[li], expl.label_low[li])):
                 cams = upsample(low, size)  # (n, h, w) -> (n, H, W), raw: the scale is moot
-                for t, p, _ in pairs:
-                    rows = ((chunk.labels == t) & (chunk.preds == p)).nonzero().flatten()
-                    if len(rows):
-                        total, n = _mass_sum(cams[rows])
-                        acc = sums.setdefault(((t, p), li, kind), [0.0, 0])
-                        acc[0], acc[1] = acc[0] + total, acc[1] + n
+                for j, rows in present:
+                    t, p, _ = pairs[j]
+                    total, n = _mass_sum(cams[rows])
+                    acc = sums.setdefault(((t, p), li, kind), [0.0, 0])
+                    acc[0], acc[1] = acc[0] + total, acc[1] + n
 
-    in_pairs = torch.zeros(len(m), dtype=torch.bool)
-    for t, p, _ in pairs:
-        in_pairs |= (m.labels == t) & (m.preds == p)
+    in_pairs = which >= 0
     mistakes, expl = shown
     if expl is not None:  # the maps the gallery drew, a chunk at a time (upsampling costs)
         step = plan.cam_batch_size * 4
         for c0 in range(0, len(mistakes), step):
-            rows = slice(c0, c0 + step)
-            add(mistakes.select(rows), expl.select(rows))
+            chunk = mistakes.select(slice(c0, c0 + step))
+            keep = torch.isin(chunk.indices, used)
+            add(chunk, expl.select(slice(c0, c0 + step)), keep)
         in_pairs &= ~torch.isin(m.indices, mistakes.indices)
     rest = m.select(in_pairs.nonzero().flatten())
     rest = replace(rest, images=split.images[rest.indices])
     for chunk, chunk_expl in stream_mistake_maps(model, rest, plan, method, counterfactual=False):
-        add(chunk, chunk_expl)
-    # correct images of every true class involved, in one batched call
+        add(chunk, chunk_expl, torch.ones(len(chunk), dtype=torch.bool))
+    # correct images of every true class involved, a class per call: only sums stay
     preds, labels = evaluation.logits.argmax(1).cpu(), split.labels
-    picks, correct, refs = {}, {}, {}
+    correct, refs = {}, {}
     for t in sorted({t for t, _, _ in pairs}):
         idx = ((labels == t) & (preds == t)).nonzero().flatten()[: config.correct_per_class]
-        picks[t], correct[t] = idx, len(idx)
-    idx = torch.cat(list(picks.values()))
-    if len(idx):
-        (ref,) = compute_cams(
-            model, split.images[idx], [labels[idx]], plan, method, normalize="none"
-        )  # (L, n, H, W)
-        for t, part in zip(picks, ref.split([len(v) for v in picks.values()], 1), strict=True):
-            refs[t] = part
+        correct[t] = len(idx)
+        if len(idx):
+            (ref,) = compute_cams(
+                model, split.images[idx], [labels[idx]], plan, method, normalize="none"
+            )  # (L, n, H, W)
+            refs[t] = [_mass_sum(ref[li]) for li in range(len(plan.hooked_layers))]
     means, outside = {}, {}
     for t, p, _ in pairs:
         per_layer = []
         for li in range(len(plan.hooked_layers)):
-            ref = refs.get(t)
-            ref_sum = _mass_sum(ref[li]) if ref is not None else (torch.zeros(size), 0)
+            ref_sum = refs[t][li] if t in refs else (torch.zeros(size), 0)
             got = [sums.get(((t, p), li, kind), [torch.zeros(size), 0]) for kind in (0, 1)]
             got.append(ref_sum)  # pair pred, pair label, correct label: one scale
             per_layer.append(_scaled_means([g[0] for g in got], [g[1] for g in got]))
@@ -231,7 +272,12 @@ def _pair_maps(
         outside[(t, p)] = outside_centre_share(means[(t, p)].flatten(0, 1), config.centre).view(
             -1, 3
         )  # (L*3, H, W) -> (L, 3)
-    return means, outside, correct
+    return (
+        means,
+        outside,
+        correct,
+        dict(zip([(t, p) for t, p, _ in pairs], kept.tolist(), strict=True)),
+    )
 
 
 def model_facts(model: nn.Module) -> dict:
@@ -257,6 +303,7 @@ def compute_report(
     config: ReportConfig | None = None,
     trust: dict | None = None,
     over_epochs: dict | None = None,
+    cap: int | None = None,
 ) -> ReportData:
     """Everything the report shows of `evaluation` (of `model` on `split`), with the mistakes
     shown and their maps per method (`explained`: the gallery's), for the plan's methods and
@@ -264,7 +311,8 @@ def compute_report(
 
     `trust`: the compare.json that `camlens.compare` wrote, for "Can these maps be trusted?".
     `over_epochs`: over-epochs.json of `camlens.epochs` with "png" (its figure, base64), for
-    "Maps across training".
+    "Maps across training". `cap`: the cap on the mistakes explained that chose `explained`
+    (e.g. the plan's limit), for the page to state.
     """
     config = config or ReportConfig()
     began = time.perf_counter()
@@ -283,6 +331,7 @@ def compute_report(
             label_index=t,
             pred_index=p,
             count=count,
+            used=next(iter(per_method.values()))[3][(t, p)],
             correct=next(iter(per_method.values()))[2][t],
             means={k: v[0][(t, p)] for k, v in per_method.items()},
             outside={k: v[1][(t, p)] for k, v in per_method.items()},
@@ -303,4 +352,5 @@ def compute_report(
         seconds=time.perf_counter() - began,
         trust=trust,
         over_epochs=over_epochs,
+        cap=cap,
     )
