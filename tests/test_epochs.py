@@ -38,7 +38,7 @@ def test_keep_every_keeps_those_epochs_in_half_precision(kept_run):
 
 def test_strips_follow_each_kept_model(kept_run, tmp_path):
     out, data = kept_run
-    strips, files = explain_over_epochs(out, data, tmp_path, ExplainPlan(limit=4))
+    strips, files = explain_over_epochs(out, data, tmp_path, ExplainPlan(), strips=4)
     assert strips.epochs == [2, 3]  # the kept epoch, then the final checkpoint
     final, _ = load_checkpoint(out / "checkpoint.safetensors")
     logits = predict(final, data.test.images)

@@ -190,3 +190,19 @@ def test_fp16_maps_are_refused_at_plan_time_in_one_line(untrained):
     with pytest.raises(ExplainError, match="fp16 maps are refused") as e:
         ExplainPlan(layers=("layer4",), precision="fp16").check(model)
     assert "\n" not in str(e.value)
+
+
+def test_a_gallery_explains_the_1000_most_confident_mistakes_unless_told():
+    """The default cap that keeps a page openable at ImageNet size, the same on every command
+    that explains mistakes; --all explains every one (planted default None: red)."""
+    from camlens.choices import DEFAULT_LIMIT
+    from camlens.cli import build_parser
+
+    assert ExplainPlan().limit == DEFAULT_LIMIT == 1000
+    for command in ("report", "explain", "run"):
+        base = [command, "--data", "d", "--out", "o"] + (
+            ["--model", "m"] if command != "run" else []
+        )
+        assert build_parser().parse_args(base).limit == 1000, command
+        assert build_parser().parse_args([*base, "--all"]).limit is None, command
+        assert build_parser().parse_args([*base, "--limit", "5"]).limit == 5, command

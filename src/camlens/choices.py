@@ -10,6 +10,7 @@ __all__ = [
     "BASELINES",
     "BASELINE_KINDS",
     "DEFAULT_LAYERS",
+    "DEFAULT_LIMIT",
     "COMPARE_LIMIT",
     "COMPARE_METHODS",
     "METHOD_NAMES",
@@ -53,6 +54,9 @@ BACKENDS = ("auto", "nccl", "gloo")
 # the layers of a camlens ResNet18 explained unless told (every command; another model's
 # default is the last layer before its global pooling, camlens.cam.pick_layer)
 DEFAULT_LAYERS = ("layer3", "layer4")
+# mistakes explained unless told, the first in sort order (most confident): a page and a
+# gallery that open at ImageNet size (12k mistakes would make GBs); None explains every one
+DEFAULT_LIMIT = 1000
 # the order mistakes are explained in (camlens.explain)
 SORTS = ("confidence", "margin", "index")
 # the baselines every compared score is judged against (camlens.metrics.baselines)

@@ -77,9 +77,10 @@ def explain_over_epochs(
     plan: ExplainPlan | None = None,
     *,
     device: str | torch.device = "cpu",
+    strips: int = 16,
 ) -> tuple[EpochStrips, dict[str, Path]]:
-    """Explain the final model's `plan.limit` (None: 16) most confident mistakes at every kept
-    epoch of `run`, with the plan's one method at its last layer (None: layer4)."""
+    """Explain the final model's `strips` most confident mistakes at every kept epoch of
+    `run`, with the plan's one method at its last layer (None: layer4)."""
     run, out = Path(run), Path(out)
     plan = plan or ExplainPlan()
     method, layer = (
@@ -87,7 +88,7 @@ def explain_over_epochs(
         (plan.hooked_layers or DEFAULT_LAYERS)[-1],
     )
     plan = replace(plan, methods=(method,), layers=(layer,))
-    limit = 16 if plan.limit is None else plan.limit
+    limit = strips
     final = run / "checkpoint.safetensors"
     if not final.is_file():
         raise ExplainError(f"{run} holds no checkpoint.safetensors: name a camlens run folder")
@@ -98,7 +99,7 @@ def explain_over_epochs(
             "epoch's weights"
         )
     if limit < 1:
-        raise ExplainError(f"--limit must be >= 1, got {limit}: the images shown")
+        raise ExplainError(f"--limit must be >= 1, got {limit}: the strips shown")
     model, meta = load_checkpoint(final, device)
     plan.check(model)  # the kept epochs share the final model's architecture
     if list(data.classes) != list(meta["classes"]):

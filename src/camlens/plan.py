@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from camlens.choices import SORTS
+from camlens.choices import DEFAULT_LIMIT, SORTS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,7 +46,8 @@ class ExplainPlan:
     cam_batch_size: int = 64  # images per CAM pass: one forward, a partial backward per target
     eval_batch_size: int = 64  # images per inference batch (evaluation, predictions)
     precision: str = "fp32"  # the CAM forward pass: fp32, or bf16/fp16 autocast; maps stay fp32
-    limit: int | None = None  # explain at most this many mistakes, first in `sort` order
+    # explain at most this many mistakes, the first in `sort` order; None: every one
+    limit: int | None = DEFAULT_LIMIT
     sort: str = "confidence"  # order of the mistakes: one of SORTS
     label_name: str | None = None  # only mistakes of this true class (a class name)
     pred_name: str | None = None  # only mistakes predicted as this class

@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from camlens.cam import CamConfig, candidate_layers, pick_layer
-from camlens.choices import DEFAULT_LAYERS
+from camlens.choices import DEFAULT_LAYERS, DEFAULT_LIMIT
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
 from camlens.compare import CompareConfig, compare, summary_of
 from camlens.data import DataConfig, DataError, load_dataset
@@ -199,9 +199,15 @@ def _explain_over_epochs(args: argparse.Namespace) -> int:
         raise DataError("--over-epochs RUN names the model (RUN's checkpoint): drop --checkpoint")
     meta = read_checkpoint_meta(args.over_epochs / "checkpoint.json")
     data = load_matching_data(args.data, meta, progress=args.progress)
-    plan = plan_from_args(args, limit=args.limit or None)  # 0 or none: 16
+    # --limit caps the strips here; left at the gallery's default (or --all): 16
+    count = 16 if args.limit in (None, DEFAULT_LIMIT) else args.limit
     strips, files = explain_over_epochs(
-        args.over_epochs, data, args.out, plan, device=pick_device(args.device)
+        args.over_epochs,
+        data,
+        args.out,
+        plan_from_args(args, limit=None),
+        device=pick_device(args.device),
+        strips=count,
     )
     print(
         f"{len(strips.indices)} mistakes of the final model at epochs "

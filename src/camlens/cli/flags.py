@@ -10,12 +10,13 @@ import types
 import typing
 from pathlib import Path
 
-from camlens.choices import BACKENDS, COMPARE_LIMIT, METHOD_NAMES, PRECISION_NAMES
+from camlens.choices import BACKENDS, COMPARE_LIMIT, DEFAULT_LIMIT, METHOD_NAMES, PRECISION_NAMES
 from camlens.plan import ExplainPlan
 from camlens.train.config import TrainConfig
 
 __all__ = [
     "LIMIT_HELP",
+    "add_limit_flags",
     "OneLineParser",
     "add_checkpoint_flags",
     "add_compare_flag",
@@ -30,6 +31,24 @@ __all__ = [
 
 # the same words wherever a flag appears: the same flag means the same thing in every command
 LIMIT_HELP = "explain at most N mistakes, the first in sort order (pair statistics use all)"
+
+
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """--limit N and --all: which mistakes a gallery and a report explain."""
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"{LIMIT_HELP} (default: {DEFAULT_LIMIT}, so that the page opens at any size)",
+    )
+    parser.add_argument(
+        "--all",
+        dest="limit",
+        action="store_const",
+        const=None,
+        default=argparse.SUPPRESS,
+        help="explain every mistake (a large test set makes a large page and gallery)",
+    )
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -32,7 +32,6 @@ from camlens.cli.examples import (
     TRAIN_EXAMPLE,
 )
 from camlens.cli.flags import (
-    LIMIT_HELP,
     OneLineParser,
     add_checkpoint_flags,
     add_compare_flag,
@@ -41,6 +40,7 @@ from camlens.cli.flags import (
     add_device_flags,
     add_eval_batch_flag,
     add_explain_flags,
+    add_limit_flags,
     add_wandb_flags,
     name_list,
 )
@@ -116,13 +116,7 @@ def _add_run(sub) -> None:
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     add_wandb_flags(p)
     add_compare_flag(p)
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=1000,
-        help=f"{LIMIT_HELP} (default: 1000, so that a briefly trained model does not make a "
-        "100 MB page)",
-    )
+    add_limit_flags(p)
     # --precision is the training's here (TrainConfig), so the maps of a run stay fp32
     add_explain_flags(p, layer=",".join(DEFAULT_LAYERS), precision=False)
     add_device_flags(p, backend=True)
@@ -185,11 +179,12 @@ def _add_explain(sub) -> None:
         type=Path,
         metavar="RUN",
         help="instead of a gallery: the final model of run folder RUN, its most confident "
-        "mistakes (--limit, default 16) explained at every epoch kept by `train --keep-every`, "
+        "mistakes (--limit N, here default 16) explained at every epoch kept by `train "
+        "--keep-every`, "
         "into OUT/over-epochs.png and .json (first --method and last --layer)",
     )
     add_explain_flags(p, layer=None)
-    p.add_argument("--limit", type=int, help=f"{LIMIT_HELP} (default: all)")
+    add_limit_flags(p)
     p.add_argument("--sort", default="confidence", choices=SORTS, help="default: confidence")
     # --true: the flag's name before one name per concept; kept so that old scripts still run
     p.add_argument("--label", "--true", metavar="CLASS", help="only images of this true class")
@@ -295,7 +290,7 @@ def _add_report(sub) -> None:
     add_data_flags(p, image_size=None)
     p.add_argument("--out", required=True, type=Path, help="folder for eval/, gallery/, report")
     add_explain_flags(p, layer=None)
-    p.add_argument("--limit", type=int, help=f"{LIMIT_HELP} (default: all)")
+    add_limit_flags(p)
     add_compare_flag(p)
     add_eval_batch_flag(p)
     add_device_flags(p)
