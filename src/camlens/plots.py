@@ -106,7 +106,7 @@ def _plot_large_confusion(confusion: torch.Tensor, rates: torch.Tensor, classes)
     block = -(-k // HEAT_PIXELS)
     heat = F.max_pool2d(rates.float()[None, None], block, block, ceil_mode=True)[0, 0]
     ax.imshow(
-        heat.sqrt().numpy(),
+        heat.sqrt().cpu().numpy(),
         cmap="Blues",
         vmin=0,
         vmax=1,

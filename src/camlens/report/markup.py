@@ -84,7 +84,7 @@ def encode_all(
     jobs = [
         (a, fmt, quality, size)
         for (t, fmt), size in zip(batches, sizes, strict=True)
-        for a in t.contiguous().numpy()
+        for a in t.cpu().contiguous().numpy()
     ]
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         flat = list(pool.map(_encode_job, jobs))
