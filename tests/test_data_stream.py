@@ -374,3 +374,13 @@ def test_a_timm_model_states_its_eval_transform_and_flags_override_it(monkeypatc
     flags = DataConfig(resize=232, interpolation="bilinear")
     assert flags.preprocess(224, stated) == Preprocess(224, 232, "bilinear")
     assert DataConfig().preprocess(32, {}) == Preprocess(32, None, "bicubic")  # CIFAR: as ever
+
+
+def test_train_headers_are_read_only_to_train(tmp_path):
+    write_image_folder(tmp_path / "d", n_train=2, n_test=1)
+    (tmp_path / "d" / "train" / "cat" / "bad.png").write_bytes(b"not a png")
+    evaluated = load_dataset(tmp_path / "d", progress=False)
+    assert len(evaluated.train) == 2 * len(CLASSES) + 1  # listed, not opened
+    trained = load_dataset(tmp_path / "d", progress=False, train=True)  # the cached index, redone
+    assert len(trained.train) == 2 * len(CLASSES)
+    assert not any("bad.png" in name for name in trained.train.images.names)

@@ -103,7 +103,7 @@ def pick_device(name: str) -> torch.device:
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
     progress = args.progress and is_writer()
-    data = load_dataset(args.data, image_size=args.image_size, progress=progress)
+    data = load_dataset(args.data, image_size=args.image_size, progress=progress, train=True)
     run_training(
         config,
         data,
@@ -278,7 +278,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
     plan = plan_from_args(args, precision="fp32")  # --precision is the training's: maps fp32
-    data = load_dataset(args.data, image_size=args.image_size, progress=args.progress)
+    data = load_dataset(args.data, image_size=args.image_size, progress=args.progress, train=True)
     # under torchrun all ranks train; rank 0 alone then evaluates, explains and reports
     outcome = run(
         config,

@@ -66,6 +66,7 @@ class SourceIndex:
     train: SplitIndex | None  # train/, where there is one
     used: str  # which split `test` is: "test", "val" or "." (class folders at the top)
     skipped: list[str] = field(default_factory=list)  # one line per file left out
+    train_checked: bool = False  # train's headers read too (to train), its bad files left out
 
     def said(self) -> str:
         """The one line that says which split is evaluated on."""
@@ -84,13 +85,15 @@ class SourceIndex:
             "train": None if self.train is None else self.train.to_json(),
             "used": self.used,
             "skipped": self.skipped,
+            "train_checked": self.train_checked,
         }
 
     @classmethod
     def from_json(cls, d: dict) -> SourceIndex:
         train = None if d["train"] is None else SplitIndex.from_json(d["train"])
         test = SplitIndex.from_json(d["test"])
-        return cls(d["root"], d["classes"], test, train, d["used"], d["skipped"])
+        checked = bool(d.get("train_checked"))
+        return cls(d["root"], d["classes"], test, train, d["used"], d["skipped"], checked)
 
 
 def is_image(name: str) -> bool:
@@ -151,8 +154,9 @@ def _class_tree(folder: Path) -> dict[str, list[str]]:
     return tree
 
 
-def index_folder(root: Path) -> SourceIndex:
-    """`root`'s splits: {train,test,val}/<class>/ or class folders at the top level."""
+def index_folder(root: Path, check_train: bool = False) -> SourceIndex:
+    """`root`'s splits: {train,test,val}/<class>/ or class folders at the top level.
+    `check_train`: read train/'s headers too (to train on it), not only the evaluated split's."""
     trees = {s: _class_tree(root / s) for s in ("train", *EVAL_SPLITS) if (root / s).is_dir()}
     if not any(s in trees for s in EVAL_SPLITS) and "train" not in trees:
         top = _class_tree(root)
@@ -161,7 +165,10 @@ def index_folder(root: Path) -> SourceIndex:
     used, classes = _check(str(root), trees)
     train = _split(trees["train"], classes) if "train" in trees else None
     test, skipped = _readable(_split(trees[used], classes), _file_head)
-    return SourceIndex(str(root), classes, test, train, used, skipped)
+    if check_train and train is not None:
+        train, more = _readable(train, _file_head)
+        skipped += more
+    return SourceIndex(str(root), classes, test, train, used, skipped, check_train)
 
 
 # ----------------------------------------------------------------------------- tar
@@ -194,7 +201,9 @@ def _where_in_tree(parts: tuple[str, ...]) -> tuple[tuple[str, ...], str, str] |
     return None
 
 
-def index_tar(members: list[tarfile.TarInfo], tar: Path, label: str) -> SourceIndex:
+def index_tar(
+    members: list[tarfile.TarInfo], tar: Path, label: str, check_train: bool = False
+) -> SourceIndex:
     """Find `PREFIX/{train,test,val}/<class>/<file>`, else `PREFIX/<class>/<file>`, in a tar
     (PREFIX: empty or one path); `label` names the archive in messages."""
     files, dirs = [], []
@@ -225,13 +234,17 @@ def index_tar(members: list[tarfile.TarInfo], tar: Path, label: str) -> SourceIn
     train = _split(trees["train"], classes, offsets) if "train" in trees else None
     fd = os.open(tar, os.O_RDONLY)
     try:
-        test, skipped = _readable(
-            _split(trees[used], classes, offsets),
-            lambda split, i, limit: _tar_head(fd, split, i, limit),
-        )
+
+        def head(split: SplitIndex, i: int, limit: int | None) -> bytes:
+            return _tar_head(fd, split, i, limit)
+
+        test, skipped = _readable(_split(trees[used], classes, offsets), head)
+        if check_train and train is not None:
+            train, more = _readable(train, head)
+            skipped += more
     finally:
         os.close(fd)
-    return SourceIndex(root, classes, test, train, used, skipped)
+    return SourceIndex(root, classes, test, train, used, skipped, check_train)
 
 
 # ----------------------------------------------------------------------------- headers

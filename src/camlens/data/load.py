@@ -242,13 +242,16 @@ def load_dataset(
     cache: bool = True,
     preprocess: Preprocess | None = None,
     classes: str | Path | Sequence[str] | None = None,
+    train: bool = False,
 ) -> Dataset:
     """A data source (see the package docstring) as a `Dataset` whose images stream.
 
     `preprocess`: how a photo becomes the model's pixels (resize the short side, centre-crop);
     None: `Preprocess(image_size)`, the short side resized to the size and the centre kept.
     `classes`: the class names, or a .txt/.json file of them (see `class_names`); None: the
-    class folders' names. `progress`: bars while an archive is indexed.
+    class folders' names. `progress`: bars while an archive is indexed. `train`: the train
+    split is to be trained on: its files' headers are read too, and those that are no image
+    left out (said in one line each), as the evaluated split's always are.
     """
     prep = preprocess or Preprocess(32 if image_size is None else image_size)
     if str(source) == "sample" or str(source).endswith(".safetensors"):
@@ -261,7 +264,10 @@ def load_dataset(
     key = hashlib.sha256(f"{checksum}\0{path}\0{tar}".encode()).hexdigest()
     where = home / "cache" / f"index-{key[:20]}-v{INDEX_VERSION}.json"
     index = _read_index(where) if cache and kind != "batches" else None
+    if index is not None and train and index.train is not None and not index.train_checked:
+        index = None  # listed to evaluate; to train, train/'s headers are read too
     members = {}
+    listed = []
     if index is None and tar is not None:  # an image tree, or the official batches?
         listed = tar_members(tar)
         members = _official_in_tar(tar, listed)
@@ -271,7 +277,10 @@ def load_dataset(
     else:
         if index is None:
             with tqdm(total=0, desc=f"indexing {path.name}", disable=not progress, leave=False):
-                index = index_tar(listed, tar, str(path)) if tar else index_folder(path)
+                if tar is None:
+                    index = index_folder(path, train)
+                else:
+                    index = index_tar(listed, tar, str(path), train)
             if cache:
                 _write_index(where, index)
         train, test = _from_index(index, prep, tar, where.with_suffix("") if cache else None)
