@@ -110,7 +110,6 @@ def stages(root: Path, limit: int) -> None:
             data.test,
             data.classes,
             plan,
-            run_info={},
             evaluation=ev,
             explained=(g.mistakes, g.explanations),
         )

@@ -21,6 +21,7 @@ from camlens.metrics import VERDICTS
 from camlens.model import ResNet18
 from camlens.report import (
     ReportConfig,
+    RunFacts,
     centre_box,
     compute_report,
     mean_maps,
@@ -52,9 +53,9 @@ def _report(model, split, ev, plan=None, limit=None, **kwargs):
         method: mistake_maps(model, shown.images, shown.labels, plan, method, shown.preds)
         for method in (plan.methods if len(shown) else ())
     }
-    kwargs.setdefault("run_info", {})
+    facts = RunFacts(**{k: kwargs.pop(k) for k in ("run_info", "history", "trust") if k in kwargs})
     return compute_report(
-        model, split, CLASSES, plan, explained=(shown, maps), evaluation=ev, **kwargs
+        model, split, CLASSES, plan, explained=(shown, maps), evaluation=ev, facts=facts, **kwargs
     )
 
 

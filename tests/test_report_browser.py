@@ -24,7 +24,7 @@ from camlens.data import Split
 from camlens.evaluate import evaluate
 from camlens.explain import ExplainPlan, mistake_maps, select_mistakes
 from camlens.model import ResNet18
-from camlens.report import compute_report, render_report
+from camlens.report import RunFacts, compute_report, render_report
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 HAVE_CHROMIUM = Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)
@@ -121,7 +121,7 @@ def report(tmp_path_factory):
     maps = {"gradcam": mistake_maps(model, shown.images, shown.labels, plan, preds=shown.preds)}
     info = {"data_label": "random images"}
     data = compute_report(
-        model, split, CLASSES, plan, explained=(shown, maps), evaluation=ev, run_info=info
+        model, split, CLASSES, plan, explained=(shown, maps), evaluation=ev, facts=RunFacts(info)
     )
     return render_report(data, out), ev, tmp_path_factory.mktemp("chromium-profile")
 

@@ -298,7 +298,6 @@ def test_pair_means_use_at_most_pair_images():
         plan,
         explained=(shown, maps),
         evaluation=ev,
-        run_info={},
         config=config,
     )
     assert [(p.label_index, p.pred_index, p.count, p.used) for p in rd.pairs] == [

@@ -244,7 +244,7 @@ def explain_counterfactual(
     last = len(expl.layers) - 1
     pred, _, contrast = expl.layer_maps(last)  # (M, H, W) each
     cams, region = (contrast, "contrast") if contrast is not None else (pred, "predicted-class")
-    config = CounterfactualConfig(grid=expl.resolutions[last], seed=plan.seed)
+    config = CounterfactualConfig(grid=expl.resolutions[last], seed=plan.seed, region=region)
     seeds = plan.seed * 1_000_003 + mistakes.indices.long()
     parts = []
     for start in range(0, max(len(mistakes), 1), plan.cam_batch_size):
@@ -257,7 +257,6 @@ def explain_counterfactual(
             mistakes.labels[rows],
             config,
             seeds=seeds[rows],
-            region=region,
         )
         parts.append(_each_cf(cf, lambda t: t.cpu()))
     return _join_cf(parts)

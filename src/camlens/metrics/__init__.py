@@ -28,7 +28,7 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
     class-blind, model-blind, uninformative) and reasons; judge_sanity(means...) the same
     verdict from image means; cascade_order, reinitialise,
     similarity, spearman, ssim, map_entropy, is_flat
-    counterfactual(model, images, cams, preds, labels, config, metric_config, generator)
+    counterfactual(model, images, cams, preds, labels, config, generator)
         -> Counterfactual: the top 5/10/20% of each contrast map removed by ROAD's imputation,
         against a smooth random map; .rows(), .verdicts(classes); confusion_summary(result)
     make_grids(model, images, labels, logits, GridConfig(n, count, confidence, min_grids, seed))

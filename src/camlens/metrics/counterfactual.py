@@ -46,6 +46,11 @@ class CounterfactualConfig:
     grid: tuple[int, int] | None = None
     # seed of the random maps and the imputation noise when no generator is passed
     seed: int = 0
+    # what the removed region is the top of, as the verdicts say it: "contrast" (why pred
+    # rather than true), or "predicted-class" (a non-linear method's stand-in)
+    region: str = "contrast"
+    # the imputation's knobs (MetricConfig's ROAD) and the batch of the solve; None: defaults
+    metrics: MetricConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.fractions or not all(0 < f < 1 for f in self.fractions):
@@ -168,25 +173,24 @@ def counterfactual(
     preds: Tensor,
     labels: Tensor,
     config: CounterfactualConfig | None = None,
-    metric_config: MetricConfig | None = None,
     generator: torch.Generator | None = None,
     *,
     seeds: Tensor | None = None,
-    region: str = "contrast",
 ) -> Counterfactual:
     """Remove the top of each image's contrast map `cams` (N, H, W), and as much of a smooth
     random map, by noisy linear imputation; the margins and predictions after each removal.
 
     `images` (N, C, H, W) in [0, 1]; `preds` and `labels` (N,); the maps may be signed (the
     largest values go first). Items (image, map or random, fraction) are flat: each chunk of
-    `metric_config.batch_size` is imputed in one batched solve and scored in one forward.
+    `config.metrics.batch_size` is imputed in one batched solve and scored in one forward.
 
     `seeds` (N,): each image's random map and noise drawn from a generator of its own seed
     (`generator` unused), so an image's result does not depend on which images share the call:
-    the same in any chunk, on any number of ranks. `region` names the map in the verdicts.
+    the same in any chunk, on any number of ranks. `config.region` names the map in the
+    verdicts.
     """
     config = config or CounterfactualConfig()
-    mc = metric_config or MetricConfig()
+    mc = config.metrics or MetricConfig()
     if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
         raise ValueError("images must be a float (N, C, H, W) tensor in [0, 1]")
     n, c, h, w = images.shape
@@ -249,7 +253,7 @@ def counterfactual(
         margin_random=got[:, 1],
         preds_map=after[:, 0],
         preds_random=after[:, 1],
-        region=region,
+        region=config.region,
     )
 
 

@@ -22,7 +22,7 @@ from camlens.epochs import explain_over_epochs, kept_epochs
 from camlens.evaluate import Evaluation, evaluate, write_evaluation
 from camlens.explain import ExplainPlan
 from camlens.pipeline.galleries import Galleries, prepare_plan, write_galleries
-from camlens.report import ReportConfig, compute_report, render_report
+from camlens.report import ReportConfig, RunFacts, compute_report, render_report
 from camlens.report.markup import b64
 
 __all__ = [
@@ -93,12 +93,8 @@ def explain_model(
         plan,
         explained=explained,
         evaluation=evaluation,
-        run_info=run_info,
-        history=history,
+        facts=RunFacts(run_info, history, trust, over_epochs),
         config=report_config,
-        trust=trust,
-        over_epochs=over_epochs,
-        cap=plan.limit,  # the page states the cap that chose the cards
     )
     path = render_report(report, out)
     return Outcome(evaluation, galleries, path, time.perf_counter() - started)

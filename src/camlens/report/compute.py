@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,7 @@ __all__ = [
     "PairMaps",
     "ReportConfig",
     "ReportData",
+    "RunFacts",
     "centre_box",
     "compute_report",
     "mean_maps",
@@ -290,6 +291,18 @@ def model_facts(model: nn.Module) -> dict:
     return facts
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What the page says beyond what `compute_report` measures: given by the caller."""
+
+    run_info: dict = field(default_factory=dict)  # facts the summary shows as given
+    history: list[dict] | None = None  # the training's metrics.jsonl rows: the curves
+    trust: dict | None = None  # compare.json, for "Can these maps be trusted?"
+    # over-epochs.json of `camlens.epochs` with "png" (its figure, base64), for "Maps across
+    # training"
+    over_epochs: dict | None = None
+
+
 def compute_report(
     model: nn.Module,
     split: Split,
@@ -298,23 +311,17 @@ def compute_report(
     *,
     explained: tuple[Mistakes, dict[str, Explanations]],
     evaluation: Evaluation,
-    run_info: dict,
-    history: list[dict] | None = None,
+    facts: RunFacts | None = None,
     config: ReportConfig | None = None,
-    trust: dict | None = None,
-    over_epochs: dict | None = None,
-    cap: int | None = None,
 ) -> ReportData:
     """Everything the report shows of `evaluation` (of `model` on `split`), with the mistakes
     shown and their maps per method (`explained`: the gallery's), for the plan's methods and
     layers; the top pairs' maps are averaged over all their images.
 
-    `trust`: the compare.json that `camlens.compare` wrote, for "Can these maps be trusted?".
-    `over_epochs`: over-epochs.json of `camlens.epochs` with "png" (its figure, base64), for
-    "Maps across training". `cap`: the cap on the mistakes explained that chose `explained`
-    (e.g. the plan's limit), for the page to state.
+    `facts`: the run's facts, curves, trust and maps across training (`RunFacts`). The page
+    states the cap on the mistakes explained that chose `explained`: the plan's limit.
     """
-    config = config or ReportConfig()
+    config, facts = config or ReportConfig(), facts or RunFacts()
     began = time.perf_counter()
     split = Split(split.images, split.labels.long())  # any integer labels; losses want int64
     shown, explanations = explained
@@ -340,8 +347,8 @@ def compute_report(
     ]
     return ReportData(
         classes=tuple(classes),
-        run_info=dict(run_info),
-        history=history,
+        run_info=dict(facts.run_info),
+        history=facts.history,
         evaluation=evaluation,
         mistakes=shown,
         explanations=explanations,
@@ -350,7 +357,7 @@ def compute_report(
         model_info=model_facts(model),
         config=config,
         seconds=time.perf_counter() - began,
-        trust=trust,
-        over_epochs=over_epochs,
-        cap=cap,
+        trust=facts.trust,
+        over_epochs=facts.over_epochs,
+        cap=plan.limit,
     )
