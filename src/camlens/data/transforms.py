@@ -1,7 +1,9 @@
 """Batched tensor transforms for training: augmentation, statistics, subsets.
 
 Everything works on a whole batch on the batch's own device with one random generator, so the
-training hot path has no per-image Python loop and a seed fixes every crop, flip and hole.
+training hot path has no per-image Python loop and a seed fixes every crop, flip and hole. The
+draws (a few numbers per image) come from the generator's device, the CPU's in training, and are
+moved: a run draws the same augmentation on any device.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ def random_crop(
     n, c, h, w = images.shape
     mode = "constant" if padding == "zeros" else padding
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode=mode)  # (N, C, H+2p, W+2p)
-    dy = torch.randint(0, 2 * pad + 1, (n,), device=images.device, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device, generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=generator.device, generator=generator).to(
+        images.device
+    )
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=generator.device, generator=generator).to(
+        images.device
+    )
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # (N, 1, H, 1)
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # (N, 1, 1, W)
     batch = torch.arange(n, device=images.device)[:, None, None, None]
@@ -45,7 +51,8 @@ def random_crop(
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror half of the images left-right."""
-    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    flip = torch.rand(images.shape[0], device=generator.device, generator=generator)
+    flip = flip.to(images.device) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
@@ -55,8 +62,8 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     The centre may lie near the border so the hole is sometimes partly outside, as in the paper.
     """
     n, _, h, w = images.shape
-    cy = torch.randint(0, h, (n,), device=images.device, generator=generator)
-    cx = torch.randint(0, w, (n,), device=images.device, generator=generator)
+    cy = torch.randint(0, h, (n,), device=generator.device, generator=generator).to(images.device)
+    cx = torch.randint(0, w, (n,), device=generator.device, generator=generator).to(images.device)
     r = torch.arange(h, device=images.device)
     c = torch.arange(w, device=images.device)
     in_rows = (r[None] >= (cy - size // 2)[:, None]) & (r[None] < (cy + (size + 1) // 2)[:, None])

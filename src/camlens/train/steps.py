@@ -23,9 +23,10 @@ from camlens.train.config import TrainConfig
 __all__ = ["Training", "seeded"]
 
 
-def seeded(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator of one epoch's draws: the same for a resumed run as for an unbroken one."""
-    return torch.Generator(device).manual_seed(seed * 1_000_003 + epoch)
+def seeded(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of one epoch's draws: the same for a resumed run as for an unbroken
+    one, and on any device (the draws are moved to the images)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Training:
         config, t0 = self.config, time.perf_counter()
         world = world_size()
         local = slice(rank() * self.batch_size // world, (rank() + 1) * self.batch_size // world)
-        generator = seeded(config.seed, epoch, self.device)
+        generator = seeded(config.seed, epoch)  # the CPU's draws on any device, then moved
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
