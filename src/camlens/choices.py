@@ -9,6 +9,7 @@ __all__ = [
     "BACKENDS",
     "COMPARE_LIMIT",
     "COMPARE_METHODS",
+    "LAYOUTS",
     "METHOD_NAMES",
     "NORMS",
     "PADDINGS",
@@ -39,6 +40,8 @@ METHOD_NAMES = (
     "kpcacam",
     "shapleycam",
 )
+# camlens.cam.LAYOUTS: how a hooked layer's output is read (auto, or forced)
+LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
 # camlens.cam.PRECISIONS's keys: the CAM forward pass's precision
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 # the ResNet18's normalisation layers (camlens.model)

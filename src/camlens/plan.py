@@ -36,6 +36,8 @@ class ExplainPlan:
     # the hooked layers, dotted names; None: the last layer before the global pooling, which
     # the pipeline resolves before the check (`camlens.pipeline.prepare_plan`)
     layers: tuple[str, ...] | None = None
+    # how the layers' outputs are read: "auto", or forced "nchw", "nhwc", "tokens" (LAYOUTS)
+    layout: str = "auto"
     cam_batch_size: int = 64  # images per CAM pass: one forward, a partial backward per target
     eval_batch_size: int = 64  # images per inference batch (evaluation, predictions)
     precision: str = "fp32"  # the CAM forward pass: fp32, or bf16/fp16 autocast; maps stay fp32
@@ -92,6 +94,7 @@ class ExplainPlan:
             batch_size=self.cam_batch_size,
             precision=self.precision,
             normalize=normalize,
+            layout=self.layout,
         )
 
 

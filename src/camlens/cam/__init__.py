@@ -40,8 +40,13 @@ Public API:
     explain_pair(model, images, labels, method="gradcam", layer="layer4", ...) -> PairResult
     find_layer(model, name) -> nn.Module (unknown names list the valid ones)
     normalize_cams(maps, mode, signed) -> list of scaled maps
-    candidate_layers(model, image_size) -> [Candidate]: layers a map can be read from (one
-        dummy forward); pick_layer(...) the last before the pooling; token_grid: ViT tokens
+    candidate_layers(model, image_size, layout="auto") -> [Candidate]: layers a map can be
+        read from (one dummy forward), with shapes and layouts; pick_layer(...) the last
+        before the pooling
+    LAYOUTS, read_layout, Reading, token_grid, LayoutError: how a layer's output is read into
+        (N, C, h, w): "nchw", "nhwc" (timm's Swin stages), "tokens" (a ViT's, with prefix
+        tokens); every engine and `create` take layout= ("auto" reads it; CamConfig.layout)
+    logits_of(output) -> (N, K): a model's tensor, tuple, dict or ModelOutput (.logits)
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ from camlens.cam.base import (
 from camlens.cam.finer import FinerCAM, RefineCAM, Refined
 from camlens.cam.guided import GuidedGradCAM
 from camlens.cam.kpca import KPCACAM
-from camlens.cam.layers import Candidate, candidate_layers, pick_layer, token_grid
+from camlens.cam.layers import Candidate, candidate_layers, pick_layer
+from camlens.cam.layout import LAYOUTS, LayoutError, Reading, logits_of, read_layout, token_grid
 from camlens.cam.methods import (
     CAM,
     EigenCAM,
@@ -91,6 +97,11 @@ from camlens.cam.targets import Similar
 __all__ = [
     "CAM",
     "Candidate",
+    "LAYOUTS",
+    "LayoutError",
+    "Reading",
+    "logits_of",
+    "read_layout",
     "METHODS",
     "NORMALIZE",
     "PRECISIONS",

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from camlens.cam.layout import LAYOUTS
 from camlens.cam.normalize import NORMALIZE
 
 __all__ = ["KPCA_KERNELS", "PRECISIONS", "SHARED_KNOBS", "CamConfig"]
@@ -30,7 +31,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 KPCA_KERNELS = ("sigmoid", "rbf", "poly", "linear")
 
 # the knobs the engine reads for every method
-SHARED_KNOBS = frozenset({"normalize", "precision", "batch_size"})
+SHARED_KNOBS = frozenset({"normalize", "precision", "batch_size", "layout"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class CamConfig:
     precision: str = "fp32"
     # images per forward pass; None: the whole input at once (eval mode makes chunking exact)
     batch_size: int | None = None
+    # the hooked layers' layout: "auto" (read from each output and the model), or forced to
+    # "nchw" (N, C, h, w), "nhwc" (N, h, w, C) or "tokens" (N, T, C) (camlens.cam.layout)
+    layout: str = "auto"
     # Score-CAM: masked images per forward pass
     score_batch: int = 64
     # Score-CAM: keep only the k highest-variance channels per image (Faster Score-CAM); None: all
@@ -86,6 +90,8 @@ class CamConfig:
             raise ValueError(
                 f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
             )
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
         if self.score_batch < 1:

@@ -16,6 +16,7 @@ from camlens.choices import (
     BACKENDS,
     COMPARE_LIMIT,
     COMPARE_METHODS,
+    LAYOUTS,
     METHOD_NAMES,
     PRECISION_NAMES,
     SORTS,
@@ -326,6 +327,14 @@ def _explain_flags(
         "(guidedgradcam)",
     )
     plan = ExplainPlan()  # the defaults live in the plan
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=plan.layout,
+        help="how the layer's output is read: nchw (N, C, h, w), nhwc (N, h, w, C; timm's Swin "
+        "stages), tokens (N, T, C; a ViT's blocks); auto reads it from the output and the model "
+        f"and says which on the line that names the layer (default: {plan.layout})",
+    )
     if counterfactual:
         parser.add_argument(
             "--counterfactual",
