@@ -85,8 +85,9 @@ def test_forcing_the_wrong_layout_changes_the_map_and_a_layout_that_cannot_be_re
 
 def test_ablation_cam_puts_its_ablated_maps_back_into_the_channels_last_layout():
     """Known answer on a pooled linear head after a ReLU: zeroing A_k zeroes ReLU(A)_k, so
-    y_c - y_c^k = W_ck mean(ReLU(A_k)) and the map is sum_k W_ck mean(ReLU(A_k)) A_k / |y_c|. Planted: the (N, C, h, w) copies handed on as they are
-    (the stage's next op then mixes places as channels: red)."""
+    y_c - y_c^k = W_ck mean(ReLU(A_k)) and the map is sum_k W_ck mean(ReLU(A_k)) A_k / |y_c|.
+    Planted: the (N, C, h, w) copies handed on as they are (the stage's next op then mixes
+    places as channels: red)."""
     model = ChannelsLast(8).eval()
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     targets = torch.tensor([0, 2, 4])
