@@ -39,6 +39,7 @@ METHOD_NAMES = (
     "iscam",
     "kpcacam",
     "shapleycam",
+    "rollout",
 )
 # camlens.cam.LAYOUTS: how a hooked layer's output is read (auto, or forced)
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")

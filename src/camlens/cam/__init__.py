@@ -7,14 +7,15 @@
         pair = cam.explain_pair(images, labels)         # pred, true and signed contrast maps
 
 Public API:
+    TOKEN_METHODS           those of METHODS that read a transformer's attention (rollout)
     METHODS                 name -> class: gradcam, gradcam++, smoothgradcam++, xgradcam,
                             hirescam, layercam, gradcam-elementwise, scorecam, eigencam,
                             eigengradcam, cam,
                             finercam, refinecam, fullgrad, guidedgradcam,
-                            ablationcam, sscam, iscam, kpcacam, shapleycam
+                            ablationcam, sscam, iscam, kpcacam, shapleycam, rollout
     GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM,
     GradCAMElementWise, EigenCAM, EigenGradCAM, CAM, ScoreCAM,
-    AblationCAM, SSCAM, ISCAM, KPCACAM, ShapleyCAM
+    AblationCAM, SSCAM, ISCAM, KPCACAM, ShapleyCAM, AttentionRollout
         (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
         them (maps averaged into `cams`; each layer's own map in `layer_cams`)
         .__call__(images, targets=None) -> (N, H, W) tensor
@@ -89,6 +90,7 @@ from camlens.cam.methods import (
     XGradCAM,
 )
 from camlens.cam.pixel import FullGrad, InputCAM
+from camlens.cam.rollout import AttentionRollout
 from camlens.cam.score import ISCAM, SSCAM, ScoreCAM
 from camlens.cam.shapley import ShapleyCAM
 from camlens.cam.smooth import SmoothGradCAMPlusPlus
@@ -103,6 +105,7 @@ __all__ = [
     "logits_of",
     "read_layout",
     "METHODS",
+    "TOKEN_METHODS",
     "NORMALIZE",
     "PRECISIONS",
     "BaseCAM",
@@ -144,6 +147,8 @@ __all__ = [
     "KPCACAM",
     "SSCAM",
     "ShapleyCAM",
+    # transformer-native
+    "AttentionRollout",
 ]
 
 METHODS: dict[str, type[Engine]] = {
@@ -171,8 +176,13 @@ METHODS: dict[str, type[Engine]] = {
         ISCAM,
         KPCACAM,
         ShapleyCAM,
+        # transformers' own: attention, not a layer's activations
+        AttentionRollout,
     )
 }
+
+# the methods that read a transformer's attention over tokens, and refuse a CNN's layers
+TOKEN_METHODS = frozenset(n for n, cls in METHODS.items() if getattr(cls, "tokens_only", False))
 
 
 def create(
