@@ -179,9 +179,12 @@ def test_every_family_through_report_and_compare(family, folders, tmp_path):
     )
     outcome = report(model, data, tmp_path / "r", plan)
     assert (tmp_path / "r" / "report.html").is_file()
-    for method, expl in outcome.galleries.explanations.items():
+    for expl in outcome.galleries.explanations.values():
         assert expl.layers == (picked.name,)
-        assert _varies(torch.cat([expl.pred_cams[0], expl.label_cams[0]])), method
+    # Eigen-CAM's sign follows the activations: a flat map means the layer was misread. A
+    # random network's Grad-CAM may be negative everywhere and flat after its ReLU (AlexNet)
+    expl = outcome.galleries.explanations["eigencam"]
+    assert _varies(torch.cat([expl.pred_cams[0], expl.label_cams[0]]))
     if family not in COMPARED:
         return
     plan = ExplainPlan(
