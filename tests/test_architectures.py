@@ -222,8 +222,16 @@ def _hf_convnext():
     return transformers.ConvNextForImageClassification(config), processor
 
 
+HF_LAYERS = {
+    "_hf_vit": "model.vit.layers.1.layernorm_before  tokens (17, 32): 1 prefix dropped, 4x4 grid",
+    "_hf_convnext": "model.convnext.encoder.stages.1  (32, 8, 8) nchw",
+}
+
+
 @pytest.mark.parametrize("build", [_hf_vit, _hf_convnext], ids=["vit", "convnext"])
 def test_transformers_classifiers_through_the_api_and_the_cli(build, folders, tmp_path, capsys):
+    """Planted: pick_layer without its LayerNorm rule (red: the ViT got its last value
+    projection, v_proj, a layer inside the attention)."""
     torch.manual_seed(0)
     model, processor = build()
     model.eval()
@@ -241,4 +249,5 @@ def test_transformers_classifiers_through_the_api_and_the_cli(build, folders, tm
     code = main([*argv, "--out", str(tmp_path / "cli"), "--limit", "3", "--no-counterfactual"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "layer model." in out and (tmp_path / "cli" / "report.html").is_file()
+    assert f"layer {HF_LAYERS[build.__name__]} (the last before" in out
+    assert (tmp_path / "cli" / "report.html").is_file()

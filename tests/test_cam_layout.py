@@ -136,3 +136,45 @@ def test_every_method_maps_token_and_channels_last_layers_or_refuses_in_one_line
             assert "\n" not in str(e)
             continue
         assert cams.shape == (2, 32, 32) and torch.isfinite(cams).all()
+
+
+NET = """
+import torch
+from torch import nn
+
+
+class ChannelsLast(nn.Module):
+    def __init__(self, num_classes=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 4, stride=4)
+        self.stage = nn.Linear(6, 6)
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, images):
+        x = torch.relu(self.stage(self.stem(images).permute(0, 2, 3, 1)))  # (N, 8, 8, 6)
+        return self.head(x.mean((1, 2)))
+
+
+def make(num_classes=4):
+    torch.manual_seed(0)
+    return ChannelsLast(num_classes)
+"""
+
+
+def test_the_cli_says_the_layout_on_the_layers_line_and_layout_forces_it(tmp_path, capsys):
+    """--layout reaches the engine through the plan; a layout that cannot be read is one line
+    on stderr naming the flag. Planted: the flag's value not passed to the engine (red)."""
+    from camlens.cli import main
+    from conftest import write_image_folder
+
+    (tmp_path / "net.py").write_text(NET)
+    write_image_folder(tmp_path / "data", n_train=1, n_test=2, size=32)
+    argv = ["explain", "--model", f"{tmp_path}/net.py:make", "--mean", "0,0,0", "--std", "1,1,1"]
+    argv += ["--data", str(tmp_path / "data"), "--no-progress", "--limit", "2"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    out, err = capsys.readouterr()
+    assert "layer model.stage  (8, 8, 6) nhwc as (6, 8, 8) (the last before" in out
+    assert main([*argv, "--out", str(tmp_path / "b"), "--layout", "nchw"]) == 2
+    out, err = capsys.readouterr()
+    assert "cannot be read as layout nchw: pass --layout nhwc" in err
+    assert len(err.strip().splitlines()) == 1

@@ -266,7 +266,8 @@ def candidate_layers(model: nn.Module, image_size: int, layout: str = "auto") ->
 def pick_layer(model: nn.Module, image_size: int, layout: str = "auto") -> Candidate:
     """The last layer before the global pooling: the last candidate the logits depend on
     with the shape of the model's last map or tokens, its feature stream (so a ViT gets its
-    last block's norm1, not that block's (T, 3C) qkv projection)."""
+    last block's norm1, not that block's (T, 3C) qkv projection); among tokens, the last
+    LayerNorm of that stream where there is one (not a (T, C) value projection)."""
     found = candidate_layers(model, image_size, layout)
     reaching = [c for c in found if c.reaches_logits]
     if not reaching:
@@ -276,6 +277,10 @@ def pick_layer(model: nn.Module, image_size: int, layout: str = "auto") -> Candi
         )
     stream = [c for c in reaching if c.shape == found[-1].shape]
     picked = (stream or reaching)[-1]
+    if picked.layout == "tokens":  # a block's norm, not the value projection inside its
+        modules = dict(model.named_modules())  # attention (Hugging Face's v_proj) after it
+        norms = [c for c in stream if isinstance(modules[c.name], nn.LayerNorm)]
+        picked = norms[-1] if norms else picked
     later = found[found.index(picked) + 1 :]
     misfit = next((c.misfit for c in reversed(later) if c.misfit is not None), None)
     if misfit is not None:  # the layers after the pick may be the ones meant, read wrongly
