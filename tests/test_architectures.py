@@ -50,7 +50,7 @@ def _head_drawn(model):
 
 # family -> (builder, image side): reduced sizes where the model's constructor allows
 FAMILIES = {
-    "tv-alexnet": (_tv("alexnet"), 64),
+    "tv-alexnet": (_tv("alexnet"), 128),  # at 64 px its last map is 1x1
     "tv-vgg": (_tv("vgg11"), 64),
     "tv-resnet": (_tv("resnet18"), 64),
     "tv-resnext": (
