@@ -4,12 +4,13 @@ Hooks exist only during a call (registered inside `capture`, removed in its `fin
 engine holds no hooks between calls; `with` and `close()` are there so that callers need not
 know that.
 
-A layer that outputs tokens (N, T, C), as a vision transformer's blocks do, is read as the
-(N, C, h, w) map of its last h*w tokens (`token_grid`): the prefix tokens (class,
-distillation, registers) come from the model's own `num_prefix_tokens` where it has one (timm
-names it so), else T - h*w with h*w the largest square; a model's `tokens_grid = (h, w)`
-fixes the grid. `candidate_layers` finds, with one forward of a dummy batch, the layers a map
-can be read from, and `pick_layer` the last of them before the global pooling.
+Each hooked output is read into (N, C, h, w) in its layout (camlens.cam.layout: NCHW, NHWC as
+timm's Swin stages give, or a ViT's tokens (N, T, C), whose last h*w tokens are the grid
+after the prefix tokens: the class, distillation and register tokens, from the model's own
+`num_prefix_tokens` where it has one (timm names it so), else T - h*w with h*w the largest
+grid of the input's aspect; a model's `tokens_grid = (h, w)` fixes the grid), and the map is
+handed on in that layout. `candidate_layers` finds, with one forward of a dummy batch, the
+layers a map can be read from, and `pick_layer` the last of them before the global pooling.
 """
 
 from __future__ import annotations
@@ -151,11 +152,7 @@ def capture(
                 readings[name] = (reading, out.detach())
             # the output rebuilt from `a`, so that d(score)/d(acts) flows through the map
             new = reading.from_map(a, out)
-            if out is output:
-                return new
-            return (
-                type(output)([new, *output[1:]]) if isinstance(output, list) else (new, *output[1:])
-            )
+            return new if out is output else _with_first(output, new)
 
         return hook
 
