@@ -12,7 +12,8 @@ import json
 import pytest
 import torch
 
-from camlens.cam import pick_layer
+from camlens.cam import create, pick_layer
+from camlens.classifier import Classifier
 from camlens.cli import main
 from camlens.compare import compare
 from camlens.data import load_dataset
@@ -251,3 +252,20 @@ def test_transformers_classifiers_through_the_api_and_the_cli(build, folders, tm
     assert code == 0, err
     assert f"layer {HF_LAYERS[build.__name__]} (the last before" in out
     assert (tmp_path / "cli" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("family", ["tv-vit", "timm-vit-registers", "timm-deit-distilled", "hf"])
+def test_attention_rollout_on_real_vits(family):
+    """torchvision's nn.MultiheadAttention, timm's sdpa and transformers' attention each show
+    their attention to rollout. Planted: F.multi_head_attention_forward not asked for its
+    weights (red: torchvision's ViT refused, no attention seen)."""
+    torch.manual_seed(0)
+    if family == "hf":
+        model, _ = _hf_vit()
+        model, size = Classifier(model.eval(), (0.5,) * 3, (0.25,) * 3), 32
+    else:
+        build, size = FAMILIES[family]
+        model = build().eval()
+    layer = pick_layer(model, size).name
+    cams = create("rollout", model, layer)(torch.rand(2, 3, size, size))
+    assert _varies(cams)

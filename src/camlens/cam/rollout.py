@@ -2,9 +2,10 @@
 attention of every layer, for transformers (ViT, DeiT, with registers).
 
 The attention of the forward pass is read where it is computed: `F.scaled_dot_product_attention`
-(timm, transformers' sdpa, torchvision's MultiheadAttention in its Python path), whose
-probabilities are recomputed from its query and key, and a softmax over a (N, heads, T, T)
-score tensor (attention written out, transformers' "eager"). Both are caught by a
+(timm, transformers' sdpa), whose probabilities are recomputed from its query and key, a
+softmax over a (N, heads, T, T) score tensor (attention written out, transformers' "eager"),
+and `F.multi_head_attention_forward` (nn.MultiheadAttention: torchvision's ViT), asked for
+its weights. Both are caught by a
 TorchFunctionMode alive for the one forward pass, as Guided Grad-CAM catches ReLUs.
 """
 
@@ -36,6 +37,8 @@ class _Attention(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is F.multi_head_attention_forward:  # nn.MultiheadAttention (torchvision's ViT)
+            return self._multi_head(func, args, kwargs)
         out = func(*args, **kwargs)
         # each (N, heads, T, T) -> (N, T, T), averaged over the heads
         if func is F.scaled_dot_product_attention:
@@ -43,6 +46,18 @@ class _Attention(TorchFunctionMode):
         elif func in _SOFTMAX and _square(out):  # (N, heads, T, T): attention probabilities
             self.maps.append(out.detach().float().mean(1))
         return out
+
+    def _multi_head(self, func, args, kwargs):
+        """F.multi_head_attention_forward asked for its weights, which it then computes
+        itself (the mode cannot see inside it); the caller gets what it asked for."""
+        if kwargs.get("need_weights", True):
+            out, weights = func(*args, **kwargs)
+            self.maps.append(weights.detach().float().mean(1) if weights.ndim == 4 else weights)
+            return out, weights
+        asked = {**kwargs, "need_weights": True, "average_attn_weights": True}
+        out, weights = func(*args, **asked)
+        self.maps.append(weights.detach().float())  # (N, T, T), averaged over the heads
+        return out, None
 
 
 def _square(out: Any) -> bool:
@@ -98,8 +113,10 @@ class AttentionRollout(Engine):
     def _raw_chunk(self, images: Tensor, specs: list[Any]) -> RawMaps:
         readings: dict = {}
         recorder = _Attention()
+        # grad mode on: nn.MultiheadAttention takes its fused C++ path, which shows no
+        # attention, under no_grad; nothing here is differentiated
         with (
-            torch.no_grad(),
+            torch.enable_grad(),
             capture(self.model, self.layers, False, self.config.layout, readings),
             self._forward_context(images.device),
             recorder,
