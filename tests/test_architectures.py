@@ -15,7 +15,7 @@ import torch
 from camlens.cam import create, pick_layer
 from camlens.classifier import Classifier
 from camlens.cli import main
-from camlens.compare import compare
+from camlens.compare import CompareConfig, compare
 from camlens.data import load_dataset
 from camlens.explain import ExplainPlan
 from camlens.metrics import MetricConfig
@@ -192,7 +192,7 @@ def test_every_family_through_report_and_compare(family, folders, tmp_path):
         methods=("gradcam",), layers=(picked.name,), compare_limit=2, eval_batch_size=8
     )
     grid = GridConfig(count=2, min_grids=1, confidence=0.0)
-    compare(model, data, tmp_path / "c", plan, sanity_images=1, metric_config=FEW, grid=grid)
+    compare(model, data, tmp_path / "c", plan, CompareConfig(1, grid=grid, metrics=FEW))
     said = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert said["grid"]["line"].startswith("grid test")
 

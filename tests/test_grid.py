@@ -308,7 +308,8 @@ def test_a_model_that_takes_no_grid_is_skipped_in_one_line_and_a_failing_method_
     model = Broken()
     images, labels = colour_data()
     config = GridConfig(count=6, min_grids=2)
-    result = grid_test(model, images, labels, model(images), [("gradcam", "relu")], None, config)
+    split = Split(images, labels)
+    result = grid_test(model, split, model(images), [("gradcam", "relu")], None, config)
     line = result["line"]
     assert line.startswith("grid test: skipped: the model fails on the grid (IndexError: ")
     assert "\n" not in line and "rows" not in result
@@ -321,7 +322,7 @@ def test_a_model_that_takes_no_grid_is_skipped_in_one_line_and_a_failing_method_
         return _maps_of(model)(method, layer, grids)
 
     pairs = [("gradcam", "relu"), ("refuses", "relu")]
-    result = grid_test(model, images, labels, model(images), pairs, maps_of, config)
+    result = grid_test(model, Split(images, labels), model(images), pairs, maps_of, config)
     assert {r["method"] for r in result["rows"]} >= {"gradcam"}
     assert "refuses" not in {r["method"] for r in result["rows"]}
     assert result["line"].endswith("; skipped: refuses relu (ValueError: no token layer here)")
