@@ -296,7 +296,7 @@ def test_a_wrong_prefix_count_is_an_error_not_a_silent_fall_back_to_the_patch_la
 
 def test_an_unknown_layer_lists_the_layers_a_map_can_be_read_from():
     model = Classifier(ReadsOneToken(0, 1), (0.5,) * 3, (0.25,) * 3)
-    with pytest.raises(ExplainError, match=r"model.patch  \(6, 4, 4\); model.mlp.0  tokens"):
+    with pytest.raises(ExplainError, match=r"model.patch  \(6, 4, 4\) nchw; model.mlp.0  tokens"):
         choose_layers(model, ["nope"], 32)
     assert choose_layers(model, ["mlp"], 32) == ("model.mlp",)  # the model's own name works
 

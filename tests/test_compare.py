@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from camlens.cam import METHODS
+from camlens.cam import METHODS, TOKEN_METHODS
 from camlens.cli import main
 from camlens.compare import (
     COLUMNS,
@@ -79,8 +79,11 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
         for s in ("mistakes", "correct")
         for metric in METRICS
         if (m, layer) != ("cam", "layer3")  # CAM needs the layer feeding GAP -> fc
+        and m not in TOKEN_METHODS  # attention rollout refuses a CNN's layers
     }
-    assert list(result.skipped) == [("cam", "layer3")]
+    tokens_only = [(m, layer) for m in METHODS if m in TOKEN_METHODS for layer in LAYERS]
+    assert list(result.skipped) == [("cam", "layer3"), *tokens_only]
+    assert all("name a token layer" in str(result.skipped[k]) for k in tokens_only)
     methods = {m for m, *_ in expected}
     expected |= {
         (b, layer, s, metric)
@@ -95,7 +98,7 @@ def test_every_method_layer_subset_metric_and_both_baselines(compared):
             assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
     payload = json.loads((out / "compare.json").read_text())
     assert payload["columns"] == list(COLUMNS) and len(payload["rows"]) == len(expected)
-    assert set(payload["sanity"]) == set(METHODS)
+    assert set(payload["sanity"]) == set(METHODS) - TOKEN_METHODS  # refused at every layer
     # every method cell against each baseline: the random map at its own layer and the centre
     paired = [r for r in lines if r["vs"] != ""]
     got = {(r["method"], r["layer"], r["subset"], r["metric"], r["vs"]) for r in paired}

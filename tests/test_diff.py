@@ -170,7 +170,7 @@ def test_cli_writes_the_page_named_after_the_norms(
     "flags, words",
     [
         ((), "give --checkpoint twice"),
-        (("--limit", "0"), "--limit must be >= 1"),
+        (("--limit", "0"), "--cards must be >= 1"),
         (("--layer", "layer9"), "layer9"),
         (("--names", "one"), "--names takes two names"),
         (("--method", "gradcam,layercam"), "name one"),

@@ -277,3 +277,52 @@ def test_fewer_grids_than_a_paired_test_needs_get_no_verdict():
     result = grid_test(model, Split(images, labels), model(images), pairs, _maps_of(model), config)
     assert {r["decision"] for r in result["paired"]} == {TOO_FEW}
     assert all(r["diff_low"] is r["p_holm"] is None for r in result["paired"])
+
+
+class Fixed(Colours):
+    """Takes only 8x8 inputs and asserts it, as torchvision's ViT and timm's PatchEmbed do."""
+
+    def forward(self, images):
+        assert images.shape[-1] == 8, f"Input width ({images.shape[-1]}) doesn't match model (8)"
+        return super().forward(images)
+
+
+def test_a_fixed_size_model_that_asserts_its_size_gets_the_grid_resized():
+    """Planted: AssertionError left out of _takes' catch: it escaped make_grids (red)."""
+    grids = grids_of(Fixed())
+    assert grids.path == "resized" and grids.images.shape == (6, 3, 8, 8)
+
+
+class Broken(Colours):
+    """Fails on every input but its own 8x8 images two at a time: no grid can be scored."""
+
+    def forward(self, images):
+        if images.shape[0] != 30:
+            raise IndexError("nothing but the test batch")
+        return super().forward(images)
+
+
+def test_a_model_that_takes_no_grid_is_skipped_in_one_line_and_a_failing_method_too():
+    """Planted: only GridError caught in grid_test (red: IndexError out of compare's step);
+    a method that raises on the grids stopping the others (red)."""
+    model = Broken()
+    images, labels = colour_data()
+    config = GridConfig(count=6, min_grids=2)
+    split = Split(images, labels)
+    result = grid_test(model, split, model(images), [("gradcam", "relu")], None, config)
+    line = result["line"]
+    assert line.startswith("grid test: skipped: the model fails on the grid (IndexError: ")
+    assert "\n" not in line and "rows" not in result
+
+    model = Colours()
+
+    def maps_of(method, layer, grids):
+        if method == "refuses":
+            raise ValueError("no token layer here\nsecond line")
+        return _maps_of(model)(method, layer, grids)
+
+    pairs = [("gradcam", "relu"), ("refuses", "relu")]
+    result = grid_test(model, Split(images, labels), model(images), pairs, maps_of, config)
+    assert {r["method"] for r in result["rows"]} >= {"gradcam"}
+    assert "refuses" not in {r["method"] for r in result["rows"]}
+    assert result["line"].endswith("; skipped: refuses relu (ValueError: no token layer here)")

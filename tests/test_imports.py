@@ -161,7 +161,8 @@ def test_import_camlens_is_lazy_and_every_public_name_resolves():
 
 def test_flag_words_are_in_step_with_the_modules_that_use_them():
     from camlens import choices
-    from camlens.cam import METHODS, PRECISIONS
+    from camlens.cam import LAYOUTS, METHODS, PRECISIONS
 
     assert tuple(METHODS) == choices.METHOD_NAMES
     assert tuple(PRECISIONS) == choices.PRECISION_NAMES
+    assert LAYOUTS == choices.LAYOUTS

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "COMPARE_LIMIT",
     "COMPARE_METHODS",
+    "LAYOUTS",
     "METHOD_NAMES",
     "NORMS",
     "PADDINGS",
@@ -42,7 +43,10 @@ METHOD_NAMES = (
     "iscam",
     "kpcacam",
     "shapleycam",
+    "rollout",
 )
+# camlens.cam.LAYOUTS: how a hooked layer's output is read (auto, or forced)
+LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
 # camlens.cam.PRECISIONS's keys: the CAM forward pass's precision
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 # the ResNet18's normalisation layers (camlens.model)

@@ -43,6 +43,8 @@ class ExplainPlan:
     # scores as one combined map and a gallery shows layer by layer (`hooked_layers`); None:
     # the last layer before the global pooling, resolved before the check (`prepare_plan`)
     layers: tuple[str, ...] | None = None
+    # how the layers' outputs are read: "auto", or forced "nchw", "nhwc", "tokens" (LAYOUTS)
+    layout: str = "auto"
     cam_batch_size: int = 64  # images per CAM pass: one forward, a partial backward per target
     eval_batch_size: int = 64  # images per inference batch (evaluation, predictions)
     precision: str = "fp32"  # the CAM forward pass: fp32, or bf16/fp16 autocast; maps stay fp32
@@ -127,6 +129,7 @@ class ExplainPlan:
             batch_size=self.cam_batch_size,
             precision=self.precision,
             normalize=normalize,
+            layout=self.layout,
         )
 
 

@@ -7,14 +7,15 @@
         pair = cam.explain_pair(images, labels)         # pred, true and signed contrast maps
 
 Public API:
+    TOKEN_METHODS           those of METHODS that read a transformer's attention (rollout)
     METHODS                 name -> class: gradcam, gradcam++, smoothgradcam++, xgradcam,
                             hirescam, layercam, gradcam-elementwise, scorecam, eigencam,
                             eigengradcam, cam,
                             finercam, refinecam, fullgrad, guidedgradcam,
-                            ablationcam, sscam, iscam, kpcacam, shapleycam
+                            ablationcam, sscam, iscam, kpcacam, shapleycam, rollout
     GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM,
     GradCAMElementWise, EigenCAM, EigenGradCAM, CAM, ScoreCAM,
-    AblationCAM, SSCAM, ISCAM, KPCACAM, ShapleyCAM
+    AblationCAM, SSCAM, ISCAM, KPCACAM, ShapleyCAM, AttentionRollout
         (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
         them (maps averaged into `cams`; each layer's own map in `layer_cams`)
         .__call__(images, targets=None) -> (N, H, W) tensor
@@ -40,8 +41,13 @@ Public API:
     explain_pair(model, images, labels, method="gradcam", layer="layer4", ...) -> PairResult
     find_layer(model, name) -> nn.Module (unknown names list the valid ones)
     normalize_cams(maps, mode, signed) -> list of scaled maps
-    candidate_layers(model, image_size) -> [Candidate]: layers a map can be read from (one
-        dummy forward); pick_layer(...) the last before the pooling; token_grid: ViT tokens
+    candidate_layers(model, image_size, layout="auto") -> [Candidate]: layers a map can be
+        read from (one dummy forward), with shapes and layouts; pick_layer(...) the last
+        before the pooling
+    LAYOUTS, read_layout, Reading, token_grid, LayoutError: how a layer's output is read into
+        (N, C, h, w): "nchw", "nhwc" (timm's Swin stages), "tokens" (a ViT's, with prefix
+        tokens); every engine and `create` take layout= ("auto" reads it; CamConfig.layout)
+    logits_of(output) -> (N, K): a model's tensor, tuple, dict or ModelOutput (.logits)
 """
 
 from __future__ import annotations
@@ -70,7 +76,8 @@ from camlens.cam.base import (
 from camlens.cam.finer import FinerCAM, RefineCAM, Refined
 from camlens.cam.guided import GuidedGradCAM
 from camlens.cam.kpca import KPCACAM
-from camlens.cam.layers import Candidate, candidate_layers, pick_layer, token_grid
+from camlens.cam.layers import Candidate, candidate_layers, pick_layer
+from camlens.cam.layout import LAYOUTS, LayoutError, Reading, logits_of, read_layout, token_grid
 from camlens.cam.methods import (
     CAM,
     EigenCAM,
@@ -83,6 +90,7 @@ from camlens.cam.methods import (
     XGradCAM,
 )
 from camlens.cam.pixel import FullGrad, InputCAM
+from camlens.cam.rollout import AttentionRollout
 from camlens.cam.score import ISCAM, SSCAM, ScoreCAM
 from camlens.cam.shapley import ShapleyCAM
 from camlens.cam.smooth import SmoothGradCAMPlusPlus
@@ -91,7 +99,13 @@ from camlens.cam.targets import Similar
 __all__ = [
     "CAM",
     "Candidate",
+    "LAYOUTS",
+    "LayoutError",
+    "Reading",
+    "logits_of",
+    "read_layout",
     "METHODS",
+    "TOKEN_METHODS",
     "NORMALIZE",
     "PRECISIONS",
     "BaseCAM",
@@ -133,6 +147,8 @@ __all__ = [
     "KPCACAM",
     "SSCAM",
     "ShapleyCAM",
+    # transformer-native
+    "AttentionRollout",
 ]
 
 METHODS: dict[str, type[Engine]] = {
@@ -160,8 +176,13 @@ METHODS: dict[str, type[Engine]] = {
         ISCAM,
         KPCACAM,
         ShapleyCAM,
+        # transformers' own: attention, not a layer's activations
+        AttentionRollout,
     )
 }
+
+# the methods that read a transformer's attention over tokens, and refuse a CNN's layers
+TOKEN_METHODS = frozenset(n for n, cls in METHODS.items() if getattr(cls, "tokens_only", False))
 
 
 def create(

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from camlens.cam.config import KNOBS, PRECISIONS, SHARED_KNOBS, CamConfig
 from camlens.cam.layers import capture, eval_mode, find_layer, resolve_layers, upsample
+from camlens.cam.layout import logits_of
 from camlens.cam.normalize import NORMALIZE, normalize_cams
 from camlens.cam.precision import check_precision, full_fp32
 from camlens.cam.results import CamResult, PairResult, RawMaps, assemble_results
@@ -224,16 +225,17 @@ class Engine:
         )
 
     def _clean_forward(
-        self, images: Tensor, specs: list[Any]
+        self, images: Tensor, specs: list[Any], readings: dict | None = None
     ) -> tuple[Tensor, dict[str, Tensor], list[Resolved]]:
         """One no-grad forward of the clean images for the forward-only methods: the logits,
-        each hooked layer's output by name, and the chunk's resolved targets."""
+        each hooked layer's output by name, and the chunk's resolved targets (`readings`:
+        filled as `capture` fills it)."""
         with (
             torch.no_grad(),
-            capture(self.model, self.layers, record=False) as store,
+            capture(self.model, self.layers, False, self.config.layout, readings) as store,
             self._forward_context(images.device),
         ):
-            logits = self.model(images)
+            logits = logits_of(self.model(images))
         missing = [name for name in self.layers if name not in store]
         if missing:
             raise RuntimeError(f"layers {missing} were not called in the model's forward pass")
@@ -301,10 +303,10 @@ class BaseCAM(Engine):
         # the caller's grad mode afterwards, also inside the caller's torch.no_grad().
         with (
             torch.no_grad(),
-            capture(self.model, self.layers, record=self.needs_grads) as store,
+            capture(self.model, self.layers, self.needs_grads, self.config.layout) as store,
             self._forward_context(images.device),
         ):
-            logits = self.model(self._inputs(images))
+            logits = logits_of(self.model(self._inputs(images)))
         # the targets and their backward need grad mode, also inside a caller's no_grad();
         # maps are combined in float32, also inside a caller's autocast
         with torch.enable_grad(), _no_autocast(images.device):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from camlens.cam.layout import LAYOUTS
 from camlens.cam.normalize import NORMALIZE
 
 __all__ = ["KNOBS", "KPCA_KERNELS", "PRECISIONS", "SHARED_KNOBS", "CamConfig"]
@@ -30,11 +31,26 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 KPCA_KERNELS = ("sigmoid", "rbf", "poly", "linear")
 
 # the knobs the engine reads for every method
-SHARED_KNOBS = frozenset({"normalize", "precision", "batch_size"})
+SHARED_KNOBS = frozenset({"normalize", "precision", "batch_size", "layout"})
 # method name -> the knobs it reads beyond SHARED_KNOBS: each engine class puts its own here
 # when it is defined (`Engine.__init_subclass__`), so this module and the engine's check read
 # them without importing the package that lists the methods (METHODS)
 KNOBS: dict[str, frozenset[str]] = {}
+
+
+# the lowest value of each numeric knob
+_LOWEST = {
+    "batch_size": 1,
+    "score_batch": 1,
+    "top_k": 1,
+    "smooth_samples": 1,
+    "smooth_std": 0,
+    "finer_k": 1,
+    "finer_gamma": 0,
+    "score_samples": 1,
+    "score_std": 0,
+    "kpca_degree": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,9 @@ class CamConfig:
     precision: str = "fp32"
     # images per forward pass; None: the whole input at once (eval mode makes chunking exact)
     batch_size: int | None = None
+    # the hooked layers' layout: "auto" (read from each output and the model), or forced to
+    # "nchw" (N, C, h, w), "nhwc" (N, h, w, C) or "tokens" (N, T, C) (camlens.cam.layout)
+    layout: str = "auto"
     # Score-CAM: masked images per forward pass
     score_batch: int = 64
     # Score-CAM: keep only the k highest-variance channels per image (Faster Score-CAM); None: all
@@ -82,40 +101,24 @@ class CamConfig:
     kpca_degree: int = 3
 
     def __post_init__(self) -> None:
-        if self.normalize not in NORMALIZE:
-            raise ValueError(
-                f"unknown normalize {self.normalize!r}: choose one of {', '.join(NORMALIZE)}"
-            )
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
-            )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
-        if self.score_batch < 1:
-            raise ValueError(f"score_batch must be >= 1, got {self.score_batch}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        if self.smooth_samples < 1:
-            raise ValueError(f"smooth_samples must be >= 1, got {self.smooth_samples}")
-        if self.smooth_std < 0:
-            raise ValueError(f"smooth_std must be >= 0, got {self.smooth_std}")
-        if self.finer_k < 1:
-            raise ValueError(f"finer_k must be >= 1, got {self.finer_k}")
-        if self.finer_gamma < 0:
-            raise ValueError(f"finer_gamma must be >= 0, got {self.finer_gamma}")
-        if self.score_samples < 1:
-            raise ValueError(f"score_samples must be >= 1, got {self.score_samples}")
-        if self.score_std < 0:
-            raise ValueError(f"score_std must be >= 0, got {self.score_std}")
-        if self.kpca_kernel not in KPCA_KERNELS:
-            raise ValueError(
-                f"unknown kpca_kernel {self.kpca_kernel!r}: choose one of {', '.join(KPCA_KERNELS)}"
-            )
+        # the words each takes, then the lowest value of each number (None: the default rule)
+        for name, words in (
+            ("normalize", NORMALIZE),
+            ("precision", PRECISIONS),
+            ("layout", LAYOUTS),
+            ("kpca_kernel", KPCA_KERNELS),
+        ):
+            if getattr(self, name) not in words:
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(words)}"
+                )
+        for name, low in _LOWEST.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                none = " or None" if name in ("batch_size", "top_k", "kpca_gamma") else ""
+                raise ValueError(f"{name} must be >= {low}{none}, got {value}")
         if self.kpca_gamma is not None and self.kpca_gamma <= 0:
             raise ValueError(f"kpca_gamma must be > 0 or None, got {self.kpca_gamma}")
-        if self.kpca_degree < 1:
-            raise ValueError(f"kpca_degree must be >= 1, got {self.kpca_degree}")
 
     def changed(self) -> dict[str, Any]:
         """The knobs that differ from their defaults, by name."""

@@ -4,18 +4,18 @@ Hooks exist only during a call (registered inside `capture`, removed in its `fin
 engine holds no hooks between calls; `with` and `close()` are there so that callers need not
 know that.
 
-A layer that outputs tokens (N, T, C), as a vision transformer's blocks do, is read as the
-(N, C, h, w) map of its last h*w tokens (`token_grid`): the prefix tokens (class,
-distillation, registers) come from the model's own `num_prefix_tokens` where it has one (timm
-names it so), else T - h*w with h*w the largest square; a model's `tokens_grid = (h, w)`
-fixes the grid. `candidate_layers` finds, with one forward of a dummy batch, the layers a map
-can be read from, and `pick_layer` the last of them before the global pooling.
+Each hooked output is read into (N, C, h, w) in its layout (camlens.cam.layout: NCHW, NHWC as
+timm's Swin stages give, or a ViT's tokens (N, T, C), whose last h*w tokens are the grid
+after the prefix tokens: the class, distillation and register tokens, from the model's own
+`num_prefix_tokens` where it has one (timm names it so), else T - h*w with h*w the largest
+grid of the input's aspect; a model's `tokens_grid = (h, w)` fixes the grid), and the map is
+handed on in that layout. `candidate_layers` finds, with one forward of a dummy batch, the
+layers a map can be read from, and `pick_layer` the last of them before the global pooling.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camlens.cam.layout import (
+    LAYOUTS,
+    LayoutError,
+    Reading,
+    first_tensor,
+    logits_of,
+    read_layout,
+    token_grid,
+)
+
 __all__ = [
+    "LAYOUTS",
     "Candidate",
+    "LayoutError",
+    "Reading",
     "capture",
     "candidate_layers",
     "eval_mode",
@@ -90,9 +103,19 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def capture(
-    model: nn.Module, layers: dict[str, nn.Module], record: bool
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    record: bool,
+    layout: str | dict[str, str] = "auto",
+    readings: dict[str, tuple[Reading, Tensor]] | None = None,
 ) -> Iterator[dict[str, Tensor]]:
-    """Hook `layers` for one forward pass; yields name -> the layer's output (`acts`).
+    """Hook `layers` for one forward pass; yields name -> the layer's output (`acts`) read as
+    (N, C, h, w) (`read_layout`: NCHW, NHWC or tokens).
+
+    `layout`: one of LAYOUTS for every layer, or per layer name ("auto" where not named).
+    `readings`, when given, gets name -> (how the output was read, the output detached): what
+    a method that puts maps back into the layer (Ablation-CAM) needs. A layer that outputs a
+    tuple (a Hugging Face layer's) is read from its first element.
 
     With `record`, grad mode is switched on at the first hooked layer: nothing computed before
     it is needed for d(score)/d(acts), so the network up to there runs as plain inference (run
@@ -100,37 +123,40 @@ def capture(
     no graph (frozen parameters, input without grad) becomes a leaf that requires grad.
     """
     acts: dict[str, Tensor] = {}
+    image: list[tuple[int, int]] = []  # the model's input (H, W), for reading the layouts
+
+    def see_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        given = [*args, *kwargs.values()]
+        x = next((t for t in given if isinstance(t, Tensor) and t.ndim == 4), None)
+        image[:] = [] if x is None else [tuple(x.shape[-2:])]
 
     def hook_for(name: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> Tensor:
-            tokens = isinstance(output, Tensor) and output.ndim == 3
-            if not isinstance(output, Tensor) or output.ndim not in (3, 4):
-                got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        forced = layout if isinstance(layout, str) else layout.get(name, "auto")
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+            out = first_tensor(output)
+            if out is None or out.ndim not in (3, 4):
+                got = tuple(out.shape) if out is not None else type(output).__name__
                 raise TypeError(
                     f"layer {name!r} must output a (N, C, h, w) map or (N, T, C) tokens, got {got}"
                 )
-            a = output
-            if tokens:
-                prefix, h, w = token_grid(model, name, output.shape[1])
-                # (N, T, C) -> (N, C, h, w): the prefix tokens are no place in the image
-                a = output[:, prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+            reading = read_layout(model, module, name, out, image[0] if image else None, forced)
+            a = reading.to_map(out)  # (N, C, h, w), a view of the output where it can be
             if record:
                 torch.set_grad_enabled(True)
                 a = a if a.requires_grad else a.detach().requires_grad_()
             else:
                 a = a.detach()
             acts[name] = a  # a layer called twice keeps its last output
-            if tokens:
-                # the tokens rebuilt from `a`, so that d(score)/d(acts) flows through the map;
-                # (N, C, h, w) -> (N, h*w, C), after the prefix tokens as they came
-                grid = a.permute(0, 2, 3, 1).flatten(1, 2)
-                return torch.cat([output[:, :prefix], grid], 1)
-            # In-place ops downstream (ReLU(inplace=True)) then change the clone, not `acts`.
-            return a.clone()
+            if readings is not None:
+                readings[name] = (reading, out.detach())
+            # the output rebuilt from `a`, so that d(score)/d(acts) flows through the map
+            new = reading.from_map(a, out)
+            return new if out is output else _with_first(output, new)
 
         return hook
 
-    handles = []
+    handles = [model.register_forward_pre_hook(see_input, with_kwargs=True)]
     try:
         for name, module in layers.items():
             handles.append(module.register_forward_hook(hook_for(name)))
@@ -140,6 +166,11 @@ def capture(
             handle.remove()
 
 
+def _with_first(output: tuple | list, first: Tensor) -> tuple | list:
+    """A tuple or list output with its first element replaced."""
+    return [first, *output[1:]] if isinstance(output, list) else (first, *output[1:])
+
+
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """(N, h, w) -> (N, H, W) bilinear; the input's resolution is what a map is shown at."""
     if tuple(maps.shape[-2:]) == tuple(size):
@@ -147,105 +178,95 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def token_grid(model: nn.Module, name: str, count: int) -> tuple[int, int, int]:
-    """(prefix, h, w) of a layer's `count` tokens: the prefix tokens first, then h*w places.
-
-    The model's own `num_prefix_tokens` and `tokens_grid` win; otherwise the grid is the
-    largest square that fits and the prefix what is left.
-    """
-    prefix = getattr(model, "num_prefix_tokens", None)
-    grid = getattr(model, "tokens_grid", None)
-    if grid is None:
-        side = math.isqrt(count - (prefix or 0))
-        grid = (side, side)
-    h, w = grid
-    prefix = count - h * w if prefix is None else prefix
-    if prefix < 0 or prefix + h * w != count or h * w < 1:
-        raise ValueError(
-            f"layer {name!r} outputs {count} tokens, which are not {prefix} prefix tokens and a "
-            f"{h}x{w} grid: pass --tokens-grid HxW and --prefix-tokens K that add up to {count}"
-        )
-    return prefix, h, w
-
-
 @dataclass(frozen=True)
 class Candidate:
     """A layer a map can be read from, as one forward of a dummy batch found it."""
 
     name: str  # dotted name
-    shape: tuple[int, ...]  # its output's shape without the batch: (C, h, w) or (T, C)
+    shape: tuple[int, ...]  # its output's shape without the batch: (C, h, w), (h, w, C), (T, C)
     grid: tuple[int, int, int] | None  # tokens only: (prefix, h, w)
     reaches_logits: bool  # the logits depend on its map (not only on pooled or prefix tokens)
     misfit: str | None = None  # tokens that do not fit the prefix and grid: why (no map)
+    layout: str = "nchw"  # how its output is read (camlens.cam.layout.LAYOUTS)
 
     def describe(self) -> str:
+        """The layer, its output's shape and the layout it is read in, on one line."""
         if self.misfit is not None:
             return f"{self.name}  tokens {self.shape}: do not fit ({self.misfit})"
-        if self.grid is None:
-            c, h, w = self.shape
-            return f"{self.name}  ({c}, {h}, {w})"
-        prefix, h, w = self.grid
-        return f"{self.name}  tokens {self.shape}: {prefix} prefix dropped, {h}x{w} grid"
+        if self.grid is not None:
+            prefix, h, w = self.grid
+            return f"{self.name}  {Reading('tokens', (h, w), prefix).describe(self.shape)}"
+        h, w = self.shape[:2] if self.layout == "nhwc" else self.shape[1:]
+        return f"{self.name}  {Reading(self.layout, (h, w)).describe(self.shape)}"
 
 
-def candidate_layers(model: nn.Module, image_size: int) -> list[Candidate]:
-    """Every layer whose output is a spatial map (N, C, h, w), h*w > 1, or tokens (N, T, C),
-    in the order their outputs are finished; one forward and one backward of a dummy batch."""
+def candidate_layers(model: nn.Module, image_size: int, layout: str = "auto") -> list[Candidate]:
+    """Every layer whose output is a spatial map (N, C, h, w) or (N, h, w, C), h*w > 1, or
+    tokens (N, T, C), in the order their outputs are finished; one forward and one backward
+    of a dummy batch. `layout` (LAYOUTS): how each output is read; "auto" from the output and
+    the model (`read_layout`), a forced one keeps only the outputs it can read."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)  # drawn on the CPU, then moved: the same on any device
     images = torch.rand(2, 3, image_size, image_size, generator=g, device="cpu")
-    found: dict[str, tuple[Tensor, tuple[int, int, int] | None]] = {}
+    found: dict[str, tuple[Tensor, Reading | None]] = {}
     misfits: dict[str, str] = {}
+    modules = dict(model.named_modules())
 
     def hook_for(name: str):
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-            if not isinstance(output, Tensor) or not output.is_floating_point():
+            out = first_tensor(output)
+            # a map or tokens of this batch: not (N windows, ...) nor a feature vector
+            if out is None or not out.is_floating_point() or out.ndim not in (3, 4):
                 return None
-            grid = None
-            if output.ndim == 4:  # a map: square like the images, (N, heads, T, d) is not
-                h, w = output.shape[-2:]
-                if h * w < 2 or h != w or h > image_size:
-                    return None
-            elif output.ndim == 3 and output.shape[1] > 1:
-                try:
-                    grid = token_grid(model, name, output.shape[1])
-                except ValueError as e:  # kept: a wrong --prefix-tokens must not go unseen
-                    misfits[name] = str(e)
-            else:
+            if out.shape[0] != images.shape[0] or (out.ndim == 3 and out.shape[1] < 2):
+                return None
+            try:
+                reading = read_layout(model, module, name, out, (image_size,) * 2, layout)
+            except LayoutError as e:
+                if out.ndim != 3 or layout not in ("auto", "tokens"):
+                    return None  # (N, heads, T, d) and the like: no map of the image
+                misfits[name] = str(e)  # kept: a wrong --prefix-tokens must not go unseen
+                reading = None
+            if reading is not None and reading.grid[0] * reading.grid[1] < 2:
                 return None
             found.pop(name, None)  # a layer called twice: its last output
-            found[name] = (output, grid)
-            return output.clone()  # in-place ops downstream must not touch what is kept
+            found[name] = (out, reading)
+            kept = out.clone()  # in-place ops downstream must not touch what is kept
+            return kept if out is output else _with_first(output, kept)
 
         return hook
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if n]
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items() if n]
     try:
         with eval_mode(model), torch.enable_grad():
-            logits = model(images.to(device).requires_grad_())
+            logits = logits_of(model(images.to(device).requires_grad_()))
             outputs = [out for out, _ in found.values()]
             grads = torch.autograd.grad(logits.sum(), outputs, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
     candidates = []
-    for (name, (out, grid)), g in zip(found.items(), grads, strict=True):
-        if name in misfits:
+    for (name, (out, reading)), g in zip(found.items(), grads, strict=True):
+        if reading is None:
             candidates.append(Candidate(name, tuple(out.shape[1:]), None, False, misfits[name]))
             continue
-        if grid is not None and g is not None:
-            g = g[:, grid[0] :]  # the grid's tokens, not the prefix
+        grid = None
+        if reading.layout == "tokens":
+            grid = (reading.prefix, *reading.grid)
+            g = None if g is None else g[:, reading.prefix :]  # the grid's tokens, not the prefix
+        reaches = g is not None and bool(g.abs().sum() > 0)
         candidates.append(
-            Candidate(name, tuple(out.shape[1:]), grid, g is not None and bool(g.abs().sum() > 0))
+            Candidate(name, tuple(out.shape[1:]), grid, reaches, layout=reading.layout)
         )
     return candidates
 
 
-def pick_layer(model: nn.Module, image_size: int) -> Candidate:
+def pick_layer(model: nn.Module, image_size: int, layout: str = "auto") -> Candidate:
     """The last layer before the global pooling: the last candidate the logits depend on
     with the shape of the model's last map or tokens, its feature stream (so a ViT gets its
-    last block's norm1, not that block's (T, 3C) qkv projection)."""
-    found = candidate_layers(model, image_size)
+    last block's norm1, not that block's (T, 3C) qkv projection); among tokens, the last
+    LayerNorm of that stream where there is one (not a (T, C) value projection)."""
+    found = candidate_layers(model, image_size, layout)
     reaching = [c for c in found if c.reaches_logits]
     if not reaching:
         raise ValueError(
@@ -254,6 +275,10 @@ def pick_layer(model: nn.Module, image_size: int) -> Candidate:
         )
     stream = [c for c in reaching if c.shape == found[-1].shape]
     picked = (stream or reaching)[-1]
+    if picked.layout == "tokens":  # a block's norm, not the value projection inside its
+        modules = dict(model.named_modules())  # attention (Hugging Face's v_proj) after it
+        norms = [c for c in stream if isinstance(modules[c.name], nn.LayerNorm)]
+        picked = norms[-1] if norms else picked
     later = found[found.index(picked) + 1 :]
     misfit = next((c.misfit for c in reversed(later) if c.misfit is not None), None)
     if misfit is not None:  # the layers after the pick may be the ones meant, read wrongly

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from camlens.cam.base import BaseCAM, RawMaps, Resolved, capture, upsample
+from camlens.cam.layout import logits_of
 
 __all__ = ["FullGrad", "InputCAM", "bias_of", "grads_or_zeros"]
 
@@ -41,13 +42,14 @@ class InputCAM(BaseCAM):
 
     def _raw_chunk(self, images: Tensor, specs: list[Any]) -> RawMaps:
         x = images.detach().requires_grad_()
+        layout = self.config.layout  # the named layers'; the biased ones are read as they come
         with (
             torch.enable_grad(),
-            capture(self.model, self._hooked(), record=True) as store,
+            capture(self.model, self._hooked(), True, dict.fromkeys(self.layers, layout)) as store,
             self._forward_context(images.device),
             self._during_forward(),
         ):
-            logits = self.model(x)
+            logits = logits_of(self.model(x))
         with torch.enable_grad(), torch.autocast(images.device.type, enabled=False):
             self._acts(logits, store)  # checks that the named layers ran and the logits' shape
             targets = [self._resolve(spec, logits, want_scores=True) for spec in specs]

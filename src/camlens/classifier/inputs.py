@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from camlens.classifier.spec import Classifier
+from camlens.classifier.spec import Classifier, parameters_of
 from camlens.data import DataError, Dataset, UserData, as_dataset, from_user_data
 
 __all__ = ["adapt_user_input", "own_layer_names"]
@@ -45,7 +45,7 @@ def adapt_user_input(
     of models that take the same input (two models compared): each is wrapped alike.
     """
     if isinstance(data, Dataset) and classes is None and mean is None and std is None:
-        return model, data
+        return _speaking_logits(model), data
     if isinstance(data, UserData):
         if classes is not None or mean is not None or std is not None:
             raise DataError(
@@ -57,7 +57,7 @@ def adapt_user_input(
         user = from_user_data(data, classes=classes, mean=mean, std=std)
     dataset = as_dataset(user)
     if user.mean is None:
-        return model, dataset
+        return _speaking_logits(model), dataset
     if isinstance(model, tuple):
         return tuple(_normalising(m, user.mean, user.std) for m in model), dataset
     return _normalising(model, user.mean, user.std), dataset
@@ -75,6 +75,16 @@ def own_layer_names(model: nn.Module, layers: Sequence[str]) -> list[str]:
         return f"model.{name}" if name not in names and f"model.{name}" in names else name
 
     return ["+".join(own(part) for part in layer.split("+")) for layer in layers]
+
+
+def _speaking_logits(model: Models) -> Models:
+    """A model whose forward takes `pixel_values=` (a Hugging Face classifier, whose output is
+    a ModelOutput) wrapped to take [0, 1] images and return its logits; others as they are."""
+    if isinstance(model, tuple):
+        return tuple(_speaking_logits(m) for m in model)
+    if isinstance(model, Classifier) or "pixel_values" not in parameters_of(model.forward):
+        return model
+    return _normalising(model, (0.0,) * 3, (1.0,) * 3)
 
 
 def _normalising(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Module:

@@ -66,6 +66,10 @@ def stated_size(config: ModelConfig) -> int | None:
     if is_checkpoint(spec):
         return int(read_checkpoint_meta(SHIPPED_MODELS.get(spec, spec))["image_size"])
     kind, _, name = spec.partition(":")
+    if kind == "hf":
+        from camlens.classifier.hf import hf_size
+
+        return hf_size(spec)
     if kind == "timm":
         try:
             cfg = importlib.import_module("timm").get_pretrained_cfg(name)
@@ -127,9 +131,13 @@ def build_classifier(
     model = Classifier(inner, tuple(mean), tuple(std), config.prefix_tokens, config.tokens_grid)
     facts = {
         "model": spec,
-        "weights": str(config.weights) if config.weights else "the factory's own",
+        "weights": str(config.weights)
+        if config.weights
+        else ("the folder's own" if kind == "hf" else "the factory's own"),
         "normalisation": f"mean {tuple(mean)}, std {tuple(std)}",
     }
+    if "crop_pct" in stated:  # the image processor's centre crop: camlens resizes instead
+        facts["crop"] = f"not applied (the processor's crop_pct {stated['crop_pct']:g})"
     return model.to(device).eval(), {}, facts
 
 

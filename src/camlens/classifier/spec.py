@@ -28,6 +28,8 @@ __all__ = [
     "ModelConfig",
     "build_architecture",
     "is_checkpoint",
+    "model_logits",
+    "parameters_of",
     "native_size",
     "parse_triple",
 ]
@@ -39,7 +41,9 @@ ARCHITECTURES = ("timm", "torchvision")
 class ModelConfig:
     """How to build, load and feed a classifier: the `--model` family of flags."""
 
-    model: str  # SPEC: a camlens checkpoint, shipped, FILE.py:factory, pkg.mod:factory, timm:NAME
+    # SPEC: a camlens checkpoint, shipped, FILE.py:factory, pkg.mod:factory, timm:NAME,
+    # torchvision:NAME, hf:PATH (a Hugging Face folder)
+    model: str
     weights: Path | None = None  # .safetensors or a state dict .pt/.pth (not for camlens models)
     mean: tuple[float, float, float] | None = None  # None: the checkpoint's or timm's own
     std: tuple[float, float, float] | None = None  # the same for the standard deviation
@@ -73,8 +77,35 @@ class Classifier(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.tokens_grid = tokens_grid or getattr(model, "tokens_grid", None)
 
+        # a Hugging Face model takes `pixel_values=`; its output's `.logits` are the logits
+        self.keyword = "pixel_values" in parameters_of(model.forward)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
+        x = (images - self.mean) / self.std
+        return model_logits(self.model(pixel_values=x) if self.keyword else self.model(x))
+
+
+def model_logits(output: Any) -> torch.Tensor:
+    """(N, K) logits from a forward's tensor, tuple (first), dict or ModelOutput (`.logits`).
+    camlens.cam.logits_of reads the same for the engines, which import nothing of camlens."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, dict):
+        logits = output.get("logits", next(iter(output.values()), None))
+    if logits is None and isinstance(output, (tuple, list)) and output:
+        logits = output[0]
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"the model must return (N, K) logits, got {type(output).__name__}")
+    return logits
+
+
+def parameters_of(function: Any) -> dict:
+    """A callable's parameters by name; {} where Python cannot read its signature."""
+    try:
+        return dict(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return {}
 
 
 def parse_triple(text: str, flag: str) -> tuple[float, float, float]:
@@ -138,6 +169,10 @@ def _factory(spec: str) -> Any:
 def build_architecture(spec: str, num_classes: int) -> tuple[nn.Module, dict]:
     """The architecture (random or factory weights) and what its library states of it."""
     kind, _, name = spec.partition(":")
+    if kind == "hf":
+        from camlens.classifier.hf import load_hf
+
+        return load_hf(spec)
     if kind in ARCHITECTURES:
         try:
             library = importlib.import_module(kind)
@@ -156,10 +191,7 @@ def build_architecture(spec: str, num_classes: int) -> tuple[nn.Module, dict]:
             raise CheckpointError(f"{kind} cannot build {name!r}: {e}") from None
         return model, cfg
     factory = _factory(spec)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
+    params = parameters_of(factory)
     takes = "num_classes" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
     try:
         model = factory(num_classes=num_classes) if takes else factory()

@@ -32,6 +32,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that are the user's mistake: one line on stderr, exit code 2. Imported
     here, when an error is caught, as their modules import torch."""
     from camlens.atomic import WriteError
+    from camlens.cam import LayoutError
     from camlens.data import DataError
     from camlens.distributed import DistributedError
     from camlens.download import DownloadError
@@ -48,6 +49,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         RunError,
         WriteError,
         FileNotFoundError,
+        LayoutError,  # a layer's output that --layout cannot read
     )
 
 

@@ -134,7 +134,7 @@ def _layers(args: argparse.Namespace, opened: Opened) -> list[str]:
     if args.layer is None and opened.meta:
         return list(DEFAULT_LAYERS)
     layers = list(choose_layers(model, args.layer, size))
-    described = {c.name: c.describe() for c in candidate_layers(model, size)}
+    described = {c.name: c.describe() for c in candidate_layers(model, size, args.layout)}
     how = "" if args.layer else " (the last before the global pooling; --layer to choose)"
     for layer in layers:
         print(f"layer {described.get(layer, layer)}{how}")

@@ -10,7 +10,14 @@ import types
 import typing
 from pathlib import Path
 
-from camlens.choices import BACKENDS, COMPARE_LIMIT, DEFAULT_LIMIT, METHOD_NAMES, PRECISION_NAMES
+from camlens.choices import (
+    BACKENDS,
+    COMPARE_LIMIT,
+    DEFAULT_LIMIT,
+    LAYOUTS,
+    METHOD_NAMES,
+    PRECISION_NAMES,
+)
 from camlens.plan import ExplainPlan
 from camlens.train.config import TrainConfig
 
@@ -294,6 +301,14 @@ def add_explain_flags(
         "(guidedgradcam)",
     )
     plan = ExplainPlan()  # the defaults live in the plan
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=plan.layout,
+        help="how the layer's output is read: nchw (N, C, h, w), nhwc (N, h, w, C; timm's Swin "
+        "stages), tokens (N, T, C; a ViT's blocks); auto reads it from the output and the model "
+        f"and says which on the line that names the layer (default: {plan.layout})",
+    )
     if counterfactual:
         parser.add_argument(
             "--counterfactual",

@@ -80,6 +80,9 @@ def grid_test(
         grids = make_grids(model, images, labels, logits, config, batch_size)
     except GridError as e:
         return {"line": f"grid test: {e}", "error": str(e), "settings": settings}
+    except Exception as e:  # a model that takes neither the grid nor its H x W resizing
+        why = f"skipped: the model fails on the grid ({type(e).__name__}: {_first_line(e)})"
+        return {"line": f"grid test: {why}", "error": why, "settings": settings}
     kept = grids.built - grids.dropped
     settings.update(
         path=grids.path,
@@ -97,10 +100,25 @@ def grid_test(
     )
     values: dict[tuple[str, str], dict[str, Tensor]] = {}
     sizes: dict[str, tuple[int, int]] = {}
+    refused: dict[tuple[str, str], str] = {}
     for method, layer in pairs:
-        native, inputs = maps_of(method, layer, grids)
+        try:
+            native, inputs = maps_of(method, layer, grids)
+        except Exception as e:  # one method's refusal (a layout, a layer) spares the others
+            refused[(method, layer)] = f"{type(e).__name__}: {_first_line(e)}"
+            continue
         values[(method, layer)] = grid_scores(native, inputs, grids.n)
         sizes.setdefault(layer, tuple(native.shape[-2:]))
+    pairs = [p for p in pairs if p not in refused]
+    if not pairs:
+        why = (
+            "skipped: no method gave maps on the grids ("
+            + "; ".join(f"{m} {la}: {e}" for (m, la), e in refused.items())
+            + ")"
+        )
+        return {"line": f"grid test: {why}", "error": why, "settings": settings}
+    if refused:
+        settings["refused"] = {f"{m} {la}": e for (m, la), e in refused.items()}
     for layer, size in sizes.items():
         for kind in GRID_BASELINES[:2]:
             g = torch.Generator().manual_seed(seed)
@@ -124,6 +142,12 @@ def grid_test(
     paired = _paired(rows, values, pairs, alpha, seed)
     result = {"settings": settings, "rows": rows, "paired": paired}
     return result | {"line": grid_line(result, alpha)}
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message on one line (an AssertionError may have none)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else "no message"
 
 
 def _paired(rows, values, pairs, alpha, seed) -> list[dict]:
@@ -197,4 +221,6 @@ def grid_line(result: dict, alpha: float = 0.05) -> str:
         line += "; not told apart from chance: " + ", ".join(f"{m} {la}" for m, la in ties)
     if losses:
         line += "; worse than chance: " + ", ".join(f"{m} {la}" for m, la in losses)
+    if s.get("refused"):
+        line += "; skipped: " + ", ".join(f"{k} ({why})" for k, why in s["refused"].items())
     return line

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camlens.cam import eval_mode, normalize_cams
+from camlens.cam import eval_mode, logits_of, normalize_cams
 from camlens.cam.layers import upsample
 from camlens.cam.precision import full_fp32
 from camlens.metrics.baselines import baseline_maps
@@ -265,7 +265,7 @@ def make_grids(
         grid = F.interpolate(grid, size=(h, w), mode="bilinear", antialias=True).clamp(0, 1)
     with torch.no_grad(), eval_mode(model):
         grid_logits = torch.cat(
-            [model(grid[i : i + batch_size]) for i in range(0, len(grid), batch_size)]
+            [logits_of(model(grid[i : i + batch_size])) for i in range(0, len(grid), batch_size)]
         )
     grid_logits = grid_logits.detach().float().cpu()
     # leakage control: the n^2 highest logits are exactly the grid's n^2 classes
@@ -292,10 +292,12 @@ def make_grids(
 
 def _takes(model: nn.Module, grid: Tensor, classes: int) -> bool:
     """Whether `model` takes a grid of n·H x n·W and answers with one logit per class: a
-    globally pooled network does; one with a fixed-size flatten raises or answers otherwise."""
+    globally pooled network does; one with a fixed-size flatten raises or answers otherwise,
+    and a fixed-size model (torchvision's ViT, timm's PatchEmbed and Swin) asserts its input
+    size (AssertionError)."""
     try:
         with torch.no_grad(), eval_mode(model):
-            out = model(grid)
-    except (RuntimeError, ValueError):
+            out = logits_of(model(grid))
+    except (RuntimeError, ValueError, TypeError, AssertionError):
         return False
-    return isinstance(out, Tensor) and tuple(out.shape) == (grid.shape[0], classes)
+    return tuple(out.shape) == (grid.shape[0], classes)
