@@ -2,10 +2,9 @@
 
     run(config, data, out, plan) -> Outcome     train (resuming a killed run), then report
     demo(out, plan) -> Outcome                  the shipped model on the bundled sample
-    report(model, data, out, plan, ...) -> Outcome  any trained classifier: evaluate into
-                                                out/eval, then explain_model
-    explain_model(model, data, out, plan, ...) -> Outcome
-        evaluate -> write_galleries -> [compare] -> compute_report -> report.html
+    explain_model(model, data, out, plan, ...) -> Outcome   any trained classifier:
+        evaluate (out/eval) -> write_galleries -> [compare the gallery's own maps] ->
+        compute_report -> report.html; `report` is its older name, the same function
     write_galleries(model, data, out, plan) -> Galleries
         pick mistakes (the plan's filter, sort, limit) -> stream_mistake_maps ->
         out/gallery/<method>/ per method
@@ -18,12 +17,12 @@
     load_matching_data(source, meta) -> Dataset  the data a checkpoint was trained on
     diff_checkpoints(a, b, data, out, plan) -> dict  two models side by side -> out/diff.html
 
-Split by step: `galleries` (pick, explain, draw), `reports` (evaluate, explain_model,
-report), `runs` (run, demo), `diffs` (diff_checkpoints).
+Split by step: `galleries` (pick, explain, draw), `reports` (explain_model), `runs` (run,
+demo), `diffs` (diff_checkpoints).
 The maps are computed by the explain step only: the gallery draws its stream, the report's
 pair statistics read the same maps and stream the pairs' other images through it.
 Errors a user can cause are raised as the package's own error types, with one-line messages.
-`report` and `explain_model` (as `compare` and `diff_models`) take the user's own test data
+`explain_model` (as `compare` and `diff_models`) takes the user's own test data
 as it is (a DataLoader, a torch Dataset, arrays) besides a camlens `Dataset`: adapted once, at
 the entry, by `camlens.classifier.adapt_user_input`.
 """
