@@ -47,7 +47,7 @@ class ExplainPlan:
     layout: str = "auto"
     cam_batch_size: int = 64  # images per CAM pass: one forward, a partial backward per target
     eval_batch_size: int = 64  # images per inference batch (evaluation, predictions)
-    precision: str = "fp32"  # the CAM forward pass: fp32, or bf16/fp16 autocast; maps stay fp32
+    precision: str = "fp32"  # the CAM forward pass: fp32, or bf16 autocast (fp16 refused)
     # explain at most this many mistakes, the first in `sort` order; None: every one
     limit: int | None = DEFAULT_LIMIT
     sort: str = "confidence"  # order of the mistakes: one of SORTS
