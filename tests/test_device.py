@@ -35,6 +35,7 @@ from camlens.metrics.stats import bootstrap_ci, paired_bootstrap
 from camlens.model import ResNet18
 from camlens.train.loop import default_sampler
 from conftest import CUDA_SWITCH
+from test_grid import COLOURS, Colours  # the colour model whose grid maps are known
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "camlens"
 
@@ -152,22 +153,6 @@ def test_counterfactual_candidates_subsets_and_sampler_follow_their_inputs_devic
 
 
 # class c's image is one flat colour; feature c of the model fires only on that colour
-COLOURS = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]])
-
-
-class Colours(nn.Module):
-    """1x1 conv -> ReLU -> global average pool: Grad-CAM of class c is the tile of class c."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 5, 1)
-        with torch.no_grad():
-            self.conv.weight.copy_((2 * COLOURS - 1)[:, :, None, None])
-            self.conv.bias.copy_(1 - COLOURS.sum(1))
-        self.relu = nn.ReLU()
-
-    def forward(self, images):
-        return 10 * self.relu(self.conv(images)).mean((2, 3))  # (N, 5, h, w) -> (N, 5)
 
 
 def test_the_grid_test_follows_its_inputs_device():

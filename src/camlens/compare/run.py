@@ -184,11 +184,13 @@ def compare(
         job.plan.seed,
     )
     files = _write(job, out, result, ("compare.csv", "compare.json", "compare.png"))
-    result["sanity"], result["maps"] = _step(result, "sanity", lambda: run_sanity(job, work, bar))
+    result["sanity"], result["maps"] = _step(
+        result, "sanity", lambda: run_sanity(job, work, bar), ({}, {})
+    )
     files |= _write(job, out, result, ("compare.json", "sanity.png"))
     if job.config.grid is not None:
         bar.set_postfix_str("grid test")
-        result["grid"] = _step(result, "grid test", lambda: _grid(job, found)) or {}
+        result["grid"] = _step(result, "grid test", lambda: _grid(job, found), {})
         files |= _write(job, out, result, ("compare.json",))
     bar.close()
     return CompareResult(
@@ -251,14 +253,14 @@ def _reference(work: Budget) -> list[tuple[str, str]]:
     return list(dict.fromkeys((m, la) for _, m, la in work.tasks if m in BASELINE_KINDS))
 
 
-def _step(result: dict, name: str, run: Callable[[], Any]) -> Any:
-    """A late step run so that its failure costs only its own result: said in one line
-    (compare.json "errors" and the summary), the steps after it still run."""
+def _step(result: dict, name: str, run: Callable[[], Any], empty: Any) -> Any:
+    """A late step run so that its failure costs only its own result (`empty` in its place):
+    said in one line (compare.json "errors" and the summary), the steps after it still run."""
     try:
         return run()
     except Exception as e:  # noqa: BLE001 - any failure of one step, said, not raised
         result["errors"][name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return ({}, {}) if name == "sanity" else None
+        return empty
 
 
 def _grid(job: CompareJob, found) -> dict:
