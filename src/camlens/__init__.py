@@ -69,9 +69,7 @@ _SOURCES: dict[str, str] = {
     "camlens.gallery": "GalleryConfig write_gallery",
     "camlens.model": "CheckpointError ResNet18 layer_names load_checkpoint save_checkpoint summary",
     "camlens.overlay": "colorize enlarge heatmap_rgba overlay",
-    "camlens.pipeline": (
-        "demo diff_checkpoints explain_model load_matching_data run write_galleries"
-    ),
+    "camlens.pipeline": ("demo diff_checkpoints explain_model run write_galleries"),
     "camlens.report": "ReportConfig compute_report render_report",
     "camlens.train": "RunError TrainConfig train",
     "camlens.watch": "Watch WatchConfig WatchError",

@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from camlens.cam import CamConfig, candidate_layers, pick_layer
-from camlens.choices import DEFAULT_LAYERS, DEFAULT_LIMIT
+from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
 from camlens.compare import CompareConfig, compare, summary_of
 from camlens.data import DataConfig, DataError, load_dataset
@@ -21,14 +21,13 @@ from camlens.distributed import is_writer, process_group
 from camlens.epochs import explain_over_epochs
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
 from camlens.explain import ExplainError, ExplainPlan
-from camlens.model import ResNet18, read_checkpoint_meta, save_checkpoint, summary
+from camlens.model import ResNet18, save_checkpoint, summary
 from camlens.pipeline import (
     Outcome,
     choose_layers,
     demo,
     diff_checkpoints,
     explain_model,
-    load_matching_data,
     report_facts,
     run,
     write_galleries,
@@ -197,17 +196,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _explain_over_epochs(args: argparse.Namespace) -> int:
     if args.model is not None:
         raise DataError("--over-epochs RUN names the model (RUN's checkpoint): drop --checkpoint")
-    meta = read_checkpoint_meta(args.over_epochs / "checkpoint.json")
-    data = load_matching_data(args.data, meta, progress=args.progress)
-    # --limit caps the strips here; left at the gallery's default (or --all): 16
-    count = 16 if args.limit in (None, DEFAULT_LIMIT) else args.limit
     strips, files = explain_over_epochs(
         args.over_epochs,
-        data,
+        args.data,  # opened with the run's checkpoint, checked against its classes
         args.out,
         plan_from_args(args, limit=None),
         device=pick_device(args.device),
-        strips=count,
+        strips=args.strips,
     )
     print(
         f"{len(strips.indices)} mistakes of the final model at epochs "

@@ -14,7 +14,6 @@
     choose_layers(model, layers, image_size)    --layer checked against the layers a map can
                                                 be read from; None: the last before pooling
     report_facts(opened) -> dict                what the report says of an open_model() model
-    load_matching_data(source, meta) -> Dataset  the data a checkpoint was trained on
     diff_checkpoints(a, b, data, out, plan) -> dict  two models side by side -> out/diff.html
 
 Split by step: `galleries` (pick, explain, draw), `reports` (explain_model), `runs` (run,
@@ -32,7 +31,6 @@ from camlens.pipeline.galleries import (
     LAYERS,
     Galleries,
     choose_layers,
-    load_matching_data,
     prepare_plan,
     write_galleries,
 )
@@ -48,7 +46,6 @@ __all__ = [
     "describe_run",
     "diff_checkpoints",
     "explain_model",
-    "load_matching_data",
     "prepare_plan",
     "report",
     "report_facts",

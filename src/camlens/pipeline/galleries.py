@@ -2,7 +2,6 @@
 
 write_galleries(model, data, out, plan) -> Galleries
 prepare_plan(model, plan, image_size) -> plan  layers resolved, checked once against the model
-load_matching_data(source, meta) -> Dataset   the data a checkpoint was trained on
 choose_layers(model, layers, image_size)      --layer checked; None: the last before pooling
 """
 
@@ -17,7 +16,7 @@ from torch import nn
 from camlens.cam import candidate_layers, pick_layer
 from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import own_layer_names
-from camlens.data import DataError, Dataset, load_dataset
+from camlens.data import Dataset
 from camlens.distributed import is_writer
 from camlens.evaluate import Mistakes, find_mistakes, predict
 from camlens.explain import (
@@ -34,7 +33,6 @@ __all__ = [
     "LAYERS",
     "Galleries",
     "choose_layers",
-    "load_matching_data",
     "prepare_plan",
     "write_galleries",
 ]
@@ -51,17 +49,6 @@ class Galleries:
     folders: dict[str, Path]  # method -> its gallery folder, out/gallery/<method>
     # method -> seconds of maps, drawing, encoding, writing (see camlens.gallery.Gallery)
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def load_matching_data(source: str | Path, meta: dict, *, progress: bool = True) -> Dataset:
-    """The data a checkpoint is evaluated on must have the classes it was trained on."""
-    data = load_dataset(source, image_size=int(meta["image_size"]), progress=progress)
-    if list(data.classes) != list(meta["classes"]):
-        raise DataError(
-            f"{source} has classes {list(data.classes)}, but the checkpoint was trained on "
-            f"{meta['classes']}: pass the data it was trained on"
-        )
-    return data
 
 
 def prepare_plan(model: nn.Module, plan: ExplainPlan, image_size: int) -> ExplainPlan:

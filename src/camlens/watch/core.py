@@ -32,11 +32,10 @@ from camlens.epochs import EpochStrips, epoch_strips, write_strips
 from camlens.evaluate import Mistakes, find_mistakes, predict
 from camlens.explain import ExplainPlan, mistake_maps
 from camlens.gallery.draw import CardLayout, GalleryConfig, draw_card, draw_panels
+from camlens.train.kept import epoch_stem
 from camlens.watch.guard import untouched
 
 __all__ = ["Watch", "WatchConfig", "WatchError"]
-
-EPOCHS_DIR = "epochs"  # OUT/epochs/epoch-005.safetensors, as `camlens train --keep-every`
 
 
 class WatchError(ValueError):
@@ -132,7 +131,7 @@ class Watch:
         if epoch % self.config.every:
             return
         with untouched(self.model):
-            path = self.out / EPOCHS_DIR / f"epoch-{epoch:03d}.safetensors"
+            path = epoch_stem(self.out, epoch).with_suffix(".safetensors")
             state = {
                 k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu())
                 .contiguous()
