@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from camlens.choices import DEFAULT_LIMIT, SORTS
+from camlens.choices import DEFAULT_LIMIT, OUTPUT_NAMES, SORTS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,6 +58,9 @@ class ExplainPlan:
     chunk_size: int | None = None
     # also `compare` the methods on this many mistakes (and as many correct images); None: no
     compare_limit: int | None = None
+    # what is written from the stream, names of OUTPUT_NAMES (camlens.pipeline.outputs): the
+    # gallery, the maps file; the report and compare read the stream's maps whatever these are
+    outputs: tuple[str, ...] = ("gallery",)
     seed: int = 0  # compare's correct-image sample, baselines and ROAD
     # the methods' own knobs (Score-CAM's top_k, SmoothGrad's samples, ...); its batch_size,
     # precision and normalize are set by the plan and by each step (`engine_config`)
@@ -75,6 +78,12 @@ class ExplainPlan:
         # frozen: the sequences become tuples once, here. The numbers are checked now (before
         # any training); methods, layers and precision with the model, in `check`
         object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        unknown = [o for o in self.outputs if o not in OUTPUT_NAMES]
+        if unknown:
+            raise ExplainError(
+                f"unknown output {unknown[0]!r}: choose from {', '.join(OUTPUT_NAMES)}"
+            )
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
         if self.sort not in SORTS:

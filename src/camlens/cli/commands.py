@@ -75,7 +75,13 @@ def config_from_args(args: argparse.Namespace, config_type):
 
 
 # ExplainPlan field -> the flag that sets it, where the names differ (argparse dest)
-PLAN_FLAGS = {"methods": "method", "layers": "layer", "label_name": "label", "pred_name": "pred"}
+PLAN_FLAGS = {
+    "methods": "method",
+    "layers": "layer",
+    "label_name": "label",
+    "pred_name": "pred",
+    "outputs": "output",
+}
 
 
 def plan_from_args(args: argparse.Namespace, **fixed) -> ExplainPlan:

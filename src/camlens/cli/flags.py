@@ -16,6 +16,7 @@ from camlens.choices import (
     DEFAULT_LIMIT,
     LAYOUTS,
     METHOD_NAMES,
+    OUTPUT_NAMES,
     PRECISION_NAMES,
 )
 from camlens.plan import ExplainPlan
@@ -310,6 +311,15 @@ def add_explain_flags(
         f"and says which on the line that names the layer (default: {plan.layout})",
     )
     if counterfactual:
+        parser.add_argument(
+            "--output",
+            type=name_list,
+            default=list(plan.outputs),
+            help=f"what is written from the maps, comma-separated, of {', '.join(OUTPUT_NAMES)}: "
+            "the gallery folder OUT/gallery/METHOD; the maps at each layer's own resolution, "
+            "OUT/maps/METHOD.safetensors (camlens.read_maps) "
+            f"(default: {','.join(plan.outputs)})",
+        )
         parser.add_argument(
             "--counterfactual",
             action=argparse.BooleanOptionalAction,
