@@ -86,7 +86,7 @@ PLAN_FLAGS = {
 
 def plan_from_args(args: argparse.Namespace, **fixed) -> ExplainPlan:
     """The ExplainPlan of the explain flags this command has; `fixed` wins over a flag."""
-    names = [f.name for f in dataclasses.fields(ExplainPlan) if f.name not in ("cam", "seed")]
+    names = [f.name for f in dataclasses.fields(ExplainPlan) if f.name != "cam"]
     flags = {n: PLAN_FLAGS.get(n, n) for n in names}
     given = {n: getattr(args, flag) for n, flag in flags.items() if hasattr(args, flag)}
     return ExplainPlan(**{**given, **fixed})
@@ -278,7 +278,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
-    plan = plan_from_args(args, precision="fp32")  # --precision is the training's: maps fp32
+    plan = plan_from_args(args)  # --precision: the training; --cam-precision: the maps
     data = load_dataset(args.data, image_size=args.image_size, progress=args.progress, train=True)
     # under torchrun all ranks train; rank 0 alone then evaluates, explains and reports
     outcome = run(

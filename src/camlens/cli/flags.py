@@ -273,12 +273,13 @@ def _methods(text: str) -> list[str]:
 def add_explain_flags(
     parser: argparse.ArgumentParser,
     layer: str | None,
-    precision: bool = True,
+    precision: bool | str = True,
     method: str = "gradcam",
     counterfactual: bool = True,
 ) -> None:
     """The CAM flags, the same in every command that explains; `counterfactual`: the command
-    explains mistakes for a gallery or report, which may carry the counterfactual test."""
+    explains mistakes for a gallery or report, which may carry the counterfactual test;
+    `precision`: "cam" where --precision is the training's (run): --cam-precision alone."""
     parser.add_argument(
         "--method",
         type=_methods,
@@ -335,9 +336,13 @@ def add_explain_flags(
         help=f"images per CAM batch (default: {plan.cam_batch_size})",
     )
     if precision:
+        # --precision too where the command trains nothing (there it is the training's)
+        names = ["--cam-precision"] + (["--precision"] if precision != "cam" else [])
         parser.add_argument(
-            "--precision",
+            *names,
+            dest="cam_precision",
             choices=PRECISION_NAMES,
-            default=plan.precision,
-            help=f"bf16: autocast the CAM forward pass, maps stay fp32 (default: {plan.precision})",
+            default=plan.cam_precision,
+            help="bf16: autocast the CAM forward pass, maps stay fp32 "
+            f"(default: {plan.cam_precision})",
         )

@@ -117,8 +117,8 @@ def _add_run(sub) -> None:
     add_wandb_flags(p)
     add_compare_flag(p)
     add_limit_flags(p)
-    # --precision is the training's here (TrainConfig), so the maps of a run stay fp32
-    add_explain_flags(p, layer=",".join(DEFAULT_LAYERS), precision=False)
+    # --precision is the training's here (TrainConfig); the maps' is --cam-precision
+    add_explain_flags(p, layer=",".join(DEFAULT_LAYERS), precision="cam")
     add_device_flags(p, backend=True)
     add_config_flags(p, TrainConfig)
     p.set_defaults(run=_command("cmd_run"))
