@@ -26,7 +26,7 @@ from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import ModelConfig, open_model
 from camlens.data import Dataset
 from camlens.evaluate import Mistakes, find_mistakes, predict
-from camlens.explain import ExplainError, ExplainPlan, mistake_maps
+from camlens.explain import ExplainError, ExplainPlan, mistake_maps, select_mistakes
 from camlens.overlay import overlay
 from camlens.plots import figure_png
 from camlens.train.kept import kept_epochs
@@ -78,7 +78,6 @@ def explain_over_epochs(
         (plan.hooked_layers or DEFAULT_LAYERS)[-1],
     )
     plan = replace(plan, methods=(method,), layers=(layer,))
-    limit = strips
     final = run / "checkpoint.safetensors"
     if not final.is_file():
         raise ExplainError(f"{run} holds no checkpoint.safetensors: name a camlens run folder")
@@ -88,8 +87,8 @@ def explain_over_epochs(
             f"{run}/epochs holds no kept weights: train with --keep-every K to keep every K-th "
             "epoch's weights"
         )
-    if limit < 1:
-        raise ExplainError(f"--limit must be >= 1, got {limit}: the strips shown")
+    if strips < 1:
+        raise ExplainError(f"--strips must be >= 1, got {strips}: the mistakes shown")
     # the one opener: `data` (a source or a Dataset) checked against the run's classes
     opened = open_model(ModelConfig(str(final)), data, device, plan.progress)
     model, meta, data = opened.model, opened.meta, opened.data
@@ -98,7 +97,7 @@ def explain_over_epochs(
     mistakes = find_mistakes(logits, data.test.labels)
     if len(mistakes) == 0:
         raise ExplainError("the final model makes no mistakes on this test split")
-    chosen = mistakes.select(torch.arange(min(limit, len(mistakes)), device="cpu"))
+    chosen = select_mistakes(mistakes, data.classes, limit=strips)  # the most confident
     images = data.test.images[chosen.indices]
     checkpoints = [p for _, p in kept] + ([] if kept[-1][0] == meta["epoch"] else [final])
     epochs = [e for e, _ in kept] + ([] if kept[-1][0] == meta["epoch"] else [meta["epoch"]])
@@ -106,8 +105,8 @@ def explain_over_epochs(
         (e, open_model(ModelConfig(str(p)), data, device).model)
         for e, p in zip(epochs, checkpoints, strict=True)
     )
-    strips = epoch_strips(models, replace(chosen, images=images), plan)
-    return strips, write_strips(strips, data.classes, method, layer, out)
+    shown = epoch_strips(models, replace(chosen, images=images), plan)
+    return shown, write_strips(shown, data.classes, method, layer, out)
 
 
 def epoch_strips(

@@ -339,7 +339,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             compare_limit=args.limit,
             # None: compare's own 32 where a method reads it; 0: all channels
             cam=None if args.top_k is None else CamConfig(top_k=args.top_k or None),
-            seed=args.seed,
+            metric_seed=args.seed,
             progress=args.progress and is_writer(),
         )
         grid = None

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from camlens.evaluate import find_mistakes
+from camlens.explain import select_mistakes
 from camlens.metrics import (
     BASELINE_KINDS,
     HIGHER_IS_BETTER,
@@ -54,11 +56,9 @@ SUBSETS = ("mistakes", "correct")
 
 def select_subsets(logits: Tensor, labels: Tensor, limit: int, seed: int = 0) -> dict[str, Tensor]:
     """Indices of the `limit` most confident mistakes and of as many correct images (seeded)."""
-    probs = logits.float().softmax(1)  # (N, K)
-    conf, preds = probs.max(1)  # (N,) each
-    wrong = (preds != labels).nonzero().squeeze(1)
-    mistakes = wrong[conf[wrong].argsort(descending=True, stable=True)][:limit]
-    right = (preds == labels).nonzero().squeeze(1)
+    # the mistakes as every step chooses them (the gallery's default sort)
+    mistakes = select_mistakes(find_mistakes(logits, labels), (), limit=limit).indices
+    right = (logits.argmax(1) == labels).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(right.numel(), generator=g, device="cpu").to(right.device)
     correct = right[order][: mistakes.numel()]

@@ -30,7 +30,7 @@ from camlens.classifier import Classifier, own_layer_names
 from camlens.data import UserData, from_user_data
 from camlens.epochs import EpochStrips, epoch_strips, write_strips
 from camlens.evaluate import Mistakes, find_mistakes, predict
-from camlens.explain import ExplainPlan, mistake_maps
+from camlens.explain import ExplainPlan, mistake_maps, select_mistakes
 from camlens.gallery.draw import CardLayout, GalleryConfig, draw_card, draw_panels
 from camlens.train.kept import epoch_stem
 from camlens.watch.guard import untouched
@@ -193,7 +193,7 @@ class Watch:
     def _mistakes(self, model: nn.Module, limit: int) -> Mistakes:
         logits, labels = self._predict(model)
         mistakes = find_mistakes(logits, labels)
-        chosen = mistakes.select(torch.arange(min(limit, len(mistakes)), device="cpu"))
+        chosen = select_mistakes(mistakes, (), limit=limit)  # the most confident
         return replace(chosen, images=self._images(chosen.indices) if len(chosen) else None)
 
     def _strips(self) -> EpochStrips:
