@@ -68,7 +68,8 @@ def write_folder(root: Path, opened) -> Path:
         zip(*(c.tolist() for c in (mistakes.indices, mistakes.labels, mistakes.preds)), strict=True)
     ):
         card = f"cards/{i + 1:04d}_{index:05d}.png"
-        Image.new("RGB", (8, 8), (200, 0, 0)).save(gallery / card)
+        pixels = data.test.images[index].permute(1, 2, 0).numpy()  # (3, S, S) -> (S, S, 3)
+        Image.fromarray(pixels).resize((96, 96)).save(gallery / card)  # a card stand-in
         # the first mistake moves to its true class, the second leaves, the rest stay
         rows.append([index, data.classes[t], data.classes[p], card, 3.0 - i, i == 1, i == 0])
     with open(gallery / "index.csv", "w", newline="") as f:
