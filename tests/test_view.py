@@ -484,3 +484,30 @@ def test_the_command_serves_a_folder_until_stopped(folder, monkeypatch, capsys):
     assert main(["view", str(folder), "--port", "0", "--device", "cpu"]) == 0
     assert "camlens view: http://127.0.0.1:" in capsys.readouterr().out
     assert served[0][0] == 200 and served[0][1]["total"] > 0
+
+
+def test_view_from_python_serves_in_a_thread_and_stops(opened, monkeypatch):
+    """camlens.view returns at once (the kernel is free), shows inline, and stops; in Colab
+    it hands the port to Colab's kernel proxy instead of an iframe of 127.0.0.1."""
+    import types
+
+    import camlens
+
+    asked = []
+    colab = types.ModuleType("google.colab")
+    colab.output = types.SimpleNamespace(
+        serve_kernel_port_as_iframe=lambda port, height: asked.append(port)
+    )
+    running = camlens.view(opened.model, opened.data)
+    try:
+        assert running.url.startswith("http://127.0.0.1:") and running.thread.is_alive()
+        assert f'<iframe src="{running.url}"' in running._repr_html_()
+        assert get(running.url + "api/info")[0] == 200
+    finally:
+        running.stop()
+    assert not running.thread.is_alive()
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    in_colab = camlens.view("shipped", "sample")
+    in_colab.stop()
+    assert asked == [in_colab.port] and "<iframe" not in in_colab._repr_html_()

@@ -166,4 +166,5 @@ def view(
     colab = _in_colab()
     if colab is not None:
         colab.serve_kernel_port_as_iframe(running.port, height=820)
+        running.shown = True
     return running

@@ -27,6 +27,7 @@ class Running:
 
     def __init__(self, server: uvicorn.Server, thread: threading.Thread, url: str, viewer: Viewer):
         self.server, self.thread, self.url, self.viewer = server, thread, url, viewer
+        self.shown = False  # True: shown already (Colab's proxy): no iframe of 127.0.0.1 here
 
     @property
     def port(self) -> int:
@@ -46,6 +47,8 @@ class Running:
             self.stop()
 
     def _repr_html_(self) -> str:  # Jupyter shows the viewer inline
+        if self.shown:
+            return f"<div>camlens view, served at {self.url} (<code>.stop()</code> ends it)</div>"
         return (
             f'<iframe src="{self.url}" width="100%" height="820" style="border:0"></iframe>'
             f'<div>camlens view: <a href="{self.url}" target="_blank">{self.url}</a> '
