@@ -511,3 +511,11 @@ def test_view_from_python_serves_in_a_thread_and_stops(opened, monkeypatch):
     in_colab = camlens.view("shipped", "sample")
     in_colab.stop()
     assert asked == [in_colab.port] and "<iframe" not in in_colab._repr_html_()
+
+
+def test_a_request_for_another_host_name_is_refused(server):
+    """DNS rebinding: a page of evil.example pointed at 127.0.0.1 gets no answer."""
+    status, _ = get(server.url + "api/info", headers={"Host": "evil.example"})
+    assert status == 400
+    port = server.port
+    assert get(server.url + "api/info", headers={"Host": f"localhost:{port}"})[0] == 200

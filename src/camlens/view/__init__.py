@@ -162,8 +162,8 @@ def view(
     else:
         viewer = open_viewer(model, data, layers=layers, methods=methods)
     viewer.rows()  # the mistakes: read from the folder, else predicted now, not on first visit
-    running = serve(viewer, host, port)
     colab = _in_colab()
+    running = serve(viewer, host, port, proxied=colab is not None)
     if colab is not None:
         colab.serve_kernel_port_as_iframe(running.port, height=820)
         running.shown = True

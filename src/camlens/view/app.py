@@ -25,6 +25,8 @@ import torch
 from PIL import Image as PILImage
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -218,8 +220,10 @@ async def _upload(request: Request) -> Response:
         return _error(e)
 
 
-def build_app(viewer: Viewer) -> Starlette:
-    """The Starlette app serving `viewer` (see the module docstring)."""
+def build_app(viewer: Viewer, hosts: list[str] | None = None) -> Starlette:
+    """The Starlette app serving `viewer` (see the module docstring). `hosts`: the only Host
+    headers answered (None: any), so that a web page whose domain is pointed at 127.0.0.1
+    (DNS rebinding) cannot read the folder or run the model through the visitor's browser."""
     routes = [
         Route("/", _page),
         Route("/api/info", _guarded(_info)),
@@ -230,6 +234,7 @@ def build_app(viewer: Viewer) -> Starlette:
         Route("/api/upload", _upload, methods=["POST"]),
         Route("/files/{path:path}", _guarded(_file)),
     ]
-    app = Starlette(routes=routes)
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts)] if hosts else []
+    app = Starlette(routes=routes, middleware=middleware)
     app.state.viewer = viewer
     return app
