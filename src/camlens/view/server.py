@@ -20,6 +20,8 @@ from camlens.view.state import Viewer
 __all__ = ["LOCAL", "Running", "serve"]
 
 LOCAL = "127.0.0.1"
+# the Host headers a server on 127.0.0.1 answers: a browser on this machine sends one of these
+LOCAL_NAMES = ["127.0.0.1", "localhost", "[::1]"]
 
 
 class Running:
@@ -59,9 +61,13 @@ class Running:
         return f"camlens view at {self.url}"
 
 
-def serve(viewer: Viewer, host: str = LOCAL, port: int = 0, quiet: bool = True) -> Running:
+def serve(
+    viewer: Viewer, host: str = LOCAL, port: int = 0, quiet: bool = True, proxied: bool = False
+) -> Running:
     """Serve `viewer` at http://host:port/ in a background thread (see the module docstring).
-    Any host but 127.0.0.1 prints a warning: the page reads the folder and runs the model."""
+    Any host but 127.0.0.1 prints a warning: the page reads the folder and runs the model.
+    On 127.0.0.1 only requests naming 127.0.0.1 or localhost are answered, unless `proxied`
+    (Colab's kernel proxy forwards under names of its own)."""
     if host not in (LOCAL, "localhost"):
         print(
             f"camlens view: warning: serving on {host}, not {LOCAL}: anyone who reaches this "
@@ -71,9 +77,9 @@ def serve(viewer: Viewer, host: str = LOCAL, port: int = 0, quiet: bool = True) 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(
-        build_app(viewer), log_level="warning" if quiet else "info", access_log=not quiet
-    )
+    local = host in (LOCAL, "localhost")
+    app = build_app(viewer, LOCAL_NAMES if local and not proxied else None)
+    config = uvicorn.Config(app, log_level="warning" if quiet else "info", access_log=not quiet)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
