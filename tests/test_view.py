@@ -519,3 +519,16 @@ def test_a_request_for_another_host_name_is_refused(server):
     assert status == 400
     port = server.port
     assert get(server.url + "api/info", headers={"Host": f"localhost:{port}"})[0] == 200
+
+
+def test_a_taken_port_is_one_line(folder, capsys):
+    import socket
+
+    from camlens.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["view", str(folder), "--port", str(port), "--device", "cpu"]) == 2
+    assert "--port 0 picks a free port" in capsys.readouterr().err

@@ -415,7 +415,12 @@ def cmd_view(args: argparse.Namespace) -> int:
     except ViewError as e:
         raise DataError(str(e)) from None
     viewer.rows()  # the mistakes: read from the folder, else predicted now, not on first visit
-    running = serve(viewer, args.host, args.port)
+    try:
+        running = serve(viewer, args.host, args.port)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise DataError(
+            f"cannot serve on {args.host}:{args.port} ({e.strerror}): --port 0 picks a free port"
+        ) from None
     print(f"camlens view: {running.url}  (Ctrl-C stops it)", flush=True)
     running.wait()
     return 0
