@@ -298,7 +298,7 @@ def raw_post(port: int, path: str, length: int) -> tuple[int, bytes]:
 
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
         s.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"
             "X-Filename: big.png\r\n\r\n".encode()
         )
         answer = http.client.HTTPResponse(s)

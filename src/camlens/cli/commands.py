@@ -48,7 +48,6 @@ __all__ = [
     "cmd_run",
     "cmd_summary",
     "cmd_train",
-    "cmd_view",
     "config_from_args",
     "flag_name",
     "pick_device",
@@ -387,40 +386,4 @@ def cmd_diff(args: argparse.Namespace) -> int:
         cards=args.cards,
     )
     print("wrote " + ", ".join(str(p) for p in files.values()))
-    return 0
-
-
-def cmd_view(args: argparse.Namespace) -> int:
-    # imported here: the viewer's web libraries are the optional extra camlens[view]
-    from camlens.view import ViewError, need_extra, open_folder, open_viewer
-
-    need_extra()  # without the extra: one line naming `pip install 'camlens[view]'`
-    from camlens.view.server import serve
-
-    data = DataConfig(args.class_names, args.resize, args.interpolation)
-    try:
-        if args.folder is not None:
-            fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"model"}
-            config = ModelConfig(args.model, **{n: getattr(args, n) for n in fields})
-            device = str(pick_device(args.device))
-            viewer = open_folder(
-                args.folder, config, args.data, device=device, data_config=data, layers=args.layer
-            )
-        elif args.model is None or args.data is None:
-            raise DataError("view needs a folder (camlens view RUN) or --model SPEC --data DATA")
-        else:
-            opened = _open(args)
-            prep = data.preprocess(opened.data.image_size)
-            viewer = open_viewer(opened.model, opened.data, layers=args.layer, preprocess=prep)
-    except ViewError as e:
-        raise DataError(str(e)) from None
-    viewer.rows()  # the mistakes: read from the folder, else predicted now, not on first visit
-    try:
-        running = serve(viewer, args.host, args.port)
-    except OSError as e:  # the port is taken, or the address is not this machine's
-        raise DataError(
-            f"cannot serve on {args.host}:{args.port} ({e.strerror}): --port 0 picks a free port"
-        ) from None
-    print(f"camlens view: {running.url}  (Ctrl-C stops it)", flush=True)
-    running.wait()
     return 0

@@ -55,11 +55,13 @@ __all__ = ["OneLineParser", "add_config_flags", "build_parser"]
 FORMAT = argparse.RawDescriptionHelpFormatter  # the examples keep their lines
 
 
-def _command(name: str) -> typing.Callable[[argparse.Namespace], int]:
-    """`commands.<name>`, imported when the command runs: it imports torch, --help does not."""
+def _command(
+    name: str, module: str = "camlens.cli.commands"
+) -> typing.Callable[[argparse.Namespace], int]:
+    """`<module>.<name>`, imported when the command runs: it imports torch, --help does not."""
 
     def run(args: argparse.Namespace) -> int:
-        commands = importlib.import_module("camlens.cli.commands")
+        commands = importlib.import_module(module)
 
         return getattr(commands, name)(args)
 
@@ -358,4 +360,4 @@ def _add_view(sub) -> None:
         "--port", type=int, default=8036, help="port to serve on; 0: any free one (default: 8036)"
     )
     add_device_flags(p)
-    p.set_defaults(run=_command("cmd_view"))
+    p.set_defaults(run=_command("cmd_view", "camlens.cli.view"))
