@@ -74,7 +74,7 @@ def test_cli_over_epochs_and_its_refusals(kept_run, tiny_folder, tmp_path, capsy
         tiny_folder,
         "--out",
         tmp_path / "e",
-        "--limit",
+        "--strips",
         2,
         "--device",
         "cpu",
@@ -82,6 +82,7 @@ def test_cli_over_epochs_and_its_refusals(kept_run, tiny_folder, tmp_path, capsy
     )
     assert code == 0, got.err
     assert "epochs 2, 3" in got.out and (tmp_path / "e" / "over-epochs.png").is_file()
+    assert got.out.startswith("2 mistakes"), got.out  # --strips, not the gallery's --limit
     bare = tmp_path / "bare"
     (bare / "epochs").mkdir(parents=True)
     for name in ("checkpoint.safetensors", "checkpoint.json"):

@@ -64,7 +64,9 @@ def test_predicted_maps_explain_the_stated_predictions(tiny_mistakes):
 def test_bf16_precision_reaches_the_engine(tiny_mistakes):
     model, m = tiny_mistakes
     fp32 = mistake_maps(model, m.images, m.labels, ExplainPlan(layers=["layer4"]))
-    bf16 = mistake_maps(model, m.images, m.labels, ExplainPlan(layers=["layer4"], precision="bf16"))
+    bf16 = mistake_maps(
+        model, m.images, m.labels, ExplainPlan(layers=["layer4"], cam_precision="bf16")
+    )
     assert bf16.pred_cams.dtype == torch.float32  # maps are combined in fp32 either way
     assert not torch.equal(bf16.pred_max, fp32.pred_max)  # the forward pass did run in bf16
     assert torch.allclose(bf16.pred_max, fp32.pred_max, rtol=0.1, atol=1e-3)

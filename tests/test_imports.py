@@ -23,6 +23,8 @@ ORDER = [
     "plan",  # torch-free, needing only cam (lazily): metrics reads GridConfig from it
     "metrics",
     "explain",
+    "outputs",
+    "mapfile",
     "overlay",
     "gallery",
     "epochs",

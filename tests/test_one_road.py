@@ -3,6 +3,7 @@
 
 import importlib
 import json
+from dataclasses import fields
 
 import pytest
 import torch
@@ -188,7 +189,7 @@ def test_fp16_maps_are_refused_at_plan_time_in_one_line(untrained):
     """A user error, so the CLI prints one line (before: the engine's ValueError, a traceback)."""
     model, _ = untrained
     with pytest.raises(ExplainError, match="fp16 maps are refused") as e:
-        ExplainPlan(layers=("layer4",), precision="fp16").check(model)
+        ExplainPlan(layers=("layer4",), cam_precision="fp16").check(model)
     assert "\n" not in str(e.value)
 
 
@@ -206,3 +207,24 @@ def test_a_gallery_explains_the_1000_most_confident_mistakes_unless_told():
         assert build_parser().parse_args(base).limit == 1000, command
         assert build_parser().parse_args([*base, "--all"]).limit is None, command
         assert build_parser().parse_args([*base, "--limit", "5"]).limit == 5, command
+
+
+def test_plan_and_training_share_no_name_with_two_meanings():
+    """`camlens run` takes both: a plan field named like a training field would be one flag
+    for two settings (the maps' precision was the training's --precision, maps fixed fp32)."""
+    from camlens.cli.commands import plan_from_args
+    from camlens.cli.parser import build_parser
+    from camlens.train import TrainConfig
+
+    shared = {f.name for f in fields(ExplainPlan)} & {f.name for f in fields(TrainConfig)}
+    assert shared == {"eval_batch_size"}  # the inference batch, the same setting in both
+    args = build_parser().parse_args(
+        ["run", "--data", "d", "--out", "o", "--precision", "bf16", "--cam-precision", "bf16"]
+    )
+    assert args.precision == "bf16" and plan_from_args(args).cam_precision == "bf16"
+    args = build_parser().parse_args(["run", "--data", "d", "--out", "o", "--precision", "bf16"])
+    assert plan_from_args(args).cam_precision == "fp32"  # the training's alone
+    explain = ["explain", "--checkpoint", "c", "--data", "d", "--out", "o"]
+    for flag in ("--precision", "--cam-precision"):  # no training here: both name the maps'
+        args = build_parser().parse_args([*explain, flag, "bf16"])
+        assert plan_from_args(args).cam_precision == "bf16"

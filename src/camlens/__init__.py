@@ -2,9 +2,11 @@
 
 Pipeline, one module per step (each imports only those above it):
   download -> data -> model -> classifier -> plots -> evaluate -> train
-  -> cam -> metrics -> explain -> overlay -> gallery -> epochs -> watch -> report -> compare
-  -> diff -> view -> pipeline -> cli
+  -> cam -> metrics -> explain -> outputs -> mapfile -> overlay -> gallery -> epochs -> watch
+  -> report -> compare -> diff -> view -> pipeline -> cli
 `explain` computes every map of a job; the gallery, the report, diff and epochs read them.
+Outputs consume its stream (`outputs.Output`, `consume`), registered by name in
+`pipeline.OUTPUTS`: the gallery (`GalleryWriter`), the maps file (`MapFile`, `read_maps`).
 `view` serves a live viewer of any mistake (camlens[view]): maps on demand, by method, layer
 and class.
 `pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls;
@@ -68,12 +70,12 @@ _SOURCES: dict[str, str] = {
         "ExplainError ExplainPlan Explanations compute_cams mistake_maps select_mistakes "
         "stream_mistake_maps"
     ),
-    "camlens.gallery": "GalleryConfig write_gallery",
+    "camlens.gallery": "GalleryConfig GalleryWriter write_gallery",
+    "camlens.mapfile": "MapFile read_maps",
     "camlens.model": "CheckpointError ResNet18 layer_names load_checkpoint save_checkpoint summary",
+    "camlens.outputs": "Output consume",
     "camlens.overlay": "colorize enlarge heatmap_rgba overlay",
-    "camlens.pipeline": (
-        "demo diff_checkpoints explain_model load_matching_data run write_galleries"
-    ),
+    "camlens.pipeline": "OUTPUTS OutputJob demo diff_checkpoints explain_model run write_galleries",
     "camlens.report": "ReportConfig compute_report render_report",
     "camlens.train": "RunError TrainConfig train",
     "camlens.watch": "Watch WatchConfig WatchError",

@@ -63,6 +63,9 @@ DEFAULT_LAYERS = ("layer3", "layer4")
 DEFAULT_LIMIT = 1000
 # the order mistakes are explained in (camlens.explain)
 SORTS = ("confidence", "margin", "index")
+# what a job writes from the explain stream (camlens.pipeline.outputs.OUTPUTS, one module each):
+# the gallery folder; the maps at native resolution, OUT/maps/<method>.safetensors
+OUTPUT_NAMES = ("gallery", "maps")
 # the baselines every compared score is judged against (camlens.metrics.baselines)
 BASELINES = ("random", "centre")
 # every kind of baseline map (camlens.metrics.baselines): "random-pixel" on request

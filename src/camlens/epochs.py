@@ -13,7 +13,6 @@ per image) and OUT/over-epochs.json (the probabilities and each map's raw maximu
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,12 +23,13 @@ from torch import Tensor, nn
 
 from camlens.atomic import atomic_write_files
 from camlens.choices import DEFAULT_LAYERS
+from camlens.classifier import ModelConfig, open_model
 from camlens.data import Dataset
 from camlens.evaluate import Mistakes, find_mistakes, predict
-from camlens.explain import ExplainError, ExplainPlan, mistake_maps
-from camlens.model import load_checkpoint
+from camlens.explain import ExplainError, ExplainPlan, mistake_maps, select_mistakes
 from camlens.overlay import overlay
 from camlens.plots import figure_png
+from camlens.train.kept import kept_epochs
 
 __all__ = [
     "FILES",
@@ -60,19 +60,9 @@ class EpochStrips:
     raw_max: Tensor  # (E, M) the pair's raw maximum before scaling
 
 
-def kept_epochs(run: str | Path) -> list[tuple[int, Path]]:
-    """(epoch, checkpoint) of RUN/epochs/epoch-NNN.safetensors, in order; [] when none."""
-    found = []
-    for path in sorted((Path(run) / "epochs").glob("epoch-*.safetensors")):
-        match = re.fullmatch(r"epoch-(\d+)\.safetensors", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return found
-
-
 def explain_over_epochs(
     run: str | Path,
-    data: Dataset,
+    data: str | Path | Dataset,
     out: str | Path,
     plan: ExplainPlan | None = None,
     *,
@@ -88,7 +78,6 @@ def explain_over_epochs(
         (plan.hooked_layers or DEFAULT_LAYERS)[-1],
     )
     plan = replace(plan, methods=(method,), layers=(layer,))
-    limit = strips
     final = run / "checkpoint.safetensors"
     if not final.is_file():
         raise ExplainError(f"{run} holds no checkpoint.safetensors: name a camlens run folder")
@@ -98,25 +87,26 @@ def explain_over_epochs(
             f"{run}/epochs holds no kept weights: train with --keep-every K to keep every K-th "
             "epoch's weights"
         )
-    if limit < 1:
-        raise ExplainError(f"--limit must be >= 1, got {limit}: the strips shown")
-    model, meta = load_checkpoint(final, device)
+    if strips < 1:
+        raise ExplainError(f"--strips must be >= 1, got {strips}: the mistakes shown")
+    # the one opener: `data` (a source or a Dataset) checked against the run's classes
+    opened = open_model(ModelConfig(str(final)), data, device, plan.progress)
+    model, meta, data = opened.model, opened.meta, opened.data
     plan.check(model)  # the kept epochs share the final model's architecture
-    if list(data.classes) != list(meta["classes"]):
-        raise ExplainError(
-            f"{run} was trained on {meta['classes']}: pass the data it was trained on"
-        )
     logits = predict(model, data.test.images, plan.eval_batch_size).cpu()
     mistakes = find_mistakes(logits, data.test.labels)
     if len(mistakes) == 0:
         raise ExplainError("the final model makes no mistakes on this test split")
-    chosen = mistakes.select(torch.arange(min(limit, len(mistakes)), device="cpu"))
+    chosen = select_mistakes(mistakes, data.classes, limit=strips)  # the most confident
     images = data.test.images[chosen.indices]
     checkpoints = [p for _, p in kept] + ([] if kept[-1][0] == meta["epoch"] else [final])
     epochs = [e for e, _ in kept] + ([] if kept[-1][0] == meta["epoch"] else [meta["epoch"]])
-    models = ((e, load_checkpoint(p, device)[0]) for e, p in zip(epochs, checkpoints, strict=True))
-    strips = epoch_strips(models, replace(chosen, images=images), plan)
-    return strips, write_strips(strips, data.classes, method, layer, out)
+    models = (
+        (e, open_model(ModelConfig(str(p)), data, device).model)
+        for e, p in zip(epochs, checkpoints, strict=True)
+    )
+    shown = epoch_strips(models, replace(chosen, images=images), plan)
+    return shown, write_strips(shown, data.classes, method, layer, out)
 
 
 def epoch_strips(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from camlens.choices import DEFAULT_LIMIT, SORTS
+from camlens.choices import DEFAULT_LIMIT, OUTPUT_NAMES, SORTS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,7 +47,9 @@ class ExplainPlan:
     layout: str = "auto"
     cam_batch_size: int = 64  # images per CAM pass: one forward, a partial backward per target
     eval_batch_size: int = 64  # images per inference batch (evaluation, predictions)
-    precision: str = "fp32"  # the CAM forward pass: fp32, or bf16 autocast (fp16 refused)
+    # the CAM forward pass: fp32, or bf16 autocast (fp16 refused); named apart from the
+    # training's precision (TrainConfig.precision), which `camlens run` also takes
+    cam_precision: str = "fp32"
     # explain at most this many mistakes, the first in `sort` order; None: every one
     limit: int | None = DEFAULT_LIMIT
     sort: str = "confidence"  # order of the mistakes: one of SORTS
@@ -58,7 +60,12 @@ class ExplainPlan:
     chunk_size: int | None = None
     # also `compare` the methods on this many mistakes (and as many correct images); None: no
     compare_limit: int | None = None
-    seed: int = 0  # compare's correct-image sample, baselines and ROAD
+    # what is written from the stream, names of OUTPUT_NAMES (camlens.pipeline.outputs): the
+    # gallery, the maps file; the report and compare read the stream's maps whatever these are
+    outputs: tuple[str, ...] = ("gallery",)
+    # the metrics' random draws: compare's correct-image sample, baselines and ROAD, the
+    # counterfactual's random map; named apart from the training's seed (TrainConfig.seed)
+    metric_seed: int = 0
     # the methods' own knobs (Score-CAM's top_k, SmoothGrad's samples, ...); its batch_size,
     # precision and normalize are set by the plan and by each step (`engine_config`)
     # None: each method's default knobs (a CamConfig is built only when an engine is, so that
@@ -75,6 +82,12 @@ class ExplainPlan:
         # frozen: the sequences become tuples once, here. The numbers are checked now (before
         # any training); methods, layers and precision with the model, in `check`
         object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        unknown = [o for o in self.outputs if o not in OUTPUT_NAMES]
+        if unknown:
+            raise ExplainError(
+                f"unknown output {unknown[0]!r}: choose from {', '.join(OUTPUT_NAMES)}"
+            )
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
         if self.sort not in SORTS:
@@ -91,7 +104,7 @@ class ExplainPlan:
         changed = self.cam.changed() if self.cam is not None else {}
         shared = sorted(changed.keys() & {"batch_size", "precision", "normalize"})
         if shared:
-            home = {"batch_size": "cam_batch_size", "precision": "precision"}.get(shared[0])
+            home = {"batch_size": "cam_batch_size", "precision": "cam_precision"}.get(shared[0])
             fix = f"set ExplainPlan({home}=...)" if home else "each step sets it"
             raise ExplainError(f"cam.{shared[0]} is not the plan's knob to set: {fix}")
 
@@ -107,7 +120,7 @@ class ExplainPlan:
                 f"a layer is named twice in {', '.join(self.layers)}: name each once"
             )
         check_explainable(
-            model, self.methods or ("",), self.hooked_layers, self.precision, self.cam
+            model, self.methods or ("",), self.hooked_layers, self.cam_precision, self.cam
         )
         return self
 
@@ -127,7 +140,7 @@ class ExplainPlan:
         return replace(
             self.cam or CamConfig(),
             batch_size=self.cam_batch_size,
-            precision=self.precision,
+            precision=self.cam_precision,
             normalize=normalize,
             layout=self.layout,
         )

@@ -22,7 +22,7 @@ __all__ = ["FP16_REFUSED", "check_precision", "full_fp32"]
 
 FP16_REFUSED = (
     "fp16 maps are refused: the gradients of weak maps (1e-6 to 1e-4) underflow fp16 without "
-    "loss scaling; use --precision bf16 (fp32's range) or fp32"
+    "loss scaling; use --cam-precision bf16 (fp32's range) or fp32"
 )
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from camlens.cam import CamConfig, candidate_layers, pick_layer
-from camlens.choices import DEFAULT_LAYERS, DEFAULT_LIMIT
+from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
 from camlens.compare import CompareConfig, compare, summary_of
 from camlens.data import DataConfig, DataError, load_dataset
@@ -21,14 +21,13 @@ from camlens.distributed import is_writer, process_group
 from camlens.epochs import explain_over_epochs
 from camlens.evaluate import evaluate, read_mistakes, write_evaluation
 from camlens.explain import ExplainError, ExplainPlan
-from camlens.model import ResNet18, read_checkpoint_meta, save_checkpoint, summary
+from camlens.model import ResNet18, save_checkpoint, summary
 from camlens.pipeline import (
     Outcome,
     choose_layers,
     demo,
     diff_checkpoints,
     explain_model,
-    load_matching_data,
     report_facts,
     run,
     write_galleries,
@@ -76,12 +75,18 @@ def config_from_args(args: argparse.Namespace, config_type):
 
 
 # ExplainPlan field -> the flag that sets it, where the names differ (argparse dest)
-PLAN_FLAGS = {"methods": "method", "layers": "layer", "label_name": "label", "pred_name": "pred"}
+PLAN_FLAGS = {
+    "methods": "method",
+    "layers": "layer",
+    "label_name": "label",
+    "pred_name": "pred",
+    "outputs": "output",
+}
 
 
 def plan_from_args(args: argparse.Namespace, **fixed) -> ExplainPlan:
     """The ExplainPlan of the explain flags this command has; `fixed` wins over a flag."""
-    names = [f.name for f in dataclasses.fields(ExplainPlan) if f.name not in ("cam", "seed")]
+    names = [f.name for f in dataclasses.fields(ExplainPlan) if f.name != "cam"]
     flags = {n: PLAN_FLAGS.get(n, n) for n in names}
     given = {n: getattr(args, flag) for n, flag in flags.items() if hasattr(args, flag)}
     return ExplainPlan(**{**given, **fixed})
@@ -197,17 +202,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _explain_over_epochs(args: argparse.Namespace) -> int:
     if args.model is not None:
         raise DataError("--over-epochs RUN names the model (RUN's checkpoint): drop --checkpoint")
-    meta = read_checkpoint_meta(args.over_epochs / "checkpoint.json")
-    data = load_matching_data(args.data, meta, progress=args.progress)
-    # --limit caps the strips here; left at the gallery's default (or --all): 16
-    count = 16 if args.limit in (None, DEFAULT_LIMIT) else args.limit
     strips, files = explain_over_epochs(
         args.over_epochs,
-        data,
+        args.data,  # opened with the run's checkpoint, checked against its classes
         args.out,
         plan_from_args(args, limit=None),
         device=pick_device(args.device),
-        strips=count,
+        strips=args.strips,
     )
     print(
         f"{len(strips.indices)} mistakes of the final model at epochs "
@@ -277,7 +278,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig)
-    plan = plan_from_args(args, precision="fp32")  # --precision is the training's: maps fp32
+    plan = plan_from_args(args)  # --precision: the training; --cam-precision: the maps
     data = load_dataset(args.data, image_size=args.image_size, progress=args.progress, train=True)
     # under torchrun all ranks train; rank 0 alone then evaluates, explains and reports
     outcome = run(
@@ -338,7 +339,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             compare_limit=args.limit,
             # None: compare's own 32 where a method reads it; 0: all channels
             cam=None if args.top_k is None else CamConfig(top_k=args.top_k or None),
-            seed=args.seed,
+            metric_seed=args.seed,
             progress=args.progress and is_writer(),
         )
         grid = None

@@ -16,6 +16,7 @@ from camlens.choices import (
     DEFAULT_LIMIT,
     LAYOUTS,
     METHOD_NAMES,
+    OUTPUT_NAMES,
     PRECISION_NAMES,
 )
 from camlens.plan import ExplainPlan
@@ -295,12 +296,13 @@ def add_layer_flag(parser: argparse.ArgumentParser, layer: str | None) -> None:
 def add_explain_flags(
     parser: argparse.ArgumentParser,
     layer: str | None,
-    precision: bool = True,
+    precision: bool | str = True,
     method: str = "gradcam",
     counterfactual: bool = True,
 ) -> None:
     """The CAM flags, the same in every command that explains; `counterfactual`: the command
-    explains mistakes for a gallery or report, which may carry the counterfactual test."""
+    explains mistakes for a gallery or report, which may carry the counterfactual test;
+    `precision`: "cam" where --precision is the training's (run): --cam-precision alone."""
     parser.add_argument(
         "--method",
         type=_methods,
@@ -320,6 +322,15 @@ def add_explain_flags(
     )
     if counterfactual:
         parser.add_argument(
+            "--output",
+            type=name_list,
+            default=list(plan.outputs),
+            help=f"what is written from the maps, comma-separated, of {', '.join(OUTPUT_NAMES)}: "
+            "the gallery folder OUT/gallery/METHOD; the maps at each layer's own resolution, "
+            "OUT/maps/METHOD.safetensors (camlens.read_maps) "
+            f"(default: {','.join(plan.outputs)})",
+        )
+        parser.add_argument(
             "--counterfactual",
             action=argparse.BooleanOptionalAction,
             default=plan.counterfactual,
@@ -334,9 +345,13 @@ def add_explain_flags(
         help=f"images per CAM batch (default: {plan.cam_batch_size})",
     )
     if precision:
+        # --precision too where the command trains nothing (there it is the training's)
+        names = ["--cam-precision"] + (["--precision"] if precision != "cam" else [])
         parser.add_argument(
-            "--precision",
+            *names,
+            dest="cam_precision",
             choices=PRECISION_NAMES,
-            default=plan.precision,
-            help=f"bf16: autocast the CAM forward pass, maps stay fp32 (default: {plan.precision})",
+            default=plan.cam_precision,
+            help="bf16: autocast the CAM forward pass, maps stay fp32 "
+            f"(default: {plan.cam_precision})",
         )

@@ -122,8 +122,8 @@ def _add_run(sub) -> None:
     add_wandb_flags(p)
     add_compare_flag(p)
     add_limit_flags(p)
-    # --precision is the training's here (TrainConfig), so the maps of a run stay fp32
-    add_explain_flags(p, layer=",".join(DEFAULT_LAYERS), precision=False)
+    # --precision is the training's here (TrainConfig); the maps' is --cam-precision
+    add_explain_flags(p, layer=",".join(DEFAULT_LAYERS), precision="cam")
     add_device_flags(p, backend=True)
     add_config_flags(p, TrainConfig)
     p.set_defaults(run=_command("cmd_run"))
@@ -183,10 +183,15 @@ def _add_explain(sub) -> None:
         "--over-epochs",
         type=Path,
         metavar="RUN",
-        help="instead of a gallery: the final model of run folder RUN, its most confident "
-        "mistakes (--limit N, here default 16) explained at every epoch kept by `train "
-        "--keep-every`, "
+        help="instead of a gallery: the final model of run folder RUN, its --strips most "
+        "confident mistakes explained at every epoch kept by `train --keep-every`, "
         "into OUT/over-epochs.png and .json (first --method and last --layer)",
+    )
+    p.add_argument(
+        "--strips",
+        type=int,
+        default=16,
+        help="with --over-epochs: the mistakes shown, one strip each (default: 16)",
     )
     add_explain_flags(p, layer=None)
     add_limit_flags(p)

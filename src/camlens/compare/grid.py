@@ -15,14 +15,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from camlens.compare.table import paired_cells
 from camlens.data import Split
 from camlens.metrics import (
-    PAIRED_MIN_IMAGES,
-    TOO_FEW,
     bootstrap_ci,
-    holm,
-    paired_bootstrap,
-    paired_decision,
 )
 from camlens.metrics.grid import (
     GRID_BASELINES,
@@ -151,39 +147,16 @@ def _first_line(e: BaseException) -> str:
 
 
 def _paired(rows, values, pairs, alpha, seed) -> list[dict]:
-    """Each (method, layer, metric) against the centre and random maps of its layer."""
-    mean_of = {(r["method"], r["layer"], r["metric"]): r for r in rows}
+    """Each (method, layer, metric) against the centre and random maps of its layer, per grid:
+    compare's rule (`paired_cells`), a --grid-min-grids below it leaving no verdict."""
     cells, diffs = [], []
     for method, layer in pairs:
         for kind in GRID_BASELINES[:2]:
             for metric in GRID_METRICS:
                 cells.append((method, layer, metric, kind))
                 diffs.append(values[(method, layer)][metric] - values[(kind, layer)][metric])
-    # compare's rule (a --grid-min-grids below it): too few grids to test, so no interval,
-    # no p and no verdict
-    if diffs[0].numel() < PAIRED_MIN_IMAGES:
-        return [
-            mean_of[(method, layer, metric)]
-            | {"vs": kind, "diff": float(d.mean()), "diff_low": None, "diff_high": None}
-            | {"p_holm": None, "decision": TOO_FEW}
-            for (method, layer, metric, kind), d in zip(cells, diffs, strict=True)
-        ]
-    result = paired_bootstrap(
-        torch.stack(diffs),  # (R, G)
-        generator=torch.Generator().manual_seed(seed),
-        threshold=alpha / len(cells),
-    )
-    p_holm = holm(result.p).tolist()
-    out = []
-    for k, (method, layer, metric, kind) in enumerate(cells):
-        diff = float(result.diff[k])
-        out.append(
-            mean_of[(method, layer, metric)]
-            | {"vs": kind, "diff": diff, "diff_low": float(result.low[k])}
-            | {"diff_high": float(result.high[k]), "p_holm": p_holm[k]}
-            | {"decision": paired_decision(diff, p_holm[k], True, alpha)}
-        )
-    return out
+    higher = dict.fromkeys(GRID_METRICS, True)  # a higher share, a hit: the map found the tile
+    return paired_cells(rows, {"grid": (cells, diffs)}, alpha, seed, higher)
 
 
 def grid_line(result: dict, alpha: float = 0.05) -> str:

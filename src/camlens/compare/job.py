@@ -22,13 +22,13 @@ from camlens.choices import BASELINE_KINDS, BASELINES
 from camlens.data import Dataset
 from camlens.evaluate import Mistakes, as_float_images
 from camlens.explain import Explanations, engine_for
-from camlens.metrics import MetricConfig
+from camlens.metrics import EngineLike, MetricConfig
 from camlens.plan import ExplainError, ExplainPlan, GridConfig, layer_parts
 
 __all__ = ["CompareConfig", "CompareJob", "EngineMaker", "Explained", "closed", "shown_maps"]
 
 # a method of the caller's own: (model, layers) -> engine, `(images, targets) -> (N, H, W)`
-EngineMaker = Callable[[nn.Module, Sequence[str]], Callable[[Tensor, Tensor], Tensor]]
+EngineMaker = Callable[[nn.Module, Sequence[str]], EngineLike]  # (model, layers) -> engine
 # what a report's explain stream made: its mistakes in gallery order, each method's maps
 Explained = tuple[Mistakes, Mapping[str, Explanations]]
 

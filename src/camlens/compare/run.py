@@ -181,7 +181,7 @@ def compare(
         found.pairs,
         _reference(work),
         job.config.alpha,
-        job.plan.seed,
+        job.plan.metric_seed,
     )
     files = _write(job, out, result, ("compare.csv", "compare.json", "compare.png"))
     result["sanity"], result["maps"] = _step(
@@ -233,7 +233,7 @@ def _job(model, data, plan, config, engines, explained) -> CompareJob:
             f"the model has {logits.shape[1]} classes but the data {len(data.classes)}: "
             "pass the data it was trained on"
         )
-    subsets = select_subsets(logits, data.test.labels, limit, plan.seed)
+    subsets = select_subsets(logits, data.test.labels, limit, plan.metric_seed)
     # the predicted class; the label when correct
     targets = {name: logits[idx].argmax(1) for name, idx in subsets.items()}
     shown = {}
@@ -244,7 +244,7 @@ def _job(model, data, plan, config, engines, explained) -> CompareJob:
     if subsets["mistakes"].numel() == 0:
         raise ExplainError("the model makes no mistakes on this test split: nothing to compare")
     config = config or CompareConfig()
-    metrics = config.metrics or MetricConfig(seed=plan.seed, batch_size=plan.eval_batch_size)
+    metrics = config.metrics or MetricConfig(seed=plan.metric_seed, batch_size=plan.eval_batch_size)
     return CompareJob(model, data, plan, config, metrics, logits, subsets, targets, engines, shown)
 
 
@@ -340,7 +340,7 @@ def _settings(job: CompareJob, found, work: Budget, n_paired: int) -> dict:
     return {
         "limit": plan.compare_limit,
         "top_k": plan.cam.top_k if plan.cam is not None else None,
-        "seed": plan.seed,
+        "seed": plan.metric_seed,
         "methods": list(plan.methods),
         "layers": list(plan.layers),
         "images": {k: int(v.numel()) for k, v in job.subsets.items()},

@@ -25,7 +25,12 @@ def run_sanity(job: CompareJob, plan: Budget, bar) -> tuple[dict, dict]:
     and the image means and first-image maps are summed over the ranks, as the score table is;
     the verdict is judged from the means. The engines are the job's, on the model or a
     randomised copy (seed + 1: another draw of a stochastic method's noise)."""
-    model, methods, layer, seed = job.model, plan.sanity_methods, plan.sanity_layer, job.plan.seed
+    model, methods, layer, seed = (
+        job.model,
+        plan.sanity_methods,
+        plan.sanity_layer,
+        job.plan.metric_seed,
+    )
     count = plan.sanity_count
     images = as_float_images(job.data.test.images[job.subsets["mistakes"][:count]])
     images = images.to(job.device)  # (S, 3, H, W)

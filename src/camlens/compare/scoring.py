@@ -22,7 +22,7 @@ __all__ = ["score_tasks"]
 
 def score_tasks(job: CompareJob, found: Probe, plan: Budget, bar) -> tuple[list[dict], dict]:
     """The table's plain rows, and per task its (metrics, n) per-image values (NaN: undefined)."""
-    tasks, seed = plan.tasks, job.plan.seed
+    tasks, seed = plan.tasks, job.plan.metric_seed
     n_max = max(int(v.numel()) for v in job.subsets.values())
     values = torch.zeros(len(tasks), len(METRICS), 4, dtype=torch.float64)  # mean, lo, hi, n
     per_image = torch.zeros(len(tasks), len(METRICS), n_max, dtype=torch.float64)
@@ -59,7 +59,7 @@ def _score(job: CompareJob, found: Probe, subset: str, method: str, layer: str) 
     """One task's per-image scores, metric -> (n,)."""
     images = job.images(subset)  # (n, 3, H, W)
     targets = job.targets[subset].to(job.device)
-    device, seed = job.device, job.plan.seed
+    device, seed = job.device, job.plan.metric_seed
     if method in BASELINE_KINDS:  # one map per image; "random" at its layer's grid
         # drawn on the CPU and moved, so a GPU's table is the same draw as a CPU's
         own = found.grids.get(layer)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
+from camlens.evaluate import find_mistakes
+from camlens.explain import select_mistakes
 from camlens.metrics import (
     BASELINE_KINDS,
     HIGHER_IS_BETTER,
@@ -40,6 +43,7 @@ __all__ = [
     "csv_bytes",
     "indistinguishable_from",
     "metric_rows",
+    "paired_cells",
     "paired_rows",
     "select_subsets",
 ]
@@ -52,11 +56,9 @@ SUBSETS = ("mistakes", "correct")
 
 def select_subsets(logits: Tensor, labels: Tensor, limit: int, seed: int = 0) -> dict[str, Tensor]:
     """Indices of the `limit` most confident mistakes and of as many correct images (seeded)."""
-    probs = logits.float().softmax(1)  # (N, K)
-    conf, preds = probs.max(1)  # (N,) each
-    wrong = (preds != labels).nonzero().squeeze(1)
-    mistakes = wrong[conf[wrong].argsort(descending=True, stable=True)][:limit]
-    right = (preds == labels).nonzero().squeeze(1)
+    # the mistakes as every step chooses them (the gallery's default sort)
+    mistakes = select_mistakes(find_mistakes(logits, labels), (), limit=limit).indices
+    right = (logits.argmax(1) == labels).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(right.numel(), generator=g, device="cpu").to(right.device)
     correct = right[order][: mistakes.numel()]
@@ -129,7 +131,6 @@ FAITHFUL = ("deletion", "insertion", "road")
 
 def paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed) -> list[dict]:
     """Every (method, layer, subset, metric) against each baseline on the same images."""
-    mean_of = {(r["method"], r["layer"], r["subset"], r["metric"]): r for r in rows}
     families = {}  # subset -> (cells, per-image differences): one Holm family across subsets
     for subset in subsets:
         cells, diffs = [], []
@@ -143,8 +144,26 @@ def paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed) -> list[
                     diffs.append(mine[j] - base[j])  # (n,)
         if cells:
             families[subset] = (cells, diffs)
-    # a cell on fewer than PAIRED_MIN_IMAGES images is not tested: no interval, no p, and
-    # it is not counted in the Holm family of the cells that are
+    return paired_cells(rows, families, alpha, seed, HIGHER_IS_BETTER)
+
+
+def paired_cells(
+    rows: list[dict],
+    families: dict[str, tuple[list[tuple], list[Tensor]]],
+    alpha: float,
+    seed: int,
+    higher: Mapping[str, bool],
+) -> list[dict]:
+    """The paired verdicts of compare's table and of the grid test, one rule for both.
+
+    `families`: subset -> (cells (method, layer, metric, baseline kind), each cell's (n,)
+    per-image (per-grid) differences against its baseline, NaN where a metric is undefined).
+    `rows`: the plain rows, whose means each paired row carries. A cell on fewer than
+    PAIRED_MIN_IMAGES values is not tested (no interval, no p, not counted in the Holm family
+    of the cells that are); the others: bootstrap-t interval, Holm over every tested cell of
+    every subset, the decision by `higher[metric]` (is a higher value better).
+    """
+    mean_of = {(r["method"], r["layer"], r["subset"], r["metric"]): r for r in rows}
     tested = {
         subset: (~torch.isnan(torch.stack(diffs))).sum(1) >= PAIRED_MIN_IMAGES
         for subset, (_, diffs) in families.items()
@@ -180,7 +199,7 @@ def paired_rows(rows, per_task, subsets, pairs, reference, alpha, seed) -> list[
     judged = [row for row in out if row.get("decision") != TOO_FEW]
     for row, p in zip(judged, adjusted.tolist(), strict=True):
         row["p_holm"] = p
-        row["decision"] = paired_decision(row["diff"], p, HIGHER_IS_BETTER[row["metric"]], alpha)
+        row["decision"] = paired_decision(row["diff"], p, higher[row["metric"]], alpha)
     return out
 
 

@@ -17,6 +17,6 @@ hundreds of cards is minutes, against milliseconds here.
 """
 
 from camlens.gallery.draw import GalleryConfig
-from camlens.gallery.write import Gallery, stream_gallery, write_gallery
+from camlens.gallery.write import Gallery, GalleryWriter, stream_gallery, write_gallery
 
-__all__ = ["Gallery", "GalleryConfig", "stream_gallery", "write_gallery"]
+__all__ = ["Gallery", "GalleryConfig", "GalleryWriter", "stream_gallery", "write_gallery"]

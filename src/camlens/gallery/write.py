@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from camlens.atomic import atomic_write_bytes
 from camlens.evaluate import Mistakes
-from camlens.explain import Explanations, concat_explanations
+from camlens.explain import Explanations
 from camlens.gallery.draw import (
     GREY,
     CardLayout,
@@ -47,8 +47,9 @@ from camlens.gallery.folder import (
     write_meta,
 )
 from camlens.gallery.png import Deflated, deflate_rows, png_of
+from camlens.outputs import consume
 
-__all__ = ["Gallery", "stream_gallery", "write_gallery"]
+__all__ = ["Gallery", "GalleryWriter", "stream_gallery", "write_gallery"]
 
 PAGE_GAP = 8  # pixel rows between two cards of a grid page
 PAIR_BATCH = 256  # pair-page images whose overlays are made in one batch
@@ -92,39 +93,64 @@ def stream_gallery(
 ) -> Gallery:
     """Draw and write `out`/gallery/<method> as `chunks` (consecutive rows of `mistakes`, with
     their maps, e.g. from `stream_mistake_maps`) arrive; `mistakes` carry every row's images.
+    The gallery alone as the stream's output (`GalleryWriter`)."""
+    with GalleryWriter(out, mistakes, method, classes, config, workers, progress) as writer:
+        return consume(chunks, {"gallery": writer})[1]["gallery"]
 
-    The pool draws, encodes and writes a chunk's cards while the caller's generator computes
-    the next chunk's maps; at most two chunks are in flight.
+
+class GalleryWriter:
+    """The gallery as an output of the explain stream (`camlens.outputs.Output`).
+
+    The pool draws, encodes and writes a chunk's cards while the stream computes the next
+    chunk's maps; at most two chunks are in flight. `close` writes the confusion-pair pages,
+    index.csv and gallery.json, and returns the `Gallery`.
     """
-    config = config or GalleryConfig()
-    job = _Job(Path(out) / "gallery" / method, mistakes, classes, config)
-    parts: list[Explanations] = []
-    bar = tqdm(
-        total=len(mistakes), desc=f"{method}: maps, cards", unit="card", disable=not progress
-    )
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        it, start = iter(chunks), 0
-        while True:
-            began = time.perf_counter()
-            chunk = next(it, None)
-            job.add(maps=time.perf_counter() - began)
-            if chunk is None:
-                break
-            if not parts:
-                job.begin(method, chunk[1])
-            parts.append(chunk[1])
-            job.cards(pool, start, *chunk)
-            job.pages(pool, upto=start)  # the previous chunk's cards are done or nearly
-            start += len(chunk[0])
-            bar.update(len(chunk[0]))
-        job.pages(pool, upto=start)
-        bar.close()
-        if not parts:
-            raise ValueError("no mistakes to draw: stream_gallery needs at least one chunk")
-        expl = concat_explanations(parts)
-        job.pair_pages(pool, expl, progress)
-    job.finish(expl)
-    return Gallery(job.root, expl, dict(job.seconds))
+
+    def __init__(
+        self,
+        out: str | Path,
+        mistakes: Mistakes,
+        method: str,
+        classes: Sequence[str],
+        config: GalleryConfig | None = None,
+        workers: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.job = _Job(
+            Path(out) / "gallery" / method, mistakes, classes, config or GalleryConfig()
+        )
+        self.method, self.progress, self.start = method, progress, 0
+        self.pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
+        self.bar = tqdm(
+            total=len(mistakes), desc=f"{method}: maps, cards", unit="card", disable=not progress
+        )
+        self.since = time.perf_counter()
+
+    def __enter__(self) -> GalleryWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+        self.pool.shutdown(wait=True)  # what was queued is written whole, or raised in close
+
+    def take(self, mistakes: Mistakes, maps: Explanations) -> None:
+        # the time since the last chunk: the stream's maps (and any other output's take)
+        self.job.add(maps=time.perf_counter() - self.since)
+        if self.start == 0:
+            self.job.begin(self.method, maps)
+        self.job.cards(self.pool, self.start, mistakes, maps)
+        self.job.pages(self.pool, upto=self.start)  # the previous chunk's cards are done or nearly
+        self.start += len(mistakes)
+        self.bar.update(len(mistakes))
+        self.since = time.perf_counter()
+
+    def close(self, maps: Explanations) -> Gallery:
+        self.job.add(maps=time.perf_counter() - self.since)
+        self.job.pages(self.pool, upto=self.start)
+        self.bar.close()
+        self.job.pair_pages(self.pool, maps, self.progress)
+        self.job.finish(maps)
+        return Gallery(self.job.root, maps, dict(self.job.seconds))
 
 
 class _Job:

@@ -56,6 +56,7 @@ from camlens.metrics.baselines import (
     default_grid,
 )
 from camlens.metrics.config import REPLACEMENTS, MetricConfig
+from camlens.metrics.core import EngineLike
 from camlens.metrics.counterfactual import (
     Counterfactual,
     CounterfactualConfig,
@@ -117,6 +118,7 @@ __all__ = [
     "BASELINE_KINDS",
     "Counterfactual",
     "CounterfactualConfig",
+    "EngineLike",
     "GRID_BASELINES",
     "GRID_METRICS",
     "GRID_TOO_FEW",

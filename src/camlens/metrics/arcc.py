@@ -23,17 +23,12 @@ The formula and component definitions follow the authors' code: `metrics/coheren
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-from camlens.metrics.core import pearson
+from camlens.metrics.core import EngineLike, pearson
 
 __all__ = ["arcc", "coherency", "complexity"]
-
-# an engine as camlens.cam.create returns: (images, targets) -> (N, H, W) maps in [0, 1]
-Explainer = Callable[[Tensor, Tensor], Tensor]
 
 
 def complexity(cams: Tensor) -> Tensor:
@@ -41,7 +36,7 @@ def complexity(cams: Tensor) -> Tensor:
     return cams.flatten(1).abs().mean(1)
 
 
-def coherency(engine: Explainer, images: Tensor, cams: Tensor, targets: Tensor) -> Tensor:
+def coherency(engine: EngineLike, images: Tensor, cams: Tensor, targets: Tensor) -> Tensor:
     """(N,) (Pearson(cams, engine(images * cams, targets)) + 1) / 2; 0.5 for constant maps."""
     again = engine(images * cams[:, None], targets)  # (N, H, W)
     return (pearson(cams, again) + 1) / 2

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from camlens.cam import eval_mode
 
 __all__ = [
+    "EngineLike",
     "check_inputs",
     "checked",
     "make_generator",
@@ -23,6 +24,10 @@ __all__ = [
     "target_probs",
     "trapezoid_auc",
 ]
+
+# what a metric needs of an engine (a camlens.cam.Engine, or the caller's own function):
+# (images, targets) -> (N, H, W) maps in [0, 1]
+EngineLike = Callable[[Tensor, Tensor], Tensor]
 
 # A chunk of perturbed images and the class each one is scored on, for flat items [start, stop).
 Builder = Callable[[int, int], tuple[Tensor, Tensor]]

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from camlens.cam import eval_mode, find_layer
 from camlens.cam.precision import full_fp32
-from camlens.metrics.core import make_generator, pearson
+from camlens.metrics.core import EngineLike, make_generator, pearson
 
 __all__ = [
     "SanityResult",
@@ -50,8 +50,6 @@ __all__ = [
     "spearman",
     "ssim",
 ]
-
-Explainer = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -206,7 +204,7 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     return s.mean((1, 2, 3)).float()
 
 
-def _maps(make_engine: Callable[[nn.Module], Explainer], model: nn.Module, images, targets):
+def _maps(make_engine: Callable[[nn.Module], EngineLike], model: nn.Module, images, targets):
     engine = make_engine(model)
     try:
         return engine(images, targets).detach()
@@ -221,11 +219,11 @@ def sanity_check(
     model: nn.Module,
     images: Tensor,
     targets: Tensor,
-    make_engine: Callable[[nn.Module], Explainer],
+    make_engine: Callable[[nn.Module], EngineLike],
     layers: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
     keep: int = 8,
-    make_twin: Callable[[nn.Module], Explainer] | None = None,
+    make_twin: Callable[[nn.Module], EngineLike] | None = None,
 ) -> SanityResult:
     """Randomise `layers` (default `cascade_order(model)`) of a copy, one more per step.
 

@@ -14,9 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from camlens.cam.precision import full_fp32
-from camlens.metrics.arcc import Explainer, arcc, coherency, complexity
+from camlens.metrics.arcc import arcc, coherency, complexity
 from camlens.metrics.config import MetricConfig
-from camlens.metrics.core import check_inputs, make_generator, target_probs, trapezoid_auc
+from camlens.metrics.core import (
+    EngineLike,
+    check_inputs,
+    make_generator,
+    target_probs,
+    trapezoid_auc,
+)
 from camlens.metrics.perturb import drop_increase, perturbation_curves
 from camlens.metrics.road import road_curves, road_score
 
@@ -56,7 +62,7 @@ def score_maps(
     cams: Tensor,
     targets: Tensor | int,
     metrics: Sequence[str] = METRICS,
-    engine: Explainer | None = None,
+    engine: EngineLike | None = None,
     config: MetricConfig | None = None,
     generator: torch.Generator | None = None,
     **overrides: Any,

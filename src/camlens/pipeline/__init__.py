@@ -6,19 +6,18 @@
         evaluate (out/eval) -> write_galleries -> [compare the gallery's own maps] ->
         compute_report -> report.html; `report` is its older name, the same function
     write_galleries(model, data, out, plan) -> Galleries
-        pick mistakes (the plan's filter, sort, limit) -> stream_mistake_maps ->
-        out/gallery/<method>/ per method
+        pick mistakes (the plan's filter, sort, limit) -> stream_mistake_maps -> each of
+        plan.outputs, per method (OUTPUTS: out/gallery/<method>/, out/maps/<method>.safetensors)
     prepare_plan(model, plan, image_size) -> plan   layers resolved, checked against the model:
                                                 once per job, at its entry; the steps after it
                                                 take the checked plan
     choose_layers(model, layers, image_size)    --layer checked against the layers a map can
                                                 be read from; None: the last before pooling
     report_facts(opened) -> dict                what the report says of an open_model() model
-    load_matching_data(source, meta) -> Dataset  the data a checkpoint was trained on
     diff_checkpoints(a, b, data, out, plan) -> dict  two models side by side -> out/diff.html
 
-Split by step: `galleries` (pick, explain, draw), `reports` (explain_model), `runs` (run,
-demo), `diffs` (diff_checkpoints).
+Split by step: `galleries` (pick, explain, write the outputs), `outputs` (their registry),
+`reports` (explain_model), `runs` (run, demo), `diffs` (diff_checkpoints).
 The maps are computed by the explain step only: the gallery draws its stream, the report's
 pair statistics read the same maps and stream the pairs' other images through it.
 Errors a user can cause are raised as the package's own error types, with one-line messages.
@@ -32,15 +31,17 @@ from camlens.pipeline.galleries import (
     LAYERS,
     Galleries,
     choose_layers,
-    load_matching_data,
     prepare_plan,
     write_galleries,
 )
+from camlens.pipeline.outputs import OUTPUTS, OutputJob
 from camlens.pipeline.reports import Outcome, describe_run, explain_model, report, report_facts
 from camlens.pipeline.runs import demo, run
 
 __all__ = [
     "LAYERS",
+    "OUTPUTS",
+    "OutputJob",
     "Galleries",
     "Outcome",
     "choose_layers",
@@ -48,7 +49,6 @@ __all__ = [
     "describe_run",
     "diff_checkpoints",
     "explain_model",
-    "load_matching_data",
     "prepare_plan",
     "report",
     "report_facts",

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
+from camlens.classifier import ModelConfig, open_model
 from camlens.data import DataError
 from camlens.diff import diff_models, write_diff
 from camlens.explain import ExplainPlan
-from camlens.model import load_checkpoint
-from camlens.pipeline.galleries import LAYERS, load_matching_data
+from camlens.pipeline.galleries import LAYERS
 
 __all__ = ["diff_checkpoints"]
 
@@ -35,14 +35,15 @@ def diff_checkpoints(
     """
     plan = plan or ExplainPlan(progress=True)
     plan = replace(plan, layers=plan.layers or LAYERS)
-    model_a, meta_a = load_checkpoint(checkpoint_a, device)
-    model_b, meta_b = load_checkpoint(checkpoint_b, device)
-    if list(meta_a["classes"]) != list(meta_b["classes"]):
+    a = open_model(ModelConfig(str(checkpoint_a)), source, device, plan.progress)
+    try:  # the data a was opened with, checked against b's classes
+        b = open_model(ModelConfig(str(checkpoint_b)), a.data, device)
+    except DataError:
         raise DataError(
             f"{checkpoint_a} and {checkpoint_b} were trained on different classes: "
             "compare models of the same data"
-        )
-    data = load_matching_data(source, meta_a, progress=plan.progress)
+        ) from None
+    (model_a, meta_a), (model_b, meta_b), data = (a.model, a.meta), (b.model, b.meta), a.data
     for model in (model_a, model_b):  # two models: the plan is checked against each once
         plan.check(model)
     if names is None:

@@ -2,22 +2,23 @@
 
 write_galleries(model, data, out, plan) -> Galleries
 prepare_plan(model, plan, image_size) -> plan  layers resolved, checked once against the model
-load_matching_data(source, meta) -> Dataset   the data a checkpoint was trained on
 choose_layers(model, layers, image_size)      --layer checked; None: the last before pooling
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from camlens.cam import candidate_layers, pick_layer
 from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import own_layer_names
-from camlens.data import DataError, Dataset, load_dataset
+from camlens.data import Dataset
 from camlens.distributed import is_writer
 from camlens.evaluate import Mistakes, find_mistakes, predict
 from camlens.explain import (
@@ -27,14 +28,15 @@ from camlens.explain import (
     select_mistakes,
     stream_mistake_maps,
 )
-from camlens.gallery import GalleryConfig, stream_gallery
+from camlens.gallery import GalleryConfig
+from camlens.outputs import consume
+from camlens.pipeline.outputs import OUTPUTS, OutputJob
 from camlens.plan import layer_parts
 
 __all__ = [
     "LAYERS",
     "Galleries",
     "choose_layers",
-    "load_matching_data",
     "prepare_plan",
     "write_galleries",
 ]
@@ -51,17 +53,8 @@ class Galleries:
     folders: dict[str, Path]  # method -> its gallery folder, out/gallery/<method>
     # method -> seconds of maps, drawing, encoding, writing (see camlens.gallery.Gallery)
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def load_matching_data(source: str | Path, meta: dict, *, progress: bool = True) -> Dataset:
-    """The data a checkpoint is evaluated on must have the classes it was trained on."""
-    data = load_dataset(source, image_size=int(meta["image_size"]), progress=progress)
-    if list(data.classes) != list(meta["classes"]):
-        raise DataError(
-            f"{source} has classes {list(data.classes)}, but the checkpoint was trained on "
-            f"{meta['classes']}: pass the data it was trained on"
-        )
-    return data
+    # method -> output name (plan.outputs) -> what it wrote (camlens.pipeline.outputs)
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def prepare_plan(model: nn.Module, plan: ExplainPlan, image_size: int) -> ExplainPlan:
@@ -81,7 +74,7 @@ def write_galleries(
     checked: bool = False,
 ) -> Galleries:
     """Explain the chosen mistakes of `data.test` (the plan's filter, sort and limit) with each
-    of the plan's methods; one gallery per method.
+    of the plan's methods, written by each of `plan.outputs` (the gallery, the maps file).
 
     `mistakes`: e.g. `read_mistakes(misclassified.csv, data.test)`, whose predictions may be
     TTA's; None: the model's arg-max mistakes. Nothing chosen: nothing is written.
@@ -101,21 +94,23 @@ def write_galleries(
     chosen = select_mistakes(
         mistakes, data.classes, plan.sort, plan.label_name, plan.pred_name, plan.limit
     )
-    drawn = {}
+    written: dict[str, dict[str, Any]] = {}
+    maps: dict[str, Explanations] = {}
     for method in plan.methods if len(chosen) else ():
         chunks = stream_mistake_maps(model, chosen, plan, method)
-        if not is_writer():  # under torchrun rank 0 alone draws; every rank explains its share
-            for _ in chunks:
-                pass
-            continue
-        drawn[method] = stream_gallery(
-            chunks, chosen, method, data.classes, out, config, progress=plan.progress
-        )
+        # under torchrun rank 0 alone writes; every rank explains its share
+        names = plan.outputs if is_writer() else ()
+        job = OutputJob(Path(out), method, chosen, data.classes, config, plan.progress)
+        with ExitStack() as stack:
+            opened = {name: stack.enter_context(OUTPUTS[name](job)) for name in names}
+            maps[method], written[method] = consume(chunks, opened)
+    drawn = {k: w["gallery"] for k, w in written.items() if "gallery" in w}
     return Galleries(
         chosen,
-        {k: g.explanations for k, g in drawn.items()},
+        maps if is_writer() else {},
         {k: g.folder for k, g in drawn.items()},
         {k: g.seconds for k, g in drawn.items()},
+        written,
     )
 
 

@@ -18,12 +18,13 @@ from torch import nn
 from camlens.classifier import Opened, adapt_user_input
 from camlens.compare import compare
 from camlens.data import Dataset
-from camlens.epochs import explain_over_epochs, kept_epochs
+from camlens.epochs import explain_over_epochs
 from camlens.evaluate import Evaluation, evaluate, write_evaluation
 from camlens.explain import ExplainPlan
 from camlens.pipeline.galleries import Galleries, prepare_plan, write_galleries
 from camlens.report import ReportConfig, RunFacts, compute_report, render_report
 from camlens.report.markup import b64
+from camlens.train.kept import kept_epochs
 
 __all__ = [
     "Outcome",

@@ -34,7 +34,8 @@ def run(
     wandb_project: str | None = None,
 ) -> Outcome | None:
     """Train in `out` (continuing a killed run there), then evaluate into out/eval and
-    `explain_model` the checkpoint. Maps are fp32; `config.precision` is the training's.
+    `explain_model` the checkpoint. `config.precision` is the training's precision,
+    `plan.cam_precision` the maps'.
 
     `plan` None: layer3 and layer4, at most 1,000 mistakes (a short run makes thousands: the
     gallery and the page stay small), progress bars; see `explain_model`. `plan.progress`

@@ -18,24 +18,30 @@ from typing import Any
 # CLI builds TrainConfig's flags (and `camlens train --help` answers) without it
 _MODULE_OF = {
     "CUTOUT_FROM": "camlens.train.config",
+    "EPOCHS_DIR": "camlens.train.kept",
     "Logs": "camlens.train.session",
     "RunError": "camlens.train.config",
     "TrainConfig": "camlens.train.config",
     "ZERO_INIT_BELOW": "camlens.train.config",
     "WandbLogger": "camlens.train.wandb_log",
+    "epoch_stem": "camlens.train.kept",
     "is_writer": "camlens.distributed",
+    "kept_epochs": "camlens.train.kept",
     "run_training": "camlens.train.session",
     "train": "camlens.train.loop",
 }
 
 __all__ = [
     "CUTOUT_FROM",
+    "EPOCHS_DIR",
     "Logs",
     "RunError",
     "TrainConfig",
     "WandbLogger",
     "ZERO_INIT_BELOW",
+    "epoch_stem",
     "is_writer",
+    "kept_epochs",
     "run_training",
     "train",
 ]

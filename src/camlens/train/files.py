@@ -16,13 +16,12 @@ from camlens.distributed import backend, world_size
 from camlens.evaluate import resolve_precision
 from camlens.model import save_checkpoint
 from camlens.plots import plot_curves
+from camlens.train.kept import epoch_stem
 from camlens.train.state import RESUME_FILE, save_resume
 from camlens.train.steps import Training
 from camlens.version import __version__
 
-__all__ = ["EPOCHS_DIR", "write_epoch"]
-
-EPOCHS_DIR = "epochs"  # --keep-every: OUT/epochs/epoch-007.safetensors + .json
+__all__ = ["write_epoch"]
 
 
 def write_epoch(out: Path, training: Training, history: list[dict], elapsed: float) -> None:
@@ -58,7 +57,7 @@ def write_epoch(out: Path, training: Training, history: list[dict], elapsed: flo
     }
     save_checkpoint(model, out / "checkpoint", meta)
     if config.keep_every and epoch % config.keep_every == 0:  # for explain --over-epochs
-        save_checkpoint(model, out / EPOCHS_DIR / f"epoch-{epoch:03d}", meta, torch.float16)
+        save_checkpoint(model, epoch_stem(out, epoch), meta, torch.float16)
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write_bytes(out / "metrics.jsonl", lines.encode())  # rewritten whole: never a torn line
     plot_curves(history, out / "curves.png")

@@ -30,13 +30,12 @@ from camlens.classifier import Classifier, own_layer_names
 from camlens.data import UserData, from_user_data
 from camlens.epochs import EpochStrips, epoch_strips, write_strips
 from camlens.evaluate import Mistakes, find_mistakes, predict
-from camlens.explain import ExplainPlan, mistake_maps
+from camlens.explain import ExplainPlan, mistake_maps, select_mistakes
 from camlens.gallery.draw import CardLayout, GalleryConfig, draw_card, draw_panels
+from camlens.train.kept import epoch_stem
 from camlens.watch.guard import untouched
 
 __all__ = ["Watch", "WatchConfig", "WatchError"]
-
-EPOCHS_DIR = "epochs"  # OUT/epochs/epoch-005.safetensors, as `camlens train --keep-every`
 
 
 class WatchError(ValueError):
@@ -132,7 +131,7 @@ class Watch:
         if epoch % self.config.every:
             return
         with untouched(self.model):
-            path = self.out / EPOCHS_DIR / f"epoch-{epoch:03d}.safetensors"
+            path = epoch_stem(self.out, epoch).with_suffix(".safetensors")
             state = {
                 k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu())
                 .contiguous()
@@ -194,7 +193,7 @@ class Watch:
     def _mistakes(self, model: nn.Module, limit: int) -> Mistakes:
         logits, labels = self._predict(model)
         mistakes = find_mistakes(logits, labels)
-        chosen = mistakes.select(torch.arange(min(limit, len(mistakes)), device="cpu"))
+        chosen = select_mistakes(mistakes, (), limit=limit)  # the most confident
         return replace(chosen, images=self._images(chosen.indices) if len(chosen) else None)
 
     def _strips(self) -> EpochStrips:
