@@ -95,6 +95,18 @@ def write_folder(root: Path, opened) -> Path:
     return root
 
 
+def write_maps(root: Path, opened) -> Path:
+    """OUT/maps/gradcam.safetensors, as `--output maps` writes it, for the folder's mistakes."""
+    from camlens.evaluate import read_mistakes
+    from camlens.explain import ExplainPlan, mistake_maps
+    from camlens.mapfile import MapFile
+
+    mistakes = read_mistakes(root / "eval" / "misclassified.csv", opened.data.test)
+    plan = ExplainPlan(layers=("layer3", "layer4"))
+    expl = mistake_maps(opened.model, mistakes.images, mistakes.labels, plan, "gradcam")
+    return MapFile(root / "maps" / "gradcam.safetensors", mistakes).close(expl)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, opened) -> Path:
     root = tmp_path_factory.mktemp("view") / "report"
@@ -532,3 +544,20 @@ def test_a_taken_port_is_one_line(folder, capsys):
         port = taken.getsockname()[1]
         assert main(["view", str(folder), "--port", str(port), "--device", "cpu"]) == 2
     assert "--port 0 picks a free port" in capsys.readouterr().err
+
+
+def test_the_folders_maps_file_is_reused_and_matches_a_computed_map(tmp_path, opened):
+    root = write_folder(tmp_path / "run", opened)
+    write_maps(root, opened)
+    stored_viewer = open_folder(root, data=opened.data)
+    computing = open_viewer(opened.model, opened.data)
+    index = int(stored_viewer.rows().indices[0])
+    key = f"t{index}"
+    for target in ("pred", "true", "contrast"):
+        for layer in ("layer3", "layer4"):
+            stored, how = stored_viewer.cam(stored_viewer.image(key), "gradcam", layer, target)
+            fresh, _ = computing.cam(computing.image(key), "gradcam", layer, target)
+            assert how.get("stored"), (target, layer)
+            assert torch.allclose(stored, fresh, atol=1e-4), (target, layer)
+    _, how = stored_viewer.cam(stored_viewer.image(key), "gradcam", "layer2", "pred")
+    assert not how.get("stored")  # a layer the file does not hold: computed

@@ -177,6 +177,7 @@ def _map(viewer: Viewer, request: Request) -> Response:
             "signed": signed,
             "explains": what,
             "cached": how["cached"],
+            "stored": how.get("stored", False),  # from the folder's maps file
             "ms": how["ms"],
             "trust": trust_of(None if folder is None else folder.compare, method, layer),
         }

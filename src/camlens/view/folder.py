@@ -49,6 +49,7 @@ class Folder:
     cards: dict[str, dict[int, str]] = field(default_factory=dict)  # method -> index -> card
     cf: dict[str, Tensor] | None = None  # {"indices", "drop", "verdict"} of the first gallery
     compare: dict | None = None  # compare.json
+    maps: dict[str, Path] = field(default_factory=dict)  # method -> maps/METHOD.safetensors
 
 
 def inside(root: Path, path: str) -> Path:
@@ -136,6 +137,7 @@ def read_folder(root: str | Path) -> Folder:
         cards=cards,
         cf=cf,
         compare=json.loads(compared.read_text()) if compared else None,
+        maps={p.stem: p for p in sorted(root.glob("maps/*.safetensors"))},
     )
 
 

@@ -22,6 +22,7 @@ from camlens.cam import Target
 from camlens.data import Preprocess
 from camlens.evaluate import as_float_images, predict
 from camlens.explain import ExplainPlan, engine_for
+from camlens.mapfile import read_maps
 from camlens.metrics.counterfactual import CounterfactualConfig, counterfactual
 from camlens.view.folder import Folder
 from camlens.view.rows import Rows
@@ -101,6 +102,7 @@ class Viewer:
     _rows: Rows | None = None
     _all: Rows | None = None
     _count: int = 0
+    _stored: dict = field(default_factory=dict)  # method -> read_maps of the folder's file
 
     def rows(self, correct: bool = False) -> Rows:
         """The mistakes (the folder's misclassified.csv, else predicted once); with
@@ -182,6 +184,11 @@ class Viewer:
         found = self.maps.get(key)
         if found is not None:
             return found, {"cached": True, "ms": 0.0, "class": cls, "versus": versus}
+        stored = self.stored(img, method, layer, (cls, versus))
+        if stored is not None:
+            self.maps.put(key, stored)
+            return stored, {"cached": False, "ms": 0.0, "class": cls, "versus": versus,
+                            "stored": True}  # fmt: skip
         started = time.perf_counter()
         spec = torch.tensor([cls]) if versus is None else Target(cls, versus=versus)
         x = as_float_images(img.pixels[None])
@@ -196,6 +203,31 @@ class Viewer:
         self.maps.put(key, cams)
         ms = (time.perf_counter() - started) * 1000
         return cams, {"cached": False, "ms": round(ms, 1), "class": cls, "versus": versus}
+
+    def stored(self, img: Image, method: str, layer: str, target: tuple) -> Tensor | None:
+        """The map the folder's maps file holds (OUT/maps/METHOD.safetensors: the run's own
+        maps, `--output maps`) for a test image's predicted or true class or their contrast,
+        normalised as a computed one; None where the file has none."""
+        folder = self.source.folder
+        if folder is None or img.index is None or method not in folder.maps:
+            return None
+        with self.lock:
+            if method not in self._stored:
+                self._stored[method] = read_maps(folder.maps[method])
+        rows, expl = self._stored[method]
+        hit = (rows["indices"] == img.index).nonzero().flatten()[:1]
+        if not len(hit) or layer not in expl.layers:
+            return None
+        pred, label = int(rows["preds"][hit]), int(rows["labels"][hit])
+        kind = {(pred, None): 0, (label, None): 1, (pred, label): 2}.get(target)
+        maps = expl.select(hit).layer_maps(expl.layers.index(layer))  # 3 x (1, H, W) or None
+        if kind is None or maps[kind] is None:
+            return None
+        cams = maps[kind][0]
+        if kind == 2:
+            return cams  # signed, in [-1, 1] as the engine's contrast
+        low, high = cams.min(), cams.max()  # pair-scaled -> min-max, as the engine's own
+        return (cams - low) / (high - low) if high > low else torch.zeros_like(cams)
 
     def counterfactual(self, img: Image, method: str, layer: str, target: str, fraction: float):
         """Remove the top `fraction` of the map (and as much of a random map), ask again."""
