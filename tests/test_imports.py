@@ -32,6 +32,7 @@ ORDER = [
     "report",
     "compare",
     "diff",
+    "view",  # a consumer, like report: the live viewer (its web libraries: camlens[view])
     "pipeline",
     "cli",
     "__main__",

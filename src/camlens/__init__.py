@@ -3,10 +3,12 @@
 Pipeline, one module per step (each imports only those above it):
   download -> data -> model -> classifier -> plots -> evaluate -> train
   -> cam -> metrics -> explain -> outputs -> mapfile -> overlay -> gallery -> epochs -> watch
-  -> report -> compare -> diff -> pipeline -> cli
+  -> report -> compare -> diff -> view -> pipeline -> cli
 `explain` computes every map of a job; the gallery, the report, diff and epochs read them.
 Outputs consume its stream (`outputs.Output`, `consume`), registered by name in
 `pipeline.OUTPUTS`: the gallery (`GalleryWriter`), the maps file (`MapFile`, `read_maps`).
+`view` serves a live viewer of any mistake (camlens[view]): maps on demand, by method, layer
+and class.
 `pipeline` is the whole job as functions (run, demo, explain_model): what the CLI calls;
 its `report` (any trained classifier's report) stays `camlens.pipeline.report`, as
 `camlens.report` names the report package.
@@ -77,6 +79,7 @@ _SOURCES: dict[str, str] = {
     "camlens.report": "ReportConfig compute_report render_report",
     "camlens.train": "RunError TrainConfig train",
     "camlens.watch": "Watch WatchConfig WatchError",
+    "camlens.view": "view",  # serving needs the extra camlens[view]; importing it does not
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names.split()}
 

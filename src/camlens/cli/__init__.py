@@ -15,6 +15,7 @@ imported when it runs, and the error classes when an error is caught.
     commands.py  cmd_compare, cmd_demo, cmd_run, cmd_train, cmd_evaluate, cmd_explain,
                  cmd_report, cmd_export, cmd_summary; the commands after training open any
                  classifier with --model (camlens.classifier.open_model)
+    view.py      cmd_view: `camlens view`, whose web libraries are the extra camlens[view]
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ __all__ = [
     "RUN_EXAMPLE",
     "SUMMARY_EXAMPLE",
     "TRAIN_EXAMPLE",
+    "VIEW_EXAMPLE",
 ]
 
 DEMO_EXAMPLE = """example:
@@ -62,3 +63,9 @@ SUMMARY_EXAMPLE = """example:
   camlens summary --norm layer
   camlens summary --checkpoint runs/quick/checkpoint.safetensors
   camlens summary --model mynet.py:make --classes 5 --image-size 64  # + where maps come from"""
+VIEW_EXAMPLE = """example:
+  camlens view camlens-demo                          # a demo, run, report or explain folder
+  camlens view --model shipped --data sample         # offline: a model and its data directly
+  camlens view runs/r18 --port 8080                  # then open http://127.0.0.1:8080/
+  (serves 127.0.0.1 only unless --host says otherwise; Ctrl-C stops it;
+  pip install 'camlens[view]' first)"""

@@ -33,6 +33,7 @@ __all__ = [
     "add_device_flags",
     "add_eval_batch_flag",
     "add_explain_flags",
+    "add_layer_flag",
     "add_wandb_flags",
     "name_list",
 ]
@@ -99,11 +100,14 @@ def add_config_flags(parser: argparse.ArgumentParser, config_type, prefix: str =
             )
 
 
-def add_data_flags(parser: argparse.ArgumentParser, image_size: bool | None = True) -> None:
-    """`image_size` None: --image-size defaults to what the model states (the --model commands)."""
+def add_data_flags(
+    parser: argparse.ArgumentParser, image_size: bool | None = True, required: bool = True
+) -> None:
+    """`image_size` None: --image-size defaults to what the model states (the --model commands).
+    `required` False: a command that can read the source from elsewhere (view RUN)."""
     parser.add_argument(
         "--data",
-        required=True,
+        required=required,
         help="cifar10 | a folder with test/ or val/ (train/ to train) or of class folders | "
         "cifar-10-batches-py | a .tar(.gz) of either",
     )
@@ -270,6 +274,25 @@ def _methods(text: str) -> list[str]:
     return names
 
 
+def add_layer_flag(parser: argparse.ArgumentParser, layer: str | None) -> None:
+    """--layer, the same words in every command; `layer` its default (None: the model's)."""
+    parser.add_argument(
+        "--layer",
+        type=name_list,
+        default=layer.split(",") if layer else None,
+        help="dotted layer name(s), comma-separated (default: "
+        + (
+            layer
+            or "layer3,layer4 of a camlens model, else the last layer before the global pooling; "
+            "`camlens summary --model SPEC` lists them"
+        )
+        + "); every method gives a map per layer: refinecam's is refined by the layers named "
+        "after it, and fullgrad and guidedgradcam (maps at the image's size) read the layer as "
+        "where their layer part stops: the bias terms up to it (fullgrad), its Grad-CAM "
+        "(guidedgradcam)",
+    )
+
+
 def add_explain_flags(
     parser: argparse.ArgumentParser,
     layer: str | None,
@@ -287,21 +310,7 @@ def add_explain_flags(
         help=f"CAM method(s), comma-separated, of {', '.join(METHOD_NAMES)}; one gallery per "
         f"method in OUT/gallery/METHOD (default: {method})",
     )
-    parser.add_argument(
-        "--layer",
-        type=name_list,
-        default=layer.split(",") if layer else None,
-        help="dotted layer name(s), comma-separated (default: "
-        + (
-            layer
-            or "layer3,layer4 of a camlens model, else the last layer before the global pooling; "
-            "`camlens summary --model SPEC` lists them"
-        )
-        + "); every method gives a map per layer: refinecam's is refined by the layers named "
-        "after it, and fullgrad and guidedgradcam (maps at the image's size) read the layer as "
-        "where their layer part stops: the bias terms up to it (fullgrad), its Grad-CAM "
-        "(guidedgradcam)",
-    )
+    add_layer_flag(parser, layer)
     plan = ExplainPlan()  # the defaults live in the plan
     parser.add_argument(
         "--layout",

@@ -30,6 +30,7 @@ from camlens.cli.examples import (
     RUN_EXAMPLE,
     SUMMARY_EXAMPLE,
     TRAIN_EXAMPLE,
+    VIEW_EXAMPLE,
 )
 from camlens.cli.flags import (
     OneLineParser,
@@ -40,6 +41,7 @@ from camlens.cli.flags import (
     add_device_flags,
     add_eval_batch_flag,
     add_explain_flags,
+    add_layer_flag,
     add_limit_flags,
     add_wandb_flags,
     name_list,
@@ -53,11 +55,13 @@ __all__ = ["OneLineParser", "add_config_flags", "build_parser"]
 FORMAT = argparse.RawDescriptionHelpFormatter  # the examples keep their lines
 
 
-def _command(name: str) -> typing.Callable[[argparse.Namespace], int]:
-    """`commands.<name>`, imported when the command runs: it imports torch, --help does not."""
+def _command(
+    name: str, module: str = "camlens.cli.commands"
+) -> typing.Callable[[argparse.Namespace], int]:
+    """`<module>.<name>`, imported when the command runs: it imports torch, --help does not."""
 
     def run(args: argparse.Namespace) -> int:
-        commands = importlib.import_module("camlens.cli.commands")
+        commands = importlib.import_module(module)
 
         return getattr(commands, name)(args)
 
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_export(sub)
     _add_summary(sub)
+    _add_view(sub)
     return parser
 
 
@@ -330,3 +335,34 @@ def _add_summary(sub) -> None:
     p.add_argument("--classes", type=int, help="default: the --weights' head's count, else 10")
     p.add_argument("--image-size", type=int, help="default: what the model states, else 32")
     p.set_defaults(run=_command("cmd_summary"))
+
+
+def _add_view(sub) -> None:
+    p = sub.add_parser(
+        "view",
+        help="explore the mistakes live in the browser: any method, layer, class, opacity",
+        epilog=VIEW_EXAMPLE,
+        formatter_class=FORMAT,
+    )
+    p.add_argument(
+        "folder",  # not `run`: args.run is the command itself
+        nargs="?",
+        type=Path,
+        metavar="RUN",
+        help="a folder camlens wrote (demo, run, report, explain, evaluate): its model, data, "
+        "mistakes, gallery cards and compare result; or give --model and --data",
+    )
+    add_checkpoint_flags(p, required=False)
+    add_data_flags(p, image_size=None, required=False)
+    add_layer_flag(p, None)  # the layers the page opens on; it offers every other one
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (default: 127.0.0.1, this machine only; any other prints "
+        "a warning: whoever reaches it can see the images and run the model)",
+    )
+    p.add_argument(
+        "--port", type=int, default=8036, help="port to serve on; 0: any free one (default: 8036)"
+    )
+    add_device_flags(p)
+    p.set_defaults(run=_command("cmd_view", "camlens.cli.view"))
