@@ -13,6 +13,7 @@ tests/test_architectures.py runs `report --model timm:...` in .ci/run's architec
 import re
 import shlex
 import shutil
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -99,6 +100,8 @@ def stand_in(command: str, fresh: str = "") -> list[str]:
     out += FASTER.get(out[0], [])
     if out[0] in ("train", "run") and "--epochs" not in out:
         out += ["--epochs", "1"]
+    if out[0] == "view":  # any free port: the examples' 8036 may be taken here
+        out += ["--port", "0"]
     if out[0] == "compare":  # images scored, grids built
         out += ([] if "--limit" in out else ["--limit", "4"]) + ["--grid-count", "8"]
     flags = {f for action in _commands()[out[0]]._actions for f in action.option_strings}
@@ -138,10 +141,30 @@ def test_the_example_runs(where, command, scene, monkeypatch, capsys):
     if "timm:" in command or "torchvision:" in command:
         pytest.skip("a timm: model and its weights: tests/test_architectures.py, .venv-arch")
     monkeypatch.chdir(scene)
+    if command.startswith("view"):
+        _serve_once(monkeypatch)
+        if "camlens-demo" in command and not (scene / "camlens-demo").is_dir():
+            assert main(["demo"]) == 0  # what the demo example wrote, when run alone
     argv = stand_in(command, f"outs/{zlib.crc32(command.encode()):08x}")
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 0, f"{where}: camlens {' '.join(argv)}\n{err}"
+
+
+def _serve_once(monkeypatch) -> None:
+    """`camlens view` serves until Ctrl-C: here it answers one request for its page and a page
+    of its rows, then stops."""
+    from camlens.view import server
+
+    def wait(running) -> None:
+        try:
+            for path in ("", "api/rows"):
+                with urllib.request.urlopen(running.url + path, timeout=120) as reply:
+                    assert reply.status == 200, path
+        finally:
+            running.stop()
+
+    monkeypatch.setattr(server.Running, "wait", wait)
 
 
 def test_stand_ins_keep_every_other_flag():

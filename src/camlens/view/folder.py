@@ -81,6 +81,9 @@ def _facts(root: Path) -> tuple[str | None, str | None]:
     metrics = _first(root, "eval/metrics.json", "metrics.json")
     facts = json.loads(metrics.read_text()) if metrics else {}
     data = facts.get("data")
+    meta = root / "checkpoint.json"  # a `train` folder alone: the data it was trained on
+    if data is None and meta.is_file():
+        data = json.loads(meta.read_text()).get("data_source")
     if model is None:
         model = facts.get("model")
         checkpoint = str(facts.get("checkpoint", ""))
