@@ -244,3 +244,23 @@ def test_the_readme_python_example_runs_as_written_on_a_normalised_cifar_loader(
     for row in strips["images"]:
         i = row["index"]
         assert row["pred_prob"][-1] == pytest.approx(float(logits[i].softmax(0).max()), abs=1e-3)
+
+
+def test_the_counterfactual_is_off_by_default_above_64_px_and_says_so(capsys):
+    """Its seven forwards per mistake cost hours of imputation at 224 px (docs/performance.md):
+    by default on at 32 and 64 px, off above with one line naming the size and the flag; asked
+    for, it runs at any size, silently. Planted: the default on at every size: red."""
+    from camlens.pipeline.galleries import prepare_plan
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    assert prepare_plan(model, ExplainPlan(), 32).counterfactual is True
+    assert prepare_plan(model, ExplainPlan(), 64).counterfactual is True
+    assert capsys.readouterr().err == ""
+    assert prepare_plan(model, ExplainPlan(), 224).counterfactual is False
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "224 px" in err and "--counterfactual" in err
+    assert prepare_plan(model, ExplainPlan(counterfactual=True), 224).counterfactual is True
+    assert capsys.readouterr().err == ""

@@ -8,6 +8,7 @@ choose_layers(model, layers, image_size)      --layer checked; None: the last be
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from camlens.explain import (
     stream_mistake_maps,
 )
 from camlens.gallery import GalleryConfig, stream_gallery
-from camlens.plan import layer_parts
+from camlens.plan import COUNTERFACTUAL_MAX_SIDE, layer_parts
 
 __all__ = [
     "LAYERS",
@@ -66,8 +67,17 @@ def load_matching_data(source: str | Path, meta: dict, *, progress: bool = True)
 
 def prepare_plan(model: nn.Module, plan: ExplainPlan, image_size: int) -> ExplainPlan:
     """`plan` with its layers resolved (`choose_layers`) and checked against `model`: what a
-    job does once, before any work; the steps after it trust the plan."""
-    return replace(plan, layers=choose_layers(model, plan.layers, image_size)).check(model)
+    job does once, before any work; the steps after it trust the plan. The counterfactual
+    test's default is decided here for the data's size, and said in one line when off."""
+    plan = replace(plan, layers=choose_layers(model, plan.layers, image_size)).check(model)
+    if plan.counterfactual is None and not plan.counterfactual_on(image_size) and is_writer():
+        print(
+            f"counterfactual test: off by default above {COUNTERFACTUAL_MAX_SIDE} px (these "
+            f"images are {image_size} px, where it costs several times the maps): "
+            "--counterfactual runs it",
+            file=sys.stderr,
+        )
+    return replace(plan, counterfactual=plan.counterfactual_on(image_size))
 
 
 def write_galleries(
