@@ -106,11 +106,11 @@ def write_galleries(
     if mistakes is None:
         logits = predict(model, data.test.images, plan.eval_batch_size)
         mistakes = find_mistakes(logits, data.test.labels)
-    if mistakes.images is None:
-        mistakes = replace(mistakes, images=data.test.images[mistakes.indices])
     chosen = select_mistakes(
         mistakes, data.classes, plan.sort, plan.label_name, plan.pred_name, plan.limit
     )
+    if chosen.images is None:  # only the chosen photos: every mistake's was 6 GB at 20,000
+        chosen = replace(chosen, images=data.test.images[chosen.indices])
     drawn = {}
     for method in plan.methods if len(chosen) else ():
         chunks = stream_mistake_maps(model, chosen, plan, method)
