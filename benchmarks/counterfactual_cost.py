@@ -1,6 +1,20 @@
-"""The counterfactual test's cost against its forward floor.
+"""The counterfactual test's cost against its forward floor, its cost against the maps at
+224 px, and the agreement of its coarse fill with the full-size one at 32 px.
 
     PYTHONPATH=src python benchmarks/counterfactual_cost.py [--images 64] [--threads 2]
+    PYTHONPATH=src python benchmarks/counterfactual_cost.py --size 224 --images 64
+    PYTHONPATH=src python benchmarks/counterfactual_cost.py --agreement --images 256
+
+--size S (S > 32): random images of S px through a small 1,000-class CNN (benchmarks/scale.py's)
+and camlens's ResNet18: the seconds of the Grad-CAM maps (pred, true, contrast: what a gallery
+computes) and of the counterfactual test of the same images with the default coarse fill
+(`CounterfactualConfig.impute_side`), and their ratio.
+
+--agreement: the shipped CIFAR model's mistakes on the shipped sample, their Grad-CAM contrast
+maps, and the counterfactual test with today's full-size fill against the coarse fill at
+working sides 16 and 8 px (the ratio 224 -> 64 is 3.5x: 32 -> 9): how often the verdicts
+agree (the prediction after removal, beat-random, turned to the true class; every fraction),
+and the drops' mean absolute difference and correlation.
 
 `counterfactual` scores N mistakes x (contrast map, random map) x 3 fractions imputed images
 plus the N originals: 7N forwards is its floor, whatever the imputation costs. The script times
@@ -29,13 +43,97 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
+def agreement(n: int) -> None:
+    """The coarse fill's verdicts against the full-size fill's, on real mistakes at 32 px."""
+    from camlens.data import load_dataset
+    from camlens.evaluate import evaluate
+    from camlens.explain import ExplainPlan, mistake_maps
+    from camlens.model import load_checkpoint
+
+    model, _ = load_checkpoint("shipped")
+    data = load_dataset("sample")
+    m = evaluate(model, data.test).mistakes
+    rows = torch.arange(min(n, len(m)))
+    images = data.test.images[m.indices[rows]]  # (M, 3, 32, 32) uint8
+    plan = ExplainPlan(layers=("layer4",), counterfactual=False).check(model)
+    expl = mistake_maps(model, images, m.labels[rows], plan, preds=m.preds[rows])
+    contrast = expl.layer_maps(0)[2]  # (M, 32, 32)
+    x, preds, labels = images.float() / 255, m.preds[rows], m.labels[rows]
+    seeds = m.indices[rows].long()
+    results, times = {}, {}
+    for side in (None, 16, 8):
+        config = CounterfactualConfig(grid=(4, 4), impute_side=side)
+        start = time.perf_counter()
+        results[side] = counterfactual(model, x, contrast, preds, labels, config, seeds=seeds)
+        times[side] = time.perf_counter() - start
+    full = results[None]
+    print(f"{len(rows)} mistakes of the shipped model on the sample, 32 px, fractions "
+          f"{full.fractions}; full-size fill {times[None]:.1f} s")  # fmt: skip
+    print("side\tpred after\tbeat random\tto true\tdrop |diff|\tdrop corr\tseconds")
+    for side in (16, 8):
+        r = results[side]
+        same = [
+            (getattr(r, name) == getattr(full, name)).float().mean().item()
+            for name in ("preds_map", "beat_random", "to_true_map")
+        ]
+        diff = (r.drop_map - full.drop_map).abs().mean().item()
+        corr = torch.corrcoef(torch.stack([r.drop_map.flatten(), full.drop_map.flatten()]))
+        print(
+            f"{side}\t{same[0]:.3f}\t{same[1]:.3f}\t{same[2]:.3f}\t{diff:.3f}"
+            f"\t{corr[0, 1].item():.4f}\t{times[side]:.1f}"
+        )
+
+
+def at_size(n: int, size: int, batch: int) -> None:
+    """Maps against the counterfactual test of the same n random images at `size` px."""
+    from torch import nn
+
+    from camlens.explain import ExplainPlan, mistake_maps
+
+    small = nn.Sequential(  # benchmarks/scale.py's: 224 -> 7, a 1,000-way head
+        nn.Conv2d(3, 16, 7, stride=4, padding=3), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 1000),
+    ).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 3, size, size, generator=g)
+    print(f"{n} random images at {size} px, Grad-CAM (pred, true, contrast) vs counterfactual")
+    print("model\tmaps s\tcounterfactual s\tratio")
+    for name, model, layer, k in (("small", small, "7", 1000), ("resnet18", None, "layer4", 10)):
+        model = model if model is not None else ResNet18(k).eval()
+        labels = torch.randint(0, k, (n,), generator=g)
+        plan = ExplainPlan(layers=(layer,), cam_batch_size=batch, counterfactual=False)
+        plan = plan.check(model)
+        t0 = time.perf_counter()
+        expl = mistake_maps(model, images, labels, plan)
+        t_maps = time.perf_counter() - t0
+        contrast = expl.layer_maps(0)[2]
+        with torch.no_grad():
+            preds = model(images[:1]).argmax(1).repeat(n)
+        config = CounterfactualConfig(grid=expl.resolutions[0])
+        t0 = time.perf_counter()
+        for start in range(0, n, batch):  # as explain_counterfactual: a CAM batch at a time
+            rows = slice(start, start + batch)
+            counterfactual(model, images[rows], contrast[rows], preds[rows], labels[rows], config)
+        t_cf = time.perf_counter() - t0
+        print(f"{name}\t{t_maps:.2f}\t{t_cf:.2f}\t{t_cf / t_maps:.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=32, help="> 32: maps vs counterfactual")
+    parser.add_argument("--agreement", action="store_true", help="coarse vs full fill, 32 px")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.agreement:
+        return agreement(args.images)
+    if args.size > 32:
+        return at_size(args.images, args.size, 64)
     torch.manual_seed(0)
     model = ResNet18(10).eval()
     n = args.images

@@ -10,14 +10,18 @@ stage's own):
               workers, the model's forward, accuracy, confusion, mistakes
     bare      the same images through a plain torch Dataset (PIL open, RGB, Resize(256),
               CenterCrop(224)) and DataLoader with the same workers and batch, + the forward
-    report    (not yet: the K = 1,000 report is issue 33's other half; see `report_stage`)
+    report    camlens.pipeline.report with its defaults (the 1,000 most confident mistakes,
+              Grad-CAM; the counterfactual test is off at 224 px): evaluation, maps, gallery,
+              report.html; also prints the cards, report.html's and the gallery's size
 
 and prints per stage: seconds (best of --repeats, the stages alternated), images/s, peak
-RSS of the main process and of the largest worker. The model is a small 1,000-class CNN by
+RSS of the main process and of the largest worker, and main + workers x largest worker (a
+bound on the stage's total). The model is a small 1,000-class CNN by
 default (`--model small`: the data path dominates, which is what is measured), or camlens's
 ResNet18 (`--model resnet18`).
 
     python benchmarks/scale.py --n 2000,5000 --root /tmp/scale
+    nice -n 10 python benchmarks/scale.py --n 5000,20000,50000 --stages index,evaluate,bare,report
 """
 
 from __future__ import annotations
@@ -132,10 +136,28 @@ class _Bare:
         return x, self.labels[i]
 
 
-def report_stage(data, model, out: Path) -> dict:
-    """The report at K = 1,000: issue 33's other half (cards capped, top-5, streamed HTML)
-    fills this in, timing `camlens.pipeline.report` and measuring report.html and gallery/."""
-    raise NotImplementedError("the K = 1,000 report is measured once issue 33's report half lands")
+def _bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def report_stage(data, model, out: Path, batch: int) -> dict:
+    """`camlens.pipeline.report` with its defaults (the 1,000 most confident mistakes, Grad-CAM,
+    the counterfactual test): evaluation, maps, gallery and report.html; their sizes."""
+    import shutil
+
+    from camlens.explain import ExplainPlan
+    from camlens.pipeline import report
+
+    shutil.rmtree(out, ignore_errors=True)  # a fresh report each run: sizes are this run's
+    t0 = time.perf_counter()
+    done = report(model, data, out, ExplainPlan(eval_batch_size=batch))
+    return {
+        "seconds": time.perf_counter() - t0,
+        "images": int(done.evaluation.logits.shape[0]),
+        "cards": len(done.galleries.mistakes),
+        "html_mb": done.report.stat().st_size / 1e6,
+        "gallery_mb": _bytes(out / "gallery") / 1e6,
+    }
 
 
 def run_stage(stage: str, root: Path, model_kind: str, batch: int, workers: int) -> dict:
@@ -171,7 +193,7 @@ def run_stage(stage: str, root: Path, model_kind: str, batch: int, workers: int)
                 n += x.shape[0]
     else:
         data = load_dataset(root, preprocess=prep, progress=False)
-        return report_stage(data, model, root / "report")
+        return report_stage(data, model, root / "report", batch)
     return {"seconds": time.perf_counter() - t0, "images": n}
 
 
@@ -198,7 +220,10 @@ def main() -> None:
     print(
         f"# {args.model} model, batch {args.batch}, {args.workers} workers, {os.cpu_count()} CPUs"
     )
-    print("N\tstage\tseconds\timg/s\tpeak RSS main MB\tpeak RSS worker MB")
+    print(
+        "N\tstage\tseconds\timg/s\tpeak RSS main MB\tpeak RSS worker MB"
+        f"\tmain + {args.workers} workers MB\t(report: cards, report.html MB, gallery MB)"
+    )
     for n in (int(x) for x in args.n.split(",")):
         root = write_folder(args.root / f"n{n}", n)
         rows = {}
@@ -218,9 +243,14 @@ def main() -> None:
                 for k in ("rss_main_mb", "rss_worker_mb"):
                     best[k] = max(best[k], r[k])
         for stage, r in rows.items():
+            # the largest worker's peak times the workers: a bound on their sum, not a sum
+            total = r["rss_main_mb"] + args.workers * r["rss_worker_mb"]
+            extra = ""
+            if "html_mb" in r:
+                extra = f"\t{r['cards']}\t{r['html_mb']:.1f}\t{r['gallery_mb']:.1f}"
             print(
                 f"{r['images']}\t{stage}\t{r['seconds']:.1f}\t{r['images'] / r['seconds']:.0f}"
-                f"\t{r['rss_main_mb']:.0f}\t{r['rss_worker_mb']:.0f}",
+                f"\t{r['rss_main_mb']:.0f}\t{r['rss_worker_mb']:.0f}\t{total:.0f}{extra}",
                 flush=True,
             )
         if "evaluate" in rows and "bare" in rows:

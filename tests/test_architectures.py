@@ -8,9 +8,12 @@ import; .ci/run runs them in its second venv (.venv-arch), where a skip fails CI
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from camlens.cam import create, pick_layer
 from camlens.classifier import Classifier
@@ -269,3 +272,60 @@ def test_attention_rollout_on_real_vits(family):
     layer = pick_layer(model, size).name
     cams = create("rollout", model, layer)(torch.rand(2, 3, size, size))
     assert _varies(cams)
+
+
+def _val_folder(root, wnids):
+    """An ImageNet-style val/<wnid>/*.JPEG of non-square photos (wide and tall), 2 per class."""
+    rng = np.random.default_rng(0)
+    for k, wnid in enumerate(wnids):
+        (root / "val" / wnid).mkdir(parents=True)
+        for i, (w, h) in enumerate(((300, 240), (240, 320))):
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) // 4 + 60 * k
+            Image.fromarray(pixels.astype(np.uint8)).save(root / "val" / wnid / f"{i}.JPEG")
+    return root
+
+
+def _own_eval(spec):
+    """The model's eval transform as its library states it: (resize, crop, interpolation)."""
+    kind, _, name = spec.partition(":")
+    if kind == "torchvision":
+        t = tv.get_model_weights(name).DEFAULT.transforms()
+        return t.resize_size[0], t.crop_size[0], t.interpolation.value
+    cfg = timm.get_pretrained_cfg(name)
+    crop = cfg.input_size[-1]
+    return math.floor(crop / cfg.crop_pct), crop, cfg.interpolation  # timm's transforms_factory
+
+
+@pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:resnet18"])
+def test_an_imagenet_val_folder_with_a_classes_file_and_the_models_own_preprocessing(
+    spec, tmp_path, capsys
+):
+    """`camlens report --model timm:|torchvision:NAME --data <val/ only> --classes wnids.json`:
+    the photos are resized and centre-cropped as the model's library evaluates it (its weights'
+    transforms, timm's pretrained_cfg: not camlens's square default), said in the report, and
+    the classes are named by the file. Planted: stated_size without torchvision (red: the crop
+    was the photos' own size), the preprocessing fact dropped (red)."""
+    from safetensors.torch import save_file
+
+    wnids = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark"}
+    root = _val_folder(tmp_path / "imagenet", list(wnids))
+    (tmp_path / "wnids.json").write_text(json.dumps(wnids))
+    kind, _, name = spec.partition(":")
+    torch.manual_seed(0)
+    if kind == "torchvision":
+        model = tv.get_model(name, weights=None, num_classes=len(wnids))
+    else:
+        model = timm.create_model(name, pretrained=False, num_classes=len(wnids))
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    argv = ["report", "--model", spec, "--weights", str(tmp_path / "w.safetensors")]
+    argv += ["--data", str(root), "--classes", str(tmp_path / "wnids.json"), "--no-progress"]
+    code = main([*argv, "--out", str(tmp_path / "out"), "--limit", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    resize, crop, interpolation = _own_eval(spec)
+    assert (resize, crop) != (crop, crop)  # a real resize-then-crop, not a square resize
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert f"resize {resize} {interpolation}, centre crop {crop}" in html
+    metrics = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
+    assert list(metrics["per_class_acc"]) == list(wnids.values())
+    assert metrics["images"] == 6

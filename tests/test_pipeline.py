@@ -244,3 +244,53 @@ def test_the_readme_python_example_runs_as_written_on_a_normalised_cifar_loader(
     for row in strips["images"]:
         i = row["index"]
         assert row["pred_prob"][-1] == pytest.approx(float(logits[i].softmax(0).max()), abs=1e-3)
+
+
+def test_the_counterfactual_is_off_by_default_above_64_px_and_says_so(capsys):
+    """Its seven forwards per mistake cost hours of imputation at 224 px (docs/performance.md):
+    by default on at 32 and 64 px, off above with one line naming the size and the flag; asked
+    for, it runs at any size, silently. Planted: the default on at every size: red."""
+    from camlens.pipeline.galleries import prepare_plan
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    assert prepare_plan(model, ExplainPlan(), 32).counterfactual is True
+    assert prepare_plan(model, ExplainPlan(), 64).counterfactual is True
+    assert capsys.readouterr().err == ""
+    assert prepare_plan(model, ExplainPlan(), 224).counterfactual is False
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "224 px" in err and "--counterfactual" in err
+    assert prepare_plan(model, ExplainPlan(counterfactual=True), 224).counterfactual is True
+    assert capsys.readouterr().err == ""
+
+
+def test_a_gallery_reads_only_the_chosen_mistakes_photos(tmp_path):
+    """Of the split's photos, the gallery reads only the `limit` it explains: every mistake's
+    was 6 GB at 20,000 photos of 224 px (benchmarks/scale.py). Planted: the images of every
+    mistake read before the selection: red."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(40) % 5
+    reads = []
+
+    class Spy:  # the split's images, recording how many rows each read asks for
+        shape = images.shape
+
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, idx):
+            out = images[idx]
+            reads.append(out.shape[0] if out.ndim == 4 else 1)
+            return out
+
+    classes = tuple(f"k{i}" for i in range(5))
+    data = Dataset(Split(images, labels), Split(Spy(), labels), classes, "spy", "none")
+    model = ResNet18(5, width=8).eval()
+    plan = ExplainPlan(layers=("layer4",), limit=3, counterfactual=False)
+    mistakes = camlens.evaluate(model, Split(images, labels)).mistakes
+    assert len(mistakes) > 3
+    write_galleries(model, data, tmp_path, plan, mistakes=mistakes)
+    assert sum(reads) == 3

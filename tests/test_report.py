@@ -244,6 +244,31 @@ def test_pair_means_summed_in_chunks_equal_the_means_of_all_maps(case, limit):
             assert torch.allclose(pair.means["gradcam"][0], expected, atol=1e-5)
 
 
+def test_the_pairs_images_are_read_a_slice_at_a_time(case):
+    """The pairs' images not shown are read from the split a slice of 4 CAM batches at a time
+    (at 224 px all at once was up to 12 pairs x 256 photos, 460 MB). Planted: every pair image
+    read in one index (split.images[rest.indices]): red."""
+    model, split, ev, _, _, _ = case
+    reads = []
+
+    class Spy:  # the split's images, recording how many rows each read asks for
+        shape = split.images.shape
+
+        def __len__(self):
+            return len(split.images)
+
+        def __getitem__(self, idx):
+            out = split.images[idx]
+            reads.append(out.shape[0] if out.ndim == 4 else 1)
+            return out
+
+    plan = ExplainPlan(layers=("layer4",), cam_batch_size=1)
+    config = ReportConfig(correct_per_class=2, min_pair=2)
+    data = _report(model, Split(Spy(), split.labels), ev, plan, limit=0, config=config)
+    assert data.pairs and sum(reads) > 4 + 2 * len(data.pairs)  # more pair images than a slice
+    assert max(reads) <= 4
+
+
 def test_limit_keeps_the_most_confident(case, tmp_path):
     model, split, ev, _, _, _ = case
     data = _report(model, split, ev, limit=5)

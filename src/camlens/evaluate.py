@@ -117,7 +117,8 @@ def predict(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
+    # filled in place: a list of batches then torch.cat held the (N, K) logits twice
+    out, done = torch.empty(0, 0, device=images.device), 0
     try:
         for batch in _batches(images, batch_size, workers):
             x = as_float_images(batch.to(device))
@@ -125,12 +126,13 @@ def predict(
                 logits = model(x).float()
                 if tta:
                     logits = (logits + model(x.flip(3)).float()) / 2
-            out.append(logits.to(images.device))
+            if done == 0:
+                out = torch.empty(len(images), logits.shape[1], device=images.device)
+            out[done : done + logits.shape[0]] = logits
+            done += logits.shape[0]
     finally:
         model.train(was_training)
-    if not out:
-        return torch.empty(0, 0, device=images.device)
-    return torch.cat(out)
+    return out[:done]
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -186,15 +188,41 @@ class Mistakes:
         )
 
 
+# rows of (N, K) a temporary holds at once: at K = 1,000 a softmax or log-softmax of all 50,000
+# rows was 200 MB each; at K = 10 (CIFAR) every N of a test set is one chunk, as before
+CHUNK_CELLS = 1 << 22
+
+
+def _chunks(n: int, k: int) -> list[slice]:
+    step = max(1, CHUNK_CELLS // max(k, 1))
+    return [slice(s, s + step) for s in range(0, n, step)]
+
+
 def find_mistakes(logits: torch.Tensor, labels: torch.Tensor) -> Mistakes:
-    """Every image whose arg-max differs from its label, most confident first."""
+    """Every image whose arg-max differs from its label, most confident first.
+
+    The softmax runs a chunk of rows at a time (row by row it is the same): the (M, K)
+    probabilities are filled in once, in order, with no (M, K) temporaries beside them."""
     preds = logits.argmax(1)
     wrong = (preds != labels).nonzero().flatten()
-    probs = logits[wrong].softmax(1)
+    parts = _chunks(len(wrong), logits.shape[1])
+    confidence = [logits[wrong[c]].softmax(1).max(1).values for c in parts]
+    order = torch.cat(confidence).argsort(descending=True, stable=True) if parts else wrong
+    wrong = wrong[order]
+    probs = logits.new_empty(len(wrong), logits.shape[1])
+    for c in parts:
+        probs[c] = logits[wrong[c]].softmax(1)
     margins = logits[wrong, preds[wrong]] - logits[wrong, labels[wrong]]
-    order = probs.max(1).values.argsort(descending=True, stable=True)
-    wrong, probs, margins = wrong[order], probs[order], margins[order]
     return Mistakes(wrong, labels[wrong], preds[wrong], probs, margins)
+
+
+def mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean cross-entropy, a chunk of rows at a time (one chunk at CIFAR's K)."""
+    parts = _chunks(logits.shape[0], logits.shape[1])
+    if len(parts) == 1:
+        return F.cross_entropy(logits, labels).item()
+    total = sum(F.cross_entropy(logits[c], labels[c], reduction="sum").item() for c in parts)
+    return total / logits.shape[0]
 
 
 @dataclass(frozen=True)
@@ -234,7 +262,7 @@ def evaluate(
     confusion = confusion_matrix(labels, logits.argmax(1), k)
     per_class = (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist()
     return Evaluation(
-        loss=F.cross_entropy(logits, labels).item(),
+        loss=mean_loss(logits, labels),
         accuracy=(logits.argmax(1) == labels).float().mean().item(),
         per_class=per_class,
         confusion=confusion,

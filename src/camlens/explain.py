@@ -197,8 +197,9 @@ def stream_mistake_maps(
 ) -> Iterator[tuple[Mistakes, Explanations]]:
     """`mistake_maps` of `mistakes` (with their images) chunk by chunk, in order, so that a
     caller can draw and forget each chunk. The predicted-class maps explain `mistakes.preds`.
-    `counterfactual` (None: `plan.counterfactual`): each chunk's `Explanations` also carry
-    `explain_counterfactual` of its images, computed while the images are on hand.
+    `counterfactual` (None: `plan.counterfactual_on` the images' side): each chunk's
+    `Explanations` also carry `explain_counterfactual` of its images, computed while the
+    images are on hand.
 
     A chunk is `plan.chunk_size` rounded up to whole CAM batches: the engine then sees the same
     batches as in one call, and the maps are identical bit for bit. Under torchrun every rank
@@ -214,7 +215,8 @@ def stream_mistake_maps(
         rows, count = shard_rows(len(chunk), batch)
         mine = chunk.select(rows)
         expl = mistake_maps(model, mine.images, mine.labels, plan, method, mine.preds)
-        if plan.counterfactual if counterfactual is None else counterfactual:
+        side = mine.images.shape[-1]
+        if plan.counterfactual_on(side) if counterfactual is None else counterfactual:
             # each rank tests its own rows; per-image seeds keep the results those of one
             # process, and the gather below carries them with the maps
             cf = explain_counterfactual(model, mine, expl, plan)

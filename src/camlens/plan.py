@@ -18,12 +18,18 @@ if TYPE_CHECKING:
     from camlens.cam import CamConfig
 
 __all__ = [
+    "COUNTERFACTUAL_MAX_SIDE",
     "ExplainError",
     "ExplainPlan",
     "GridConfig",
     "check_explainable",
     "layer_parts",
 ]
+
+
+# the largest image side at which the counterfactual test is on by default: at 32 px (CIFAR)
+# it adds a third to the demo; at 224 px it costs several times the maps (docs/performance.md)
+COUNTERFACTUAL_MAX_SIDE = 64
 
 
 class ExplainError(ValueError):
@@ -75,8 +81,10 @@ class ExplainPlan:
     # the counterfactual test of every explained mistake (camlens.metrics.counterfactual):
     # remove the top of its contrast map (a non-linear method's: its predicted-class map) and
     # of a smooth random map, and ask the model again. On: the demo stays under a minute with
-    # it on 2 quiet CPU cores (16-17 s against 12 s without; docs/report.md)
-    counterfactual: bool = True
+    # it on 2 quiet CPU cores (16-17 s against 12 s without; docs/report.md). None: on for
+    # images up to COUNTERFACTUAL_MAX_SIDE px, off above (`counterfactual_on`): its seven
+    # forwards per mistake cost several times the maps' one (docs/performance.md)
+    counterfactual: bool | None = None
 
     def __post_init__(self) -> None:
         # frozen: the sequences become tuples once, here. The numbers are checked now (before
@@ -107,6 +115,13 @@ class ExplainPlan:
             home = {"batch_size": "cam_batch_size", "precision": "cam_precision"}.get(shared[0])
             fix = f"set ExplainPlan({home}=...)" if home else "each step sets it"
             raise ExplainError(f"cam.{shared[0]} is not the plan's knob to set: {fix}")
+
+    def counterfactual_on(self, side: int) -> bool:
+        """Whether the counterfactual test runs on images `side` px a side: the plan's choice,
+        else on up to COUNTERFACTUAL_MAX_SIDE px."""
+        if self.counterfactual is not None:
+            return self.counterfactual
+        return side <= COUNTERFACTUAL_MAX_SIDE
 
     @property
     def hooked_layers(self) -> tuple[str, ...]:

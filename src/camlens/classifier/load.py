@@ -22,7 +22,7 @@ from camlens.classifier.spec import (
     native_size,
 )
 from camlens.classifier.weights import head_classes, load_weights, read_state_dict
-from camlens.data import DataConfig, DataError, Dataset, load_dataset
+from camlens.data import DataConfig, DataError, Dataset, Preprocess, load_dataset
 from camlens.model import SHIPPED_MODELS, CheckpointError, load_checkpoint, read_checkpoint_meta
 
 __all__ = ["Opened", "build_classifier", "open_model", "stated_size"]
@@ -70,12 +70,15 @@ def stated_size(config: ModelConfig) -> int | None:
         from camlens.classifier.hf import hf_size
 
         return hf_size(spec)
-    if kind == "timm":
-        try:
+    try:
+        if kind == "timm":
             cfg = importlib.import_module("timm").get_pretrained_cfg(name)
             return int(cfg.input_size[-1]) if cfg is not None else None
-        except Exception:  # the name is checked, with a clear message, when it is built
-            return None
+        if kind == "torchvision":  # its weights' eval transform: e.g. centre crop 224
+            weights = importlib.import_module("torchvision.models").get_model_weights(name)
+            return int(weights.DEFAULT.transforms().crop_size[0])
+    except Exception:  # the name is checked, with a clear message, when it is built
+        return None
     return None
 
 
@@ -179,11 +182,13 @@ def open_model(
     if is_checkpoint(config.model):  # a missing or damaged checkpoint says so first
         model, meta, facts = build_classifier(config, 0, device)
         size = config.image_size or int(meta["image_size"])
-        data = _data(source, size, progress, data_config, {})
+        data, prep = _data(source, size, progress, data_config, {})
     else:
         size = None if isinstance(source, Dataset) else stated_size(config) or native_size(source)
-        data = _data(source, size, progress, data_config, stated_eval(config))
+        data, prep = _data(source, size, progress, data_config, stated_eval(config))
         model, meta, facts = build_classifier(config, len(data.classes), device)
+    if prep is not None:  # the pixels the model saw, as the report states them
+        facts = {**facts, "preprocessing": prep.describe()}
     if meta:
         if list(data.classes) != list(meta["classes"]):
             raise DataError(
@@ -195,15 +200,18 @@ def open_model(
     return Opened(model, data, meta, {**facts, "input": f"{data.image_size} px"})
 
 
-def _data(source, size: int | None, progress: bool, config: DataConfig, stated: dict) -> Dataset:
+def _data(
+    source, size: int | None, progress: bool, config: DataConfig, stated: dict
+) -> tuple[Dataset, Preprocess | None]:
+    """The data and how its photos became the model's pixels (None: a `Dataset` as given)."""
     if isinstance(source, Dataset):
-        return source
+        return source, None
     prep = config.preprocess(size or 32, stated)
     # the model's own names (torchvision's meta["categories"]) when no file says them
     names = config.classes or stated.get("categories")
     try:
-        return load_dataset(source, progress=progress, preprocess=prep, classes=names)
+        return load_dataset(source, progress=progress, preprocess=prep, classes=names), prep
     except DataError:
         if config.classes is None and names is not None:  # not ImageNet's 1,000: the folders'
-            return load_dataset(source, progress=progress, preprocess=prep)
+            return load_dataset(source, progress=progress, preprocess=prep), prep
         raise

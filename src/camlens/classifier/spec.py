@@ -186,7 +186,7 @@ def build_architecture(spec: str, num_classes: int) -> tuple[nn.Module, dict]:
                 cfg = dict(getattr(model, "pretrained_cfg", None) or {})
             else:
                 model = library.models.get_model(name, weights=None, num_classes=num_classes)
-                cfg = {}
+                cfg = _torchvision_norm(library.models, name)
         except Exception as e:  # the library's own "unknown model" errors
             raise CheckpointError(f"{kind} cannot build {name!r}: {e}") from None
         return model, cfg
@@ -200,3 +200,13 @@ def build_architecture(spec: str, num_classes: int) -> tuple[nn.Module, dict]:
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
     return model, {}
+
+
+def _torchvision_norm(models, name: str) -> dict:
+    """The mean and std of a torchvision model's weights' eval transform (their metadata: no
+    download); {} where it has no weights enum."""
+    try:
+        t = models.get_model_weights(name).DEFAULT.transforms()
+    except Exception:
+        return {}
+    return {"mean": tuple(t.mean), "std": tuple(t.std)}

@@ -19,7 +19,7 @@ from camlens.choices import (
     OUTPUT_NAMES,
     PRECISION_NAMES,
 )
-from camlens.plan import ExplainPlan
+from camlens.plan import COUNTERFACTUAL_MAX_SIDE, ExplainPlan
 from camlens.train.config import TrainConfig
 
 __all__ = [
@@ -336,7 +336,8 @@ def add_explain_flags(
             default=plan.counterfactual,
             help="the counterfactual test of each mistake: remove the top of its contrast map "
             "and of a random map, ask the model again; index.csv's cf* columns, a verdict line "
-            f"on each card and in the report (default: {'on' if plan.counterfactual else 'off'})",
+            "on each card and in the report (default: on for images up to "
+            f"{COUNTERFACTUAL_MAX_SIDE} px, off above, said in one line)",
         )
     parser.add_argument(
         "--cam-batch-size",

@@ -29,7 +29,7 @@ from camlens.cam.precision import full_fp32
 from camlens.metrics.baselines import baseline_maps
 from camlens.metrics.config import MetricConfig
 from camlens.metrics.core import make_generator, normal_noise, pixel_ranks
-from camlens.metrics.road import noisy_linear_impute
+from camlens.metrics.road import coarse_linear_impute
 
 __all__ = ["Counterfactual", "CounterfactualConfig", "confusion_summary", "counterfactual"]
 
@@ -51,10 +51,19 @@ class CounterfactualConfig:
     region: str = "contrast"
     # the imputation's knobs (MetricConfig's ROAD) and the batch of the solve; None: defaults
     metrics: MetricConfig | None = None
+    # the imputation's working resolution: a larger image is filled at this longer side, then
+    # upsampled and refined by `impute_refine` CG steps at full size (`coarse_linear_impute`):
+    # at 224 px the full-size solve cost hours per 1,000 mistakes. None: full size always.
+    # At 32 px (CIFAR) nothing changes; the agreement of a coarser fill with the full one is
+    # measured by benchmarks/counterfactual_cost.py --agreement (docs/performance.md)
+    impute_side: int | None = 64
+    impute_refine: int = 16  # CG steps at full size after the coarse fill
 
     def __post_init__(self) -> None:
         if not self.fractions or not all(0 < f < 1 for f in self.fractions):
             raise ValueError(f"fractions must be strictly between 0 and 1, got {self.fractions}")
+        if self.impute_side is not None and self.impute_side < 2:
+            raise ValueError(f"impute_side must be >= 2 or None, got {self.impute_side}")
         if self.headline not in self.fractions:
             raise ValueError(f"headline {self.headline} must be one of fractions {self.fractions}")
 
@@ -237,7 +246,10 @@ def counterfactual(
             which, k = j // nf, j % nf  # 0: the contrast map, 1: the random map
             removed = (ranks[i, which] < counts[k, None]).view(-1, h, w)
             part = None if noise is None else noise[i]
-            x = noisy_linear_impute(images[i], removed, part, mc.road_tol, mc.road_max_iter)
+            x = coarse_linear_impute(
+                images[i], removed, part, mc.road_tol, mc.road_max_iter,
+                config.impute_side, config.impute_refine,
+            )  # fmt: skip
             out = model(x)  # (B, K)
             margins.append(margin_of(out, i))
             new_preds.append(out.argmax(1))

@@ -7,6 +7,7 @@ choose_layers(model, layers, image_size)      --layer checked; None: the last be
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ from camlens.explain import (
 from camlens.gallery import GalleryConfig
 from camlens.outputs import consume
 from camlens.pipeline.outputs import OUTPUTS, OutputJob
-from camlens.plan import layer_parts
+from camlens.plan import COUNTERFACTUAL_MAX_SIDE, layer_parts
 
 __all__ = [
     "LAYERS",
@@ -59,8 +60,17 @@ class Galleries:
 
 def prepare_plan(model: nn.Module, plan: ExplainPlan, image_size: int) -> ExplainPlan:
     """`plan` with its layers resolved (`choose_layers`) and checked against `model`: what a
-    job does once, before any work; the steps after it trust the plan."""
-    return replace(plan, layers=choose_layers(model, plan.layers, image_size)).check(model)
+    job does once, before any work; the steps after it trust the plan. The counterfactual
+    test's default is decided here for the data's size, and said in one line when off."""
+    plan = replace(plan, layers=choose_layers(model, plan.layers, image_size)).check(model)
+    if plan.counterfactual is None and not plan.counterfactual_on(image_size) and is_writer():
+        print(
+            f"counterfactual test: off by default above {COUNTERFACTUAL_MAX_SIDE} px (these "
+            f"images are {image_size} px, where it costs several times the maps): "
+            "--counterfactual runs it",
+            file=sys.stderr,
+        )
+    return replace(plan, counterfactual=plan.counterfactual_on(image_size))
 
 
 def write_galleries(
@@ -89,11 +99,11 @@ def write_galleries(
     if mistakes is None:
         logits = predict(model, data.test.images, plan.eval_batch_size)
         mistakes = find_mistakes(logits, data.test.labels)
-    if mistakes.images is None:
-        mistakes = replace(mistakes, images=data.test.images[mistakes.indices])
     chosen = select_mistakes(
         mistakes, data.classes, plan.sort, plan.label_name, plan.pred_name, plan.limit
     )
+    if chosen.images is None:  # only the chosen photos: every mistake's was 6 GB at 20,000
+        chosen = replace(chosen, images=data.test.images[chosen.indices])
     written: dict[str, dict[str, Any]] = {}
     maps: dict[str, Explanations] = {}
     for method in plan.methods if len(chosen) else ():

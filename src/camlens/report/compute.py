@@ -239,17 +239,23 @@ def _pair_maps(
 
     in_pairs = which >= 0
     mistakes, expl = shown
+    step = plan.cam_batch_size * 4
     if expl is not None:  # the maps the gallery drew, a chunk at a time (upsampling costs)
-        step = plan.cam_batch_size * 4
         for c0 in range(0, len(mistakes), step):
             chunk = mistakes.select(slice(c0, c0 + step))
             keep = torch.isin(chunk.indices, used)
             add(chunk, expl.select(slice(c0, c0 + step)), keep)
         in_pairs &= ~torch.isin(m.indices, mistakes.indices)
-    rest = m.select(in_pairs.nonzero().flatten())
-    rest = replace(rest, images=split.images[rest.indices])
-    for chunk, chunk_expl in stream_mistake_maps(model, rest, plan, method, counterfactual=False):
-        add(chunk, chunk_expl, torch.ones(len(chunk), dtype=torch.bool))
+    rest_rows = in_pairs.nonzero().flatten()
+    # the images read a slice of whole CAM batches at a time: read at once, the pairs' up to
+    # max_pairs x pair_images photos were 460 MB at 224 px. The maps' batches are the same
+    for c0 in range(0, len(rest_rows), step):
+        rest = m.select(rest_rows[c0 : c0 + step])
+        rest = replace(rest, images=split.images[rest.indices])
+        for chunk, chunk_expl in stream_mistake_maps(
+            model, rest, plan, method, counterfactual=False
+        ):
+            add(chunk, chunk_expl, torch.ones(len(chunk), dtype=torch.bool))
     # correct images of every true class involved, a class per call: only sums stay
     preds, labels = evaluation.logits.argmax(1).cpu(), split.labels
     correct, refs = {}, {}
