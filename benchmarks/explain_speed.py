@@ -32,13 +32,13 @@ import torch
 
 def case(args: argparse.Namespace) -> dict:
     """One checkpoint's figures, in this process (run by `main` in a subprocess each)."""
+    from camlens.classifier import ModelConfig, open_model
     from camlens.evaluate import find_mistakes, predict
     from camlens.explain import ExplainPlan, select_mistakes, stream_mistake_maps
-    from camlens.model import load_checkpoint
-    from camlens.pipeline import load_matching_data, write_galleries
+    from camlens.pipeline import write_galleries
 
-    model, meta = load_checkpoint(args.case)
-    data = load_matching_data(args.data, meta, progress=False)
+    opened = open_model(ModelConfig(args.case), args.data, progress=False)
+    model, data = opened.model, opened.data
     layers = args.layer.split(",")
     mistakes = find_mistakes(predict(model, data.test.images, 256), data.test.labels)
     chosen = select_mistakes(mistakes, data.classes, limit=args.limit)
@@ -71,15 +71,14 @@ def png_settings(args: argparse.Namespace) -> None:
     """Time and size per card of PIL's PNG levels, palette PNG and camlens's joined rows."""
     from PIL import Image
 
+    from camlens.classifier import ModelConfig, open_model
     from camlens.evaluate import find_mistakes, predict
     from camlens.explain import ExplainPlan, mistake_maps
     from camlens.gallery.draw import CardLayout, GalleryConfig, draw_card, draw_panels
     from camlens.gallery.png import deflate_rows, png_of
-    from camlens.model import load_checkpoint
-    from camlens.pipeline import load_matching_data
 
-    model, meta = load_checkpoint(args.checkpoint)
-    data = load_matching_data(args.data, meta, progress=False)
+    opened = open_model(ModelConfig(args.checkpoint), args.data, progress=False)
+    model, data = opened.model, opened.data
     test = data.test
     m = find_mistakes(predict(model, test.images[:2000], 256), test.labels[:2000])
     m = m.select(torch.arange(min(32, len(m))))

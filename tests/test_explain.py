@@ -79,7 +79,7 @@ def test_bf16_precision_reaches_the_engine(tiny_mistakes):
         ({"layers": ["layer9"]}, "layer3.1.conv2"),  # ... and the model's layers
         ({"layers": []}, "layer4"),
         ({"layers": ["layer4", "layer4"]}, "twice"),
-        ({"precision": "fp8"}, "fp32, bf16"),
+        ({"cam_precision": "fp8"}, "fp32, bf16"),
         ({"cam_batch_size": 0}, "--cam-batch-size must be >= 1"),  # the flag, not the field
         ({"sort": "loudest"}, "confidence, margin, index"),
     ],

@@ -328,7 +328,7 @@ def select_mistakes(
     limit: int | None = None,
 ) -> Mistakes:
     """Filter by true/predicted class name, order (most confident or largest margin first), cut."""
-    keep = torch.ones(len(mistakes), dtype=torch.bool)
+    keep = torch.ones(len(mistakes), dtype=torch.bool, device=mistakes.labels.device)
     for name, column in ((label_name, mistakes.labels), (pred_name, mistakes.preds)):
         if name is not None:
             if name not in classes:

@@ -22,7 +22,8 @@ from camlens.choices import BASELINE_KINDS, BASELINES
 from camlens.data import Dataset
 from camlens.evaluate import Mistakes, as_float_images
 from camlens.explain import Explanations, engine_for
-from camlens.metrics import EngineLike, MetricConfig
+from camlens.metrics import MetricConfig
+from camlens.metrics.core import EngineLike
 from camlens.plan import ExplainError, ExplainPlan, GridConfig, layer_parts
 
 __all__ = ["CompareConfig", "CompareJob", "EngineMaker", "Explained", "closed", "shown_maps"]

@@ -195,7 +195,9 @@ def paired_cells(
             else:
                 row.update(diff_low=None, diff_high=None, p_holm=None, decision=TOO_FEW)
             out.append(row)
-    adjusted = holm(torch.tensor(p_all, dtype=torch.float64)) if p_all else torch.zeros(0)
+    # the p-values as numbers on the CPU, whatever device the differences were on
+    p_cpu = torch.tensor(p_all, dtype=torch.float64, device="cpu")
+    adjusted = holm(p_cpu) if p_all else p_cpu
     judged = [row for row in out if row.get("decision") != TOO_FEW]
     for row, p in zip(judged, adjusted.tolist(), strict=True):
         row["p_holm"] = p

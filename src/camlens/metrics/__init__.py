@@ -56,7 +56,6 @@ from camlens.metrics.baselines import (
     default_grid,
 )
 from camlens.metrics.config import REPLACEMENTS, MetricConfig
-from camlens.metrics.core import EngineLike
 from camlens.metrics.counterfactual import (
     Counterfactual,
     CounterfactualConfig,
@@ -118,7 +117,6 @@ __all__ = [
     "BASELINE_KINDS",
     "Counterfactual",
     "CounterfactualConfig",
-    "EngineLike",
     "GRID_BASELINES",
     "GRID_METRICS",
     "GRID_TOO_FEW",

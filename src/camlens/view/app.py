@@ -141,7 +141,7 @@ def image_json(viewer: Viewer, img: Image) -> dict:
         "label": None if img.label is None else names[img.label],
         "pred": names[pred],
         "bars": _bars(viewer, img),
-        "png": png_b64(img.pixels.permute(1, 2, 0).numpy()),
+        "png": png_b64(img.pixels.permute(1, 2, 0).cpu().numpy()),
         "cards": cards,  # method -> path under /files/: the gallery's card of this image
     }
 
@@ -167,7 +167,7 @@ def _map(viewer: Viewer, request: Request) -> Response:
     signed = how["versus"] is not None
     # (H, W) in [0, 1], or [-1, 1] signed -> uint8 grey; the page colours it
     grey = (cams + 1) / 2 if signed else cams
-    pixels = (grey.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    pixels = (grey.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     names = viewer.source.classes
     what = names[how["class"]] + (f" rather than {names[how['versus']]}" if signed else "")
     folder = viewer.source.folder
