@@ -16,8 +16,6 @@ the figures depend on the machine, which is printed (lscpu's model name).
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import time
 
 import torch
@@ -27,15 +25,7 @@ from camlens.cam import CamConfig
 from camlens.choices import COMPARE_METHODS
 from camlens.explain import engine_for
 from camlens.metrics import GridConfig, grid_maps, make_grids
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        lines = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line]
-        return lines[0] if lines else platform.processor()
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
+from helpers import cpu_name
 
 
 def fastest(fn, repeats: int) -> float:

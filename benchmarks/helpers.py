@@ -8,6 +8,8 @@ they import.
 
 from __future__ import annotations
 
+import platform
+import subprocess
 from collections.abc import Callable
 
 import torch
@@ -222,3 +224,13 @@ def finer_refine_pixel_anchors(model: torch.nn.Module) -> list[tuple[str, str, s
     except Exception as e:
         print(f"captum: unavailable ({type(e).__name__}: {e})")
     return found
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu says it (what a figure was measured on)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        lines = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line]
+        return lines[0] if lines else platform.processor()
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -36,18 +34,10 @@ from camlens import ModelConfig, open_model
 from camlens.data import Dataset, Split
 from camlens.view import open_viewer
 from camlens.view.server import serve
+from helpers import cpu_name
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 WARM = 4  # images each method explains before the timing
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        lines = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line]
-        return lines[0] if lines else platform.processor()
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
 
 
 def resnet50_data(n: int) -> tuple[torch.nn.Module, Dataset]:

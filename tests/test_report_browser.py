@@ -40,20 +40,23 @@ pytestmark = [
 CLASSES = ("cat", "dog", "frog", "ship", "truck")
 
 
+# headless Chromium as the browser tests run it (test_view_browser.py reads these too)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",  # CI runs as root, where Chromium refuses its sandbox
+    "--disable-gpu",
+    "--disable-dev-shm-usage",  # containers have a tiny /dev/shm
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+
+
 def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless",
-        "--no-sandbox",  # CI runs as root, where Chromium refuses its sandbox
-        "--disable-gpu",
-        "--disable-dev-shm-usage",  # containers have a tiny /dev/shm
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-    ]
+    flags = [*FLAGS, f"--user-data-dir={profile}"]
     return subprocess.run(
         [CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=180, check=False
     )

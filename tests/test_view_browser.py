@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -22,20 +21,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import test_report_browser
 from camlens.classifier import ModelConfig, open_model
 from camlens.view import open_folder
 from camlens.view.server import serve
+from test_report_browser import CHROMIUM, FLAGS
 
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-HAVE_CHROMIUM = Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not HAVE_CHROMIUM,
-        reason="needs headless Chromium: apt-get install -y chromium (CI's .ci/run installs it)",
-    ),
-]
+pytestmark = test_report_browser.pytestmark  # browser; skipped without Chromium
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 WAIT = 120  # seconds a step may take on a busy 2-core machine
@@ -48,16 +40,8 @@ class Browser:
         import websocket  # websocket-client
 
         flags = [
-            "--headless",
-            "--no-sandbox",  # CI runs as root, where Chromium refuses its sandbox
-            "--disable-gpu",
-            "--disable-dev-shm-usage",  # containers have a tiny /dev/shm
-            "--no-first-run",
+            *FLAGS,
             "--no-proxy-server",  # the page is on 127.0.0.1
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
             "--window-size=1280,900",
             "--remote-debugging-port=0",  # any free port: Chromium writes it to the profile
             f"--user-data-dir={profile}",
