@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save
 from torch import nn
 
-from camlens.atomic import atomic_write_bytes, atomic_write_files
+from camlens.atomic import atomic_write_bytes, atomic_write_files, tensors_file
 from camlens.data import DataError, Split
 from camlens.data.store import ImageStore, rows_of
 from camlens.distributed import gather, shard_rows
@@ -294,22 +293,33 @@ def write_evaluation(ev: Evaluation, classes: Sequence[str], out: str | Path, me
 def write_mistakes(m: Mistakes, classes: Sequence[str], path: Path) -> None:
     """`path` (misclassified.csv): a row per mistake with its `TOP_BARS` likeliest classes; and
     beside it `path`.safetensors with every class's probability, (M, K) float32: at K = 1,000 a
-    column per class would make a 100 MB csv, written and parsed in Python."""
+    column per class would make a 100 MB csv, written and parsed in Python. Both are streamed
+    to disk (the csv a chunk of rows at a time), so writing them holds no copy of the (M, K)."""
     top = min(TOP_BARS, m.probs.shape[1]) if m.probs.ndim == 2 else 0
-    values, ids = m.probs.topk(top, dim=1) if len(m) else (m.probs[:, :0], m.probs[:, :0].long())
     header = ["index", "label", "pred", "confidence", "margin"]
     header += [f"{kind}{r + 1}" for r in range(top) for kind in ("top", "p_top")]
-    rows = [header]
-    columns = (m.indices, m.labels, m.preds, m.confidence, m.margins, ids, values)
-    for index, t, p, conf, margin, ks, ps in zip(*(c.tolist() for c in columns), strict=True):
-        row = [index, classes[t], classes[p], f"{conf:.6f}", f"{margin:.6f}"]
-        row += [x for k, v in zip(ks, ps, strict=True) for x in (classes[k], f"{v:.6f}")]
-        rows.append(row)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f, lineterminator="\n")
+            out.writerow(header)
+            for c in _chunks(len(m), m.probs.shape[1] if m.probs.ndim == 2 else 1):
+                values, ids = m.probs[c].topk(top, dim=1)
+                columns = (m.indices[c], m.labels[c], m.preds[c], m.confidence[c], m.margins[c])
+                for index, t, p, conf, margin, ks, ps in zip(
+                    *(x.tolist() for x in (*columns, ids, values)), strict=True
+                ):
+                    tops = (
+                        y for k, v in zip(ks, ps, strict=True) for y in (classes[k], f"{v:.6f}")
+                    )
+                    out.writerow(
+                        [index, classes[t], classes[p], f"{conf:.6f}", f"{margin:.6f}", *tops]
+                    )
+
     tensors = {"indices": m.indices.long().contiguous(), "probs": m.probs.float().contiguous()}
     meta = {"classes": json.dumps(list(classes)), "rows": "the rows of " + path.name}
-    atomic_write_files(
-        {path: _csv_bytes(rows), path.with_suffix(".safetensors"): save(tensors, metadata=meta)}
-    )
+    beside = path.with_suffix(".safetensors")
+    atomic_write_files({path: write_csv, beside: tensors_file(tensors, meta)})
 
 
 def read_mistakes(path: str | Path, split: Split | None = None) -> Mistakes:
