@@ -1,11 +1,16 @@
-"""The words a command-line flag may take, in a module that imports nothing.
+"""The words a command-line flag may take, in a module that imports nothing of camlens.
 
 `camlens --help` builds every flag from these without importing torch; the modules that act on
 them import them from here. `cam/` imports nothing else of camlens, so it keeps METHODS and
 PRECISIONS itself: tests/test_imports.py keeps METHOD_NAMES and PRECISION_NAMES in step with them.
 """
 
+from dataclasses import field
+from typing import Any
+
 __all__ = [
+    "EVAL_BATCH_HELP",
+    "option",
     "BACKENDS",
     "BASELINES",
     "BASELINE_KINDS",
@@ -76,3 +81,14 @@ COMPARE_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam", "scorecam")
 # mistakes (and as many correct images) a compare scores unless told: the default methods at
 # two layers then fit minutes on 2 CPU cores (`camlens compare --limit`, `run --compare`)
 COMPARE_LIMIT = 32
+# the help of --eval-batch-size, a field of both ExplainPlan and TrainConfig (`camlens run`
+# takes one flag for both)
+EVAL_BATCH_HELP = "images per inference batch (evaluation, predictions)"
+
+
+def option(default: Any, help: str, **flag: Any) -> Any:
+    """A config dataclass's field with its flag's help; `flag` says how the flag is made
+    (`camlens.cli.flags.add_config_flags`): `names` (default --FIELD), `choices` (of each item,
+    for a list), `auto` (what None means, in words), `metavar`, and a `const` for a flag that
+    may come bare. The CLI builds its flags from the fields: defaults and help live there."""
+    return field(default=default, metadata={"help": help, **flag})

@@ -7,10 +7,20 @@ defaults from `ExplainPlan` without importing torch (`camlens --help` answers at
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from camlens.choices import DEFAULT_LIMIT, OUTPUT_NAMES, SORTS
+from camlens.choices import (
+    COMPARE_LIMIT,
+    DEFAULT_LIMIT,
+    EVAL_BATCH_HELP,
+    LAYOUTS,
+    METHOD_NAMES,
+    OUTPUT_NAMES,
+    PRECISION_NAMES,
+    SORTS,
+    option,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,55 +46,120 @@ class ExplainError(ValueError):
     """A method, layer, class name, sort or precision that cannot be explained as asked."""
 
 
+LAYER_AUTO = (
+    "layer3,layer4 of a camlens model, else the last layer before the global pooling; "
+    "`camlens summary --model SPEC` lists them"
+)
+
+
 @dataclass(frozen=True)
 class ExplainPlan:
     """What a job explains and how: built once (flags or notebook), checked once, passed whole.
 
-    Lists become tuples. Errors are one-line `ExplainError`s that name what is wrong.
+    Lists become tuples. Errors are one-line `ExplainError`s that name what is wrong. Each
+    field's help is its flag's (`camlens.cli.flags.add_plan_flags`).
     """
 
-    # CAM methods, names of `camlens.cam.METHODS`; one gallery each
-    methods: tuple[str, ...] = ("gradcam",)
-    # the explained layers, dotted names; "layer3+layer4" is one engine on both, which compare
-    # scores as one combined map and a gallery shows layer by layer (`hooked_layers`); None:
-    # the last layer before the global pooling, resolved before the check (`prepare_plan`)
-    layers: tuple[str, ...] | None = None
-    # how the layers' outputs are read: "auto", or forced "nchw", "nhwc", "tokens" (LAYOUTS)
-    layout: str = "auto"
-    cam_batch_size: int = 64  # images per CAM pass: one forward, a partial backward per target
-    eval_batch_size: int = 64  # images per inference batch (evaluation, predictions)
-    # the CAM forward pass: fp32, or bf16 autocast (fp16 refused); named apart from the
-    # training's precision (TrainConfig.precision), which `camlens run` also takes
-    cam_precision: str = "fp32"
-    # explain at most this many mistakes, the first in `sort` order; None: every one
-    limit: int | None = DEFAULT_LIMIT
-    sort: str = "confidence"  # order of the mistakes: one of SORTS
-    label_name: str | None = None  # only mistakes of this true class (a class name)
-    pred_name: str | None = None  # only mistakes predicted as this class
-    # mistakes per streamed chunk, rounded up to whole CAM batches; None: one batch. The maps
-    # are the same whatever the chunk: only memory and resuming granularity change
-    chunk_size: int | None = None
-    # also `compare` the methods on this many mistakes (and as many correct images); None: no
-    compare_limit: int | None = None
-    # what is written from the stream, names of OUTPUT_NAMES (camlens.pipeline.outputs): the
-    # gallery, the maps file; the report and compare read the stream's maps whatever these are
-    outputs: tuple[str, ...] = ("gallery",)
-    # the metrics' random draws: compare's correct-image sample, baselines and ROAD, the
-    # counterfactual's random map; named apart from the training's seed (TrainConfig.seed)
-    metric_seed: int = 0
+    methods: tuple[str, ...] = option(
+        ("gradcam",),
+        "CAM method(s), comma-separated; one gallery per method in OUT/gallery/METHOD",
+        names=("--method",),
+        choices=METHOD_NAMES,
+    )
+    # "layer3+layer4" is one engine on both, which compare scores as one combined map and a
+    # gallery shows layer by layer (`hooked_layers`); None: resolved before the check
+    # (`prepare_plan`)
+    layers: tuple[str, ...] | None = option(
+        None,
+        "dotted layer name(s), comma-separated; A+B is one map of both; every method gives a "
+        "map per layer: refinecam's is refined by the layers named after it, and fullgrad and "
+        "guidedgradcam (maps at the image's size) read the layer as where their layer part "
+        "stops: the bias terms up to it (fullgrad), its Grad-CAM (guidedgradcam)",
+        names=("--layer",),
+        auto=LAYER_AUTO,
+    )
+    layout: str = option(
+        "auto",
+        "how the layer's output is read: nchw (N, C, h, w), nhwc (N, h, w, C; timm's Swin "
+        "stages), tokens (N, T, C; a ViT's blocks); auto reads it from the output and the model "
+        "and says which on the line that names the layer",
+        choices=LAYOUTS,
+    )
+    cam_batch_size: int = option(64, "images per CAM pass: one forward, a backward per target")
+    eval_batch_size: int = option(64, EVAL_BATCH_HELP)
+    # named apart from the training's precision (TrainConfig.precision), which `run` also takes
+    cam_precision: str = option(
+        "fp32",
+        "bf16: autocast the CAM forward pass, maps stay fp32 (fp16 is refused)",
+        choices=PRECISION_NAMES,
+    )
+    limit: int | None = option(
+        DEFAULT_LIMIT,
+        "explain at most N mistakes, the first in sort order (pair statistics use all), so "
+        "that the page opens at any size; --all: every one",
+        metavar="N",
+    )
+    sort: str = option("confidence", "the order the mistakes are explained in", choices=SORTS)
+    label_name: str | None = option(
+        None,
+        "only mistakes of this true class",
+        names=("--label", "--true"),
+        metavar="CLASS",
+        auto="every class",
+    )
+    pred_name: str | None = option(
+        None,
+        "only mistakes predicted as this class",
+        names=("--pred",),
+        metavar="CLASS",
+        auto="every class",
+    )
+    # the maps are the same whatever the chunk: only memory and resuming granularity change
+    chunk_size: int | None = option(
+        None,
+        "mistakes per streamed chunk, rounded up to whole CAM batches",
+        auto="one CAM batch",
+    )
+    compare_limit: int | None = option(
+        None,
+        "also score the methods' faithfulness on N mistakes and N correct images and run "
+        "their sanity checks, as `camlens compare` does, into OUT/compare.* and the report, "
+        f"and print each method's verdict (N default: {COMPARE_LIMIT}, as compare's --limit)",
+        names=("--compare",),
+        metavar="N",
+        const=COMPARE_LIMIT,
+        auto="no compare",
+    )
+    # the report and compare read the stream's maps whatever these are
+    outputs: tuple[str, ...] = option(
+        ("gallery",),
+        "what is written from the maps, comma-separated: the gallery folder OUT/gallery/METHOD; "
+        "the maps at each layer's own resolution, OUT/maps/METHOD.safetensors (camlens.read_maps)",
+        names=("--output",),
+        choices=OUTPUT_NAMES,
+    )
+    # named apart from the training's seed (TrainConfig.seed)
+    metric_seed: int = option(
+        0,
+        "the metrics' draws: compare's correct-image sample, baselines, ROAD; the "
+        "counterfactual's random map",
+    )
     # the methods' own knobs (Score-CAM's top_k, SmoothGrad's samples, ...); its batch_size,
     # precision and normalize are set by the plan and by each step (`engine_config`)
     # None: each method's default knobs (a CamConfig is built only when an engine is, so that
     # the CLI can read these defaults without importing torch)
     cam: CamConfig | None = None
     progress: bool = False  # progress bars for maps, cards and pages
-    # the counterfactual test of every explained mistake (camlens.metrics.counterfactual):
-    # remove the top of its contrast map (a non-linear method's: its predicted-class map) and
-    # of a smooth random map, and ask the model again. On: the demo stays under a minute with
-    # it on 2 quiet CPU cores (16-17 s against 12 s without; docs/report.md). None: on for
-    # images up to COUNTERFACTUAL_MAX_SIDE px, off above (`counterfactual_on`): its seven
-    # forwards per mistake cost several times the maps' one (docs/performance.md)
-    counterfactual: bool | None = None
+    # camlens.metrics.counterfactual; the demo stays under a minute with it on 2 quiet CPU
+    # cores (16-17 s against 12 s without; docs/report.md); its seven forwards per mistake
+    # cost several times the maps' one at 224 px (docs/performance.md)
+    counterfactual: bool | None = option(
+        None,
+        "the counterfactual test of each mistake: remove the top of its contrast map (a "
+        "non-linear method's: its predicted-class map) and of a random map, ask the model "
+        "again; index.csv's cf* columns, a verdict line on each card and in the report",
+        auto=f"on for images up to {COUNTERFACTUAL_MAX_SIDE} px, off above, said in one line",
+    )
 
     def __post_init__(self) -> None:
         # frozen: the sequences become tuples once, here. The numbers are checked now (before
@@ -161,11 +236,6 @@ class ExplainPlan:
         )
 
 
-def _opt(default, help: str):
-    """A field with its --help line (the CLI's flags are built from the fields)."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class GridConfig:
     """The grid localisation test (`camlens.metrics.grid`): n x n tiles of confident, correct
@@ -174,16 +244,16 @@ class GridConfig:
     """
 
     # tiles per side: n x n images of n^2 distinct classes per grid; chance is 1/n^2
-    n: int = _opt(2, "tiles per side of a grid (2 or 3): n x n images of distinct classes")
+    n: int = option(2, "tiles per side of a grid (2 or 3): n x n images of distinct classes")
     # grids at most: each image is used once, so a test split bounds it too
-    count: int = _opt(64, "grids at most (each test image in one grid at most)")
+    count: int = option(64, "grids at most (each test image in one grid at most)")
     # a tile's image must be correct with this softmax or more: the model surely sees its class
-    confidence: float = _opt(0.9, "a tile's image is correctly classified with softmax > this")
+    confidence: float = option(0.9, "a tile's image is correctly classified with softmax > this")
     # fewer grids than this (after the leakage control) and the test says it has too few images:
     # with G grids no paired test can be surer than the sign test's 2 / 2^G, so 16 lets a map
     # that wins on every grid pass Holm over compare's 60 grid cells (2 / 2^16 x 60 < 0.05)
-    min_grids: int = _opt(16, "fewer grids than this: too few images for the grid test")
-    seed: int = _opt(0, "which images go into which grid, and at which tile")
+    min_grids: int = option(16, "fewer grids than this: too few images for the grid test")
+    seed: int = option(0, "which images go into which grid, and at which tile")
 
     def __post_init__(self) -> None:
         if self.n not in (2, 3):

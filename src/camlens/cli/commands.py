@@ -75,20 +75,11 @@ def config_from_args(args: argparse.Namespace, config_type):
 
 
 # ExplainPlan field -> the flag that sets it, where the names differ (argparse dest)
-PLAN_FLAGS = {
-    "methods": "method",
-    "layers": "layer",
-    "label_name": "label",
-    "pred_name": "pred",
-    "outputs": "output",
-}
-
-
 def plan_from_args(args: argparse.Namespace, **fixed) -> ExplainPlan:
-    """The ExplainPlan of the explain flags this command has; `fixed` wins over a flag."""
+    """The ExplainPlan of the explain flags this command has (each flag's dest is its field,
+    `add_plan_flags`); `fixed` wins over a flag."""
     names = [f.name for f in dataclasses.fields(ExplainPlan) if f.name != "cam"]
-    flags = {n: PLAN_FLAGS.get(n, n) for n in names}
-    given = {n: getattr(args, flag) for n, flag in flags.items() if hasattr(args, flag)}
+    given = {n: getattr(args, n) for n in names if hasattr(args, n)}
     return ExplainPlan(**{**given, **fixed})
 
 
@@ -136,11 +127,11 @@ def _layers(args: argparse.Namespace, opened: Opened) -> list[str]:
     """--layer checked, or the default: DEFAULT_LAYERS for a camlens model, else the last
     layer before the global pooling; each printed with its output (tokens: how they map)."""
     model, size = opened.model, opened.data.image_size
-    if args.layer is None and opened.meta:
+    if args.layers is None and opened.meta:
         return list(DEFAULT_LAYERS)
-    layers = list(choose_layers(model, args.layer, size))
+    layers = list(choose_layers(model, args.layers, size))
     described = {c.name: c.describe() for c in candidate_layers(model, size, args.layout)}
-    how = "" if args.layer else " (the last before the global pooling; --layer to choose)"
+    how = "" if args.layers else " (the last before the global pooling; --layer to choose)"
     for layer in layers:
         print(f"layer {described.get(layer, layer)}{how}")
     return layers
@@ -339,7 +330,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             compare_limit=args.limit,
             # None: compare's own 32 where a method reads it; 0: all channels
             cam=None if args.top_k is None else CamConfig(top_k=args.top_k or None),
-            metric_seed=args.seed,
             progress=args.progress and is_writer(),
         )
         grid = None

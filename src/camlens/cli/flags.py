@@ -1,55 +1,36 @@
 """The flags several commands share, each defined once: the same flag means the same thing in
 every command. `add_config_flags` makes one flag per field of a config dataclass, so the
-defaults live only in the dataclass (TrainConfig, GridConfig)."""
+defaults live only in the dataclass (ExplainPlan, TrainConfig, GridConfig)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
 
-from camlens.choices import (
-    BACKENDS,
-    COMPARE_LIMIT,
-    DEFAULT_LIMIT,
-    LAYOUTS,
-    METHOD_NAMES,
-    OUTPUT_NAMES,
-    PRECISION_NAMES,
-)
-from camlens.plan import COUNTERFACTUAL_MAX_SIDE, ExplainPlan
-from camlens.train.config import TrainConfig
+from camlens.choices import BACKENDS, PRECISION_NAMES
+from camlens.plan import ExplainPlan
 
 __all__ = [
-    "LIMIT_HELP",
-    "add_limit_flags",
     "OneLineParser",
     "add_checkpoint_flags",
-    "add_compare_flag",
     "add_config_flags",
     "add_data_flags",
     "add_device_flags",
-    "add_eval_batch_flag",
     "add_explain_flags",
-    "add_layer_flag",
+    "add_limit_flags",
+    "add_plan_flags",
     "add_wandb_flags",
     "name_list",
 ]
 
-# the same words wherever a flag appears: the same flag means the same thing in every command
-LIMIT_HELP = "explain at most N mistakes, the first in sort order (pair statistics use all)"
-
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     """--limit N and --all: which mistakes a gallery and a report explain."""
-    parser.add_argument(
-        "--limit",
-        type=int,
-        default=DEFAULT_LIMIT,
-        help=f"{LIMIT_HELP} (default: {DEFAULT_LIMIT}, so that the page opens at any size)",
-    )
+    add_plan_flags(parser, ["limit"])
     parser.add_argument(
         "--all",
         dest="limit",
@@ -68,36 +49,66 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _field_type(tp) -> type:
-    """The runtime type behind an annotation such as `int | None`."""
+    """The runtime type behind an annotation such as `int | None` or `tuple[str, ...]`."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return args[0]
-    return tp
+        return _field_type(args[0])
+    return tuple if typing.get_origin(tp) is tuple else tp
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_type, prefix: str = "") -> None:
+def _names_of(choices: typing.Sequence[str] | None):
+    """A comma-separated list's type: each name checked against `choices`, in one line."""
+
+    def parse(text: str) -> list[str]:
+        names = name_list(text)
+        for name in names:
+            if choices is not None and name not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {name!r}: choose from {', '.join(choices)}"
+                )
+        return names
+
+    return parse
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    config_type,
+    prefix: str = "",
+    only: typing.Sequence[str] | None = None,
+    **defaults,
+) -> None:
     """One flag per dataclass field: the defaults and help live only in the dataclass.
 
-    `prefix` goes before each flag and its dest: GridConfig's `n` is compare's --grid-n."""
-    hints = typing.get_type_hints(config_type)
-    for f in dataclasses.fields(config_type):
-        flag = "--" + (prefix + f.name).replace("_", "-")
-        tp = _field_type(hints[f.name])
-        default = f.metadata.get("auto", f.default)  # a rule in words where None means auto
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+    `prefix` goes before each flag and its dest: GridConfig's `n` is compare's --grid-n.
+    `only`: these fields, in this order; `defaults`: a command's own default for a field. A
+    field's metadata may name the flag (`names`), the choices (of each item, for a list),
+    what None means (`auto`), a `metavar`, and a `const` for a flag that may come bare."""
+    found = {f.name: f for f in dataclasses.fields(config_type)}
+    space = vars(sys.modules[config_type.__module__])  # the names its annotations use
+    for name in only or list(found):
+        f, meta = found[name], found[name].metadata
+        names = meta.get("names", ("--" + (prefix + f.name).replace("_", "-"),))
+        # only the fields asked for: ExplainPlan's `cam` names a type that imports torch
+        tp = _field_type(eval(f.type, space) if isinstance(f.type, str) else f.type)
+        default = defaults.get(name, f.default)
+        said = meta["auto"] if default is None and "auto" in meta else _shown(default)
+        kw: dict = {"dest": prefix + f.name, "help": f"{meta.get('help', '')} (default: {said})"}
         if tp is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
-            )
+            kw.update(action=argparse.BooleanOptionalAction, default=default)
+        elif tp is tuple:
+            kw.update(type=_names_of(meta.get("choices")), default=default, metavar="NAMES")
         else:
-            parser.add_argument(
-                flag,
-                type=tp,
-                default=f.default,
-                choices=f.metadata.get("choices"),
-                help=help_text,
-                metavar=f.name.upper() if "choices" not in f.metadata else None,
-            )
+            kw.update(type=tp, default=default, choices=meta.get("choices"))
+            if "choices" not in meta:
+                kw["metavar"] = meta.get("metavar", f.name.upper())
+            if "const" in meta:
+                kw.update(nargs="?", const=meta["const"])
+        parser.add_argument(*names, **kw)
 
 
 def add_data_flags(
@@ -219,28 +230,10 @@ def add_wandb_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb-project", default="camlens", help="W&B project (default: camlens)")
 
 
-def add_eval_batch_flag(parser: argparse.ArgumentParser) -> None:
-    field = {f.name: f for f in dataclasses.fields(TrainConfig)}["eval_batch_size"]
-    parser.add_argument(
-        "--eval-batch-size",
-        type=int,
-        default=field.default,
-        help=f"{field.metadata['help']} (default: {field.default})",
-    )
-
-
-def add_compare_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--compare",
-        dest="compare_limit",
-        type=int,
-        nargs="?",
-        const=COMPARE_LIMIT,
-        metavar="N",
-        help="also score the methods' faithfulness on N mistakes and N correct images and run "
-        "their sanity checks, as `camlens compare` does, into OUT/compare.* and the report, "
-        f"and print each method's verdict (N default: {COMPARE_LIMIT}, as compare's --limit)",
-    )
+def add_plan_flags(parser: argparse.ArgumentParser, names: list[str], **defaults) -> None:
+    """The flags of these ExplainPlan fields, built from the fields (`add_config_flags`):
+    the same flag means the same thing in every command; `defaults`: a command's own."""
+    add_config_flags(parser, ExplainPlan, only=names, **defaults)
 
 
 def add_device_flags(parser: argparse.ArgumentParser, backend: bool = False) -> None:
@@ -264,95 +257,26 @@ def name_list(text: str) -> list[str]:
     return names
 
 
-def _methods(text: str) -> list[str]:
-    names = name_list(text)
-    for name in names:
-        if name not in METHOD_NAMES:
-            raise argparse.ArgumentTypeError(
-                f"unknown {name!r}: choose from {', '.join(METHOD_NAMES)}"
-            )
-    return names
-
-
-def add_layer_flag(parser: argparse.ArgumentParser, layer: str | None) -> None:
-    """--layer, the same words in every command; `layer` its default (None: the model's)."""
-    parser.add_argument(
-        "--layer",
-        type=name_list,
-        default=layer.split(",") if layer else None,
-        help="dotted layer name(s), comma-separated (default: "
-        + (
-            layer
-            or "layer3,layer4 of a camlens model, else the last layer before the global pooling; "
-            "`camlens summary --model SPEC` lists them"
-        )
-        + "); every method gives a map per layer: refinecam's is refined by the layers named "
-        "after it, and fullgrad and guidedgradcam (maps at the image's size) read the layer as "
-        "where their layer part stops: the bias terms up to it (fullgrad), its Grad-CAM "
-        "(guidedgradcam)",
-    )
-
-
 def add_explain_flags(
     parser: argparse.ArgumentParser,
-    layer: str | None,
+    layers: tuple[str, ...] | None = None,
     precision: bool | str = True,
-    method: str = "gradcam",
+    methods: tuple[str, ...] | None = None,
     counterfactual: bool = True,
 ) -> None:
-    """The CAM flags, the same in every command that explains; `counterfactual`: the command
-    explains mistakes for a gallery or report, which may carry the counterfactual test;
-    `precision`: "cam" where --precision is the training's (run): --cam-precision alone."""
-    parser.add_argument(
-        "--method",
-        type=_methods,
-        default=method.split(","),
-        help=f"CAM method(s), comma-separated, of {', '.join(METHOD_NAMES)}; one gallery per "
-        f"method in OUT/gallery/METHOD (default: {method})",
-    )
-    add_layer_flag(parser, layer)
-    plan = ExplainPlan()  # the defaults live in the plan
-    parser.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default=plan.layout,
-        help="how the layer's output is read: nchw (N, C, h, w), nhwc (N, h, w, C; timm's Swin "
-        "stages), tokens (N, T, C; a ViT's blocks); auto reads it from the output and the model "
-        f"and says which on the line that names the layer (default: {plan.layout})",
-    )
-    if counterfactual:
+    """The CAM flags, the same in every command that explains; `layers` and `methods` the
+    command's defaults (None: the plan's); `counterfactual`: the command explains mistakes for
+    a gallery or report (its outputs, chunks and counterfactual test); `precision`: "cam"
+    where --precision is the training's (run): --cam-precision alone."""
+    names = ["methods", "layers", "layout", "cam_batch_size"]
+    names += ["outputs", "chunk_size", "counterfactual", "metric_seed"] if counterfactual else []
+    own = {"layers": layers} | ({"methods": methods} if methods else {})
+    add_plan_flags(parser, names + ["cam_precision"] * bool(precision), **own)
+    if precision and precision != "cam":  # where the command trains nothing
         parser.add_argument(
-            "--output",
-            type=name_list,
-            default=list(plan.outputs),
-            help=f"what is written from the maps, comma-separated, of {', '.join(OUTPUT_NAMES)}: "
-            "the gallery folder OUT/gallery/METHOD; the maps at each layer's own resolution, "
-            "OUT/maps/METHOD.safetensors (camlens.read_maps) "
-            f"(default: {','.join(plan.outputs)})",
-        )
-        parser.add_argument(
-            "--counterfactual",
-            action=argparse.BooleanOptionalAction,
-            default=plan.counterfactual,
-            help="the counterfactual test of each mistake: remove the top of its contrast map "
-            "and of a random map, ask the model again; index.csv's cf* columns, a verdict line "
-            "on each card and in the report (default: on for images up to "
-            f"{COUNTERFACTUAL_MAX_SIDE} px, off above, said in one line)",
-        )
-    parser.add_argument(
-        "--cam-batch-size",
-        type=int,
-        default=plan.cam_batch_size,
-        help=f"images per CAM batch (default: {plan.cam_batch_size})",
-    )
-    if precision:
-        # --precision too where the command trains nothing (there it is the training's)
-        names = ["--cam-precision"] + (["--precision"] if precision != "cam" else [])
-        parser.add_argument(
-            *names,
+            "--precision",
             dest="cam_precision",
             choices=PRECISION_NAMES,
-            default=plan.cam_precision,
-            help="bf16: autocast the CAM forward pass, maps stay fp32 "
-            f"(default: {plan.cam_precision})",
+            default=argparse.SUPPRESS,
+            help="the same as --cam-precision",
         )

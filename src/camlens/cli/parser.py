@@ -12,13 +12,7 @@ import importlib
 import typing
 from pathlib import Path
 
-from camlens.choices import (
-    COMPARE_LIMIT,
-    COMPARE_METHODS,
-    DEFAULT_LAYERS,
-    PRECISION_NAMES,
-    SORTS,
-)
+from camlens.choices import COMPARE_LIMIT, COMPARE_METHODS, DEFAULT_LAYERS, PRECISION_NAMES
 from camlens.cli.examples import (
     COMPARE_EXAMPLE,
     DEMO_EXAMPLE,
@@ -35,14 +29,12 @@ from camlens.cli.examples import (
 from camlens.cli.flags import (
     OneLineParser,
     add_checkpoint_flags,
-    add_compare_flag,
     add_config_flags,
     add_data_flags,
     add_device_flags,
-    add_eval_batch_flag,
     add_explain_flags,
-    add_layer_flag,
     add_limit_flags,
+    add_plan_flags,
     add_wandb_flags,
     name_list,
 )
@@ -98,7 +90,7 @@ def _add_demo(sub) -> None:
         formatter_class=FORMAT,
     )
     p.add_argument("--out", type=Path, default=Path("camlens-demo"), help="default: camlens-demo")
-    add_explain_flags(p, layer=",".join(DEFAULT_LAYERS))
+    add_explain_flags(p, layers=DEFAULT_LAYERS)
     p.add_argument(
         "--compare-norms",
         action="store_true",
@@ -120,10 +112,10 @@ def _add_run(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder; resumed when it exists")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     add_wandb_flags(p)
-    add_compare_flag(p)
+    add_plan_flags(p, ["compare_limit"])
     add_limit_flags(p)
     # --precision is the training's here (TrainConfig); the maps' is --cam-precision
-    add_explain_flags(p, layer=",".join(DEFAULT_LAYERS), precision="cam")
+    add_explain_flags(p, layers=DEFAULT_LAYERS, precision="cam")
     add_device_flags(p, backend=True)
     add_config_flags(p, TrainConfig)
     p.set_defaults(run=_command("cmd_run"))
@@ -162,7 +154,7 @@ def _add_evaluate(sub) -> None:
     add_data_flags(p, image_size=None)
     p.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
-    add_eval_batch_flag(p)
+    add_plan_flags(p, ["eval_batch_size"])
     add_device_flags(p, backend=True)
     p.set_defaults(run=_command("cmd_evaluate"))
 
@@ -193,12 +185,10 @@ def _add_explain(sub) -> None:
         default=16,
         help="with --over-epochs: the mistakes shown, one strip each (default: 16)",
     )
-    add_explain_flags(p, layer=None)
+    add_explain_flags(p)
     add_limit_flags(p)
-    p.add_argument("--sort", default="confidence", choices=SORTS, help="default: confidence")
     # --true: the flag's name before one name per concept; kept so that old scripts still run
-    p.add_argument("--label", "--true", metavar="CLASS", help="only images of this true class")
-    p.add_argument("--pred", metavar="CLASS", help="only images predicted as this class")
+    add_plan_flags(p, ["sort", "label_name", "pred_name"])
     p.add_argument("--misclassified", type=Path, help="misclassified.csv from camlens evaluate")
     add_device_flags(p, backend=True)
     p.set_defaults(run=_command("cmd_explain"))
@@ -216,9 +206,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder for the four files")
     # default layers: layer3,layer4 for a camlens model (cmd_compare), else the picked one
     # default methods: those that fit minutes on 2 CPU cores; the costly ones on request
-    add_explain_flags(
-        p, layer=None, precision=False, method=",".join(COMPARE_METHODS), counterfactual=False
-    )
+    add_explain_flags(p, precision=False, methods=COMPARE_METHODS, counterfactual=False)
     p.add_argument(
         "--limit",
         type=int,
@@ -234,8 +222,16 @@ def _add_compare(sub) -> None:
         "all channels cost ~2 s per image per layer on 2 CPU cores; 0: all; an error when "
         "no --method reads it (default: 32)",
     )
-    add_eval_batch_flag(p)
-    p.add_argument("--seed", type=int, default=0, help="correct-image sample, baselines, ROAD")
+    add_plan_flags(p, ["eval_batch_size", "metric_seed"])
+    # --seed: the flag's name before one name per concept (training's is --seed); kept so
+    # that old scripts still run
+    p.add_argument(
+        "--seed",
+        dest="metric_seed",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="the same as --metric-seed",
+    )
     g = p.add_argument_group(
         "grid test",
         "n x n confident correct images of distinct classes in one input: does "
@@ -274,7 +270,7 @@ def _add_diff(sub) -> None:
         help="the two models' names on the page, e.g. BN,LN "
         "(default: their norms when they differ, else the checkpoints)",
     )
-    add_explain_flags(p, layer=",".join(DEFAULT_LAYERS), precision=False, counterfactual=False)
+    add_explain_flags(p, layers=DEFAULT_LAYERS, precision=False, counterfactual=False)
     # --limit: its name before one name per concept (it caps mistakes elsewhere); kept so
     # that old scripts still run
     p.add_argument(
@@ -299,10 +295,9 @@ def _add_report(sub) -> None:
     add_checkpoint_flags(p)
     add_data_flags(p, image_size=None)
     p.add_argument("--out", required=True, type=Path, help="folder for eval/, gallery/, report")
-    add_explain_flags(p, layer=None)
+    add_explain_flags(p)
     add_limit_flags(p)
-    add_compare_flag(p)
-    add_eval_batch_flag(p)
+    add_plan_flags(p, ["compare_limit", "eval_batch_size"])
     add_device_flags(p)
     p.set_defaults(run=_command("cmd_report"))
 
@@ -354,7 +349,7 @@ def _add_view(sub) -> None:
     )
     add_checkpoint_flags(p, required=False)
     add_data_flags(p, image_size=None, required=False)
-    add_layer_flag(p, None)  # the layers the page opens on; it offers every other one
+    add_plan_flags(p, ["layers"])  # the layers the page opens on; it offers every other one
     p.add_argument(
         "--host",
         default="127.0.0.1",

@@ -30,14 +30,14 @@ def cmd_view(args: argparse.Namespace) -> int:
             config = ModelConfig(args.model, **{n: getattr(args, n) for n in fields})
             viewer = open_folder(
                 args.folder, config, args.data, device=str(device), data_config=data,
-                layers=args.layer,
+                layers=args.layers,
             )  # fmt: skip
         elif args.model is None or args.data is None:
             raise DataError("view needs a folder (camlens view RUN) or --model SPEC --data DATA")
         else:
             opened = open_model(config_from_args(args, ModelConfig), args.data, device, False, data)
             prep = data.preprocess(opened.data.image_size)
-            viewer = open_viewer(opened.model, opened.data, layers=args.layer, preprocess=prep)
+            viewer = open_viewer(opened.model, opened.data, layers=args.layers, preprocess=prep)
     except ViewError as e:
         raise DataError(str(e)) from None
     viewer.rows()  # the mistakes: read from the folder, else predicted now, not on first visit

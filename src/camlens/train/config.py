@@ -5,10 +5,10 @@ Both sit apart from the loop, importing no torch, so the CLI builds its flags wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from camlens.choices import NORMS, PADDINGS
+from camlens.choices import EVAL_BATCH_HELP, NORMS, PADDINGS, option
 
 __all__ = ["CUTOUT_FROM", "ZERO_INIT_BELOW", "RunError", "TrainConfig"]
 
@@ -22,62 +22,57 @@ CUTOUT_FROM = 20
 ZERO_INIT_BELOW = 1000
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    """A field; `auto` (with default None) says in words what None becomes, for --help."""
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """The recipe of one run; the CLI builds its flags from these fields."""
 
-    epochs: int = _opt(30, "passes over the training images")
-    batch_size: int = _opt(128, "images per step (128 is fastest per image on 2 CPU cores)")
-    lr: float = _opt(0.1, "peak learning rate of the one-cycle schedule")
-    momentum: float = _opt(0.9, "SGD momentum (Nesterov), the centre of one-cycle's +-0.05 swing")
-    weight_decay: float = _opt(5e-4, "L2 weight decay")
-    decay_norms: bool = _opt(
+    epochs: int = option(30, "passes over the training images")
+    batch_size: int = option(128, "images per step (128 is fastest per image on 2 CPU cores)")
+    lr: float = option(0.1, "peak learning rate of the one-cycle schedule")
+    momentum: float = option(0.9, "SGD momentum (Nesterov), the centre of one-cycle's +-0.05 swing")
+    weight_decay: float = option(5e-4, "L2 weight decay")
+    decay_norms: bool = option(
         True, "weight decay on norm scales/shifts and biases too (off: conv/linear weights only)"
     )
-    label_smoothing: float = _opt(0.1, "share of the target spread over the other classes")
-    warmup: float = _opt(0.25, "share of the steps spent rising to the peak learning rate")
-    norm: str = _opt("batch", "normalisation layers", choices=NORMS)
-    width: int = _opt(64, "channels of the first stage (64 is the standard ResNet18)")
-    zero_init_residual: bool | None = _opt(
+    label_smoothing: float = option(0.1, "share of the target spread over the other classes")
+    warmup: float = option(0.25, "share of the steps spent rising to the peak learning rate")
+    norm: str = option("batch", "normalisation layers", choices=NORMS)
+    width: int = option(64, "channels of the first stage (64 is the standard ResNet18)")
+    zero_init_residual: bool | None = option(
         None,
         "start each residual block as the identity",
         auto=f"on for layer and group norm; for batch norm only in runs of fewer than "
         f"{ZERO_INIT_BELOW} steps (epochs x images / batch size), where it stops the first "
         "steps from diverging",
     )
-    seed: int = _opt(0, "seed for initialisation, order and augmentation")
-    subset: int | None = _opt(None, "train on the first N images (balanced across classes)")
-    crop: bool = _opt(True, "random crop with 4-pixel padding")
-    padding: str = _opt(
+    seed: int = option(0, "seed for initialisation, order and augmentation")
+    subset: int | None = option(None, "train on the first N images (balanced across classes)")
+    crop: bool = option(True, "random crop with 4-pixel padding")
+    padding: str = option(
         "zeros",
         "what --crop pads with: zeros (black, the seed's) or reflect (the image mirrored)",
         choices=PADDINGS,
     )
-    flip: bool = _opt(True, "random horizontal flip")
-    cutout: bool | None = _opt(  # None: decided by `decided` when the run starts
+    flip: bool = option(True, "random horizontal flip")
+    cutout: bool | None = option(  # None: decided by `decided` when the run starts
         None,
         "8x8 cutout",
         auto=f"on for runs of {CUTOUT_FROM} epochs or more, off for shorter ones, where it "
         "costs accuracy",
     )
-    precision: str = _opt(
+    precision: str = option(
         "auto",
         "auto: bf16 autocast where it is faster (GPUs, CPUs with AMX), else fp32",
         choices=("auto", "bf16", "fp32"),
     )
-    channels_last: bool = _opt(True, "channels-last memory format (faster convolutions)")
-    eval_batch_size: int = _opt(64, "images per batch when testing")
-    keep_every: int = _opt(
+    channels_last: bool = option(True, "channels-last memory format (faster convolutions)")
+    eval_batch_size: int = option(64, EVAL_BATCH_HELP)
+    keep_every: int = option(
         0,
         "also keep every K-th epoch's weights in OUT/epochs/ (fp16: about 22 MB each at "
         "width 64) for `camlens explain --over-epochs`; 0 keeps none",
     )
-    sync_bn: bool = _opt(
+    sync_bn: bool = option(
         False, "under torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)"
     )
 
