@@ -42,7 +42,13 @@ from functools import partial
 
 import torch
 
-from camlens.cam import GradCAM, GradCAMPlusPlus, ScoreCAM, SmoothGradCAMPlusPlus, create
+from camlens.cam import (
+    GradCAM,
+    GradCAMPlusPlus,
+    ScoreCAM,
+    SmoothGradCAMPlusPlus,
+    create,
+)
 from camlens.model import ResNet18, load_checkpoint
 from helpers import (
     ablation_kpca_shapley_ss_is_anchors,
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     full = full_cam(z)
     print(f"  full          {full_time:8.2f} s   {score_images / full_time:8.2f} images/s")
     for k in (128, 64, 32):
-        fast_cam = ScoreCAM(model, "layer4", score_batch=256, top_k=k)
+        fast_cam = ScoreCAM(model, "layer4", batch=256, top_k=k)
         t = timed(lambda fast_cam=fast_cam: fast_cam(z), device, 1 if not gpu else repeats)
         rho = spearman(fast_cam(z), full)
         print(

@@ -52,7 +52,7 @@ def main() -> int:
         f"{torch.backends.cudnn.allow_tf32} (camlens turns both off inside its calls)"
     )
 
-    from camlens.cam import METHODS, CamConfig, create
+    from camlens.cam import METHODS, create
     from camlens.classifier import ModelConfig, open_model
     from camlens.evaluate import as_float_images
     from camlens.metrics import METRICS, MetricConfig, score_maps
@@ -67,12 +67,11 @@ def main() -> int:
     print(f"{'method':22} {'max |diff|':>11} {'min pearson':>12}  verdict (tol {MAP_TOLERANCE})")
     for method in METHODS:
         layers = ["layer3", "layer4"] if method == "refinecam" else [args.layer]
-        config = CamConfig().for_method(method)
         maps = []
         for model, device in ((cpu_model, "cpu"), (gpu_model, "cuda")):
             torch.manual_seed(0)  # stochastic methods draw the same noise on both runs
             try:
-                with create(method, model, layers, config) as engine:
+                with create(method, model, layers) as engine:
                     maps.append(engine(images.to(device), targets.to(device)).float().cpu())
             except ValueError as e:  # e.g. CAM needs the layer feeding GAP -> fc
                 maps.append(None)

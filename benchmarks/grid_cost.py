@@ -21,8 +21,8 @@ import time
 import torch
 
 from camlens import ExplainPlan, ModelConfig, open_model, predict
-from camlens.cam import CamConfig
 from camlens.choices import COMPARE_METHODS
+from camlens.compare import with_top_k
 from camlens.explain import engine_for
 from camlens.metrics import GridConfig, grid_maps, make_grids
 from helpers import cpu_name
@@ -61,7 +61,7 @@ def main() -> None:
     g = grids.images.shape[0]
     with torch.no_grad():
         forward_s = fastest(lambda: model(grids.images), args.repeats) / g
-    plan = ExplainPlan(cam=CamConfig(top_k=args.top_k or None))
+    plan = with_top_k(ExplainPlan(methods=COMPARE_METHODS), args.top_k or None)
     print(
         f"{g} grids of 2x2 sample images ({grids.path} {grids.images.shape[-1]} px), "
         f"{torch.get_num_threads()} threads, {cpu_name()}"

@@ -17,6 +17,7 @@ from torch import nn
 from camlens.cam import (
     CAM,
     ISCAM,
+    KNOBS,
     KPCACAM,
     METHODS,
     SSCAM,
@@ -32,12 +33,16 @@ from camlens.cam import (
     GradCAMPlusPlus,
     GuidedGradCAM,
     HiResCAM,
+    ISKnobs,
     LayerCAM,
     RefineCAM,
     ScoreCAM,
+    ScoreKnobs,
     ShapleyCAM,
     Similar,
     SmoothGradCAMPlusPlus,
+    SmoothKnobs,
+    SSKnobs,
     Target,
     XGradCAM,
     create,
@@ -352,9 +357,9 @@ def eq19_reference(acts, d1, d2, d3):
 def test_smoothgradcam_plusplus_equals_eq19_of_averaged_derivatives(layer):
     model, images, targets = exp_head_case()
     samples, std, seed = 3, 0.3, 7
-    config = CamConfig(smooth_samples=samples, smooth_std=std, smooth_seed=seed)
+    config = CamConfig(knobs=SmoothKnobs(samples=samples, std=std, seed=seed))
     ours = SmoothGradCAMPlusPlus(model, layer, config).explain(images, targets, "none").low_res[0]
-    # the documented noise: (S, 3, H, W) from a CPU generator seeded with smooth_seed
+    # the documented noise: (S, 3, H, W) from a CPU generator seeded with SmoothKnobs.seed
     noise = torch.randn((samples, 3, 8, 8), generator=torch.Generator().manual_seed(seed)) * std
     for i in range(images.shape[0]):
         acts = model.acts(images[i], layer)  # the clean image's: the map weighs these
@@ -375,7 +380,7 @@ def test_smoothgradcam_plusplus_equals_eq19_of_averaged_derivatives(layer):
         torch.testing.assert_close(ours[i], ref, atol=ATOL, rtol=1e-4)
     # without noise every copy is the image: Grad-CAM++ itself
     plain = GradCAMPlusPlus(model, layer).explain(images, targets, "none").low_res[0]
-    still = SmoothGradCAMPlusPlus(model, layer, config, smooth_std=0.0)
+    still = SmoothGradCAMPlusPlus(model, layer, config, std=0.0)
     torch.testing.assert_close(still.explain(images, targets, "none").low_res[0], plain)
 
 
@@ -412,15 +417,15 @@ def test_smoothgradcam_plusplus_against_torchcam(noisy):
 
     model, _ = load_checkpoint("shipped")
     images = load_dataset("sample").test.images[:8].float() / 255
-    config = CamConfig(smooth_samples=4, **({} if noisy else {"smooth_std": 0.0}))
+    config = CamConfig(knobs=SmoothKnobs(samples=4, **({} if noisy else {"std": 0.0})))
     with SmoothGradCAMPlusPlus(model, "layer4", config) as cam:
         result = cam.explain(images, None, "none")  # the predicted classes
     ours, classes = result.low_res[0], result.logits.argmax(1)
     noise = (
         torch.randn(
-            (4, *images.shape[1:]), generator=torch.Generator().manual_seed(config.smooth_seed)
+            (4, *images.shape[1:]), generator=torch.Generator().manual_seed(config.knobs.seed)
         )
-        * config.smooth_std
+        * config.knobs.std
     )
     extractor = torchcam_methods.SmoothGradCAMpp(
         model, "layer4", num_samples=4, input_shape=tuple(images.shape[1:])
@@ -569,7 +574,7 @@ def scorecam_case():
 def test_scorecam_equals_per_channel_loop():
     model, images = scorecam_case()
     targets = torch.tensor([3, 1])
-    ours = ScoreCAM(model, "features.6", score_batch=7).explain(images, targets, "none")
+    ours = ScoreCAM(model, "features.6", batch=7).explain(images, targets, "none")
     with torch.no_grad():
         acts = model.features(images)  # (N, C, 8, 8)
         # Definition 2's baseline X_b: the all-zero image
@@ -595,8 +600,8 @@ def test_scorecam_equals_per_channel_loop():
 def test_scorecam_top_k_ranks_like_full():
     model = resnet(width=16)
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    full = ScoreCAM(model, "layer4", score_batch=128).explain(images)
-    fast = ScoreCAM(model, "layer4", score_batch=128, top_k=48).explain(images)
+    full = ScoreCAM(model, "layer4", batch=128).explain(images)
+    fast = ScoreCAM(model, "layer4", batch=128, top_k=48).explain(images)
     assert (spearman(full.cams, fast.cams) > 0.8).all()
 
 
@@ -772,7 +777,7 @@ def test_many_target_sets_and_layers_share_one_forward(method):
     finally:
         handle.remove()
     # SmoothGrad-CAM++'s noisy copies ride in the same forward pass
-    copies = cam.config.smooth_samples if method == "smoothgradcam++" else 0
+    copies = cam.knobs.samples if method == "smoothgradcam++" else 0
     assert calls == [4 * (1 + copies)]
     # input-resolution methods read their maps at the image's size
     sizes = ((32, 32),) * 2 if method in INPUT_RESOLUTION else ((8, 8), (4, 4))
@@ -797,7 +802,7 @@ def test_scorecam_target_sets_share_masked_passes():
     assert scored < 2 * 16
     calls, handle = count_forwards(model)
     try:
-        ScoreCAM(model, "features.6", score_batch=10).explain_many(images, [None, 1, 2])
+        ScoreCAM(model, "features.6", batch=10).explain_many(images, [None, 1, 2])
     finally:
         handle.remove()
     # the images, the all-zero baseline, then the masked images of every set at once
@@ -943,7 +948,7 @@ def test_layers_by_name_module_and_errors():
     assert find_layer(model, "layer3.0") is model.layer3[0]
     with pytest.raises(ValueError, match="unknown normalize"):
         GradCAM(model, "layer4", normalize="zscore")
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="^gradcam reads no knob 'colour'"):
         GradCAM(model, "layer4", config=CamConfig(), colour="red")
     cam = GradCAM(model, "layer4")
     cam.close()
@@ -1011,7 +1016,7 @@ def test_finercam_equals_gradcam_of_the_weighted_similar_class_score(layer):
     model = resnet()
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(21))
     k, gamma = 3, 0.6
-    ours = FinerCAM(model, layer, finer_k=k, finer_gamma=gamma).explain(images, None, "none")
+    ours = FinerCAM(model, layer, k=k, gamma=gamma).explain(images, None, "none")
     for i in range(images.shape[0]):
         acts = resnet_acts(model, images[i : i + 1], layer).detach().requires_grad_()
         logits = resnet_rest(model, acts, layer)[0]
@@ -1270,7 +1275,7 @@ def test_ablationcam_equals_zeroing_each_channel_per_image(layer):
     assert (scores < 0).any() and (scores > 0).any(), "the test needs scores of both signs"
     stem_batches, handle = count_forwards(model.conv1)
     try:
-        ours = AblationCAM(model, layer, score_batch=5).explain(images, targets, "none")
+        ours = AblationCAM(model, layer, batch=5).explain(images, targets, "none")
     finally:
         handle.remove()
     if layer != "layer3.1.conv1":  # forward-only from the hooked layer on
@@ -1319,7 +1324,10 @@ def test_sscam_and_iscam_equal_per_channel_loops(model_name):
         with torch.no_grad():
             targets = model(images).argmax(1)
     samples, std, seed = 3, 2.0, 5
-    config = CamConfig(score_samples=samples, score_std=std, score_seed=seed, score_batch=7)
+    knobs = {
+        "sscam": SSKnobs(samples=samples, std=std, seed=seed, batch=7),
+        "iscam": ISKnobs(samples=samples, batch=7),
+    }
     size = images.shape[-1]
     acts = {}
     handle = find_layer(model, layer).register_forward_hook(lambda m, i, o: acts.update(a=o))
@@ -1329,7 +1337,7 @@ def test_sscam_and_iscam_equal_per_channel_loops(model_name):
     finally:
         handle.remove()
     # SS-CAM's documented noise: (S, h, w) fields at the layer's resolution from a CPU
-    # generator seeded with score_seed, upsampled as the channel is
+    # generator seeded with SSKnobs.seed, upsampled as the channel is
     gen = torch.Generator().manual_seed(seed)
     noise = up(torch.randn((samples, *acts["a"].shape[2:]), generator=gen), size)
     variants = {
@@ -1338,7 +1346,7 @@ def test_sscam_and_iscam_equal_per_channel_loops(model_name):
     }
     plain = ScoreCAM(model, layer).explain(images, targets, "none").low_res[0]
     for name, (cls, inputs_of) in variants.items():
-        ours = cls(model, layer, config.for_method(name)).explain(images, targets, "none")
+        ours = cls(model, layer, knobs=knobs[name]).explain(images, targets, "none")
         ours = ours.low_res[0]
         for i in range(images.shape[0]):
             target = int(targets[i])
@@ -1385,7 +1393,7 @@ def test_kpcacam_equals_kernel_pca_per_image(model_name, layer, kernel, gamma):
         images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(22))
         with torch.no_grad():
             acts = resnet_acts(model, images, layer)
-    ours = KPCACAM(model, layer, kpca_kernel=kernel, kpca_gamma=gamma)
+    ours = KPCACAM(model, layer, kernel=kernel, gamma=gamma)
     maps = ours.explain(images, normalize="none").low_res[0]
     eigen = EigenCAM(model, layer).explain(images, normalize="none").low_res[0]
     for i in range(images.shape[0]):
@@ -1427,30 +1435,29 @@ def test_shapleycam_of_a_logit_is_gradcam_on_a_relu_network():
     torch.testing.assert_close(shapley, GradCAM(model, "layer3")(images, 2), atol=ATOL, rtol=0)
 
 
-def test_a_knob_the_method_does_not_read_is_an_error():
+def test_another_methods_knobs_are_an_error():
     model = TinyVGG()
-    with pytest.raises(TypeError, match=r"^gradcam does not read smooth_samples=8, only smoothgr"):
-        create("gradcam", model, "features.6", CamConfig(smooth_samples=8))
-    with pytest.raises(TypeError, match=r"top_k=4, only scorecam, sscam, iscam do"):
-        GradCAM(model, "features.6", top_k=4)
-    # a knob left at its default, or one the method reads, passes
-    create("gradcam", model, "features.6", CamConfig(smooth_samples=4, batch_size=2)).close()
-    ScoreCAM(model, "features.6", top_k=4).close()
-    # one config for several methods: each gets only the knobs it reads
-    shared = CamConfig(batch_size=3, top_k=4, smooth_samples=2, finer_k=2)
-    for name in METHODS:
-        with create(name, model, "features.6", shared.for_method(name)) as cam:
-            own = {k for k in shared.changed() if k in cam.knobs} | {"batch_size"}
-            assert set(cam.config.changed()) == own, name
+    with pytest.raises(ValueError, match=r"^gradcam has no knobs of its own, not SmoothKnobs"):
+        create("gradcam", model, "features.6", CamConfig(knobs=SmoothKnobs(samples=8)))
+    with pytest.raises(ValueError, match=r"^sscam reads SSKnobs, not ScoreKnobs \(scorecam's"):
+        SSCAM(model, "features.6", knobs=ScoreKnobs(top_k=4))
+    # a method's own knobs, or none (its defaults), pass
+    ScoreCAM(model, "features.6", knobs=ScoreKnobs(top_k=4)).close()
+    with create("sscam", model, "features.6") as cam:
+        assert cam.knobs == SSKnobs()
+    # by name: the method's own knobs, or an error naming those it has
+    assert SSCAM(model, "features.6", top_k=4, samples=2).knobs == SSKnobs(top_k=4, samples=2)
+    with pytest.raises(ValueError, match=r"^scorecam reads no knob 'samples': its knobs are batch"):
+        ScoreCAM(model, "features.6", samples=2)
 
 
-def test_every_method_declares_only_knobs_that_exist():
-    fields = set(CamConfig.__dataclass_fields__)
-    declared = set()
-    for name, cls in METHODS.items():
-        assert cls.knobs <= fields, f"{name} declares knobs CamConfig lacks: {cls.knobs - fields}"
-        declared |= cls.knobs
-    # every knob is read by the engine or by some method: none exists for nothing
-    from camlens.cam.config import SHARED_KNOBS
-
-    assert declared | SHARED_KNOBS == fields
+def test_every_methods_knobs_name_it():
+    """Each Knobs class names a method that exists, and each method reads its own."""
+    assert set(KNOBS) <= set(METHODS)
+    for name, knobs in KNOBS.items():
+        assert knobs.method == name
+        with create(name, TinyVGG(), "features.6") as cam:
+            assert type(cam.knobs) is knobs
+    # a number below its lowest is refused in one line, naming the method
+    with pytest.raises(ValueError, match=r"^sscam's samples must be >= 1, got 0$"):
+        SSKnobs(samples=0)

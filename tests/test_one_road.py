@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import camlens
-from camlens.cam import CamConfig, ScoreCAM
+from camlens.cam import ScoreCAM, ScoreKnobs, SmoothKnobs
 from camlens.cam.layers import upsample
 from camlens.cam.normalize import normalize_cams
 from camlens.data import Dataset, Split, load_dataset
@@ -36,7 +36,7 @@ def test_a_plan_carries_each_methods_knobs(untrained, tmp_path):
     (before: `gradcam does not read top_k=8`, a TypeError and a traceback on the CLI)."""
     model, data = untrained
     plan = ExplainPlan(
-        methods=("gradcam", "scorecam"), layers=("layer4",), limit=3, cam=CamConfig(top_k=8)
+        methods=("gradcam", "scorecam"), layers=("layer4",), limit=3, knobs=[ScoreKnobs(top_k=8)]
     )
     outcome = camlens.explain_model(model, data, tmp_path, plan)
     expl = outcome.galleries.explanations["scorecam"]
@@ -47,15 +47,17 @@ def test_a_plan_carries_each_methods_knobs(untrained, tmp_path):
     torch.testing.assert_close(expl.pred_low[0], ref.low_res[0], rtol=1e-4, atol=1e-6)
 
 
-def test_a_knob_no_method_of_the_plan_reads_is_refused_at_plan_time(untrained):
-    model, _ = untrained
-    plan = ExplainPlan(methods=("gradcam",), layers=("layer4",), cam=CamConfig(top_k=8))
-    with pytest.raises(ExplainError, match="top_k is read only by scorecam") as e:
-        plan.check(model)
+def test_a_knob_no_method_of_the_plan_reads_is_refused_at_plan_time():
+    """At plan time, before any model: a method's knobs without the method, or twice."""
+    with pytest.raises(ExplainError, match="ScoreKnobs is scorecam's knobs, and scorecam is") as e:
+        ExplainPlan(methods=("gradcam",), knobs=[ScoreKnobs(top_k=8)])
     assert "\n" not in str(e.value)
-    # the maps' batch size and precision have one home: the plan's fields
-    with pytest.raises(ExplainError, match=r"cam_batch_size=\.\.\."):
-        ExplainPlan(cam=CamConfig(batch_size=8))
+    with pytest.raises(ExplainError, match="smoothgradcam\\+\\+'s knobs are given twice"):
+        ExplainPlan(methods=("smoothgradcam++",), knobs=[SmoothKnobs(), SmoothKnobs(samples=2)])
+    # a method's own knobs, with the method: accepted, and its engine gets them
+    plan = ExplainPlan(methods=("gradcam", "smoothgradcam++"), knobs=[SmoothKnobs(samples=2)])
+    assert plan.engine_config("smoothgradcam++", "none").knobs == SmoothKnobs(samples=2)
+    assert plan.engine_config("gradcam", "none").knobs is None
 
 
 def test_compare_in_a_report_scores_the_maps_the_report_shows(untrained, tmp_path, monkeypatch):

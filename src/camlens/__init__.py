@@ -51,8 +51,9 @@ from camlens.version import __version__
 # once); a name's module is imported the first time the name is used, and then stays bound
 _SOURCES: dict[str, str] = {
     "camlens.cam": (
-        "CAM ISCAM KPCACAM METHODS SSCAM AblationCAM CamConfig CamResult EigenCAM EigenGradCAM "
-        "FinerCAM FullGrad GradCAM GradCAMElementWise GradCAMPlusPlus GuidedGradCAM HiResCAM "
+        "CAM ISCAM KPCACAM METHODS SSCAM AblationCAM AblationKnobs CamConfig CamResult EigenCAM "
+        "EigenGradCAM FinerCAM FinerKnobs ISKnobs KPCAKnobs Knobs SSKnobs ScoreKnobs SmoothKnobs "
+        "FullGrad GradCAM GradCAMElementWise GradCAMPlusPlus GuidedGradCAM HiResCAM "
         "LayerCAM PairResult RefineCAM ScoreCAM ShapleyCAM Similar SmoothGradCAMPlusPlus Target "
         "XGradCAM create explain_pair"
     ),

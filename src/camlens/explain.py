@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
-from camlens.cam import Engine, create, normalize_cams
+from camlens.cam import KNOBS, Engine, create, normalize_cams
 from camlens.cam.layers import upsample
 from camlens.choices import SORTS
 from camlens.distributed import gather, shard_rows, world_size
@@ -308,15 +308,14 @@ def engine_for(
 ) -> Engine:
     """The plan's engine for `method` at `layers`: the one place a job's engines are built
     (the gallery's, the report's, compare's, diff's, the epochs' and the watch's); close it,
-    or use it in a `with`. The plan's knobs that `method` does not read are left at their
-    defaults, so one plan carries each of its methods' knobs (`check_explainable` refuses a
-    knob that none of them reads). `seed`: another draw of a stochastic method's noise
-    (SmoothGrad's, Score-CAM variants'), e.g. for its floor.
+    or use it in a `with`. Each method gets its own knobs (`ExplainPlan.knobs`). `seed`:
+    another draw of a stochastic method's noise (SmoothGrad's, SS-CAM's), e.g. for its floor.
     """
-    config = plan.engine_config(normalize)
-    if seed is not None:
-        config = replace(config, smooth_seed=seed, score_seed=seed)
-    return create(method, model, list(layers), config.for_method(method))
+    config = plan.engine_config(method, normalize)
+    knobs = config.knobs or (KNOBS[method]() if method in KNOBS else None)
+    if seed is not None and knobs is not None and hasattr(knobs, "seed"):
+        config = replace(config, knobs=replace(knobs, seed=seed))
+    return create(method, model, list(layers), config)
 
 
 def select_mistakes(

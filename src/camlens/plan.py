@@ -7,7 +7,7 @@ defaults from `ExplainPlan` without importing torch (`camlens --help` answers at
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from camlens.choices import (
@@ -25,7 +25,7 @@ from camlens.choices import (
 if TYPE_CHECKING:
     from torch import nn
 
-    from camlens.cam import CamConfig
+    from camlens.cam import CamConfig, Knobs
 
 __all__ = [
     "COUNTERFACTUAL_MAX_SIDE",
@@ -144,11 +144,9 @@ class ExplainPlan:
         "the metrics' draws: compare's correct-image sample, baselines, ROAD; the "
         "counterfactual's random map",
     )
-    # the methods' own knobs (Score-CAM's top_k, SmoothGrad's samples, ...); its batch_size,
-    # precision and normalize are set by the plan and by each step (`engine_config`)
-    # None: each method's default knobs (a CamConfig is built only when an engine is, so that
-    # the CLI can read these defaults without importing torch)
-    cam: CamConfig | None = None
+    # the methods' own knobs, a camlens.cam.Knobs per method that has some (ScoreKnobs(top_k=8),
+    # SmoothKnobs(samples=8), ...), each for a method of `methods`; the others' defaults
+    knobs: tuple[Knobs, ...] = ()
     progress: bool = False  # progress bars for maps, cards and pages
     # camlens.metrics.counterfactual; the demo stays under a minute with it on 2 quiet CPU
     # cores (16-17 s against 12 s without; docs/report.md); its seven forwards per mistake
@@ -182,14 +180,17 @@ class ExplainPlan:
             if value is not None and value < low:
                 flag = "--compare" if name == "compare_limit" else "--" + name.replace("_", "-")
                 raise ExplainError(f"{flag} must be >= {low}, got {value}")
-        # the batch size, precision and normalisation of the maps have one home each: the
-        # plan's fields and each step's normalisation, which `engine_config` sets on `cam`
-        changed = self.cam.changed() if self.cam is not None else {}
-        shared = sorted(changed.keys() & {"batch_size", "precision", "normalize"})
-        if shared:
-            home = {"batch_size": "cam_batch_size", "precision": "cam_precision"}.get(shared[0])
-            fix = f"set ExplainPlan({home}=...)" if home else "each step sets it"
-            raise ExplainError(f"cam.{shared[0]} is not the plan's knob to set: {fix}")
+        # each Knobs belongs to one method (its `method`), which the plan must name, once
+        object.__setattr__(self, "knobs", tuple(self.knobs))
+        owners = [getattr(k, "method", None) for k in self.knobs]
+        for knobs, owner in zip(self.knobs, owners, strict=True):
+            if owner not in self.methods:
+                raise ExplainError(
+                    f"{type(knobs).__name__} is {owner}'s knobs, and {owner} is not among the "
+                    f"methods ({', '.join(self.methods)}): add it, or leave its knobs out"
+                )
+            if owners.count(owner) > 1:
+                raise ExplainError(f"{owner}'s knobs are given twice: give them once")
 
     def counterfactual_on(self, side: int) -> bool:
         """Whether the counterfactual test runs on images `side` px a side: the plan's choice,
@@ -209,9 +210,7 @@ class ExplainPlan:
             raise ExplainError(
                 f"a layer is named twice in {', '.join(self.layers)}: name each once"
             )
-        check_explainable(
-            model, self.methods or ("",), self.hooked_layers, self.cam_precision, self.cam
-        )
+        check_explainable(model, self.methods or ("",), self.hooked_layers, self.cam_precision)
         return self
 
     def only_method(self, job: str) -> str:
@@ -223,16 +222,17 @@ class ExplainPlan:
             )
         return self.methods[0]
 
-    def engine_config(self, normalize: str) -> CamConfig:
-        """The engine's config: the methods' knobs, the plan's batch and precision."""
+    def engine_config(self, method: str, normalize: str) -> CamConfig:
+        """`method`'s engine config: its knobs, the plan's batch, precision and layout."""
         from camlens.cam import CamConfig  # needs torch: imported when an engine is built
 
-        return replace(
-            self.cam or CamConfig(),
-            batch_size=self.cam_batch_size,
-            precision=self.cam_precision,
+        own = [k for k in self.knobs if k.method == method]
+        return CamConfig(
             normalize=normalize,
+            precision=self.cam_precision,
+            batch_size=self.cam_batch_size,
             layout=self.layout,
+            knobs=own[0] if own else None,
         )
 
 
@@ -273,32 +273,17 @@ def layer_parts(entry: str) -> list[str]:
 
 
 def check_explainable(
-    model: nn.Module,
-    methods: Sequence[str],
-    layers: Sequence[str],
-    precision: str = "fp32",
-    cam: CamConfig | None = None,
+    model: nn.Module, methods: Sequence[str], layers: Sequence[str], precision: str = "fp32"
 ) -> None:
     """Raise ExplainError, naming what is valid, unless `model` can be explained as asked.
-
-    `cam`: the methods' knobs; each changed knob must be read by one of `methods` (each method
-    gets its own knobs, `engine_for`), so that none is silently ignored.
     Cheap: callers check before hours of training rather than after.
     """
     from camlens.cam import METHODS, PRECISIONS, find_layer  # torch: imported when a job runs
-    from camlens.cam.config import KNOBS, SHARED_KNOBS
     from camlens.cam.precision import FP16_REFUSED
 
     for method in methods:
         if method not in METHODS:
             raise ExplainError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
-    for knob in (cam.changed() if cam is not None else {}).keys() - SHARED_KNOBS:
-        if not any(knob in KNOBS[m] for m in methods):
-            readers = [name for name, knobs in KNOBS.items() if knob in knobs]
-            raise ExplainError(
-                f"{knob} is read only by {', '.join(readers)}, and none is among the methods "
-                f"({', '.join(methods)}): add one, or leave {knob} at its default"
-            )
     if not layers:
         raise ExplainError("no layer to explain: name one, e.g. layer4")
     if len(set(layers)) < len(layers):

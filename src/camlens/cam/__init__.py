@@ -27,12 +27,12 @@ Public API:
                             Grad-CAM++ maps of several layers multiplied (`cams`: the product)
     FullGrad, GuidedGradCAM input-resolution maps; `layer` is where their layer part is read
                             (FullGrad: bias terms up to it; Guided Grad-CAM: its Grad-CAM)
-    CamConfig               frozen knobs: normalize, precision, batch_size, score_batch, top_k,
-                            smooth_samples, smooth_std, smooth_seed, finer_k, finer_gamma,
-                            score_samples, score_std, score_seed, kpca_kernel, kpca_gamma,
-                            kpca_coef0, kpca_degree; each method reads normalize,
-                            precision, batch_size and its own `knobs`, and refuses another
-                            knob changed from its default; .for_method(name) drops them
+    CamConfig               what every method reads (normalize, precision, batch_size,
+                            layout) and `knobs`: the one method's own, or None (defaults)
+    Knobs: ScoreKnobs (scorecam: batch, top_k), SSKnobs (sscam: + samples, std, seed), ISKnobs
+        (iscam: + samples), AblationKnobs (batch), SmoothKnobs (smoothgradcam++: samples, std,
+        seed), FinerKnobs (k, gamma), KPCAKnobs (kernel, gamma, coef0, degree); KNOBS: method
+        -> its Knobs class; an engine refuses another method's knobs in one line
     CamResult, PairResult   results (see base.py for fields)
     Target(indices, versus, weight, signed) target: logit[indices] (None: predicted), minus
                             weight x logit[versus] (versus (N,), (N, k) or Similar(k))
@@ -73,6 +73,17 @@ from camlens.cam.base import (
     find_layer,
     normalize_cams,
 )
+from camlens.cam.config import (
+    KNOBS,
+    AblationKnobs,
+    FinerKnobs,
+    ISKnobs,
+    Knobs,
+    KPCAKnobs,
+    ScoreKnobs,
+    SmoothKnobs,
+    SSKnobs,
+)
 from camlens.cam.finer import FinerCAM, RefineCAM, Refined
 from camlens.cam.guided import GuidedGradCAM
 from camlens.cam.kpca import KPCACAM
@@ -111,6 +122,15 @@ __all__ = [
     "BaseCAM",
     "CamConfig",
     "CamResult",
+    "KNOBS",
+    "Knobs",
+    "AblationKnobs",
+    "FinerKnobs",
+    "ISKnobs",
+    "KPCAKnobs",
+    "ScoreKnobs",
+    "SSKnobs",
+    "SmoothKnobs",
     "Target",
     "EigenCAM",
     "EigenGradCAM",

@@ -55,12 +55,11 @@ class AblationCAM(Engine):
     would flip every weight and the map: camlens divides by |y_c| (the same where y_c > 0).
     pytorch-grad-cam divides by y_c and, when the layer's output has negative values, ablates
     with min(A) - 1e7 instead of 0. A channel that is zero everywhere cannot change the score:
-    it weighs 0 and costs no pass. `score_batch` ablated copies go through the layers after the
-    hooked one per pass.
+    it weighs 0 and costs no pass. `AblationKnobs.batch` ablated copies go through the layers
+    after the hooked one per pass.
     """
 
     name = "ablationcam"
-    knobs = frozenset({"score_batch"})
     needs_indices = True
 
     def _raw_chunk(self, images: Tensor, specs: list[Any]) -> RawMaps:
@@ -100,8 +99,8 @@ class AblationCAM(Engine):
         ablated = torch.zeros(n * c, logits.shape[1], device=acts.device)
         with torch.no_grad(), self._forward_context(images.device):
             below = self._below(images, module, reading.from_map(acts, output), logits)
-            for start in range(0, len(live), self.config.score_batch):
-                part = live[start : start + self.config.score_batch]
+            for start in range(0, len(live), self.knobs.batch):
+                part = live[start : start + self.knobs.batch]
                 copies = acts[part // c].clone()  # (B, C, h, w)
                 copies[torch.arange(len(part), device=acts.device), part % c] = 0
                 inputs = images[part // c] if below else images[:0]

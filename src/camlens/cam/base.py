@@ -12,8 +12,8 @@ everything else lives here and in the modules beside it, once:
   parameter `.grad` is written, parameters' `requires_grad` is left alone).
 
 How to add a method: the hooks a subclass may override, smallest first. Set `name` (its METHODS
-key), `linear`, `rectify`, `needs_grads`/`needs_indices` as they apply, and `knobs`: the
-`CamConfig` fields it reads beyond SHARED_KNOBS (an engine refuses any other changed knob).
+key), `linear`, `rectify`, `needs_grads`/`needs_indices` as they apply; a method with knobs of its
+own defines a `Knobs` dataclass whose `method` is its name (config.py) and reads `self.knobs`.
     _map(acts, grads, target)        BaseCAM: (N, C, h, w) -> (N, h, w). Most methods (Grad-CAM
                                      and friends, Eigen-CAM, CAM, KPCA-CAM, ShapleyCAM)
     _inputs(images)                  BaseCAM: what the one forward pass sees (SmoothGrad-CAM++)
@@ -48,13 +48,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from camlens.cam.config import KNOBS, PRECISIONS, SHARED_KNOBS, CamConfig
+from camlens.cam.config import KNOBS, PRECISIONS, CamConfig
 from camlens.cam.layers import capture, eval_mode, find_layer, resolve_layers, upsample
 from camlens.cam.layout import logits_of
 from camlens.cam.normalize import NORMALIZE, normalize_cams
@@ -81,7 +81,6 @@ __all__ = [
     "RawMaps",
     "Resolved",
     "capture",
-    "check_knobs",
     "eval_mode",
     "find_layer",
     "normalize_cams",
@@ -104,7 +103,6 @@ class Engine:
     linear = False  # map linear in the target score: contrast targets allowed
     rectify = True  # ReLU the raw map (unsigned targets only)
     needs_indices = False  # a method without gradients that reads the class (CAM, Score-CAM)
-    knobs: frozenset[str] = frozenset()  # the CamConfig fields it reads beyond SHARED_KNOBS
 
     def __init__(
         self,
@@ -115,15 +113,26 @@ class Engine:
     ) -> None:
         self.model = model
         self.layers = resolve_layers(model, layer)
-        self.config = replace(config or CamConfig(), **overrides)
-        check_knobs(type(self), self.config)
+        # `overrides`: CamConfig's fields, or the method's own knobs by name (top_k=8)
+        shared = {k: v for k, v in overrides.items() if k in CamConfig.__dataclass_fields__}
+        self.config = replace(config or CamConfig(), **shared)
+        # the method's own knobs (camlens.cam.config.KNOBS): another method's are refused
+        own, given = KNOBS.get(self.name), self.config.knobs
+        if given is not None and type(given) is not own:
+            reads = f"reads {own.__name__}" if own else "has no knobs of its own"
+            raise ValueError(
+                f"{self.name} {reads}, not {type(given).__name__} ({given.method}'s knobs)"
+            )
+        mine = {k: v for k, v in overrides.items() if k not in shared}
+        names = [f.name for f in fields(own)] if own else []
+        unknown = [k for k in mine if k not in names]
+        if unknown:
+            reads = ", ".join(names) or "none of its own"
+            raise ValueError(f"{self.name} reads no knob {unknown[0]!r}: its knobs are {reads}")
+        knobs = given if given is not None or own is None else own()
+        self.knobs = replace(knobs, **mine) if mine else knobs
         check_precision(self.config.precision)  # fp16: refused in one line (cam/precision.py)
         self.closed = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in vars(cls):  # a method (bases share their parent's name)
-            KNOBS[cls.name] = cls.knobs
 
     def __enter__(self: E) -> E:
         return self
@@ -246,18 +255,6 @@ class Engine:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def check_knobs(engine: type[Engine], config: CamConfig) -> None:
-    """Refuse a knob changed from its default that `engine` never reads: it would be ignored."""
-    for knob, value in config.changed().items():
-        if knob in SHARED_KNOBS or knob in engine.knobs:
-            continue
-        readers = [name for name, knobs in KNOBS.items() if knob in knobs]
-        raise TypeError(
-            f"{engine.name} does not read {knob}={value!r}, only {', '.join(readers)} do: "
-            f"to give one config to several methods, pass config.for_method({engine.name!r})"
-        )
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -1,22 +1,36 @@
-"""`CamConfig`: every method's knobs, one frozen dataclass; each method declares those it reads.
+"""`CamConfig`, what the engine reads for every method, and each method's own knobs.
 
-`normalize`, `precision` and `batch_size` are read by the engine for every method
-(`SHARED_KNOBS`); the others belong to the methods whose `knobs` name them, and an engine given
-one it does not read (changed from its default) refuses it, so that no knob is silently ignored.
-A caller that hands one config to several methods passes `config.for_method(name)`.
+`normalize`, `precision`, `batch_size` and `layout` are the engine's, for every method. The
+methods with knobs of their own (Score-CAM's channel cap, SmoothGrad-CAM++'s noise, ...) each
+read one small frozen dataclass, a `Knobs`: the method that reads it is its `method`, and
+`CamConfig.knobs` holds the knobs of the one method an engine runs. An engine given another
+method's knobs refuses them in one line, so that no knob is silently ignored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from camlens.cam.layout import LAYOUTS
 from camlens.cam.normalize import NORMALIZE
 
-__all__ = ["KNOBS", "KPCA_KERNELS", "PRECISIONS", "SHARED_KNOBS", "CamConfig"]
+__all__ = [
+    "KNOBS",
+    "KPCA_KERNELS",
+    "PRECISIONS",
+    "AblationKnobs",
+    "CamConfig",
+    "FinerKnobs",
+    "ISKnobs",
+    "KPCAKnobs",
+    "Knobs",
+    "SSKnobs",
+    "ScoreKnobs",
+    "SmoothKnobs",
+]
 
 # autocast dtype of each precision; fp32 runs as called
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -30,32 +44,123 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 # tanh(gamma x.y + coef0)
 KPCA_KERNELS = ("sigmoid", "rbf", "poly", "linear")
 
-# the knobs the engine reads for every method
-SHARED_KNOBS = frozenset({"normalize", "precision", "batch_size", "layout"})
-# method name -> the knobs it reads beyond SHARED_KNOBS: each engine class puts its own here
-# when it is defined (`Engine.__init_subclass__`), so this module and the engine's check read
-# them without importing the package that lists the methods (METHODS)
-KNOBS: dict[str, frozenset[str]] = {}
+# method name -> the Knobs class it reads, for the methods with knobs of their own: each Knobs
+# class puts itself here when it is defined (`Knobs.__init_subclass__`)
+KNOBS: dict[str, type[Knobs]] = {}
 
 
-# the lowest value of each numeric knob
-_LOWEST = {
-    "batch_size": 1,
-    "score_batch": 1,
-    "top_k": 1,
-    "smooth_samples": 1,
-    "smooth_std": 0,
-    "finer_k": 1,
-    "finer_gamma": 0,
-    "score_samples": 1,
-    "score_std": 0,
-    "kpca_degree": 1,
-}
+def _choose(name: str, value: object, words) -> None:
+    if value not in words:
+        raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(words)}")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """One method's own knobs. Each number's lowest value is in `lowest` (None, where a field
+    allows it: the rule its comment states)."""
+
+    method: ClassVar[str] = ""  # the one method that reads these
+    lowest: ClassVar[dict[str, float]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        KNOBS[cls.method] = cls
+
+    def __post_init__(self) -> None:
+        for name, low in self.lowest.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"{self.method}'s {name} must be >= {low}, got {value}")
+
+
+@dataclass(frozen=True)
+class ScoreKnobs(Knobs):
+    """Score-CAM's."""
+
+    method: ClassVar[str] = "scorecam"
+    lowest: ClassVar[dict[str, float]] = {"batch": 1, "top_k": 1}
+    batch: int = 64  # masked images per forward pass
+    # keep only the k highest-variance channels per image (Faster Score-CAM); None: all
+    top_k: int | None = None
+
+
+@dataclass(frozen=True)
+class SSKnobs(ScoreKnobs):
+    """SS-CAM's: Score-CAM's, and noisy masks."""
+
+    method: ClassVar[str] = "sscam"
+    lowest: ClassVar[dict[str, float]] = {**ScoreKnobs.lowest, "samples": 1, "std": 0}
+    # noisy masks per channel: the paper reports N = 10 (torchcam: 35)
+    samples: int = 10
+    # std of the noise added to each channel min-max scaled to [0, 1], at the layer's
+    # resolution; torchcam's 2.0 (per input pixel) leaves the shipped model's maps flat
+    std: float = 0.5
+    seed: int = 0  # of the mask noise, so that the same images always get the same maps
+
+
+@dataclass(frozen=True)
+class ISKnobs(ScoreKnobs):
+    """IS-CAM's: Score-CAM's, and the steps of its path."""
+
+    method: ClassVar[str] = "iscam"
+    lowest: ClassVar[dict[str, float]] = {**ScoreKnobs.lowest, "samples": 1}
+    # steps on the path from the zero image to the masked one (torchcam's IS-CAM takes 10)
+    samples: int = 10
+
+
+@dataclass(frozen=True)
+class AblationKnobs(Knobs):
+    """Ablation-CAM's."""
+
+    method: ClassVar[str] = "ablationcam"
+    lowest: ClassVar[dict[str, float]] = {"batch": 1}
+    batch: int = 64  # ablated images per forward pass
+
+
+@dataclass(frozen=True)
+class SmoothKnobs(Knobs):
+    """SmoothGrad-CAM++'s."""
+
+    method: ClassVar[str] = "smoothgradcam++"
+    lowest: ClassVar[dict[str, float]] = {"samples": 1, "std": 0}
+    samples: int = 4  # noisy copies of each image, in the same forward pass as the image
+    # noise std on [0, 1] images; torchcam's 0.3 on normalised inputs times CIFAR-10's pixel
+    # std (~0.25)
+    std: float = 0.075
+    seed: int = 0  # of the noise, so that the same images always get the same maps
+
+
+@dataclass(frozen=True)
+class FinerKnobs(Knobs):
+    """Finer-CAM's."""
+
+    method: ClassVar[str] = "finercam"
+    lowest: ClassVar[dict[str, float]] = {"k": 1, "gamma": 0}
+    k: int = 3  # the classes nearest the explained one (by logit) that it is compared with
+    gamma: float = 0.6  # strength g in y_c - g sum_j w_j y_j; the authors' "aggregate" 0.6
+
+
+@dataclass(frozen=True)
+class KPCAKnobs(Knobs):
+    """KPCA-CAM's kernel PCA, scikit-learn's defaults but the kernel."""
+
+    method: ClassVar[str] = "kpcacam"
+    lowest: ClassVar[dict[str, float]] = {"degree": 1}
+    kernel: str = "sigmoid"  # one of KPCA_KERNELS (pytorch-grad-cam's "sigmoid")
+    gamma: float | None = None  # of the sigmoid, rbf and poly kernels; None: 1 / channels
+    coef0: float = 1.0  # of the sigmoid and poly kernels
+    degree: int = 3  # of the poly kernel
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choose("kpcacam's kernel", self.kernel, KPCA_KERNELS)
+        if self.gamma is not None and self.gamma <= 0:
+            raise ValueError(f"kpcacam's gamma must be > 0 or None, got {self.gamma}")
 
 
 @dataclass(frozen=True)
 class CamConfig:
-    """Every method's knobs; the engine reads `SHARED_KNOBS`, each method its own `knobs`."""
+    """What the engine reads for every method, and the one method's own `knobs`."""
 
     # "minmax" per map, "none" raw; "batch" one scale per call, "pair" one per image across sets,
     # both raw / shared max so that a weak map looks weak (see normalize.py)
@@ -68,71 +173,12 @@ class CamConfig:
     # the hooked layers' layout: "auto" (read from each output and the model), or forced to
     # "nchw" (N, C, h, w), "nhwc" (N, h, w, C) or "tokens" (N, T, C) (camlens.cam.layout)
     layout: str = "auto"
-    # Score-CAM: masked images per forward pass
-    score_batch: int = 64
-    # Score-CAM: keep only the k highest-variance channels per image (Faster Score-CAM); None: all
-    top_k: int | None = None
-    # SmoothGrad-CAM++: noisy copies of each image, in the same forward pass as the image
-    smooth_samples: int = 4
-    # SmoothGrad-CAM++: noise std on [0, 1] images; torchcam's 0.3 on normalised inputs times
-    # CIFAR-10's pixel std (~0.25)
-    smooth_std: float = 0.075
-    # SmoothGrad-CAM++: seed of the noise, so that the same images always get the same maps
-    smooth_seed: int = 0
-    # Finer-CAM: the k classes nearest the explained one (by logit) that it is compared with
-    finer_k: int = 3
-    # Finer-CAM: comparison strength g in y_c - g sum_j w_j y_j; the authors' "aggregate" 0.6
-    finer_gamma: float = 0.6
-    # SS-CAM: noisy masks per channel; IS-CAM: steps on the path from the zero image to the
-    # masked one. SS-CAM's paper reports N = 10 (torchcam: 35); torchcam's IS-CAM takes 10
-    score_samples: int = 10
-    # SS-CAM: std of the noise added to each channel min-max scaled to [0, 1], at the layer's
-    # resolution; torchcam's 2.0 (per input pixel) leaves the shipped model's maps flat
-    score_std: float = 0.5
-    # SS-CAM: seed of the mask noise, so that the same images always get the same maps
-    score_seed: int = 0
-    # KPCA-CAM: kernel of the kernel PCA, one of KPCA_KERNELS (pytorch-grad-cam's "sigmoid")
-    kpca_kernel: str = "sigmoid"
-    # KPCA-CAM: gamma of the sigmoid, rbf and poly kernels; None: 1 / channels (scikit-learn's)
-    kpca_gamma: float | None = None
-    # KPCA-CAM: coef0 of the sigmoid and poly kernels (scikit-learn's 1.0)
-    kpca_coef0: float = 1.0
-    # KPCA-CAM: degree of the poly kernel (scikit-learn's 3)
-    kpca_degree: int = 3
+    # the method's own knobs, of the Knobs class it reads (KNOBS); None: its defaults
+    knobs: Knobs | None = None
 
     def __post_init__(self) -> None:
-        # the words each takes, then the lowest value of each number (None: the default rule)
-        for name, words in (
-            ("normalize", NORMALIZE),
-            ("precision", PRECISIONS),
-            ("layout", LAYOUTS),
-            ("kpca_kernel", KPCA_KERNELS),
-        ):
-            if getattr(self, name) not in words:
-                raise ValueError(
-                    f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(words)}"
-                )
-        for name, low in _LOWEST.items():
-            value = getattr(self, name)
-            if value is not None and value < low:
-                none = " or None" if name in ("batch_size", "top_k", "kpca_gamma") else ""
-                raise ValueError(f"{name} must be >= {low}{none}, got {value}")
-        if self.kpca_gamma is not None and self.kpca_gamma <= 0:
-            raise ValueError(f"kpca_gamma must be > 0 or None, got {self.kpca_gamma}")
-
-    def changed(self) -> dict[str, Any]:
-        """The knobs that differ from their defaults, by name."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if getattr(self, f.name) != f.default
-        }
-
-    def for_method(self, method: str) -> CamConfig:
-        """This config with the knobs `method` (a METHODS name) does not read back at their
-        defaults: what a caller that hands one config to several methods passes to each."""
-        if method not in KNOBS:
-            raise KeyError(f"unknown CAM method {method!r}: choose one of {', '.join(KNOBS)}")
-        reads = SHARED_KNOBS | KNOBS[method]
-        defaults = {f.name: f.default for f in fields(self) if f.name not in reads}
-        return replace(self, **defaults)
+        _choose("normalize", self.normalize, NORMALIZE)
+        _choose("precision", self.precision, PRECISIONS)
+        _choose("layout", self.layout, LAYOUTS)
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")

@@ -25,8 +25,8 @@ class FinerCAM(GradCAM):
     """Finer-CAM, Zhang et al. 2025 (arXiv:2501.11309), on Grad-CAM.
 
     L = ReLU(sum_k w_k A_k), w_k = mean_ij d(y_c - g sum_j p_j y_dj)/dA_kij, over the k =
-    `finer_k` classes d_j whose logits are nearest y_c, p_j their softmax probabilities
-    renormalised over the k (held constant), g = `finer_gamma` (0.6).
+    `k` classes d_j (FinerKnobs) whose logits are nearest y_c, p_j their softmax probabilities
+    renormalised over the k (held constant), g = `gamma` (0.6).
 
     The score is a `Target(c, versus=Similar(k), weight=g, signed=False)`: the contrast
     machinery of `Target(pred, versus=label)` (which is the case k = 1, g = 1, signed), here
@@ -37,16 +37,13 @@ class FinerCAM(GradCAM):
     """
 
     name = "finercam"
-    knobs = frozenset({"finer_k", "finer_gamma"})
     linear = False  # the map is rectified: a signed contrast on top of it would mean nothing
 
     def _resolve(self, spec: Any, logits: Tensor, want_scores: bool) -> Resolved:
         plain = super()._resolve(spec, logits, want_scores)
         if plain.indices is None or plain.versus is not None or isinstance(spec, Target):
             return plain
-        finer = Target(
-            plain.indices, Similar(self.config.finer_k), self.config.finer_gamma, signed=False
-        )
+        finer = Target(plain.indices, Similar(self.knobs.k), self.knobs.gamma, signed=False)
         return super()._resolve(finer, logits, want_scores)
 
 

@@ -16,8 +16,8 @@ class KPCACAM(BaseCAM):
     L = sqrt(l1) v1, (l1, v1) the top eigenpair of the centred kernel matrix
     K_ij = k(x_i, x_j) over the hw places x_i (rows of the (hw, C) activations, centred).
 
-    The kernel and its parameters are CamConfig's `kpca_kernel` ("sigmoid": tanh(gamma x.y +
-    coef0)), `kpca_gamma` (None: 1/C), `kpca_coef0` (1.0) and `kpca_degree` (3, poly only):
+    The kernel and its parameters are KPCAKnobs' `kernel` ("sigmoid": tanh(gamma x.y +
+    coef0)), `gamma` (None: 1/C), `coef0` (1.0) and `degree` (3, poly only):
     pytorch-grad-cam's KPCA_CAM defaults, which pass scikit-learn's KernelPCA defaults on.
     As there, the activations are centred over places before the kernel and the kernel is
     centred in feature space (K <- J K J, J = I - 11^T/hw), and the map is KernelPCA's
@@ -29,15 +29,12 @@ class KPCACAM(BaseCAM):
     """
 
     name = "kpcacam"
-    knobs = frozenset({"kpca_kernel", "kpca_gamma", "kpca_coef0", "kpca_degree"})
     needs_grads = False
     rectify = False  # the projection is the map; kernel_pca_map fixes its sign
 
     def _map(self, acts: Tensor, grads: Tensor | None, target: Resolved) -> Tensor:
-        cfg = self.config
-        return kernel_pca_map(
-            acts, cfg.kpca_kernel, cfg.kpca_gamma, cfg.kpca_coef0, cfg.kpca_degree
-        )
+        cfg = self.knobs
+        return kernel_pca_map(acts, cfg.kernel, cfg.gamma, cfg.coef0, cfg.degree)
 
 
 def kernel_pca_map(
@@ -60,7 +57,7 @@ def kernel_pca_map(
     elif kernel == "sigmoid":
         k = torch.tanh(g * dots + coef0)
     else:
-        raise ValueError(f"unknown kpca_kernel {kernel!r}")
+        raise ValueError(f"unknown kpcacam kernel {kernel!r}")
     # centring in feature space: J K J, J = I - 11^T / hw
     k = k - k.mean(1, keepdim=True) - k.mean(2, keepdim=True) + k.mean((1, 2), keepdim=True)
     values, vectors = torch.linalg.eigh(k)  # ascending: the last pair is the top one

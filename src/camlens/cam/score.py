@@ -1,13 +1,13 @@
 """Score-CAM and its variants: weights from extra forward passes on masked images.
 
-`ScoreCAM(model, layer, score_batch=64, top_k=None)`: the masked images of all (image, channel)
-pairs go through the model `score_batch` at a time; `top_k` keeps only each image's k
+`ScoreCAM(model, layer, knobs=ScoreKnobs(batch=64, top_k=None))`: the masked images of all
+(image, channel) pairs go through the model `batch` at a time; `top_k` keeps only each image's k
 highest-variance channels (Faster Score-CAM). The masked passes are shared by every target
 set of one call, so `explain_many(images, [preds, labels])` costs no more than one set.
 
-SS-CAM and IS-CAM change only which inputs a mask makes (`_masked`): `score_samples` of them
+SS-CAM and IS-CAM change only which inputs a mask makes (`_masked`): `samples` of them
 per (image, channel) pair, whose probabilities are averaged; a pass then holds the inputs of
-`score_batch // score_samples` pairs.
+`batch // samples` pairs.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class ScoreCAM(Engine):
     """
 
     name = "scorecam"
-    knobs = frozenset({"score_batch", "top_k"})
     needs_indices = True
 
     def _samples(self) -> int:
@@ -56,7 +55,7 @@ class ScoreCAM(Engine):
         for name in self.layers:
             acts = store[name].float()
             n, c, h, w = acts.shape
-            k = min(self.config.top_k or c, c)
+            k = min(self.knobs.top_k or c, c)
             if k < c:
                 # Faster Score-CAM: channels whose map varies most carry the most spatial signal
                 channels = acts.flatten(2).var(2).topk(k, dim=1).indices  # (N, C) -> (N, k)
@@ -80,7 +79,7 @@ class ScoreCAM(Engine):
         gains = torch.zeros(n * k, num_classes, device=kept.device)
         size = tuple(images.shape[-2:])
         samples = self._samples()
-        step = max(1, self.config.score_batch // samples)
+        step = max(1, self.knobs.batch // samples)
         with torch.no_grad(), self._forward_context(images.device):
             baseline = self.model(torch.zeros_like(images[:1])).float().softmax(1)  # (1, K)
             for start in range(0, len(scored), step):
@@ -104,9 +103,9 @@ class SSCAM(ScoreCAM):
 
     The smoothing on the feature maps (the paper's SS-CAM(1)): A'_k is channel k min-max
     scaled, d_s a noise field at the layer's (h, w), U the bilinear upsampling (linear, so the
-    code adds U(d_s) to Score-CAM's upsampled mask); S = `score_samples` (10, the paper's
-    reported N), std = `score_std` (0.5). f and X_b as in camlens's Score-CAM (softmax
-    probability, zero image). d_s comes from a CPU generator seeded with `score_seed`, as
+    code adds U(d_s) to Score-CAM's upsampled mask); S = `samples` (10, the paper's
+    reported N), std = `std` (0.5). f and X_b as in camlens's Score-CAM (softmax
+    probability, zero image). d_s comes from a CPU generator seeded with `seed`, as
     (S, h, w) fields shared by every image and channel: a map does not depend on the batch,
     the chunk or the device. Two departures from torchcam's SSCAM (std 2.0, noise per input
     pixel, fresh per image and channel): pixel noise of that size is a texture a CIFAR
@@ -118,15 +117,14 @@ class SSCAM(ScoreCAM):
     """
 
     name = "sscam"
-    knobs = ScoreCAM.knobs | {"score_samples", "score_std", "score_seed"}
 
     def _samples(self) -> int:
-        return self.config.score_samples
+        return self.knobs.samples
 
     def _masked(self, images: Tensor, masks: Tensor, low: tuple[int, int]) -> Tensor:
-        gen = torch.Generator().manual_seed(self.config.score_seed)
+        gen = torch.Generator().manual_seed(self.knobs.seed)
         noise = torch.randn((self._samples(), *low), generator=gen, device="cpu")
-        noise = noise * self.config.score_std
+        noise = noise * self.knobs.std
         # (S, h, w) -> (S, H, W): the noise of the feature map, upsampled as the map is
         noise = upsample(noise, tuple(masks.shape[1:])).to(masks.device, masks.dtype)
         # (S, 1, H, W) + (1, B, H, W) -> (S, B, 1, H, W), times (B, 3, H, W) images
@@ -138,7 +136,7 @@ class ISCAM(ScoreCAM):
 
     L = ReLU(sum_k a_k A_k), a_k = (1/S) sum_{i=1..S} f(X o (i/S) H_k) - f(X_b).
 
-    The Riemann sum, with S = `score_samples` steps (10), of f on the straight path from the
+    The Riemann sum, with S = `samples` steps (10), of f on the straight path from the
     baseline X_b = 0 to X o H_k, as Integrated Gradients integrates. The paper's mask for step
     i, as torchcam quotes it, is M_i = sum_{j<i} (j/S) H_k, and torchcam scales step i's mask
     by sum_{j<=i} j/S: both factors pass 1 (up to (S+1)/2), so those masks brighten the image
@@ -146,10 +144,9 @@ class ISCAM(ScoreCAM):
     """
 
     name = "iscam"
-    knobs = ScoreCAM.knobs | {"score_samples"}
 
     def _samples(self) -> int:
-        return self.config.score_samples
+        return self.knobs.samples
 
     def _masked(self, images: Tensor, masks: Tensor, low: tuple[int, int]) -> Tensor:
         s = self._samples()

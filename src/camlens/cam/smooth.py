@@ -1,9 +1,9 @@
 """SmoothGrad-CAM++: Grad-CAM++ on gradients averaged over noisy copies, in one forward pass.
 
-The clean images and `smooth_samples` noisy copies of each go through the model as one batch
+The clean images and `SmoothKnobs.samples` noisy copies of each go through the model as one batch
 of (1 + S) x N images; the clean part gives the logits, the targets and the activations the map
 weighs, the noisy part the gradients. `batch_size` counts clean images: the model sees
-(1 + smooth_samples) times as many per pass.
+(1 + samples) times as many per pass.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     L = ReLU(sum_k w_k A_k), w_k = sum_ij a_kij ReLU(<g>), a_kij = <g^2> / (2 <g^2> +
     sum_ab |A_kab| <g^3>), <.> the mean over S noisy copies x + e_m, g = dS/dA there, A clean.
 
-    Noise: e_m ~ N(0, smooth_std^2) on the [0, 1] image (default 0.075, S = 4). torchcam's
+    Noise: e_m ~ N(0, std^2) on the [0, 1] image (default 0.075, S = 4). torchcam's
     SmoothGradCAMpp adds std 0.3 to the *normalised* input, i.e. 0.3 x the data std in [0, 1]
     units: 0.3 x ~0.25 = 0.075 for CIFAR-10 (per channel 0.074, 0.073, 0.078). e is drawn from
-    a CPU `torch.Generator` seeded with `smooth_seed` on every chunk, as an (S, 3, H, W) tensor
+    a CPU `torch.Generator` seeded with `seed` on every chunk, as an (S, 3, H, W) tensor
     shared by all images: each image gets S independent copies, and its map does not depend on
     the chunk size, its place in the batch, the device or the engine.
 
@@ -48,15 +48,12 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     """
 
     name = "smoothgradcam++"
-    knobs = frozenset({"smooth_samples", "smooth_std", "smooth_seed"})
 
     def _noise(self, images: Tensor) -> Tensor:
         """(S, C, H, W) noise, the same on every call, chunk and device."""
-        gen = torch.Generator().manual_seed(self.config.smooth_seed)
-        noise = torch.randn(
-            (self.config.smooth_samples, *images.shape[1:]), generator=gen, device="cpu"
-        )
-        return (noise * self.config.smooth_std).to(images.device, images.dtype)
+        gen = torch.Generator().manual_seed(self.knobs.seed)
+        noise = torch.randn((self.knobs.samples, *images.shape[1:]), generator=gen, device="cpu")
+        return (noise * self.knobs.std).to(images.device, images.dtype)
 
     def _inputs(self, images: Tensor) -> Tensor:
         # (N, 3, H, W) + (S, 1, 3, H, W) -> (S, N, 3, H, W) -> (S*N, 3, H, W), copy m of image i
@@ -66,7 +63,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 
     def _maps_from(self, logits: Tensor, store: dict[str, Tensor], specs: list[Any]) -> RawMaps:
         acts = self._acts(logits, store)  # each ((1 + S)*N, C, h, w)
-        s = self.config.smooth_samples
+        s = self.knobs.samples
         n = logits.shape[0] // (1 + s)
         clean, noisy = logits[:n], logits[n:].unflatten(0, (s, n))  # (N, K), (S, N, K)
         targets = [self._resolve(spec, clean, want_scores=False) for spec in specs]

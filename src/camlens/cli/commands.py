@@ -12,10 +12,10 @@ import dataclasses
 
 import torch
 
-from camlens.cam import CamConfig, candidate_layers, pick_layer
+from camlens.cam import candidate_layers, pick_layer
 from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import ModelConfig, Opened, build_classifier, open_model, stated_size
-from camlens.compare import CompareConfig, compare, summary_of
+from camlens.compare import CompareConfig, compare, summary_of, with_top_k
 from camlens.data import DataConfig, DataError, load_dataset
 from camlens.distributed import is_writer, process_group
 from camlens.epochs import explain_over_epochs
@@ -328,10 +328,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             layers=_layers(args, opened),
             limit=None,  # --limit here is the compare's
             compare_limit=args.limit,
-            # None: compare's own 32 where a method reads it; 0: all channels
-            cam=None if args.top_k is None else CamConfig(top_k=args.top_k or None),
             progress=args.progress and is_writer(),
         )
+        if args.top_k is not None:  # 0: every channel
+            plan = with_top_k(plan, args.top_k or None)
         grid = None
         if args.grid:
             names = [f.name for f in dataclasses.fields(GridConfig)]

@@ -26,10 +26,12 @@ from camlens.compare.run import (
     COMPARE_LIMIT,
     COMPARE_METHODS,
     COMPARE_PLAN,
+    COMPARE_TOP_K,
     FILES,
     CompareConfig,
     CompareResult,
     compare,
+    with_top_k,
 )
 from camlens.compare.summary import headline, sanity_lines, summary_of
 from camlens.compare.table import (
@@ -45,6 +47,7 @@ __all__ = [
     "COMPARE_LIMIT",
     "COMPARE_METHODS",
     "COMPARE_PLAN",
+    "COMPARE_TOP_K",
     "FILES",
     "SUBSETS",
     "CompareConfig",
@@ -58,6 +61,7 @@ __all__ = [
     "headline",
     "indistinguishable_from",
     "sanity_figure",
+    "with_top_k",
     "sanity_lines",
     "select_subsets",
     "summary_of",

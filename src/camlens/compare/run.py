@@ -45,8 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from camlens.atomic import atomic_write_files
-from camlens.cam import CamConfig
-from camlens.cam.config import KNOBS
+from camlens.cam import KNOBS
 from camlens.choices import COMPARE_LIMIT, COMPARE_METHODS, DEFAULT_LAYERS
 from camlens.classifier import adapt_user_input, own_layer_names
 from camlens.compare.budget import Budget, budget, probe
@@ -102,8 +101,27 @@ FILES = ("compare.csv", "compare.json", "compare.png", "sanity.png")
 COMPARE_PLAN = ExplainPlan(
     methods=COMPARE_METHODS, layers=DEFAULT_LAYERS, compare_limit=COMPARE_LIMIT
 )
-# the methods that read Score-CAM's top_k (compare sets it to 32 unless told)
-TOP_K_READERS = frozenset(m for m, knobs in KNOBS.items() if "top_k" in knobs)
+# the channels each image keeps in Score-CAM and its variants unless told (Faster Score-CAM):
+# all of them would not fit compare's budget on 2 CPU cores
+COMPARE_TOP_K = 32
+
+
+def with_top_k(plan: ExplainPlan, top_k: int | None, unset_only: bool = False) -> ExplainPlan:
+    """`plan` with `top_k` (None: every channel) for each of its methods that reads it (the
+    Score-CAM family: ScoreKnobs and its variants), their other knobs kept; `unset_only`: only
+    for those it gives no knobs. ExplainError when none reads it, unless `unset_only`."""
+    readers = [m for m in plan.methods if hasattr(KNOBS.get(m), "top_k")]
+    if not readers and not unset_only:
+        every = ", ".join(m for m, k in KNOBS.items() if hasattr(k, "top_k"))
+        raise ExplainError(f"top_k is read only by {every}, and none is among the methods")
+    own = {k.method: k for k in plan.knobs}
+    new = {m: replace(own[m], top_k=top_k) if m in own else KNOBS[m](top_k=top_k) for m in readers}
+    if unset_only:
+        new = {m: k for m, k in new.items() if m not in own}
+    kept = tuple(k for k in plan.knobs if k.method not in new)
+    return replace(plan, knobs=kept + tuple(new.values()))
+
+
 # why the metrics that do not lead are shown last (compare.json "shown_last")
 SHOWN_LAST = {
     "drop": "rewards maps that cover more: the exact evidence map drops more than "
@@ -146,8 +164,8 @@ def compare(
     `plan` (default `COMPARE_PLAN`): the methods and layers compared, `compare_limit` mistakes
     (and as many correct images; None: 32, what fits minutes on 2 CPU cores), the batch sizes
     (`eval_batch_size` for every inference and scoring forward), precision, `seed`, the
-    methods' knobs (`cam`; None: Score-CAM's top_k 32, Faster Score-CAM, as full Score-CAM
-    costs ~2 s per image per layer on a laptop CPU) and `progress`.
+    methods' `knobs` (a Score-CAM method given none keeps COMPARE_TOP_K channels, Faster
+    Score-CAM, as full Score-CAM costs ~2 s per image per layer on a laptop CPU), `progress`.
     `config`: the sanity checks' images, the baselines, alpha, the grid test, the metrics'
     knobs (`CompareConfig`; None: its defaults).
     `engines`: methods of your own by name, `(model, layers) -> engine`, an engine being any
@@ -211,8 +229,8 @@ def _job(model, data, plan, config, engines, explained) -> CompareJob:
     model, data = adapt_user_input(model, data)  # a DataLoader, arrays: a Dataset, once
     plan = plan or COMPARE_PLAN
     # Score-CAM on all channels would not fit the budget; in a report, the gallery's knobs
-    if plan.cam is None and explained is None and any(m in TOP_K_READERS for m in plan.methods):
-        plan = replace(plan, cam=CamConfig(top_k=32))
+    if explained is None:
+        plan = with_top_k(plan, COMPARE_TOP_K, unset_only=True)
     limit = COMPARE_LIMIT if plan.compare_limit is None else plan.compare_limit
     # a wrapped model's own layer names work too
     layers = tuple(own_layer_names(model, plan.layers or COMPARE_PLAN.layers))
@@ -339,7 +357,7 @@ def _settings(job: CompareJob, found, work: Budget, n_paired: int) -> dict:
     grids = ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in found.grids.items())
     return {
         "limit": plan.compare_limit,
-        "top_k": plan.cam.top_k if plan.cam is not None else None,
+        "top_k": {k.method: k.top_k for k in plan.knobs if hasattr(k, "top_k")},
         "seed": plan.metric_seed,
         "methods": list(plan.methods),
         "layers": list(plan.layers),
