@@ -112,5 +112,8 @@ def test_cli_output_flag(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "o" / "maps" / "gradcam.safetensors").is_file()
     assert not (tmp_path / "o" / "gallery").exists()
-    code = main([str(a) for a in [*argv[:-3], "--output", "pdf", "--no-progress"]])
-    assert code != 0 and "unknown output 'pdf'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused by the flag, as argparse refuses: one line
+        main([str(a) for a in [*argv[:-3], "--output", "pdf", "--no-progress"]])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown output 'pdf': choose from gallery, maps" in err
+    assert len(err.strip().splitlines()) == 1

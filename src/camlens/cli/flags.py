@@ -56,15 +56,16 @@ def _field_type(tp) -> type:
     return tuple if typing.get_origin(tp) is tuple else tp
 
 
-def _names_of(choices: typing.Sequence[str] | None):
-    """A comma-separated list's type: each name checked against `choices`, in one line."""
+def _names_of(what: str, choices: typing.Sequence[str] | None):
+    """A comma-separated list's type: each name checked against `choices`, in one line that
+    says `what` it names (as the library's own error does: "unknown output 'pdf'")."""
 
     def parse(text: str) -> list[str]:
         names = name_list(text)
         for name in names:
             if choices is not None and name not in choices:
                 raise argparse.ArgumentTypeError(
-                    f"unknown {name!r}: choose from {', '.join(choices)}"
+                    f"unknown {what} {name!r}: choose from {', '.join(choices)}"
                 )
         return names
 
@@ -101,7 +102,8 @@ def add_config_flags(
         if tp is bool:
             kw.update(action=argparse.BooleanOptionalAction, default=default)
         elif tp is tuple:
-            kw.update(type=_names_of(meta.get("choices")), default=default, metavar="NAMES")
+            what = names[0].lstrip("-")
+            kw.update(type=_names_of(what, meta.get("choices")), default=default, metavar="NAMES")
         else:
             kw.update(type=tp, default=default, choices=meta.get("choices"))
             if "choices" not in meta:
