@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tarfile
@@ -112,10 +113,7 @@ def tiny_mistakes():
     images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(30) % 5
     mistakes = find_mistakes(predict(model, images), labels)
-    mistakes = type(mistakes)(
-        *[getattr(mistakes, f) for f in ("indices", "labels", "preds", "probs", "margins")],
-        images=images[mistakes.indices],
-    )
+    mistakes = dataclasses.replace(mistakes, images=images[mistakes.indices])
     assert len(mistakes) >= 10
     return model, mistakes
 

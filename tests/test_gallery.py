@@ -52,7 +52,7 @@ def test_gallery_files_and_index(tmp_path, tiny_mistakes):
 def test_gallery_needs_images(tmp_path, tiny_mistakes):
     model, m = tiny_mistakes
     expl = mistake_maps(model, m.images, m.labels, ExplainPlan(layers=["layer4"]))
-    bare = type(m)(m.indices, m.labels, m.preds, m.probs, m.margins)
+    bare = replace(m, images=None)
     with pytest.raises(ValueError, match="read_mistakes"):
         write_gallery(expl, bare, CLASSES, tmp_path)
 
@@ -148,6 +148,7 @@ def test_joined_png_rows_decode_to_the_stacked_pictures():
 # numbered argv[2] is renamed into place (0: never); one worker writes the cards in row order
 GALLERY_PROCESS = """
 import os, signal, sys
+from dataclasses import replace
 import torch
 from camlens.evaluate import find_mistakes, predict
 from camlens.explain import ExplainPlan, stream_mistake_maps
@@ -161,7 +162,7 @@ torch.manual_seed(0)
 model = ResNet18(5, width=8).eval()
 images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
 m = find_mistakes(predict(model, images), torch.arange(30) % 5)
-m = type(m)(m.indices, m.labels, m.preds, m.probs, m.margins, images=images[m.indices])
+m = replace(m, images=images[m.indices])
 cards, write = [], gallery_write.atomic_write_bytes
 
 def write_then_die(path, data, **kw):

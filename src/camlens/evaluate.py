@@ -10,8 +10,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -146,27 +145,41 @@ TOP_BARS = 5  # beyond, the likeliest this many classes, and the truth if it is 
 
 @dataclass(frozen=True)
 class Mistakes:
-    """The misclassified images of a split: where they are and what the model thought."""
+    """The misclassified images of a split: where they are and what the model thought.
+
+    The (M, K) probabilities are not held: `probs` computes them from `scores`, the rows of an
+    evaluation's own (N, K) logits, which every selection shares (at 50,000 photos of 1,000
+    classes a copy would be another 200 MB). Take a selection's or a chunk's `probs`."""
 
     indices: torch.Tensor  # (M,) positions in the split
     labels: torch.Tensor  # (M,) true classes
     preds: torch.Tensor  # (M,) predicted classes
-    probs: torch.Tensor  # (M, K) softmax probabilities
+    confidence: torch.Tensor  # (M,) probability of the prediction
     margins: torch.Tensor  # (M,) logit of the prediction minus logit of the true class
+    scores: torch.Tensor  # (R, K) logits (or log-probabilities) the probabilities come from
+    rows: torch.Tensor  # (M,) each mistake's row of `scores`
     images: torch.Tensor | None = None  # (M, 3, H, W) uint8, when read back with the split
+
+    @classmethod
+    def of_probs(cls, indices, labels, preds, probs, margins, images=None) -> Mistakes:
+        """From (M, K) probabilities, e.g. a file's: their logs are the scores (the softmax of
+        log p is p, to float rounding)."""
+        confidence = probs.gather(1, preds[:, None]).squeeze(1)
+        rows = torch.arange(len(indices), device=probs.device)
+        return cls(indices, labels, preds, confidence, margins, probs.log(), rows, images)
 
     def __len__(self) -> int:
         return self.indices.shape[0]
 
-    @cached_property
-    def confidence(self) -> torch.Tensor:
-        """(M,) probability of the prediction; computed once, since callers read it per row."""
-        return self.probs.gather(1, self.preds[:, None]).squeeze(1)
+    @property
+    def probs(self) -> torch.Tensor:
+        """(M, K) softmax probabilities, computed each time from the shared scores."""
+        return self.scores[self.rows].float().softmax(1)
 
     def bar_classes(self) -> list[list[int]]:
         """The classes each mistake's probability bars show, in class order: all of them up to
         `ALL_BARS_UP_TO` classes, else the `TOP_BARS` likeliest plus the truth (one top-k)."""
-        k = self.probs.shape[1] if self.probs.ndim == 2 else 0
+        k = self.scores.shape[1]
         if k <= ALL_BARS_UP_TO:
             return [list(range(k))] * len(self)
         top = self.probs.topk(TOP_BARS, dim=1).indices  # (M, K) -> (M, TOP_BARS)
@@ -175,14 +188,16 @@ class Mistakes:
             for row, label in zip(top.tolist(), self.labels.tolist(), strict=True)
         ]
 
-    def select(self, keep: torch.Tensor) -> Mistakes:
-        """A subset or reordering, by index tensor or boolean mask."""
+    def select(self, keep: torch.Tensor | slice) -> Mistakes:
+        """A subset or reordering, by index tensor, boolean mask or slice; the scores shared."""
         return Mistakes(
             self.indices[keep],
             self.labels[keep],
             self.preds[keep],
-            self.probs[keep],
+            self.confidence[keep],
             self.margins[keep],
+            self.scores,
+            self.rows[keep],
             None if self.images is None else self.images[keep],
         )
 
@@ -198,21 +213,17 @@ def _chunks(n: int, k: int) -> list[slice]:
 
 
 def find_mistakes(logits: torch.Tensor, labels: torch.Tensor) -> Mistakes:
-    """Every image whose arg-max differs from its label, most confident first.
-
-    The softmax runs a chunk of rows at a time (row by row it is the same): the (M, K)
-    probabilities are filled in once, in order, with no (M, K) temporaries beside them."""
+    """Every image whose arg-max differs from its label, most confident first. Its scores are
+    `logits` itself, not a copy; the softmax runs a chunk of rows at a time."""
     preds = logits.argmax(1)
     wrong = (preds != labels).nonzero().flatten()
     parts = _chunks(len(wrong), logits.shape[1])
     confidence = [logits[wrong[c]].softmax(1).max(1).values for c in parts]
-    order = torch.cat(confidence).argsort(descending=True, stable=True) if parts else wrong
-    wrong = wrong[order]
-    probs = logits.new_empty(len(wrong), logits.shape[1])
-    for c in parts:
-        probs[c] = logits[wrong[c]].softmax(1)
+    confidence = torch.cat(confidence) if parts else logits.new_empty(0)
+    order = confidence.argsort(descending=True, stable=True)
+    wrong, confidence = wrong[order], confidence[order]
     margins = logits[wrong, preds[wrong]] - logits[wrong, labels[wrong]]
-    return Mistakes(wrong, labels[wrong], preds[wrong], probs, margins)
+    return Mistakes(wrong, labels[wrong], preds[wrong], confidence, margins, logits, wrong)
 
 
 def mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -295,7 +306,7 @@ def write_mistakes(m: Mistakes, classes: Sequence[str], path: Path) -> None:
     beside it `path`.safetensors with every class's probability, (M, K) float32: at K = 1,000 a
     column per class would make a 100 MB csv, written and parsed in Python. Both are streamed
     to disk (the csv a chunk of rows at a time), so writing them holds no copy of the (M, K)."""
-    top = min(TOP_BARS, m.probs.shape[1]) if m.probs.ndim == 2 else 0
+    top = min(TOP_BARS, m.scores.shape[1])
     header = ["index", "label", "pred", "confidence", "margin"]
     header += [f"{kind}{r + 1}" for r in range(top) for kind in ("top", "p_top")]
 
@@ -303,8 +314,8 @@ def write_mistakes(m: Mistakes, classes: Sequence[str], path: Path) -> None:
         with open(tmp, "w", newline="") as f:
             out = csv.writer(f, lineterminator="\n")
             out.writerow(header)
-            for c in _chunks(len(m), m.probs.shape[1] if m.probs.ndim == 2 else 1):
-                values, ids = m.probs[c].topk(top, dim=1)
+            for c in _chunks(len(m), m.scores.shape[1]):
+                values, ids = m.select(c).probs.topk(top, dim=1)
                 columns = (m.indices[c], m.labels[c], m.preds[c], m.confidence[c], m.margins[c])
                 for index, t, p, conf, margin, ks, ps in zip(
                     *(x.tolist() for x in (*columns, ids, values)), strict=True
@@ -316,7 +327,8 @@ def write_mistakes(m: Mistakes, classes: Sequence[str], path: Path) -> None:
                         [index, classes[t], classes[p], f"{conf:.6f}", f"{margin:.6f}", *tops]
                     )
 
-    tensors = {"indices": m.indices.long().contiguous(), "probs": m.probs.float().contiguous()}
+    # the file's (M, K) probabilities: the one moment they are held whole
+    tensors = {"indices": m.indices.long().contiguous(), "probs": m.probs.contiguous()}
     meta = {"classes": json.dumps(list(classes)), "rows": "the rows of " + path.name}
     beside = path.with_suffix(".safetensors")
     atomic_write_files({path: write_csv, beside: tensors_file(tensors, meta)})
@@ -346,12 +358,12 @@ def read_mistakes(path: str | Path, split: Split | None = None) -> Mistakes:
             if not torch.equal(f.get_tensor("indices"), indices):
                 raise DataError(f"{beside.name} does not hold the rows of {path.name}")
     ids = {c: i for i, c in enumerate(classes)}
-    mistakes = Mistakes(
-        indices=indices,
-        labels=torch.tensor([ids[r[1]] for r in rows], dtype=torch.long),
-        preds=torch.tensor([ids[r[2]] for r in rows], dtype=torch.long),
-        probs=probs,
-        margins=torch.tensor([float(r[4]) for r in rows]),
+    mistakes = Mistakes.of_probs(
+        indices,
+        torch.tensor([ids[r[1]] for r in rows], dtype=torch.long),
+        torch.tensor([ids[r[2]] for r in rows], dtype=torch.long),
+        probs,
+        torch.tensor([float(r[4]) for r in rows]),
     )
     if split is None:
         return mistakes
@@ -362,7 +374,4 @@ def read_mistakes(path: str | Path, split: Split | None = None) -> Mistakes:
         raise DataError(
             f"{path} does not belong to this data: its true labels differ from the split's"
         )
-    return Mistakes(
-        *(getattr(mistakes, f) for f in ("indices", "labels", "preds", "probs", "margins")),
-        images=split.images[indices],
-    )
+    return replace(mistakes, images=split.images[indices])

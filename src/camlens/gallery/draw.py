@@ -188,8 +188,9 @@ def draw_card(
                 put_text(card, (x, y + s + 2), text, 10)
     row, x0 = layout.bars_h / layout.slots, layout.bars_x
     # (1, K) -> the classes this card shows: O(K) per card, never O(M)
-    shown = m.select(slice(i, i + 1)).bar_classes()[0]
-    probs = m.probs[i, shown].tolist()
+    one = m.select(slice(i, i + 1))
+    shown = one.bar_classes()[0]
+    probs = one.probs[0, shown].tolist()
     for slot, (k, p) in enumerate(zip(shown, probs, strict=True)):
         y = HEADER + int(slot * row)
         middle = HEADER + int(slot * row + row / 2) - 6
