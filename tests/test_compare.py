@@ -228,7 +228,7 @@ def _cli(capsys, *argv):
 @pytest.mark.parametrize(
     "flags, words",
     [
-        (("--method", "gradcam,nope"), "unknown 'nope'"),
+        (("--method", "gradcam,nope"), "unknown method 'nope'"),
         (("--layer", "layer9"), "layer9"),
         (("--limit", "0"), "--limit must be >= 1"),
     ],

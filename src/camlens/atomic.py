@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 __all__ = [
     "Content",
@@ -23,7 +23,6 @@ __all__ = [
     "atomic_save_tensors",
     "atomic_write_bytes",
     "atomic_write_files",
-    "tensors_file",
 ]
 
 # a file's content: its bytes, or a function that writes the file at the path it is given (a
@@ -101,11 +100,7 @@ def atomic_write_bytes(path: Path, data: Content, durable: bool = True) -> None:
 def atomic_save_tensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], durable: bool = True
 ) -> None:
-    """A safetensors file, written like any other file."""
-    atomic_write_bytes(path, tensors_file(tensors, metadata), durable)
-
-
-def tensors_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Content:
-    """A safetensors file's content, written by safetensors straight from the tensors: no bytes
-    copy of them in memory (200 MB at 50,000 x 1,000 probabilities)."""
-    return lambda tmp: save_file(tensors, tmp, metadata=metadata)
+    """A safetensors file, serialised in memory and written like any other file (through
+    os.write, so that a full disk is one WriteError: safetensors' own save_file raises its
+    own error type)."""
+    atomic_write_bytes(path, save(tensors, metadata=metadata), durable)

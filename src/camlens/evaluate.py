@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 
-from camlens.atomic import atomic_write_bytes, atomic_write_files, tensors_file
+from camlens.atomic import atomic_write_bytes, atomic_write_files
 from camlens.data import DataError, Split
 from camlens.data.store import ImageStore, rows_of
 from camlens.distributed import gather, shard_rows
@@ -331,7 +332,7 @@ def write_mistakes(m: Mistakes, classes: Sequence[str], path: Path) -> None:
     tensors = {"indices": m.indices.long().contiguous(), "probs": m.probs.contiguous()}
     meta = {"classes": json.dumps(list(classes)), "rows": "the rows of " + path.name}
     beside = path.with_suffix(".safetensors")
-    atomic_write_files({path: write_csv, beside: tensors_file(tensors, meta)})
+    atomic_write_files({path: write_csv, beside: save(tensors, metadata=meta)})
 
 
 def read_mistakes(path: str | Path, split: Split | None = None) -> Mistakes:

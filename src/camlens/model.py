@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from camlens.atomic import atomic_write_files, tensors_file
+from camlens.atomic import atomic_write_files
 from camlens.choices import NORMS
 
 __all__ = [
@@ -210,7 +210,7 @@ def save_checkpoint(
     # both written before either is renamed: a full disk leaves the old pair whole
     atomic_write_files(
         {
-            stem.with_suffix(".safetensors"): tensors_file(tensors, stamp),
+            stem.with_suffix(".safetensors"): save(tensors, metadata=stamp),
             stem.with_suffix(".json"): text.encode(),
         }
     )
