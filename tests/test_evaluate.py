@@ -42,6 +42,22 @@ def test_find_mistakes_lists_every_wrong_image_most_confident_first():
 
 
 @pytest.mark.layout
+def test_mistakes_share_the_logits_and_hold_no_probabilities():
+    """At 50,000 x 1,000 a probabilities copy is another 200 MB (docs/performance.md): the
+    mistakes read theirs from the evaluation's own logits, shared by every selection.
+    Planted: find_mistakes holding softmax(logits[wrong]) as its scores (red)."""
+    g = torch.Generator().manual_seed(3)
+    logits, labels = torch.randn(40, 7, generator=g), torch.randint(0, 7, (40,), generator=g)
+    m = find_mistakes(logits, labels)
+    chosen = m.select(torch.tensor([2, 0])).select(slice(1, 2))
+    for held in (m, chosen):
+        assert held.scores.data_ptr() == logits.data_ptr()  # the same storage, no copy
+    wrong = (logits.argmax(1) != labels).nonzero().flatten()
+    assert torch.equal(torch.sort(m.indices).values, wrong)
+    torch.testing.assert_close(chosen.probs, logits[m.indices[[0]]].softmax(1))
+    torch.testing.assert_close(m.confidence, m.probs.max(1).values)
+
+
 def test_predict_does_not_depend_on_batch_size_and_restores_mode():
     model = ResNet18(3, width=8).train()
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
