@@ -62,7 +62,7 @@ def agreement(n: int) -> None:
     seeds = m.indices[rows].long()
     results, times = {}, {}
     for side in (None, 16, 8):
-        config = CounterfactualConfig(grid=(4, 4), impute_side=side)
+        config = CounterfactualConfig(resolution=(4, 4), impute_side=side)
         start = time.perf_counter()
         results[side] = counterfactual(model, x, contrast, preds, labels, config, seeds=seeds)
         times[side] = time.perf_counter() - start
@@ -112,7 +112,7 @@ def at_size(n: int, size: int, batch: int) -> None:
         contrast = expl.layer_maps(0)[2]
         with torch.no_grad():
             preds = model(images[:1]).argmax(1).repeat(n)
-        config = CounterfactualConfig(grid=expl.resolutions[0])
+        config = CounterfactualConfig(resolution=expl.resolutions[0])
         t0 = time.perf_counter()
         for start in range(0, n, batch):  # as explain_counterfactual: a CAM batch at a time
             rows = slice(start, start + batch)
@@ -139,7 +139,7 @@ def main() -> None:
     n = args.images
     g = torch.Generator().manual_seed(0)
     images = torch.rand(n, 3, 32, 32, generator=g)
-    cams = baseline_maps(images.shape, "random", g, grid=(4, 4))  # a stand-in contrast map
+    cams = baseline_maps(images.shape, "random", g, resolution=(4, 4))  # a stand-in contrast map
     preds, labels = torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)
     config = CounterfactualConfig()
     metric = MetricConfig(batch_size=args.batch_size)

@@ -205,7 +205,7 @@ def test_baselines_are_scored_on_the_same_images_and_targets(tiny, compared):
     assert got == pytest.approx({m: float(want[m].mean()) for m in metrics}, abs=1e-6)
     # the random baseline at layer3 is drawn on layer3's 8x8 grid, seeded as compare seeds it
     g = torch.Generator().manual_seed(0)
-    cams = baseline_maps(images.shape, "random", g, grid=(8, 8))
+    cams = baseline_maps(images.shape, "random", g, resolution=(8, 8))
     want = score_maps(model, images, cams, targets, metrics=metrics).values
     got = {
         r["metric"]: r["mean"]

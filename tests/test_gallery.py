@@ -215,7 +215,7 @@ def test_index_and_cards_carry_the_counterfactual_of_the_contrast_map(tmp_path, 
     g = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path, SMALL)
     expl = g.explanations
     contrast = expl.contrast_cams[-1]  # (N, H, W): layer4's, in [-1, 1]
-    config = CounterfactualConfig(grid=expl.resolutions[-1], seed=PLAN.metric_seed)
+    config = CounterfactualConfig(resolution=expl.resolutions[-1], seed=PLAN.metric_seed)
     seeds = PLAN.metric_seed * 1_000_003 + m.indices
     x = as_float_images(m.images)
     want = counterfactual(model, x, contrast, m.preds, m.labels, config, seeds=seeds)

@@ -256,8 +256,10 @@ def test_coarse_counterfactual_agrees_with_the_full_fill_at_32_px():
     ]
     args = (model, images.float() / 255, contrast, m.preds[rows], m.labels[rows])
     seeds = m.indices[rows].long()
-    full = counterfactual(*args, CounterfactualConfig(grid=(4, 4)), seeds=seeds)
-    coarse = counterfactual(*args, CounterfactualConfig(grid=(4, 4), impute_side=16), seeds=seeds)
+    full = counterfactual(*args, CounterfactualConfig(resolution=(4, 4)), seeds=seeds)
+    coarse = counterfactual(
+        *args, CounterfactualConfig(resolution=(4, 4), impute_side=16), seeds=seeds
+    )
     for name in ("preds_map", "beat_random", "to_true_map"):
         assert (getattr(coarse, name) == getattr(full, name)).float().mean().item() >= 0.95, name
     assert (coarse.drop_map - full.drop_map).abs().mean().item() < 0.02
@@ -295,15 +297,17 @@ def test_baselines():
         baseline_maps((1, 4, 4), "middle")
 
 
-def test_the_random_baseline_is_drawn_at_the_layers_grid_and_upsampled_like_a_cam():
+def test_the_random_baseline_is_drawn_at_the_layers_resolution_and_upsampled_like_a_cam():
     """Known answer: uniform draws on the (4, 4) grid, bilinear to 32 px, min-max per map."""
-    maps = baseline_maps((3, 3, 32, 32), "random", torch.Generator().manual_seed(5), grid=(4, 4))
+    maps = baseline_maps(
+        (3, 3, 32, 32), "random", torch.Generator().manual_seed(5), resolution=(4, 4)
+    )
     low = torch.rand((3, 4, 4), generator=torch.Generator().manual_seed(5))
     up = F.interpolate(low[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
     lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
     assert torch.allclose(maps, (up - lo) / (hi - lo), atol=1e-6)
     assert torch.equal(baseline_maps((3, 32, 32), "random", torch.Generator().manual_seed(5)), maps)
-    eight = baseline_maps((1, 32, 32), "random", grid=(8, 8))
+    eight = baseline_maps((1, 32, 32), "random", resolution=(8, 8))
     # a 4x4 grid's map is smooth: neighbouring pixels differ by far less than i.i.d. ones
     step = (maps[:, 1:] - maps[:, :-1]).abs().mean()
     pixel = baseline_maps((3, 32, 32), "random-pixel")

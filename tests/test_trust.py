@@ -104,7 +104,7 @@ def maps_of(known):
         "gradcam": cam_maps(model, "gradcam", images, labels),
         "hirescam": cam_maps(model, "hirescam", images, labels),
         "layercam": cam_maps(model, "layercam", images, labels),
-        "random": baseline_maps(images.shape, "random", g, grid=(4, 4)),
+        "random": baseline_maps(images.shape, "random", g, resolution=(4, 4)),
         "centre": baseline_maps(images.shape, "centre"),
     }
 

@@ -305,8 +305,8 @@ def write_evaluation(ev: Evaluation, classes: Sequence[str], out: str | Path, me
 def write_mistakes(m: Mistakes, classes: Sequence[str], path: Path) -> None:
     """`path` (misclassified.csv): a row per mistake with its `TOP_BARS` likeliest classes; and
     beside it `path`.safetensors with every class's probability, (M, K) float32: at K = 1,000 a
-    column per class would make a 100 MB csv, written and parsed in Python. Both are streamed
-    to disk (the csv a chunk of rows at a time), so writing them holds no copy of the (M, K)."""
+    column per class would make a 100 MB csv, written and parsed in Python. The csv is streamed
+    to disk a chunk of rows at a time; the probabilities are built whole once, for the file."""
     top = min(TOP_BARS, m.scores.shape[1])
     header = ["index", "label", "pred", "confidence", "margin"]
     header += [f"{kind}{r + 1}" for r in range(top) for kind in ("top", "p_top")]

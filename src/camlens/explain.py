@@ -233,7 +233,7 @@ def explain_counterfactual(
     The removed region is the top of the contrast map ("why pred rather than true"); a
     non-linear method has none, and its predicted-class map stands in (`region`
     "predicted-class", which the verdicts and index.csv's `cf_region` say). The random maps are
-    drawn at that layer's grid; each image's random map and noise come from
+    drawn at that layer's resolution; each image's random map and noise come from
     `plan.metric_seed` and its test index, so a result is the same in any chunk, on any
     number of ranks, on a resumed run.
 
@@ -247,7 +247,9 @@ def explain_counterfactual(
     last = len(expl.layers) - 1
     pred, _, contrast = expl.layer_maps(last)  # (M, H, W) each
     cams, region = (contrast, "contrast") if contrast is not None else (pred, "predicted-class")
-    config = CounterfactualConfig(grid=expl.resolutions[last], seed=plan.metric_seed, region=region)
+    config = CounterfactualConfig(
+        resolution=expl.resolutions[last], seed=plan.metric_seed, region=region
+    )
     seeds = plan.metric_seed * 1_000_003 + mistakes.indices.long()
     parts = []
     for start in range(0, max(len(mistakes), 1), plan.cam_batch_size):

@@ -227,7 +227,7 @@ def candidate_layers(model: nn.Module, image_size: int, layout: str = "auto") ->
                     return None  # (N, heads, T, d) and the like: no map of the image
                 misfits[name] = str(e)  # kept: a wrong --prefix-tokens must not go unseen
                 reading = None
-            if reading is not None and reading.grid[0] * reading.grid[1] < 2:
+            if reading is not None and reading.resolution[0] * reading.resolution[1] < 2:
                 return None
             found.pop(name, None)  # a layer called twice: its last output
             found[name] = (out, reading)
@@ -252,7 +252,7 @@ def candidate_layers(model: nn.Module, image_size: int, layout: str = "auto") ->
             continue
         grid = None
         if reading.layout == "tokens":
-            grid = (reading.prefix, *reading.grid)
+            grid = (reading.prefix, *reading.resolution)
             g = None if g is None else g[:, reading.prefix :]  # the grid's tokens, not the prefix
         reaches = g is not None and bool(g.abs().sum() > 0)
         candidates.append(

@@ -49,7 +49,7 @@ class Reading:
     """How one layer's output becomes `acts` (N, C, h, w), and the map goes back into it."""
 
     layout: str  # "nchw", "nhwc" or "tokens"
-    grid: tuple[int, int]  # (h, w) of the map
+    resolution: tuple[int, int]  # (h, w) of the map
     prefix: int = 0  # tokens: leading tokens that are no place in the image (class, registers)
 
     def to_map(self, output: Tensor) -> Tensor:
@@ -58,7 +58,7 @@ class Reading:
             return output.permute(0, 3, 1, 2)  # (N, h, w, C) -> (N, C, h, w)
         if self.layout == "tokens":
             # (N, T, C) -> (N, C, h, w): the prefix tokens are no place in the image
-            return output[:, self.prefix :].unflatten(1, self.grid).permute(0, 3, 1, 2)
+            return output[:, self.prefix :].unflatten(1, self.resolution).permute(0, 3, 1, 2)
         return output
 
     def from_map(self, acts: Tensor, output: Tensor) -> Tensor:
@@ -77,7 +77,7 @@ class Reading:
         the layer: `(512, 4, 4) nchw`, `(4, 4, 768) nhwc as (768, 4, 4)`, `tokens (197, 192):
         1 prefix dropped, 14x14 grid`."""
         if self.layout == "tokens":
-            h, w = self.grid
+            h, w = self.resolution
             return f"tokens {shape}: {self.prefix} prefix dropped, {h}x{w} grid"
         if self.layout == "nhwc":
             h, w, c = shape

@@ -79,7 +79,7 @@ def score_forwards(cfg: MetricConfig) -> float:
 
 def probe(job: CompareJob) -> Probe:
     """Time the forward, then run each (method, layer) once on a few images: its map's cost,
-    its layer's grid, and whether it can explain that layer at all (CAM needs the layer that
+    its layer's resolution, and whether it can explain that layer at all (CAM needs the layer that
     feeds GAP -> fc). Under torchrun the ranks' timings are averaged, so they agree."""
     images = job.data.test.images
     x = as_float_images(images[: min(8, len(images))]).to(job.device)

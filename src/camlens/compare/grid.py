@@ -91,7 +91,7 @@ def grid_test(
         leakage=f"a grid is kept when the model's top {config.n**2} logits are its "
         f"{config.n**2} classes: {kept} of {grids.built} ({kept / grids.built:.1%}); "
         f"{grids.dropped} dropped",
-        baselines="centre: the centred Gaussian; random: uniform at the layer's grid, "
+        baselines="centre: the centred Gaussian; random: uniform at the layer's resolution, "
         "drawn afresh per tile; oracle: the tile mask itself; per layer at its own grid",
     )
     values: dict[tuple[str, str], dict[str, Tensor]] = {}

@@ -365,7 +365,7 @@ def _settings(job: CompareJob, found, work: Budget, n_paired: int) -> dict:
         "maps of the mistakes": "the report's gallery" if job.shown else "compare's engines",
         "skipped": {f"{m} {lay}": why for (m, lay), why in found.skipped.items()},
         "baselines": {
-            "random": "uniform values on the layer's grid, upsampled and min-max "
+            "random": "uniform values at the layer's resolution, upsampled and min-max "
             "normalised as a CAM: " + grids,
             "centre": "a centred Gaussian, sigma a quarter of the shorter side",
             "random-pixel": "each pixel uniform, i.i.d.",

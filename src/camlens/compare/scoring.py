@@ -60,7 +60,7 @@ def _score(job: CompareJob, found: Probe, subset: str, method: str, layer: str) 
     images = job.images(subset)  # (n, 3, H, W)
     targets = job.targets[subset].to(job.device)
     device, seed = job.device, job.plan.metric_seed
-    if method in BASELINE_KINDS:  # one map per image; "random" at its layer's grid
+    if method in BASELINE_KINDS:  # one map per image; "random" at its layer's resolution
         # drawn on the CPU and moved, so a GPU's table is the same draw as a CPU's
         own = found.grids.get(layer)
         cams = baseline_maps(images.shape, method, torch.Generator().manual_seed(seed), device, own)

@@ -1,4 +1,4 @@
-"""Drawing the gallery as numpy arrays: cards, grid pages and confusion-pair pages.
+"""Drawing the gallery as numpy arrays: cards, card pages and confusion-pair pages.
 
 `write.py` decides what goes where; this file only draws: `draw_panels` turns maps into overlay
 pixels, `draw_card` and `draw_pair_page` compose them into (H, W, 3) uint8 arrays by slice
@@ -42,7 +42,7 @@ class GalleryConfig:
     """How the gallery is drawn and encoded."""
 
     size: int = 128  # pixels per panel; 32 px images are enlarged with sharp pixels
-    per_page: int = 10  # cards per grid page
+    per_page: int = 10  # cards per card page
     per_pair_page: int = 60  # images per confusion-pair page; more go to <pair>-2.png, ...
     colormap: str = "jet"  # the seed's colour map; contrast maps always use a diverging one
     alpha: float = 0.5  # weight of the heat map over the image

@@ -2,7 +2,7 @@
 
 A chunk's overlays are made in one batch; its cards are then drawn, encoded and written by a
 thread pool (numpy and zlib release the GIL) while the caller computes the next chunk's maps;
-a grid page is written as soon as its cards exist, from their encoded rows (`png.py`). Only
+a card page is written as soon as its cards exist, from their encoded rows (`png.py`). Only
 the small numbers, the 32 px images and the maps at native resolution are kept, for the
 confusion-pair pages, index.csv and gallery.json at the end.
 
@@ -51,7 +51,7 @@ from camlens.outputs import consume
 
 __all__ = ["Gallery", "GalleryWriter", "stream_gallery", "write_gallery"]
 
-PAGE_GAP = 8  # pixel rows between two cards of a grid page
+PAGE_GAP = 8  # pixel rows between two cards of a card page
 PAIR_BATCH = 256  # pair-page images whose overlays are made in one batch
 
 
@@ -73,7 +73,7 @@ def write_gallery(
     out: str | Path,
     config: GalleryConfig | None = None,
 ) -> Path:
-    """Cards, grid pages, confusion-pair pages and index.csv under `out`/gallery/<method>,
+    """Cards, card pages, confusion-pair pages and index.csv under `out`/gallery/<method>,
     from maps computed all at once (`stream_gallery` takes them chunk by chunk)."""
     if mistakes.images is None:
         raise ValueError("mistakes carry no images: read them with read_mistakes(path, data.test)")
@@ -220,7 +220,7 @@ class _Job:
                 self.pending[r] = deflate_rows(pixels, self.config.compress_level)
 
     def pages(self, pool, upto: int) -> None:
-        """Queue the grid pages whose cards all lie before row `upto`."""
+        """Queue the card pages whose cards all lie before row `upto`."""
         per, total = self.config.per_page, len(self.mistakes)
         wait(self.inflight)  # earlier pages' writes: bounded memory
         self.inflight = []

@@ -20,8 +20,10 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
     road_curves(model, images, cams, targets, fractions, config, generator), road_score,
     noisy_linear_impute(images, removed, noise, tol, max_iter), neighbour_sum       ROAD
     arcc(coherency, complexity, road), coherency(engine, images, cams, targets), complexity
-    baseline_maps(shape, kind, generator, device, grid), baseline_engine(kind, generator, grid),
-    BASELINES ("random": smooth, at the layer's grid; "centre"), BASELINE_KINDS (+ "random-pixel")
+    baseline_maps(shape, kind, generator, device, resolution),
+    baseline_engine(kind, generator, resolution),
+    BASELINES ("random": smooth, at the layer's resolution; "centre"),
+    BASELINE_KINDS (+ "random-pixel")
     sanity_check(model, images, targets, make_engine, layers, generator, keep, make_twin)
         -> SanityResult (cascade similarity, self-agreement, Random Logit, entropy, flat maps)
     sanity_verdict(result, rules=SanityRules()) -> SanityVerdict: state in VERDICTS (passes,
@@ -53,7 +55,7 @@ from camlens.metrics.baselines import (
     BASELINES,
     baseline_engine,
     baseline_maps,
-    default_grid,
+    default_resolution,
 )
 from camlens.metrics.config import REPLACEMENTS, MetricConfig
 from camlens.metrics.counterfactual import (
@@ -144,7 +146,7 @@ __all__ = [
     "complexity",
     "confusion_summary",
     "counterfactual",
-    "default_grid",
+    "default_resolution",
     "deletion_variant",
     "drop_increase",
     "grid_baseline_maps",

@@ -1,7 +1,7 @@
 """Maps that explain nothing, scored exactly like a method's maps, so a score has a reference.
 
 - "random": a smooth random map, as smooth as the method's own: uniform values drawn at the
-  explained layer's native resolution (`grid`: 4x4 for layer4 and 8x8 for layer3 of the CIFAR
+  explained layer's native resolution (`resolution`: 4x4 for layer4 and 8x8 for layer3 of the CIFAR
   ResNet at 32 px) and brought to the image's size by the engine's own steps (bilinear upsample,
   min-max normalise), seeded. A map is only as sharp as its layer, so a fair reference for it
   must be no sharper: an i.i.d. per-pixel map removes scattered pixels the model never learned
@@ -27,11 +27,11 @@ from camlens.cam.layers import upsample
 from camlens.choices import BASELINE_KINDS, BASELINES
 from camlens.metrics.core import make_generator
 
-__all__ = ["BASELINES", "BASELINE_KINDS", "baseline_engine", "baseline_maps", "default_grid"]
+__all__ = ["BASELINES", "BASELINE_KINDS", "baseline_engine", "baseline_maps", "default_resolution"]
 
 
-def default_grid(height: int, width: int) -> tuple[int, int]:
-    """The grid of a stride-8 layer (layer4 of the CIFAR ResNet: 4x4 at 32 px), at least 1x1."""
+def default_resolution(height: int, width: int) -> tuple[int, int]:
+    """The (h, w) of a stride-8 layer (layer4 of the CIFAR ResNet: 4x4 at 32 px), at least 1x1."""
     return max(1, -(-height // 8)), max(1, -(-width // 8))
 
 
@@ -40,11 +40,11 @@ def baseline_maps(
     kind: str,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-    grid: tuple[int, int] | None = None,
+    resolution: tuple[int, int] | None = None,
 ) -> Tensor:
     """(N, H, W) baseline maps in [0, 1]; `shape` may be the images' (N, C, H, W).
 
-    `grid`: the explained layer's (h, w) for "random" (default `default_grid(H, W)`).
+    `resolution`: the explained layer's (h, w) for "random" (default `default_resolution(H, W)`).
     `device` None: the CPU (not torch's default device, which a notebook may have set).
     """
     device = torch.device("cpu") if device is None else device
@@ -57,9 +57,9 @@ def baseline_maps(
         g = make_generator(generator, 0)
         return torch.rand((n, h, w), generator=g, device=g.device).to(device)
     if kind == "random":
-        gh, gw = grid or default_grid(h, w)
+        gh, gw = resolution or default_resolution(h, w)
         if gh < 1 or gw < 1:
-            raise ValueError(f"grid must be at least 1x1, got {grid}")
+            raise ValueError(f"resolution must be at least 1x1, got {resolution}")
         g = make_generator(generator, 0)
         low = torch.rand((n, gh, gw), generator=g, device=g.device).to(device)  # (N, h, w)
         # (N, h, w) -> (N, H, W): the engine's own upsample and min-max normalisation
@@ -74,10 +74,12 @@ def baseline_maps(
 
 
 def baseline_engine(
-    kind: str, generator: torch.Generator | None = None, grid: tuple[int, int] | None = None
+    kind: str,
+    generator: torch.Generator | None = None,
+    resolution: tuple[int, int] | None = None,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """The baseline as an engine, `(images, targets) -> (N, H, W)`, e.g. for `score_maps`."""
     if kind not in BASELINE_KINDS:
         raise ValueError(f"unknown baseline {kind!r}: choose one of {', '.join(BASELINE_KINDS)}")
     g = make_generator(generator, 1)
-    return lambda images, targets: baseline_maps(images.shape, kind, g, images.device, grid)
+    return lambda images, targets: baseline_maps(images.shape, kind, g, images.device, resolution)

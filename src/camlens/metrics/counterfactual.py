@@ -4,7 +4,7 @@ For each mistake (pred != label) and each fraction p (5, 10, 20% by default), th
 pixels of its contrast map ("why the prediction rather than the truth") are removed with ROAD's
 noisy linear imputation (road.py: no hole outline for the model to read), and the model is asked
 again: the pred-minus-true logit margin and the new prediction are recorded. The same is done
-with a smooth random map of the image (drawn at the explained layer's grid, as the "random"
+with a smooth random map of the image (drawn at the explained layer's resolution, as the "random"
 baseline) and the same imputation noise, so the two removals differ only by where they remove.
 Per mistake and fraction: the margin drop, whether the prediction left the predicted class,
 whether it became the true class, and whether the map's removal dropped the margin more than
@@ -42,8 +42,9 @@ class CounterfactualConfig:
     fractions: tuple[float, ...] = (0.05, 0.1, 0.2)
     # the fraction a one-line verdict and the confusion summary speak of
     headline: float = 0.1
-    # the random map's grid, the explained layer's (h, w); None: a stride-8 grid (layer4 at 32 px)
-    grid: tuple[int, int] | None = None
+    # the random map's resolution, the explained layer's (h, w); None: a stride-8 layer's
+    # (layer4 at 32 px: 4x4)
+    resolution: tuple[int, int] | None = None
     # seed of the random maps and the imputation noise when no generator is passed
     seed: int = 0
     # what the removed region is the top of, as the verdicts say it: "contrast" (why pred
@@ -277,7 +278,7 @@ def _random_and_noise(
     device: torch.device,
 ) -> tuple[Tensor, Tensor | None]:
     """The smooth random maps (N, H, W) and the imputation noise (N, C, H, W) of `shape`."""
-    random = baseline_maps(shape, "random", g, device, config.grid)
+    random = baseline_maps(shape, "random", g, device, config.resolution)
     noise = None
     if mc.road_noise > 0:  # one field per image, shared by both maps and every fraction
         noise = mc.road_noise * normal_noise(shape, g, device)

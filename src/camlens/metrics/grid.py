@@ -66,7 +66,7 @@ GRID_TOO_FEW = "too few images for the grid test"
 # per grid, the mean over its tiles: share at the layer's native grid and at the input's size
 # (the min-max normalised, upsampled map a user sees), pointing at the native grid
 GRID_METRICS = ("share", "share_input", "pointing")
-# the references: the centre blob and a smooth random map at the layer's grid (both 1/n^2 by
+# the references: the centre blob and a smooth random map at the layer's resolution (both 1/n^2 by
 # construction), and the tile mask itself (share 1 wherever tiles fall on whole pixels)
 GRID_BASELINES = ("centre", "random", "oracle")
 
@@ -128,7 +128,7 @@ def tile_scores(maps: Tensor, n: int) -> dict[str, Tensor]:
 def grid_scores(native: Tensor, inputs: Tensor, n: int) -> dict[str, Tensor]:
     """Per grid, the mean over its tiles of each of GRID_METRICS: metric -> (G,) float64.
 
-    `native` (G, n^2, h, w): the maps at the layer's grid; `inputs` (G, n^2, H, W) at the
+    `native` (G, n^2, h, w): the maps at the layer's resolution; `inputs` (G, n^2, H, W) at the
     input's size. Pointing reads the native maps, where a CAM's arg-max is decided.
     """
     at_native, at_input = tile_scores(native, n), tile_scores(inputs, n)
@@ -175,8 +175,8 @@ def grid_baseline_maps(
     `size` the layer's native (h, w).
 
     "centre" and "random" are `baseline_maps`'s (the random one drawn afresh for every tile at
-    the layer's grid, then upsampled and min-max normalised as an engine does); "oracle" is the
-    tile mask itself.
+    the layer's resolution, then upsampled and min-max normalised as an engine does); "oracle"
+    is the tile mask itself.
     """
     g_count, t = grids.targets.shape
     big = tuple(grids.images.shape[-2:])
@@ -191,7 +191,7 @@ def grid_baseline_maps(
         inputs = baseline_maps((g_count * t, *big), "centre")
     elif kind == "random":
         g = make_generator(generator, 0)
-        native = baseline_maps((g_count * t, *size), "random", g, grid=size)  # (G n^2, h, w)
+        native = baseline_maps((g_count * t, *size), "random", g, resolution=size)  # (G n^2, h, w)
         # (G n^2, h, w) -> (G n^2, H, W): the engine's own upsample and normalisation
         inputs = normalize_cams([upsample(native, big)], "minmax", signed=False)[0]
     else:

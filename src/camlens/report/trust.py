@@ -33,7 +33,7 @@ def trust_section(data: ReportData) -> str:
         head = "".join(f"<th>{esc(m)} {'↑' if better[m] else '↓'}</th>" for m in metrics)
         body = []
         for method, layer in keys:
-            # every baseline row, the random map at a layer's grid included, is a reference
+            # every baseline row, the random map at a layer's resolution included, is a reference
             base = method in BASELINE_KINDS
             tds = []
             for m in metrics:
@@ -83,7 +83,7 @@ def trust_section(data: ReportData) -> str:
         '<section id="trust"><h2>Can these maps be trusted?</h2><p class="note">Each map scored '
         "by deletion and insertion (Petsiuk 2018), Average Drop and Increase (Chattopadhay 2018), "
         "ROAD (Rong 2022) and ARCC (Domeniconi 2026), beside the baselines (a smooth random map "
-        "at each layer's grid, a centred map) scored the same way on the same images. Green: "
+        "at each layer's resolution, a centred map) scored the same way on the same images. Green: "
         "better than every baseline by the paired test on the same images "
         f"({paired}); red: not told apart from some baseline, or worse.</p>"
         f'<ul class="headline">{headline}</ul>{_grid_table(grid)}{"".join(tables)}'
@@ -99,7 +99,8 @@ def trust_section(data: ReportData) -> str:
 
 def _grid_table(grid: dict) -> str:
     """The grid test's table: each (method, layer) and baseline, share in its class's tile at
-    the layer's grid and at the input's size, pointing; green where it beats centre and random."""
+    the layer's resolution and at the input's size, pointing; green where it beats centre and
+    random."""
     if not grid.get("rows"):
         return ""
     decided: dict[tuple[str, str, str], list[str]] = {}
