@@ -62,7 +62,7 @@ class ExplainPlan:
 
     methods: tuple[str, ...] = option(
         ("gradcam",),
-        "CAM method(s), comma-separated; one gallery per method in OUT/gallery/METHOD",
+        "CAM method(s), comma-separated (one gallery per method in OUT/gallery/METHOD)",
         names=("--method",),
         choices=METHOD_NAMES,
     )
@@ -133,8 +133,8 @@ class ExplainPlan:
     # the report and compare read the stream's maps whatever these are
     outputs: tuple[str, ...] = option(
         ("gallery",),
-        "what is written from the maps, comma-separated: the gallery folder OUT/gallery/METHOD; "
-        "the maps at each layer's own resolution, OUT/maps/METHOD.safetensors (camlens.read_maps)",
+        "what is written from the maps, comma-separated (gallery: the folder OUT/gallery/METHOD; "
+        "maps: each layer's at its own resolution, OUT/maps/METHOD.safetensors, read_maps)",
         names=("--output",),
         choices=OUTPUT_NAMES,
     )

@@ -94,11 +94,15 @@ def add_config_flags(
     for name in only or list(found):
         f, meta = found[name], found[name].metadata
         names = meta.get("names", ("--" + (prefix + f.name).replace("_", "-"),))
-        # only the fields asked for: ExplainPlan's `cam` names a type that imports torch
+        # only the fields asked for: ExplainPlan's `knobs` names a type that imports torch
         tp = _field_type(eval(f.type, space) if isinstance(f.type, str) else f.type)
         default = defaults.get(name, f.default)
         said = meta["auto"] if default is None and "auto" in meta else _shown(default)
-        kw: dict = {"dest": prefix + f.name, "help": f"{meta.get('help', '')} (default: {said})"}
+        of = f", of {', '.join(meta['choices'])}" if tp is tuple and "choices" in meta else ""
+        kw: dict = {
+            "dest": prefix + f.name,
+            "help": f"{meta.get('help', '')}{of} (default: {said})",
+        }
         if tp is bool:
             kw.update(action=argparse.BooleanOptionalAction, default=default)
         elif tp is tuple:
