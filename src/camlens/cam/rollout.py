@@ -146,6 +146,6 @@ class AttentionRollout(Engine):
         for attention in flows:  # A~_l = rownorm(0.5 A_l + 0.5 I); R <- A~_l R
             mixed = 0.5 * attention + 0.5 * eye
             rollout = (mixed / mixed.sum(-1, keepdim=True)) @ rollout
-        prefix, (h, w) = reading.prefix, reading.grid
+        prefix, (h, w) = reading.prefix, reading.resolution
         flow = rollout[:, 0, prefix:] if prefix else rollout.mean(1)  # (N, T, T) -> (N, h*w)
         return flow.reshape(n, h, w)
