@@ -11,7 +11,7 @@ import types
 import typing
 from pathlib import Path
 
-from camlens.choices import BACKENDS, PRECISION_NAMES
+from camlens.choices import BACKENDS
 from camlens.plan import ExplainPlan
 
 __all__ = [
@@ -81,12 +81,15 @@ def add_config_flags(
     config_type,
     prefix: str = "",
     only: typing.Sequence[str] | None = None,
+    aliases: typing.Mapping[str, tuple[str, ...]] | None = None,
     **defaults,
 ) -> None:
     """One flag per dataclass field: the defaults and help live only in the dataclass.
 
     `prefix` goes before each flag and its dest: GridConfig's `n` is compare's --grid-n.
-    `only`: these fields, in this order; `defaults`: a command's own default for a field. A
+    `only`: these fields, in this order; `aliases`: more names for a field's flag in this
+    command (an older name kept so that old scripts run); `defaults`: a command's own default
+    for a field. A
     field's metadata may name the flag (`names`), the choices (of each item, for a list),
     what None means (`auto`), a `metavar`, and a `const` for a flag that may come bare."""
     found = {f.name: f for f in dataclasses.fields(config_type)}
@@ -94,6 +97,7 @@ def add_config_flags(
     for name in only or list(found):
         f, meta = found[name], found[name].metadata
         names = meta.get("names", ("--" + (prefix + f.name).replace("_", "-"),))
+        names = (*names, *(aliases or {}).get(name, ()))
         # only the fields asked for: ExplainPlan's `knobs` names a type that imports torch
         tp = _field_type(eval(f.type, space) if isinstance(f.type, str) else f.type)
         default = defaults.get(name, f.default)
@@ -236,10 +240,16 @@ def add_wandb_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb-project", default="camlens", help="W&B project (default: camlens)")
 
 
-def add_plan_flags(parser: argparse.ArgumentParser, names: list[str], **defaults) -> None:
+def add_plan_flags(
+    parser: argparse.ArgumentParser,
+    names: list[str],
+    aliases: typing.Mapping[str, tuple[str, ...]] | None = None,
+    **defaults,
+) -> None:
     """The flags of these ExplainPlan fields, built from the fields (`add_config_flags`):
-    the same flag means the same thing in every command; `defaults`: a command's own."""
-    add_config_flags(parser, ExplainPlan, only=names, **defaults)
+    the same flag means the same thing in every command; `aliases` and `defaults`: a
+    command's own."""
+    add_config_flags(parser, ExplainPlan, only=names, aliases=aliases, **defaults)
 
 
 def add_device_flags(parser: argparse.ArgumentParser, backend: bool = False) -> None:
@@ -277,12 +287,6 @@ def add_explain_flags(
     names = ["methods", "layers", "layout", "cam_batch_size"]
     names += ["outputs", "chunk_size", "counterfactual", "metric_seed"] if counterfactual else []
     own = {"layers": layers} | ({"methods": methods} if methods else {})
-    add_plan_flags(parser, names + ["cam_precision"] * bool(precision), **own)
-    if precision and precision != "cam":  # where the command trains nothing
-        parser.add_argument(
-            "--precision",
-            dest="cam_precision",
-            choices=PRECISION_NAMES,
-            default=argparse.SUPPRESS,
-            help="the same as --cam-precision",
-        )
+    # --precision too where the command trains nothing (in `run` it is the training's)
+    aliases = {"cam_precision": ("--precision",)} if precision and precision != "cam" else {}
+    add_plan_flags(parser, names + ["cam_precision"] * bool(precision), aliases, **own)

@@ -222,16 +222,9 @@ def _add_compare(sub) -> None:
         "all channels cost ~2 s per image per layer on 2 CPU cores; 0: all; an error when "
         "no --method reads it (default: 32)",
     )
-    add_plan_flags(p, ["eval_batch_size", "metric_seed"])
     # --seed: the flag's name before one name per concept (training's is --seed); kept so
     # that old scripts still run
-    p.add_argument(
-        "--seed",
-        dest="metric_seed",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="the same as --metric-seed",
-    )
+    add_plan_flags(p, ["eval_batch_size", "metric_seed"], {"metric_seed": ("--seed",)})
     g = p.add_argument_group(
         "grid test",
         "n x n confident correct images of distinct classes in one input: does "
