@@ -255,7 +255,8 @@ def _pair_maps(
         for chunk, chunk_expl in stream_mistake_maps(
             model, rest, plan, method, counterfactual=False
         ):
-            add(chunk, chunk_expl, torch.ones(len(chunk), dtype=torch.bool))
+            every = torch.ones(len(chunk), dtype=torch.bool, device=chunk.indices.device)
+            add(chunk, chunk_expl, every)
     # correct images of every true class involved, a class per call: only sums stay
     preds, labels = evaluation.logits.argmax(1).cpu(), split.labels
     correct, refs = {}, {}
