@@ -25,7 +25,7 @@ from helpers import UNGUIDED, finer_refine_pixel_anchors, minmax, pearson, spear
 
 
 def unguided(model: torch.nn.Module, layer: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    cam = create("gradcam", model, layer).explain(x, t, "none").cams  # (N, H, W), upsampled
+    cam = create("gradcam", model, layer).explain(x, t, "none").maps  # (N, H, W), upsampled
     x = x.clone().requires_grad_()
     (grads,) = torch.autograd.grad(model(x).gather(1, t[:, None]).sum(), x)
     return minmax(cam * grads.abs().amax(1))

@@ -30,8 +30,8 @@ from helpers import ablation_kpca_shapley_ss_is_anchors, minmax, pearson, spearm
 
 def camlens_variants(method: str, result) -> dict[str, torch.Tensor]:
     """camlens's map, and where a named difference explains the gap, the map without it."""
-    size = tuple(result.cams.shape[-2:])
-    out = {"camlens": result.cams}
+    size = tuple(result.maps.shape[-2:])
+    out = {"camlens": result.maps}
     if method == "kpcacam":
         # pytorch-grad-cam ReLUs the projection (its BaseCAM), camlens keeps it whole
         out["camlens + ReLU"] = minmax(upsampled(result.low_res[0].clamp_min(0), size))

@@ -179,18 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         forward = timed(lambda: model(x), device, repeats)
     print(f"  plain forward (no_grad)        {forward * 1e3:8.1f} ms")
-    cams = {}
+    maps = {}
     for layer in ("layer4", "layer3"):
         cam = GradCAM(model, layer)
         t = timed(lambda cam=cam: cam(x), device, repeats)
-        cams[layer] = cam(x)
+        maps[layer] = cam(x)
         ratio = forward / t
         print(f"  camlens GradCAM @{layer}        {t * 1e3:8.1f} ms   forward/this = {ratio:.2f}x")
     preds = model(x).argmax(1)
     external = external_gradcams(model)
     for name, fn in external.items():
         t = timed(lambda fn=fn: fn(x, preds), device, repeats)
-        diff = (fn(x, preds) - cams["layer4"]).abs().max().item()
+        diff = (fn(x, preds) - maps["layer4"]).abs().max().item()
         print(
             f"  {name:<22} @layer4 {t * 1e3:8.1f} ms   forward/this = {forward / t:.2f}x"
             f"   (max |diff| to camlens {diff:.1e})"
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         # explain the fp32 prediction in both, so that a flipped prediction is counted, not mixed in
         low = amp.explain(chunk, ref.targets)
         changed += int((low.preds != ref.preds).sum())
-        corr += [pearson(low.layer_cams[i], ref.layer_cams[i]) for i in range(2)]
+        corr += [pearson(low.layer_maps[i], ref.layer_maps[i]) for i in range(2)]
     corr = torch.cat(corr)
     print(f"  fp32 {fp32_time * 1e3:.1f} ms, bf16 {bf16_time * 1e3:.1f} ms per batch of {batch}:")
     print(f"  bf16 speed-up {fp32_time / bf16_time:.2f}x")

@@ -139,7 +139,7 @@ def main() -> None:
     n = args.images
     g = torch.Generator().manual_seed(0)
     images = torch.rand(n, 3, 32, 32, generator=g)
-    cams = baseline_maps(images.shape, "random", g, resolution=(4, 4))  # a stand-in contrast map
+    maps = baseline_maps(images.shape, "random", g, resolution=(4, 4))  # a stand-in contrast map
     preds, labels = torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)
     config = CounterfactualConfig()
     metric = MetricConfig(batch_size=args.batch_size)
@@ -159,7 +159,7 @@ def main() -> None:
             noisy_linear_impute(floor_batch[start : start + part.shape[0]], part)
 
     def whole() -> None:
-        counterfactual(model, images, cams, preds, labels, config, metric)
+        counterfactual(model, images, maps, preds, labels, config, metric)
 
     whole()  # warm-up
     t_floor, t_impute, t_whole = best_of(floor), best_of(impute), best_of(whole)

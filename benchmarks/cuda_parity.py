@@ -67,27 +67,27 @@ def main() -> int:
     print(f"{'method':22} {'max |diff|':>11} {'min pearson':>12}  verdict (tol {MAP_TOLERANCE})")
     for method in METHODS:
         layers = ["layer3", "layer4"] if method == "refinecam" else [args.layer]
-        maps = []
+        pair = []
         for model, device in ((cpu_model, "cpu"), (gpu_model, "cuda")):
             torch.manual_seed(0)  # stochastic methods draw the same noise on both runs
             try:
                 with create(method, model, layers) as engine:
-                    maps.append(engine(images.to(device), targets.to(device)).float().cpu())
+                    pair.append(engine(images.to(device), targets.to(device)).float().cpu())
             except ValueError as e:  # e.g. CAM needs the layer feeding GAP -> fc
-                maps.append(None)
+                pair.append(None)
                 print(f"{method:22} skipped: {e}")
                 break
-        if maps[-1] is None:
+        if pair[-1] is None:
             continue
-        diff = (maps[0] - maps[1]).abs().max().item()
-        a, b = (m.flatten(1) - m.flatten(1).mean(1, keepdim=True) for m in maps)
+        diff = (pair[0] - pair[1]).abs().max().item()
+        a, b = (m.flatten(1) - m.flatten(1).mean(1, keepdim=True) for m in pair)
         pearson = ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).min()
         ok = diff <= MAP_TOLERANCE
         failed += not ok
         print(f"{method:22} {diff:11.2e} {pearson.item():12.6f}  {'ok' if ok else 'FAIL'}")
 
     with create("gradcam", cpu_model, [args.layer]) as engine:
-        cams = engine(images, targets).detach()
+        maps = engine(images, targets).detach()
     config = MetricConfig(seed=0)
     scores = []
     for model, device in ((cpu_model, "cpu"), (gpu_model, "cuda")):
@@ -95,7 +95,7 @@ def main() -> int:
             s = score_maps(
                 model,
                 images.to(device),
-                cams.to(device),
+                maps.to(device),
                 targets.to(device),
                 engine=engine,
                 config=config,

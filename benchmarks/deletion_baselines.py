@@ -57,11 +57,11 @@ def main() -> None:
     n, _, h, w = images.shape
     with create(args.method, model, args.layer) as engine:
         result = engine.explain(images, preds)
-    cams, grid = result.cams, result.resolutions[0]  # (N, H, W); the layer's (h, w)
+    maps, grid = result.maps, result.resolutions[0]  # (N, H, W); the layer's (h, w)
     g = torch.Generator().manual_seed(0)
-    maps = {
-        f"{args.method} {args.layer}": cams,
-        f"inverse {args.method}": 1 - cams,
+    candidates = {
+        f"{args.method} {args.layer}": maps,
+        f"inverse {args.method}": 1 - maps,
         "random (per pixel)": baseline_maps(images.shape, "random", g),
         f"random {grid[0]}x{grid[1]} upsampled": smooth_random(n, grid, (h, w), g),
         "random 8x8 upsampled": smooth_random(n, (8, 8), (h, w), g),
@@ -78,7 +78,7 @@ def main() -> None:
             " 2/16, 4/16, 8/16 of the pixels deleted"
         )
         print(f"{'map':26s} {'deletion (lower)':20s} {'insertion (higher)':20s} deletion curve")
-        for name, m in maps.items():
+        for name, m in candidates.items():
             curves = perturbation_curves(model, images, m, preds, config)
             cells = []
             for kind in ("deletion", "insertion"):

@@ -70,7 +70,7 @@ def main() -> None:
     with torch.no_grad():
         preds = model(images).argmax(1)
     cam = create("gradcam", model, "layer4")
-    cams = cam(images, preds)
+    maps = cam(images, preds)
     config = MetricConfig(batch_size=args.batch, steps=args.steps)
     k, nf = config.steps, len(config.road_fractions)
 
@@ -108,7 +108,7 @@ def main() -> None:
             forwards = 1 + (2 * k - 1) + 1 + 2 * nf + 1
 
         def run(m: tuple[str, ...] = metrics) -> None:
-            score_maps(model, images, cams, preds, m, cam, config)
+            score_maps(model, images, maps, preds, m, cam, config)
 
         t = seconds(run, device, args.repeats)
         per = t / n

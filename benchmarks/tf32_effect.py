@@ -38,7 +38,7 @@ def maps(images: int, layers: list[str], method: str, out: str) -> None:
     for layer in layers:
         with create(method, model, layer, batch_size=64) as cam:
             result = cam.explain(x)
-        saved[layer] = result.cams  # (N, H, W)
+        saved[layer] = result.maps  # (N, H, W)
         saved["preds"] = result.logits.argmax(1)
     torch.save(saved, out)
 

@@ -50,3 +50,37 @@ def test_a_subpackage_is_reached_from_a_bare_import():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+OLD_NAMES = [  # (where, camlens 0.1's name): each still answers, warns, and gives the new one
+    ("camlens", "compute_cams"),
+    ("camlens.explain", "compute_cams"),
+    ("camlens.cam", "normalize_cams"),
+]
+
+
+def test_a_map_is_called_a_map_and_the_old_names_still_answer():
+    import dataclasses
+    import importlib
+
+    import pytest
+
+    from camlens.cam.renamed import RENAMED
+
+    for module in {m for m in camlens._MODULE_OF.values()} | {"camlens.cam"}:
+        public = importlib.import_module(module).__all__
+        assert not [n for n in public if "cams" in n], module
+    for where, old in OLD_NAMES:
+        module = importlib.import_module(where)
+        with pytest.warns(DeprecationWarning, match=f"{old} is now .*{RENAMED[old]}"):
+            assert getattr(module, old) is getattr(module, RENAMED[old])
+    for cls in (camlens.CamResult, camlens.Explanations, camlens.EpochStrips, camlens.ModelDiff):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert not [n for n in fields if "cams" in n], cls
+        old_names = [n for n in vars(cls) if "cams" in n]
+        assert old_names, cls
+        for old in old_names:
+            # an instance of a same-named subclass whose new name (a field or property) is known
+            row = object.__new__(type(cls.__name__, (cls,), {RENAMED[old]: (sentinel := object())}))
+            with pytest.warns(DeprecationWarning, match=f"{cls.__name__}.{old} is now"):
+                assert getattr(row, old) is sentinel

@@ -161,9 +161,9 @@ def folders(tmp_path_factory):
     return at
 
 
-def _varies(cams: torch.Tensor) -> bool:
+def _varies(maps: torch.Tensor) -> bool:
     """Some map of the batch is not flat."""
-    return bool((cams.flatten(1).std(1) > 0).any())
+    return bool((maps.flatten(1).std(1) > 0).any())
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -188,7 +188,7 @@ def test_every_family_through_report_and_compare(family, folders, tmp_path):
     # Eigen-CAM's sign follows the activations: a flat map means the layer was misread. A
     # random network's Grad-CAM may be negative everywhere and flat after its ReLU (AlexNet)
     expl = outcome.galleries.explanations["eigencam"]
-    assert _varies(torch.cat([expl.pred_cams[0], expl.label_cams[0]]))
+    assert _varies(torch.cat([expl.pred_maps[0], expl.label_maps[0]]))
     if family not in COMPARED:
         return
     plan = ExplainPlan(
@@ -245,7 +245,7 @@ def test_transformers_classifiers_through_the_api_and_the_cli(build, folders, tm
     plan = ExplainPlan(limit=4, cam_batch_size=8, counterfactual=False)
     outcome = report(model, data, tmp_path / "api", plan)
     expl = outcome.galleries.explanations["gradcam"]
-    assert _varies(torch.cat([expl.pred_cams[0], expl.label_cams[0]]))
+    assert _varies(torch.cat([expl.pred_maps[0], expl.label_maps[0]]))
     folder = tmp_path / "saved"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -270,8 +270,8 @@ def test_attention_rollout_on_real_vits(family):
         build, size = FAMILIES[family]
         model = build().eval()
     layer = pick_layer(model, size).name
-    cams = create("rollout", model, layer)(torch.rand(2, 3, size, size))
-    assert _varies(cams)
+    maps = create("rollout", model, layer)(torch.rand(2, 3, size, size))
+    assert _varies(maps)
 
 
 def _val_folder(root, wnids):

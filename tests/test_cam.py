@@ -48,7 +48,7 @@ from camlens.cam import (
     create,
     explain_pair,
     find_layer,
-    normalize_cams,
+    normalize_maps,
 )
 from camlens.cam.methods import score_share_component_map
 from camlens.model import ResNet18
@@ -231,7 +231,7 @@ def test_gradcam_and_hirescam_equal_naive_per_image_on_resnet(layer):
             result = cam.explain(images, targets)
         assert ref.amax() > 0
         torch.testing.assert_close(result.low_res[0], ref, atol=ATOL, rtol=1e-4)
-        torch.testing.assert_close(result.cams, minmax(up(ref)), atol=ATOL, rtol=0)
+        torch.testing.assert_close(result.maps, minmax(up(ref)), atol=ATOL, rtol=0)
         refs[method] = ref
     if layer == "layer3":
         # layer4 feeds global pooling, so its gradient is constant over space and the two
@@ -549,7 +549,7 @@ def test_eigencam_equals_first_singular_vector_projection():
     torch.manual_seed(5)
     model = TinyVGG().eval()
     images = torch.rand(3, 3, 16, 16)
-    ours = EigenCAM(model, "features.6").explain(images).cams
+    ours = EigenCAM(model, "features.6").explain(images).maps
     with torch.no_grad():
         acts = model.features(images).numpy().astype(np.float64)  # (N, C, h, w)
     for i in range(images.shape[0]):
@@ -602,7 +602,7 @@ def test_scorecam_top_k_ranks_like_full():
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     full = ScoreCAM(model, "layer4", batch=128).explain(images)
     fast = ScoreCAM(model, "layer4", batch=128, top_k=48).explain(images)
-    assert (spearman(full.cams, fast.cams) > 0.8).all()
+    assert (spearman(full.maps, fast.maps) > 0.8).all()
 
 
 def test_contrast_is_signed_difference_of_unrectified_maps():
@@ -621,20 +621,20 @@ def test_contrast_is_signed_difference_of_unrectified_maps():
             scale = 16 if method == "cam" else 1
             torch.testing.assert_close(pair.contrast.low_res[0], ref * scale, atol=ATOL, rtol=1e-4)
     pair = explain_pair(model, images, labels)
-    contrast = pair.contrast.cams
+    contrast = pair.contrast.maps
     assert contrast.min() < 0 < contrast.max()
     assert torch.allclose(contrast.abs().amax((1, 2)), torch.ones(4))
     scale = up(ref).abs().amax((1, 2), keepdim=True)
     torch.testing.assert_close(contrast, up(ref) / scale, atol=ATOL, rtol=0)
     # the same map from one backward of logit[pred] - logit[label]
     alone = GradCAM(model, "layer4").explain(images, Target(preds, versus=labels))
-    torch.testing.assert_close(alone.cams, contrast, atol=ATOL, rtol=0)
+    torch.testing.assert_close(alone.maps, contrast, atol=ATOL, rtol=0)
     # indices None is the prediction; a Target without versus is a plain target set
     argmax = GradCAM(model, "layer4").explain(images, Target(versus=labels))
-    torch.testing.assert_close(argmax.cams, contrast, atol=ATOL, rtol=0)
+    torch.testing.assert_close(argmax.maps, contrast, atol=ATOL, rtol=0)
     plain = GradCAM(model, "layer4").explain(images, Target(labels))
     assert not plain.signed
-    torch.testing.assert_close(plain.cams, GradCAM(model, "layer4")(images, labels), atol=0, rtol=0)
+    torch.testing.assert_close(plain.maps, GradCAM(model, "layer4")(images, labels), atol=0, rtol=0)
 
 
 # -- contracts over every method ----------------------------------------------------------------
@@ -655,12 +655,12 @@ def test_method_contract(method, model_name):
     images = torch.rand(3, 3, size, size)
     with create(method, model, layer) as cam:
         result = cam.explain(images)
-    assert result.cams.shape == (3, size, size) and result.cams.dtype == torch.float32
-    assert torch.isfinite(result.cams).all()
-    assert result.cams.min() >= 0 and result.cams.max() <= 1
+    assert result.maps.shape == (3, size, size) and result.maps.dtype == torch.float32
+    assert torch.isfinite(result.maps).all()
+    assert result.maps.min() >= 0 and result.maps.max() <= 1
     assert torch.equal(result.targets, result.logits.argmax(1))
     assert result.method == method and result.layers == (layer,)
-    assert not result.cams.requires_grad and result.low_res[0].grad_fn is None
+    assert not result.maps.requires_grad and result.low_res[0].grad_fn is None
     assert no_hooks(model)
     assert [m.training for m in model.modules()] == flags
     assert [p.requires_grad for p in model.parameters()] == grad_flags
@@ -781,7 +781,7 @@ def test_many_target_sets_and_layers_share_one_forward(method):
     assert calls == [4 * (1 + copies)]
     # input-resolution methods read their maps at the image's size
     sizes = ((32, 32),) * 2 if method in INPUT_RESOLUTION else ((8, 8), (4, 4))
-    assert pred.resolutions == sizes and pred.layer_cams.shape == (2, 4, 32, 32)
+    assert pred.resolutions == sizes and pred.layer_maps.shape == (2, 4, 32, 32)
     # RefineCAM's first layer is refined by the second: only the last one stands alone
     alone = ("layer4",) if method == "refinecam" else ("layer3", "layer4")
     for i, layer in enumerate(("layer3", "layer4")):
@@ -789,9 +789,9 @@ def test_many_target_sets_and_layers_share_one_forward(method):
             continue
         single = create(method, model, layer)
         torch.testing.assert_close(pred.layer(layer), single(images), atol=ATOL, rtol=0)
-        torch.testing.assert_close(true.layer_cams[i], single(images, labels), atol=ATOL, rtol=0)
-    combined = pred.layer_cams[0] if method == "refinecam" else minmax(pred.layer_cams.mean(0))
-    torch.testing.assert_close(pred.cams, combined, atol=ATOL, rtol=0)
+        torch.testing.assert_close(true.layer_maps[i], single(images, labels), atol=ATOL, rtol=0)
+    combined = pred.layer_maps[0] if method == "refinecam" else minmax(pred.layer_maps.mean(0))
+    torch.testing.assert_close(pred.maps, combined, atol=ATOL, rtol=0)
 
 
 def test_scorecam_target_sets_share_masked_passes():
@@ -832,23 +832,23 @@ def test_pair_and_batch_scales_keep_the_ratio_of_raw_peaks():
     images = 0.1 + torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(14))
     cam = GradCAM(model, "conv")
     raw = cam.explain(images, 0, normalize="none")
-    assert (raw.cams.amin((1, 2)) > 0.2 * raw.cams.amax((1, 2))).all(), "maps without zeros"
+    assert (raw.maps.amin((1, 2)) > 0.2 * raw.maps.amax((1, 2))).all(), "maps without zeros"
     torch.testing.assert_close(raw.raw_max[0], raw.low_res[0].amax((1, 2)))
     pred, true = cam.explain_many(images, [None, 1], normalize="pair")
     assert pred.targets.tolist() == [0, 0, 0]
     torch.testing.assert_close(true.raw_max / pred.raw_max, torch.full((1, 3), 0.7))
-    torch.testing.assert_close(pred.cams.amax((1, 2)), torch.ones(3), atol=ATOL, rtol=0)
-    torch.testing.assert_close(true.cams.amax((1, 2)), torch.full((3,), 0.7), atol=ATOL, rtol=0)
-    peak = raw.cams.amax((1, 2), keepdim=True)
-    torch.testing.assert_close(pred.cams, raw.cams / peak, atol=ATOL, rtol=0)
-    torch.testing.assert_close(true.cams, 0.7 * raw.cams / peak, atol=ATOL, rtol=0)
+    torch.testing.assert_close(pred.maps.amax((1, 2)), torch.ones(3), atol=ATOL, rtol=0)
+    torch.testing.assert_close(true.maps.amax((1, 2)), torch.full((3,), 0.7), atol=ATOL, rtol=0)
+    peak = raw.maps.amax((1, 2), keepdim=True)
+    torch.testing.assert_close(pred.maps, raw.maps / peak, atol=ATOL, rtol=0)
+    torch.testing.assert_close(true.maps, 0.7 * raw.maps / peak, atol=ATOL, rtol=0)
     # "batch": the same with one scale across images; the maps are linear in the image
     dimmer = torch.cat([images[:1], 0.7 * images[:1]])
-    batch = cam.explain(dimmer, 0, normalize="batch").cams
+    batch = cam.explain(dimmer, 0, normalize="batch").maps
     torch.testing.assert_close(batch.amax((1, 2)), torch.tensor([1.0, 0.7]), atol=ATOL, rtol=0)
-    torch.testing.assert_close(batch[0], raw.cams[0] / peak[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(batch[0], raw.maps[0] / peak[0], atol=ATOL, rtol=0)
     # "minmax" stays per map: each spans [0, 1]
-    minmax_maps = cam.explain(images, 1).cams
+    minmax_maps = cam.explain(images, 1).maps
     torch.testing.assert_close(minmax_maps.amax((1, 2)), torch.ones(3))
     torch.testing.assert_close(minmax_maps.amin((1, 2)), torch.zeros(3))
 
@@ -860,18 +860,18 @@ def test_pair_scale_on_maps_with_zeros_and_flat_maps():
     cam = GradCAM(model, "layer3")
     pred, true = cam.explain_many(images, [None, labels], normalize="pair")
     raw_pred, raw_true = cam.explain_many(images, [None, labels], normalize="none")
-    scale = torch.maximum(raw_pred.cams.amax((1, 2)), raw_true.cams.amax((1, 2)))[:, None, None]
-    assert (raw_true.cams.amax((1, 2)) < 0.9 * scale[:, 0, 0]).any(), "the test needs a weak map"
-    torch.testing.assert_close(pred.cams, raw_pred.cams / scale, atol=ATOL, rtol=0)
-    torch.testing.assert_close(true.cams, raw_true.cams / scale, atol=ATOL, rtol=0)
+    scale = torch.maximum(raw_pred.maps.amax((1, 2)), raw_true.maps.amax((1, 2)))[:, None, None]
+    assert (raw_true.maps.amax((1, 2)) < 0.9 * scale[:, 0, 0]).any(), "the test needs a weak map"
+    torch.testing.assert_close(pred.maps, raw_pred.maps / scale, atol=ATOL, rtol=0)
+    torch.testing.assert_close(true.maps, raw_true.maps / scale, atol=ATOL, rtol=0)
     # a constant map shows as zeros and sets no scale; an all-zero group stays zeros, not NaN
     varied = torch.rand(2, 4, 4) + 0.1
     flat = torch.full((2, 4, 4), 5.0)
-    flat_out, varied_out = normalize_cams([flat, varied], "pair", signed=False)
+    flat_out, varied_out = normalize_maps([flat, varied], "pair", signed=False)
     assert torch.equal(flat_out, torch.zeros_like(flat))
     torch.testing.assert_close(varied_out.amax((1, 2)), torch.ones(2))
     for mode in ("pair", "batch", "minmax"):
-        zeros = normalize_cams([torch.zeros(2, 4, 4), flat], mode, signed=False)
+        zeros = normalize_maps([torch.zeros(2, 4, 4), flat], mode, signed=False)
         assert all(torch.equal(z, torch.zeros(2, 4, 4)) for z in zeros), mode
 
 
@@ -940,7 +940,7 @@ def test_layers_by_name_module_and_errors():
     by_module = GradCAM(model, model.layer4[1].conv2).explain(images)
     assert by_module.layers == ("layer4.1.conv2",) and by_module.resolutions == ((4, 4),)
     by_name = GradCAM(model, "layer4.1.conv2")(images)
-    torch.testing.assert_close(by_module.cams, by_name)
+    torch.testing.assert_close(by_module.maps, by_name)
     with pytest.raises(KeyError, match="valid names: .*layer4"):
         GradCAM(model, "layer5")
     with pytest.raises(KeyError, match="not a submodule"):
@@ -972,7 +972,7 @@ def test_memory_stays_flat_across_batches():
     for _ in range(10):
         result = cam.explain_pair(images, torch.zeros(8, dtype=torch.long))
     assert live_tensors() <= before + 2
-    assert result.pred.cams.grad_fn is None and result.contrast.low_res[1].grad_fn is None
+    assert result.pred.maps.grad_fn is None and result.contrast.low_res[1].grad_fn is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -1082,7 +1082,7 @@ def test_refinecam_multiplies_scaled_layer_maps_at_the_finest_shape(model_name):
         ref = resized[0] * resized[1]
         torch.testing.assert_close(ours.low_res[0][i], ref, atol=ATOL, rtol=1e-4)
         torch.testing.assert_close(ours.low_res[1][i], scaled[1], atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(ours.cams, ours.layer_cams[0])
+    torch.testing.assert_close(ours.maps, ours.layer_maps[0])
 
 
 class BiasNet(nn.Module):

@@ -131,11 +131,11 @@ def test_every_method_maps_token_and_channels_last_layers_or_refuses_in_one_line
     for model, layer in ((Tokens().eval(), "norm"), (ChannelsLast(6).eval(), "stage")):
         try:
             with create(method, model, layer, batch_size=2) as cam:
-                cams = cam(images)
+                maps = cam(images)
         except (ValueError, TypeError, RuntimeError) as e:  # a refusal: one line, saying why
             assert "\n" not in str(e)
             continue
-        assert cams.shape == (2, 32, 32) and torch.isfinite(cams).all()
+        assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all()
 
 
 NET = """

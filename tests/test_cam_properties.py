@@ -87,16 +87,16 @@ def test_maps_are_finite_in_range_and_leave_no_trace(case):
     images = torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(seed))
     with create(method, model, layers, normalize=normalize) as cam:
         result = cam.explain(images, make_targets(kind, n, seed))
-    assert result.cams.shape == (n, *size) and result.cams.dtype == torch.float32
-    assert result.layer_cams.shape == (len(layers), n, *size)
-    assert torch.isfinite(result.cams).all() and torch.isfinite(result.layer_cams).all()
+    assert result.maps.shape == (n, *size) and result.maps.dtype == torch.float32
+    assert result.layer_maps.shape == (len(layers), n, *size)
+    assert torch.isfinite(result.maps).all() and torch.isfinite(result.layer_maps).all()
     assert len(result.low_res) == len(layers) and result.raw_max.shape == (len(layers), n)
     for low, (h, w) in zip(result.low_res, result.resolutions, strict=True):
         assert low.shape == (n, h, w) and h <= size[0] and w <= size[1]
     if normalize == "none":
         assert (result.low_res[0] >= 0).all() or not METHODS[method].rectify  # eigen, kpca
     else:
-        assert result.cams.min() >= 0 and result.cams.max() <= 1 + 1e-6
+        assert result.maps.min() >= 0 and result.maps.max() <= 1 + 1e-6
         # only a flat raw map (e.g. all zero: nothing for the target here) may show as zeros;
         # every other one reaches 1 ("minmax", "pair" of one set) or at least shows ("batch")
         signals = [low.amax((1, 2)) > low.amin((1, 2)) for low in result.low_res]  # L x (N,)
@@ -104,7 +104,7 @@ def test_maps_are_finite_in_range_and_leave_no_trace(case):
             # (Eigen-Grad-CAM, oriented by its share of the score, is below 0 where it lowers it)
             peaks = [low.amax((1, 2)) > 0 for low in result.low_res]
             signals = [s & p for s, p in zip(signals, peaks, strict=True)]
-        shown = [*result.layer_cams, result.cams]
+        shown = [*result.layer_maps, result.maps]
         # the combined map shows if any layer's does; RefineCAM's is its first layer's
         combined = signals[0] if method == "refinecam" else torch.stack(signals).any(0)
         for signal, maps in zip([*signals, combined], shown, strict=True):
@@ -132,13 +132,13 @@ def test_contrast_maps_are_signed_in_unit_range_and_antisymmetric(method, n, see
     a, b = torch.randint(0, 4, (n,), generator=gen), torch.randint(0, 4, (n,), generator=gen)
     with create(method, model, "layer4") as cam:
         ab, ba = cam.explain_many(images, [Target(a, versus=b), Target(b, versus=a)])
-    assert ab.signed and torch.isfinite(ab.cams).all()
-    assert ab.cams.abs().max() <= 1 + 1e-6
-    torch.testing.assert_close(ab.cams, -ba.cams, atol=1e-5, rtol=0)
+    assert ab.signed and torch.isfinite(ab.maps).all()
+    assert ab.maps.abs().max() <= 1 + 1e-6
+    torch.testing.assert_close(ab.maps, -ba.maps, atol=1e-5, rtol=0)
     same = a == b
-    assert torch.equal(ab.cams[same], torch.zeros_like(ab.cams[same]))
+    assert torch.equal(ab.maps[same], torch.zeros_like(ab.maps[same]))
     # two different classes always differ somewhere: each such map reaches +1 or -1
-    peaks = ab.cams[~same].abs().amax((1, 2))
+    peaks = ab.maps[~same].abs().amax((1, 2))
     torch.testing.assert_close(peaks, torch.ones_like(peaks))
 
 

@@ -77,7 +77,7 @@ def test_rollout_is_the_papers_recursion(eager):
         result = AttentionRollout(model, "blocks.1", normalize="none").explain(images)
     torch.testing.assert_close(result.low_res[0], expected, atol=1e-5, rtol=1e-4)
     pair = create("rollout", model, "blocks.1").explain_pair(images, torch.tensor([0, 1, 2]))
-    assert torch.equal(pair.pred.cams, pair.label.cams)  # class-agnostic
+    assert torch.equal(pair.pred.maps, pair.label.maps)  # class-agnostic
 
 
 def test_rollout_refuses_a_map_layer_in_one_line():

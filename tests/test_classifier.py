@@ -96,9 +96,9 @@ def test_report_of_a_user_model_has_the_maps_of_the_engine_called_directly(user,
     mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
     with GradCAM(model.eval(), "4", normalize="pair") as cam:
         pair = cam.explain_pair((images - mean) / std, mistakes.labels)
-    assert torch.allclose(expl.pred_cams[0], pair.pred.cams, atol=1e-5)
-    assert torch.allclose(expl.label_cams[0], pair.label.cams, atol=1e-5)
-    assert pair.pred.cams.amax() > 0  # not an all-zero engine
+    assert torch.allclose(expl.pred_maps[0], pair.pred.maps, atol=1e-5)
+    assert torch.allclose(expl.label_maps[0], pair.label.maps, atol=1e-5)
+    assert pair.pred.maps.amax() > 0  # not an all-zero engine
     html = outcome.report.read_text()
     for section in (
         'id="summary"',

@@ -194,9 +194,9 @@ def test_baselines_are_scored_on_the_same_images_and_targets(tiny, compared):
     idx = select_subsets(logits, data.test.labels, 3)["mistakes"]
     images = as_float_images(data.test.images[idx])
     targets = logits[idx].argmax(1)
-    cams = baseline_maps(images.shape, "centre")
+    maps = baseline_maps(images.shape, "centre")
     metrics = ("deletion", "insertion", "drop")
-    want = score_maps(model, images, cams, targets, metrics=metrics).values
+    want = score_maps(model, images, maps, targets, metrics=metrics).values
     got = {
         r["metric"]: r["mean"]
         for r in result.rows
@@ -205,8 +205,8 @@ def test_baselines_are_scored_on_the_same_images_and_targets(tiny, compared):
     assert got == pytest.approx({m: float(want[m].mean()) for m in metrics}, abs=1e-6)
     # the random baseline at layer3 is drawn on layer3's 8x8 grid, seeded as compare seeds it
     g = torch.Generator().manual_seed(0)
-    cams = baseline_maps(images.shape, "random", g, resolution=(8, 8))
-    want = score_maps(model, images, cams, targets, metrics=metrics).values
+    maps = baseline_maps(images.shape, "random", g, resolution=(8, 8))
+    want = score_maps(model, images, maps, targets, metrics=metrics).values
     got = {
         r["metric"]: r["mean"]
         for r in result.rows

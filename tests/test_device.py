@@ -100,7 +100,7 @@ def test_every_method_follows_its_inputs_device(method, model, images):
             return cam.explain_pair(images, labels)
 
     pair = on_meta_and_cpu(run)
-    assert pair.pred.cams.shape == (3, 32, 32)
+    assert pair.pred.maps.shape == (3, 32, 32)
 
 
 def test_metrics_baselines_and_sanity_follow_their_inputs_device(model, images):
@@ -109,8 +109,8 @@ def test_metrics_baselines_and_sanity_follow_their_inputs_device(model, images):
 
     def scores():
         with create("gradcam", model, "layer4") as cam:
-            cams = cam(images, targets)
-            return score_maps(model, images, cams, targets, engine=cam, steps=4, batch_size=8)
+            maps = cam(images, targets)
+            return score_maps(model, images, maps, targets, engine=cam, steps=4, batch_size=8)
 
     on_meta_and_cpu(scores)
     for kind in ("random", "random-pixel", "centre"):
@@ -118,8 +118,8 @@ def test_metrics_baselines_and_sanity_follow_their_inputs_device(model, images):
 
     def baseline_scores():
         engine = baseline_engine("random", torch.Generator().manual_seed(1))
-        cams = baseline_maps(images.shape, "random", torch.Generator().manual_seed(0), "cpu")
-        return score_maps(model, images, cams, targets, engine=engine, steps=4)
+        maps = baseline_maps(images.shape, "random", torch.Generator().manual_seed(0), "cpu")
+        return score_maps(model, images, maps, targets, engine=engine, steps=4)
 
     on_meta_and_cpu(baseline_scores)
 
@@ -139,10 +139,10 @@ def test_metrics_baselines_and_sanity_follow_their_inputs_device(model, images):
 def test_counterfactual_candidates_subsets_and_sampler_follow_their_inputs_device(model, images):
     """Planted: candidate_layers's dummy images drawn without device="cpu": red."""
     preds, labels = torch.tensor([1, 2, 3]), torch.tensor([0, 0, 1])
-    cams = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    on_meta_and_cpu(lambda: counterfactual(model, images, cams, preds, labels))
+    maps = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    on_meta_and_cpu(lambda: counterfactual(model, images, maps, preds, labels))
     seeds = torch.tensor([4, 5, 6])
-    on_meta_and_cpu(lambda: counterfactual(model, images, cams, preds, labels, seeds=seeds))
+    on_meta_and_cpu(lambda: counterfactual(model, images, maps, preds, labels, seeds=seeds))
     with default_meta():
         names = [c.name for c in candidate_layers(model, 32)]
     assert names == [c.name for c in candidate_layers(model, 32)] and "layer4" in names
@@ -483,8 +483,8 @@ def test_cuda_as_the_default_device_runs_every_method_metric_and_check(model, im
         layer = "layer4" if method == "cam" else "layer3"
         with create(method, model, layer) as cam:
             want[method] = cam(images, targets)
-    cams = want["gradcam"]
-    cpu_scores = score_maps(model, images, cams, targets, steps=4, metrics=("deletion", "road"))
+    maps = want["gradcam"]
+    cpu_scores = score_maps(model, images, maps, targets, steps=4, metrics=("deletion", "road"))
     sampled = default_sampler(torch.arange(30), 0)(3)
     torch.set_default_device("cuda")
     try:
@@ -497,10 +497,10 @@ def test_cuda_as_the_default_device_runs_every_method_metric_and_check(model, im
                 got = cam(x, t)
             assert got.device.type == "cuda"
             torch.testing.assert_close(got.cpu(), want[method], atol=1e-3, rtol=0, msg=method)
-        scores = score_maps(gpu_model, x, cams.cuda(), t, steps=4, metrics=("deletion", "road"))
+        scores = score_maps(gpu_model, x, maps.cuda(), t, steps=4, metrics=("deletion", "road"))
         for name, v in cpu_scores.values.items():
             torch.testing.assert_close(scores.values[name].cpu(), v, atol=2e-3, rtol=0)
-        counterfactual(gpu_model, x, cams.cuda() * 2 - 1, t, torch.tensor([0, 0, 1]))
+        counterfactual(gpu_model, x, maps.cuda() * 2 - 1, t, torch.tensor([0, 0, 1]))
         sanity_check(gpu_model, x, t, lambda m: create("gradcam", m, "layer4"), ["linear"])
         assert "layer4" in [c.name for c in candidate_layers(gpu_model, 32)]
         assert torch.equal(default_sampler(torch.arange(30), 0)(3).cpu(), sampled)

@@ -52,8 +52,8 @@ def test_strips_follow_each_kept_model(kept_run, tmp_path):
         x = as_float_images(data.test.images[strips.indices])
         with create("gradcam", model, "layer4", CamConfig(normalize="pair")) as engine:
             pair = engine.explain_pair(x, strips.labels, preds=strips.preds)
-        assert torch.allclose(strips.pred_cams[j], pair.pred.cams, atol=1e-6)
-        assert torch.allclose(strips.label_cams[j], pair.label.cams, atol=1e-6)
+        assert torch.allclose(strips.pred_maps[j], pair.pred.maps, atol=1e-6)
+        assert torch.allclose(strips.label_maps[j], pair.label.maps, atol=1e-6)
     saved = json.loads(files["over-epochs.json"].read_text())
     assert saved["epochs"] == [2, 3] and len(saved["images"]) == len(strips.indices)
     assert files["over-epochs.png"].stat().st_size > 1000

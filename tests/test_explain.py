@@ -37,15 +37,15 @@ def test_explanations_equal_the_engine_on_each_image(tiny_mistakes):
     model, m = tiny_mistakes
     plan = ExplainPlan(layers=["layer3", "layer4"], cam_batch_size=7)
     expl = mistake_maps(model, m.images, m.labels, plan)
-    assert expl.pred_cams.shape == (2, len(m), 32, 32) and expl.resolutions == ((8, 8), (4, 4))
+    assert expl.pred_maps.shape == (2, len(m), 32, 32) and expl.resolutions == ((8, 8), (4, 4))
     assert torch.equal(expl.logits.argmax(1), m.preds)
     with GradCAM(model, layer="layer4", normalize="none") as cam:
         raw_label = cam.explain(m.images.float() / 255, targets=m.labels)
     assert torch.allclose(expl.label_max[1], raw_label.raw_max[0], rtol=1e-4, atol=1e-6)
     # "pair" scale: an image's stronger map reaches 1, the weaker one stays below
-    peak = torch.maximum(expl.pred_cams[1].amax((1, 2)), expl.label_cams[1].amax((1, 2)))
+    peak = torch.maximum(expl.pred_maps[1].amax((1, 2)), expl.label_maps[1].amax((1, 2)))
     assert torch.allclose(peak[peak > 0], torch.ones_like(peak[peak > 0]), atol=1e-5)
-    assert expl.contrast_cams is not None and expl.contrast_cams.min() < 0
+    assert expl.contrast_maps is not None and expl.contrast_maps.min() < 0
 
 
 def test_predicted_maps_explain_the_stated_predictions(tiny_mistakes):
@@ -67,7 +67,7 @@ def test_bf16_precision_reaches_the_engine(tiny_mistakes):
     bf16 = mistake_maps(
         model, m.images, m.labels, ExplainPlan(layers=["layer4"], cam_precision="bf16")
     )
-    assert bf16.pred_cams.dtype == torch.float32  # maps are combined in fp32 either way
+    assert bf16.pred_maps.dtype == torch.float32  # maps are combined in fp32 either way
     assert not torch.equal(bf16.pred_max, fp32.pred_max)  # the forward pass did run in bf16
     assert torch.allclose(bf16.pred_max, fp32.pred_max, rtol=0.1, atol=1e-3)
 
@@ -117,11 +117,11 @@ def test_maps_kept_at_native_resolution_give_the_engines_pixels(tiny_mistakes):
     assert [tuple(t.shape) for t in expl.pred_low] == [(len(m), 8, 8), (len(m), 4, 4)]
     with GradCAM(model, layer=["layer3", "layer4"], normalize="pair", batch_size=7) as cam:
         pair = cam.explain_pair(m.images.float() / 255, m.labels)
-    assert torch.equal(expl.pred_cams, pair.pred.layer_cams)
-    assert torch.equal(expl.label_cams, pair.label.layer_cams)
-    assert torch.equal(expl.contrast_cams, pair.contrast.layer_cams)
+    assert torch.equal(expl.pred_maps, pair.pred.layer_maps)
+    assert torch.equal(expl.label_maps, pair.label.layer_maps)
+    assert torch.equal(expl.contrast_maps, pair.contrast.layer_maps)
     some = torch.tensor([3, 0])
-    assert torch.equal(expl.select(some).label_cams, pair.label.layer_cams[:, some])
+    assert torch.equal(expl.select(some).label_maps, pair.label.layer_maps[:, some])
 
 
 def _counterfactuals(model, m, plan, monkeypatch, world, rank):

@@ -214,7 +214,7 @@ def test_index_and_cards_carry_the_counterfactual_of_the_contrast_map(tmp_path, 
     model, m = tiny_mistakes
     g = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path, SMALL)
     expl = g.explanations
-    contrast = expl.contrast_cams[-1]  # (N, H, W): layer4's, in [-1, 1]
+    contrast = expl.contrast_maps[-1]  # (N, H, W): layer4's, in [-1, 1]
     config = CounterfactualConfig(resolution=expl.resolutions[-1], seed=PLAN.metric_seed)
     seeds = PLAN.metric_seed * 1_000_003 + m.indices
     x = as_float_images(m.images)

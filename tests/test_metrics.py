@@ -61,8 +61,8 @@ def rows(values) -> torch.Tensor:
 def hand_case():
     w = rows(ROW_WEIGHT) / 4  # four pixels per row share the row's weight
     images = rows(ROW_VALUE)[None, None].clone()  # (1, 1, 4, 4)
-    cams = rows(ROW_MAP)[None].clone()  # (1, 4, 4)
-    return LinearNet(w[None]), images, cams
+    maps = rows(ROW_MAP)[None].clone()  # (1, 4, 4)
+    return LinearNet(w[None]), images, maps
 
 
 def sig(*zs: float) -> torch.Tensor:
@@ -75,8 +75,8 @@ def quarter_auc(p: torch.Tensor) -> float:
 
 
 def test_deletion_and_insertion_curves_by_hand():
-    model, images, cams = hand_case()
-    s = score_maps(model, images, cams, 0, ["deletion", "insertion"], steps=4, replacement="zeros")
+    model, images, maps = hand_case()
+    s = score_maps(model, images, maps, 0, ["deletion", "insertion"], steps=4, replacement="zeros")
     # row contributions w_row * v_row: 2, 0.8, -0.4, 0.1; deletion zeroes the top rows first
     deletion = sig(2.5, 0.8 - 0.4 + 0.1, -0.4 + 0.1, 0.1, 0.0)
     insertion = sig(0.0, 2.0, 2.8, 2.4, 2.5)
@@ -91,27 +91,27 @@ def test_deletion_and_insertion_curves_by_hand():
 def test_rise_deletes_to_the_models_zero_input_and_inserts_from_blur():
     """RISE's substrates by hand: a model normalising by its `mean` buffer (0.3) sees deleted
     pixels as 0; insertion's first point is the blurred image, as with replacement="blur"."""
-    model, images, cams = hand_case()
+    model, images, maps = hand_case()
     model.register_buffer("mean", torch.tensor([0.3]))
-    s = score_maps(model, images, cams, 0, ["deletion", "insertion"], steps=4)
+    s = score_maps(model, images, maps, 0, ["deletion", "insertion"], steps=4)
     m = 0.3  # the substrate: a deleted row contributes w_row * 0.3
     expected = sig(2.5, 2 * m + 0.5, 3 * m - 0.3, 2 * m + 0.1, 2.5 * m)
     assert torch.allclose(s.curves["deletion"][1][0], expected, atol=1e-6)
-    blur = score_maps(model, images, cams, 0, ["insertion"], steps=4, replacement="blur")
+    blur = score_maps(model, images, maps, 0, ["insertion"], steps=4, replacement="blur")
     assert torch.allclose(s.curves["insertion"][1], blur.curves["insertion"][1], atol=1e-6)
-    alone = score_maps(model, images, cams, 0, ["deletion"], steps=4)
+    alone = score_maps(model, images, maps, 0, ["deletion"], steps=4)
     assert torch.allclose(alone.curves["deletion"][1][0], expected, atol=1e-6)
     del model.mean  # no normalisation: the model's zero input is black
-    black = score_maps(model, images, cams, 0, ["deletion"], steps=4)
-    zeros = score_maps(model, images, cams, 0, ["deletion"], steps=4, replacement="zeros")
+    black = score_maps(model, images, maps, 0, ["deletion"], steps=4)
+    zeros = score_maps(model, images, maps, 0, ["deletion"], steps=4, replacement="zeros")
     assert torch.allclose(black.curves["deletion"][1], zeros.curves["deletion"][1])
     assert deletion_variant(MetricConfig()).startswith("RISE")
     assert "not RISE" in deletion_variant(MetricConfig(replacement="blur"))
 
 
 def test_mean_replacement_by_hand():
-    model, images, cams = hand_case()
-    s = score_maps(model, images, cams, 0, ["deletion"], steps=4, replacement="mean")
+    model, images, maps = hand_case()
+    s = score_maps(model, images, maps, 0, ["deletion"], steps=4, replacement="mean")
     m = sum(ROW_VALUE) / 4  # 0.6: the channel mean replaces a removed row
     expected = sig(2.5, 2 * m + 0.5, 3 * m - 0.3, 2 * m + 0.1, 2.5 * m)
     assert torch.allclose(s.curves["deletion"][1][0], expected, atol=1e-6)
@@ -131,8 +131,8 @@ def test_blur_is_a_normalised_gaussian_with_replicate_borders():
 
 
 def test_average_drop_and_increase_by_hand():
-    model, images, cams = hand_case()
-    s = score_maps(model, images, cams, 0, ["drop", "increase"])
+    model, images, maps = hand_case()
+    s = score_maps(model, images, maps, 0, ["drop", "increase"])
     y, o = sig(2.5, 2 * 1 + 0.8 * 0.75 - 0.4 * 0.5 + 0.1 * 0.25)
     assert s.values["drop"].item() == pytest.approx(float((y - o) / y), abs=1e-6)
     assert s.values["increase"].item() == 0
@@ -144,8 +144,8 @@ def test_average_drop_and_increase_by_hand():
 
 def test_road_by_hand():
     # a removed band of rows is imputed with the value of the kept row beside it
-    model, images, cams = hand_case()
-    s = score_maps(model, images, cams, 0, ["road"], road_fractions=(0.25, 0.5, 0.75), road_noise=0)
+    model, images, maps = hand_case()
+    s = score_maps(model, images, maps, 0, ["road"], road_fractions=(0.25, 0.5, 0.75), road_noise=0)
     morf = sig(2 * 0.8 + 0.8 - 0.4 + 0.1, 3 * 0.4 - 0.4 + 0.1, 2.5 * 0.2)
     lerf = sig(2 + 0.8 - 0.4 + 0.5 * 0.4, 2 + 0.8 - 0.8 + 0.5 * 0.8, 2.5)
     assert torch.allclose(s.curves["road_morf"][1][0], morf, atol=1e-5)
@@ -154,16 +154,16 @@ def test_road_by_hand():
 
 
 def test_arcc_by_hand():
-    model, images, cams = hand_case()
+    model, images, maps = hand_case()
     fractions = (0.25, 0.5, 0.75)  # ARCC's ROAD at the fractions worked out above
 
     def same(im, tg):  # the map of the masked image is the map: coherency 1
-        return cams.expand(im.shape[0], 4, 4)
+        return maps.expand(im.shape[0], 4, 4)
 
     s = score_maps(
         model,
         images,
-        cams,
+        maps,
         0,
         ["arcc", "road"],
         engine=same,
@@ -180,9 +180,9 @@ def test_arcc_by_hand():
     # a method whose map of the masked image is the inverse: Pearson -1, coherency 0: undefined
 
     def flipped(im, tg):
-        return 1 - cams.expand(im.shape[0], 4, 4)
+        return 1 - maps.expand(im.shape[0], 4, 4)
 
-    s = score_maps(model, images, cams, 0, ["arcc"], engine=flipped)
+    s = score_maps(model, images, maps, 0, ["arcc"], engine=flipped)
     assert s.values["arcc_coherency"].item() == pytest.approx(0.0, abs=1e-6)
     assert math.isnan(s.values["arcc"].item())
 
@@ -333,20 +333,20 @@ def small_case(n: int = 7):
     with torch.no_grad():
         model[-1].weight.mul_(40)  # probabilities far from uniform: perturbations show
     images = torch.rand(n, 3, 8, 8, generator=g)
-    cams = torch.rand(n, 8, 8, generator=g)
-    return model, images, cams, torch.arange(n) % 5
+    maps = torch.rand(n, 8, 8, generator=g)
+    return model, images, maps, torch.arange(n) % 5
 
 
 @pytest.mark.layout
 def test_batch_size_does_not_change_results_and_the_seed_repeats_them():
-    model, images, cams, targets = small_case()
+    model, images, maps, targets = small_case()
 
     def run(batch: int, seed: int):
         engine = baseline_engine("random", torch.Generator().manual_seed(5))
         s = score_maps(
             model,
             images,
-            cams,
+            maps,
             targets,
             engine=engine,
             batch_size=batch,
@@ -363,17 +363,17 @@ def test_batch_size_does_not_change_results_and_the_seed_repeats_them():
 
 
 def test_bad_input_is_named():
-    model, images, cams, targets = small_case()
-    with pytest.raises(ValueError, match="cams must be"):
-        score_maps(model, images, cams[:, :4], targets, ["drop"])
+    model, images, maps, targets = small_case()
+    with pytest.raises(ValueError, match="maps must be"):
+        score_maps(model, images, maps[:, :4], targets, ["drop"])
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
-        score_maps(model, images, cams * 2, targets, ["drop"])
+        score_maps(model, images, maps * 2, targets, ["drop"])
     with pytest.raises(ValueError, match="unknown metrics"):
-        score_maps(model, images, cams, targets, ["deletions"])
+        score_maps(model, images, maps, targets, ["deletions"])
     with pytest.raises(ValueError, match="arcc needs engine="):
-        score_maps(model, images, cams, targets)
+        score_maps(model, images, maps, targets)
     with pytest.raises(ValueError, match="out of range for 5 classes"):
-        score_maps(model, images, cams, 7, ["drop"])
+        score_maps(model, images, maps, 7, ["drop"])
     with pytest.raises(ValueError, match="unknown replacement"):
         MetricConfig(replacement="noise")
 

@@ -116,13 +116,13 @@ def agreement_table() -> dict[str, dict[str, float]]:
     for family, methods in families.items():
         quality, values = [], {}
         for method in methods:
-            cams = method(images)
-            quality.append(pearson(cams, truth(images)))
+            maps = method(images)
+            quality.append(pearson(maps, truth(images)))
 
             def engine(im, targets, method=method):
                 return method(im)
 
-            s = score_maps(model, images, cams, 0, engine=engine, steps=8)
+            s = score_maps(model, images, maps, 0, engine=engine, steps=8)
             for name, v in s.values.items():
                 values.setdefault(name, []).append(v if HIGHER_IS_BETTER[name] else -v)
         truth_ranks = average_ranks(torch.stack(quality, 1))  # (N, maps)

@@ -11,7 +11,7 @@ import torch
 import camlens
 from camlens.cam import ScoreCAM, ScoreKnobs, SmoothKnobs
 from camlens.cam.layers import upsample
-from camlens.cam.normalize import normalize_cams
+from camlens.cam.normalize import normalize_maps
 from camlens.data import Dataset, Split, load_dataset
 from camlens.explain import ExplainError, ExplainPlan
 from camlens.model import ResNet18, save_checkpoint
@@ -69,20 +69,20 @@ def test_compare_in_a_report_scores_the_maps_the_report_shows(untrained, tmp_pat
     scored = []
     real = compare_run.score_maps
 
-    def recording(model, images, cams, targets, **kw):
+    def recording(model, images, maps, targets, **kw):
         if hasattr(kw["engine"], "explain"):  # a method's engine, not a baseline's
-            scored.append((images, cams))
-        return real(model, images, cams, targets, **kw)
+            scored.append((images, maps))
+        return real(model, images, maps, targets, **kw)
 
     monkeypatch.setattr(compare_run, "score_maps", recording)
     plan = ExplainPlan(methods=("scorecam",), layers=("layer4",), sort="margin", compare_limit=4)
     outcome = camlens.explain_model(model, data, tmp_path, plan)
     chosen = outcome.galleries.mistakes.select(torch.arange(4))  # the gallery's first four
     expl = outcome.galleries.explanations["scorecam"].select(torch.arange(4))
-    shown = normalize_cams([upsample(expl.pred_low[0], (32, 32))], "minmax", False)[0]
+    shown = normalize_maps([upsample(expl.pred_low[0], (32, 32))], "minmax", False)[0]
     x = chosen.images.float() / 255
     mistakes = [
-        cams for images, cams in scored if images.shape == x.shape and torch.equal(images, x)
+        maps for images, maps in scored if images.shape == x.shape and torch.equal(images, x)
     ]
     assert len(mistakes) == 1, "the gallery's first mistakes are compare's mistakes"
     torch.testing.assert_close(mistakes[0], shown, rtol=1e-4, atol=1e-5)
@@ -151,13 +151,13 @@ def test_diff_computes_each_map_once(untrained, monkeypatch):
     model, data = untrained
     other = ResNet18(10, width=8).eval()
     seen = []
-    real = diff_compute.compute_cams
+    real = diff_compute.compute_maps
 
     def counting(model, images, target_sets, *args, **kw):
         seen.extend(images.flatten(1).sum(1).tolist())  # one entry per image explained
         return real(model, images, target_sets, *args, **kw)
 
-    monkeypatch.setattr(diff_compute, "compute_cams", counting)
+    monkeypatch.setattr(diff_compute, "compute_maps", counting)
     result = diff_compute.diff_models(model, other, data, plan=ExplainPlan(layers=("layer4",)))
     explained = sum(len(g) for g in result.groups.values() if len(g))
     shared = len(result.groups["shared"])

@@ -85,7 +85,7 @@ def test_the_maps_file_reads_back_the_streams_maps(tiny, tmp_path):
         for got, ref in zip(getattr(expl, field), getattr(want, field), strict=True):
             assert torch.equal(got, ref), field  # the same float32 tensors, saved and loaded
     # the pixels shown are made from them exactly as from the stream's
-    assert torch.equal(expl.pred_cams, want.pred_cams)
+    assert torch.equal(expl.pred_maps, want.pred_maps)
 
 
 def test_the_gallery_and_the_maps_file_from_one_stream(tiny, tmp_path):

@@ -174,9 +174,9 @@ def test_a_plain_pytorch_model_and_dataloader_need_no_conversion(tmp_path):
     ref = camlens.explain_model(wrapped, data, tmp_path / "ref", plan)
     got, want = mine.galleries.explanations["gradcam"], ref.galleries.explanations["gradcam"]
     assert torch.equal(mine.galleries.mistakes.indices, ref.galleries.mistakes.indices)
-    assert torch.equal(got.pred_cams, want.pred_cams) and torch.equal(got.logits, want.logits)
+    assert torch.equal(got.pred_maps, want.pred_maps) and torch.equal(got.logits, want.logits)
     assert got.layers == ("model.features.2",) and len(got) > 0
-    assert got.pred_cams.amax() > 0  # maps with something in them, or equality proves little
+    assert got.pred_maps.amax() > 0  # maps with something in them, or equality proves little
     assert "DataLoader over TinyCIFAR" in (tmp_path / "mine" / "report.html").read_text()
 
     scored = ExplainPlan(layers=["features.2"], compare_limit=3)
@@ -194,8 +194,8 @@ def test_a_plain_pytorch_model_and_dataloader_need_no_conversion(tmp_path):
     assert mine.layers == ("model.features.2",)
     for g in mine.groups:
         assert torch.equal(mine.groups[g], ref.groups[g])
-        assert all(torch.equal(a, b) for a, b in zip(mine.cams[g], ref.cams[g], strict=True))
-    assert len(mine.groups["shared"]) > 0 and mine.cams["shared"][0].amax() > 0
+        assert all(torch.equal(a, b) for a, b in zip(mine.maps[g], ref.maps[g], strict=True))
+    assert len(mine.groups["shared"]) > 0 and mine.maps["shared"][0].amax() > 0
 
 
 def readme_python() -> str:

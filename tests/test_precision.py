@@ -56,11 +56,11 @@ def test_maps_metrics_sanity_and_counterfactual_run_with_tf32_off(tf32_on):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([1, 2])
     with create("gradcam", model, "layer4") as cam:
-        cams = cam(images, targets)
+        maps = cam(images, targets)
         assert seen and set(seen) == {(False, False)}
         seen.clear()
-        score_maps(model, images, cams, targets, metrics=("deletion", "road"), steps=4)
-    counterfactual(model, images, cams, targets, torch.tensor([0, 0]))
+        score_maps(model, images, maps, targets, metrics=("deletion", "road"), steps=4)
+    counterfactual(model, images, maps, targets, torch.tensor([0, 0]))
     sanity_check(model, images, targets, lambda m: create("gradcam", m, "layer4"), ["linear"])
     assert seen and set(seen) == {(False, False)}
     assert flags() == (True, True)  # the caller's, after each call

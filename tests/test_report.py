@@ -234,9 +234,9 @@ def test_pair_means_summed_in_chunks_equal_the_means_of_all_maps(case, limit):
             right = ((labels == t) & (ev.logits.argmax(1) == t)).nonzero().flatten()[:4]
             expected = mean_maps(
                 [
-                    cam.explain(x, targets=m.preds[rows]).cams,
-                    cam.explain(x, targets=m.labels[rows]).cams,
-                    cam.explain(split.images[right].float() / 255, targets=labels[right]).cams
+                    cam.explain(x, targets=m.preds[rows]).maps,
+                    cam.explain(x, targets=m.labels[rows]).maps,
+                    cam.explain(split.images[right].float() / 255, targets=labels[right]).maps
                     if len(right)
                     else torch.zeros(0, 32, 32),
                 ]

@@ -112,11 +112,11 @@ def maps_of(known):
 @pytest.fixture(scope="module")
 def scored(known):
     model, images, labels, _ = known
-    maps = maps_of(known)
+    by_name = maps_of(known)
     metrics = ("deletion", "insertion", "road", "drop")
     return {
-        name: score_maps(model, images, cams, labels, metrics, road_fractions=(0.1, 0.3, 0.5))
-        for name, cams in maps.items()
+        name: score_maps(model, images, maps, labels, metrics, road_fractions=(0.1, 0.3, 0.5))
+        for name, maps in by_name.items()
     }
 
 
@@ -137,9 +137,9 @@ def test_the_oracle_ties_or_beats_the_methods_which_beat_both_baselines(scored, 
             assert decide(scored, method, baseline, metric) == "better", (method, baseline)
 
 
-def localisation(cams: torch.Tensor, oracle: torch.Tensor) -> torch.Tensor:
+def localisation(maps: torch.Tensor, oracle: torch.Tensor) -> torch.Tensor:
     """(N,) share of the map's mass on the evidence: 1 for the oracle, ~6% for a flat map."""
-    return (cams * oracle).flatten(1).sum(1) / cams.flatten(1).sum(1).clamp_min(1e-12)
+    return (maps * oracle).flatten(1).sum(1) / maps.flatten(1).sum(1).clamp_min(1e-12)
 
 
 def test_deletion_insertion_and_road_rank_maps_as_the_evidence_does(known, scored):

@@ -22,7 +22,7 @@ The "explain" family, one meaning per name:
                         (camlens.cam; `cam.explain_pair` opens an engine for one such call)
   mistake_maps          mistakes' images -> Explanations (pred, label, contrast per layer)
   stream_mistake_maps   the same, chunk by chunk: what the gallery and the report consume
-  compute_cams          images + target sets -> (L, N, H, W) maps (diff, the report's
+  compute_maps          images + target sets -> (L, N, H, W) maps (diff, the report's
                         correct images; any step that explains images other than mistakes)
   explain_model         the whole job: evaluate, gallery per method, report.html
   explain_over_epochs   the job of `explain --over-epochs`: maps across kept epochs
@@ -33,8 +33,8 @@ Glossary (one name per concept, everywhere):
   targets  (N,) the class a map explains
   logits   (N, K)                       classes  the K class names
   acts, grads  (N, C, h, w) at the hooked layer
-  cams     (N, H, W) maps at the input's resolution
-  pred_cams, label_cams, contrast_cams   maps of the predicted class, the true class, their
+  maps     (N, H, W) maps at the input's resolution
+  pred_maps, label_maps, contrast_maps   maps of the predicted class, the true class, their
            contrast; pred_name / label_name a class name, pred_index / label_index one index
 """
 
@@ -68,7 +68,7 @@ _SOURCES: dict[str, str] = {
         "write_evaluation"
     ),
     "camlens.explain": (
-        "ExplainError ExplainPlan Explanations compute_cams mistake_maps select_mistakes "
+        "ExplainError ExplainPlan Explanations compute_maps mistake_maps select_mistakes "
         "stream_mistake_maps"
     ),
     "camlens.gallery": "GalleryConfig GalleryWriter write_gallery",
@@ -88,6 +88,8 @@ __all__ = ["__version__", *_MODULE_OF]  # every public name, in _SOURCES's order
 
 
 def __getattr__(name: str) -> typing.Any:
+    if name.endswith("_cams") and name[:-5] + "_maps" in _MODULE_OF:  # camlens 0.1's name:
+        return getattr(importlib.import_module(_MODULE_OF[name[:-5] + "_maps"]), name)  # warns
     if name not in _MODULE_OF:
         # a subpackage, as an eager root would have bound it: `camlens.pipeline.report(...)`
         # after a bare `import camlens` (importing it binds it here, so this runs once)

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from camlens.atomic import atomic_write_files
+from camlens.cam.renamed import Renamed
 from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import ModelConfig, open_model
 from camlens.data import Dataset
@@ -53,11 +54,12 @@ class EpochStrips:
     labels: Tensor  # (M,)
     preds: Tensor  # (M,) the final model's predictions
     images: Tensor  # (M, 3, H, W) uint8
-    pred_cams: Tensor  # (E, M, H, W) maps of the final prediction, scaled per map pair
-    label_cams: Tensor  # (E, M, H, W) maps of the true class, on the same scale as pred_cams
+    pred_maps: Tensor  # (E, M, H, W) maps of the final prediction, scaled per map pair
+    label_maps: Tensor  # (E, M, H, W) maps of the true class, on the same scale as pred_maps
     pred_probs: Tensor  # (E, M) probability of the final prediction at each epoch
     label_probs: Tensor  # (E, M)
     raw_max: Tensor  # (E, M) the pair's raw maximum before scaling
+    pred_cams, label_cams = Renamed(), Renamed()  # camlens 0.1's names
 
 
 def explain_over_epochs(
@@ -121,14 +123,14 @@ def epoch_strips(
         raise ExplainError("mistakes carry no images: select them with their images")
     plan = replace(plan, methods=(plan.only_method("explain --over-epochs"),))
     plan = replace(plan, layers=(plan.hooked_layers or DEFAULT_LAYERS)[-1:])
-    epochs, pred_cams, label_cams, pred_probs, label_probs, raw_max = [], [], [], [], [], []
+    epochs, pred_maps, label_maps, pred_probs, label_probs, raw_max = [], [], [], [], [], []
     for epoch, model in models:
         expl = mistake_maps(model, mistakes.images, mistakes.labels, plan, preds=mistakes.preds)
         probs = expl.logits.float().softmax(1)  # (M, K)
         pred, label, _ = expl.layer_maps(0)  # one layer: (M, H, W) each, one scale per image
         epochs.append(int(epoch))
-        pred_cams.append(pred)
-        label_cams.append(label)
+        pred_maps.append(pred)
+        label_maps.append(label)
         pred_probs.append(probs.gather(1, mistakes.preds[:, None]).squeeze(1))
         label_probs.append(probs.gather(1, mistakes.labels[:, None]).squeeze(1))
         raw_max.append(torch.maximum(expl.pred_max[0], expl.label_max[0]))
@@ -138,8 +140,8 @@ def epoch_strips(
         labels=mistakes.labels,
         preds=mistakes.preds,
         images=mistakes.images,
-        pred_cams=torch.stack(pred_cams),  # E x (M, H, W) -> (E, M, H, W)
-        label_cams=torch.stack(label_cams),
+        pred_maps=torch.stack(pred_maps),  # E x (M, H, W) -> (E, M, H, W)
+        label_maps=torch.stack(label_maps),
         pred_probs=torch.stack(pred_probs),  # E x (M,) -> (E, M)
         label_probs=torch.stack(label_probs),
         raw_max=torch.stack(raw_max),
@@ -196,8 +198,8 @@ def strips_figure(s: EpochStrips, classes: Sequence[str], method: str, layer: st
     )
     for i in range(n):
         rows = (
-            ("pred", s.preds[i], s.pred_cams, s.pred_probs),
-            ("true", s.labels[i], s.label_cams, s.label_probs),
+            ("pred", s.preds[i], s.pred_maps, s.pred_probs),
+            ("true", s.labels[i], s.label_maps, s.label_probs),
         )
         ax = fig.add_subplot(grid[2 * i : 2 * i + 2, 0])
         ax.imshow(s.images[i].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
@@ -207,8 +209,8 @@ def strips_figure(s: EpochStrips, classes: Sequence[str], method: str, layer: st
             f"pred {classes[int(s.preds[i])]}",
             fontsize=6,
         )
-        for r, (kind, cls, cams, probs) in enumerate(rows):
-            tiles = overlay(s.images[i : i + 1].expand(e, -1, -1, -1), cams[:, i], size=64)
+        for r, (kind, cls, maps, probs) in enumerate(rows):
+            tiles = overlay(s.images[i : i + 1].expand(e, -1, -1, -1), maps[:, i], size=64)
             for j in range(e):
                 ax = fig.add_subplot(grid[2 * i + r, j + 1])
                 ax.imshow(tiles[j].cpu().numpy())

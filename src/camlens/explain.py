@@ -5,7 +5,7 @@ mistakes); the pipeline builds it from flags or the notebook, checks it once aga
 (`ExplainPlan.check`) and hands it whole to every step. `select_mistakes` filters and orders
 the misclassified images; `mistake_maps` computes their maps (predicted class, true class and
 contrast, per layer), `stream_mistake_maps` the same a chunk at a time, which the gallery draws
-and the report's pair statistics read; `compute_cams` turns images and targets into maps for
+and the report's pair statistics read; `compute_maps` turns images and targets into maps for
 the steps that explain other images (correct ones, another model's, another epoch's).
 With `plan.counterfactual` each streamed chunk also carries the counterfactual test of its
 mistakes (`explain_counterfactual`), computed while their images are on hand.
@@ -21,8 +21,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
-from camlens.cam import KNOBS, Engine, create, normalize_cams
+from camlens.cam import KNOBS, Engine, create, normalize_maps
 from camlens.cam.layers import upsample
+from camlens.cam.renamed import Renamed, old_names
 from camlens.choices import SORTS
 from camlens.distributed import gather, shard_rows, world_size
 from camlens.evaluate import Mistakes, as_float_images
@@ -35,7 +36,7 @@ __all__ = [
     "ExplainPlan",
     "Explanations",
     "check_explainable",
-    "compute_cams",
+    "compute_maps",
     "concat_explanations",
     "engine_for",
     "explain_counterfactual",
@@ -45,13 +46,15 @@ __all__ = [
     "stream_mistake_maps",
 ]
 
+__getattr__ = old_names(__name__, globals())  # camlens 0.1's compute_cams
+
 
 @dataclass(frozen=True)
 class Explanations:
     """Maps of the predicted class, the true class and their contrast, per layer, on the CPU.
 
     Kept at each layer's native resolution (a few hundred bytes per image rather than tens of
-    kilobytes), so that thousands of mistakes fit in memory; `*_cams` upsample and normalise on
+    kilobytes), so that thousands of mistakes fit in memory; `*_maps` upsample and normalise on
     demand exactly as the engine does. Predicted- and label-class maps of one image share a
     scale ("pair" normalisation), so a weak label-class map looks weak; `*_max` keep each raw
     map's maximum for comparing images.
@@ -77,29 +80,31 @@ class Explanations:
         """Layer `li`'s (M, H, W) pred and label maps in [0, 1] and contrast in [-1, 1]."""
         # the engine's own steps (camlens.cam assemble_results), so the pixels are identical
         ups = [upsample(m[li], self.size) for m in (self.pred_low, self.label_low)]
-        pred, label = normalize_cams(ups, "pair", False)
+        pred, label = normalize_maps(ups, "pair", False)
         contrast = None
         if self.contrast_low is not None:
-            contrast = normalize_cams([upsample(self.contrast_low[li], self.size)], "pair", True)[0]
+            contrast = normalize_maps([upsample(self.contrast_low[li], self.size)], "pair", True)[0]
         return pred, label, contrast
 
     def _stacked(self, kind: int) -> Tensor:
         return torch.stack([self.layer_maps(li)[kind] for li in range(len(self.layers))])
 
     @property
-    def pred_cams(self) -> Tensor:
+    def pred_maps(self) -> Tensor:
         """(L, M, H, W) in [0, 1]: maps of the predicted classes."""
         return self._stacked(0)
 
     @property
-    def label_cams(self) -> Tensor:
+    def label_maps(self) -> Tensor:
         """(L, M, H, W) in [0, 1]: maps of the true classes."""
         return self._stacked(1)
 
     @property
-    def contrast_cams(self) -> Tensor | None:
+    def contrast_maps(self) -> Tensor | None:
         """(L, M, H, W) in [-1, 1]; None for non-linear methods."""
         return None if self.contrast_low is None else self._stacked(2)
+
+    pred_cams, label_cams, contrast_cams = Renamed(), Renamed(), Renamed()  # camlens 0.1's
 
     def select(self, rows: Tensor | slice) -> Explanations:
         """A subset or reordering of the images, by index tensor, mask or slice."""
@@ -246,7 +251,7 @@ def explain_counterfactual(
     device = next(model.parameters()).device
     last = len(expl.layers) - 1
     pred, _, contrast = expl.layer_maps(last)  # (M, H, W) each
-    cams, region = (contrast, "contrast") if contrast is not None else (pred, "predicted-class")
+    maps, region = (contrast, "contrast") if contrast is not None else (pred, "predicted-class")
     config = CounterfactualConfig(
         resolution=expl.resolutions[last], seed=plan.metric_seed, region=region
     )
@@ -257,7 +262,7 @@ def explain_counterfactual(
         cf = counterfactual(
             model,
             as_float_images(mistakes.images[rows].to(device)),
-            cams[rows].to(device),
+            maps[rows].to(device),
             mistakes.preds[rows],
             mistakes.labels[rows],
             config,
@@ -275,7 +280,7 @@ def _join_cf(parts: Sequence[Counterfactual]) -> Counterfactual:
     return replace(parts[0], **fields_of)
 
 
-def compute_cams(
+def compute_maps(
     model: nn.Module,
     images: Tensor,
     target_sets: Sequence[Tensor],
@@ -297,7 +302,7 @@ def compute_cams(
     x = as_float_images(images.to(device))
     with engine_for(method or plan.methods[0], model, layers, plan, normalize) as cam:
         results = cam.explain_many(x, [t.to(device) for t in target_sets])
-    return [r.layer_cams.cpu() for r in results]
+    return [r.layer_maps.cpu() for r in results]
 
 
 def engine_for(

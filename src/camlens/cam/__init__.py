@@ -1,8 +1,8 @@
 """Class activation maps for any CNN `nn.Module`: batched, hooks only during a call.
 
     with GradCAM(model, layer="layer4") as cam:
-        cams = cam(images)                              # (N, H, W) in [0, 1], predicted class
-        result = cam.explain(images, targets=labels)    # CamResult: cams, low_res, logits, ...
+        maps = cam(images)                              # (N, H, W) in [0, 1], predicted class
+        result = cam.explain(images, targets=labels)    # CamResult: maps, low_res, logits, ...
         pred, true = cam.explain_many(images, [None, labels])   # one forward, two backwards
         pair = cam.explain_pair(images, labels)         # pred, true and signed contrast maps
 
@@ -17,14 +17,14 @@ Public API:
     GradCAMElementWise, EigenCAM, EigenGradCAM, CAM, ScoreCAM,
     AblationCAM, SSCAM, ISCAM, KPCACAM, ShapleyCAM, AttentionRollout
         (model, layer, config=None, **overrides): `layer` a dotted name, a module or a list of
-        them (maps averaged into `cams`; each layer's own map in `layer_cams`)
+        them (maps averaged into `maps`; each layer's own map in `layer_maps`)
         .__call__(images, targets=None) -> (N, H, W) tensor
         .explain(images, targets=None, normalize=None) -> CamResult
         .explain_many(images, target_sets, normalize=None) -> list[CamResult]
         .explain_pair(images, labels, normalize=None) -> PairResult
         .close(); usable as a context manager
     FinerCAM, RefineCAM     Grad-CAM of y_c - 0.6 sum_j w_j y_j over the 3 nearest classes;
-                            Grad-CAM++ maps of several layers multiplied (`cams`: the product)
+                            Grad-CAM++ maps of several layers multiplied (`maps`: the product)
     FullGrad, GuidedGradCAM input-resolution maps; `layer` is where their layer part is read
                             (FullGrad: bias terms up to it; Guided Grad-CAM: its Grad-CAM)
     CamConfig               what every method reads (normalize, precision, batch_size,
@@ -40,7 +40,7 @@ Public API:
     create(method, model, layer, config=None, **overrides) -> an engine by METHODS name
     explain_pair(model, images, labels, method="gradcam", layer="layer4", ...) -> PairResult
     find_layer(model, name) -> nn.Module (unknown names list the valid ones)
-    normalize_cams(maps, mode, signed) -> list of scaled maps
+    normalize_maps(maps, mode, signed) -> list of scaled maps
     candidate_layers(model, image_size, layout="auto") -> [Candidate]: layers a map can be
         read from (one dummy forward), with shapes and layouts; pick_layer(...) the last
         before the pooling
@@ -71,7 +71,7 @@ from camlens.cam.base import (
     capture,
     eval_mode,
     find_layer,
-    normalize_cams,
+    normalize_maps,
 )
 from camlens.cam.config import (
     KNOBS,
@@ -101,6 +101,7 @@ from camlens.cam.methods import (
     XGradCAM,
 )
 from camlens.cam.pixel import FullGrad, InputCAM
+from camlens.cam.renamed import old_names
 from camlens.cam.rollout import AttentionRollout
 from camlens.cam.score import ISCAM, SSCAM, ScoreCAM
 from camlens.cam.shapley import ShapleyCAM
@@ -150,7 +151,7 @@ __all__ = [
     "eval_mode",
     "explain_pair",
     "find_layer",
-    "normalize_cams",
+    "normalize_maps",
     # maps refined by other classes or layers, and the input-resolution methods
     "FinerCAM",
     "FullGrad",
@@ -200,6 +201,8 @@ METHODS: dict[str, type[Engine]] = {
         AttentionRollout,
     )
 }
+
+__getattr__ = old_names(__name__, globals())  # camlens 0.1's normalize_cams
 
 # the methods that read a transformer's attention over tokens, and refuse a CNN's layers
 TOKEN_METHODS = frozenset(n for n, cls in METHODS.items() if getattr(cls, "tokens_only", False))

@@ -37,7 +37,7 @@ camlens/choices.py METHOD_NAMES a --method choice (tests/test_imports.py keeps t
 
 The steps they share, in the order a call uses them:
     layers.py     find_layer, resolve_layers, eval_mode, capture (hooks), upsample
-    normalize.py  NORMALIZE, normalize_cams ("minmax", "none", "batch", "pair"; signed maps)
+    normalize.py  NORMALIZE, normalize_maps ("minmax", "none", "batch", "pair"; signed maps)
     config.py     CamConfig
     targets.py    Target, TargetSpec, Resolved: what a map explains, checked and resolved
     results.py    RawMaps (per chunk), CamResult, PairResult, assemble_results
@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from camlens.cam.config import KNOBS, PRECISIONS, CamConfig
 from camlens.cam.layers import capture, eval_mode, find_layer, resolve_layers, upsample
 from camlens.cam.layout import logits_of
-from camlens.cam.normalize import NORMALIZE, normalize_cams
+from camlens.cam.normalize import NORMALIZE, normalize_maps
 from camlens.cam.precision import check_precision, full_fp32
 from camlens.cam.results import CamResult, PairResult, RawMaps, assemble_results
 from camlens.cam.targets import (
@@ -83,7 +83,7 @@ __all__ = [
     "capture",
     "eval_mode",
     "find_layer",
-    "normalize_cams",
+    "normalize_maps",
     "resolve_layers",
     "upsample",
 ]
@@ -149,7 +149,7 @@ class Engine:
 
     def __call__(self, images: Tensor, targets: TargetSpec = None) -> Tensor:
         """(N, 3, H, W) images -> (N, H, W) maps in [0, 1] ([-1, 1] for a contrast target)."""
-        return self.explain(images, targets).cams
+        return self.explain(images, targets).maps
 
     def explain(
         self, images: Tensor, targets: TargetSpec = None, normalize: str | None = None

@@ -53,7 +53,7 @@ class Refined:
     L_l = N(M_l) * prod_{j after l} R(N(M_j)): each named layer's map is refined by the maps
     of the layers named after it, N a min-max scaling to [0, 1] of the (ReLU'd) map, R a
     bilinear resize to the finest shape among them. With layer=["layer3", "layer4"] the
-    layer3 map is the refined one, the layer4 map the base's own (scaled), and `cams` the
+    layer3 map is the refined one, the layer4 map the base's own (scaled), and `maps` the
     first-named layer's, the product of all (not the mean of the layers, as for other methods).
     """
 
@@ -63,7 +63,7 @@ class Refined:
         fused = [RawMaps(c.logits, c.targets, [refine_maps(m) for m in c.maps]) for c in chunks]
         names = tuple(self.layers)
         results = assemble_results(fused, names, size, mode, rectify=False, method=self.name)
-        return [replace(r, cams=r.layer_cams[0]) for r in results]
+        return [replace(r, maps=r.layer_maps[0]) for r in results]
 
 
 class RefineCAM(Refined, GradCAMPlusPlus):

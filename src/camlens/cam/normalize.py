@@ -18,12 +18,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["NORMALIZE", "normalize_cams"]
+__all__ = ["NORMALIZE", "normalize_maps"]
 
 NORMALIZE = ("minmax", "none", "batch", "pair")
 
 
-def normalize_cams(maps: Sequence[Tensor], mode: str, signed: bool) -> list[Tensor]:
+def normalize_maps(maps: Sequence[Tensor], mode: str, signed: bool) -> list[Tensor]:
     """Scale a group of (N, H, W) maps; "pair" shares one scale per image across the group.
 
     Unsigned maps: "minmax" into [0, 1] per map; "batch" and "pair" divided by the shared

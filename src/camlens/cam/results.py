@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from camlens.cam.layers import upsample
-from camlens.cam.normalize import normalize_cams
+from camlens.cam.normalize import normalize_maps
+from camlens.cam.renamed import Renamed
 from camlens.cam.targets import Resolved
 
 __all__ = ["CamResult", "PairResult", "RawMaps", "assemble_results"]
@@ -23,8 +24,8 @@ __all__ = ["CamResult", "PairResult", "RawMaps", "assemble_results"]
 class CamResult:
     """The maps of one target set, with what produced them. All tensors are detached."""
 
-    cams: Tensor  # (N, H, W) float32 in [0, 1] ([-1, 1] if signed); mean over the hooked layers
-    layer_cams: Tensor  # (L, N, H, W) the same, one per hooked layer
+    maps: Tensor  # (N, H, W) float32 in [0, 1] ([-1, 1] if signed); mean over the hooked layers
+    layer_maps: Tensor  # (L, N, H, W) the same, one per hooked layer
     low_res: tuple[Tensor, ...]  # per layer (N, h, w): raw maps at native resolution
     raw_max: Tensor  # (L, N) each raw map's maximum (max |value| if signed) before normalising
     logits: Tensor  # (N, K) the model's output on the images
@@ -33,8 +34,9 @@ class CamResult:
     layers: tuple[str, ...]  # dotted names of the hooked layers
     resolutions: tuple[tuple[int, int], ...]  # each layer's native (h, w)
     method: str  # METHODS key of the engine that made it
-    normalize: str  # the normalisation applied to `cams` and `layer_cams`
+    normalize: str  # the normalisation applied to `maps` and `layer_maps`
     signed: bool = field(default=False)  # True for contrast maps: show with a diverging colormap
+    cams, layer_cams = Renamed(), Renamed()  # camlens 0.1's names of maps and layer_maps
 
     @property
     def preds(self) -> Tensor:
@@ -45,7 +47,7 @@ class CamResult:
         """(N, H, W) the normalised map of one hooked layer."""
         if name not in self.layers:
             raise KeyError(f"no layer {name!r} in this result; it has {', '.join(self.layers)}")
-        return self.layer_cams[self.layers.index(name)]
+        return self.layer_maps[self.layers.index(name)]
 
 
 @dataclass(frozen=True)
@@ -88,22 +90,22 @@ def assemble_results(
         low_res.append(per_layer)
     resolutions = tuple(tuple(m.shape[-2:]) for m in low_res[0])
     # per layer, normalise each group of same-signedness sets together (for "pair")
-    layer_cams: list[list[Tensor]] = [[] for _ in range(n_sets)]
+    layer_maps: list[list[Tensor]] = [[] for _ in range(n_sets)]
     for li in range(len(names)):
         for group in (False, True):
             members = [s for s in range(n_sets) if signed[s] == group]
             if not members:
                 continue
             ups = [upsample(low_res[s][li], size) for s in members]
-            for s, m in zip(members, normalize_cams(ups, mode, group), strict=True):
-                layer_cams[s].append(m)
-    combined: list[Tensor] = [lc[0] for lc in layer_cams]
+            for s, m in zip(members, normalize_maps(ups, mode, group), strict=True):
+                layer_maps[s].append(m)
+    combined: list[Tensor] = [lc[0] for lc in layer_maps]
     if len(names) > 1:
-        means = [torch.stack(lc).mean(0) for lc in layer_cams]  # L x (N, H, W) -> (N, H, W)
+        means = [torch.stack(lc).mean(0) for lc in layer_maps]  # L x (N, H, W) -> (N, H, W)
         for group in (False, True):
             members = [s for s in range(n_sets) if signed[s] == group]
             if members:
-                normed = normalize_cams([means[s] for s in members], mode, group)
+                normed = normalize_maps([means[s] for s in members], mode, group)
                 for s, m in zip(members, normed, strict=True):
                     combined[s] = m
     results = []
@@ -116,8 +118,8 @@ def assemble_results(
         )  # L x (N, h, w) -> (L, N)
         results.append(
             CamResult(
-                cams=combined[s].detach(),
-                layer_cams=torch.stack(layer_cams[s]).detach(),
+                maps=combined[s].detach(),
+                layer_maps=torch.stack(layer_maps[s]).detach(),
                 low_res=tuple(m.detach() for m in low_res[s]),
                 raw_max=raw_max.detach(),
                 logits=logits,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camlens.cam import normalize_cams
+from camlens.cam import normalize_maps
 from camlens.cam.layers import upsample
 from camlens.choices import BASELINE_KINDS, BASELINES
 from camlens.data import Dataset
@@ -109,7 +109,7 @@ def shown_maps(explained: Explained, limit: int) -> dict[tuple[str, str], Tensor
     for method, expl in expls.items():
         for li, layer in enumerate(expl.layers):
             up = upsample(expl.pred_low[li][:n], expl.size)  # (n, h, w) -> (n, H, W)
-            maps[(method, layer)] = normalize_cams([up], "minmax", False)[0]
+            maps[(method, layer)] = normalize_maps([up], "minmax", False)[0]
     return maps
 
 

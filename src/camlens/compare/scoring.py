@@ -63,14 +63,14 @@ def _score(job: CompareJob, found: Probe, subset: str, method: str, layer: str) 
     if method in BASELINE_KINDS:  # one map per image; "random" at its layer's resolution
         # drawn on the CPU and moved, so a GPU's table is the same draw as a CPU's
         own = found.grids.get(layer)
-        cams = baseline_maps(images.shape, method, torch.Generator().manual_seed(seed), device, own)
+        maps = baseline_maps(images.shape, method, torch.Generator().manual_seed(seed), device, own)
         engine = baseline_engine(method, torch.Generator().manual_seed(seed + 1), own)
-        scores = score_maps(job.model, images, cams, targets, engine=engine, config=job.metrics)
+        scores = score_maps(job.model, images, maps, targets, engine=engine, config=job.metrics)
         return scores.values
     with closed(job.engine(method, job.model, layer)) as engine:
         shown = job.shown.get((method, layer)) if subset == "mistakes" else None
-        cams = engine(images, targets).detach() if shown is None else shown.to(device)
-        scores = score_maps(job.model, images, cams, targets, engine=engine, config=job.metrics)
+        maps = engine(images, targets).detach() if shown is None else shown.to(device)
+        scores = score_maps(job.model, images, maps, targets, engine=engine, config=job.metrics)
     return scores.values
 
 

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from camlens.cam.renamed import Renamed
 from camlens.choices import DEFAULT_LAYERS
 from camlens.classifier import adapt_user_input, own_layer_names
 from camlens.evaluate import Evaluation, evaluate
-from camlens.explain import ExplainError, ExplainPlan, compute_cams
+from camlens.explain import ExplainError, ExplainPlan, compute_maps
 from camlens.metrics import spearman
 
 __all__ = ["GROUPS", "TARGETS", "ModelDiff", "diff_models", "top_iou"]
@@ -49,8 +50,9 @@ class ModelDiff:
     top: float  # the fraction of pixels whose IoU is measured
     # layer -> TARGETS -> metric -> (S,) per shared mistake; NaN where a map is flat
     agreement: dict[str, dict[str, dict[str, Tensor]]]
-    cams: dict[str, tuple[Tensor, Tensor]]  # GROUPS -> (A, B) maps of their predictions (G, H, W)
+    maps: dict[str, tuple[Tensor, Tensor]]  # GROUPS -> (A, B) maps of their predictions (G, H, W)
     images: dict[str, Tensor]  # GROUPS -> (G, 3, H, W) uint8: the first `cards` of each group
+    cams = Renamed()  # camlens 0.1's name of maps
 
 
 def top_iou(a: Tensor, b: Tensor, top: float = 0.2) -> Tensor:
@@ -65,9 +67,9 @@ def top_iou(a: Tensor, b: Tensor, top: float = 0.2) -> Tensor:
     return inter / (mask_a | mask_b).sum(1).float()
 
 
-def _flat(cams: Tensor) -> Tensor:
+def _flat(maps: Tensor) -> Tensor:
     """(N, H, W) -> (N,) True where a map is constant (e.g. Grad-CAM's ReLU left nothing)."""
-    flat = cams.flatten(1)
+    flat = maps.flatten(1)
     return flat.amax(1) <= flat.amin(1)
 
 
@@ -130,8 +132,8 @@ def diff_models(
     if shared.numel():
         images = split.images[shared]
         # per model: [pred maps, label maps], each (L, S, H, W)
-        a = compute_cams(model_a, images, [preds[0][shared], labels[shared]], plan, method, layers)
-        b = compute_cams(model_b, images, [preds[1][shared], labels[shared]], plan, method, layers)
+        a = compute_maps(model_a, images, [preds[0][shared], labels[shared]], plan, method, layers)
+        b = compute_maps(model_b, images, [preds[1][shared], labels[shared]], plan, method, layers)
         for li, layer in enumerate(layers):
             for ti, t in enumerate(TARGETS):
                 ma, mb = a[ti][li], b[ti][li]  # (S, H, W) each
@@ -140,16 +142,16 @@ def diff_models(
                 nan = torch.tensor(float("nan"))
                 agreement[layer][t]["spearman"] = torch.where(flat, nan, spearman(ma, mb))
                 agreement[layer][t]["iou"] = torch.where(flat, nan, top_iou(ma, mb, top))
-    cams, kept = {}, {}
+    maps, kept = {}, {}
     for g, idx in groups.items():
         idx = idx[:cards]
         kept[g] = split.images[idx]
         if g == "shared" and shared.numel():  # the statistics' pred maps, last layer: (G, H, W)
-            cams[g] = (a[0][-1][: len(idx)], b[0][-1][: len(idx)])
+            maps[g] = (a[0][-1][: len(idx)], b[0][-1][: len(idx)])
             continue
-        pa = compute_cams(model_a, kept[g], [preds[0][idx]], plan, method, layers[-1:])[0][0]
-        pb = compute_cams(model_b, kept[g], [preds[1][idx]], plan, method, layers[-1:])[0][0]
-        cams[g] = (pa, pb)
+        pa = compute_maps(model_a, kept[g], [preds[0][idx]], plan, method, layers[-1:])[0][0]
+        pb = compute_maps(model_b, kept[g], [preds[1][idx]], plan, method, layers[-1:])[0][0]
+        maps[g] = (pa, pb)
     return ModelDiff(
         names=tuple(names),
         classes=tuple(classes),
@@ -162,6 +164,6 @@ def diff_models(
         method=method,
         top=top,
         agreement=agreement,
-        cams=cams,
+        maps=maps,
         images=kept,
     )

@@ -179,8 +179,8 @@ def _gallery_section(d: ModelDiff) -> str:
             continue
         idx = d.groups[g][:n]
         origs = enlarge(images, TILE).cpu().numpy()
-        over_a = overlay(images, d.cams[g][0], size=TILE).cpu().numpy()
-        over_b = overlay(images, d.cams[g][1], size=TILE).cpu().numpy()
+        over_a = overlay(images, d.maps[g][0], size=TILE).cpu().numpy()
+        over_b = overlay(images, d.maps[g][1], size=TILE).cpu().numpy()
         preds = [ev.logits.argmax(1).cpu()[idx] for ev in d.evaluations]
         labels = d.labels[idx]
         items = []

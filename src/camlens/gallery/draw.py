@@ -95,11 +95,11 @@ def draw_panels(
     images: Tensor,
     config: GalleryConfig,
     layers: Sequence[int] | None = None,
-    contrast_maps: bool = True,
+    with_contrast: bool = True,
 ) -> Panels:
     """Every overlay of `images` (and of `expl`, the same rows), computed once in batches.
 
-    `layers`: the indices of the layers to draw, default all; `contrast_maps=False` leaves out
+    `layers`: the indices of the layers to draw, default all; `with_contrast=False` leaves out
     the contrast overlays (a pair page shows none).
     """
     size, alpha, cmap = config.size, config.alpha, config.colormap
@@ -111,7 +111,7 @@ def draw_panels(
         p, t, c = expl.layer_maps(li)  # (M, H, W) each
         pred.append(overlay(x, p, alpha, cmap, size).cpu().numpy())
         label.append(overlay(x, t, alpha, cmap, size).cpu().numpy())
-        if c is not None and contrast_maps:
+        if c is not None and with_contrast:
             contrast.append(overlay(x, c, alpha, None, size, signed=True).cpu().numpy())
     return Panels(plain.cpu().numpy(), pred, label, contrast or None)
 

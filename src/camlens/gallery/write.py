@@ -256,7 +256,7 @@ class _Job:
             began = time.perf_counter()
             idx = torch.tensor([r for job in batch for r in job[1]])
             panels = draw_panels(
-                expl.select(idx), m.images[idx], config, layers=[last], contrast_maps=False
+                expl.select(idx), m.images[idx], config, layers=[last], with_contrast=False
             )
             start = 0
             for name, rows, count, t, p in batch:

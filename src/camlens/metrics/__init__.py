@@ -1,6 +1,6 @@
 """Can a map be trusted? Faithfulness metrics and a sanity check: maps in, scores out.
 
-    scores = score_maps(model, images, cams, targets, engine=cam)   # Scores: values, curves
+    scores = score_maps(model, images, maps, targets, engine=cam)   # Scores: values, curves
     scores.values["deletion"]                     # (N,) per image; see HIGHER_IS_BETTER
     random = baseline_maps(images.shape, "random", generator)      # scored the same way
     result = sanity_check(model, images, targets, lambda m: GradCAM(m, "layer4"))
@@ -10,16 +10,16 @@
 Every metric scores the softmax probability of the target class; perturbed copies of many
 images go through the model together, `batch_size` per forward pass, on the images' device.
 
-Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,) or an int):
-    score_maps(model, images, cams, targets, metrics=METRICS, engine=None, config=None,
+Public API (images (N, C, H, W) in [0, 1]; maps (N, H, W) in [0, 1]; targets (N,) or an int):
+    score_maps(model, images, maps, targets, metrics=METRICS, engine=None, config=None,
                generator=None, **overrides) -> Scores(values, curves, probs)
     METRICS, HIGHER_IS_BETTER, MetricConfig, REPLACEMENTS
-    perturbation_curves(model, images, cams, targets, config, probs, which)  deletion, insertion
+    perturbation_curves(model, images, maps, targets, config, probs, which)  deletion, insertion
         (default RISE's substrates; deletion_variant(config) names the one used)
-    drop_increase(model, images, cams, targets, config, probs)   Average Drop, Increase
-    road_curves(model, images, cams, targets, fractions, config, generator), road_score,
+    drop_increase(model, images, maps, targets, config, probs)   Average Drop, Increase
+    road_curves(model, images, maps, targets, fractions, config, generator), road_score,
     noisy_linear_impute(images, removed, noise, tol, max_iter), neighbour_sum       ROAD
-    arcc(coherency, complexity, road), coherency(engine, images, cams, targets), complexity
+    arcc(coherency, complexity, road), coherency(engine, images, maps, targets), complexity
     baseline_maps(shape, kind, generator, device, resolution),
     baseline_engine(kind, generator, resolution),
     BASELINES ("random": smooth, at the layer's resolution; "centre"),
@@ -30,7 +30,7 @@ Public API (images (N, C, H, W) in [0, 1]; cams (N, H, W) in [0, 1]; targets (N,
     class-blind, model-blind, uninformative) and reasons; judge_sanity(means...) the same
     verdict from image means; cascade_order, reinitialise,
     similarity, spearman, ssim, map_entropy, is_flat
-    counterfactual(model, images, cams, preds, labels, config, generator)
+    counterfactual(model, images, maps, preds, labels, config, generator)
         -> Counterfactual: the top 5/10/20% of each contrast map removed by ROAD's imputation,
         against a smooth random map; .rows(), .verdicts(classes); confusion_summary(result)
     make_grids(model, images, labels, logits, GridConfig(n, count, confidence, min_grids, seed))

@@ -31,15 +31,15 @@ from camlens.metrics.core import EngineLike, pearson
 __all__ = ["arcc", "coherency", "complexity"]
 
 
-def complexity(cams: Tensor) -> Tensor:
+def complexity(maps: Tensor) -> Tensor:
     """(N, H, W) maps in [0, 1] -> (N,) L1 norm over the pixel count; lower is simpler."""
-    return cams.flatten(1).abs().mean(1)
+    return maps.flatten(1).abs().mean(1)
 
 
-def coherency(engine: EngineLike, images: Tensor, cams: Tensor, targets: Tensor) -> Tensor:
-    """(N,) (Pearson(cams, engine(images * cams, targets)) + 1) / 2; 0.5 for constant maps."""
-    again = engine(images * cams[:, None], targets)  # (N, H, W)
-    return (pearson(cams, again) + 1) / 2
+def coherency(engine: EngineLike, images: Tensor, maps: Tensor, targets: Tensor) -> Tensor:
+    """(N,) (Pearson(maps, engine(images * maps, targets)) + 1) / 2; 0.5 for constant maps."""
+    again = engine(images * maps[:, None], targets)  # (N, H, W)
+    return (pearson(maps, again) + 1) / 2
 
 
 def arcc(coherency: Tensor, complexity: Tensor, road: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from camlens.cam import normalize_cams
+from camlens.cam import normalize_maps
 from camlens.cam.layers import upsample
 from camlens.choices import BASELINE_KINDS, BASELINES
 from camlens.metrics.core import make_generator
@@ -63,7 +63,7 @@ def baseline_maps(
         g = make_generator(generator, 0)
         low = torch.rand((n, gh, gw), generator=g, device=g.device).to(device)  # (N, h, w)
         # (N, h, w) -> (N, H, W): the engine's own upsample and min-max normalisation
-        return normalize_cams([upsample(low, (h, w))], "minmax", signed=False)[0]
+        return normalize_maps([upsample(low, (h, w))], "minmax", signed=False)[0]
     ys = torch.arange(h, dtype=torch.float32, device=device) - (h - 1) / 2
     xs = torch.arange(w, dtype=torch.float32, device=device) - (w - 1) / 2
     s = min(h, w) / 4

@@ -33,7 +33,7 @@ EngineLike = Callable[[Tensor, Tensor], Tensor]
 Builder = Callable[[int, int], tuple[Tensor, Tensor]]
 
 
-def check_inputs(images: Tensor, cams: Tensor, targets: Tensor | int) -> Tensor:
+def check_inputs(images: Tensor, maps: Tensor, targets: Tensor | int) -> Tensor:
     """Shapes and ranges checked before any forward pass; targets as (N,) long on the device."""
     if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -41,13 +41,13 @@ def check_inputs(images: Tensor, cams: Tensor, targets: Tensor | int) -> Tensor:
     n, _, h, w = images.shape
     if n == 0:
         raise ValueError("images is an empty batch")
-    if not isinstance(cams, Tensor) or tuple(cams.shape) != (n, h, w):
-        got = tuple(cams.shape) if isinstance(cams, Tensor) else type(cams).__name__
-        raise ValueError(f"cams must be (N, H, W) = {(n, h, w)} like images, got {got}")
-    if cams.device != images.device:
-        raise ValueError(f"cams are on {cams.device} but images on {images.device}: move one")
-    if not bool(torch.isfinite(cams).all()) or cams.amin() < -1e-6 or cams.amax() > 1 + 1e-6:
-        raise ValueError("cams must be finite and in [0, 1]: normalise them (normalize='minmax')")
+    if not isinstance(maps, Tensor) or tuple(maps.shape) != (n, h, w):
+        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"maps must be (N, H, W) = {(n, h, w)} like images, got {got}")
+    if maps.device != images.device:
+        raise ValueError(f"maps are on {maps.device} but images on {images.device}: move one")
+    if not bool(torch.isfinite(maps).all()) or maps.amin() < -1e-6 or maps.amax() > 1 + 1e-6:
+        raise ValueError("maps must be finite and in [0, 1]: normalise them (normalize='minmax')")
     targets = torch.as_tensor(targets, device=images.device)
     if targets.ndim == 0:
         targets = targets.expand(n)
@@ -80,13 +80,13 @@ def target_probs(model: nn.Module, count: int, build: Builder, batch_size: int) 
 def checked(
     model: nn.Module,
     images: Tensor,
-    cams: Tensor,
+    maps: Tensor,
     targets: Tensor | int,
     batch_size: int,
     probs: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Checked targets, and the (N,) unperturbed probabilities where the caller has none."""
-    targets = check_inputs(images, cams, targets)
+    targets = check_inputs(images, maps, targets)
     if probs is None:
 
         def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
@@ -96,11 +96,11 @@ def checked(
     return targets, probs
 
 
-def pixel_ranks(cams: Tensor) -> Tensor:
+def pixel_ranks(maps: Tensor) -> Tensor:
     """(N, H, W) -> (N, H*W) rank of each pixel, 0 = highest map value; ties: lower index first."""
-    order = cams.flatten(1).sort(dim=1, descending=True, stable=True).indices
+    order = maps.flatten(1).sort(dim=1, descending=True, stable=True).indices
     ranks = torch.empty_like(order)
-    positions = torch.arange(order.shape[1], device=cams.device).expand_as(order)
+    positions = torch.arange(order.shape[1], device=maps.device).expand_as(order)
     return ranks.scatter_(1, order, positions)
 
 

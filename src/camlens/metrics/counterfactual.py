@@ -10,7 +10,7 @@ Per mistake and fraction: the margin drop, whether the prediction left the predi
 whether it became the true class, and whether the map's removal dropped the margin more than
 the random one did.
 
-    result = counterfactual(model, images, contrast_cams, preds, labels)
+    result = counterfactual(model, images, contrast_maps, preds, labels)
     result.rows()                  # one dict per image: numbers for index.csv
     result.verdicts()              # one line per image, for a card
     confusion_summary(result, classes)   # "cat -> dog: removing 10% of the contrast region..."
@@ -179,7 +179,7 @@ class Counterfactual:
 def counterfactual(
     model: nn.Module,
     images: Tensor,
-    cams: Tensor,
+    maps: Tensor,
     preds: Tensor,
     labels: Tensor,
     config: CounterfactualConfig | None = None,
@@ -187,7 +187,7 @@ def counterfactual(
     *,
     seeds: Tensor | None = None,
 ) -> Counterfactual:
-    """Remove the top of each image's contrast map `cams` (N, H, W), and as much of a smooth
+    """Remove the top of each image's contrast map `maps` (N, H, W), and as much of a smooth
     random map, by noisy linear imputation; the margins and predictions after each removal.
 
     `images` (N, C, H, W) in [0, 1]; `preds` and `labels` (N,); the maps may be signed (the
@@ -204,9 +204,9 @@ def counterfactual(
     if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
         raise ValueError("images must be a float (N, C, H, W) tensor in [0, 1]")
     n, c, h, w = images.shape
-    if not isinstance(cams, Tensor) or tuple(cams.shape) != (n, h, w):
-        got = tuple(cams.shape) if isinstance(cams, Tensor) else type(cams).__name__
-        raise ValueError(f"cams must be (N, H, W) = {(n, h, w)} like images, got {got}")
+    if not isinstance(maps, Tensor) or tuple(maps.shape) != (n, h, w):
+        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"maps must be (N, H, W) = {(n, h, w)} like images, got {got}")
     preds = torch.as_tensor(preds, device=images.device).long()
     labels = torch.as_tensor(labels, device=images.device).long()
     if preds.shape != (n,) or labels.shape != (n,):
@@ -227,9 +227,9 @@ def counterfactual(
             )
             for s in seeds.tolist()
         ]
-        random = torch.cat([r for r, _ in drawn]) if n else cams.new_zeros(0, h, w)
+        random = torch.cat([r for r, _ in drawn]) if n else maps.new_zeros(0, h, w)
         noise = torch.cat([z for _, z in drawn]) if n and mc.road_noise > 0 else None
-    ranks = torch.stack([pixel_ranks(cams.float()), pixel_ranks(random)], 1)  # (N, 2, H*W)
+    ranks = torch.stack([pixel_ranks(maps.float()), pixel_ranks(random)], 1)  # (N, 2, H*W)
     m = 2 * nf  # items per image: (map, random) x fractions
 
     def margin_of(logits: Tensor, rows: Tensor) -> Tensor:

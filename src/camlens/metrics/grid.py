@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camlens.cam import eval_mode, logits_of, normalize_cams
+from camlens.cam import eval_mode, logits_of, normalize_maps
 from camlens.cam.layers import upsample
 from camlens.cam.precision import full_fp32
 from camlens.metrics.baselines import baseline_maps
@@ -159,7 +159,7 @@ def grid_maps(engine: Callable[[Tensor, Tensor], Tensor], grids: Grids) -> tuple
         inputs = inputs.detach().float().cpu()  # n^2 x (G, H, W) -> (G, n^2, H, W)
         return inputs, inputs
     results = many(grids.images, [s.to(grids.images.device) for s in sets])
-    inputs = torch.stack([r.cams for r in results], 1).cpu()  # n^2 x (G, H, W) -> (G, n^2, H, W)
+    inputs = torch.stack([r.maps for r in results], 1).cpu()  # n^2 x (G, H, W) -> (G, n^2, H, W)
     if len(results[0].low_res) != 1:
         return inputs, inputs
     return torch.stack([r.low_res[0] for r in results], 1).cpu(), inputs  # (G, n^2, h, w)
@@ -193,7 +193,7 @@ def grid_baseline_maps(
         g = make_generator(generator, 0)
         native = baseline_maps((g_count * t, *size), "random", g, resolution=size)  # (G n^2, h, w)
         # (G n^2, h, w) -> (G n^2, H, W): the engine's own upsample and normalisation
-        inputs = normalize_cams([upsample(native, big)], "minmax", signed=False)[0]
+        inputs = normalize_maps([upsample(native, big)], "minmax", signed=False)[0]
     else:
         raise ValueError(
             f"unknown grid baseline {kind!r}: choose one of {', '.join(GRID_BASELINES)}"

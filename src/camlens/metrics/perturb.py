@@ -81,7 +81,7 @@ def replacement_images(
 def perturbation_curves(
     model: nn.Module,
     images: Tensor,
-    cams: Tensor,
+    maps: Tensor,
     targets: Tensor | int,
     config: MetricConfig | None = None,
     probs: Tensor | None = None,
@@ -94,7 +94,7 @@ def perturbation_curves(
     in flat chunks: item f is image f // M at table row f % M; no Python loop runs per image.
     """
     config = config or MetricConfig()
-    targets, probs = checked(model, images, cams, targets, config.batch_size, probs)
+    targets, probs = checked(model, images, maps, targets, config.batch_size, probs)
     if not which or any(c not in ("deletion", "insertion") for c in which):
         raise ValueError(f"which must name 'deletion' and/or 'insertion', got {which}")
     n, _, h, w = images.shape
@@ -109,7 +109,7 @@ def perturbation_curves(
     moved = torch.tensor([r[0] for r in rows], device=images.device)
     reveal = torch.tensor([r[1] for r in rows], device=images.device)
     m = len(rows)
-    ranks = pixel_ranks(cams)  # (N, H*W)
+    ranks = pixel_ranks(maps)  # (N, H*W)
     deleted = replacement_images(images, config, "deletion", model)
     inserted = replacement_images(images, config, "insertion", model)
     # the fully replaced row (0) is deletion's last point and insertion's first: under RISE's
@@ -156,17 +156,17 @@ def perturbation_curves(
 def drop_increase(
     model: nn.Module,
     images: Tensor,
-    cams: Tensor,
+    maps: Tensor,
     targets: Tensor | int,
     config: MetricConfig | None = None,
     probs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(N,) Average Drop term max(0, Y - O) / Y and (N,) Increase term [Y < O], float."""
     config = config or MetricConfig()
-    targets, probs = checked(model, images, cams, targets, config.batch_size, probs)
+    targets, probs = checked(model, images, maps, targets, config.batch_size, probs)
 
     def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
-        return images[start:stop] * cams[start:stop, None], targets[start:stop]
+        return images[start:stop] * maps[start:stop, None], targets[start:stop]
 
     masked = target_probs(model, images.shape[0], build, config.batch_size)  # O
     # a target already at probability 0 has nothing to drop

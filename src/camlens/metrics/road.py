@@ -138,7 +138,7 @@ def coarse_linear_impute(
 def road_curves(
     model: nn.Module,
     images: Tensor,
-    cams: Tensor,
+    maps: Tensor,
     targets: Tensor | int,
     fractions: tuple[float, ...] | None = None,
     config: MetricConfig | None = None,
@@ -153,12 +153,12 @@ def road_curves(
     fractions = tuple(config.road_fractions if fractions is None else fractions)
     if not fractions or not all(0 < f < 1 for f in fractions):
         raise ValueError(f"fractions must be strictly between 0 and 1, got {fractions}")
-    targets = check_inputs(images, cams, targets)
+    targets = check_inputs(images, maps, targets)
     generator = make_generator(generator, config.seed)
     n, c, h, w = images.shape
     hw, nf = h * w, len(fractions)
     counts = torch.tensor([round(f * hw) for f in fractions], device=images.device)
-    ranks = pixel_ranks(cams)  # (N, H*W)
+    ranks = pixel_ranks(maps)  # (N, H*W)
     noise = None
     if config.road_noise > 0:
         noise = config.road_noise * normal_noise((n, c, h, w), generator, images.device)

@@ -59,7 +59,7 @@ class Scores:
 def score_maps(
     model: nn.Module,
     images: Tensor,
-    cams: Tensor,
+    maps: Tensor,
     targets: Tensor | int,
     metrics: Sequence[str] = METRICS,
     engine: EngineLike | None = None,
@@ -72,15 +72,15 @@ def score_maps(
     Values (N,) per image: "deletion", "insertion" (AUC), "drop", "increase", "road",
     "road_morf", "road_lerf" (curve means), "arcc" with its terms "arcc_coherency",
     "arcc_complexity", "arcc_road". ARCC re-runs the method on image * map: pass the `engine`
-    that made `cams`. Curves: "deletion", "insertion", "road_morf", "road_lerf".
+    that made `maps`. Curves: "deletion", "insertion", "road_morf", "road_lerf".
     """
     cfg = replace(config or MetricConfig(), **overrides)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}: choose from {', '.join(METRICS)}")
     if "arcc" in metrics and engine is None:
-        raise ValueError("arcc needs engine=, the CAM engine that made cams (coherency re-runs it)")
-    targets = check_inputs(images, cams, targets)
+        raise ValueError("arcc needs engine=, the CAM engine that made maps (coherency re-runs it)")
+    targets = check_inputs(images, maps, targets)
     g = make_generator(generator, cfg.seed)
     n, bs = images.shape[0], cfg.batch_size
     probs = target_probs(model, n, lambda a, b: (images[a:b], targets[a:b]), bs)  # (N,)
@@ -89,18 +89,18 @@ def score_maps(
     which = tuple(m for m in ("deletion", "insertion") if m in metrics)
     if which:
         for name, (x, y) in perturbation_curves(
-            model, images, cams, targets, cfg, probs, which
+            model, images, maps, targets, cfg, probs, which
         ).items():
             curves[name] = (x, y)
             values[name] = trapezoid_auc(x, y)
     if "drop" in metrics or "increase" in metrics:
-        drop, increase = drop_increase(model, images, cams, targets, cfg, probs)
+        drop, increase = drop_increase(model, images, maps, targets, cfg, probs)
         values.update({k: v for k, v in (("drop", drop), ("increase", increase)) if k in metrics})
     if "road" in metrics or "arcc" in metrics:
         wanted = cfg.road_fractions if "road" in metrics else ()
         if "arcc" in metrics:
             wanted = wanted + tuple(f for f in cfg.arcc_fractions if f not in wanted)
-        morf, lerf = road_curves(model, images, cams, targets, wanted, cfg, g)  # (N, F) each
+        morf, lerf = road_curves(model, images, maps, targets, wanted, cfg, g)  # (N, F) each
 
         def pick(fractions: tuple[float, ...]) -> list[int]:
             return [wanted.index(f) for f in fractions]
@@ -114,8 +114,8 @@ def score_maps(
         if "arcc" in metrics:
             cols = pick(cfg.arcc_fractions)
             terms = {
-                "arcc_coherency": coherency(engine, images, cams, targets),
-                "arcc_complexity": complexity(cams),
+                "arcc_coherency": coherency(engine, images, maps, targets),
+                "arcc_complexity": complexity(maps),
                 "arcc_road": road_score(morf[:, cols], lerf[:, cols]),
             }
             values.update(terms)

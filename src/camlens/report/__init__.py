@@ -7,7 +7,7 @@
     RunFacts        what the page says as given: run facts, curves, trust, maps across training
     ReportConfig    frozen knobs: pair selection and bound, centre box, overlay size/format,
                     thumbnails, the top pairs listed beyond 30 classes, workers
-    outside_centre_share(cams, centre=0.5) -> (N,) mass outside the middle box / total
+    outside_centre_share(maps, centre=0.5) -> (N,) mass outside the middle box / total
     mean_maps(groups) -> (G, H, W) means of sum-normalised maps on one shared scale
 
 The page: run summary and curves, per-class accuracy, a clickable confusion matrix that

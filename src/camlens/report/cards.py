@@ -138,8 +138,8 @@ def _encode_chunk(data: ReportData, keys: list, rows: slice) -> tuple[list[str],
     sizes: list[int | None] = [cfg.thumbnail if big else None]
     for _, _, li, expl in keys:
         pred, label, contrast = expl.select(rows).layer_maps(li)  # (M, H, W) each
-        for cams in (pred, label):
-            batches.append((overlay(x, cams, cfg.alpha, cfg.colormap, cfg.size), cfg.image_format))
+        for maps in (pred, label):
+            batches.append((overlay(x, maps, cfg.alpha, cfg.colormap, cfg.size), cfg.image_format))
         if contrast is not None:
             batches.append(
                 (overlay(x, contrast, cfg.alpha, None, cfg.size, True), cfg.image_format)

@@ -13,7 +13,7 @@ so a pair well above its class's correct images points at a background shortcut.
 Every map comes from the explain step (`camlens.explain`): the mistakes shown arrive with
 their maps (the gallery's, computed once); the pair statistics read those, stream the maps of
 the pairs' other images through `stream_mistake_maps` and get the correct images' maps from
-`compute_cams`. No engine is created here.
+`compute_maps`. No engine is created here.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from camlens.cam.layers import upsample
 from camlens.data import Split
 from camlens.evaluate import Evaluation, Mistakes
-from camlens.explain import ExplainPlan, Explanations, compute_cams, stream_mistake_maps
+from camlens.explain import ExplainPlan, Explanations, compute_maps, stream_mistake_maps
 
 __all__ = [
     "PairMaps",
@@ -121,24 +121,24 @@ def centre_box(height: int, width: int, centre: float = 0.5) -> tuple[slice, sli
     return slice(top, height - top), slice(left, width - left)
 
 
-def outside_centre_share(cams: Tensor, centre: float = 0.5) -> Tensor:
+def outside_centre_share(maps: Tensor, centre: float = 0.5) -> Tensor:
     """(N, H, W) -> (N,) mass of the non-negative map outside the centre box over its total.
 
     NaN for a map with no mass. Scale-free: the same for a map and any positive multiple.
     """
-    mass = cams.float().clamp_min(0)
+    mass = maps.float().clamp_min(0)
     rows, cols = centre_box(*mass.shape[-2:], centre)
     total = mass.sum((1, 2))
     inside = mass[:, rows, cols].sum((1, 2))
     return torch.where(total > 0, (total - inside) / total.clamp_min(1e-30), float("nan"))
 
 
-def _mass_sum(cams: Tensor) -> tuple[Tensor, int]:
+def _mass_sum(maps: Tensor) -> tuple[Tensor, int]:
     """(n, H, W) -> the (H, W) sum of the sum-normalised maps with mass, and how many had mass.
 
     Sums of chunks add up: `mean_maps` of many images needs only one (H, W) sum per group.
     """
-    mass = cams.float().clamp_min(0)
+    mass = maps.float().clamp_min(0)
     total = mass.sum((1, 2))  # (n, H, W) -> (n,)
     keep = total > 0
     return (mass[keep] / total[keep, None, None]).sum(0), int(keep.sum())
@@ -160,7 +160,7 @@ def mean_maps(groups: Sequence[Tensor]) -> Tensor:
     group is averaged, and all G means are divided by the largest value among them: a diffuse
     mean looks faint beside a concentrated one. A group with no usable map gives zeros.
     """
-    sums, counts = zip(*(_mass_sum(cams) for cams in groups), strict=True)
+    sums, counts = zip(*(_mass_sum(maps) for maps in groups), strict=True)
     return _scaled_means(sums, counts)
 
 
@@ -230,10 +230,10 @@ def _pair_maps(
         present = [(j, (at == j).nonzero().flatten()) for j in at[at >= 0].unique().tolist()]
         for li in range(len(plan.hooked_layers)):
             for kind, low in enumerate((expl.pred_low[li], expl.label_low[li])):
-                cams = upsample(low, size)  # (n, h, w) -> (n, H, W), raw: the scale is moot
+                maps = upsample(low, size)  # (n, h, w) -> (n, H, W), raw: the scale is moot
                 for j, rows in present:
                     t, p, _ = pairs[j]
-                    total, n = _mass_sum(cams[rows])
+                    total, n = _mass_sum(maps[rows])
                     acc = sums.setdefault(((t, p), li, kind), [0.0, 0])
                     acc[0], acc[1] = acc[0] + total, acc[1] + n
 
@@ -264,7 +264,7 @@ def _pair_maps(
         idx = ((labels == t) & (preds == t)).nonzero().flatten()[: config.correct_per_class]
         correct[t] = len(idx)
         if len(idx):
-            (ref,) = compute_cams(
+            (ref,) = compute_maps(
                 model, split.images[idx], [labels[idx]], plan, method, normalize="none"
             )  # (L, n, H, W)
             refs[t] = [_mass_sum(ref[li]) for li in range(len(plan.hooked_layers))]

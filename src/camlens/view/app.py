@@ -163,10 +163,10 @@ def _map_args(viewer: Viewer, request: Request) -> tuple[Image, str, str, str]:
 
 def _map(viewer: Viewer, request: Request) -> Response:
     img, method, layer, target = _map_args(viewer, request)
-    cams, how = viewer.cam(img, method, layer, target)
+    maps, how = viewer.cam(img, method, layer, target)
     signed = how["versus"] is not None
     # (H, W) in [0, 1], or [-1, 1] signed -> uint8 grey; the page colours it
-    grey = (cams + 1) / 2 if signed else cams
+    grey = (maps + 1) / 2 if signed else maps
     pixels = (grey.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     names = viewer.source.classes
     what = names[how["class"]] + (f" rather than {names[how['versus']]}" if signed else "")

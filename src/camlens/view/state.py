@@ -199,10 +199,10 @@ class Viewer:
                     result = engine.explain(x.to(device), spec)
             except (ValueError, RuntimeError) as e:  # e.g. a contrast of a non-linear method
                 raise ViewError(f"{method} at {layer}: {str(e).splitlines()[0]}") from None
-        cams = result.cams[0].cpu()  # (1, H, W) -> (H, W)
-        self.maps.put(key, cams)
+        maps = result.maps[0].cpu()  # (1, H, W) -> (H, W)
+        self.maps.put(key, maps)
         ms = (time.perf_counter() - started) * 1000
-        return cams, {"cached": False, "ms": round(ms, 1), "class": cls, "versus": versus}
+        return maps, {"cached": False, "ms": round(ms, 1), "class": cls, "versus": versus}
 
     def stored(self, img: Image, method: str, layer: str, target: tuple) -> Tensor | None:
         """The map the folder's maps file holds (OUT/maps/METHOD.safetensors: the run's own
@@ -220,20 +220,20 @@ class Viewer:
             return None
         pred, label = int(rows["preds"][hit]), int(rows["labels"][hit])
         kind = {(pred, None): 0, (label, None): 1, (pred, label): 2}.get(target)
-        maps = expl.select(hit).layer_maps(expl.layers.index(layer))  # 3 x (1, H, W) or None
-        if kind is None or maps[kind] is None:
+        triple = expl.select(hit).layer_maps(expl.layers.index(layer))  # 3 x (1, H, W) or None
+        if kind is None or triple[kind] is None:
             return None
-        cams = maps[kind][0]
+        maps = triple[kind][0]
         if kind == 2:
-            return cams  # signed, in [-1, 1] as the engine's contrast
-        low, high = cams.min(), cams.max()  # pair-scaled -> min-max, as the engine's own
-        return (cams - low) / (high - low) if high > low else torch.zeros_like(cams)
+            return maps  # signed, in [-1, 1] as the engine's contrast
+        low, high = maps.min(), maps.max()  # pair-scaled -> min-max, as the engine's own
+        return (maps - low) / (high - low) if high > low else torch.zeros_like(maps)
 
     def counterfactual(self, img: Image, method: str, layer: str, target: str, fraction: float):
         """Remove the top `fraction` of the map (and as much of a random map), ask again."""
         if not 0 < fraction < 1:
             raise ViewError(f"fraction must be between 0 and 1, got {fraction}")
-        cams, how = self.cam(img, method, layer, target)
+        maps, how = self.cam(img, method, layer, target)
         logits = self.logits_of(img)
         pred = int(logits.argmax())
         # the margin is pred's over the true class; an upload's over its runner-up
@@ -251,7 +251,7 @@ class Viewer:
             cf = counterfactual(
                 self.source.model,
                 as_float_images(img.pixels[None]).to(device),
-                cams[None].to(device),
+                maps[None].to(device),
                 torch.tensor([pred], device=device),
                 torch.tensor([label], device=device),
                 config,
