@@ -114,7 +114,7 @@ def at_size(n: int, size: int, batch: int) -> None:
             preds = model(images[:1]).argmax(1).repeat(n)
         config = CounterfactualConfig(resolution=expl.resolutions[0])
         t0 = time.perf_counter()
-        for start in range(0, n, batch):  # as explain_counterfactual: a CAM batch at a time
+        for start in range(0, n, batch):  # as mistake_counterfactual: a CAM batch at a time
             rows = slice(start, start + batch)
             counterfactual(model, images[rows], contrast[rows], preds[rows], labels[rows], config)
         t_cf = time.perf_counter() - t0

@@ -55,6 +55,7 @@ def test_a_subpackage_is_reached_from_a_bare_import():
 OLD_NAMES = [  # (where, camlens 0.1's name): each still answers, warns, and gives the new one
     ("camlens", "compute_cams"),
     ("camlens.explain", "compute_cams"),
+    ("camlens.explain", "explain_counterfactual"),
     ("camlens.cam", "normalize_cams"),
 ]
 

@@ -163,12 +163,12 @@ def test_maps_and_counterfactual_in_chunks_are_those_of_one_call_bit_for_bit(tin
     the same process. Planted: seeds by row of the call, not test index: red. (All rows in one
     call, flat across the batches, stays green on a Xeon whose kernels do not depend on the
     batch; another CPU's do, which is why the test runs a batch at a time.)"""
-    from camlens.explain import concat_explanations, explain_counterfactual, stream_mistake_maps
+    from camlens.explain import concat_explanations, mistake_counterfactual, stream_mistake_maps
 
     model, m = tiny_mistakes
     plan = ExplainPlan(layers=["layer3", "layer4"], cam_batch_size=3, chunk_size=4)
     whole = mistake_maps(model, m.images, m.labels, plan, preds=m.preds)
-    whole_cf = explain_counterfactual(model, m, whole, plan)
+    whole_cf = mistake_counterfactual(model, m, whole, plan)
     chunks = [e for _, e in stream_mistake_maps(model, m, plan)]
     assert len(chunks) > 2
     joined = concat_explanations(chunks)

@@ -14,7 +14,7 @@ from PIL import Image
 from camlens.evaluate import as_float_images
 from camlens.explain import (
     ExplainPlan,
-    explain_counterfactual,
+    mistake_counterfactual,
     mistake_maps,
     stream_mistake_maps,
 )
@@ -65,7 +65,7 @@ SMALL = GalleryConfig(per_page=4, per_pair_page=2, size=32)  # pages straddle ch
 
 # Exact by construction, on any CPU: one process at one thread count, chunks of whole CAM
 # batches (stream_mistake_maps), the counterfactual a CAM batch at a time
-# (explain_counterfactual), so each card is drawn from the same floats however the run was cut
+# (mistake_counterfactual), so each card is drawn from the same floats however the run was cut
 # or resumed. Across thread counts or processes, the same holds to fp32 rounding
 # (test_distributed, conftest.assert_same_folders).
 def _files(root):
@@ -85,7 +85,7 @@ def test_streamed_gallery_equals_the_one_drawn_at_once(tmp_path, tiny_mistakes):
     model, m = tiny_mistakes
     expl = mistake_maps(model, m.images, m.labels, PLAN, preds=m.preds)
     # the test of all rows at once equals the chunks' (per-image seeds)
-    expl = replace(expl, counterfactual=explain_counterfactual(model, m, expl, PLAN))
+    expl = replace(expl, counterfactual=mistake_counterfactual(model, m, expl, PLAN))
     at_once = write_gallery(expl, m, CLASSES, tmp_path / "once", SMALL)
     streamed = stream_gallery(_chunks(model, m), m, "gradcam", CLASSES, tmp_path / "s", SMALL)
     assert len(m) > 2 * 6  # three chunks or more

@@ -424,14 +424,14 @@ def test_trust_section_names_each_sanity_state_and_why(case):
 def test_mistakes_carry_the_counterfactual_verdict_and_pairs_its_sums(case, tmp_path):
     """With the gallery's counterfactual test: a verdict and data-cf* per item (sort, filter)
     and one line per confusion pair, as `confusion_summary` of the same test says."""
-    from camlens.explain import explain_counterfactual
+    from camlens.explain import mistake_counterfactual
     from camlens.metrics.counterfactual import confusion_summary
 
     model, split, ev, _, _, _ = case
     plan = ExplainPlan(layers=("layer3", "layer4"), counterfactual=True)
     data = _report(model, split, ev, plan=plan, limit=12)
     expl = data.explanations["gradcam"]
-    cf = explain_counterfactual(model, data.mistakes, expl, plan)
+    cf = mistake_counterfactual(model, data.mistakes, expl, plan)
     data = replace(data, explanations={"gradcam": replace(expl, counterfactual=cf)})
     text = render_report(data, tmp_path).read_text()
     page = Page()

@@ -8,7 +8,7 @@ contrast, per layer), `stream_mistake_maps` the same a chunk at a time, which th
 and the report's pair statistics read; `compute_maps` turns images and targets into maps for
 the steps that explain other images (correct ones, another model's, another epoch's).
 With `plan.counterfactual` each streamed chunk also carries the counterfactual test of its
-mistakes (`explain_counterfactual`), computed while their images are on hand.
+mistakes (`mistake_counterfactual`), computed while their images are on hand.
 Its `Explanations` (maps at native resolution, a few hundred bytes per image) feed both the
 PNG gallery and the HTML report, so this module draws nothing and imports no picture code.
 """
@@ -39,14 +39,14 @@ __all__ = [
     "compute_maps",
     "concat_explanations",
     "engine_for",
-    "explain_counterfactual",
+    "mistake_counterfactual",
     "gather_explanations",
     "mistake_maps",
     "select_mistakes",
     "stream_mistake_maps",
 ]
 
-__getattr__ = old_names(__name__, globals())  # camlens 0.1's compute_cams
+__getattr__ = old_names(__name__, globals())  # camlens 0.1's names (cam/renamed.py)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Explanations:
     pred_max: Tensor  # (L, M)
     label_max: Tensor  # (L, M)
     logits: Tensor  # (M, K)
-    # the counterfactual test of each image (`explain_counterfactual`); None: not asked for
+    # the counterfactual test of each image (`mistake_counterfactual`); None: not asked for
     counterfactual: Counterfactual | None = None
 
     def __len__(self) -> int:
@@ -203,7 +203,7 @@ def stream_mistake_maps(
     """`mistake_maps` of `mistakes` (with their images) chunk by chunk, in order, so that a
     caller can draw and forget each chunk. The predicted-class maps explain `mistakes.preds`.
     `counterfactual` (None: `plan.counterfactual_on` the images' side): each chunk's
-    `Explanations` also carry `explain_counterfactual` of its images, computed while the
+    `Explanations` also carry `mistake_counterfactual` of its images, computed while the
     images are on hand.
 
     A chunk is `plan.chunk_size` rounded up to whole CAM batches: the engine then sees the same
@@ -224,12 +224,12 @@ def stream_mistake_maps(
         if plan.counterfactual_on(side) if counterfactual is None else counterfactual:
             # each rank tests its own rows; per-image seeds keep the results those of one
             # process, and the gather below carries them with the maps
-            cf = explain_counterfactual(model, mine, expl, plan)
+            cf = mistake_counterfactual(model, mine, expl, plan)
             expl = replace(expl, counterfactual=cf)
         yield chunk, gather_explanations(expl, count)
 
 
-def explain_counterfactual(
+def mistake_counterfactual(
     model: nn.Module, mistakes: Mistakes, expl: Explanations, plan: ExplainPlan
 ) -> Counterfactual:
     """The counterfactual test (`camlens.metrics.counterfactual`) of `mistakes` (with their

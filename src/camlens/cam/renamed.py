@@ -1,7 +1,9 @@
-"""camlens 0.1's older names of the maps, kept working for a while with a DeprecationWarning.
+"""camlens 0.1's older names, kept working for a while with a DeprecationWarning.
 
 A map of (N, H, W) was called a `cam` in some names and a `map` in others; it is now a map
-everywhere. In cam/ because cam imports nothing else of camlens; explain, epochs and diff use it.
+everywhere. "explain" names what makes maps, so the counterfactual test of the mistakes, which
+makes none, is `mistake_counterfactual`. In cam/ because cam imports nothing else of camlens;
+explain, epochs and diff use it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ RENAMED = {  # older name -> its name now
     "contrast_cams": "contrast_maps",
     "compute_cams": "compute_maps",
     "normalize_cams": "normalize_maps",
+    "explain_counterfactual": "mistake_counterfactual",
 }
 
 
