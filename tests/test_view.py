@@ -20,6 +20,7 @@ from PIL import Image
 
 from camlens.classifier import ModelConfig, open_model
 from camlens.evaluate import find_mistakes, predict, write_mistakes
+from camlens.plan import ExplainError
 from camlens.view import open_folder, open_viewer
 from camlens.view.folder import Refused, inside, read_folder
 from camlens.view.rows import Query, Rows
@@ -275,6 +276,12 @@ def test_map_errors_are_one_line(server):
     ):
         status, body = get(server.url + "api/map?" + query)
         assert status == 400 and words in body["error"] and "\n" not in body["error"], query
+
+
+def test_an_unknown_method_is_refused_by_the_plans_one_rule(opened):
+    """The page's methods are checked as a plan's are (plan.check_methods), in one line."""
+    with pytest.raises(ExplainError, match=r"^unknown method 'nope': choose from gradcam, "):
+        open_viewer(opened.model, opened.data, methods=["gradcam", "nope"])
 
 
 def test_counterfactual_removes_the_top_and_asks_again(server):

@@ -33,6 +33,7 @@ __all__ = [
     "ExplainPlan",
     "GridConfig",
     "check_explainable",
+    "check_methods",
     "layer_parts",
 ]
 
@@ -272,18 +273,23 @@ def layer_parts(entry: str) -> list[str]:
     return entry.split("+")
 
 
+def check_methods(methods: Sequence[str]) -> None:
+    """Raise ExplainError, naming the known ones, unless each of `methods` is a method."""
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown:
+        raise ExplainError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHOD_NAMES)}")
+
+
 def check_explainable(
     model: nn.Module, methods: Sequence[str], layers: Sequence[str], precision: str = "fp32"
 ) -> None:
     """Raise ExplainError, naming what is valid, unless `model` can be explained as asked.
     Cheap: callers check before hours of training rather than after.
     """
-    from camlens.cam import METHODS, PRECISIONS, find_layer  # torch: imported when a job runs
+    from camlens.cam import PRECISIONS, find_layer  # torch: imported when a job runs
     from camlens.cam.precision import FP16_REFUSED
 
-    for method in methods:
-        if method not in METHODS:
-            raise ExplainError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+    check_methods(methods)
     if not layers:
         raise ExplainError("no layer to explain: name one, e.g. layer4")
     if len(set(layers)) < len(layers):

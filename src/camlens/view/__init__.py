@@ -31,6 +31,7 @@ from camlens.cam import candidate_layers, pick_layer
 from camlens.choices import DEFAULT_LAYERS, METHOD_NAMES
 from camlens.classifier import ModelConfig, adapt_user_input, open_model, own_layer_names
 from camlens.data import DataConfig, DataError, Dataset, Preprocess
+from camlens.plan import check_methods
 from camlens.view.folder import Folder, read_folder
 from camlens.view.state import Source, Viewer, ViewError
 
@@ -88,9 +89,7 @@ def open_viewer(
     size = data.image_size
     camlens = folder is not None or all(hasattr(model, n) for n in DEFAULT_LAYERS)
     methods = tuple(methods or ("gradcam", *[m for m in METHOD_NAMES if m != "gradcam"]))
-    unknown = [m for m in methods if m not in METHOD_NAMES]
-    if unknown:
-        raise ViewError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHOD_NAMES)}")
+    check_methods(methods)
     source = Source(
         model=model.eval(),
         images=data.test.images,
