@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlens.data import from_user_data
-from camlens.watch import Watch, WatchError
+from camlens.explain import ExplainPlan
+from camlens.watch import Watch, WatchConfig, WatchError
 
 
 def tiny() -> nn.Module:
@@ -92,7 +93,7 @@ def test_the_strips_are_the_final_mistakes_at_each_kept_epoch(tmp_path):
     _, _, tx, ty = data()
     snapshots = {}
     model, watch = train(
-        lambda m: Watch(m, (tx, ty), tmp_path, every=2, classes=3, limit=5),
+        lambda m: Watch(m, (tx, ty), tmp_path, every=2, classes=3, strips=5),
         snapshots=snapshots,
         between=False,
     )
@@ -126,7 +127,7 @@ def test_normalised_test_data_is_fed_normalised_and_shown_plain(tmp_path):
     torch.manual_seed(1)
     model = tiny().eval()
     user_data = from_user_data(normalised, ty, classes=3, mean=mean, std=std)
-    with Watch(model, user_data, tmp_path, every=1, layer="3") as watch:
+    with Watch(model, user_data, tmp_path, every=1, plan=ExplainPlan(layers=("3",))) as watch:
         watch.epoch(1)
     got = json.loads((tmp_path / "over-epochs.json").read_text())
     assert got["layer"] == "model.3"
@@ -160,12 +161,13 @@ def test_bad_settings_are_one_line(tmp_path):
     for kwargs, message in [
         ({"every": 0}, "every must be >= 1"),
         ({"cards": -1}, "cards must be 0"),
+        ({"plan": ExplainPlan(methods=("gradcam", "layercam"))}, "compares one method's maps"),
         ({"logger": object()}, "pass a TensorBoard SummaryWriter or a W&B run"),
     ]:
         with pytest.raises(WatchError, match=message):
             Watch(model, (tx, ty), tmp_path, classes=3, **kwargs)
     with pytest.raises(Exception, match="no layer named 'nope'"):
-        Watch(model, (tx, ty), tmp_path, classes=3, layer="nope")
+        Watch(model, (tx, ty), tmp_path, classes=3, plan=ExplainPlan(layers=("nope",)))
     with pytest.raises(WatchError, match=r"call watch.epoch\(n\)"):
         Watch(model, (tx, ty), tmp_path, classes=3).finish()
 
@@ -236,3 +238,18 @@ def test_cards_and_strips_reach_a_wandb_run_offline(tmp_path, monkeypatch):
         run.finish()
     media = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "wandb").rglob("*.png"))
     assert len(media) == 2 and [m for m in media if "cards" in m], media  # cards, strips
+
+
+def test_the_maps_are_made_by_the_plan_and_the_old_settings_still_answer(tmp_path):
+    """A Watch's method, layer and batch sizes are its plan's fields (one home, as every job);
+    camlens 0.1's method=, layer=, batch_size= and limit= map onto them, with a warning."""
+    _, _, tx, ty = data()
+    plan = ExplainPlan(methods=("layercam",), layers=("3",), cam_batch_size=4, eval_batch_size=4)
+    with Watch(tiny(), (tx, ty), tmp_path / "new", every=1, classes=3, strips=3, plan=plan) as w:
+        w.epoch(1)
+    got = json.loads((tmp_path / "new" / "over-epochs.json").read_text())
+    assert (got["method"], got["layer"], len(got["images"])) == ("layercam", "3", 3)
+    assert w.plan.cam_batch_size == 4 and w.data.batch_size == 4
+    with pytest.warns(DeprecationWarning, match="limit= are now strips= and plan="):
+        old = WatchConfig.of(1, method="layercam", layer="3", batch_size=4, limit=3)
+    assert old == WatchConfig(every=1, strips=3, plan=plan)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from camlens.classifier import Classifier, own_layer_names
 from camlens.data import UserData, from_user_data
 from camlens.epochs import EpochStrips, epoch_strips, write_strips
 from camlens.evaluate import Mistakes, find_mistakes, predict
-from camlens.explain import ExplainPlan, mistake_maps, select_mistakes
+from camlens.explain import ExplainError, ExplainPlan, mistake_maps, select_mistakes
 from camlens.gallery.draw import CardLayout, GalleryConfig, draw_card, draw_panels
 from camlens.train.kept import epoch_stem
 from camlens.watch.guard import untouched
@@ -42,23 +43,57 @@ class WatchError(ValueError):
     """A Watch asked for something it cannot do; the message says what to change."""
 
 
+OLD_SETTINGS = ("method", "layer", "batch_size", "limit")  # camlens 0.1's: WatchConfig.of
+
+
 @dataclass(frozen=True)
 class WatchConfig:
-    """What a `Watch` keeps and shows."""
+    """What a `Watch` keeps and shows. Its maps are made as every job's are, by a `plan`: its
+    one method, its layer (None: the last before the global pooling; of several, the last, as
+    `explain --over-epochs`), its batch sizes and precision."""
 
     every: int = 5  # keep the weights of each epoch whose number is a multiple of this
-    method: str = "gradcam"  # the CAM method of the strips and cards (camlens.METHODS)
-    layer: str | None = None  # None: the last layer before the global pooling (pick_layer)
-    limit: int = 16  # the final model's most confident mistakes shown in the strips
+    strips: int = 16  # the final model's most confident mistakes shown, one strip each
     cards: int = 4  # cards logged per kept epoch when there is a logger; 0: none
-    batch_size: int = 64  # images per forward pass, predicting and explaining
+    plan: ExplainPlan = field(default_factory=ExplainPlan)
 
     def __post_init__(self) -> None:
-        for name in ("every", "limit", "batch_size"):
+        for name in ("every", "strips"):
             if getattr(self, name) < 1:
                 raise WatchError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cards < 0:
             raise WatchError(f"cards must be 0 (none) or more, got {self.cards}")
+        try:
+            self.plan.only_method("a Watch")
+        except ExplainError as e:
+            raise WatchError(str(e)) from None
+
+    @classmethod
+    def of(cls, every: int = 5, **settings: Any) -> WatchConfig:
+        """The config of `Watch(..., every, **settings)`. camlens 0.1's settings that were the
+        plan's fields under other names (method, layer, batch_size) and `limit` (the strips)
+        still work, with a DeprecationWarning."""
+        old = {k: settings.pop(k) for k in OLD_SETTINGS if k in settings}
+        if old:
+            warnings.warn(
+                f"Watch's {', '.join(f'{k}=' for k in old)} are now strips= and "
+                "plan=ExplainPlan(methods=..., layers=..., cam_batch_size=..., "
+                "eval_batch_size=...); the old names go in camlens 0.3",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            plan = settings.get("plan", ExplainPlan())
+            if "method" in old:
+                plan = replace(plan, methods=(old["method"],))
+            if old.get("layer") is not None:
+                plan = replace(plan, layers=(old["layer"],))
+            if "batch_size" in old:
+                batch = old["batch_size"]
+                plan = replace(plan, cam_batch_size=batch, eval_batch_size=batch)
+            settings["plan"] = plan
+            if "limit" in old:
+                settings.setdefault("strips", old["limit"])
+        return cls(every=every, **settings)
 
 
 class Watch:
@@ -86,12 +121,12 @@ class Watch:
         logger: Any = None,
         **settings: Any,
     ) -> None:
-        self.config = WatchConfig(every=every, **settings)
+        self.config = WatchConfig.of(every, **settings)
         if isinstance(test_data, UserData):
             self.data = test_data
         else:
             self.data = from_user_data(
-                test_data, classes=classes, batch_size=self.config.batch_size
+                test_data, classes=classes, batch_size=self.config.plan.eval_batch_size
             )
         self.out = Path(out)
         self.model = model
@@ -101,12 +136,7 @@ class Watch:
         with untouched(model):
             self.layer = self._choose_layer()
             # the strips' and cards' maps come from camlens.explain with this plan, checked once
-            self.plan = ExplainPlan(
-                methods=(self.config.method,),
-                layers=(self.layer,),
-                cam_batch_size=self.config.batch_size,
-                eval_batch_size=self.config.batch_size,
-            ).check(self._wrapped(model))
+            self.plan = replace(self.config.plan, layers=(self.layer,)).check(self._wrapped(model))
 
     def _wrapped(self, model: nn.Module) -> nn.Module:
         """The model as camlens calls it: [0, 1] images in, normalised on the way."""
@@ -117,13 +147,14 @@ class Watch:
 
     def _choose_layer(self) -> str:
         wrapped = self._wrapped(self.model)
-        if self.config.layer is None:
+        if not self.config.plan.hooked_layers:
             size = int(next(iter(self.data))[0].shape[-1])
             try:
                 return pick_layer(wrapped, size).name
             except ValueError as e:
                 raise WatchError(str(e).replace("--layer", "layer=")) from None
-        return own_layer_names(wrapped, [self.config.layer])[0]  # the model's own name too
+        last = self.config.plan.hooked_layers[-1]
+        return own_layer_names(wrapped, [last])[0]  # the model's own name too
 
     def epoch(self, epoch: int) -> None:
         """Call after epoch `epoch` (any numbering); keeps the weights when `every` divides it."""
@@ -152,7 +183,7 @@ class Watch:
         with untouched(self.model):
             strips = self._strips()
             files = write_strips(
-                strips, self.data.classes, self.config.method, self.layer, self.out
+                strips, self.data.classes, self.plan.methods[0], self.layer, self.out
             )
             if self._loggers:
                 png = files["over-epochs.png"].read_bytes()
@@ -173,7 +204,7 @@ class Watch:
         CPU whatever device the loader keeps its batches on (a fast CIFAR loop's GPU)."""
         logits, labels = [], []
         for images, y in self.data:
-            logits.append(predict(model, images, self.config.batch_size).cpu())
+            logits.append(predict(model, images, self.plan.eval_batch_size).cpu())
             labels.append(y.cpu())
         return torch.cat(logits), torch.cat(labels)
 
@@ -198,7 +229,7 @@ class Watch:
 
     def _strips(self) -> EpochStrips:
         """The final model's mistakes explained by each kept epoch's weights, then the final."""
-        chosen = self._mistakes(self._wrapped(self.model), self.config.limit)
+        chosen = self._mistakes(self._wrapped(self.model), self.config.strips)
         if len(chosen) == 0:
             raise WatchError("the final model makes no mistakes on the test data: nothing to show")
         return epoch_strips(self._epoch_models(), chosen, self.plan)
