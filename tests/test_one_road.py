@@ -47,6 +47,27 @@ def test_a_plan_carries_each_methods_knobs(untrained, tmp_path):
     torch.testing.assert_close(expl.pred_low[0], ref.low_res[0], rtol=1e-4, atol=1e-6)
 
 
+def test_gallery_and_counterfactual_settings_travel_through_explain_model(untrained, tmp_path):
+    """A GalleryConfig and a CounterfactualConfig reach the job's gallery and counterfactual
+    test through explain_model's ReportConfig (before: neither could; the defaults were used)."""
+    from camlens.gallery import GalleryConfig
+    from camlens.metrics.counterfactual import CounterfactualConfig
+    from camlens.report import ReportConfig
+
+    model, data = untrained
+    plan = ExplainPlan(layers=("layer4",), limit=3, counterfactual=True)
+    config = ReportConfig(
+        gallery=GalleryConfig(size=40, per_page=2),
+        counterfactual_config=CounterfactualConfig(fractions=(0.3,), headline=0.3),
+    )
+    outcome = camlens.explain_model(model, data, tmp_path, plan, report_config=config)
+    cf = outcome.galleries.explanations["gradcam"].counterfactual
+    assert (cf.fractions, cf.headline, cf.margin_map.shape) == ((0.3,), 0.3, (3, 1))
+    assert cf.region == "contrast"  # the job's own, whatever the config says
+    pages = sorted((tmp_path / "gallery" / "gradcam" / "pages").glob("page-*.png"))
+    assert len(pages) == 2  # 3 cards, 2 a page (the default: 10)
+
+
 def test_a_knob_no_method_of_the_plan_reads_is_refused_at_plan_time():
     """At plan time, before any model: a method's knobs without the method, or twice."""
     with pytest.raises(ExplainError, match="ScoreKnobs is scorecam's knobs, and scorecam is") as e:

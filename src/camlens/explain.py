@@ -199,12 +199,13 @@ def stream_mistake_maps(
     method: str | None = None,
     *,
     counterfactual: bool | None = None,
+    counterfactual_config: CounterfactualConfig | None = None,
 ) -> Iterator[tuple[Mistakes, Explanations]]:
     """`mistake_maps` of `mistakes` (with their images) chunk by chunk, in order, so that a
     caller can draw and forget each chunk. The predicted-class maps explain `mistakes.preds`.
     `counterfactual` (None: `plan.counterfactual_on` the images' side): each chunk's
-    `Explanations` also carry `mistake_counterfactual` of its images, computed while the
-    images are on hand.
+    `Explanations` also carry `mistake_counterfactual` of its images (its settings:
+    `counterfactual_config`), computed while the images are on hand.
 
     A chunk is `plan.chunk_size` rounded up to whole CAM batches: the engine then sees the same
     batches as in one call, and the maps are identical bit for bit. Under torchrun every rank
@@ -224,16 +225,21 @@ def stream_mistake_maps(
         if plan.counterfactual_on(side) if counterfactual is None else counterfactual:
             # each rank tests its own rows; per-image seeds keep the results those of one
             # process, and the gather below carries them with the maps
-            cf = mistake_counterfactual(model, mine, expl, plan)
+            cf = mistake_counterfactual(model, mine, expl, plan, counterfactual_config)
             expl = replace(expl, counterfactual=cf)
         yield chunk, gather_explanations(expl, count)
 
 
 def mistake_counterfactual(
-    model: nn.Module, mistakes: Mistakes, expl: Explanations, plan: ExplainPlan
+    model: nn.Module,
+    mistakes: Mistakes,
+    expl: Explanations,
+    plan: ExplainPlan,
+    config: CounterfactualConfig | None = None,
 ) -> Counterfactual:
     """The counterfactual test (`camlens.metrics.counterfactual`) of `mistakes` (with their
-    images) on `expl`'s deepest layer, on the CPU.
+    images) on `expl`'s deepest layer, on the CPU. `config`: its fractions, headline and
+    imputation (None: `CounterfactualConfig()`'s); its resolution, seed and region are set here.
 
     The removed region is the top of the contrast map ("why pred rather than true"); a
     non-linear method has none, and its predicted-class map stands in (`region`
@@ -252,8 +258,12 @@ def mistake_counterfactual(
     last = len(expl.layers) - 1
     pred, _, contrast = expl.layer_maps(last)  # (M, H, W) each
     maps, region = (contrast, "contrast") if contrast is not None else (pred, "predicted-class")
-    config = CounterfactualConfig(
-        resolution=expl.resolutions[last], seed=plan.metric_seed, region=region
+    # `config` gives the fractions, headline and imputation; these three are the job's own
+    config = replace(
+        config or CounterfactualConfig(),
+        resolution=expl.resolutions[last],
+        seed=plan.metric_seed,
+        region=region,
     )
     seeds = plan.metric_seed * 1_000_003 + mistakes.indices.long()
     parts = []

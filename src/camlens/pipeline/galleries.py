@@ -30,6 +30,7 @@ from camlens.explain import (
     stream_mistake_maps,
 )
 from camlens.gallery import GalleryConfig
+from camlens.metrics.counterfactual import CounterfactualConfig
 from camlens.outputs import consume
 from camlens.pipeline.outputs import OUTPUTS, OutputJob
 from camlens.plan import COUNTERFACTUAL_MAX_SIDE, layer_parts
@@ -81,6 +82,7 @@ def write_galleries(
     *,
     mistakes: Mistakes | None = None,
     config: GalleryConfig | None = None,
+    counterfactual_config: CounterfactualConfig | None = None,
     checked: bool = False,
 ) -> Galleries:
     """Explain the chosen mistakes of `data.test` (the plan's filter, sort and limit) with each
@@ -90,8 +92,9 @@ def write_galleries(
     TTA's; None: the model's arg-max mistakes. Nothing chosen: nothing is written.
     Streamed: maps are computed, drawn and written a chunk at a time (`plan.chunk_size`), so
     memory does not grow with the number of mistakes; a killed call started again over the
-    same `out` keeps the cards already written. `plan` None: `ExplainPlan()`; `checked`: the
-    caller ran `prepare_plan`.
+    same `out` keeps the cards already written. `plan` None: `ExplainPlan()`; `config`: how
+    the gallery is drawn; `counterfactual_config`: the counterfactual test's settings, when
+    the plan runs it; `checked`: the caller ran `prepare_plan`.
     """
     plan = plan or ExplainPlan()
     if not checked:
@@ -107,7 +110,9 @@ def write_galleries(
     written: dict[str, dict[str, Any]] = {}
     maps: dict[str, Explanations] = {}
     for method in plan.methods if len(chosen) else ():
-        chunks = stream_mistake_maps(model, chosen, plan, method)
+        chunks = stream_mistake_maps(
+            model, chosen, plan, method, counterfactual_config=counterfactual_config
+        )
         # under torchrun rank 0 alone writes; every rank explains its share
         names = plan.outputs if is_writer() else ()
         job = OutputJob(Path(out), method, chosen, data.classes, config, plan.progress)

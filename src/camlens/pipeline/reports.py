@@ -80,7 +80,11 @@ def explain_model(
     evaluation = evaluate(model, data.test, plan.eval_batch_size)
     facts = {k: str(run_info[k]) for k in ("checkpoint", "model", "data") if k in run_info}
     write_evaluation(evaluation, data.classes, out / "eval", facts)
-    galleries = write_galleries(model, data, out, plan, mistakes=evaluation.mistakes, checked=True)
+    config = report_config or ReportConfig()
+    galleries = write_galleries(
+        model, data, out, plan, mistakes=evaluation.mistakes, config=config.gallery,
+        counterfactual_config=config.counterfactual_config, checked=True,
+    )  # fmt: skip
     explained = (galleries.mistakes, galleries.explanations)
     trust = None
     if plan.compare_limit is not None:
@@ -95,7 +99,7 @@ def explain_model(
         explained=explained,
         evaluation=evaluation,
         facts=RunFacts(run_info, history, trust, over_epochs),
-        config=report_config,
+        config=config,
     )
     path = render_report(report, out)
     return Outcome(evaluation, galleries, path, time.perf_counter() - started)

@@ -29,6 +29,8 @@ from camlens.cam.layers import upsample
 from camlens.data import Split
 from camlens.evaluate import Evaluation, Mistakes
 from camlens.explain import ExplainPlan, Explanations, compute_maps, stream_mistake_maps
+from camlens.gallery import GalleryConfig
+from camlens.metrics.counterfactual import CounterfactualConfig
 
 __all__ = [
     "PairMaps",
@@ -44,7 +46,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """What the report computes and how it draws it."""
+    """What the report job computes and how it draws it: the page, and (`gallery`,
+    `counterfactual_config`) the gallery and the counterfactual test it shows."""
 
     min_pair: int = 3  # a confusion pair gets mean maps from this many images up
     max_pairs: int = 12  # the most frequent pairs only: each true class costs a pass
@@ -67,6 +70,11 @@ class ReportConfig:
     alpha: float = 0.5  # weight of the heat map over the image
     colormap: str = "jet"  # unsigned maps; contrast maps always use a diverging map
     workers: int | None = None  # image-encoding threads (PIL frees the GIL); None: all cores
+    gallery: GalleryConfig | None = None  # the job's gallery (explain_model); None: defaults
+    # the counterfactual test's fractions, headline and imputation; whether it runs is the
+    # plan's (`counterfactual`), and its resolution, seed and region are the explained
+    # layer's, `plan.metric_seed` and the method's (mistake_counterfactual). None: defaults
+    counterfactual_config: CounterfactualConfig | None = None
 
     def __post_init__(self) -> None:
         if self.image_format not in ("jpeg", "png", "webp"):
