@@ -44,7 +44,7 @@ class Probe:
     pairs: list[tuple[str, str]]  # the (method, layer) pairs that explain, in plan order
     skipped: dict[tuple[str, str], str]  # those that cannot -> why
     map_cost: dict[tuple[str, str], float]  # forward equivalents per image of each pair's map
-    grids: dict[str, tuple[int, int]]  # layer -> its native map grid (the random baseline's)
+    resolutions: dict[str, tuple[int, int]]  # layer -> its maps' native (h, w), the random map's
     forward_s: float  # seconds of one forward per image
 
 
@@ -88,13 +88,13 @@ def probe(job: CompareJob) -> Probe:
     # so the forward is timed on up to 64 (the probe repeated): close to the real rate, cheap
     batch = min(64, job.metrics.batch_size)
     forward_s = forward_seconds(job.model, x.repeat(-(-batch // x.shape[0]), 1, 1, 1)[:batch])
-    pairs, skipped, map_cost, grids = [], {}, {}, {}
+    pairs, skipped, map_cost, resolutions = [], {}, {}, {}
     for method in job.plan.methods:
         for layer in job.plan.layers:
             try:
                 with closed(job.engine(method, job.model, layer)) as engine:
                     start = time.perf_counter()
-                    # an engine of camlens says its layers' grids; one of the caller's does not
+                    # an engine of camlens says its layers' resolutions; a caller's does not
                     explain = getattr(engine, "explain", None)
                     result = (explain or engine)(x, targets)
                     took = time.perf_counter() - start
@@ -106,13 +106,13 @@ def probe(job: CompareJob) -> Probe:
             map_cost[(method, layer)] = max(1.0, took / x.shape[0] / forward_s)
             if explain is not None:
                 own = max(tuple(m.shape[-2:]) for m in result.low_res)
-                # the layer's own grid: input-resolution methods (FullGrad) map at H x W
-                grids[layer] = min(grids.get(layer, own), own)
+                # the layer's own: input-resolution methods (FullGrad) map at H x W
+                resolutions[layer] = min(resolutions.get(layer, own), own)
     if not pairs:
         raise ExplainError(f"no method can explain these layers: {next(iter(skipped.values()))}")
     timed = all_sum(torch.tensor([forward_s, *(map_cost[p] for p in pairs)], dtype=torch.float64))
     forward_s, *costs = (timed / world_size()).tolist()
-    return Probe(pairs, skipped, dict(zip(pairs, costs, strict=True)), grids, forward_s)
+    return Probe(pairs, skipped, dict(zip(pairs, costs, strict=True)), resolutions, forward_s)
 
 
 def budget(job: CompareJob, found: Probe) -> Budget:

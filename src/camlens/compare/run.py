@@ -354,7 +354,7 @@ def _payload(job: CompareJob, result: dict) -> dict:
 
 def _settings(job: CompareJob, found, work: Budget, n_paired: int) -> dict:
     plan, alpha = job.plan, job.config.alpha
-    grids = ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in found.grids.items())
+    sizes = ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in found.resolutions.items())
     return {
         "limit": plan.compare_limit,
         "top_k": {k.method: k.top_k for k in plan.knobs if hasattr(k, "top_k")},
@@ -366,7 +366,7 @@ def _settings(job: CompareJob, found, work: Budget, n_paired: int) -> dict:
         "skipped": {f"{m} {lay}": why for (m, lay), why in found.skipped.items()},
         "baselines": {
             "random": "uniform values at the layer's resolution, upsampled and min-max "
-            "normalised as a CAM: " + grids,
+            "normalised as a CAM: " + sizes,
             "centre": "a centred Gaussian, sigma a quarter of the shorter side",
             "random-pixel": "each pixel uniform, i.i.d.",
         },

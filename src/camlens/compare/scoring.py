@@ -62,7 +62,7 @@ def _score(job: CompareJob, found: Probe, subset: str, method: str, layer: str) 
     device, seed = job.device, job.plan.metric_seed
     if method in BASELINE_KINDS:  # one map per image; "random" at its layer's resolution
         # drawn on the CPU and moved, so a GPU's table is the same draw as a CPU's
-        own = found.grids.get(layer)
+        own = found.resolutions.get(layer)
         maps = baseline_maps(images.shape, method, torch.Generator().manual_seed(seed), device, own)
         engine = baseline_engine(method, torch.Generator().manual_seed(seed + 1), own)
         scores = score_maps(job.model, images, maps, targets, engine=engine, config=job.metrics)
