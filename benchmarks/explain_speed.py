@@ -74,7 +74,8 @@ def png_settings(args: argparse.Namespace) -> None:
     from camlens.classifier import ModelConfig, open_model
     from camlens.evaluate import find_mistakes, predict
     from camlens.explain import ExplainPlan, mistake_maps
-    from camlens.gallery.draw import CardLayout, GalleryConfig, draw_card, draw_panels
+    from camlens.gallery import GalleryConfig
+    from camlens.gallery.draw import CardLayout, draw_card, draw_panels
     from camlens.gallery.png import deflate_rows, png_of
 
     opened = open_model(ModelConfig(args.checkpoint), args.data, progress=False)

@@ -201,7 +201,7 @@ def test_a_watch_epoch_follows_its_inputs_device(tmp_path):
     files = {}
     for name, context in (("meta", default_meta), ("cpu", _nothing)):
         with context():
-            watch = Watch(model, (x, y), tmp_path / name, every=1, classes=3, limit=4)
+            watch = Watch(model, (x, y), tmp_path / name, every=1, classes=3, strips=4)
             watch.epoch(1)
             files[name] = watch.finish()
     meta, cpu = (files[k]["over-epochs.json"].read_text() for k in ("meta", "cpu"))
@@ -284,7 +284,7 @@ def test_a_watch_with_a_loader_on_another_device_moves_its_images_to_the_cpu(tmp
         def forward(self, images):
             return self.net(images.as_subclass(torch.Tensor))
 
-    watch = Watch(Model(), loader, tmp_path, every=1, classes=3, limit=4)
+    watch = Watch(Model(), loader, tmp_path, every=1, classes=3, strips=4)
     watch.epoch(1)
     files = watch.finish()
     assert files["over-epochs.png"].stat().st_size > 0
@@ -533,7 +533,7 @@ def test_cuda_watch_with_a_cuda_loader_and_model(tmp_path):
     model, x, y = watched()
     model, x, y = model.cuda(), x.cuda(), y.cuda()
     loader = DataLoader(TensorDataset(x, y), batch_size=8)
-    watch = Watch(model, loader, tmp_path, every=1, classes=3, limit=4)
+    watch = Watch(model, loader, tmp_path, every=1, classes=3, strips=4)
     watch.epoch(1)
     assert watch.finish()["over-epochs.png"].stat().st_size > 0
 

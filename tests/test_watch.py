@@ -250,6 +250,6 @@ def test_the_maps_are_made_by_the_plan_and_the_old_settings_still_answer(tmp_pat
     got = json.loads((tmp_path / "new" / "over-epochs.json").read_text())
     assert (got["method"], got["layer"], len(got["images"])) == ("layercam", "3", 3)
     assert w.plan.cam_batch_size == 4 and w.data.batch_size == 4
-    with pytest.warns(DeprecationWarning, match="limit= are now strips= and plan="):
+    with pytest.warns(DeprecationWarning, match="limit is now strips=, and method, layer and"):
         old = WatchConfig.of(1, method="layercam", layer="3", batch_size=4, limit=3)
     assert old == WatchConfig(every=1, strips=3, plan=plan)

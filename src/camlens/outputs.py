@@ -5,17 +5,33 @@ An output (the gallery, the map file, any export or viewer to come) is a context
 that takes the stream's `(Mistakes, Explanations)` chunks in order and, after the last one,
 every chunk's maps joined once. `camlens.pipeline.outputs.OUTPUTS` registers them by name
 (`ExplainPlan.outputs`, `--output`): a new output is one module plus one line there.
+An output's settings live here too (`GalleryConfig`), plain data without its drawing code, so
+that a job's config can carry them (the report's `ReportConfig.gallery`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from camlens.evaluate import Mistakes
 from camlens.explain import Explanations, concat_explanations
 
-__all__ = ["Output", "consume"]
+__all__ = ["GalleryConfig", "Output", "consume"]
+
+
+@dataclass(frozen=True)
+class GalleryConfig:
+    """How the gallery (`camlens.gallery`) is drawn and encoded."""
+
+    size: int = 128  # pixels per panel; 32 px images are enlarged with sharp pixels
+    per_page: int = 10  # cards per card page
+    per_pair_page: int = 60  # images per confusion-pair page; more go to <pair>-2.png, ...
+    colormap: str = "jet"  # the seed's colour map; contrast maps always use a diverging one
+    alpha: float = 0.5  # weight of the heat map over the image
+    # zlib level of the PNGs: 1 is fastest; `benchmarks/explain_speed.py --png` measures the rest
+    compress_level: int = 1
 
 
 class Output(Protocol):

@@ -16,7 +16,7 @@ Pictures are composed as uint8 arrays: matplotlib would cost ~0.1 s per figure, 
 hundreds of cards is minutes, against milliseconds here.
 """
 
-from camlens.gallery.draw import GalleryConfig
 from camlens.gallery.write import Gallery, GalleryWriter, stream_gallery, write_gallery
+from camlens.outputs import GalleryConfig  # the settings' home: a job's config carries them
 
 __all__ = ["Gallery", "GalleryConfig", "GalleryWriter", "stream_gallery", "write_gallery"]

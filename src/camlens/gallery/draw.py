@@ -21,11 +21,11 @@ from torch import Tensor
 
 from camlens.evaluate import ALL_BARS_UP_TO, TOP_BARS, Mistakes, as_float_images
 from camlens.explain import Explanations
+from camlens.outputs import GalleryConfig
 from camlens.overlay import enlarge, overlay
 
 __all__ = [
     "CardLayout",
-    "GalleryConfig",
     "Panels",
     "draw_card",
     "draw_pair_page",
@@ -35,19 +35,6 @@ __all__ = [
 GREEN, RED, GREY, INK, PAPER = (46, 160, 67), (214, 39, 40), (170, 170, 170), 20, 255
 GAP, CAPTION, HEADER, BARS_W, TEXT_W = 6, 16, 22, 220, 70  # card layout, pixels
 VERDICT = 16  # the counterfactual verdict line under the panels, pixels
-
-
-@dataclass(frozen=True)
-class GalleryConfig:
-    """How the gallery is drawn and encoded."""
-
-    size: int = 128  # pixels per panel; 32 px images are enlarged with sharp pixels
-    per_page: int = 10  # cards per card page
-    per_pair_page: int = 60  # images per confusion-pair page; more go to <pair>-2.png, ...
-    colormap: str = "jet"  # the seed's colour map; contrast maps always use a diverging one
-    alpha: float = 0.5  # weight of the heat map over the image
-    # zlib level of the PNGs: 1 is fastest; `benchmarks/explain_speed.py --png` measures the rest
-    compress_level: int = 1
 
 
 @lru_cache(maxsize=8)

@@ -29,8 +29,8 @@ from camlens.cam.layers import upsample
 from camlens.data import Split
 from camlens.evaluate import Evaluation, Mistakes
 from camlens.explain import ExplainPlan, Explanations, compute_maps, stream_mistake_maps
-from camlens.gallery import GalleryConfig
 from camlens.metrics.counterfactual import CounterfactualConfig
+from camlens.outputs import GalleryConfig
 
 __all__ = [
     "PairMaps",

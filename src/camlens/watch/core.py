@@ -32,7 +32,8 @@ from camlens.data import UserData, from_user_data
 from camlens.epochs import EpochStrips, epoch_strips, write_strips
 from camlens.evaluate import Mistakes, find_mistakes, predict
 from camlens.explain import ExplainError, ExplainPlan, mistake_maps, select_mistakes
-from camlens.gallery.draw import CardLayout, GalleryConfig, draw_card, draw_panels
+from camlens.gallery.draw import CardLayout, draw_card, draw_panels
+from camlens.outputs import GalleryConfig
 from camlens.train.kept import epoch_stem
 from camlens.watch.guard import untouched
 
@@ -76,9 +77,9 @@ class WatchConfig:
         old = {k: settings.pop(k) for k in OLD_SETTINGS if k in settings}
         if old:
             warnings.warn(
-                f"Watch's {', '.join(f'{k}=' for k in old)} are now strips= and "
-                "plan=ExplainPlan(methods=..., layers=..., cam_batch_size=..., "
-                "eval_batch_size=...); the old names go in camlens 0.3",
+                f"Watch's {', '.join(f'{k}=' for k in old)} (camlens 0.1) go in 0.3: limit is "
+                "now strips=, and method, layer and batch_size are the plan's fields: plan="
+                "ExplainPlan(methods=..., layers=..., cam_batch_size=..., eval_batch_size=...)",
                 DeprecationWarning,
                 stacklevel=3,
             )
