@@ -131,3 +131,23 @@ def test_auto_precision_is_bf16_only_on_cpus_with_amx(tmp_path, monkeypatch, fla
     monkeypatch.setattr(module, "fast_bf16", lambda device: fast)
     assert resolve_precision("auto", cpu) == ("bf16" if fast else "fp32")
     assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+
+
+def test_bar_classes_are_the_likeliest_five_and_the_truth_of_each_selected_row():
+    """Known answer at K = 40 (beyond ALL_BARS_UP_TO): each row's five highest logits plus its
+    true class, in class order, read through a selection that shares the logits."""
+    k = 40
+    logits = torch.zeros(3, k)
+    logits[0, [7, 3, 30, 12, 25]] = torch.tensor([9.0, 8.0, 7.0, 6.0, 5.0])  # label 1: not shown
+    logits[1, [2, 4, 6, 8, 10, 11]] = torch.tensor([9.0, 8.0, 7.0, 6.0, 5.0, 4.0])  # label 11
+    logits[2, [0, 39, 38, 37, 36]] = torch.tensor([9.0, 8.0, 7.0, 6.0, 5.0])  # label 0: predicted
+    labels = torch.tensor([1, 11, 5])
+    mistakes = find_mistakes(logits, labels)
+    by_index = dict(zip(mistakes.indices.tolist(), mistakes.bar_classes(), strict=True))
+    assert by_index == {
+        0: [1, 3, 7, 12, 25, 30],
+        1: [2, 4, 6, 8, 10, 11],
+        2: [0, 5, 36, 37, 38, 39],
+    }
+    picked = mistakes.select(mistakes.indices == 1)  # the rows of the shared logits follow
+    assert picked.bar_classes() == [[2, 4, 6, 8, 10, 11]]

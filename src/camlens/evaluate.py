@@ -183,7 +183,8 @@ class Mistakes:
         k = self.scores.shape[1]
         if k <= ALL_BARS_UP_TO:
             return [list(range(k))] * len(self)
-        top = self.probs.topk(TOP_BARS, dim=1).indices  # (M, K) -> (M, TOP_BARS)
+        # the likeliest by their scores: the softmax keeps the order, so no (M, K) softmax
+        top = self.scores[self.rows].topk(TOP_BARS, dim=1).indices  # (M, K) -> (M, TOP_BARS)
         return [
             sorted({*row, label})
             for row, label in zip(top.tolist(), self.labels.tolist(), strict=True)

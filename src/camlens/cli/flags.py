@@ -89,9 +89,9 @@ def add_config_flags(
     `prefix` goes before each flag and its dest: GridConfig's `n` is compare's --grid-n.
     `only`: these fields, in this order; `aliases`: more names for a field's flag in this
     command (an older name kept so that old scripts run); `defaults`: a command's own default
-    for a field. A
-    field's metadata may name the flag (`names`), the choices (of each item, for a list),
-    what None means (`auto`), a `metavar`, and a `const` for a flag that may come bare."""
+    for a field. A field's metadata may name the flag (`names`), the choices (of each item,
+    for a list), what None means (`auto`), a `metavar`, and a `const` for a flag that may
+    come bare."""
     found = {f.name: f for f in dataclasses.fields(config_type)}
     space = vars(sys.modules[config_type.__module__])  # the names its annotations use
     for name in only or list(found):
